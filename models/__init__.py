@@ -1,0 +1,51 @@
+"""Concrete networks implementing the cell contract of :mod:`neuro.contract`.
+
+``models.make(name, **kw)`` builds one; ``models.available()`` lists the names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from neuro.contract import AbstractNetwork
+
+from .alif import ALIF
+from .lif import LIF
+from .lstm import LSTM
+from .rate import RateRNN
+
+__all__ = ["ALIF", "LIF", "LSTM", "RateRNN", "available", "make", "register"]
+
+_REGISTRY: dict[str, type[AbstractNetwork]] = {}
+
+
+def register(cls: type[AbstractNetwork]) -> type[AbstractNetwork]:
+    """Add a network class to the registry under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no registry name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+for _cls in (RateRNN, LSTM, LIF, ALIF):
+    register(_cls)
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make(name: str, **kw: Any) -> AbstractNetwork:
+    """Build the network ``name`` with hyper-parameters ``kw`` (``n_in``, ``n_hidden``, ``n_out``, ...)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"model {name!r} is unknown: valid choices are {', '.join(available())}")
+    cls = _REGISTRY[name]
+    import dataclasses
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kw) - fields)
+    if unknown:
+        raise ValueError(f"model {name!r} has no option {', '.join(unknown)}: valid options are {', '.join(sorted(fields))}")
+    missing = [f for f in ("n_in", "n_hidden", "n_out") if f not in kw]
+    if missing:
+        raise ValueError(f"model {name!r} needs {', '.join(missing)}")
+    return cls(**kw)

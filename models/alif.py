@@ -1,0 +1,64 @@
+"""Adaptive LIF (ALIF): the LSNN neuron of e-prop (Bellec et al. 2018, 2020, eq. in Methods).
+
+Everything of :mod:`models.lif` (same ``dynamics``, reset and readout), plus an adaptive threshold::
+
+    A_t     = v_th + beta_a a_{t-1}                (threshold of step t)
+    z_t     = H(v~_t - A_t)                         (surrogate normalised by v_th, as e-prop's psi)
+    a_t     = rho a_{t-1} + z_t,   rho = exp(-dt / tau_adapt)
+
+Reset by subtraction removes ``v_th`` (not ``A_t``), as in the e-prop paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from neuro.contract import Params, check_positive
+
+from . import _init
+from .lif import LIF
+
+
+class ALIFState(NamedTuple):
+    v: Tensor  # [B, n]
+    i: Tensor  # [B, n]
+    z: Tensor  # [B, n]
+    r: Tensor  # [B, n]
+    a: Tensor  # [B, n] threshold adaptation
+    y: Tensor  # [B, n_out]
+
+
+@dataclasses.dataclass(frozen=True)
+class ALIF(LIF):
+    tau_adapt: float = 200.0
+    beta_a: float = 1.0
+
+    name = "alif"
+    State = ALIFState
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("tau_adapt", self.tau_adapt)
+        check_positive("beta_a", self.beta_a, allow_zero=True)
+
+    @property
+    def rho(self) -> float:
+        return _init.decay(self.dt, self.tau_adapt)
+
+    def init_state(self, params: Params, batch: int = 1) -> ALIFState:
+        s = super().init_state(params, batch)
+        return ALIFState(v=s.v, i=s.i, z=s.z, r=s.r, a=torch.zeros_like(s.z), y=s.y)
+
+    def neuron(self, params: Params, state: ALIFState, i: Tensor) -> tuple[ALIFState, Tensor]:
+        v, i_new = self._integrate(params, state, i)
+        threshold = self.v_th + self.beta_a * state.a
+        v, z, r = self._fire(state, v, threshold)
+        a = self.rho * state.a + z
+        return ALIFState(v=v, i=i_new, z=z, r=r, a=a, y=state.y), z
+
+    def observe(self, state: NamedTuple) -> dict[str, Tensor]:
+        return {**super().observe(state), "a": state.a}

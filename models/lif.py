@@ -1,0 +1,203 @@
+"""Current-based leaky integrate-and-fire (LIF) recurrent network with a leaky-integrator readout.
+
+The ODE (norse's convention; ``i`` in units of voltage)::
+
+    tau_mem dv/dt = v_leak + b - v + i          tau_syn di/dt = -i
+
+An input or recurrent spike of weight ``w`` makes ``i`` jump by ``w``. Per step of ``dt``:
+
+    I_t = W_in x_t + W_rec z_{t-1}                                  (current: the synaptic part)
+
+``dynamics="exact"`` (default): exact integration of the linear parts, the input jump first
+(alpha = exp(-dt/tau_mem), beta = exp(-dt/tau_syn),
+kappa = tau_syn (beta - alpha) / (tau_syn - tau_mem), or (dt/tau_mem) alpha when the taus are equal)::
+
+    j   = i_{t-1} + I_t
+    v~  = v_leak + b + (v_{t-1} - v_leak - b) alpha + kappa j
+    i_t = beta j
+
+``dynamics="euler"``: norse 1.1's forward-Euler ``lif_step`` (the voltage sees the current before the jump)::
+
+    v~  = v_{t-1} + dt/tau_mem (v_leak + b - v_{t-1} + i_{t-1})
+    i_t = i_{t-1} (1 - dt/tau_syn) + I_t
+
+``dynamics="lava"``: Lava's ``LIF`` process (floating point), with du = 1 - beta, dv = 1 - alpha::
+
+    i_t = i_{t-1} (1 - du) + I_t              (Lava's u)
+    v~  = v_{t-1} (1 - dv) + i_t + b
+
+Then, for every dynamics, with ``r`` the refractory counter (steps left)::
+
+    v~  = v_reset                      where r_{t-1} > 0        (held during the refractory period)
+    z_t = H(v~ - v_th) [r_{t-1} = 0]   (surrogate derivative, see neuro.surrogate)
+    v_t = v~ - z_t v_th                (reset="subtract")   or   v~ (1 - z_t) + z_t v_reset  (reset="zero")
+    r_t = refractory if z_t else max(r_{t-1} - 1, 0)
+    y_t = kappa_out y_{t-1} + W_out z_t + b_out,   kappa_out = exp(-dt/tau_out)      (readout)
+
+Times are in ms. Shapes: W_in [n, n_in], W_rec [n, n], b [n], W_out [n_out, n], b_out [n_out].
+Initialisation scales weights by the steady-state voltage gain ``G`` of the dynamics (voltage per
+unit of constant ``I``) so that ``input_scale`` and ``rec_scale`` are in units of ``v_th``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from neuro.contract import AbstractNetwork, Params, check_choice, check_positive, state_dtype
+from neuro.surrogate import SURROGATES, spike
+
+from . import _init
+
+DYNAMICS = ("exact", "euler", "lava")
+RESETS = ("subtract", "zero")
+
+
+class LIFState(NamedTuple):
+    v: Tensor  # [B, n] membrane potential (after reset)
+    i: Tensor  # [B, n] synaptic current (Lava's u)
+    z: Tensor  # [B, n] spikes of this step
+    r: Tensor  # [B, n] refractory steps left (float)
+    y: Tensor  # [B, n_out] readout
+
+
+@dataclasses.dataclass(frozen=True)
+class LIF(AbstractNetwork):
+    dt: float = 1.0
+    tau_mem: float = 20.0
+    tau_syn: float = 5.0
+    tau_out: float = 20.0
+    v_th: float = 1.0
+    v_leak: float = 0.0
+    v_reset: float = 0.0
+    reset: str = "subtract"
+    refractory: int = 0
+    dynamics: str = "exact"
+    surrogate: str = "triangle"
+    surrogate_width: float = 1.0
+    surrogate_scale: float = 0.3
+    detach_reset: bool = False
+    input_scale: float = 1.0
+    rec_scale: float = 0.5
+
+    name = "lif"
+    spiking = True
+    State = LIFState
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for f in ("dt", "tau_mem", "tau_syn", "tau_out", "v_th", "surrogate_width", "surrogate_scale"):
+            check_positive(f, getattr(self, f))
+        check_positive("input_scale", self.input_scale, allow_zero=True)
+        check_positive("rec_scale", self.rec_scale, allow_zero=True)
+        check_positive("refractory", self.refractory, allow_zero=True, integer=True)
+        check_choice("dynamics", self.dynamics, DYNAMICS)
+        check_choice("reset", self.reset, RESETS)
+        check_choice("surrogate", self.surrogate, tuple(SURROGATES))
+        if self.dynamics == "euler" and (self.dt > self.tau_syn or self.dt > self.tau_mem):
+            raise ValueError(f"dt={self.dt!r} is invalid for dynamics='euler': must be <= tau_syn and tau_mem")
+
+    # -- coefficients ------------------------------------------------------------------------------
+    @property
+    def alpha(self) -> float:
+        return _init.decay(self.dt, self.tau_mem)
+
+    @property
+    def beta(self) -> float:
+        return _init.decay(self.dt, self.tau_syn)
+
+    @property
+    def kappa(self) -> float:
+        """Voltage response at the end of a step to a unit current jump at its start (exact dynamics)."""
+        if math.isclose(self.tau_syn, self.tau_mem):
+            return self.dt / self.tau_mem * self.alpha
+        return self.tau_syn * (self.beta - self.alpha) / (self.tau_syn - self.tau_mem)
+
+    @property
+    def kappa_out(self) -> float:
+        return _init.decay(self.dt, self.tau_out)
+
+    def gain(self) -> float:
+        """Steady-state voltage per unit of constant synaptic input ``I`` per step."""
+        if self.dynamics == "exact":
+            return self.kappa / ((1.0 - self.beta) * (1.0 - self.alpha))
+        if self.dynamics == "euler":
+            return self.tau_syn / self.dt
+        return 1.0 / ((1.0 - self.beta) * (1.0 - self.alpha))
+
+    # -- parameters and state ------------------------------------------------------------------------
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        n = self.n_hidden
+        return {"W_in": (n, self.n_in), "W_rec": (n, n), "b": (n,), "W_out": (self.n_out, n), "b_out": (self.n_out,)}
+
+    def init_params(self, seed: int = 0, dtype: torch.dtype = torch.float32, device=None) -> Params:
+        g = self._generator(seed)
+        n = self.n_hidden
+        unit = self.v_th / self.gain()
+        p = {
+            "W_in": _init.normal(g, (n, self.n_in), self.input_scale * unit / math.sqrt(self.n_in)),
+            "W_rec": _init.normal(g, (n, n), self.rec_scale * unit / math.sqrt(n)),
+            "b": torch.zeros(n, dtype=torch.float64),
+            "W_out": _init.normal(g, (self.n_out, n), 1.0 / math.sqrt(n)),
+            "b_out": torch.zeros(self.n_out, dtype=torch.float64),
+        }
+        return _init.finish(p, dtype, device)
+
+    def init_state(self, params: Params, batch: int = 1) -> LIFState:
+        dtype, device = state_dtype(params)
+        z = torch.zeros(batch, self.n_hidden, dtype=dtype, device=device)
+        v = torch.full_like(z, self.v_leak) if self.dynamics != "lava" else z.clone()
+        y = torch.zeros(batch, self.n_out, dtype=dtype, device=device)
+        return LIFState(v=v, i=z.clone(), z=z.clone(), r=z.clone(), y=y)
+
+    # -- one step -------------------------------------------------------------------------------------
+    def current(self, params: Params, state: LIFState, x: Tensor) -> Tensor:
+        return x @ params["W_in"].T + state.z @ params["W_rec"].T
+
+    def _integrate(self, params: Params, state: NamedTuple, I: Tensor) -> tuple[Tensor, Tensor]:
+        """Sub-threshold update: (v~, i_t) from the previous state and the synaptic input ``I``."""
+        v, i, b = state.v, state.i, params["b"]
+        if self.dynamics == "exact":
+            j = i + I
+            rest = self.v_leak + b
+            return rest + (v - rest) * self.alpha + self.kappa * j, self.beta * j
+        if self.dynamics == "euler":
+            v_new = v + self.dt / self.tau_mem * (self.v_leak + b - v + i)
+            return v_new, i * (1.0 - self.dt / self.tau_syn) + I
+        i_new = i * self.beta + I  # Lava: u (1 - du) + a_in with du = 1 - beta
+        return v * self.alpha + i_new + b, i_new
+
+    def _fire(self, state: NamedTuple, v: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+        """Refractory hold, spike and reset: returns (v_t, z_t, r_t)."""
+        if self.refractory > 0:
+            active = (state.r <= 0).to(v.dtype)
+            v = torch.where(state.r > 0, torch.full_like(v, self.v_reset), v)
+        z = spike(v, threshold, self.surrogate, self.surrogate_width, self.surrogate_scale, self.v_th)
+        if self.refractory > 0:
+            z = z * active
+        zr = z.detach() if self.detach_reset else z
+        if self.reset == "subtract":
+            v = v - zr * self.v_th
+        else:
+            v = v * (1.0 - zr) + zr * self.v_reset
+        if self.refractory > 0:
+            r = torch.where(z.detach() > 0, torch.full_like(v, float(self.refractory)), (state.r - 1.0).clamp(min=0.0))
+        else:
+            r = state.r
+        return v, z, r
+
+    def neuron(self, params: Params, state: LIFState, i: Tensor) -> tuple[LIFState, Tensor]:
+        v, i_new = self._integrate(params, state, i)
+        v, z, r = self._fire(state, v, self.v_th)
+        return LIFState(v=v, i=i_new, z=z, r=r, y=state.y), z
+
+    def readout(self, params: Params, state: NamedTuple, z: Tensor) -> tuple[NamedTuple, Tensor]:
+        y = self.kappa_out * state.y + z @ params["W_out"].T + params["b_out"]
+        return state._replace(y=y), y
+
+    def observe(self, state: NamedTuple) -> dict[str, Tensor]:
+        return {"spikes": state.z, "v": state.v, "i": state.i}

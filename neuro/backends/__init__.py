@@ -1,0 +1,94 @@
+"""Forward simulators behind one call: ``neuro.simulate(net, params, xs, backend=...) -> Trace``.
+
+``torch`` (the reference, CPU or CUDA: the device of ``params``) is built in; other backends
+(Brian2, Lava) register a ``"module:function"`` path and are imported only when used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from neuro.contract import AbstractNetwork, Params
+
+__all__ = ["Trace", "available", "register", "simulate"]
+
+
+@dataclasses.dataclass
+class Trace:
+    """What a simulator recorded, every field [T, B, ...] (``None`` where the model has no such variable).
+
+    ``spikes`` and ``v`` for spiking models, ``h`` for rate models, ``y`` the readout; ``extra`` holds
+    any other recorded variable (e.g. ``i``, ``a``) by name.
+    """
+
+    y: Tensor
+    spikes: Tensor | None = None
+    v: Tensor | None = None
+    h: Tensor | None = None
+    extra: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+
+    def rates(self, dt: float = 1.0) -> Tensor:
+        """Mean firing rate per unit [B, n] in spikes per unit of ``dt`` (per ms with the default dt=1)."""
+        if self.spikes is None:
+            raise ValueError("this trace has no spikes (a rate model)")
+        return self.spikes.mean(0) / dt
+
+
+_REGISTRY: dict[str, str | Callable[..., Trace]] = {}
+
+
+def register(name: str, fn: str | Callable[..., Trace]) -> None:
+    """Register backend ``name``: a callable ``fn(net, params, xs, **kw) -> Trace`` or its ``"module:attr"`` path."""
+    _REGISTRY[name] = fn
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _resolve(name: str) -> Callable[..., Trace]:
+    if name not in _REGISTRY:
+        raise ValueError(f"backend={name!r} is invalid: valid choices are {', '.join(map(repr, available()))}")
+    fn = _REGISTRY[name]
+    if isinstance(fn, str):
+        mod, attr = fn.split(":")
+        fn = getattr(importlib.import_module(mod), attr)
+        _REGISTRY[name] = fn
+    return fn
+
+
+def simulate(net: AbstractNetwork, params: Params, xs: Tensor, backend: str = "torch", **kw: Any) -> Trace:
+    """Run ``net`` forward on ``xs`` [T, B, n_in] (or [T, n_in] for one sequence) from rest."""
+    if not isinstance(xs, Tensor):
+        raise TypeError(f"xs must be a torch.Tensor [T, B, n_in], got {type(xs).__name__}")
+    if xs.dim() == 2:
+        xs = xs[:, None, :]
+    if xs.dim() != 3 or xs.shape[-1] != net.n_in:
+        raise ValueError(f"xs has shape {tuple(xs.shape)}: expected [T, B, n_in={net.n_in}]")
+    net.check_params(params)
+    return _resolve(backend)(net, params, xs, **kw)
+
+
+def _simulate_torch(net: AbstractNetwork, params: Params, xs: Tensor) -> Trace:
+    """The reference: ``net.step`` in a Python loop, no autograd."""
+    p = next(iter(params.values()))
+    xs = xs.to(dtype=p.dtype, device=p.device)
+    with torch.no_grad():
+        state = net.init_state(params, xs.shape[1])
+        ys, rec = [], {}
+        for x in xs:
+            state, y = net.step(params, state, x)
+            ys.append(y)
+            for k, v in net.observe(state).items():
+                rec.setdefault(k, []).append(v)
+    stacked = {k: torch.stack(v) for k, v in rec.items()}
+    known = {k: stacked.pop(k, None) for k in ("spikes", "v", "h")}
+    return Trace(y=torch.stack(ys), **known, extra=stacked)
+
+
+register("torch", _simulate_torch)

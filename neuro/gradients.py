@@ -1,0 +1,93 @@
+"""Whole-sequence helpers: the loss of one forward run, a rule's summed gradient estimate with the
+parameters frozen, and the alignment (cosine similarity) of two gradients."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from neuro import losses
+from neuro.contract import AbstractNetwork, Params
+from neuro.rules import AbstractRule, add_into, make, zeros_like_params
+
+__all__ = ["alignment", "grad_estimate", "sequence_loss"]
+
+
+def _prepare(net: AbstractNetwork, params: Params, xs: Tensor, ys: Tensor, mask: Tensor | None):
+    net.check_params(params)
+    p = next(iter(params.values()))
+    if xs.dim() == 2:
+        xs, ys = xs[:, None], ys[:, None]
+        mask = None if mask is None else mask[:, None]
+    if xs.dim() != 3 or xs.shape[-1] != net.n_in:
+        raise ValueError(f"xs has shape {tuple(xs.shape)}: expected [T, B, n_in={net.n_in}]")
+    if ys.shape[:2] != xs.shape[:2] or ys.shape[-1] != net.n_out:
+        raise ValueError(f"ys has shape {tuple(ys.shape)}: expected [T={xs.shape[0]}, B={xs.shape[1]}, n_out={net.n_out}]")
+    if mask is None:
+        mask = torch.ones(xs.shape[:2], dtype=torch.bool)
+    if tuple(mask.shape) != tuple(xs.shape[:2]):
+        raise ValueError(f"mask has shape {tuple(mask.shape)}: expected [T, B] = {tuple(xs.shape[:2])}")
+    return xs.to(p.dtype), ys.to(p.dtype), mask.to(p.device)
+
+
+def sequence_loss(net: AbstractNetwork, params: Params, xs: Tensor, ys: Tensor, loss: str = "mse",
+                  mask: Tensor | None = None) -> Tensor:
+    """``L = sum_t l_t`` of one forward run from rest (differentiable in ``params``).
+
+    ``l_t`` is the per-step loss of :mod:`neuro.losses` (masked, summed over outputs, mean over batch).
+    """
+    xs, ys, mask = _prepare(net, params, xs, ys, mask)
+    fn = losses.get(loss)
+    state = net.init_state(params, xs.shape[1])
+    total = xs.new_zeros(())
+    for x, y, m in zip(xs, ys, mask):
+        state, y_hat = net.step(params, state, x)
+        total = total + fn(y_hat, y, m)
+    return total
+
+
+def grad_estimate(net: AbstractNetwork, params: Params, rule: str | AbstractRule, xs: Tensor, ys: Tensor,
+                  seed: int = 0, loss: str = "mse", mask: Tensor | None = None, **rule_kw: Any) -> Params:
+    """The rule's estimate of ``dL/dparams`` summed over one sequence, parameters frozen.
+
+    For ``"bptt"`` this is the true gradient of :func:`sequence_loss`.
+    """
+    xs, ys, mask = _prepare(net, params, xs, ys, mask)
+    if isinstance(rule, str):
+        rule = make(rule, net, loss=loss, **rule_kw)
+    elif rule_kw:
+        raise ValueError(f"options {sorted(rule_kw)} given with a built rule: pass them to rules.make instead")
+    elif rule.loss is None:
+        import dataclasses
+        rule = dataclasses.replace(rule, loss=loss)
+    frozen = {k: v.detach() for k, v in params.items()}
+    state = rule.init(frozen, xs.shape[1], seed)
+    total = zeros_like_params(frozen)
+    for x, y, m in zip(xs, ys, mask):
+        out = rule.step(frozen, state, x, y, m)
+        state = out.state
+        add_into(total, out.grad)
+    state, g = rule.finish(frozen, state)
+    return add_into(total, g)
+
+
+def alignment(g: Params, g_true: Params) -> dict[str, float]:
+    """Cosine similarity of ``g`` and ``g_true``, per parameter (by key) and ``"overall"`` (all flattened).
+
+    A cosine with a zero-norm vector is ``nan``.
+    """
+    if set(g) != set(g_true):
+        raise ValueError(f"gradients have different keys: {sorted(g)} vs {sorted(g_true)}")
+
+    def cos(a: Tensor, b: Tensor) -> float:
+        a, b = a.detach().double().flatten(), b.detach().double().flatten()
+        na, nb = a.norm().item(), b.norm().item()
+        return (a @ b).item() / (na * nb) if na > 0 and nb > 0 else math.nan
+
+    out = {k: cos(g[k], g_true[k]) for k in sorted(g)}
+    keys = sorted(g)
+    out["overall"] = cos(torch.cat([g[k].flatten() for k in keys]), torch.cat([g_true[k].flatten() for k in keys]))
+    return out

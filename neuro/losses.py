@@ -1,0 +1,46 @@
+"""Per-step losses. Each maps ``(y_hat [B, n_out], y [B, n_out], mask [B]) -> scalar``: the masked
+per-sample loss summed over outputs, averaged over the batch (not over the mask: masked steps add 0).
+
+* ``"mse"``: ``1/2 sum_k (y_hat_k - y_k)^2``
+* ``"ce"``: ``-sum_k y_k log softmax(y_hat)_k`` (``y`` one-hot or a probability vector), in nats
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+__all__ = ["LOSSES", "LossFn", "get", "per_sample"]
+
+
+def _mse(y_hat: Tensor, y: Tensor) -> Tensor:
+    return 0.5 * ((y_hat - y) ** 2).sum(-1)
+
+
+def _ce(y_hat: Tensor, y: Tensor) -> Tensor:
+    return -(y * torch.log_softmax(y_hat, dim=-1)).sum(-1)
+
+
+_PER_SAMPLE = {"mse": _mse, "ce": _ce}
+LOSSES = tuple(_PER_SAMPLE)
+
+
+def per_sample(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    if name not in _PER_SAMPLE:
+        raise ValueError(f"loss={name!r} is invalid: valid choices are {', '.join(map(repr, LOSSES))}")
+    return _PER_SAMPLE[name]
+
+
+def get(name: str) -> LossFn:
+    """The per-step loss ``name`` (see the module docstring)."""
+    f = per_sample(name)
+
+    def loss(y_hat: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        return (f(y_hat, y) * mask.to(y_hat.dtype)).sum() / y_hat.shape[0]
+
+    loss.__name__ = name
+    return loss

@@ -1,0 +1,52 @@
+"""Learning rules: online gradient estimators behind one contract (see :mod:`neuro.rules.base`).
+
+``neuro.rules.make(name, net, **hyper)`` builds one; ``neuro.rules.available()`` lists the names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from neuro.contract import AbstractNetwork
+
+from .base import AbstractRule, Needs, StepOutput, add_into, zeros_like_params
+from .bptt import BPTT
+from .tbptt import TBPTT
+
+__all__ = ["AbstractRule", "BPTT", "Needs", "StepOutput", "TBPTT", "add_into", "available", "get", "make",
+           "register", "zeros_like_params"]
+
+_REGISTRY: dict[str, type[AbstractRule]] = {}
+
+
+def register(cls: type[AbstractRule]) -> type[AbstractRule]:
+    """Add a rule class to the registry under ``cls.name`` (usable as a decorator)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no registry name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+for _cls in (BPTT, TBPTT):
+    register(_cls)
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type[AbstractRule]:
+    if name not in _REGISTRY:
+        raise ValueError(f"rule {name!r} is unknown: valid choices are {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def make(name: str, net: AbstractNetwork, **kw: Any) -> AbstractRule:
+    """Build the rule ``name`` on ``net`` with hyper-parameters ``kw``."""
+    cls = get(name)
+    fields = {f.name for f in dataclasses.fields(cls)} - {"net"}
+    unknown = sorted(set(kw) - fields)
+    if unknown:
+        raise ValueError(f"rule {name!r} has no option {', '.join(unknown)}: valid options are {', '.join(sorted(fields))}")
+    return cls(net=net, **kw)

@@ -1,0 +1,113 @@
+"""The rule contract: online gradient estimators (optax's split: a rule estimates, an optimizer applies).
+
+A rule is a frozen dataclass built on a network; its hyper-parameters are fields. It keeps its own
+state (the network's state, traces, influence matrices, noise generators) in a NamedTuple whose
+first field is ``net`` (the network state)::
+
+    state = rule.init(params, batch, seed)
+    out = rule.step(params, state, x, y, mask)   # -> StepOutput(state, y_hat, loss, grad | None)
+    state, grad = rule.finish(params, state)      # end of a sequence: any pending estimate
+    state = rule.reset(params, state)             # a new, independent sequence starts (episodic tasks)
+
+``grad`` has the keys, shapes and dtypes of ``params``: the estimate of d(loss_t)/d(params) for the
+step (or the window that ends at this step), to be *summed* by the caller; an optimizer descends it.
+Each rule declares what it needs from the network (``needs``), checked before a run.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+from neuro import losses
+from neuro.contract import AbstractNetwork, Params
+
+__all__ = ["AbstractRule", "Needs", "StepOutput", "zeros_like_params", "add_into"]
+
+
+class Needs(enum.IntEnum):
+    """What a rule needs from the network, from least to most (DESIGN.md)."""
+
+    LOSS = 0  # forward passes and a scalar loss or reward
+    LOCAL = 1  # element-wise derivatives, presynaptic traces, an error broadcast
+    JVP = 2  # Jacobian-vector products of one step
+    JACOBIAN = 3  # full one-step Jacobians
+    GRAPH = 4  # the whole unrolled graph
+
+
+class StepOutput(NamedTuple):
+    state: Any
+    y: Tensor  # [B, n_out] the network output of this step (detached)
+    loss: Tensor  # scalar: the per-step loss (detached)
+    grad: Params | None  # the estimate for this step, or None
+
+
+def zeros_like_params(params: Params) -> Params:
+    return {k: torch.zeros_like(v) for k, v in params.items()}
+
+
+def add_into(acc: Params, g: Params | None) -> Params:
+    if g is not None:
+        for k, v in g.items():
+            acc[k] += v
+    return acc
+
+
+@dataclasses.dataclass(frozen=True)
+class AbstractRule(abc.ABC):
+    """Base of every learning rule. ``loss=None`` takes the task's loss (``neuro.train``) or ``"mse"``."""
+
+    net: AbstractNetwork
+    loss: str | None = None
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[Needs]
+    #: the model names the rule supports (``None``: every model of the cell contract)
+    supports: ClassVar[tuple[str, ...] | None] = None
+    #: True when the estimate uses random numbers (the seed of ``init`` decides them)
+    stochastic: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.net, AbstractNetwork):
+            raise TypeError(f"net={self.net!r} is invalid: expected a network from models.make")
+        if self.loss is not None:
+            losses.per_sample(self.loss)
+        if self.supports is not None and self.net.name not in self.supports:
+            raise ValueError(f"rule {self.name!r} does not support model {self.net.name!r}: "
+                             f"it supports {', '.join(self.supports)}")
+
+    @property
+    def loss_fn(self) -> losses.LossFn:
+        return losses.get(self.loss or "mse")
+
+    @abc.abstractmethod
+    def init(self, params: Params, batch: int = 1, seed: int = 0) -> NamedTuple:
+        """The rule's state at the start of a run (``net`` field first)."""
+
+    @abc.abstractmethod
+    def step(self, params: Params, state: NamedTuple, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
+        """Advance one step on input ``x`` [B, n_in], target ``y`` [B, n_out], ``mask`` [B]."""
+
+    def finish(self, params: Params, state: NamedTuple) -> tuple[NamedTuple, Params | None]:
+        """End of a sequence: return any estimate still pending (truncated windows, BPTT)."""
+        return state, None
+
+    def reset(self, params: Params, state: NamedTuple) -> NamedTuple:
+        """A new independent sequence starts: the network state returns to rest, traces are cleared."""
+        batch = state.net[0].shape[0]
+        fresh = self.init(params, batch)
+        return fresh._replace(**{k: v for k, v in state._asdict().items() if k in self._kept_on_reset})
+
+    #: fields of the state that survive ``reset`` (e.g. random generators, feedback matrices)
+    _kept_on_reset: ClassVar[tuple[str, ...]] = ()
+
+    def _forward(self, params: Params, net_state: NamedTuple, x: Tensor, y: Tensor,
+                 mask: Tensor) -> tuple[NamedTuple, Tensor, Tensor]:
+        """One network step and its loss: (state, y_hat, loss_t)."""
+        net_state, y_hat = self.net.step(params, net_state, x)
+        return net_state, y_hat, self.loss_fn(y_hat, y, mask)
