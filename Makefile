@@ -1,0 +1,46 @@
+# neuro: `make demo` runs the main job, `make test` installs then runs the whole suite.
+# `make install` builds .venv/ at the repository root (Python 3.11, about a minute the first time) and
+# does nothing while pyproject.toml, constraints.txt and this Makefile are unchanged.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || echo python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# --no-compile: byte-compiling all of torch at install costs ~30 s; modules compile on first import.
+PIP    := $(PY) -m pip --disable-pip-version-check install -q --no-compile
+CONSTRAINTS := constraints.txt
+STAMP  := $(VENV)/.installed
+CHECK_311 := 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else sys.executable + " is Python " \
+  + sys.version.split()[0] + "; neuro needs 3.11 (torch 2.13.0 CPU wheel, lava-nc 0.10.0): rm -rf .venv and run \
+  make install PYTHON=python3.11")'
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
+	test -x $(PY) || { $(PYTHON) -c $(CHECK_311) && $(PYTHON) -m venv $(VENV); }
+	@$(PY) -c $(CHECK_311)
+# Versions come from constraints.txt. torch and numpy first (the CPU wheel, numpy 1.x), then the rest,
+# this package and lava-nc's dependencies (scikit-learn, asteval, networkx) included.
+	$(PIP) -c $(CONSTRAINTS) torch numpy
+	$(PIP) -c $(CONSTRAINTS) scikit-learn asteval networkx -e ".[test,brian2,nir]"
+# lava-nc 0.10.0 declares python <3.11: --ignore-requires-python for it alone (given to a resolving
+# install, pip would also accept a scipy too new for 3.11's wheels and build it from source); its
+# dependencies came with the line above.
+	$(PIP) --no-deps --ignore-requires-python "lava-nc==0.10.0"
+# norse without its dependencies: it would pull torchvision, unused here.
+	$(PIP) --no-deps "norse==1.1.0"
+	$(PY) -m hw_targets.check_install
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/neuro demo
+
+# pytest's status 5 means no test was collected: a failure, said plainly.
+test: install
+	$(PY) -m pytest -q || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit $$status; }
+
+bench: install
+	$(VENV)/bin/neuro bench sim
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache build dist *.egg-info
