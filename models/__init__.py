@@ -5,16 +5,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from neuro.contract import AbstractNetwork
 
 from .alif import ALIF
+from .influence import InfluenceBalancing
 from .lif import LIF
 from .lstm import LSTM
 from .rate import RateRNN
 
-__all__ = ["ALIF", "LIF", "LSTM", "RateRNN", "available", "make", "register"]
+__all__ = ["ALIF", "InfluenceBalancing", "LIF", "LSTM", "RateRNN", "available", "get", "make", "register"]
 
 _REGISTRY: dict[str, type[AbstractNetwork]] = {}
 
@@ -27,7 +29,7 @@ def register(cls: type[AbstractNetwork]) -> type[AbstractNetwork]:
     return cls
 
 
-for _cls in (RateRNN, LSTM, LIF, ALIF):
+for _cls in (RateRNN, LSTM, LIF, ALIF, InfluenceBalancing):
     register(_cls)
 
 
@@ -35,17 +37,22 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make(name: str, **kw: Any) -> AbstractNetwork:
-    """Build the network ``name`` with hyper-parameters ``kw`` (``n_in``, ``n_hidden``, ``n_out``, ...)."""
+def get(name: str) -> type[AbstractNetwork]:
+    """The network class registered as ``name``."""
     if name not in _REGISTRY:
         raise ValueError(f"model {name!r} is unknown: valid choices are {', '.join(available())}")
-    cls = _REGISTRY[name]
-    import dataclasses
+    return _REGISTRY[name]
+
+
+def make(name: str, **kw: Any) -> AbstractNetwork:
+    """Build the network ``name`` with hyper-parameters ``kw`` (``n_in``, ``n_hidden``, ``n_out``, ...)."""
+    cls = get(name)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(kw) - fields)
     if unknown:
         raise ValueError(f"model {name!r} has no option {', '.join(unknown)}: valid options are {', '.join(sorted(fields))}")
-    missing = [f for f in ("n_in", "n_hidden", "n_out") if f not in kw]
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name in ("n_in", "n_hidden", "n_out") and f.name not in kw and f.default is dataclasses.MISSING]
     if missing:
         raise ValueError(f"model {name!r} needs {', '.join(missing)}")
     return cls(**kw)

@@ -35,6 +35,12 @@ class LSTM(AbstractNetwork):
     spiking = False
     State = LSTMState
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fb = self.forget_bias
+        if isinstance(fb, bool) or not isinstance(fb, (int, float)) or not math.isfinite(fb):
+            raise ValueError(f"forget_bias={fb!r} is invalid: expected a finite number")
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         n = self.n_hidden
         return {"W_in": (4 * n, self.n_in), "W_rec": (4 * n, n), "b": (4 * n,),

@@ -1,0 +1,121 @@
+"""``neuro.simulate`` with the torch backend: trace shapes, input checks, and equality with a manual loop."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import models
+import neuro
+
+F64 = torch.float64
+
+
+def xs_for(net, T=25, B=2, seed=0, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(T, B, net.n_in, generator=g, dtype=F64) * 3.0 + 2.0).to(dtype)
+
+
+def params_for(net, seed):
+    """float64 parameters; spiking nets get excitatory inputs so that they fire."""
+    params = net.init_params(seed=seed, dtype=F64)
+    if net.spiking:
+        params["W_in"] = params["W_in"].abs()
+    return params
+
+
+NETS = {
+    "lif": dict(n_in=3, n_hidden=6, n_out=2),
+    "alif": dict(n_in=3, n_hidden=6, n_out=2),
+    "rate": dict(n_in=3, n_hidden=6, n_out=2),
+    "lstm": dict(n_in=3, n_hidden=6, n_out=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_trace_fields_and_shapes(name):
+    net = models.make(name, **NETS[name])
+    params = params_for(net, 0)
+    tr = neuro.simulate(net, params, xs_for(net, T=25, B=2))
+    assert tr.y.shape == (25, 2, 2)
+    if net.spiking:
+        assert tr.spikes.shape == tr.v.shape == (25, 2, 6) and tr.h is None
+        assert set(torch.unique(tr.spikes).tolist()) == {0.0, 1.0}
+        assert tr.extra["i"].shape == (25, 2, 6)
+        if name == "alif":
+            assert tr.extra["a"].shape == (25, 2, 6)
+        torch.testing.assert_close(tr.rates(dt=net.dt), tr.spikes.mean(0) / net.dt)
+    else:
+        assert tr.h.shape == (25, 2, 6) and tr.spikes is None and tr.v is None
+        if name == "lstm":
+            assert tr.extra["c"].shape == (25, 2, 6)
+        with pytest.raises(ValueError, match="no spikes"):
+            tr.rates()
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_simulate_equals_a_manual_loop_of_step(name):
+    net = models.make(name, **NETS[name])
+    params = params_for(net, 1)
+    xs = xs_for(net, T=40, B=3)
+    tr = neuro.simulate(net, params, xs)
+    state = net.init_state(params, 3)
+    for t, x in enumerate(xs):
+        state, y = net.step(params, state, x)
+        assert torch.equal(tr.y[t], y)
+        for k, v in net.observe(state).items():
+            recorded = {"spikes": tr.spikes, "v": tr.v, "h": tr.h}.get(k)
+            assert torch.equal(recorded[t] if recorded is not None else tr.extra[k][t], v), k
+    if net.spiking:
+        assert float(tr.spikes.mean()) > 0.01
+
+
+def test_two_dimensional_xs_is_one_sequence():
+    net = models.make("lif", **NETS["lif"])
+    params = params_for(net, 0)
+    xs = xs_for(net, T=30, B=1)
+    one = neuro.simulate(net, params, xs[:, 0])
+    ref = neuro.simulate(net, params, xs)
+    assert one.spikes.shape == (30, 1, 6)
+    assert torch.equal(one.spikes, ref.spikes) and torch.equal(one.y, ref.y)
+    assert one.spikes.sum() > 0
+
+
+def test_input_dtype_follows_the_params_and_no_graph_is_built():
+    net = models.make("rate", **NETS["rate"])
+    params = {k: v.requires_grad_() for k, v in net.init_params(seed=0, dtype=F64).items()}
+    tr = neuro.simulate(net, params, xs_for(net, dtype=torch.float32))
+    assert tr.y.dtype == F64 and tr.h.dtype == F64
+    assert not tr.y.requires_grad
+
+
+def test_simulate_starts_from_rest_every_time():
+    net = models.make("alif", **NETS["alif"])
+    params = params_for(net, 0)
+    xs = xs_for(net)
+    a, b = neuro.simulate(net, params, xs), neuro.simulate(net, params, xs)
+    assert torch.equal(a.spikes, b.spikes) and torch.equal(a.extra["a"], b.extra["a"])
+
+
+def test_wrong_inputs_are_rejected():
+    net = models.make("lif", **NETS["lif"])
+    params = net.init_params(seed=0)
+    with pytest.raises(ValueError, match=re.escape("xs has shape (10, 2, 4): expected [T, B, n_in=3]")):
+        neuro.simulate(net, params, torch.zeros(10, 2, 4))
+    with pytest.raises(ValueError, match=re.escape("(10, 2, 1, 3)")):
+        neuro.simulate(net, params, torch.zeros(10, 2, 1, 3))
+    with pytest.raises(TypeError, match="ndarray"):
+        neuro.simulate(net, params, np.zeros((10, 2, 3)))
+    with pytest.raises(ValueError, match="W_rec"):
+        neuro.simulate(net, {k: v for k, v in params.items() if k != "W_rec"}, torch.zeros(10, 2, 3))
+
+
+def test_unknown_backend_lists_the_valid_ones():
+    net = models.make("rate", **NETS["rate"])
+    params = net.init_params(seed=0)
+    with pytest.raises(ValueError, match=r"backend='nest' is invalid: valid choices are .*'torch'"):
+        neuro.simulate(net, params, torch.zeros(5, 1, 3), backend="nest")
+    assert "torch" in neuro.backends.available()
