@@ -1,0 +1,141 @@
+"""Mackey-Glass prediction (Mackey & Glass 1977, "Oscillation and chaos in physiological control
+systems", Science 197:287), in the setting of the ANP-in-time paper (Fernandez et al. 2024, code
+jesusgf96/NP_RNNs): predict the series ``horizon = 15`` steps ahead. The delay equation::
+
+    dx/dt = beta x(t - tau) / (1 + x(t - tau)^n) - gamma x(t),      beta 0.2, gamma 0.1, n 10, tau 17
+
+is sampled at dt = 1: the input is ``x_t`` and the target ``x_{t + horizon}`` (``n_in = n_out = 1``, mse,
+every step counts). With ``normalise=True`` (default) both are ``tanh(x - 1)``, the ANP code's squashing
+(a fixed map, so chunks stay continuous; the code also removes the sample mean, which a stream cannot).
+
+Integration (method of steps, an exponential integrator): on a grid of step ``h = 1 / substeps`` the
+delayed drive ``f(t) = beta x(t - tau) / (1 + x(t - tau)^n)`` is already known ``tau`` ahead, so
+``x_{k+1} = e^{-gamma h} x_k + int_0^h e^{-gamma (h - r)} f(t_k + r) dr`` with ``f`` interpolated by the
+cubic through ``f_{k-1}, ..., f_{k+2}`` (weights integrated exactly by Gauss-Legendre; one-sided
+stencils next to the breakpoints t = tau, 2 tau, 3 tau of the initial history): fourth-order accurate
+(checked against RK4 in the tests), and vectorised over windows of ``tau / h - 1`` grid steps. The
+history is constant, ``x(t) = x_0`` for ``t <= 0`` with ``x_0 ~ U(0.5, 1.5)`` per stream from the seed;
+the first ``washout`` time units (default 500) are discarded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterator
+
+import numpy as np
+
+from neuro.contract import check_positive
+
+from .base import AbstractTask, Block
+
+__all__ = ["MackeyGlass", "integrate"]
+
+
+def _weights(gamma: float, h: float, first: int = -1) -> np.ndarray:
+    """``w_j = int_0^h e^{-gamma (h - r)} l_j(r) dr`` for the Lagrange basis on nodes
+    ``first h, ..., (first + 3) h``."""
+    z, wq = np.polynomial.legendre.leggauss(8)
+    r, wq = 0.5 * h * (z + 1.0), 0.5 * h * wq
+    nodes = h * np.arange(first, first + 4.0)
+    w = np.empty(4)
+    for j in range(4):
+        lj = np.prod([(r - nodes[m]) / (nodes[j] - nodes[m]) for m in range(4) if m != j], axis=0)
+        w[j] = np.sum(wq * np.exp(-gamma * (h - r)) * lj)
+    return w
+
+
+def integrate(x0: np.ndarray, beta: float = 0.2, gamma: float = 0.1, n: float = 10.0, tau: float = 17.0,
+              substeps: int = 10) -> Iterator[np.ndarray]:
+    """The solution from the constant history ``x0`` [B], as endless blocks [L, B] of the values at
+    t = 1, 2, 3, ... (L varies; t = 0 is ``x0``)."""
+    h, D = 1.0 / substeps, round(tau * substeps)
+    a = math.exp(-gamma * h)
+    w = {first: _weights(gamma, h, first) for first in (-2, -1, 0)}
+    # f is not smooth at t = m tau (x is not at t = 0): the steps next to those breakpoints take their
+    # stencil from one side (-2: nodes k-2..k+1, 0: nodes k..k+3) instead of the centred one (-1)
+    special = {m * D + d: first for m in (1, 2, 3) for d, first in ((-1, -2), (0, 0))}
+    # the longest run of the recurrence x_{k+1} = a x_k + b_k solved with one cumulative sum
+    run = max(1, int(math.log(1e6) / (gamma * h)))
+    buf = np.repeat(np.asarray(x0, dtype=np.float64)[None], D + 3, axis=0)   # x_{K-D-2}, ..., x_K
+    K = 0
+    while True:
+        f = beta * buf / (1.0 + buf ** n)                                      # f_{K-2}, ..., f_{K+D}
+        c = w[-1]
+        b = c[0] * f[1:-3] + c[1] * f[2:-2] + c[2] * f[3:-1] + c[3] * f[4:]   # b_K, ..., b_{K+D-2}
+        for k, first in special.items():
+            lo = k + first - (K - 2)                                           # f index of the first node
+            if K <= k <= K + D - 2 and lo + 4 <= D + 3:
+                b[k - K] = w[first] @ f[lo:lo + 4]
+        new, x = [], buf[-1]
+        for s in range(0, D - 1, run):
+            bs = b[s:s + run]
+            powers = a ** np.arange(1, bs.shape[0] + 1)[:, None]               # a^1, ..., a^m
+            xs = powers * (x + np.cumsum(bs / powers, axis=0))                 # x_{k+1}, ..., x_{k+m}
+            new.append(xs)
+            x = xs[-1]
+        new = np.concatenate(new, axis=0)                                      # x_{K+1}, ..., x_{K+D-1}
+        idx = np.arange(K + 1, K + D)
+        yield new[idx % substeps == 0]
+        buf = np.concatenate([buf, new], axis=0)[-(D + 3):]
+        K += D - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MackeyGlass(AbstractTask):
+    beta: float = 0.2
+    gamma: float = 0.1
+    n: float = 10.0
+    tau: float = 17.0
+    horizon: int = 15
+    substeps: int = 10
+    washout: int = 500
+    normalise: bool = True
+
+    name = "mackey-glass"
+    loss = "mse"
+    episodic = False
+
+    def __post_init__(self) -> None:
+        for f in ("beta", "gamma", "n", "tau"):
+            check_positive(f, getattr(self, f))
+        check_positive("horizon", self.horizon, allow_zero=True, integer=True)
+        check_positive("substeps", self.substeps, integer=True)
+        check_positive("washout", self.washout, allow_zero=True, integer=True)
+        grid = self.tau * self.substeps
+        if abs(grid - round(grid)) > 1e-9 or round(grid) < 3:
+            raise ValueError(f"tau={self.tau!r} is invalid with substeps={self.substeps!r}: "
+                             f"tau * substeps must be an integer >= 3")
+        if not isinstance(self.normalise, bool):
+            raise ValueError(f"normalise={self.normalise!r} is invalid: must be True or False")
+
+    @property
+    def n_in(self) -> int:
+        return 1
+
+    @property
+    def n_out(self) -> int:
+        return 1
+
+    def series(self, rng: np.random.Generator, batch: int) -> Iterator[np.ndarray]:
+        """The observed series after the washout (normalised if asked), as blocks [L, B]."""
+        x0 = rng.uniform(0.5, 1.5, size=batch)
+        t = 0
+        for block in integrate(x0, self.beta, self.gamma, self.n, self.tau, self.substeps):
+            t_next = t + block.shape[0]                                       # block holds t+1 .. t_next
+            block = block[max(0, self.washout - t):]
+            t = t_next
+            if block.shape[0]:
+                yield np.tanh(block - 1.0) if self.normalise else block
+
+    def _blocks(self, rng: np.random.Generator, batch: int) -> Iterator[Block]:
+        pending = np.zeros((0, batch))
+        for block in self.series(rng, batch):
+            pending = np.concatenate([pending, block], axis=0)
+            steps = pending.shape[0] - self.horizon
+            if steps > 0:
+                xs = pending[:steps, :, None].astype(np.float32)
+                ys = pending[self.horizon:, :, None].astype(np.float32)
+                pending = pending[steps:]
+                yield xs, ys, np.ones((steps, batch), dtype=bool)

@@ -1,0 +1,170 @@
+"""The task contract, checked on every task: shapes and dtypes, purity in the seed, continuity of streams,
+episodic trials, the registry and the validation of settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import neuro
+from neuro import tasks
+from neuro.tasks import Sequence
+
+NAMES = tasks.available()
+RANDOM = ["add", "copy", "cue-accumulation", "mackey-glass", "trace-patterning"]  # the others are deterministic
+CONTINUING = [n for n in NAMES if not tasks.make(n).episodic]
+EPISODIC = [n for n in NAMES if tasks.make(n).episodic]
+
+
+def _steps(task, k: int = 1) -> int:
+    return k * task.trial_steps if task.episodic else 1500
+
+
+def _cat(chunks: list[Sequence]) -> Sequence:
+    return Sequence(*(torch.cat([getattr(c, f) for c in chunks]) for f in ("xs", "ys", "mask")))
+
+
+def _equal(a: Sequence, b: Sequence) -> bool:
+    return torch.equal(a.xs, b.xs) and torch.equal(a.ys, b.ys) and torch.equal(a.mask, b.mask)
+
+
+def test_registry_lists_every_task():
+    assert NAMES == sorted(["add", "copy", "cue-accumulation", "influence-balancing", "mackey-glass", "sine",
+                            "trace-patterning"])
+    assert neuro.tasks.make("copy", delay=10).delay == 10
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shapes_dtypes_and_declared_sizes(name):
+    task = tasks.make(name)
+    assert task.name == name and task.loss in ("mse", "ce") and isinstance(task.episodic, bool)
+    assert (task.trial_steps is None) == (not task.episodic)
+    T = _steps(task)
+    seq = task.sample(T, batch=3, seed=0)
+    assert seq.xs.shape == (T, 3, task.n_in) and seq.ys.shape == (T, 3, task.n_out) and seq.mask.shape == (T, 3)
+    assert seq.xs.dtype == seq.ys.dtype == torch.float32 and seq.mask.dtype == torch.bool
+    assert torch.isfinite(seq.xs).all() and torch.isfinite(seq.ys).all() and seq.mask.any()
+    if task.loss == "ce":  # targets are probability vectors where they count
+        y = seq.ys[seq.mask]
+        assert (y >= 0).all() and torch.allclose(y.sum(-1), torch.ones(len(y)))
+        assert neuro.losses.get("ce")(torch.zeros_like(seq.ys[0]), seq.ys[0], seq.mask[0]) >= 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sample_is_a_pure_function_of_the_seed(name):
+    task = tasks.make(name)
+    T = _steps(task)
+    np_state, torch_state = np.random.get_state(), torch.get_rng_state()
+    a = task.sample(T, batch=2, seed=3)
+    assert torch.equal(torch.get_rng_state(), torch_state)  # global RNG states untouched ...
+    assert all(np.array_equal(u, v) for u, v in zip(np.random.get_state(), np_state))
+    np.random.seed(123)
+    torch.manual_seed(123)
+    assert _equal(a, task.sample(T, batch=2, seed=3))  # ... and ignored
+    assert _equal(a, tasks.make(name).sample(T, batch=2, seed=3))
+
+
+@pytest.mark.parametrize("name", RANDOM)
+def test_seeds_and_batch_elements_differ(name):
+    task = tasks.make(name)
+    T = _steps(task)
+    a, b = task.sample(T, batch=16, seed=0), task.sample(T, batch=16, seed=1)
+    assert not torch.equal(a.xs, b.xs) and not torch.equal(a.ys, b.ys)
+    assert not torch.equal(a.xs[:, 0], a.xs[:, 1])
+
+
+@pytest.mark.parametrize("name", sorted(set(NAMES) - set(RANDOM)))
+def test_deterministic_tasks_ignore_the_seed(name):
+    task = tasks.make(name)
+    a, b = task.sample(700, batch=2, seed=0), task.sample(700, batch=2, seed=5)
+    assert _equal(a, b) and torch.equal(a.xs[:, 0], a.xs[:, 1])
+
+
+@pytest.mark.parametrize("name", CONTINUING)
+@pytest.mark.parametrize("chunk", [1, 7, 333, 1000, 2500])
+def test_continuing_stream_is_one_realisation(name, chunk):
+    task = tasks.make(name)
+    k = max(3, 2600 // chunk) if chunk > 1 else 40
+    stream = task.stream(seed=4, batch=2, chunk=chunk)
+    chunks = [next(stream) for _ in range(k)]
+    assert all(c.steps == chunk for c in chunks)
+    assert _equal(_cat(chunks), task.sample(k * chunk, batch=2, seed=4))
+    # a shorter sample is a prefix of a longer one
+    assert _equal(task.sample(20, batch=2, seed=4), task.sample(k * chunk, batch=2, seed=4)[:20])
+
+
+@pytest.mark.parametrize("name", EPISODIC)
+def test_episodic_stream_yields_one_trial_per_chunk(name):
+    task = tasks.make(name)
+    T = task.trial_steps
+    stream = task.stream(seed=2, batch=2, chunk=17)  # chunk is ignored: one trial per chunk
+    trials = [next(stream) for _ in range(3)]
+    assert all(t.steps == T for t in trials)
+    assert _equal(_cat(trials), task.sample(3 * T, batch=2, seed=2))
+    assert not torch.equal(trials[0].xs, trials[1].xs) and not torch.equal(trials[1].ys, trials[2].ys)
+    # every trial has the same layout of steps that count, and targets only there
+    assert all(torch.equal(t.mask, trials[0].mask) for t in trials)
+    assert all((t.ys[~t.mask] == 0).all() for t in trials)
+    # a sample longer than whole trials is cut in the next trial
+    assert _equal(task.sample(T + 5, batch=2, seed=2), task.sample(2 * T, batch=2, seed=2)[: T + 5])
+
+
+@pytest.mark.parametrize("name", EPISODIC)
+def test_episodic_sample_shorter_than_a_trial_is_refused(name):
+    task = tasks.make(name)
+    with pytest.raises(ValueError, match=rf"steps={task.trial_steps - 1} is shorter than one trial \({task.trial_steps}"):
+        task.sample(task.trial_steps - 1)
+
+
+def test_unknown_task_and_option():
+    with pytest.raises(ValueError, match=r"task 'nope' is unknown: valid choices are add, copy, .*trace-patterning"):
+        tasks.make("nope")
+    with pytest.raises(ValueError, match=r"task 'copy' has no option lenght: valid options are delay, length, symbols"):
+        tasks.make("copy", lenght=5)
+
+
+@pytest.mark.parametrize("name, settings, message", [
+    ("copy", {"delay": -1}, r"delay=-1 is invalid: must be >= 0"),
+    ("copy", {"length": 0}, r"length=0 is invalid: must be > 0"),
+    ("copy", {"symbols": 1}, r"symbols=1 is invalid: must be >= 2"),
+    ("copy", {"delay": 2.5}, r"delay=2.5 is invalid: expected an integer"),
+    ("add", {"t1": 0}, r"t1=0 is invalid"),
+    ("add", {"t2": 6}, r"t2=6 is invalid: must differ from t1=6"),
+    ("sine", {"period": 1}, r"period=1 is invalid: must be >= 2"),
+    ("sine", {"cue": "ramp"}, r"cue='ramp' is invalid: valid choices are 'pulse', 'constant'"),
+    ("mackey-glass", {"tau": 17.05}, r"tau=17.05 is invalid with substeps=10"),
+    ("mackey-glass", {"horizon": -1}, r"horizon=-1 is invalid: must be >= 0"),
+    ("trace-patterning", {"isi": (36, 24)}, r"isi=\(36, 24\) is invalid: must be a pair of integers"),
+    ("trace-patterning", {"iti": (80,)}, r"iti=\(80,\) is invalid"),
+    ("trace-patterning", {"gamma": 1.5}, r"gamma=1.5 is invalid: must be in \(0, 1\]"),
+    ("trace-patterning", {"n_valid": 21}, r"n_valid=21 is invalid: must be <= 20"),
+    ("influence-balancing", {"n_positive": 30}, r"n_positive=30 is invalid: must be <= n_units=23"),
+    ("cue-accumulation", {"n_cues": 6}, r"n_cues=6 is invalid: must be odd"),
+    ("cue-accumulation", {"cue_ms": 100.5}, r"cue_ms=100.5 is invalid: must be a multiple of dt_ms=1.0"),
+    ("cue-accumulation", {"p_group": 0.7}, r"p_group=0.7 is invalid: must be in \[0, 0.5\]"),
+])
+def test_invalid_settings_are_named(name, settings, message):
+    with pytest.raises(ValueError, match=message):
+        tasks.make(name, **settings)
+
+
+@pytest.mark.parametrize("call, message", [
+    (dict(steps=0), r"steps=0 is invalid: must be > 0"),
+    (dict(steps=10, batch=0), r"batch=0 is invalid: must be > 0"),
+    (dict(steps=10, seed=-1), r"seed=-1 is invalid: must be >= 0"),
+    (dict(steps=10, seed=1.5), r"seed=1.5 is invalid: expected an integer"),
+])
+def test_invalid_calls_are_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        tasks.make("add").sample(**call)
+    with pytest.raises(ValueError, match=r"chunk=0 is invalid: must be > 0"):
+        tasks.make("add").stream(chunk=0)
+
+
+def test_tasks_are_frozen_and_hashable():
+    task = tasks.make("copy")
+    with pytest.raises(AttributeError):
+        task.delay = 3  # type: ignore[misc]
+    assert hash(task) == hash(tasks.make("copy")) and task == tasks.make("copy", length=100)
+    assert "delay=10" in repr(task)
