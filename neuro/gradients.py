@@ -19,6 +19,9 @@ __all__ = ["alignment", "grad_estimate", "sequence_loss"]
 def _prepare(net: AbstractNetwork, params: Params, xs: Tensor, ys: Tensor, mask: Tensor | None):
     net.check_params(params)
     p = next(iter(params.values()))
+    if ys.dim() != xs.dim():
+        raise ValueError(f"xs has shape {tuple(xs.shape)} and ys {tuple(ys.shape)}: expected [T, B, n_in] and "
+                         f"[T, B, n_out] (or [T, n_in] and [T, n_out] for one sequence)")
     if xs.dim() == 2:
         xs, ys = xs[:, None], ys[:, None]
         mask = None if mask is None else mask[:, None]
@@ -30,7 +33,7 @@ def _prepare(net: AbstractNetwork, params: Params, xs: Tensor, ys: Tensor, mask:
         mask = torch.ones(xs.shape[:2], dtype=torch.bool)
     if tuple(mask.shape) != tuple(xs.shape[:2]):
         raise ValueError(f"mask has shape {tuple(mask.shape)}: expected [T, B] = {tuple(xs.shape[:2])}")
-    return xs.to(p.dtype), ys.to(p.dtype), mask.to(p.device)
+    return xs.to(dtype=p.dtype, device=p.device), ys.to(dtype=p.dtype, device=p.device), mask.to(p.device)
 
 
 def sequence_loss(net: AbstractNetwork, params: Params, xs: Tensor, ys: Tensor, loss: str = "mse",
@@ -58,6 +61,8 @@ def grad_estimate(net: AbstractNetwork, params: Params, rule: str | AbstractRule
     xs, ys, mask = _prepare(net, params, xs, ys, mask)
     if isinstance(rule, str):
         rule = make(rule, net, loss=loss, **rule_kw)
+    elif rule.net != net:
+        raise ValueError(f"the rule was built on {rule.net!r}, not on net={net!r}")
     elif rule_kw:
         raise ValueError(f"options {sorted(rule_kw)} given with a built rule: pass them to rules.make instead")
     elif rule.loss is None:
@@ -81,6 +86,9 @@ def alignment(g: Params, g_true: Params) -> dict[str, float]:
     """
     if set(g) != set(g_true):
         raise ValueError(f"gradients have different keys: {sorted(g)} vs {sorted(g_true)}")
+    for k in sorted(g):
+        if g[k].shape != g_true[k].shape:
+            raise ValueError(f"gradients of {k!r} have different shapes: {tuple(g[k].shape)} vs {tuple(g_true[k].shape)}")
 
     def cos(a: Tensor, b: Tensor) -> float:
         a, b = a.detach().double().flatten(), b.detach().double().flatten()

@@ -58,13 +58,13 @@ class BPTT(AbstractRule):
     def _flush(self, state: BPTTState) -> tuple[BPTTState, Params | None]:
         if state.window is None:
             return state, None
+        fresh = BPTTState(net=_detach_state(state.net), window=None, total=None, t=0)
+        if not state.total.requires_grad:  # every step of the window was masked out: no estimate
+            return fresh, None
         keys = list(state.window)
-        if state.total.requires_grad:
-            gs = torch.autograd.grad(state.total, [state.window[k] for k in keys], allow_unused=True)
-        else:
-            gs = [None] * len(keys)
+        gs = torch.autograd.grad(state.total, [state.window[k] for k in keys], allow_unused=True)
         grad = {k: (g if g is not None else torch.zeros_like(state.window[k])) for k, g in zip(keys, gs)}
-        return BPTTState(net=_detach_state(state.net), window=None, total=None, t=0), grad
+        return fresh, grad
 
     def finish(self, params: Params, state: BPTTState) -> tuple[BPTTState, Params | None]:
         return self._flush(state)
