@@ -19,8 +19,9 @@ from .backends import Trace, simulate
 from .contract import AbstractNetwork, Params
 from .gradients import alignment, grad_estimate, sequence_loss
 from .rules import Needs
+from .training import History, TrainingDiverged, train
 
 __version__ = "0.1.0"
 
-__all__ = ["AbstractNetwork", "Needs", "Params", "Trace", "alignment", "backends", "grad_estimate", "losses",
-           "rules", "sequence_loss", "simulate", "surrogate", "tasks"]
+__all__ = ["AbstractNetwork", "History", "Needs", "TrainingDiverged", "Params", "Trace", "alignment", "backends", "grad_estimate", "losses",
+           "rules", "sequence_loss", "simulate", "surrogate", "tasks", "train"]
