@@ -12,9 +12,11 @@ from neuro.contract import AbstractNetwork
 
 from .base import AbstractRule, Needs, StepOutput, add_into, zeros_like_params
 from .bptt import BPTT
+from .kf_rtrl import KFRTRL
+from .rtrl import RTRL
 from .tbptt import TBPTT
 
-__all__ = ["AbstractRule", "BPTT", "Needs", "StepOutput", "TBPTT", "add_into", "available", "get", "make",
+__all__ = ["AbstractRule", "BPTT", "KFRTRL", "Needs", "RTRL", "StepOutput", "TBPTT", "add_into", "available", "get", "make",
            "register", "zeros_like_params"]
 
 _REGISTRY: dict[str, type[AbstractRule]] = {}
@@ -28,7 +30,7 @@ def register(cls: type[AbstractRule]) -> type[AbstractRule]:
     return cls
 
 
-for _cls in (BPTT, TBPTT):
+for _cls in (BPTT, TBPTT, RTRL, KFRTRL):
     register(_cls)
 
 
