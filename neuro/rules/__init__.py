@@ -13,11 +13,14 @@ from neuro.contract import AbstractNetwork
 from .base import AbstractRule, Needs, StepOutput, add_into, zeros_like_params
 from .bptt import BPTT
 from .kf_rtrl import KFRTRL
+from .nobacktrack import NoBackTrack
+from .nobacktrack_kalman import NoBackTrackKalman
 from .rtrl import RTRL
 from .tbptt import TBPTT
+from .uoro import UORO
 
-__all__ = ["AbstractRule", "BPTT", "KFRTRL", "Needs", "RTRL", "StepOutput", "TBPTT", "add_into", "available", "get", "make",
-           "register", "zeros_like_params"]
+__all__ = ["AbstractRule", "BPTT", "KFRTRL", "Needs", "NoBackTrack", "NoBackTrackKalman", "RTRL", "StepOutput", "TBPTT",
+           "UORO", "add_into", "available", "get", "make", "register", "zeros_like_params"]
 
 _REGISTRY: dict[str, type[AbstractRule]] = {}
 
@@ -30,7 +33,7 @@ def register(cls: type[AbstractRule]) -> type[AbstractRule]:
     return cls
 
 
-for _cls in (BPTT, TBPTT, RTRL, KFRTRL):
+for _cls in (BPTT, TBPTT, RTRL, KFRTRL, UORO, NoBackTrack, NoBackTrackKalman):
     register(_cls)
 
 

@@ -1,0 +1,175 @@
+"""UORO (neuro/rules/uoro.py): oracle tests beyond the rule contract and the unbiasedness oracle
+(tests/neuro/rules/test_unbiased.py).
+
+* One step equals Algorithm 1 of Tallec & Ollivier (2018) computed by hand from full one-step Jacobians
+  (the same random signs), on a rate RNN and a spiking LIF network.
+* The rank-one pair is an unbiased estimate of RTRL's influence matrix: the mean of ``s~_t theta~_t^T`` over
+  a batch of independent samples is within 3 standard errors (in Frobenius norm) of ``M_t``.
+* O(n + p): no Jacobian is ever formed (the Jacobian functions are patched to raise), the state holds
+  O(S + P) numbers per sample; the noise differs across the samples of a batch; reset keeps the generator.
+* Long float32 runs stay finite with balanced factors; a non-finite estimate raises, naming the step.
+"""
+
+from __future__ import annotations
+
+import math
+from unittest import mock
+
+import pytest
+import torch
+
+import models
+from neuro import rules
+from neuro.rules import _onestep
+from neuro.rules.uoro import flat_step, random_signs
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+F64 = torch.float64
+
+
+def _case(model: str, n_hidden: int = 4, T: int = 8, batch: int = 3, dtype=F64, seed: int = 0):
+    opts = dict(input_scale=8.0, tau_mem=5.0, tau_syn=2.0) if model == "lif" else {}
+    net = models.make(model, n_in=2, n_hidden=n_hidden, n_out=2, **opts)
+    params = net.init_params(seed=seed, dtype=dtype)
+    g = torch.Generator().manual_seed(11)
+    if net.spiking:
+        xs = (torch.rand(T, batch, 2, generator=g) < 0.5).to(dtype)
+    else:
+        xs = torch.randn(T, batch, 2, generator=g, dtype=F64).to(dtype)
+    ys = torch.randn(T, batch, 2, generator=g, dtype=F64).to(dtype)
+    return net, params, xs, ys, torch.ones(T, batch, dtype=torch.bool)
+
+
+def _run(rule, params, xs, ys, mask, steps: int, seed: int = 0, state=None):
+    state = rule.init(params, xs.shape[1], seed) if state is None else state
+    out = None
+    for t in range(steps):
+        out = rule.step(params, state, xs[t], ys[t], mask[t])
+        state = out.state
+    return state, out
+
+
+@pytest.mark.parametrize("model", ["rate", "lif"])
+def test_one_step_is_algorithm_1(model):
+    net, params, xs, ys, mask = _case(model)
+    rule = rules.make("uoro", net)
+    state, _ = _run(rule, params, xs, ys, mask, 4)  # a non-trivial pair
+    assert float(state.s_tilde.norm()) > 0 and float(state.theta_tilde.norm()) > 0
+    gen = torch.Generator()
+    gen.set_state(state.gen.get_state())  # the signs the rule is about to draw
+
+    fs = flat_step(net, "mse", params)
+    theta, s = fs.flat_params(params), fs.flat_state(state.net)
+    x, y, m = xs[4], ys[4], mask[4]
+    B, S = s.shape
+    _, dl_ds, dl_dtheta, _, _ = fs.loss_grads(theta, s, x, y, m)
+    _, Js, Jt = fs.jacobians(theta, s, x)  # [B, S, S], [B, S, P]: the full Jacobians, by reverse mode
+    st, tt = state.s_tilde, state.theta_tilde
+    g = ((dl_ds * st).sum(1)[:, None] * tt + dl_dtheta).mean(0)
+    nu = random_signs(gen, (B, S), s)
+    Jst = torch.einsum("bij,bj->bi", Js, st)
+    delta = torch.einsum("bi,bip->bp", nu, Jt)
+    eps = rule.eps
+    rho0 = torch.sqrt(tt.norm(dim=1) / (Jst.norm(dim=1) + eps)) + eps
+    rho1 = torch.sqrt(delta.norm(dim=1) / (math.sqrt(S) + eps)) + eps
+    s_next = rho0[:, None] * Jst + rho1[:, None] * nu
+    t_next = tt / rho0[:, None] + delta / rho1[:, None]
+
+    out = rule.step(params, state, x, y, m)
+    torch.testing.assert_close(torch.cat([out.grad[k].reshape(-1) for k in fs.keys]), g, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.state.s_tilde, s_next, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.state.theta_tilde, t_next, rtol=1e-12, atol=1e-12)
+    # the factors are balanced: ||rho_0 J s~|| = ||theta~ / rho_0||, ||rho_1 nu|| = ||delta / rho_1|| (eps aside)
+    torch.testing.assert_close((rho0[:, None] * Jst).norm(dim=1), (tt / rho0[:, None]).norm(dim=1), rtol=1e-5, atol=0)
+    torch.testing.assert_close((rho1[:, None] * nu).norm(dim=1), (delta / rho1[:, None]).norm(dim=1), rtol=1e-5, atol=0)
+
+
+def test_rank_one_pair_is_an_unbiased_influence_matrix():
+    """E[s~_t theta~_t^T] = M_t = ds_t/dtheta (RTRL's recursion with full Jacobians), within 3 SE."""
+    T, N = 6, 20000
+    net, params, xs, ys, mask = _case("rate", n_hidden=3, T=T, batch=1)
+    fs = flat_step(net, "mse", params)
+    theta = fs.flat_params(params)
+    M = torch.zeros(1, fs.n_state, fs.n_params, dtype=F64)
+    s = fs.flat_state(net.init_state(params, 1))
+    for t in range(T):
+        s_new, J, I = fs.jacobians(theta, s, xs[t])
+        M, s = torch.bmm(J, M) + I, s_new
+
+    rule = rules.make("uoro", net)
+    state, _ = _run(rule, params, xs.expand(T, N, 2), ys.expand(T, N, 2), mask.expand(T, N), T, seed=3)
+    outer = state.s_tilde[:, :, None] * state.theta_tilde[:, None, :]  # [N, S, P]
+    err = float((outer.mean(0) - M[0]).norm())
+    se = math.sqrt(float(outer.var(0).sum()) / N)
+    assert err <= 3 * se, f"||mean s~ theta~^T - M|| = {err:.4g} > 3 SE = {3 * se:.4g} (||M|| = {float(M.norm()):.3g})"
+    assert se < 0.1 * float(M.norm()), "the test is too weak to see a bias"
+
+
+@pytest.mark.parametrize("model", ["rate", "lif"])
+def test_no_jacobian_is_formed_and_the_state_is_linear_in_size(model):
+    net, params, xs, ys, mask = _case(model, n_hidden=16)
+
+    def forbid(*_a, **_k):
+        raise AssertionError("a Jacobian was formed")
+
+    with mock.patch.object(_onestep.FlatStep, "jacobians", forbid), mock.patch.object(_onestep, "jacrev", forbid), \
+            mock.patch.object(torch.func, "jacrev", forbid), mock.patch.object(torch.func, "jacfwd", forbid), \
+            mock.patch.object(torch.autograd.functional, "jacobian", forbid):
+        state, out = _run(rules.make("uoro", net), params, xs, ys, mask, 5)
+    fs = flat_step(net, "mse", params)
+    B, S, P = xs.shape[1], fs.n_state, fs.n_params
+    numel = sum(t.numel() for t in state if isinstance(t, torch.Tensor)) + sum(t.numel() for t in state.net)
+    assert numel <= 2 * B * (S + P), f"the state holds {numel} numbers for B={B}, S={S}, P={P}"
+    assert S * P > 10 * (S + P)  # a Jacobian would have been noticed
+
+
+def test_noise_is_independent_across_the_batch():
+    net, params, xs, ys, mask = _case("rate", batch=2)
+    same = (xs[:, :1].expand(-1, 2, -1), ys[:, :1].expand(-1, 2, -1), mask)
+    state, _ = _run(rules.make("uoro", net), params, *same, 3)
+    assert not torch.allclose(state.s_tilde[0], state.s_tilde[1]), "two samples of a batch drew the same signs"
+
+
+def test_reset_keeps_the_generator_and_clears_the_pair():
+    net, params, xs, ys, mask = _case("rate")
+    rule = rules.make("uoro", net)
+    state, _ = _run(rule, params, xs, ys, mask, 4, seed=7)
+    fresh = rule.reset(params, state)
+    assert fresh.gen is state.gen and fresh.t == 0
+    assert float(fresh.s_tilde.abs().sum()) == 0 and float(fresh.theta_tilde.abs().sum()) == 0
+    _, after_reset = _run(rule, params, xs, ys, mask, 3, state=fresh)
+    _, from_init = _run(rule, params, xs, ys, mask, 3, seed=7)
+    assert not torch.equal(after_reset.grad["W_rec"], from_init.grad["W_rec"]), "reset re-seeded the generator"
+
+
+def test_long_float32_run_stays_finite_and_balanced():
+    T = 2000
+    net, params, xs, ys, mask = _case("rate", n_hidden=16, T=T, batch=2, dtype=torch.float32)
+    rule = rules.make("uoro", net)
+    state = rule.init(params, 2, 0)
+    for t in range(T):
+        out = rule.step(params, state, xs[t], ys[t], mask[t])
+        state = out.state
+        for g in out.grad.values():
+            assert torch.isfinite(g).all(), f"non-finite estimate at step {t + 1}"
+    ratio = state.s_tilde.norm(dim=1) / state.theta_tilde.norm(dim=1)
+    assert bool(((ratio > 1e-3) & (ratio < 1e3)).all()), f"unbalanced factors: ||s~|| / ||theta~|| = {ratio.tolist()}"
+
+
+def test_a_non_finite_estimate_names_the_step():
+    net, params, xs, ys, mask = _case("rate")
+    xs = xs.clone()
+    xs[2, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"uoro: the estimate at step 3 .*'W_in'"):
+        _run(rules.make("uoro", net), params, xs, ys, mask, 3)
+
+
+def test_options_are_checked():
+    net = models.make("rate", n_in=1, n_hidden=2, n_out=1)
+    for bad in (0, -1e-7, float("nan"), "1e-7"):
+        with pytest.raises(ValueError, match="eps="):
+            rules.make("uoro", net, eps=bad)
+    with pytest.raises(ValueError, match="batch=0"):
+        rules.make("uoro", net).init(net.init_params(), 0)
+
