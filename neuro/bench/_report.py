@@ -1,0 +1,137 @@
+"""Shared helpers of ``neuro bench``: machine description, statistics, atomic writes, Markdown tables."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+__all__ = ["cache_bytes", "fmt_rate", "fmt_ratio", "loadavg", "machine_info", "md_table", "summarize", "write_atomic",
+           "write_json"]
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache(level_index: int) -> str | None:
+    p = Path(f"/sys/devices/system/cpu/cpu0/cache/index{level_index}/size")
+    try:
+        return p.read_text().strip()
+    except OSError:
+        return None
+
+
+def cache_bytes(level_index: int = 3) -> int | None:
+    """Size in bytes of the cache at sysfs ``index{level_index}`` of cpu0 (3: the last level here), or None."""
+    size = _cache(level_index)
+    if not size:
+        return None
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        return int(size[:-1]) * units[size[-1].upper()] if size[-1].upper() in units else int(size)
+    except ValueError:
+        return None
+
+
+def loadavg() -> float | None:
+    """The 1-minute load average (other processes compete for the cores), or None where unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """The machine and software a benchmark ran on."""
+    import torch
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "l2_cache": _cache(2),
+        "l3_cache": _cache(3),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": _version("numpy"),
+        "norse": _version("norse"),
+        "threads": threads,
+    }
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """Median, min, max and relative spread ((max - min) / median) of repeated measurements."""
+    med = statistics.median(values)
+    lo, hi = min(values), max(values)
+    return {"median": med, "min": lo, "max": hi, "spread": (hi - lo) / med if med else 0.0, "n": len(values)}
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def fmt_rate(x: float | None) -> str:
+    """Steps per second, short: 451k, 11.5k, 368."""
+    if x is None:
+        return "–"
+    if x >= 100_000:
+        return f"{x / 1000:.0f}k"
+    if x >= 10_000:
+        return f"{x / 1000:.1f}k"
+    if x >= 1_000:
+        return f"{x / 1000:.2f}k"
+    return f"{x:.0f}"
+
+
+def fmt_ratio(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.2f}x" if x < 10 else f"{x:.0f}x"
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(c) for c in r) + " |")
+    return "\n".join(lines)
