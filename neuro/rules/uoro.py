@@ -30,6 +30,9 @@ factors finite and positive when a norm is zero (at the first step ``theta~ = 0`
 which leaves ``theta~ / rho_0 = 0``). Any positive ``rho`` that does not depend on the current ``nu``
 keeps the estimate unbiased; ``eps`` only changes the variance.
 
+``samples`` (field, default 1) keeps that many independent rank-one pairs per sequence and averages
+their estimates: still unbiased, the variance divided by ``samples``, the jvp/vjp cost multiplied by it.
+
 A batch holds independent sequences, each with its own noise; the estimate is the batch mean of the
 per-sample estimates (as :mod:`neuro.losses` averages the loss). Cost per step: one loss gradient through
 the step, one jvp and one vjp of the step (vmapped over the batch); memory O(B (S + P)), no Jacobian
@@ -58,8 +61,8 @@ __all__ = ["UORO", "UOROState"]
 
 class UOROState(NamedTuple):
     net: NamedTuple
-    s_tilde: Tensor  # [B, S]  state factor of the rank-one influence estimate
-    theta_tilde: Tensor  # [B, P]  parameter factor
+    s_tilde: Tensor  # [B * samples, S]  state factors of the rank-one influence estimates
+    theta_tilde: Tensor  # [B * samples, P]  parameter factors
     gen: torch.Generator  # the noise (seeded by init, kept across reset)
     t: int  # steps since init or reset
 
@@ -102,9 +105,11 @@ def norm(v: Tensor) -> Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class UORO(AbstractRule):
-    """UORO (module docstring). ``eps``: the regulariser of the factors ``rho_0`` and ``rho_1``."""
+    """UORO (module docstring). ``eps``: the regulariser of the factors ``rho_0`` and ``rho_1``;
+    ``samples``: independent rank-one pairs per sequence, averaged."""
 
     eps: float = 1e-7
+    samples: int = 1
 
     name = "uoro"
     needs = Needs.JVP
@@ -114,14 +119,16 @@ class UORO(AbstractRule):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive("eps", self.eps)
+        check_positive("samples", self.samples, integer=True)
 
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> UOROState:
         check_positive("batch", batch, integer=True)
         fs = flat_step(self.net, self.loss or "mse", params)
         p = next(iter(params.values()))
         zeros = functools.partial(torch.zeros, dtype=p.dtype, device=p.device)
-        return UOROState(net=self.net.init_state(params, batch), s_tilde=zeros(batch, fs.n_state),
-                         theta_tilde=zeros(batch, fs.n_params), gen=new_generator(seed), t=0)
+        K = self.samples
+        return UOROState(net=self.net.init_state(params, batch), s_tilde=zeros(batch * K, fs.n_state),
+                         theta_tilde=zeros(batch * K, fs.n_params), gen=new_generator(seed), t=0)
 
     def step(self, params: Params, state: UOROState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
         fs = flat_step(self.net, self.loss or "mse", params)
@@ -131,11 +138,15 @@ class UORO(AbstractRule):
         s_tilde, theta_tilde = state.s_tilde, state.theta_tilde
 
         l, dl_ds, dl_dtheta, s_new, y_hat = fs.loss_grads(theta, s, x, y, mask)
+        K = self.samples
+        if K > 1:  # K rank-one pairs per sequence: the same s_{t-1}, x_t and loss gradient for each
+            s, x, dl_ds = (v.repeat_interleave(K, 0) for v in (s, x, dl_ds))
         # g_t = (dl_t/ds_{t-1} . s~_{t-1}) theta~_{t-1} + partial l_t/partial theta, averaged over the batch
-        g = ((dl_ds * s_tilde).sum(1, keepdim=True) * theta_tilde + dl_dtheta).mean(0)
+        # (and over the K pairs)
+        g = ((dl_ds * s_tilde).sum(1, keepdim=True) * theta_tilde).mean(0) + dl_dtheta.mean(0)
         check_finite(self.name, state.t + 1, fs.keys, g, fs)
 
-        nu = random_signs(state.gen, (B, S), s)
+        nu = random_signs(state.gen, (B * K, S), s)
         _, Js = fs.jvp_state(theta, s, x, s_tilde, torch.zeros_like(theta))  # (partial f/partial s) s~
         _, delta = fs.vjp_state(theta, s, x, nu)  # nu^T partial f/partial theta   [B, P]
         eps = self.eps

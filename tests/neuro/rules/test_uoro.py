@@ -173,3 +173,28 @@ def test_options_are_checked():
     with pytest.raises(ValueError, match="batch=0"):
         rules.make("uoro", net).init(net.init_params(), 0)
 
+
+
+def test_samples_average_independent_pairs_and_reduce_the_variance():
+    """``samples=K``: still unbiased, variance about K times smaller; K=1 is the plain rule."""
+    import models
+    import neuro
+
+    torch.set_num_threads(1)
+    net = models.make("rate", n_in=2, n_hidden=4, n_out=1)
+    p = net.init_params(0, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(8, 1, 2, generator=g, dtype=torch.float64), torch.randn(8, 1, 1, generator=g, dtype=torch.float64)
+    true = torch.cat([v.flatten() for v in neuro.grad_estimate(net, p, "bptt", xs, ys).values()])
+
+    def draws(K, n):
+        return torch.stack([torch.cat([v.flatten() for v in
+                            neuro.grad_estimate(net, p, "uoro", xs, ys, seed=s, samples=K).values()]) for s in range(n)])
+
+    one, four = draws(1, 300), draws(4, 300)
+    var1, var4 = one.var(0).sum(), four.var(0).sum()
+    assert 2.5 < (var1 / var4).item() < 6.0, (var1, var4)
+    se = (var4 / len(four)).sqrt()
+    assert (four.mean(0) - true).norm() < 3 * se
+    with pytest.raises(ValueError, match="samples=0 is invalid"):
+        neuro.rules.make("uoro", net, samples=0)
