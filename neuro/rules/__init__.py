@@ -16,11 +16,12 @@ from .kf_rtrl import KFRTRL
 from .nobacktrack import NoBackTrack
 from .nobacktrack_kalman import NoBackTrackKalman
 from .rtrl import RTRL
+from .snap import SnAp1, SnAp2
 from .tbptt import TBPTT
 from .uoro import UORO
 
-__all__ = ["AbstractRule", "BPTT", "KFRTRL", "Needs", "NoBackTrack", "NoBackTrackKalman", "RTRL", "StepOutput", "TBPTT",
-           "UORO", "add_into", "available", "get", "make", "register", "zeros_like_params"]
+__all__ = ["AbstractRule", "BPTT", "KFRTRL", "Needs", "NoBackTrack", "NoBackTrackKalman", "RTRL", "SnAp1", "SnAp2",
+           "StepOutput", "TBPTT", "UORO", "add_into", "available", "get", "make", "register", "zeros_like_params"]
 
 _REGISTRY: dict[str, type[AbstractRule]] = {}
 
@@ -33,7 +34,7 @@ def register(cls: type[AbstractRule]) -> type[AbstractRule]:
     return cls
 
 
-for _cls in (BPTT, TBPTT, RTRL, KFRTRL, UORO, NoBackTrack, NoBackTrackKalman):
+for _cls in (BPTT, TBPTT, RTRL, KFRTRL, UORO, NoBackTrack, NoBackTrackKalman, SnAp1, SnAp2):
     register(_cls)
 
 
