@@ -11,12 +11,13 @@ from typing import Any
 from neuro.contract import AbstractNetwork
 
 from .alif import ALIF
+from .columnar import Columnar
 from .influence import InfluenceBalancing
 from .lif import LIF
 from .lstm import LSTM
 from .rate import RateRNN
 
-__all__ = ["ALIF", "InfluenceBalancing", "LIF", "LSTM", "RateRNN", "available", "get", "make", "register"]
+__all__ = ["ALIF", "Columnar", "InfluenceBalancing", "LIF", "LSTM", "RateRNN", "available", "get", "make", "register"]
 
 _REGISTRY: dict[str, type[AbstractNetwork]] = {}
 
@@ -29,7 +30,7 @@ def register(cls: type[AbstractNetwork]) -> type[AbstractNetwork]:
     return cls
 
 
-for _cls in (RateRNN, LSTM, LIF, ALIF, InfluenceBalancing):
+for _cls in (RateRNN, LSTM, LIF, ALIF, InfluenceBalancing, Columnar):
     register(_cls)
 
 

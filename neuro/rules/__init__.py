@@ -12,6 +12,7 @@ from neuro.contract import AbstractNetwork
 
 from .base import AbstractRule, Needs, StepOutput, add_into, zeros_like_params
 from .bptt import BPTT
+from .columnar import ColumnarRTRL
 from .kf_rtrl import KFRTRL
 from .nobacktrack import NoBackTrack
 from .nobacktrack_kalman import NoBackTrackKalman
@@ -20,8 +21,8 @@ from .snap import SnAp1, SnAp2
 from .tbptt import TBPTT
 from .uoro import UORO
 
-__all__ = ["AbstractRule", "BPTT", "KFRTRL", "Needs", "NoBackTrack", "NoBackTrackKalman", "RTRL", "SnAp1", "SnAp2",
-           "StepOutput", "TBPTT", "UORO", "add_into", "available", "get", "make", "register", "zeros_like_params"]
+__all__ = ["AbstractRule", "BPTT", "ColumnarRTRL", "KFRTRL", "Needs", "NoBackTrack", "NoBackTrackKalman", "RTRL", "SnAp1",
+           "SnAp2", "StepOutput", "TBPTT", "UORO", "add_into", "available", "get", "make", "register", "zeros_like_params"]
 
 _REGISTRY: dict[str, type[AbstractRule]] = {}
 
@@ -34,7 +35,7 @@ def register(cls: type[AbstractRule]) -> type[AbstractRule]:
     return cls
 
 
-for _cls in (BPTT, TBPTT, RTRL, KFRTRL, UORO, NoBackTrack, NoBackTrackKalman, SnAp1, SnAp2):
+for _cls in (BPTT, TBPTT, RTRL, ColumnarRTRL, KFRTRL, UORO, NoBackTrack, NoBackTrackKalman, SnAp1, SnAp2):
     register(_cls)
 
 

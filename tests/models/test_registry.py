@@ -21,6 +21,7 @@ CONFIGS = {  # hyper-parameters exercised per model; a model not named here runs
     "lif": [{"dynamics": "exact"}, {"dynamics": "euler"}, {"dynamics": "lava"},
             {"reset": "zero", "refractory": 2, "surrogate": "fast-sigmoid"}],
     "alif": [{}, {"dynamics": "lava", "reset": "zero", "refractory": 1}],
+    "columnar": [{}, {"cell": "rate"}],
 }
 # Fixed systems with deterministic parameters, held to their own oracle tests instead
 # (tests/models/test_influence.py): no random init, no W_in, one readout unit.

@@ -1,0 +1,111 @@
+"""Columnar RTRL (Javed, Shah, Sutton & White 2023, "Scalable real-time recurrent learning using
+columnar-constructive networks", JMLR 24, Sec. 4): exact RTRL for a network of independent columns.
+
+Column ``k`` has the state ``s_k`` (``(h_k, c_k)`` for an LSTM column, ``h_k`` for a rate column) and
+the parameters ``theta_k = (W_in[k], w_rec[k], b[k])`` (``q = G (n_in + 2)`` numbers); it reads the input
+and only its own ``h_{t-1,k}``. So ``s_k`` depends on ``theta_k`` alone and the influence matrix
+``ds_t/dtheta`` is block-diagonal: only the per-column traces (the paper's ``dh_k/dw``, ``dc_k/dw``)
+
+    M_{t,k} = ds_{t,k}/dtheta_k                                   [B, n, S_c, q],   M_{0,k} = 0
+    M_{t,k} = (partial s_{t,k}/partial s_{t-1,k}) M_{t-1,k} + partial s_{t,k}/partial theta_k
+
+are kept: O(p) memory and compute per step (``S_c`` = 2 or 1 state numbers per column). The one-step
+Jacobians of a single column come from ``torch.func.jacrev`` of the network's own ``current`` and
+``neuron`` on a one-column network, ``vmap``-ed over columns and the batch; the full [S, P] influence
+matrix is never built. The estimate of step ``t`` (exact; the readout gets its immediate gradient)::
+
+    e_t = dl_t/dy_t                    dl_t/dtheta_k = (e_t W_out)_k  M_{t,k}[h]
+    dl_t/dW_out = e_t^T h_t            dl_t/db_out = sum_b e_t
+
+averaged over the batch as :mod:`neuro.losses` does. Summed over a sequence with the parameters frozen
+it equals BPTT's (and RTRL's) gradient. Only the network registered as ``"columnar"`` is supported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.func import jacrev, vmap
+
+from neuro.contract import Params, check_positive
+
+from .base import AbstractRule, Needs, StepOutput
+
+__all__ = ["ColumnarRTRL", "ColumnarRTRLState"]
+
+_COLUMN_KEYS = ("W_in", "w_rec", "b")  # theta_k, packed in this order
+
+
+class ColumnarRTRLState(NamedTuple):
+    net: NamedTuple
+    M: Tensor  # [B, n, S_c, q] per-column traces ds_{t,k}/dtheta_k
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnarRTRL(AbstractRule):
+    """Exact RTRL over independent columns, with block-diagonal (per-column) traces."""
+
+    name = "columnar"
+    needs = Needs.JACOBIAN
+    supports = ("columnar",)
+
+    # -- packing theta_k -----------------------------------------------------------------------------
+    def _pack(self, params: Params) -> Tensor:
+        """``Theta`` [n, q]: row k is ``theta_k = (W_in[k], w_rec[k], b[k])`` flattened."""
+        n = self.net.n_hidden
+        return torch.cat([params[k].reshape(n, -1) for k in _COLUMN_KEYS], dim=1)
+
+    def _unpack(self, g: Tensor) -> Params:
+        net = self.net
+        n, G = g.shape[0], net.n_gates
+        w_in, w_rec, b = g.split([G * net.n_in, G, G], dim=1)
+        return {"W_in": w_in.reshape(n, G, net.n_in), "w_rec": w_rec, "b": b}
+
+    def _column_step(self, theta: Tensor, s: Tensor, x: Tensor) -> Tensor:
+        """One column, one sample: ``s_{t,k}`` [S_c] from ``theta_k`` [q], ``s_{t-1,k}`` [S_c], ``x`` [n_in],
+        through the network's own ``current`` and ``neuron`` on a one-column copy."""
+        net1 = dataclasses.replace(self.net, n_hidden=1)
+        p1 = self._unpack(theta[None])  # W_in [1, G, n_in], w_rec [1, G], b [1, G]
+        state = net1.State(*(s[j].reshape(1, 1) for j in range(s.shape[0])))
+        i = net1.current(p1, state, x[None])
+        state, _ = net1.neuron(p1, state, i)
+        return torch.stack([f.reshape(()) for f in state])
+
+    # -- the rule ------------------------------------------------------------------------------------
+    def init(self, params: Params, batch: int = 1, seed: int = 0) -> ColumnarRTRLState:
+        check_positive("batch", batch, integer=True)
+        self.net.check_params(params)
+        net_state = self.net.init_state(params, batch)
+        p = params["W_in"]
+        q = self._pack(params).shape[1]
+        M = torch.zeros(batch, self.net.n_hidden, len(net_state), q, dtype=p.dtype, device=p.device)
+        return ColumnarRTRLState(net=net_state, M=M)
+
+    def memory_numel(self, params: Params, batch: int = 1) -> int:
+        """Numbers held by the traces: ``B n S_c q = B S_c (p - readout)``, O(p)."""
+        return batch * self.net.n_hidden * len(self.net.init_state(params, 1)) * self._pack(params).shape[1]
+
+    def step(self, params: Params, state: ColumnarRTRLState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
+        params = {k: v.detach() for k, v in params.items()}
+        net = self.net
+        theta = self._pack(params)  # [n, q]
+        s = torch.stack(tuple(state.net), dim=-1).detach()  # s_{t-1} [B, n, S_c]
+
+        # per-column one-step Jacobians: vmap over columns (inner) and the batch (outer)
+        jac = jacrev(self._column_step, argnums=(0, 1))
+        J_theta, J_s = vmap(vmap(jac, in_dims=(0, 0, None)), in_dims=(None, 0, 0))(theta, s, x)
+        M = torch.einsum("bkij,bkjq->bkiq", J_s, state.M) + J_theta  # [B, n, S_c, q]
+
+        i = net.current(params, state.net, x)
+        net_state, h = net.neuron(params, state.net, i)
+        net_state, y_hat = net.readout(params, net_state, h)
+        fn = self.loss_fn
+        e = torch.func.grad(lambda yh: fn(yh, y, mask))(y_hat)  # dl_t/dy_t [B, n_out] (masked, / B)
+        g_cols = torch.einsum("bk,bkq->kq", e @ params["W_out"], M[:, :, state.net._fields.index("h")])
+        # (dl_t/dh_t) M_t[h]: the readout reads h only
+        grad = {**self._unpack(g_cols), "W_out": e.T @ h, "b_out": e.sum(0)}
+        return StepOutput(ColumnarRTRLState(net=net_state, M=M.detach()), y_hat.detach(),
+                          fn(y_hat, y, mask).detach(), {k: grad[k].detach().contiguous() for k in params})

@@ -1,0 +1,125 @@
+"""Columnar RTRL: the oracles (float64).
+
+* The summed estimate over a sequence, parameters frozen, equals BPTT's gradient and RTRL's (the full
+  influence matrix) to 1e-10 relative, for LSTM and rate columns, mse and ce, batch 2, a mask; also
+  across chunked windows with the state carried.
+* Its traces hold B * S_c * (p - readout) numbers (O(p)), not RTRL's B * S * P.
+* It refuses a network that is not columnar, naming the model.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import models
+import neuro
+from neuro import rules
+from neuro.rules import Needs
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+N_IN, N_HID, N_OUT = 3, 5, 2
+F64 = torch.float64
+TOL = 1e-10
+
+
+def _case(cell: str, T: int = 25, B: int = 2, loss: str = "mse", seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    net = models.make("columnar", n_in=N_IN, n_hidden=N_HID, n_out=N_OUT, cell=cell)
+    params = net.init_params(seed=seed + 1, dtype=F64)
+    params["b_out"] = 0.1 * torch.randn(N_OUT, generator=gen, dtype=F64)
+    xs = torch.randn(T, B, N_IN, generator=gen, dtype=F64)
+    if loss == "mse":
+        ys = torch.randn(T, B, N_OUT, generator=gen, dtype=F64)
+    else:
+        ys = torch.nn.functional.one_hot(torch.randint(0, N_OUT, (T, B), generator=gen), N_OUT).to(F64)
+    mask = torch.rand(T, B, generator=gen) < 0.7
+    return net, params, xs, ys, mask
+
+
+def _rel(got: dict, ref: dict) -> float:
+    """Largest relative error over the parameters (max-abs difference / max-abs of the reference)."""
+    errs = []
+    for k in ref:
+        scale = ref[k].abs().max().item()
+        assert scale > 0, f"reference gradient of {k} is zero: the comparison would be vacuous"
+        errs.append((got[k] - ref[k]).abs().max().item() / scale)
+    return max(errs)
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("cell", ["lstm", "rate"])
+def test_columnar_equals_bptt_and_rtrl(cell, loss):
+    net, params, xs, ys, mask = _case(cell, loss=loss)
+    assert not mask.all() and xs.shape[1] == 2
+    got = neuro.grad_estimate(net, params, "columnar", xs, ys, loss=loss, mask=mask)
+    ref = neuro.grad_estimate(net, params, "bptt", xs, ys, loss=loss, mask=mask)
+    full = neuro.grad_estimate(net, params, "rtrl", xs, ys, loss=loss, mask=mask)
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in params.items()}
+    assert _rel(got, ref) < TOL
+    assert _rel(got, full) < TOL
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rate"])
+def test_chunked_columnar_equals_bptt_over_the_whole_sequence(cell):
+    T, chunk = 30, 10
+    net, params, xs, ys, mask = _case(cell, T=T)
+    rule = rules.make("columnar", net)
+    state = rule.init(params, xs.shape[1])
+    total = rules.zeros_like_params(params)
+    for c in range(0, T, chunk):  # as neuro.train streams a continuing task: finish at each chunk end, no reset
+        for t in range(c, c + chunk):
+            out = rule.step(params, state, xs[t], ys[t], mask[t])
+            state = out.state
+            rules.add_into(total, out.grad)
+        state, last = rule.finish(params, state)
+        assert last is None
+    whole = neuro.grad_estimate(net, params, "bptt", xs, ys, mask=mask)
+    assert _rel(total, whole) < TOL
+    truncated = neuro.grad_estimate(net, params, "tbptt", xs, ys, mask=mask, k=chunk)
+    assert _rel(truncated, whole) > 1e-3, "tbptt over the same chunks should be biased (the test would be vacuous)"
+
+
+@pytest.mark.parametrize("cell,s_c", [("lstm", 2), ("rate", 1)])
+def test_traces_are_o_of_p_not_s_times_p(cell, s_c):
+    B = 2
+    sizes = []
+    for n in (4, 8, 16):
+        net = models.make("columnar", n_in=N_IN, n_hidden=n, n_out=N_OUT, cell=cell)
+        params = net.init_params(dtype=F64)
+        p = net.n_params(params)
+        p_cols = p - params["W_out"].numel() - params["b_out"].numel()
+        state = rules.make("columnar", net).init(params, B)
+        numel = state.M.numel() + sum(t.numel() for t in state.net)  # every tensor of the rule state
+        assert state.M.shape == (B, n, s_c, net.n_gates * (N_IN + 2))
+        assert state.M.numel() == B * s_c * p_cols  # the block diagonal of ds/dtheta only
+        S = sum(t.numel() for t in state.net) // B
+        assert numel < B * S * p / 2  # far below RTRL's [B, S, P] influence matrix
+        sizes.append((p, numel))
+    # doubling the columns doubles p and the state (up to the readout), linear not quadratic
+    (p1, m1), (p2, m2), (p3, m3) = sizes
+    assert m3 / m1 == pytest.approx(4.0, rel=0.01) and p3 / p1 == pytest.approx(4.0, rel=0.2)
+
+
+def test_state_is_carried_and_reset_clears_it():
+    net, params, xs, ys, mask = _case("lstm", T=3)
+    rule = rules.make("columnar", net)
+    state = rule.init(params, 2)
+    for t in range(3):
+        state = rule.step(params, state, xs[t], ys[t], mask[t]).state
+    assert state.M.abs().max() > 0 and not state.M.requires_grad
+    fresh = rule.reset(params, state)
+    assert fresh.M.abs().max() == 0 and fresh.net.h.abs().max() == 0
+
+
+def test_declaration_and_refusal_of_other_models():
+    assert rules.get("columnar").needs is Needs.JACOBIAN
+    assert rules.get("columnar").supports == ("columnar",)
+    for name in ("rate", "lstm"):
+        net = models.make(name, n_in=2, n_hidden=3, n_out=1)
+        with pytest.raises(ValueError, match=re.escape(
+                f"rule 'columnar' does not support model {name!r}: it supports columnar")):
+            rules.make("columnar", net)
