@@ -12,12 +12,13 @@ from neuro.contract import AbstractNetwork
 
 from .alif import ALIF
 from .columnar import Columnar
+from .constructive import Constructive
 from .influence import InfluenceBalancing
 from .lif import LIF
 from .lstm import LSTM
 from .rate import RateRNN
 
-__all__ = ["ALIF", "Columnar", "InfluenceBalancing", "LIF", "LSTM", "RateRNN", "available", "get", "make", "register"]
+__all__ = ["ALIF", "Columnar", "Constructive", "InfluenceBalancing", "LIF", "LSTM", "RateRNN", "available", "get", "make", "register"]
 
 _REGISTRY: dict[str, type[AbstractNetwork]] = {}
 
@@ -30,7 +31,7 @@ def register(cls: type[AbstractNetwork]) -> type[AbstractNetwork]:
     return cls
 
 
-for _cls in (RateRNN, LSTM, LIF, ALIF, InfluenceBalancing, Columnar):
+for _cls in (RateRNN, LSTM, LIF, ALIF, InfluenceBalancing, Columnar, Constructive):
     register(_cls)
 
 

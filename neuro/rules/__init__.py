@@ -13,6 +13,7 @@ from neuro.contract import AbstractNetwork
 from .base import AbstractRule, Needs, StepOutput, add_into, zeros_like_params
 from .bptt import BPTT
 from .columnar import ColumnarRTRL
+from .constructive import ConstructiveRTRL
 from .kf_rtrl import KFRTRL
 from .nobacktrack import NoBackTrack
 from .nobacktrack_kalman import NoBackTrackKalman
@@ -21,7 +22,7 @@ from .snap import SnAp1, SnAp2
 from .tbptt import TBPTT
 from .uoro import UORO
 
-__all__ = ["AbstractRule", "BPTT", "ColumnarRTRL", "KFRTRL", "Needs", "NoBackTrack", "NoBackTrackKalman", "RTRL", "SnAp1",
+__all__ = ["AbstractRule", "BPTT", "ColumnarRTRL", "ConstructiveRTRL", "KFRTRL", "Needs", "NoBackTrack", "NoBackTrackKalman", "RTRL", "SnAp1",
            "SnAp2", "StepOutput", "TBPTT", "UORO", "add_into", "available", "get", "make", "register", "zeros_like_params"]
 
 _REGISTRY: dict[str, type[AbstractRule]] = {}
@@ -35,7 +36,7 @@ def register(cls: type[AbstractRule]) -> type[AbstractRule]:
     return cls
 
 
-for _cls in (BPTT, TBPTT, RTRL, ColumnarRTRL, KFRTRL, UORO, NoBackTrack, NoBackTrackKalman, SnAp1, SnAp2):
+for _cls in (BPTT, TBPTT, RTRL, ColumnarRTRL, ConstructiveRTRL, KFRTRL, UORO, NoBackTrack, NoBackTrackKalman, SnAp1, SnAp2):
     register(_cls)
 
 

@@ -22,6 +22,7 @@ CONFIGS = {  # hyper-parameters exercised per model; a model not named here runs
             {"reset": "zero", "refractory": 2, "surrogate": "fast-sigmoid"}],
     "alif": [{}, {"dynamics": "lava", "reset": "zero", "refractory": 1}],
     "columnar": [{}, {"cell": "rate"}],
+    "constructive": [{}, {"cell": "rate", "per_stage": 3, "stage": 2}, {"per_stage": 2, "stage": 1}],
 }
 # Fixed systems with deterministic parameters, held to their own oracle tests instead
 # (tests/models/test_influence.py): no random init, no W_in, one readout unit.

@@ -1,0 +1,192 @@
+"""Constructive and columnar-constructive networks (Javed, Shah, Sutton & White 2023, "Scalable real-time
+recurrent learning using columnar-constructive networks", JMLR 24, Sec. 5-6).
+
+``n_hidden`` single-unit columns (cell ``"lstm"`` or ``"rate"``, the columns of :mod:`models.columnar`)
+grouped into stages of ``per_stage`` consecutive columns: column ``k`` belongs to stage ``k // per_stage``
+(the last stage is smaller when ``per_stage`` does not divide ``n_hidden``). A column of stage ``j`` reads
+the input ``x_t``, the *current* outputs ``h_t`` of every column of the stages ``< j`` (feed-forward within
+the time step: earlier stages are computed first) and its own previous ``h_{t-1,k}``; no recurrence
+across columns. ``per_stage=1`` is the paper's constructive network (one feature per stage),
+``per_stage=n_hidden`` the columnar network (one stage), in between the CCN.
+
+Gates (i, f, g, o for the LSTM cell, ``G = 4``; ``G = 1`` for the rate cell)::
+
+    a_{t,k} = W_in[k] x_t + (W_ff[k] * mask[k]) h_t + w_rec[k] h_{t-1,k} + b[k]
+    LSTM:  c_{t,k} = sigma(a_f) c_{t-1,k} + sigma(a_i) tanh(a_g),  h_{t,k} = sigma(a_o) tanh(c_{t,k})
+    rate:  h_{t,k} = tanh(a_{t,k})
+    y_t = W_out h_t + b_out
+
+``mask[k, j] = 1`` iff stage(j) < stage(k): the feed-forward weights ``W_ff`` [n, G, n] are stored dense
+(padded) and masked in the forward pass, so entries outside the mask never act and get zero gradient
+(they are initialised to zero). The dense layout keeps every parameter one tensor of fixed shape across
+stages, so parameters carry over unchanged when the network grows a stage.
+
+``stage`` (0-based) is the stage that learns; stages ``<= stage`` are active. Every column exists from the
+start (``param_shapes`` does not depend on ``stage``) but the columns of stages ``> stage`` are inactive:
+their ``h`` and ``c`` are held at zero, so they feed neither later columns nor the readout.
+``net.next_stage()`` returns the network with ``stage + 1`` (the same parameters apply); the rule
+``constructive`` (:mod:`neuro.rules.constructive`) learns only the stage ``net.stage``.
+
+Parameters: ``W_in`` [n, G, n_in], ``W_ff`` [n, G, n], ``w_rec`` [n, G], ``b`` [n, G], ``W_out``
+[n_out, n], ``b_out`` [n_out]. ``current`` returns ``i`` [B, n * G] (column k's pre-activations at
+``i[:, k*G:(k+1)*G]``; it runs the earlier stages' element-wise dynamics internally to get their ``h_t``),
+``neuron`` applies the cell and zeroes inactive columns. State: ``h`` [B, n] (and ``c`` for the LSTM).
+
+Initialisation as :mod:`models.columnar` (``torch.nn.LSTM`` with ``hidden_size=1``: ``U(-1, 1)``, forget
+bias added), ``W_ff ~ U(-1, 1)`` on the mask, zero off it; ``W_out ~ N(0, 1/n)``, ``b_out = 0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from neuro.contract import AbstractNetwork, Params, check_choice, check_positive, state_dtype
+
+from . import _init
+from .columnar import ColumnarLSTMState, ColumnarRateState
+
+__all__ = ["Constructive"]
+
+CELLS = ("lstm", "rate")
+_GATES = {"lstm": 4, "rate": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class Constructive(AbstractNetwork):
+    """Columns in stages of ``per_stage``; stage ``stage`` learns, later stages are inactive (zero)."""
+
+    per_stage: int = 1
+    stage: int = 0
+    cell: str = "lstm"
+    forget_bias: float = 1.0
+
+    name = "constructive"
+    spiking = False
+    State = ColumnarLSTMState  # the instance's State follows ``cell`` (set in __post_init__)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("per_stage", self.per_stage, integer=True)
+        if self.per_stage > self.n_hidden:
+            raise ValueError(f"per_stage={self.per_stage} is invalid: must be <= n_hidden={self.n_hidden}")
+        check_positive("stage", self.stage, allow_zero=True, integer=True)
+        if self.stage >= self.n_stages:
+            raise ValueError(f"stage={self.stage} is invalid: n_hidden={self.n_hidden} in stages of "
+                             f"{self.per_stage} gives {self.n_stages} stages, 0..{self.n_stages - 1}")
+        check_choice("cell", self.cell, CELLS)
+        fb = self.forget_bias
+        if isinstance(fb, bool) or not isinstance(fb, (int, float)) or not math.isfinite(fb):
+            raise ValueError(f"forget_bias={fb!r} is invalid: expected a finite number")
+        object.__setattr__(self, "State", ColumnarLSTMState if self.cell == "lstm" else ColumnarRateState)
+
+    # -- structure -----------------------------------------------------------------------------------
+    @property
+    def n_gates(self) -> int:
+        return _GATES[self.cell]
+
+    @property
+    def n_stages(self) -> int:
+        return -(-self.n_hidden // self.per_stage)
+
+    def stage_columns(self, j: int) -> slice:
+        """The columns of stage ``j``: ``slice(lo, hi)``; the columns ``< lo`` are its inputs."""
+        return slice(j * self.per_stage, min((j + 1) * self.per_stage, self.n_hidden))
+
+    @property
+    def n_active(self) -> int:
+        """Columns of the stages ``<= stage``."""
+        return self.stage_columns(self.stage).stop
+
+    def ff_mask(self, dtype=torch.float64, device=None) -> Tensor:
+        """``mask`` [n, n]: 1 where column k reads column j (stage(j) < stage(k))."""
+        s = torch.arange(self.n_hidden, device=device) // self.per_stage
+        return (s[None, :] < s[:, None]).to(dtype)
+
+    def next_stage(self) -> "Constructive":
+        """The network with the next stage learning (the earlier ones frozen); same parameters."""
+        if self.stage + 1 >= self.n_stages:
+            raise ValueError(f"stage={self.stage} is the last of {self.n_stages} stages: no next stage")
+        return dataclasses.replace(self, stage=self.stage + 1)
+
+    # -- parameters and state ------------------------------------------------------------------------
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        n, G = self.n_hidden, self.n_gates
+        return {"W_in": (n, G, self.n_in), "W_ff": (n, G, n), "w_rec": (n, G), "b": (n, G),
+                "W_out": (self.n_out, n), "b_out": (self.n_out,)}
+
+    def init_params(self, seed: int = 0, dtype: torch.dtype = torch.float32, device=None) -> Params:
+        g = self._generator(seed)
+        n, G = self.n_hidden, self.n_gates
+        b = _init.uniform(g, (n, G), 1.0)
+        if self.cell == "lstm":
+            b[:, 1] += self.forget_bias
+        p = {
+            "W_in": _init.uniform(g, (n, G, self.n_in), 1.0),
+            "W_ff": _init.uniform(g, (n, G, n), 1.0) * self.ff_mask()[:, None, :],
+            "w_rec": _init.uniform(g, (n, G), 1.0),
+            "b": b,
+            "W_out": _init.normal(g, (self.n_out, n), 1.0 / math.sqrt(n)),
+            "b_out": torch.zeros(self.n_out, dtype=torch.float64),
+        }
+        return _init.finish(p, dtype, device)
+
+    def init_state(self, params: Params, batch: int = 1) -> NamedTuple:
+        dtype, device = state_dtype(params)
+        z = torch.zeros(batch, self.n_hidden, dtype=dtype, device=device)
+        return ColumnarLSTMState(h=z, c=z.clone()) if self.cell == "lstm" else ColumnarRateState(h=z)
+
+    # -- one column group (shared with the rule) -------------------------------------------------------
+    @staticmethod
+    def column_preact(W_in: Tensor, W_ff: Tensor, w_rec: Tensor, b: Tensor, x: Tensor, u: Tensor,
+                      h_prev: Tensor) -> Tensor:
+        """Pre-activations [B, m, G] of m columns: ``W_in`` [m, G, n_in], ``W_ff`` [m, G, n_u] over the
+        inputs ``u`` [B, n_u] (earlier stages' current h), ``w_rec``, ``b`` [m, G], ``h_prev`` [B, m]."""
+        return (torch.einsum("bj,kgj->bkg", x, W_in) + torch.einsum("bj,kgj->bkg", u, W_ff)
+                + h_prev[:, :, None] * w_rec + b)
+
+    def cell_update(self, a: Tensor, c_prev: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The element-wise cell on pre-activations ``a`` [B, m, G]: ``(h, c)`` [B, m] (``c`` None for rate)."""
+        if self.cell == "rate":
+            return torch.tanh(a[:, :, 0]), None
+        gi, gf, gg, go = a.unbind(-1)
+        c = torch.sigmoid(gf) * c_prev + torch.sigmoid(gi) * torch.tanh(gg)
+        return torch.sigmoid(go) * torch.tanh(c), c
+
+    # -- one time step ---------------------------------------------------------------------------------
+    def current(self, params: Params, state: NamedTuple, x: Tensor) -> Tensor:
+        """``i`` [B, n * G], stage by stage (each stage reads the earlier stages' h_t)."""
+        W_ff = params["W_ff"] * self.ff_mask(params["W_ff"].dtype, params["W_ff"].device)[:, None, :]
+        c_prev = state.c if self.cell == "lstm" else None
+        hs, parts = [], []
+        for j in range(self.n_stages):
+            sl = self.stage_columns(j)
+            u = torch.cat(hs, dim=1) if hs else x.new_zeros(x.shape[0], 0)
+            a = self.column_preact(params["W_in"][sl], W_ff[sl, :, :sl.start], params["w_rec"][sl],
+                                   params["b"][sl], x, u, state.h[:, sl])
+            parts.append(a)
+            if j < self.stage:  # later stages read this one's h_t
+                hs.append(self.cell_update(a, None if c_prev is None else c_prev[:, sl])[0])
+            else:  # the learning stage feeds only inactive columns, whose output is zeroed: skip its cell
+                hs.append(x.new_zeros(x.shape[0], sl.stop - sl.start))
+        a = torch.cat(parts, dim=1)
+        return a.reshape(a.shape[0], -1)
+
+    def neuron(self, params: Params, state: NamedTuple, i: Tensor) -> tuple[NamedTuple, Tensor]:
+        a = i.reshape(i.shape[0], self.n_hidden, self.n_gates)
+        active = (torch.arange(self.n_hidden, device=i.device) < self.n_active).to(i.dtype)
+        h, c = self.cell_update(a, state.c if self.cell == "lstm" else None)
+        h = h * active
+        if c is None:
+            return ColumnarRateState(h=h), h
+        return ColumnarLSTMState(h=h, c=c * active), h
+
+    def readout(self, params: Params, state: NamedTuple, z: Tensor) -> tuple[NamedTuple, Tensor]:
+        return state, z @ params["W_out"].T + params["b_out"]
+
+    def observe(self, state: NamedTuple) -> dict[str, Tensor]:
+        return dict(state._asdict())
