@@ -2,7 +2,8 @@
 
 Sections: ``sim`` (forward simulation speed, with peers; :mod:`neuro.bench.sim`), ``influence`` (the
 UORO paper's truncation-bias test; :mod:`neuro.bench.influence`), ``span`` (NoBackTrack against T-BPTT
-as the dependency length grows; :mod:`neuro.bench.span`).
+as the dependency length grows; :mod:`neuro.bench.span`), ``cost`` (time per step against n for the
+RTRL family and BPTT, fitted exponents; :mod:`neuro.bench.cost`).
 ``main(["sim", ...])`` runs a section with its own options; nothing here is a timed test.
 """
 
@@ -13,7 +14,8 @@ import sys
 
 __all__ = ["SECTIONS", "main"]
 
-SECTIONS = {"sim": "neuro.bench.sim", "influence": "neuro.bench.influence", "span": "neuro.bench.span"}
+SECTIONS = {"sim": "neuro.bench.sim", "influence": "neuro.bench.influence", "span": "neuro.bench.span",
+            "cost": "neuro.bench.cost"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,7 +62,8 @@ __all__ = ["SnAp1", "SnAp2", "SnApState", "snap_pattern"]
 class SnApState(NamedTuple):
     net: NamedTuple
     M: Tensor  # [B, S, P] masked influence matrix M~_t; or [B, n, n + n_in + 1] (sparse SnAp-1, rate)
-    P: Tensor  # [S, P] the pattern P_n (0/1 in the parameters' dtype)
+    P: Tensor | None  # [S, P] the pattern P_n (0/1 in the parameters' dtype); None on the sparse path,
+    # whose layout (unit i's own row of W_rec, W_in, b) is the pattern: O(p) memory, no dense [S, P]
 
 
 def snap_pattern(fs: FlatStep, params: Params, n: int, draws: int = 32) -> Tensor:
@@ -104,12 +105,12 @@ class _SnAp(RTRL):
 
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> SnApState:
         p = next(iter(params.values()))
-        P = snap_pattern(self._flat(params), params, self.n, self.draws).to(p.dtype)
         if self.uses_sparse_path:
             check_positive("batch", batch, integer=True)
             net = self.net
             M = torch.zeros(batch, net.n_hidden, net.n_hidden + net.n_in + 1, dtype=p.dtype, device=p.device)
-            return SnApState(net=net.init_state(params, batch), M=M, P=P)
+            return SnApState(net=net.init_state(params, batch), M=M, P=None)
+        P = snap_pattern(self._flat(params), params, self.n, self.draws).to(p.dtype)
         r = super().init(params, batch, seed)
         return SnApState(net=r.net, M=r.M, P=P)
 
