@@ -3,6 +3,9 @@ per-sample loss summed over outputs, averaged over the batch (not over the mask:
 
 * ``"mse"``: ``1/2 sum_k (y_hat_k - y_k)^2``
 * ``"ce"``: ``-sum_k y_k log softmax(y_hat)_k`` (``y`` one-hot or a probability vector), in nats
+* ``"value"``: ``sum_k y_hat_k``, the prediction itself (``y`` is ignored): a rule's estimate of its
+  gradient is the gradient of the prediction ``v_t``, as TD(lambda) needs (:mod:`neuro.rules.td`). Not a
+  task loss, so not in ``LOSSES`` (the supervised losses).
 """
 
 from __future__ import annotations
@@ -25,13 +28,17 @@ def _ce(y_hat: Tensor, y: Tensor) -> Tensor:
     return -(y * torch.log_softmax(y_hat, dim=-1)).sum(-1)
 
 
-_PER_SAMPLE = {"mse": _mse, "ce": _ce}
-LOSSES = tuple(_PER_SAMPLE)
+def _value(y_hat: Tensor, y: Tensor) -> Tensor:
+    return y_hat.sum(-1)
+
+
+_PER_SAMPLE = {"mse": _mse, "ce": _ce, "value": _value}
+LOSSES = ("mse", "ce")  # the supervised (task) losses; every name in _PER_SAMPLE is accepted
 
 
 def per_sample(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     if name not in _PER_SAMPLE:
-        raise ValueError(f"loss={name!r} is invalid: valid choices are {', '.join(map(repr, LOSSES))}")
+        raise ValueError(f"loss={name!r} is invalid: valid choices are {', '.join(map(repr, _PER_SAMPLE))}")
     return _PER_SAMPLE[name]
 
 

@@ -20,10 +20,11 @@ from .nobacktrack_kalman import NoBackTrackKalman
 from .rtrl import RTRL
 from .snap import SnAp1, SnAp2
 from .tbptt import TBPTT
+from .td import TDLambda
 from .uoro import UORO
 
 __all__ = ["AbstractRule", "BPTT", "ColumnarRTRL", "ConstructiveRTRL", "KFRTRL", "Needs", "NoBackTrack", "NoBackTrackKalman", "RTRL", "SnAp1",
-           "SnAp2", "StepOutput", "TBPTT", "UORO", "add_into", "available", "get", "make", "register", "zeros_like_params"]
+           "SnAp2", "StepOutput", "TBPTT", "TDLambda", "UORO", "add_into", "available", "get", "make", "register", "zeros_like_params"]
 
 _REGISTRY: dict[str, type[AbstractRule]] = {}
 
@@ -36,7 +37,7 @@ def register(cls: type[AbstractRule]) -> type[AbstractRule]:
     return cls
 
 
-for _cls in (BPTT, TBPTT, RTRL, ColumnarRTRL, ConstructiveRTRL, KFRTRL, UORO, NoBackTrack, NoBackTrackKalman, SnAp1, SnAp2):
+for _cls in (BPTT, TBPTT, RTRL, ColumnarRTRL, ConstructiveRTRL, KFRTRL, UORO, NoBackTrack, NoBackTrackKalman, SnAp1, SnAp2, TDLambda):
     register(_cls)
 
 

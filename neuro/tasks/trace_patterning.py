@@ -22,6 +22,12 @@ code scores it (``get_target``): ``G_t = sum_{j >= 1} gamma^{j-1} US_{t+j}`` ove
 trial, i.e. ``gamma^{(t_US - t) - 1}`` on the steps ``t < t_US`` of a valid trial (1 on the step before the
 US) and 0 elsewhere (on the US step, after it, and in invalid trials). It is what TD(lambda) with target
 ``US_{t+1} + gamma v(x_{t+1})`` learns, less the contribution of later trials (< gamma^{ITI}).
+
+``target="cumulant"``: the target is instead the US cumulant itself (``y_t = x_t[6]``: 1 on US steps,
+else 0), for TD learning (``neuro.rules.make("td-lambda", net)``, which reads the cumulant arriving with
+step ``t`` from ``y_t``); the loss stays ``"mse"`` (then only a report of ``1/2 (v_t - c_t)^2``). To score
+the return error while learning by TD, keep ``target="return"`` and build the rule with
+``cumulant_input=6``.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class TracePatterning(AbstractTask):
     gamma: float = 0.9
     n_valid: int = 10
     pattern_seed: int = 0
+    target: str = "return"
 
     name = "trace-patterning"
     loss = "mse"
@@ -67,6 +74,8 @@ class TracePatterning(AbstractTask):
         if self.n_valid > len(PATTERNS):
             raise ValueError(f"n_valid={self.n_valid!r} is invalid: must be <= {len(PATTERNS)}")
         check_positive("pattern_seed", self.pattern_seed, allow_zero=True, integer=True)
+        if self.target not in ("return", "cumulant"):
+            raise ValueError(f"target={self.target!r} is invalid: valid choices are 'return', 'cumulant'")
 
     @property
     def n_in(self) -> int:
@@ -95,6 +104,8 @@ class TracePatterning(AbstractTask):
             if valid[p]:
                 x[isi, 6] = 1.0
                 y[:isi] = discount[-isi:]                                   # gamma^(isi-1), ..., gamma^0
+            if self.target == "cumulant":
+                y = x[:, 6].astype(np.float64)
             yield x, y
 
     def _blocks(self, rng: np.random.Generator, batch: int) -> Iterator[Block]:
