@@ -81,9 +81,9 @@ from torch.func import vjp, vmap
 from neuro.contract import Params, check_positive
 
 from ._onestep import FlatStep
-from .base import AbstractRule, Needs, StepOutput
-from .nobacktrack import check_rate, propagate
-from .uoro import check_finite, flat_step, new_generator
+from .base import StepOutput
+from .nobacktrack import NoBackTrack, check_rate, propagate
+from .uoro import check_finite, new_generator
 
 __all__ = ["NoBackTrackKalman", "NoBackTrackKalmanState"]
 
@@ -121,36 +121,26 @@ def fisher_sample(loss: str, y_hat: Tensor, gen: torch.Generator) -> Tensor:
 
 
 @dataclasses.dataclass(frozen=True)
-class NoBackTrackKalman(AbstractRule):
+class NoBackTrackKalman(NoBackTrack):
     """NoBackTrack's Kalman-like variant (module docstring). ``eps``: regulariser of the factors ``rho``;
     ``gamma``: floor of the running-mean rate of the row-norm estimates; ``gamma_fisher``: floor of the
     running-mean rate of the Fisher diagonals; ``damping``: the filter's prior information; ``floor``: the
     relative floor of the state metric; ``precondition``: return ``P_theta g~`` (True) or ``g~`` (False)."""
 
-    eps: float = 1e-7
-    gamma: float = 0.1
     gamma_fisher: float = 0.01
     damping: float = 1.0
     floor: float = 0.1
     precondition: bool = True
 
     name = "nobacktrack-kalman"
-    needs = Needs.JVP
-    stochastic = True
-    _kept_on_reset = ("gen",)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        check_positive("eps", self.eps)
-        check_rate("gamma", self.gamma)
+        super().__post_init__()  # eps, gamma (NoBackTrack's fields)
         check_rate("gamma_fisher", self.gamma_fisher)
         check_positive("damping", self.damping)
         check_positive("floor", self.floor, allow_zero=True)
         if not isinstance(self.precondition, bool):
             raise ValueError(f"precondition={self.precondition!r} is invalid: expected True or False")
-
-    def _flat(self, params: Params) -> FlatStep:
-        return flat_step(self.net, self.loss or "mse", params)
 
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> NoBackTrackKalmanState:
         check_positive("batch", batch, integer=True)
