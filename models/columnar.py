@@ -34,7 +34,7 @@ from neuro.contract import AbstractNetwork, Params, check_choice, state_dtype
 
 from . import _init
 
-__all__ = ["Columnar", "ColumnarLSTMState", "ColumnarRateState"]
+__all__ = ["Columnar", "ColumnCells", "ColumnarLSTMState", "ColumnarRateState"]
 
 CELLS = ("lstm", "rate")
 _GATES = {"lstm": 4, "rate": 1}
@@ -49,8 +49,50 @@ class ColumnarRateState(NamedTuple):
     h: Tensor  # [B, n]
 
 
+class ColumnCells:
+    """What every network of single-unit columns shares (``Columnar``, ``models.constructive``): the
+    ``cell`` and ``forget_bias`` checks, the state, the element-wise cell, the linear readout.
+    The subclass is a frozen dataclass with fields ``n_hidden``, ``cell`` and ``forget_bias``."""
+
+    n_hidden: int
+    cell: str
+    forget_bias: float
+
+    def _check_cell(self) -> None:
+        """Validate ``cell`` and ``forget_bias`` and set the instance's ``State`` to follow ``cell``."""
+        check_choice("cell", self.cell, CELLS)
+        fb = self.forget_bias
+        if isinstance(fb, bool) or not isinstance(fb, (int, float)) or not math.isfinite(fb):
+            raise ValueError(f"forget_bias={fb!r} is invalid: expected a finite number")
+        object.__setattr__(self, "State", ColumnarLSTMState if self.cell == "lstm" else ColumnarRateState)
+
+    @property
+    def n_gates(self) -> int:
+        """``G``: gates per column (4 for the LSTM cell, 1 for the rate cell)."""
+        return _GATES[self.cell]
+
+    def init_state(self, params: Params, batch: int = 1) -> NamedTuple:
+        dtype, device = state_dtype(params)
+        z = torch.zeros(batch, self.n_hidden, dtype=dtype, device=device)
+        return ColumnarLSTMState(h=z, c=z.clone()) if self.cell == "lstm" else ColumnarRateState(h=z)
+
+    def cell_update(self, a: Tensor, c_prev: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The element-wise cell on pre-activations ``a`` [B, m, G]: ``(h, c)`` [B, m] (``c`` None for rate)."""
+        if self.cell == "rate":
+            return torch.tanh(a[:, :, 0]), None
+        gi, gf, gg, go = a.unbind(-1)
+        c = torch.sigmoid(gf) * c_prev + torch.sigmoid(gi) * torch.tanh(gg)
+        return torch.sigmoid(go) * torch.tanh(c), c
+
+    def readout(self, params: Params, state: NamedTuple, z: Tensor) -> tuple[NamedTuple, Tensor]:
+        return state, z @ params["W_out"].T + params["b_out"]
+
+    def observe(self, state: NamedTuple) -> dict[str, Tensor]:
+        return dict(state._asdict())
+
+
 @dataclasses.dataclass(frozen=True)
-class Columnar(AbstractNetwork):
+class Columnar(ColumnCells, AbstractNetwork):
     """``n_hidden`` independent single-unit columns (``cell``: ``"lstm"`` or ``"rate"``) and a linear readout."""
 
     cell: str = "lstm"
@@ -62,16 +104,7 @@ class Columnar(AbstractNetwork):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("cell", self.cell, CELLS)
-        fb = self.forget_bias
-        if isinstance(fb, bool) or not isinstance(fb, (int, float)) or not math.isfinite(fb):
-            raise ValueError(f"forget_bias={fb!r} is invalid: expected a finite number")
-        object.__setattr__(self, "State", ColumnarLSTMState if self.cell == "lstm" else ColumnarRateState)
-
-    @property
-    def n_gates(self) -> int:
-        """``G``: gates per column (4 for the LSTM cell, 1 for the rate cell)."""
-        return _GATES[self.cell]
+        self._check_cell()
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         n, G = self.n_hidden, self.n_gates
@@ -93,11 +126,6 @@ class Columnar(AbstractNetwork):
         }
         return _init.finish(p, dtype, device)
 
-    def init_state(self, params: Params, batch: int = 1) -> NamedTuple:
-        dtype, device = state_dtype(params)
-        z = torch.zeros(batch, self.n_hidden, dtype=dtype, device=device)
-        return ColumnarLSTMState(h=z, c=z.clone()) if self.cell == "lstm" else ColumnarRateState(h=z)
-
     def current(self, params: Params, state: NamedTuple, x: Tensor) -> Tensor:
         """``i`` [B, n * G]: each column's gate pre-activations, from ``x`` and its own ``h_{t-1,k}``."""
         a = torch.einsum("bj,kgj->bkg", x, params["W_in"]) + state.h[:, :, None] * params["w_rec"] + params["b"]
@@ -105,16 +133,5 @@ class Columnar(AbstractNetwork):
 
     def neuron(self, params: Params, state: NamedTuple, i: Tensor) -> tuple[NamedTuple, Tensor]:
         a = i.reshape(i.shape[0], self.n_hidden, self.n_gates)
-        if self.cell == "rate":
-            h = torch.tanh(a[:, :, 0])
-            return ColumnarRateState(h=h), h
-        gi, gf, gg, go = a.unbind(-1)
-        c = torch.sigmoid(gf) * state.c + torch.sigmoid(gi) * torch.tanh(gg)
-        h = torch.sigmoid(go) * torch.tanh(c)
-        return ColumnarLSTMState(h=h, c=c), h
-
-    def readout(self, params: Params, state: NamedTuple, z: Tensor) -> tuple[NamedTuple, Tensor]:
-        return state, z @ params["W_out"].T + params["b_out"]
-
-    def observe(self, state: NamedTuple) -> dict[str, Tensor]:
-        return dict(state._asdict())
+        h, c = self.cell_update(a, state.c if self.cell == "lstm" else None)
+        return (ColumnarRateState(h=h), h) if c is None else (ColumnarLSTMState(h=h, c=c), h)

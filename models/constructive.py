@@ -45,19 +45,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from neuro.contract import AbstractNetwork, Params, check_choice, check_positive, state_dtype
+from neuro.contract import AbstractNetwork, Params, check_positive
 
 from . import _init
-from .columnar import ColumnarLSTMState, ColumnarRateState
+from .columnar import ColumnarLSTMState, ColumnarRateState, ColumnCells
 
 __all__ = ["Constructive"]
 
-CELLS = ("lstm", "rate")
-_GATES = {"lstm": 4, "rate": 1}
-
-
 @dataclasses.dataclass(frozen=True)
-class Constructive(AbstractNetwork):
+class Constructive(ColumnCells, AbstractNetwork):
     """Columns in stages of ``per_stage``; stage ``stage`` learns, later stages are inactive (zero)."""
 
     per_stage: int = 1
@@ -78,17 +74,9 @@ class Constructive(AbstractNetwork):
         if self.stage >= self.n_stages:
             raise ValueError(f"stage={self.stage} is invalid: n_hidden={self.n_hidden} in stages of "
                              f"{self.per_stage} gives {self.n_stages} stages, 0..{self.n_stages - 1}")
-        check_choice("cell", self.cell, CELLS)
-        fb = self.forget_bias
-        if isinstance(fb, bool) or not isinstance(fb, (int, float)) or not math.isfinite(fb):
-            raise ValueError(f"forget_bias={fb!r} is invalid: expected a finite number")
-        object.__setattr__(self, "State", ColumnarLSTMState if self.cell == "lstm" else ColumnarRateState)
+        self._check_cell()
 
     # -- structure -----------------------------------------------------------------------------------
-    @property
-    def n_gates(self) -> int:
-        return _GATES[self.cell]
-
     @property
     def n_stages(self) -> int:
         return -(-self.n_hidden // self.per_stage)
@@ -135,11 +123,6 @@ class Constructive(AbstractNetwork):
         }
         return _init.finish(p, dtype, device)
 
-    def init_state(self, params: Params, batch: int = 1) -> NamedTuple:
-        dtype, device = state_dtype(params)
-        z = torch.zeros(batch, self.n_hidden, dtype=dtype, device=device)
-        return ColumnarLSTMState(h=z, c=z.clone()) if self.cell == "lstm" else ColumnarRateState(h=z)
-
     # -- one column group (shared with the rule) -------------------------------------------------------
     @staticmethod
     def column_preact(W_in: Tensor, W_ff: Tensor, w_rec: Tensor, b: Tensor, x: Tensor, u: Tensor,
@@ -148,14 +131,6 @@ class Constructive(AbstractNetwork):
         inputs ``u`` [B, n_u] (earlier stages' current h), ``w_rec``, ``b`` [m, G], ``h_prev`` [B, m]."""
         return (torch.einsum("bj,kgj->bkg", x, W_in) + torch.einsum("bj,kgj->bkg", u, W_ff)
                 + h_prev[:, :, None] * w_rec + b)
-
-    def cell_update(self, a: Tensor, c_prev: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """The element-wise cell on pre-activations ``a`` [B, m, G]: ``(h, c)`` [B, m] (``c`` None for rate)."""
-        if self.cell == "rate":
-            return torch.tanh(a[:, :, 0]), None
-        gi, gf, gg, go = a.unbind(-1)
-        c = torch.sigmoid(gf) * c_prev + torch.sigmoid(gi) * torch.tanh(gg)
-        return torch.sigmoid(go) * torch.tanh(c), c
 
     # -- one time step ---------------------------------------------------------------------------------
     def current(self, params: Params, state: NamedTuple, x: Tensor) -> Tensor:
@@ -185,8 +160,3 @@ class Constructive(AbstractNetwork):
             return ColumnarRateState(h=h), h
         return ColumnarLSTMState(h=h, c=c * active), h
 
-    def readout(self, params: Params, state: NamedTuple, z: Tensor) -> tuple[NamedTuple, Tensor]:
-        return state, z @ params["W_out"].T + params["b_out"]
-
-    def observe(self, state: NamedTuple) -> dict[str, Tensor]:
-        return dict(state._asdict())
