@@ -15,7 +15,12 @@ import sys
 __all__ = ["SECTIONS", "main"]
 
 SECTIONS = {"sim": "neuro.bench.sim", "influence": "neuro.bench.influence", "span": "neuro.bench.span",
-            "cost": "neuro.bench.cost"}
+            "cost": "neuro.bench.cost",
+            # "memory": "neuro.bench.memory",
+            # "local": "neuro.bench.local",
+            # "patterns": "neuro.bench.patterns",
+            # "perturbation": "neuro.bench.perturbation",
+            }
 
 
 def main(argv: list[str] | None = None) -> int:

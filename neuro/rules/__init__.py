@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any
 
 from neuro.contract import AbstractNetwork
@@ -40,14 +41,36 @@ def register(cls: type[AbstractRule]) -> type[AbstractRule]:
 for _cls in (BPTT, TBPTT, RTRL, ColumnarRTRL, ConstructiveRTRL, KFRTRL, UORO, NoBackTrack, NoBackTrackKalman, SnAp1, SnAp2, TDLambda):
     register(_cls)
 
+#: rules imported on first use ("module:Class"): the local and perturbation rules
+_LAZY: dict[str, str] = {
+    # -- local rules (eligibility traces and an error broadcast) --
+    # "rflo": "neuro.rules.rflo:RFLO",
+    # "eprop": "neuro.rules.eprop:EProp",
+    # "three-factor": "neuro.rules.three_factor:ThreeFactor",
+    # "ottt": "neuro.rules.ottt:OTTT",
+    # "sltt": "neuro.rules.sltt:SLTT",
+    # "sltt-k": "neuro.rules.sltt:SLTTK",
+    # -- perturbation rules (forward passes and a scalar loss) --
+    # "wp": "neuro.rules.wp:WeightPerturbation",
+    # "np": "neuro.rules.node_perturbation:NodePerturbation",
+    # "anp": "neuro.rules.anp:ANP",
+    # "anp-time": "neuro.rules.anp_time:ANPTime",
+}
+
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_LAZY))
 
 
 def get(name: str) -> type[AbstractRule]:
     if name not in _REGISTRY:
-        raise ValueError(f"rule {name!r} is unknown: valid choices are {', '.join(available())}")
+        if name not in _LAZY:
+            raise ValueError(f"rule {name!r} is unknown: valid choices are {', '.join(available())}")
+        module, attr = _LAZY[name].split(":")
+        cls = getattr(importlib.import_module(module), attr)
+        if cls.name != name:
+            raise RuntimeError(f"{_LAZY[name]} is registered as {name!r} but its name is {cls.name!r}")
+        _REGISTRY[name] = cls
     return _REGISTRY[name]
 
 
