@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 # Versions come from constraints.txt. torch and numpy first (the CPU wheel, numpy 1.x), then the rest,
 # this package and lava-nc's dependencies (scikit-learn, asteval, networkx) included.
 	$(PIP) -c $(CONSTRAINTS) torch numpy
-	$(PIP) -c $(CONSTRAINTS) scikit-learn asteval networkx -e ".[test,brian2,nir]"
+	$(PIP) -c $(CONSTRAINTS) scikit-learn asteval networkx -e ".[test,brian2,nir,ray]"
 # lava-nc 0.10.0 declares python <3.11: --ignore-requires-python for it alone (given to a resolving
 # install, pip would also accept a scipy too new for 3.11's wheels and build it from source); its
 # dependencies came with the line above.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from . import backends, losses, rules, surrogate, tasks
 from .backends import Trace, simulate
+from .comparison import Results, compare
 from .contract import AbstractNetwork, Params
 from .gradients import alignment, grad_estimate, sequence_loss
 from .rules import Needs
@@ -23,5 +24,5 @@ from .training import History, TrainingDiverged, train
 
 __version__ = "0.1.0"
 
-__all__ = ["AbstractNetwork", "History", "Needs", "TrainingDiverged", "Params", "Trace", "alignment", "backends", "grad_estimate", "losses",
+__all__ = ["AbstractNetwork", "History", "Results", "compare", "Needs", "TrainingDiverged", "Params", "Trace", "alignment", "backends", "grad_estimate", "losses",
            "rules", "sequence_loss", "simulate", "surrogate", "tasks", "train"]

@@ -2,6 +2,8 @@
 
     neuro train --model lif --task add --rule tbptt --steps 2000 --hidden 32 --lr 1e-3 --seed 0 \\
                 --run-dir runs/x [--resume] [--model-opt key=value ...] [--task-opt ...] [--rule-opt ...]
+    neuro compare --task add --rules bptt,tbptt,uoro --seeds 3 --steps 5000 [--config sweep.toml] \
+                  [--out runs/cmp] [--executor local|ray --address auto|HOST:PORT] [--rule-opt tbptt:k=10]
     neuro demo [--quick]
     neuro bench NAME [args ...]        # neuro.bench.NAME.main(args)
 
@@ -73,7 +75,7 @@ def _options(flag: str, items: list[str] | None) -> dict[str, Any]:
 
 def _parser() -> _Parser:
     p = _Parser(prog=PROG, description="Online learning in recurrent spiking and rate networks.")
-    sub = p.add_subparsers(dest="command", metavar="{train,demo,bench}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{train,compare,demo,bench}", parser_class=_Parser)
     sub.required = True
 
     t = sub.add_parser("train", help="train a network online on a task with a rule",
@@ -100,6 +102,35 @@ def _parser() -> _Parser:
                        help=f"a {what} option (repeatable); values parse as int, float, bool, none, "
                             "str, or a tuple when comma-separated")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("compare", help="train several rules x seeds on one task and compare them with BPTT",
+                       description="Every rule x seed trained on the same task, model and budget; a table "
+                                   "(mean and standard error across seeds) printed and, with --out, CSV, "
+                                   "Markdown and plots written. Values of --config are overridden by flags.")
+    c.add_argument("--config", default=None, help="a TOML (or YAML) file with the sweep's settings")
+    c.add_argument("--task", default=None, help="neuro.tasks.available() (default add)")
+    c.add_argument("--rules", default=None, help="comma-separated rule names (default bptt,tbptt)")
+    c.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1; default 3)")
+    c.add_argument("--steps", type=int, default=None)
+    c.add_argument("--model", default=None, help="models.available() (default rate)")
+    c.add_argument("--hidden", type=int, default=None)
+    c.add_argument("--lr", type=float, default=None, help="one learning rate for every rule")
+    c.add_argument("--optimizer", default=None)
+    c.add_argument("--batch", type=int, default=None)
+    c.add_argument("--chunk", type=int, default=None)
+    c.add_argument("--log-every", type=int, default=None)
+    c.add_argument("--align-every", type=int, default=None, help="steps between alignment probes (0: none)")
+    c.add_argument("--align-steps", type=int, default=None, help="length of the probe sequence")
+    c.add_argument("--eval-steps", type=int, default=None)
+    c.add_argument("--dtype", default=None)
+    c.add_argument("--executor", default=None, help="local (default) or ray")
+    c.add_argument("--address", default=None, help="the Ray cluster: auto or HOST:PORT")
+    c.add_argument("--workers", type=int, default=None, help="local processes (0: run in this process)")
+    c.add_argument("--out", default=None, help="directory for the runs, tables and plots (resumes a sweep)")
+    for what in ("model", "task"):
+        c.add_argument(f"--{what}-opt", action="append", metavar="KEY=VALUE", default=None)
+    c.add_argument("--rule-opt", action="append", metavar="RULE:KEY=VALUE", default=None,
+                   help="an option of one rule (repeatable), e.g. tbptt:k=10")
 
     d = sub.add_parser("demo", help="train a spiking and a rate network on the add task and print a table")
     d.add_argument("--quick", action="store_true", help="a short run (~20 s)")
@@ -156,6 +187,46 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from neuro.comparison import compare
+    from neuro.comparison.config import load, validate
+
+    try:
+        cfg = load(args.config) if args.config else {}
+        flags = {k: getattr(args, k) for k in ("task", "seeds", "steps", "model", "hidden", "lr", "optimizer", "batch",
+                                               "chunk", "log_every", "align_every", "align_steps", "eval_steps",
+                                               "dtype", "executor", "address", "workers", "out")}
+        cfg.update({k: v for k, v in flags.items() if v is not None})
+        if args.rules is not None:
+            cfg["rules"] = [r.strip() for r in args.rules.split(",") if r.strip()]
+        for what in ("model", "task"):
+            opts = _options(f"--{what}-opt", getattr(args, f"{what}_opt"))
+            if opts:
+                cfg[f"{what}_options"] = {**cfg.get(f"{what}_options", {}), **opts}
+        for item in args.rule_opt or []:
+            rule, sep, rest = item.partition(":")
+            if not sep or not rule.strip():
+                raise ValueError(f"--rule-opt {item!r} is invalid: expected RULE:KEY=VALUE (e.g. tbptt:k=10)")
+            opts = cfg.setdefault("rule_options", {}).setdefault(rule.strip(), {})
+            opts.update(_options("--rule-opt", [rest]))
+        cfg = validate(cfg, "settings")
+        cfg.setdefault("task", "add")
+        cfg.setdefault("rules", ["bptt", "tbptt"])
+        task, rules = cfg.pop("task"), cfg.pop("rules")
+        results = compare(task, rules, **cfg)
+    except (ValueError, TypeError, FileNotFoundError, ConnectionError, ImportError) as e:
+        return _error(e)
+    except KeyboardInterrupt:
+        where = f"; run the same command again to resume (finished runs are kept in {cfg.get('out')})" \
+            if cfg.get("out") else ""
+        print(f"{PROG}: interrupted{where}", file=sys.stderr)
+        return 130
+    print(results.markdown())
+    if cfg.get("out"):
+        print(f"tables and plots in {cfg['out']}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from neuro.demo import run_demo
 
@@ -191,4 +262,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(e)
     except SystemExit as e:  # --help
         return int(e.code or 0) if not isinstance(e.code, str) else 2
-    return {"train": _train, "demo": _demo, "bench": _bench}[args.command](args)
+    return {"train": _train, "compare": _compare, "demo": _demo, "bench": _bench}[args.command](args)

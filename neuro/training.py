@@ -48,7 +48,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -220,6 +220,7 @@ class _Run:
     chunk: int
     config: dict[str, Any]
     resume_from: dict[str, Any] | None = None
+    probe: Callable[[int, Params], dict[str, Any]] | None = None
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -231,7 +232,7 @@ def prepare(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps:
             batch: int = 1, run_dir: str | Path | None = None, log_every: int = 100,
             checkpoint_every: int | None = None, resume: bool = False, progress: bool = True,
             dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
-            chunk: int = 100) -> _Run:
+            chunk: int = 100, probe: Callable[[int, Params], dict[str, Any]] | None = None) -> _Run:
     """Validate every argument of :func:`train` and load the checkpoint to resume; write nothing."""
     if not isinstance(net, AbstractNetwork):
         raise TypeError(f"net={net!r} is invalid: expected a network from models.make")
@@ -251,6 +252,8 @@ def prepare(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps:
     _check_int("chunk", chunk, 1)
     _check_bool("resume", resume)
     _check_bool("progress", progress)
+    if probe is not None and not callable(probe):
+        raise TypeError(f"probe={probe!r} is invalid: expected a function (step, params) -> dict, or None")
     dtype = _resolve_dtype(dtype)
     dev = _resolve_device(device)
 
@@ -322,7 +325,7 @@ def prepare(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps:
     return _Run(net=net, rule=rule, task=task, steps=steps, seed=seed, params=params, optimizer=optimizer, lr=lr,
                 update_every=update_every, batch=batch, run_dir=run_path, log_every=log_every,
                 checkpoint_every=checkpoint_every, progress=progress, dtype=dtype, device=dev, chunk=chunk,
-                config=config, resume_from=resume_from)
+                config=config, resume_from=resume_from, probe=probe)
 
 
 def _load_resume(run_dir: Path, config: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -488,9 +491,19 @@ def _loop(run: _Run) -> History:
                 bar.set_postfix_str(f"loss={interval['loss_sum'] / interval['steps']:.4f}", refresh=False)
 
     def log() -> None:
+        nonlocal t_start
         drain()
         now = elapsed()
         n = interval["steps"]
+        extra: dict[str, Any] = {}
+        if run.probe is not None:  # measured on the side: its time is kept off the training clock
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                extra = dict(run.probe(step, {k: v.detach().clone() for k, v in params.items()}))
+            t_start += time.perf_counter() - t0
+            clash = sorted(set(extra) & set(COLUMNS))
+            if clash:
+                raise ValueError(f"probe returned the column(s) {clash}, which train writes itself")
         metrics.append({
             "step": step,
             "loss": interval["loss_sum"] / n,
@@ -499,10 +512,12 @@ def _loop(run: _Run) -> History:
             "sequences": sequences,
             "steps_per_s": n / max(now - interval["start_elapsed"], 1e-9),
             "elapsed_s": now,
+            **extra,
         })
         interval.update(loss_sum=0.0, frac_sum=0.0, steps=0, start_elapsed=now)
         if run.run_dir is not None:
-            io.write_csv(run.run_dir / METRICS, metrics, COLUMNS)
+            columns = COLUMNS + sorted({k for row in metrics for k in row} - set(COLUMNS))
+            io.write_csv(run.run_dir / METRICS, metrics, columns)
 
     def apply() -> None:
         nonlocal acc_full, updates
@@ -599,7 +614,7 @@ def train(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps: i
           batch: int = 1, run_dir: str | Path | None = None, log_every: int = 100,
           checkpoint_every: int | None = None, resume: bool = False, progress: bool = True,
           dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
-          chunk: int = 100) -> History:
+          chunk: int = 100, probe: Callable[[int, Params], dict[str, Any]] | None = None) -> History:
     """Train ``net`` online with ``rule`` on ``task`` for ``steps`` steps (see the module docstring).
 
     Args:
@@ -622,6 +637,11 @@ def train(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps: i
         progress: a progress bar on stderr (only when stderr is a terminal).
         dtype, device: of the parameters (default: those of ``params``, else float32 on the CPU).
         chunk: steps per sequence of a continuing task (ignored by episodic tasks).
+        probe: called as ``probe(step, params)`` (a detached copy, under ``no_grad``; it may enable grad)
+            at every metrics row; the dict it returns is added to the row (e.g. the alignment of the
+            rule's estimate with BPTT's gradient, measured on the side). Its time is not counted in
+            ``elapsed_s`` / ``steps_per_s``. It must not change the global random state's use by the run
+            (it runs inside the run's forked generator: draw from your own ``torch.Generator``).
 
     Raises:
         ValueError, TypeError: an invalid argument (before anything is written).
@@ -631,5 +651,5 @@ def train(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps: i
     run = prepare(net, rule, task, steps, seed=seed, params=params, optimizer=optimizer, lr=lr,
                   update_every=update_every, batch=batch, run_dir=run_dir, log_every=log_every,
                   checkpoint_every=checkpoint_every, resume=resume, progress=progress, dtype=dtype, device=device,
-                  chunk=chunk)
+                  chunk=chunk, probe=probe)
     return _execute(run)

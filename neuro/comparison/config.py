@@ -1,0 +1,85 @@
+"""Sweep configuration files for ``neuro compare --config FILE`` (TOML, or YAML when PyYAML is installed).
+
+The keys are the arguments of :func:`neuro.compare`; an unknown key, or a value of the wrong type, is an
+error that names it and lists the valid keys. Command-line flags override the file's values. Example::
+
+    task = "add"
+    rules = ["bptt", "tbptt", "uoro"]
+    seeds = 3
+    steps = 5000
+    model = "rate"
+    hidden = 32
+    lr = 3e-3                      # or a table, one per rule: [lr] bptt = 1e-3 ...
+    [rule_options.tbptt]
+    k = 10
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["KEYS", "load", "validate"]
+
+#: key -> accepted types (int accepts no bool)
+KEYS: dict[str, tuple[type, ...]] = {
+    "task": (str,), "rules": (list,), "seeds": (int, list), "steps": (int,), "model": (str,), "hidden": (int,),
+    "lr": (float, int, dict), "optimizer": (str,), "batch": (int,), "chunk": (int,), "update_every": (int,),
+    "log_every": (int,), "align_every": (int,), "align_steps": (int,), "eval_steps": (int,), "dtype": (str,),
+    "task_options": (dict,), "model_options": (dict,), "rule_options": (dict,), "executor": (str,),
+    "workers": (int,), "address": (str,), "out": (str,),
+}
+
+
+def validate(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Check keys and types; every problem is reported at once in one ``ValueError``."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{source}: expected a table of settings, got {type(cfg).__name__}")
+    problems = []
+    unknown = sorted(set(cfg) - set(KEYS))
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(map(repr, unknown))}: valid keys are {', '.join(KEYS)}")
+    for k, v in cfg.items():
+        types = KEYS.get(k)
+        if types is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, types):
+            names = " or ".join(t.__name__ for t in types)
+            problems.append(f"{k}={v!r} is invalid: expected {names}")
+    if isinstance(cfg.get("rules"), list) and not all(isinstance(r, str) for r in cfg["rules"]):
+        problems.append(f"rules={cfg['rules']!r} is invalid: expected a list of rule names")
+    if isinstance(cfg.get("rule_options"), dict):
+        for r, opts in cfg["rule_options"].items():
+            if not isinstance(opts, dict):
+                problems.append(f"rule_options.{r}={opts!r} is invalid: expected a table of options")
+    if problems:
+        raise ValueError(f"{source}: " + "; ".join(problems))
+    return dict(cfg)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and validate a ``.toml``, ``.yaml`` or ``.yml`` sweep file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8")
+    if suffix == ".toml":
+        import tomllib
+
+        try:
+            cfg = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: not valid TOML: {e}") from None
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write the file as TOML") from None
+        try:
+            cfg = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {e}") from None
+    else:
+        raise ValueError(f"config file {str(path)!r} is invalid: expected a .toml, .yaml or .yml file")
+    return validate(cfg or {}, str(path))

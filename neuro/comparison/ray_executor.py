@@ -1,0 +1,56 @@
+"""The ``ray`` executor of :func:`neuro.compare`: each run is a Ray task on an existing cluster.
+
+``address`` is ``"auto"`` (the cluster this machine belongs to) or ``HOST:PORT`` (its GCS address, as
+printed by ``ray start --head``). A ``HOST:PORT`` that does not accept a TCP connection within
+``connect_timeout_s`` is reported at once (Ray itself would retry for a minute or more). Each task runs
+:func:`neuro.comparison.worker.run_one` with one CPU in a fresh worker process (``max_calls=1``), so the
+results equal the local executor's for the same seeds.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable
+
+__all__ = ["execute"]
+
+
+def _check_reachable(address: str, timeout_s: float) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"address={address!r} is invalid: expected 'auto' or 'HOST:PORT'")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ConnectionError(f"no Ray cluster answers at address={address!r} ({e}); start one with "
+                              f"'ray start --head' and pass the address it prints, or use executor='local'") from None
+
+
+def execute(todo: list[tuple[int, dict[str, Any]]], address: str, on_done: Callable[[int, dict], None],
+            connect_timeout_s: float = 15.0) -> None:
+    if address != "auto":
+        _check_reachable(address, connect_timeout_s)
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("executor='ray' needs the ray package: pip install ray "
+                          "(or use executor='local')") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        except ConnectionError as e:
+            raise ConnectionError(f"could not connect to a Ray cluster at address={address!r}: {e}") from None
+    try:
+        from .worker import run_one
+
+        remote = ray.remote(num_cpus=1, max_calls=1)(run_one)
+        pending = {remote.remote(spec): i for i, spec in todo}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                on_done(pending.pop(ref), ray.get(ref))
+    finally:
+        if started_here:
+            ray.shutdown()
