@@ -127,6 +127,8 @@ def _parser() -> _Parser:
     c.add_argument("--address", default=None, help="the Ray cluster: auto or HOST:PORT")
     c.add_argument("--workers", type=int, default=None, help="local processes (0: run in this process)")
     c.add_argument("--out", default=None, help="directory for the runs, tables and plots (resumes a sweep)")
+    c.add_argument("--vectorise", action="store_true", default=None,
+                   help="run the seeds of bptt/tbptt as one batched computation")
     for what in ("model", "task"):
         c.add_argument(f"--{what}-opt", action="append", metavar="KEY=VALUE", default=None)
     c.add_argument("--rule-opt", action="append", metavar="RULE:KEY=VALUE", default=None,
@@ -195,7 +197,7 @@ def _compare(args: argparse.Namespace) -> int:
         cfg = load(args.config) if args.config else {}
         flags = {k: getattr(args, k) for k in ("task", "seeds", "steps", "model", "hidden", "lr", "optimizer", "batch",
                                                "chunk", "log_every", "align_every", "align_steps", "eval_steps",
-                                               "dtype", "executor", "address", "workers", "out")}
+                                               "dtype", "executor", "address", "workers", "out", "vectorise")}
         cfg.update({k: v for k, v in flags.items() if v is not None})
         if args.rules is not None:
             cfg["rules"] = [r.strip() for r in args.rules.split(",") if r.strip()]

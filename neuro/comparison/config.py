@@ -27,7 +27,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "lr": (float, int, dict), "optimizer": (str,), "batch": (int,), "chunk": (int,), "update_every": (int,),
     "log_every": (int,), "align_every": (int,), "align_steps": (int,), "eval_steps": (int,), "dtype": (str,),
     "task_options": (dict,), "model_options": (dict,), "rule_options": (dict,), "executor": (str,),
-    "workers": (int,), "address": (str,), "out": (str,),
+    "workers": (int,), "address": (str,), "out": (str,), "vectorise": (bool,),
 }
 
 
@@ -43,7 +43,7 @@ def validate(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
         types = KEYS.get(k)
         if types is None:
             continue
-        if isinstance(v, bool) or not isinstance(v, types):
+        if (isinstance(v, bool) and bool not in types) or not isinstance(v, types):
             names = " or ".join(t.__name__ for t in types)
             problems.append(f"{k}={v!r} is invalid: expected {names}")
     if isinstance(cfg.get("rules"), list) and not all(isinstance(r, str) for r in cfg["rules"]):

@@ -1,7 +1,8 @@
 """``neuro.compare``: every rule x seed trained on the same task, with the same model and budget.
 
 Each (rule, seed) is one :class:`RunSpec`, run by :func:`neuro.comparison.worker.run_one` under an
-executor:
+executor (with ``vectorise=True``, the seeds of a rule that allows it run together as one ensemble,
+:mod:`neuro.comparison.vectorised`):
 
 * ``"local"`` (default): a pool of ``workers`` processes on this machine (default: the number of CPU
   cores, at most the number of runs), one fresh process per run (so its peak memory is its own), no
@@ -29,7 +30,8 @@ from typing import Any, Callable, Iterable, Sequence
 from neuro.contract import check_choice, check_positive
 
 from .report import Results
-from .worker import run_one
+from .vectorised import VECTORISABLE
+from .worker import run_job
 
 __all__ = ["EXECUTORS", "RunSpec", "compare", "plan"]
 
@@ -202,53 +204,59 @@ def _load_done(specs: list[RunSpec], out: Path | None) -> dict[int, dict[str, An
     return done
 
 
-def _execute_local(todo: list[tuple[int, dict]], workers: int, on_done: Callable[[int, dict], None]) -> None:
-    """Each run in a fresh ``python -m neuro.comparison.worker`` process, ``workers`` at a time (0: in this
+Job = tuple[list[int], Any]  # (indices of the runs, a spec dict or a list of spec dicts)
+
+
+def _execute_local(jobs: list[Job], workers: int, on_done: Callable[[int, dict], None]) -> None:
+    """Each job in a fresh ``python -m neuro.comparison.worker`` process, ``workers`` at a time (0: in this
     process). A subprocess rather than a multiprocessing pool: nothing of the caller's ``__main__`` is
     re-imported (scripts need no ``if __name__ == "__main__"`` guard), and every run's memory is its own."""
     if workers == 0:
-        for i, spec in todo:
-            on_done(i, run_one(spec))
+        for idx, payload in jobs:
+            for i, result in zip(idx, run_job(payload)):
+                on_done(i, result)
         return
     import json
     import subprocess
     import sys
     import tempfile
 
-    queue = list(todo)
-    running: dict[subprocess.Popen, tuple[int, Path, Any]] = {}
+    queue = list(jobs)
+    running: dict[subprocess.Popen, tuple[Job, Path, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="neuro-compare-") as tmp:
         try:
+            n = 0
             while queue or running:
                 while queue and len(running) < workers:
-                    i, spec = queue.pop(0)
-                    result_path = Path(tmp) / f"run-{i}.json"
-                    log = open(Path(tmp) / f"run-{i}.log", "w+b")
+                    job = queue.pop(0)
+                    n += 1
+                    result_path = Path(tmp) / f"job-{n}.json"
+                    log = open(Path(tmp) / f"job-{n}.log", "w+b")
                     proc = subprocess.Popen([sys.executable, "-m", "neuro.comparison.worker", str(result_path)],
                                             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
-                    proc.stdin.write(json.dumps(spec).encode())
+                    proc.stdin.write(json.dumps(job[1]).encode())
                     proc.stdin.close()
-                    running[proc] = (i, result_path, log)
+                    running[proc] = (job, result_path, log)
                 done = _wait_any(list(running))
-                i, result_path, log = running.pop(done)
+                job, result_path, log = running.pop(done)
                 log.seek(0)
                 text = log.read().decode(errors="replace")
                 log.close()
                 if done.returncode != 0 or not result_path.is_file():
                     tail = "\n".join(text.strip().splitlines()[-15:])
-                    raise RuntimeError(f"run {i} ({todo_label(todo, i)}) failed with exit status {done.returncode}:\n{tail}")
-                on_done(i, json.loads(result_path.read_text()))
+                    raise RuntimeError(f"{_label(job)} failed with exit status {done.returncode}:\n{tail}")
+                for i, result in zip(job[0], json.loads(result_path.read_text())):
+                    on_done(i, result)
         finally:
-            for proc in running:
+            for proc, (_job, _path, log) in running.items():
                 proc.kill()
                 proc.wait()
-            for _i, _p, log in running.values():
                 log.close()
 
 
-def todo_label(todo: list[tuple[int, dict]], i: int) -> str:
-    spec = dict(todo)[i]
-    return f"rule {spec['rule']!r}, seed {spec['seed']}"
+def _label(job: Job) -> str:
+    specs = job[1] if isinstance(job[1], list) else [job[1]]
+    return f"the run of rule {specs[0]['rule']!r}, seed(s) {', '.join(str(s['seed']) for s in specs)}"
 
 
 def _wait_any(procs: list) -> Any:
@@ -262,23 +270,39 @@ def _wait_any(procs: list) -> Any:
         time.sleep(0.05)
 
 
-def _execute_ray(todo: list[tuple[int, dict]], address: str, on_done: Callable[[int, dict], None],
+def _jobs(specs: list[RunSpec], todo: list[int], vectorise: bool) -> list[Job]:
+    """One job per run, except (``vectorise``) the pending seeds of a vectorisable rule: one job together."""
+    jobs: list[Job] = []
+    groups: dict[str, list[int]] = {}
+    for i in todo:
+        if vectorise and specs[i].rule in VECTORISABLE:
+            groups.setdefault(specs[i].rule, []).append(i)
+        else:
+            jobs.append(([i], specs[i].asdict()))
+    for idx in groups.values():
+        jobs.append((idx, [specs[i].asdict() for i in idx]) if len(idx) > 1 else (idx, specs[idx[0]].asdict()))
+    return jobs
+
+
+def _execute_ray(jobs: list[Job], address: str, on_done: Callable[[int, dict], None],
                  connect_timeout_s: float) -> None:
     from . import ray_executor
 
-    ray_executor.execute(todo, address, on_done, connect_timeout_s)
+    ray_executor.execute(jobs, address, on_done, connect_timeout_s)
 
 
 def compare(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, steps: int = 2000, model: str = "rate",
             hidden: int = 32, *, executor: str = "local", workers: int | None = None, address: str | None = None,
             out: str | os.PathLike | None = None, progress: bool = True, connect_timeout_s: float = 15.0,
-            **settings: Any) -> Results:
+            vectorise: bool = False, **settings: Any) -> Results:
     """Train every rule x seed on ``task`` with the same ``model`` and budget; return the :class:`Results`.
 
     ``settings`` are those of :func:`plan` (``lr`` (one value or one per rule), ``optimizer``, ``batch``,
     ``chunk``, ``update_every``, ``log_every``, ``align_every`` (0: no alignment), ``align_steps``,
     ``eval_steps``, ``dtype``, ``task_options``, ``model_options``, ``rule_options`` (per rule)). See
-    the module docstring for the executors and for resuming with ``out``.
+    the module docstring for the executors and for resuming with ``out``. ``vectorise``: the seeds of each
+    rule of :data:`~neuro.comparison.vectorised.VECTORISABLE` run as one batched computation
+    (:mod:`neuro.comparison.vectorised`); the others as usual.
     """
     from neuro import io
 
@@ -292,9 +316,11 @@ def compare(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, ste
     if out_path is not None and out_path.exists() and not out_path.is_dir():
         raise ValueError(f"out={str(out_path)!r} is invalid: it exists and is not a directory")
     results: dict[int, dict[str, Any]] = _load_done(specs, out_path)
-    todo = [(i, s.asdict()) for i, s in enumerate(specs) if i not in results]
+    if not isinstance(vectorise, bool):
+        raise ValueError(f"vectorise={vectorise!r} is invalid: expected True or False")
+    jobs = _jobs(specs, [i for i in range(len(specs)) if i not in results], vectorise)
     if workers is None:
-        workers = max(1, min(os.cpu_count() or 1, len(todo)))
+        workers = max(1, min(os.cpu_count() or 1, len(jobs)))
     check_positive("workers", workers, integer=True, allow_zero=True)
 
     def on_done(i: int, result: dict[str, Any]) -> None:
@@ -311,11 +337,11 @@ def compare(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, ste
 
     if progress and len(results):
         print(f"resuming: {len(results)} of {len(specs)} runs already done in {out_path}", flush=True)
-    if todo:
+    if jobs:
         if executor == "local":
-            _execute_local(todo, workers, on_done)
+            _execute_local(jobs, workers, on_done)
         else:
-            _execute_ray(todo, address, on_done, connect_timeout_s)
+            _execute_ray(jobs, address, on_done, connect_timeout_s)
     res = Results(runs=[results[i] for i in range(len(specs))])
     if out_path is not None:
         res.write(out_path)

@@ -3,7 +3,7 @@
 ``address`` is ``"auto"`` (the cluster this machine belongs to) or ``HOST:PORT`` (its GCS address, as
 printed by ``ray start --head``). A ``HOST:PORT`` that does not accept a TCP connection within
 ``connect_timeout_s`` is reported at once (Ray itself would retry for a minute or more). Each task runs
-:func:`neuro.comparison.worker.run_one` with one CPU in a fresh worker process (``max_calls=1``), so the
+:func:`neuro.comparison.worker.run_job` (one run, or the seeds of one rule as one ensemble) with one CPU in a fresh worker process (``max_calls=1``), so the
 results equal the local executor's for the same seeds.
 """
 
@@ -27,7 +27,7 @@ def _check_reachable(address: str, timeout_s: float) -> None:
                               f"'ray start --head' and pass the address it prints, or use executor='local'") from None
 
 
-def execute(todo: list[tuple[int, dict[str, Any]]], address: str, on_done: Callable[[int, dict], None],
+def execute(jobs: list[tuple[list[int], Any]], address: str, on_done: Callable[[int, dict], None],
             connect_timeout_s: float = 15.0) -> None:
     if address != "auto":
         _check_reachable(address, connect_timeout_s)
@@ -43,14 +43,15 @@ def execute(todo: list[tuple[int, dict[str, Any]]], address: str, on_done: Calla
         except ConnectionError as e:
             raise ConnectionError(f"could not connect to a Ray cluster at address={address!r}: {e}") from None
     try:
-        from .worker import run_one
+        from .worker import run_job
 
-        remote = ray.remote(num_cpus=1, max_calls=1)(run_one)
-        pending = {remote.remote(spec): i for i, spec in todo}
+        remote = ray.remote(num_cpus=1, max_calls=1)(run_job)
+        pending = {remote.remote(payload): idx for idx, payload in jobs}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                on_done(pending.pop(ref), ray.get(ref))
+                for i, result in zip(pending.pop(ref), ray.get(ref)):
+                    on_done(i, result)
     finally:
         if started_here:
             ray.shutdown()

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["run_one"]
+__all__ = ["run_job", "run_one"]
 
 
 def _peak_rss_bytes() -> int:
@@ -151,9 +151,20 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def run_job(payload: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One job of an executor: a spec (one run) or a list of specs (seeds of one rule run as one ensemble,
+    :func:`neuro.comparison.vectorised.run_group`); the list of results, in order."""
+    if isinstance(payload, list):
+        from .vectorised import run_group
+
+        return run_group(payload)
+    return [run_one(payload)]
+
+
 def _main(argv: list[str]) -> int:
-    """``python -m neuro.comparison.worker RESULT.json`` with the spec as JSON on stdin: run it and write the
-    result to RESULT.json (atomically); the local executor of :func:`neuro.compare` runs each run this way."""
+    """``python -m neuro.comparison.worker RESULT.json`` with a job (a spec, or a list of specs) as JSON on
+    stdin: run it and write the list of results to RESULT.json (atomically); the local executor of
+    :func:`neuro.compare` runs each job this way."""
     import json
 
     from neuro import io
@@ -161,11 +172,11 @@ def _main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m neuro.comparison.worker RESULT.json < spec.json", file=sys.stderr)
         return 2
-    spec = json.loads(sys.stdin.read())
-    result = run_one(spec)
+    payload = json.loads(sys.stdin.read())
+    results = run_job(payload)
     from .harness import _json_roundtrip
 
-    io.write_json(argv[0], _json_roundtrip(result))
+    io.write_json(argv[0], _json_roundtrip(results))
     return 0
 
 

@@ -183,3 +183,43 @@ def test_the_ray_executor_on_a_local_cluster_equals_the_local_run(swept, tmp_pat
         shutil.rmtree(short, ignore_errors=True)
     local, _ = swept
     assert [_strip(r) for r in res.runs] == [_strip(r) for r in local.runs]
+
+
+def test_vectorised_seeds_equal_separate_runs():
+    """The seeds of tbptt trained as one ensemble give each seed's own run, to rounding (float64)."""
+    kw = {**SMALL, "rules": ["tbptt", "rtrl"], "seeds": 3, "dtype": "float64", "rule_options": {"tbptt": {"k": 3}}}
+    vec = neuro.compare(**kw, vectorise=True, workers=2)
+    sep = neuro.compare(**kw, workers=0)
+    assert [r.get("vectorised") for r in vec.runs] == [3, 3, 3, None, None, None]
+    for a, b in zip(vec.runs, sep.runs):
+        assert a["spec"] == b["spec"]
+        for key in ("final_loss", "eval_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-10, abs=1e-12), key
+        assert [c["step"] for c in a["curve"]] == [c["step"] for c in b["curve"]]
+        for x, y in zip(a["curve"] + a["alignment"], b["curve"] + b["alignment"]):
+            assert x["step"] == y["step"]
+            assert x.get("loss", x.get("cosine")) == pytest.approx(y.get("loss", y.get("cosine")), rel=1e-9, abs=1e-12)
+
+
+def test_ensemble_network_runs_each_member_with_its_own_parameters():
+    import torch
+
+    import models
+    from neuro.ensemble import Ensemble, unstack_params
+
+    for name in ("rate", "lif", "alif", "lstm"):
+        net = models.make(name, n_in=3, n_hidden=5, n_out=2)
+        ens = Ensemble(net, 3)
+        p = ens.init_params(4, dtype=torch.float64)
+        x = torch.rand(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 3
+        st = ens.init_state(p, 6)
+        for _ in range(5):
+            st, y = ens.step(p, st, x)
+        for m, pm in enumerate(unstack_params(p)):
+            assert torch.equal(pm["W_in"], net.init_params(4 + m, dtype=torch.float64)["W_in"])
+            s = net.init_state(pm, 2)
+            for _ in range(5):
+                s, ym = net.step(pm, s, x[2 * m:2 * m + 2])
+            torch.testing.assert_close(y[2 * m:2 * m + 2], ym, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="batch=5 is invalid for an ensemble of 3"):
+        ens.init_state(p, 5)
