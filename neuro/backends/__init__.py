@@ -92,3 +92,7 @@ def _simulate_torch(net: AbstractNetwork, params: Params, xs: Tensor) -> Trace:
 
 
 register("torch", _simulate_torch)
+register("compiled", "neuro.backends.compiled:simulate")
+register("brian2", "neuro.backends.brian2:simulate")
+register("lava", "hw_targets.lava.network:simulate_lava")
+register("lava-fixed", "hw_targets.lava.network:simulate_lava_fixed")

@@ -65,6 +65,7 @@ BRIAN2_NOTE = ("REFERENCES.md 'Peers measured on this machine': recurrent LIF ~1
                "1 thread, plus 4.3 s compile; measured earlier, not in this run")
 
 LABELS = {
+    "lif_compiled": "lif (neuro.simulate backend='compiled': event-driven numba loop, records spikes/y)",
     "lif_simulate": "lif (neuro.simulate, records v/i/spikes/y)",
     "lif_step": "lif (net.step loop, no recording)",
     "rate_simulate": "rate (neuro.simulate, records h/y)",
@@ -102,6 +103,15 @@ def _simulate_runner(net, params) -> Runner:
     def run(xs):
         tr = neuro.simulate(net, params, xs)
         return tr.spikes
+
+    return run
+
+
+def _compiled_runner(net, params) -> Runner:
+    import neuro
+
+    def run(xs):
+        return neuro.simulate(net, params, xs, backend="compiled", record=("spikes", "y")).spikes
 
     return run
 
@@ -321,6 +331,7 @@ def _run(sizes, steps, threads, repeats, bandwidth_bytes, log) -> dict[str, Any]
         rnet = models.make("rate", n_in=N_IN, n_hidden=n, n_out=1)
         rparams = rnet.init_params(seed=SEED)
         runners: dict[str, Runner] = {
+            "lif_compiled": _compiled_runner(net, params),
             "lif_simulate": _simulate_runner(net, params),
             "lif_step": _step_runner(net, params),
             "rate_simulate": _simulate_runner(rnet, rparams),
@@ -401,7 +412,7 @@ def _run(sizes, steps, threads, repeats, bandwidth_bytes, log) -> dict[str, Any]
     for n in sizes:
         if n in BRIAN2_CPP_REF:
             gap[str(n)] = {r["key"]: BRIAN2_CPP_REF[n] / r["steps_per_s"]["median"]
-                           for r in rows if r["n"] == n and r["key"] in ("lif_simulate", "lif_step")}
+                           for r in rows if r["n"] == n and r["key"] in ("lif_compiled", "lif_simulate", "lif_step")}
 
     return {
         "benchmark": "sim",
