@@ -323,12 +323,22 @@ def compare(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, ste
         workers = max(1, min(os.cpu_count() or 1, len(jobs)))
     check_positive("workers", workers, integer=True, allow_zero=True)
 
+    trained: dict[int, dict[str, Any]] = {}
+
     def on_done(i: int, result: dict[str, Any]) -> None:
+        import torch
+
+        params = result.pop("params", None)
+        dtype = torch.float64 if specs[i].dtype == "float64" else torch.float32
+        if params is not None:
+            trained[i] = {k: torch.as_tensor(v, dtype=dtype) for k, v in params.items()}
         result = _json_roundtrip(result)  # what a resumed sweep would read back
         results[i] = result
         if out_path is not None:
             path = specs[i].path(out_path)
             path.parent.mkdir(parents=True, exist_ok=True)
+            if i in trained:  # first the parameters, then the result that marks the run done
+                io.save_checkpoint(path.with_suffix(".pt"), trained[i])
             io.write_json(path, result)
         if progress:
             s = specs[i]
@@ -342,7 +352,11 @@ def compare(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, ste
             _execute_local(jobs, workers, on_done)
         else:
             _execute_ray(jobs, address, on_done, connect_timeout_s)
-    res = Results(runs=[results[i] for i in range(len(specs))])
+    for i in range(len(specs)):
+        if i not in trained and out_path is not None and specs[i].path(out_path).with_suffix(".pt").is_file():
+            trained[i] = io.load_checkpoint(specs[i].path(out_path).with_suffix(".pt"))
+    res = Results(runs=[results[i] for i in range(len(specs))],
+                  params={(specs[i].rule, specs[i].seed): trained[i] for i in trained})
     if out_path is not None:
         res.write(out_path)
     return res

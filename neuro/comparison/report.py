@@ -54,6 +54,24 @@ class Results:
     ``final_loss``, ``eval_loss``, ``eval_accuracy``, ``time_per_step_s``, ``peak_mem_bytes``, ...)."""
 
     runs: list[dict[str, Any]]
+    #: the trained parameters by ``(rule, seed)`` (saved as ``runs/<rule>/seed-<seed>.pt`` beside each result)
+    params: dict[tuple[str, int], dict[str, Any]] = dataclasses.field(default_factory=dict, repr=False)
+
+    def trained(self, rule: str, seed: int) -> dict[str, Any]:
+        """The parameters run ``(rule, seed)`` ended with."""
+        if (rule, seed) not in self.params:
+            have = ", ".join(f"{r}/{s}" for r, s in sorted(self.params)) or "none"
+            raise KeyError(f"no trained parameters for rule {rule!r}, seed {seed}: have {have}")
+        return self.params[(rule, seed)]
+
+    def best(self, key: str = "eval_loss") -> tuple[str, int]:
+        """``(rule, seed)`` of the run with the lowest ``key`` (highest for ``eval_accuracy``)."""
+        ok = [r for r in self.runs if not r.get("diverged") and r.get(key) is not None]
+        if not ok:
+            raise ValueError(f"no run has a value of {key!r}")
+        sign = -1.0 if key == "eval_accuracy" else 1.0
+        r = min(ok, key=lambda r: sign * r[key])
+        return r["spec"]["rule"], r["spec"]["seed"]
 
     @property
     def rules(self) -> list[str]:

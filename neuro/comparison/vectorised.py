@@ -194,6 +194,7 @@ def run_group(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "final_loss": h.mean_loss(max(1, spec["steps"] // 10)),
             "time_per_step_s": history.elapsed_s / max(history.steps, 1) / S,
             "peak_mem_bytes": peak, "n_params": net.n_params(members[m]),
+            "params": {k: v.tolist() for k, v in members[m].items()},
         }
         result["eval_loss"], result["eval_accuracy"] = _evaluate(net, members[m], task, spec["eval_steps"],
                                                                  derive_seed(spec["seed"], "eval"))

@@ -133,6 +133,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         time_per_step_s=history.elapsed_s / max(history.steps, 1),
         peak_mem_bytes=peak,
         n_params=net.n_params(history.params),
+        params={k: v.tolist() for k, v in history.params.items()},  # the harness stores them apart (.pt)
     )
     eval_loss, eval_acc = _evaluate(net, history.params, task, spec["eval_steps"], derive_seed(seed, "eval"))
     result.update(eval_loss=eval_loss, eval_accuracy=eval_acc)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import neuro
 from neuro import io
@@ -69,6 +70,11 @@ def test_files_and_plots_are_written_and_hold_the_data(swept):
     for run in res.runs:
         for c in run["curve"]:
             assert by[(run["spec"]["rule"], run["spec"]["seed"], c["step"])]["loss"] == c["loss"]
+    for rule in ("bptt", "tbptt"):  # the trained parameters are kept beside each result, and in the Results
+        saved = io.load_checkpoint(out / "runs" / rule / "seed-1.pt")
+        assert set(saved) == {"W_in", "W_rec", "b", "W_out", "b_out"} and saved["W_rec"].shape == (6, 6)
+        assert all(torch.equal(saved[k], res.trained(rule, 1)[k]) for k in saved)
+    assert res.best("eval_loss") in {(r["spec"]["rule"], r["spec"]["seed"]) for r in res.runs}
     summary = io.read_csv(out / "summary.csv")
     assert [r["rule"] for r in summary] == ["bptt", "tbptt"]
     assert "| tbptt |" in (out / "summary.md").read_text()
@@ -196,6 +202,9 @@ def test_vectorised_seeds_equal_separate_runs():
         for key in ("final_loss", "eval_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-10, abs=1e-12), key
         assert [c["step"] for c in a["curve"]] == [c["step"] for c in b["curve"]]
+        pa, pb = vec.trained(a["spec"]["rule"], a["spec"]["seed"]), sep.trained(b["spec"]["rule"], b["spec"]["seed"])
+        for k in pa:
+            torch.testing.assert_close(pa[k], pb[k], rtol=1e-9, atol=1e-12)
         for x, y in zip(a["curve"] + a["alignment"], b["curve"] + b["alignment"]):
             assert x["step"] == y["step"]
             assert x.get("loss", x.get("cosine")) == pytest.approx(y.get("loss", y.get("cosine")), rel=1e-9, abs=1e-12)
