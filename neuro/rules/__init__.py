@@ -45,16 +45,16 @@ for _cls in (BPTT, TBPTT, RTRL, ColumnarRTRL, ConstructiveRTRL, KFRTRL, UORO, No
 _LAZY: dict[str, str] = {
     # -- local rules (eligibility traces and an error broadcast) --
     # "rflo": "neuro.rules.rflo:RFLO",
-    # "eprop": "neuro.rules.eprop:EProp",
+    "eprop": "neuro.rules.eprop:EProp",
     # "three-factor": "neuro.rules.three_factor:ThreeFactor",
     # "ottt": "neuro.rules.ottt:OTTT",
     # "sltt": "neuro.rules.sltt:SLTT",
     # "sltt-k": "neuro.rules.sltt:SLTTK",
     # -- perturbation rules (forward passes and a scalar loss) --
-    # "wp": "neuro.rules.wp:WeightPerturbation",
-    # "np": "neuro.rules.node_perturbation:NodePerturbation",
-    # "anp": "neuro.rules.anp:ANP",
-    # "anp-time": "neuro.rules.anp_time:ANPTime",
+    "wp": "neuro.rules.wp:WeightPerturbation",
+    "np": "neuro.rules.node_perturbation:NodePerturbation",
+    "anp": "neuro.rules.anp:ANP",
+    "anp-time": "neuro.rules.anp_time:ANPTime",
 }
 
 
