@@ -1,0 +1,71 @@
+"""Activity-based node perturbation (ANP), applied step by step to a recurrent network: Dalm, van Gerven &
+Ahmad 2023, "Effective learning with node perturbation in deep neural networks" (arXiv:2310.00965, code
+artcogsys/decorbp), in the form that Garcia Fernandez, Keemink & van Gerven 2024 (arXiv:2405.08967, code
+jesusgf96/NP_RNNs) extend to time (:mod:`neuro.rules.anp_time`).
+
+A clean copy and ``samples`` noisy copies run on the same input; every step the noisy ones get
+``N(0, sigma^2)`` on the pre-activations of the hidden (``h``: the currents ``i_t``) and output (``a_t =
+W_out z_t + b_out``) units. ANP uses the *activity difference* ``dh_{l,t} = h~_{l,t} - h_{l,t}`` (noisy
+minus clean pre-activation of layer ``l``) instead of the injected noise::
+
+    dW_l = sqrt(N) (L~_t - L_t) dh_{l,t} / ||dh_{l,t}||^2  x_{l-1,t}^T      (returned; the optimizer applies -eta)
+
+``x_{l-1,t}`` is the clean presynaptic activity (``x_t`` for ``W_in``, ``z_{t-1}`` for ``W_rec``, ``1`` for the
+biases ``b`` (rate, LSTM; zero estimate for the LIF/ALIF membrane bias) and ``b_out``, ``z_t`` for ``W_out``).
+
+Pinned normalisations: ``N = n_in + n_hidden + n_out`` (the public code's ``sum(net_structure)``; a constant
+that the learning rate absorbs); ``||dh_{l,t}||^2`` is taken per sequence and noise sample (the public code
+takes it over the whole batch), per layer (``norm="layer"``, jesusgf96/NP_RNNs) or over both layers together
+(``norm="global"``, artcogsys/decorbp). There is no ``1/sigma``: the direction ``dh / ||dh||^2`` is
+scale-free. For isotropic ``dh`` in ``n_l`` dimensions, to first order ``E[dW_l] = sqrt(N) / n_l
+dL_t/dh_l x^T``: it points along the gradient, scaled by ``sqrt(N)/n_l`` (not the gradient's scale).
+
+The difference from ANP in time (this module's ``"anp"`` against ``"anp-time"``, our reading of the paper's
+distinction; the seed text available here is its abstract only): here the noisy copies restart from the
+clean state at every step, so ``dh`` holds only this step's noise, propagated from the hidden layer to the
+output within the step (``dh_hidden = xi_h``, ``dh_out = W_out (z~_t - z_t) + xi_y``), and ``L~_t - L_t`` only
+this step's effect. In ANP in time the noisy copy keeps its own state, so ``dh`` also carries the noise of
+earlier steps propagated through the recurrence, and ``L~_t - L_t`` its effect on the loss.
+
+Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import Tensor
+
+from neuro.contract import check_choice
+
+from ._perturb import AbstractNodeRule
+
+__all__ = ["ANP", "NORMS"]
+
+NORMS = ("layer", "global")
+
+
+@dataclasses.dataclass(frozen=True)
+class ANP(AbstractNodeRule):
+    """ANP (module docstring). ``sigma``: the noise's standard deviation; ``samples``: noisy copies per
+    sequence, averaged; ``norm``: ``"layer"`` or ``"global"``; ``forward``: a backend's forward function."""
+
+    norm: str = "layer"
+
+    name = "anp"
+    keep_noisy_state = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("norm", self.norm, NORMS)
+
+    def signal(self, dl: Tensor, xi_h: Tensor, xi_y: Tensor, dh: Tensor, da: Tensor) -> tuple[Tensor, Tensor]:
+        N = self.net.n_in + self.net.n_hidden + self.net.n_out
+        tiny = torch.finfo(dh.dtype).tiny
+        sq_h, sq_y = (dh * dh).sum(1), (da * da).sum(1)  # [M]
+        if self.norm == "global":
+            sq_h = sq_y = sq_h + sq_y
+        c = math.sqrt(N) * dl
+        return (c / sq_h.clamp_min(tiny))[:, None] * dh, (c / sq_y.clamp_min(tiny))[:, None] * da
