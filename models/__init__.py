@@ -15,6 +15,7 @@ from .columnar import Columnar
 from .constructive import Constructive
 from .influence import InfluenceBalancing
 from .lif import LIF
+from .lif_loihi import LIFLoihi
 from .lstm import LSTM
 from .rate import RateRNN
 
@@ -31,7 +32,7 @@ def register(cls: type[AbstractNetwork]) -> type[AbstractNetwork]:
     return cls
 
 
-for _cls in (RateRNN, LSTM, LIF, ALIF, InfluenceBalancing, Columnar, Constructive):
+for _cls in (RateRNN, LSTM, LIF, ALIF, InfluenceBalancing, Columnar, Constructive, LIFLoihi):
     register(_cls)
 
 

@@ -4,6 +4,11 @@ Importing this package imports no lava: it only installs the import hook of
 :mod:`hw_targets.lava._compat`, which makes lava-nc 0.10.0 importable under Python 3.11, so modules of
 this package may ``import lava...`` at their top. :func:`ensure_lava` imports lava and returns its
 version, with a clear error when lava-nc is missing.
+
+``export(net, params, fixed_point=False) -> LavaNetwork`` (:mod:`.network`) runs a ``lif`` network as
+Lava processes (``neuro.simulate(..., backend="lava" | "lava-fixed")``); ``quantize(net, params)``
+(:mod:`.quantization`) maps it to Loihi's integer model (``models.lif_loihi``). Both are imported on
+first use.
 """
 
 from hw_targets.lava._compat import LavaCompatError, ensure_lava, install
@@ -12,4 +17,17 @@ install()
 
 import_lava = ensure_lava  # alias: installs the hook, imports lava, returns the lava-nc version
 
-__all__ = ["LavaCompatError", "ensure_lava", "import_lava"]
+__all__ = ["LavaCompatError", "LavaNetwork", "QuantizationReport", "ensure_lava", "export", "import_lava", "quantize"]
+
+_LAZY = {"export": "network", "LavaNetwork": "network", "quantize": "quantization",
+         "QuantizationReport": "quantization", "quantization_error": "quantization"}
+
+
+def __getattr__(name: str):
+    """``export``, ``LavaNetwork`` (:mod:`.network`) and ``quantize`` (:mod:`.quantization`), imported on
+    first use: they import torch and the models, never lava itself until a network runs."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
