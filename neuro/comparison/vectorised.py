@@ -206,7 +206,7 @@ def run_group(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             probe = probe.to(dtype=dtype)
             cos = _alignment(net, spec["rule"], spec["rule_options"], [unstack_params(snapshots[i])[m] for i in chosen],
                              probe, task.loss, derive_seed(spec["seed"], "align") % (2**31))
-            result["alignment"] = [{"step": steps_at[i], "cosine": c} for i, c in zip(chosen, cos)]
+            result["alignment"] = [{"step": steps_at[i], **c} for i, c in zip(chosen, cos)]
         result["wall_s"] = time.perf_counter() - t0
         results.append(result)
     return results

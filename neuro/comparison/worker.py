@@ -71,19 +71,24 @@ def _evaluate(net, params, task, steps: int, seed: int) -> tuple[float, float | 
     return total / seq.steps, accuracy
 
 
-def _alignment(net, rule_name: str, rule_options: dict, snapshots, probe, loss: str, seed: int) -> list[float | None]:
+def _alignment(net, rule_name: str, rule_options: dict, snapshots, probe, loss: str,
+               seed: int) -> list[dict[str, Any]]:
+    """Per snapshot: ``{"cosine": overall, "per_param": {key: cosine}}`` (``None`` where a norm is 0)."""
     import neuro
 
-    out: list[float | None] = []
+    def finite(c: float) -> float | None:
+        return c if math.isfinite(c) else None
+
+    out: list[dict[str, Any]] = []
     for i, params in enumerate(snapshots):
         if rule_name == "bptt":
-            out.append(1.0)
+            out.append({"cosine": 1.0, "per_param": {k: 1.0 for k in sorted(params)}})
             continue
         g_true = neuro.grad_estimate(net, params, "bptt", probe.xs, probe.ys, loss=loss, mask=probe.mask)
         g = neuro.grad_estimate(net, params, rule_name, probe.xs, probe.ys, seed=seed + i, loss=loss,
                                 mask=probe.mask, **rule_options)
-        cos = neuro.alignment(g, g_true)["overall"]
-        out.append(None if not math.isfinite(cos) else cos)
+        cos = neuro.alignment(g, g_true)
+        out.append({"cosine": finite(cos.pop("overall")), "per_param": {k: finite(v) for k, v in cos.items()}})
     return out
 
 
@@ -145,7 +150,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         probe = probe.to(dtype=p.dtype, device=p.device)
         cos = _alignment(net, spec["rule"], spec["rule_options"], [snapshots[i] for i in chosen], probe, task.loss,
                          derive_seed(seed, "align") % (2**31))
-        result["alignment"] = [{"step": steps_at[i], "cosine": c} for i, c in zip(chosen, cos)]
+        result["alignment"] = [{"step": steps_at[i], **c} for i, c in zip(chosen, cos)]
     else:
         result["alignment"] = []
     result["wall_s"] = time.perf_counter() - t0
