@@ -1,10 +1,21 @@
-"""``neuro demo`` (``make demo``): a spiking and a rate network trained online on the add task.
+"""``neuro demo`` (``make demo``): online rules compared against BPTT, then the best spiking network on Lava.
 
-The add task of Marschall et al. (2020): ``y_t ~ Bernoulli(1/2 + 1/2 x_{t-6} - 1/4 x_{t-10})``. Its
-cross-entropy floors (``task.floors()``) say how much a network remembers: 0.662 nats remembering
-nothing, 0.519 remembering ``x_{t-6}``, 0.454 remembering both. Each model is trained with every rule of
-:data:`RULES` (extend the tuple as online rules land), and a table gives the loss averaged over the
-last :data:`FINAL_WINDOW` steps beside the floors.
+1. **Rate network** (leaky tanh RNN, 32 units) on the add task of Marschall et al. (2020), ``y_t ~
+   Bernoulli(1/2 + 1/2 x_{t-6} - 1/4 x_{t-10})``: cross-entropy floors 0.662 nats (no memory), 0.519
+   (remembers ``x_{t-6}``), 0.454 (both). Rules: ``bptt`` (over chunks of 100 steps), ``tbptt`` (k = 10),
+   ``rtrl``, ``uoro``, ``rflo``, ``anp-time``.
+2. **Spiking network** (32 LIF in Lava's form: ``dynamics="lava"``, ``reset="zero"``) on a short evidence
+   accumulation task (e-prop's cue accumulation with 3 cues, 310-step trials). Rules: ``bptt``,
+   ``tbptt`` (k = 20), ``eprop``, ``ottt``, ``sltt``, ``anp-time``.
+3. **Deployment**: the spiking run with the lowest held-out loss is exported to Lava and run on held-out
+   trials in floating point and in Loihi's fixed point (:func:`hw_targets.lava.quantize`); its accuracy
+   there (a trial is correct when the readout summed over the recall steps picks the majority side) is
+   printed beside torch's.
+
+Each comparison is :func:`neuro.compare` (every rule and seed on the same budget; the alignment of each
+rule's estimate with BPTT's gradient measured along training, on the side); the tables are printed and
+the runs, CSV, Markdown and plots written to ``runs/demo/rate`` and ``runs/demo/lif``. ``--quick`` runs a
+few hundred steps and one seed (a smoke test of the whole path, not a result).
 """
 
 from __future__ import annotations
@@ -12,92 +23,117 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-__all__ = ["FINAL_WINDOW", "MODELS", "RULES", "RULE_OPTIONS", "run_demo"]
-
-#: the rules the demo trains with, in table order
-RULES: tuple[str, ...] = ("tbptt",)
-#: rule hyper-parameters (a rule missing here runs with its defaults)
-RULE_OPTIONS: dict[str, dict[str, Any]] = {"tbptt": {"k": 20}}
-#: steps over which the final loss is averaged
-FINAL_WINDOW = 500
-#: a loss counts as below a floor only by more than this (nats): ~1.5 standard errors of a
-#: 500-step x batch-4 mean of the per-step cross-entropy (per-step sd ~0.3 nats)
-NOISE = 0.01
+__all__ = ["COMPARISONS", "DEPLOY_TRIALS", "run_demo"]
 
 
 @dataclasses.dataclass(frozen=True)
-class _Setting:
-    model: dict[str, Any]  # models.make keywords (n_in / n_out come from the task)
-    lr: float
-    batch: int
+class Comparison:
+    task: str
+    model: str
+    rules: tuple[str, ...]
     steps: int
     quick_steps: int
+    settings: dict[str, Any]
 
 
-#: per model: the network and its training budget. The LIF's short time constants and strong input
-#: and recurrent scales keep it spiking on the 0/1 inputs (with the defaults it stays silent).
-MODELS: dict[str, _Setting] = {
-    "lif": _Setting(model=dict(n_hidden=64, tau_mem=3.0, tau_syn=1.0, tau_out=1.0, input_scale=5.0,
-                               rec_scale=3.0, surrogate_scale=1.0),
-                    lr=3e-3, batch=4, steps=40_000, quick_steps=2_000),
-    "rate": _Setting(model=dict(n_hidden=32), lr=3e-3, batch=4, steps=20_000, quick_steps=2_000),
+#: the cue-accumulation trial of the spiking comparison (3 cues, 310 steps)
+CUE = dict(n_cues=3, cue_ms=50.0, spacing_ms=20.0, delay_ms=50.0, recall_ms=50.0)
+
+COMPARISONS: dict[str, Comparison] = {
+    "rate": Comparison(
+        task="add", model="rate", rules=("bptt", "tbptt", "rtrl", "uoro", "rflo", "anp-time"),
+        steps=10_000, quick_steps=400,
+        settings=dict(hidden=32, lr=3e-3, batch=4, rule_options={"tbptt": {"k": 10}})),
+    "lif": Comparison(
+        task="cue-accumulation", model="lif", rules=("bptt", "tbptt", "eprop", "ottt", "sltt", "anp-time"),
+        steps=310 * 60, quick_steps=310 * 2,
+        settings=dict(hidden=32, lr=2e-3, batch=8, task_options=CUE,
+                      model_options=dict(dynamics="lava", reset="zero", tau_mem=100.0),
+                      rule_options={"tbptt": {"k": 20}})),
 }
+#: held-out trials scored on Lava (and on torch, for the comparison)
+DEPLOY_TRIALS = 32
 
 
-def run_demo(quick: bool = False, seed: int = 0, file=None) -> list[dict[str, Any]]:
-    """Train every model of :data:`MODELS` with every rule of :data:`RULES` on ``add``; print a table.
+def _deploy(results, comparison: Comparison, quick: bool, out) -> dict[str, Any]:
+    """Export the best spiking run to Lava (float and fixed point) and score held-out trials on each."""
+    import torch
 
-    Returns one dict per run: ``model``, ``rule``, ``steps``, ``batch``, ``hidden``, ``final_loss`` (mean
-    per-step cross-entropy over the last :data:`FINAL_WINDOW` steps, nats), ``floors`` (the task's),
-    ``below_no_memory`` (``final_loss`` below the no-memory floor by more than :data:`NOISE`),
-    ``time_s``, ``steps_per_s``.
-    """
     import models
-    import neuro.rules
-    import neuro.tasks
-    from neuro.training import train
+    import neuro
+    from neuro.training import derive_seed
+
+    rule, seed = results.best("eval_loss")
+    task = neuro.tasks.make(comparison.task, **comparison.settings["task_options"])
+    net = models.make("lif", n_in=task.n_in, n_hidden=comparison.settings["hidden"], n_out=task.n_out,
+                      **comparison.settings["model_options"])
+    params = {k: v.to(torch.float64) for k, v in results.trained(rule, seed).items()}
+    trials = 4 if quick else DEPLOY_TRIALS
+    test = task.sample(task.trial_steps, batch=trials, seed=derive_seed(seed, "deploy")).to(dtype=torch.float64)
+    row: dict[str, Any] = {"rule": rule, "seed": seed, "trials": trials}
+    try:
+        from hw_targets.lava.accuracy import score
+
+        for name, backend in (("torch", "torch"), ("lava", "lava"), ("lava_fixed", "lava-fixed")):
+            t0 = time.perf_counter()
+            tr = neuro.simulate(net, params, test.xs, backend=backend)
+            row[name] = score(tr.y, test.ys, test.mask)
+            row[f"{name}_s"] = time.perf_counter() - t0
+            if tr.spikes is not None:
+                row[f"{name}_rate_hz"] = float(tr.spikes.mean()) * 1000.0 / net.dt
+    except Exception as e:  # Lava is optional for the rest of the demo: say why it did not run
+        row["error"] = f"{type(e).__name__}: {e}"
+    print(_deploy_line(row), file=out, flush=True)
+    return row
+
+
+def _deploy_line(row: dict[str, Any]) -> str:
+    head = (f"Best spiking network ({row['rule']}, seed {row['seed']}) deployed to Lava, "
+            f"{row['trials']} held-out trials: ")
+    if "error" in row and "lava" not in row:
+        return head + f"not run ({row['error']})"
+    parts = [f"torch accuracy {row['torch']:.3f}", f"Lava floating point {row['lava']:.3f} ({row['lava_s']:.1f} s)"]
+    if "lava_fixed" in row:
+        parts.append(f"Lava fixed point (Loihi integers) {row['lava_fixed']:.3f} ({row['lava_fixed_s']:.1f} s)")
+    else:
+        parts.append(f"fixed point not run ({row.get('error')})")
+    return head + "; ".join(parts)
+
+
+def run_demo(quick: bool = False, out_dir: str | Path = "runs/demo", file=None, workers: int | None = None,
+             deploy: bool = True) -> dict[str, Any]:
+    """Run both comparisons and the deployment; print the tables. Returns ``{"rate": Results, "lif":
+    Results, "deploy": dict}``."""
+    import neuro
 
     out = sys.stdout if file is None else file
-    task = neuro.tasks.make("add")
-    floors = task.floors()
-    rows = []
-    for name, s in MODELS.items():
-        for rule_name in RULES:
-            steps = s.quick_steps if quick else s.steps
-            net = models.make(name, n_in=task.n_in, n_out=task.n_out, **s.model)
-            rule = neuro.rules.make(rule_name, net, **RULE_OPTIONS.get(rule_name, {}))
-            t0 = time.perf_counter()
-            h = train(net, rule, task, steps=steps, seed=seed, lr=s.lr, batch=s.batch, log_every=100,
-                      progress=True)
-            dt = time.perf_counter() - t0
-            final = h.mean_loss(FINAL_WINDOW)
-            rows.append({"model": name, "rule": rule_name, "steps": steps, "batch": s.batch,
-                         "hidden": net.n_hidden, "final_loss": final, "floors": floors,
-                         "below_no_memory": final < floors["none"] - NOISE, "time_s": dt, "steps_per_s": steps / dt})
-            print(f"{name}/{rule_name}: {steps} steps, final loss {final:.3f} nats ({dt:.1f} s)", file=out, flush=True)
-    print(file=out)
-    print(format_table(rows, quick), file=out, flush=True)
-    return rows
-
-
-def format_table(rows: list[dict[str, Any]], quick: bool = False) -> str:
-    """The demo's table (Markdown)."""
-    f = rows[0]["floors"] if rows else {"none": float("nan"), "t1": float("nan"), "both": float("nan")}
-    lines = [f"add task (Marschall et al. 2020), online, seed 0{' (quick)' if quick else ''}: cross-entropy floors "
-             f"{f['none']:.3f} nats (no memory), {f['t1']:.3f} (remembers x[t-6]), {f['both']:.3f} (both); "
-             f"final loss = mean over the last {FINAL_WINDOW} steps",
-             "",
-             "| model | rule | hidden | batch | steps | final loss | memory shown | time (s) | steps/s |",
-             "|---|---|---:|---:|---:|---:|---|---:|---:|"]
-    for r in rows:
-        fl = r["final_loss"]
-        shown = ("x[t-6], some of x[t-10]" if fl < r["floors"]["t1"] - NOISE else
-                 "some of x[t-6]" if fl < r["floors"]["none"] - NOISE else "none (at the floor)")
-        lines.append(f"| {r['model']} | {r['rule']} | {r['hidden']} | {r['batch']} | {r['steps']} | {fl:.3f} | "
-                     f"{shown} | {r['time_s']:.1f} | {r['steps_per_s']:.0f} |")
-    return "\n".join(lines)
+    report: dict[str, Any] = {}
+    for name, c in COMPARISONS.items():
+        steps = c.quick_steps if quick else c.steps
+        seeds = 1 if quick else 2
+        print(f"== {name}: {c.model} on {c.task}, rules {', '.join(c.rules)}; {steps} steps x {seeds} seed(s)",
+              file=out, flush=True)
+        t0 = time.perf_counter()
+        settings = dict(c.settings)
+        settings["log_every"] = max(1, steps // (4 if quick else 10))
+        if c.task == "cue-accumulation":
+            settings["log_every"] = max(310, settings["log_every"] // 310 * 310)
+            settings["eval_steps"] = 310 * (4 if quick else 20)
+        res = neuro.compare(c.task, list(c.rules), seeds=seeds, steps=steps, model=c.model, out=Path(out_dir) / name,
+                            progress=False, workers=workers, **settings)
+        if c.task == "add":
+            f = neuro.tasks.make("add").floors()
+            print(f"add task floors: {f['none']:.3f} nats (no memory), {f['t1']:.3f} (remembers x[t-6]), "
+                  f"{f['both']:.3f} (both)", file=out)
+        print(res.markdown(), file=out)
+        print(f"({time.perf_counter() - t0:.0f} s; tables and plots in {Path(out_dir) / name})\n", file=out, flush=True)
+        report[name] = res
+    if deploy:
+        report["deploy"] = _deploy(report["lif"], COMPARISONS["lif"], quick, out)
+    return report
 
 
 if __name__ == "__main__":  # pragma: no cover

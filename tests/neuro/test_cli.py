@@ -3,6 +3,7 @@ successful run and its resume; ``bench`` dispatch; ``demo --quick``; ``python -m
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -142,19 +143,37 @@ def test_divergence_exits_1_with_one_line(tmp_path, capsys):
     assert f"(step {step})" in err
 
 
-def test_demo_quick_trains_both_networks_and_the_rate_net_beats_the_no_memory_floor(capsys):
+def test_demo_quick_compares_the_rules_and_deploys_to_lava(capsys, tmp_path, monkeypatch):
+    """``neuro demo --quick``: both comparisons print a row per rule (finite losses, BPTT aligned with itself),
+    and the best spiking network runs on Lava with the accuracy torch gives it (Lava floating point is
+    spike-exact with the torch model in float64)."""
+    import re
+
+    from neuro.demo import COMPARISONS
+
+    monkeypatch.chdir(tmp_path)  # the demo writes runs/demo here
     assert main(["demo", "--quick"]) == 0
     out = capsys.readouterr().out
-    rows = {}
+    rows: dict[str, list[str]] = {}
     for line in out.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("| ") and cells[0] in ("lif", "rate"):
-            rows[cells[0]] = cells
-    assert set(rows) == {"lif", "rate"}, out
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) > 3 and cells[0] not in ("rule",):
+            rows.setdefault(cells[0], []).append(cells)
+    for c in COMPARISONS.values():
+        for rule in c.rules:
+            assert rule in rows, f"no row for {rule}: {out}"
+    for rule, table_rows in rows.items():
+        for cells in table_rows:
+            assert math.isfinite(float(cells[1].split(" ")[0])), cells
+    assert len(rows["bptt"]) == 2 and all(c[4].split(" ")[0] == "1" for c in rows["bptt"])  # aligned with itself
     assert "0.662" in out and "0.519" in out and "0.454" in out
-    final = {k: float(v[5]) for k, v in rows.items()}
-    assert 0.3 < final["lif"] < 0.8  # a real cross-entropy of a working run (0.693 at chance)
-    assert final["rate"] < 0.64, f"rate net did not learn past the 0.662 no-memory floor: {final['rate']}"
+    m = re.search(r"torch accuracy ([0-9.]+); Lava floating point ([0-9.]+) .*Lava fixed point \(Loihi integers\) "
+                  r"([0-9.]+)", out)
+    assert m, out
+    torch_acc, lava_acc, fixed_acc = map(float, m.groups())
+    assert lava_acc == torch_acc and 0.0 <= fixed_acc <= 1.0
+    assert (tmp_path / "runs" / "demo" / "lif" / "summary.md").is_file()
+    assert (tmp_path / "runs" / "demo" / "rate" / "curves.png").is_file()
 
 
 def _env() -> dict[str, str]:
