@@ -67,6 +67,17 @@ class LIFState(NamedTuple):
     y: Tensor  # [B, n_out] readout
 
 
+class Subthreshold(NamedTuple):
+    """Coefficients of the linear sub-threshold update (:meth:`LIF.subthreshold`)."""
+
+    vv: float  # d v~ / d v_{t-1}
+    vi: float  # d v~ / d i_{t-1}
+    vI: float  # d v~ / d I_t
+    vb: float  # d v~ / d b
+    ii: float  # d i_t / d i_{t-1}
+    iI: float  # d i_t / d I_t
+
+
 @dataclasses.dataclass(frozen=True)
 class LIF(AbstractNetwork):
     dt: float = 1.0
@@ -140,6 +151,21 @@ class LIF(AbstractNetwork):
         if self.dynamics == "euler":
             return self.tau_syn / self.dt
         return 1.0 / ((1.0 - self.beta) * (1.0 - self.alpha))
+
+    def subthreshold(self) -> Subthreshold:
+        """The linear sub-threshold update of one step as coefficients (before the refractory hold,
+        the spike and the reset), for rules that filter presynaptic activity through it (OTTT)::
+
+            v~  = vv v_{t-1} + vi i_{t-1} + vI I_t + vb b + (a constant)
+            i_t = ii i_{t-1} + iI I_t
+        """
+        if self.dynamics == "exact":
+            a, k, b = self.alpha, self.kappa, self.beta
+            return Subthreshold(vv=a, vi=k, vI=k, vb=1.0 - a, ii=b, iI=b)
+        if self.dynamics == "euler":
+            c, d = self.dt / self.tau_mem, 1.0 - self.dt / self.tau_syn
+            return Subthreshold(vv=1.0 - c, vi=c, vI=c, vb=c, ii=d, iI=d)
+        return Subthreshold(vv=self.alpha, vi=self.beta, vI=1.0, vb=1.0, ii=self.beta, iI=1.0)
 
     # -- parameters and state ------------------------------------------------------------------------
     def param_shapes(self) -> dict[str, tuple[int, ...]]:

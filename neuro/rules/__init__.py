@@ -47,9 +47,9 @@ _LAZY: dict[str, str] = {
     # "rflo": "neuro.rules.rflo:RFLO",
     "eprop": "neuro.rules.eprop:EProp",
     # "three-factor": "neuro.rules.three_factor:ThreeFactor",
-    # "ottt": "neuro.rules.ottt:OTTT",
-    # "sltt": "neuro.rules.sltt:SLTT",
-    # "sltt-k": "neuro.rules.sltt:SLTTK",
+    "ottt": "neuro.rules.ottt:OTTT",
+    "sltt": "neuro.rules.sltt:SLTT",
+    "sltt-k": "neuro.rules.sltt:SLTTK",
     # -- perturbation rules (forward passes and a scalar loss) --
     "wp": "neuro.rules.wp:WeightPerturbation",
     "np": "neuro.rules.node_perturbation:NodePerturbation",
