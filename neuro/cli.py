@@ -5,7 +5,10 @@
     neuro compare --task add --rules bptt,tbptt,uoro --seeds 3 --steps 5000 [--config sweep.toml] \
                   [--out runs/cmp] [--executor local|ray --address auto|HOST:PORT] [--rule-opt tbptt:k=10]
     neuro demo [--quick]
+    neuro simulate --backend brian2 [--target numpy|cython|cpp_standalone] --model lif --hidden 100 \\
+                   --steps 1000 --rate 50 [--check] [--from-run RUN_DIR] --run-dir runs/sim   # raster.png, trace.npz
     neuro bench NAME [args ...]        # neuro.bench.NAME.main(args)
+    neuro export lava|nir RUN_DIR [--out FILE] [--fixed-point [--vth N] [--saturate]] [--verify STEPS]
 
 Usage errors (a wrong name, an invalid size or option, a missing checkpoint) print one line
 ``neuro: error: ...`` naming the value and the valid choices, exit with status 2 and write nothing.
@@ -75,7 +78,7 @@ def _options(flag: str, items: list[str] | None) -> dict[str, Any]:
 
 def _parser() -> _Parser:
     p = _Parser(prog=PROG, description="Online learning in recurrent spiking and rate networks.")
-    sub = p.add_subparsers(dest="command", metavar="{train,compare,demo,bench}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{train,compare,demo,bench,export,simulate}", parser_class=_Parser)
     sub.required = True
 
     t = sub.add_parser("train", help="train a network online on a task with a rule",
@@ -140,6 +143,38 @@ def _parser() -> _Parser:
     b = sub.add_parser("bench", help="run a benchmark: neuro.bench.NAME")
     b.add_argument("name")
     b.add_argument("args", nargs=argparse.REMAINDER)
+
+    e = sub.add_parser("export", help="export a trained lif network (a run directory) to Lava or NIR",
+                       description="Read RUN_DIR/config.json and RUN_DIR/checkpoint.pt (written by neuro train) and "
+                                   "write the network: lava -> a .npz that hw_targets.lava.LavaNetwork.load runs "
+                                   "(floating or fixed point), nir -> a NIR graph (nir.write).")
+    e.add_argument("target", help="lava or nir")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--out", default=None, help="output file (default RUN_DIR/lava.npz or RUN_DIR/network.nir)")
+    e.add_argument("--fixed-point", action="store_true", help="lava: quantize to Loihi's integer model")
+    e.add_argument("--vth", type=int, default=None, help="lava --fixed-point: the threshold mantissa (default 4096)")
+    e.add_argument("--saturate", action="store_true", help="lava --fixed-point: clip what does not fit")
+    e.add_argument("--verify", type=int, default=0, metavar="STEPS",
+                   help="lava: run the export in Lava and in torch on STEPS steps of random spikes and compare")
+
+    s = sub.add_parser("simulate", help="run a network forward (torch or Brian2) and write a raster plot and the trace",
+                       description="Simulate a lif/alif (or, with the torch backend, any) network on Poisson input "
+                                   "spikes and write RUN_DIR/raster.png and RUN_DIR/trace.npz (spikes, v, y, inputs).")
+    s.add_argument("--backend", default="torch", help="neuro.backends.available() (default torch)")
+    s.add_argument("--target", default=None, help="brian2: numpy (default), cython or cpp_standalone")
+    s.add_argument("--model", default="lif", help="models.available() (default lif)")
+    s.add_argument("--hidden", type=int, default=100, help="neurons (default 100)")
+    s.add_argument("--inputs", type=int, default=20, help="input channels (default 20)")
+    s.add_argument("--steps", type=int, default=1000, help="time steps (default 1000)")
+    s.add_argument("--rate", type=float, default=50.0, help="input spikes per channel per second (default 50)")
+    s.add_argument("--seed", type=int, default=0, help="parameters and input (default 0)")
+    s.add_argument("--from-run", default=None, metavar="RUN_DIR",
+                   help="the network and parameters of a neuro train run (config.json, checkpoint.pt) instead")
+    s.add_argument("--model-opt", action="append", metavar="KEY=VALUE", default=None,
+                   help="a model option (repeatable), e.g. refractory=2; spiking models get excitatory input "
+                        "weights |W_in| and input_scale=8 unless given")
+    s.add_argument("--check", action="store_true", help="also run the torch backend and compare the spike trains")
+    s.add_argument("--run-dir", default="runs/simulate", help="output directory (default runs/simulate)")
     return p
 
 
@@ -255,6 +290,160 @@ def _bench(args: argparse.Namespace) -> int:
     return int(module.main(list(args.args)) or 0)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    import models
+    from neuro import io
+
+    targets = ("lava", "nir")
+    run_dir = Path(args.run_dir)
+    try:
+        if args.target not in targets:
+            raise ValueError(f"export target {args.target!r} is invalid: valid choices are {', '.join(targets)}")
+        if args.target == "nir" and (args.fixed_point or args.vth is not None or args.saturate or args.verify):
+            raise ValueError("--fixed-point, --vth, --saturate and --verify apply to lava only")
+        if args.verify < 0:
+            raise ValueError(f"--verify {args.verify} is invalid: must be >= 0")
+        config_path = run_dir / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{str(config_path)!r} does not exist: RUN_DIR must be a directory written by "
+                                    "neuro train --run-dir")
+        config = io.read_json(config_path)
+        net = models.make(config["net"]["name"], **config["net"]["fields"])
+        params = io.load_checkpoint(run_dir / "checkpoint.pt", map_location="cpu")["params"]
+        params = {k: v.detach().to(torch.float64) for k, v in params.items()}
+        if args.target == "nir":
+            from hw_targets.nir import export as to_nir
+
+            out = Path(args.out or run_dir / "network.nir")
+            to_nir(net, params, out)
+            print(f"{net.name} network ({net.n_in} in, {net.n_hidden} neurons, {net.n_out} out) written to {out} (NIR)")
+            return 0
+        import hw_targets.lava as hl
+
+        kw = {k: v for k, v in (("vth", args.vth), ("saturate", args.saturate or None)) if v is not None}
+        if kw and not args.fixed_point:
+            raise ValueError("--vth and --saturate need --fixed-point")
+        report = None
+        if args.fixed_point:
+            qnet, qparams, report = hl.quantize(net, params, report=True, **kw)
+            lava_net = hl.export(qnet, qparams, fixed_point=True)
+        else:
+            lava_net = hl.export(net, params)
+        out = lava_net.save(args.out or run_dir / "lava.npz")
+    except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as e:
+        return _error(e)
+    kind = "fixed point (Loihi's integer model)" if args.fixed_point else "floating point"
+    print(f"{lava_net.net.name} network for Lava, {kind}, written to {out}")
+    if report is not None:
+        print(report)
+    if args.verify:
+        import neuro
+
+        g = torch.Generator().manual_seed(0)
+        xs = (torch.rand(args.verify, 1, net.n_in, generator=g, dtype=torch.float64) < 0.05).to(torch.float64)
+        got = lava_net.run(xs)
+        ref = neuro.simulate(lava_net.net, lava_net.params, xs)
+        same = bool(torch.equal(got.spikes, ref.spikes))
+        print(f"verify: {args.verify} steps of random spikes (p=0.05): Lava and torch spikes "
+              f"{'identical' if same else 'DIFFER'}; {int(ref.spikes.sum())} spikes; "
+              f"max |y difference| {float((got.y - ref.y).abs().max()):.3g}")
+        if not same:
+            return 1
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    import models
+    import neuro
+    from neuro import io
+
+    try:
+        for flag in ("hidden", "inputs", "steps"):
+            if getattr(args, flag) <= 0:
+                raise ValueError(f"--{flag} {getattr(args, flag)} is invalid: must be a positive integer")
+        if not 0.0 <= args.rate <= 1000.0:
+            raise ValueError(f"--rate {args.rate} is invalid: spikes per second, between 0 and 1000 (dt = 1 ms)")
+        if args.target is not None and args.backend != "brian2":
+            raise ValueError(f"--target applies to --backend brian2 only (got --backend {args.backend})")
+        model_opt = _options("--model-opt", args.model_opt)
+        if args.from_run is not None:
+            run = Path(args.from_run)
+            if not (run / "config.json").is_file():
+                raise FileNotFoundError(f"{str(run / 'config.json')!r} does not exist: --from-run must be a "
+                                        "directory written by neuro train --run-dir")
+            config = io.read_json(run / "config.json")
+            net = models.make(config["net"]["name"], **{**config["net"]["fields"], **model_opt})
+            params = io.load_checkpoint(run / "checkpoint.pt", map_location="cpu")["params"]
+            params = {k: v.detach().to(torch.float64) for k, v in params.items()}
+        else:
+            for key in ("n_in", "n_hidden", "n_out"):
+                if key in model_opt:
+                    raise ValueError(f"--model-opt {key} is not allowed: use --inputs / --hidden")
+            if models.get(args.model).spiking:  # Poisson input must excite: |W_in| at 8 v_th-gains by default
+                model_opt.setdefault("input_scale", 8.0)
+            net = models.make(args.model, n_in=args.inputs, n_hidden=args.hidden, n_out=1, **model_opt)
+            params = net.init_params(seed=args.seed, dtype=torch.float64)
+            if net.spiking:
+                params["W_in"] = params["W_in"].abs()
+        g = torch.Generator().manual_seed(args.seed)
+        dt = float(getattr(net, "dt", 1.0))
+        xs = (torch.rand(args.steps, 1, net.n_in, generator=g, dtype=torch.float64)
+              < args.rate * dt * 1e-3).to(torch.float64)
+        kw = {"target": args.target} if args.target is not None else {}
+        t0 = time.perf_counter()
+        tr = neuro.simulate(net, params, xs, backend=args.backend, **kw)
+        wall = time.perf_counter() - t0
+    except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError, RuntimeError) as e:
+        return _error(e)
+    out = Path(args.run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {"xs": xs[:, 0].numpy(), "y": tr.y[:, 0].numpy()}
+    for name, value in (("spikes", tr.spikes), ("v", tr.v), ("h", tr.h), *tr.extra.items()):
+        if value is not None:
+            arrays[name] = value[:, 0].numpy()
+    np.savez_compressed(out / "trace.npz", **arrays, dt_ms=np.float64(dt))
+    where = f"{args.backend}" + (f" ({args.target or 'numpy'})" if args.backend == "brian2" else "")
+    line = f"{net.name}, {net.n_hidden} neurons, {args.steps} steps in {wall:.2f} s on {where}"
+    if tr.spikes is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        s = tr.spikes[:, 0]
+        hz = float(s.mean()) / (dt * 1e-3)
+        t_idx, n_idx = torch.nonzero(s, as_tuple=True)
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.scatter((t_idx.double() * dt).numpy(), n_idx.numpy(), s=1.5, c="k", marker="|")
+        ax.set(xlabel="time (ms)", ylabel="neuron", xlim=(0, args.steps * dt), ylim=(-0.5, net.n_hidden - 0.5),
+               title=f"{line}: {hz:.1f} Hz")
+        fig.tight_layout()
+        fig.savefig(out / "raster.png", dpi=120)
+        plt.close(fig)
+        line += f", {int(s.sum())} spikes ({hz:.1f} Hz)"
+    print(line)
+    print(f"wrote {out / 'trace.npz'}" + (f" and {out / 'raster.png'}" if tr.spikes is not None else ""))
+    if args.check and args.backend != "torch":
+        ref = neuro.simulate(net, params, xs)
+        same = bool(torch.equal(ref.spikes, tr.spikes)) if ref.spikes is not None else None
+        dv = float(((tr.v - ref.v).abs().max() / ref.v.abs().max().clamp_min(1e-300))) if ref.v is not None else None
+        print(f"check against torch (float64): spike trains {'identical' if same else 'DIFFER'}"
+              + (f", max relative voltage difference {dv:.2e}" if dv is not None else ""))
+        if not same:
+            return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``neuro`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -264,4 +453,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(e)
     except SystemExit as e:  # --help
         return int(e.code or 0) if not isinstance(e.code, str) else 2
-    return {"train": _train, "compare": _compare, "demo": _demo, "bench": _bench}[args.command](args)
+    return {"train": _train, "compare": _compare, "demo": _demo, "bench": _bench, "export": _export,
+            "simulate": _simulate}[args.command](args)

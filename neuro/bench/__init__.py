@@ -17,9 +17,10 @@ __all__ = ["SECTIONS", "main"]
 SECTIONS = {"sim": "neuro.bench.sim", "influence": "neuro.bench.influence", "span": "neuro.bench.span",
             "cost": "neuro.bench.cost", "seeds": "neuro.bench.seeds",
             "memory": "neuro.bench.memory",
-            # "local": "neuro.bench.local",
+            "local": "neuro.bench.local",
             "patterns": "neuro.bench.patterns",
             "perturbation": "neuro.bench.perturbation",
+            "brian2": "neuro.bench.brian2",
             }
 
 
