@@ -44,9 +44,9 @@ for _cls in (BPTT, TBPTT, RTRL, ColumnarRTRL, ConstructiveRTRL, KFRTRL, UORO, No
 #: rules imported on first use ("module:Class"): the local and perturbation rules
 _LAZY: dict[str, str] = {
     # -- local rules (eligibility traces and an error broadcast) --
-    # "rflo": "neuro.rules.rflo:RFLO",
+    "rflo": "neuro.rules.rflo:RFLO",
     "eprop": "neuro.rules.eprop:EProp",
-    # "three-factor": "neuro.rules.three_factor:ThreeFactor",
+    "three-factor": "neuro.rules.three_factor:ThreeFactor",
     "ottt": "neuro.rules.ottt:OTTT",
     "sltt": "neuro.rules.sltt:SLTT",
     "sltt-k": "neuro.rules.sltt:SLTTK",
