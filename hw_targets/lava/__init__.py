@@ -7,8 +7,10 @@ version, with a clear error when lava-nc is missing.
 
 ``export(net, params, fixed_point=False) -> LavaNetwork`` (:mod:`.network`) runs a ``lif`` network as
 Lava processes (``neuro.simulate(..., backend="lava" | "lava-fixed")``); ``quantize(net, params)``
-(:mod:`.quantization`) maps it to Loihi's integer model (``models.lif_loihi``). Both are imported on
-first use.
+(:mod:`.quantization`) maps it to Loihi's integer model (``models.lif_loihi``);
+``export_learning(net, params, rule)`` (:mod:`.learning`) runs the ``three-factor`` rule on the chip's
+learning engine; :mod:`.chip_in_the_loop` trains with perturbation rules whose forward passes run in
+Lava. All are imported on first use.
 """
 
 from hw_targets.lava._compat import LavaCompatError, ensure_lava, install
@@ -17,10 +19,12 @@ install()
 
 import_lava = ensure_lava  # alias: installs the hook, imports lava, returns the lava-nc version
 
-__all__ = ["LavaCompatError", "LavaNetwork", "QuantizationReport", "ensure_lava", "export", "import_lava", "quantize"]
+__all__ = ["LavaCompatError", "LavaLearningNetwork", "LavaNetwork", "QuantizationReport", "ensure_lava", "export",
+           "export_learning", "import_lava", "loihi_form", "quantize"]
 
 _LAZY = {"export": "network", "LavaNetwork": "network", "quantize": "quantization",
-         "QuantizationReport": "quantization", "quantization_error": "quantization"}
+         "QuantizationReport": "quantization", "quantization_error": "quantization",
+         "export_learning": "learning", "LavaLearningNetwork": "learning", "loihi_form": "learning"}
 
 
 def __getattr__(name: str):
