@@ -435,10 +435,17 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'trace.npz'}" + (f" and {out / 'raster.png'}" if tr.spikes is not None else ""))
     if args.check and args.backend != "torch":
         ref = neuro.simulate(net, params, xs)
-        same = bool(torch.equal(ref.spikes, tr.spikes)) if ref.spikes is not None else None
-        dv = float(((tr.v - ref.v).abs().max() / ref.v.abs().max().clamp_min(1e-300))) if ref.v is not None else None
-        print(f"check against torch (float64): spike trains {'identical' if same else 'DIFFER'}"
-              + (f", max relative voltage difference {dv:.2e}" if dv is not None else ""))
+        if ref.spikes is not None:
+            same = bool(torch.equal(ref.spikes, tr.spikes))
+            dv = float(((tr.v - ref.v).abs().max() / ref.v.abs().max().clamp_min(1e-300))) if ref.v is not None else None
+            print(f"check against torch (float64): spike trains {'identical' if same else 'DIFFER'}"
+                  + (f", max relative voltage difference {dv:.2e}" if dv is not None else ""))
+        else:  # a rate model: its activity and readout, to rounding
+            dh = float((tr.h - ref.h).abs().max())
+            dy = float((tr.y - ref.y).abs().max())
+            same = dh <= 1e-9 and dy <= 1e-9
+            print(f"check against torch (float64): h and y {'agree' if same else 'DIFFER'} (max |difference| "
+                  f"{dh:.2e} and {dy:.2e})")
         if not same:
             return 1
     return 0

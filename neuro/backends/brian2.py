@@ -1,4 +1,5 @@
-"""The Brian2 backend: ``neuro.simulate(net, params, xs, backend="brian2", target=...)`` for ``lif`` and ``alif``.
+"""The Brian2 backend: ``neuro.simulate(net, params, xs, backend="brian2", target=...)`` for ``lif``, ``alif``
+and the rate RNN ``rate``.
 
 Brian2 (Stimberg, Brette & Goodman 2019, "Brian 2, an intuitive and efficient neural simulator", eLife
 8:e47314) integrates the same equations as :mod:`models.lif` / :mod:`models.alif`, built from the model's own
@@ -37,7 +38,21 @@ key = the model's hyper-parameters, ``n_in``, rows, steps, what is recorded; lat
 weights, inputs and initial state as binary files and run the compiled program with Brian2's ``run_args``
 command line; the directories are removed when the cache is cleared (:func:`clear_cache`), when a structure
 is evicted (at most :data:`CACHE_SIZE` kept) or at exit). Brian2 computes in float64; the trace has the dtype of
-``params``. :class:`Brian2Forward` is the forward function of the perturbation rules (``neuro.rules._perturb``).
+``params``. :class:`Brian2Forward` is the forward function of the perturbation rules (``neuro.rules._perturb``)
+for the spiking models.
+
+The rate RNN (:mod:`models.rate`) is a discrete map, which Brian2 runs as one group of ``B n`` neurons with
+no differential equation (``h``, ``I_rec``, ``b``) on a clock of 1 ms (the model has no time constant, only
+``alpha``), and the same dense block-diagonal recurrent synapses carrying a summed variable::
+
+    groups      I_rec = sum_pre w[pre, post] h_pre     (Synapses, ``I_rec_post = w * h_pre : 1 (summed)``)
+    before_end  h = (1 - alpha) h + alpha tanh(I_in(t, i) + I_rec + b)      (``run_regularly``)
+    end         h recorded (StateMonitor)
+
+The summed variable is computed in the ``groups`` slot, before the update of ``before_end`` overwrites ``h``,
+so that every ``h_t`` sees the ``h_{t-1}`` of all neurons: ``i_t = W_in x_t + W_rec h_{t-1} + b``, with
+``W_in x_t`` again a TimedArray computed in float64 numpy. ``h`` is always recorded (``record`` is ignored:
+the readout needs it), and the linear readout ``y_t = W_out h_t + b_out`` is computed from it in float64 torch.
 """
 
 from __future__ import annotations
@@ -64,7 +79,9 @@ from neuro.contract import AbstractNetwork, Params, check_choice
 __all__ = ["Brian2Forward", "CACHE_SIZE", "MODELS", "TARGETS", "clear_cache", "simulate"]
 
 TARGETS = ("numpy", "cython", "cpp_standalone")
-MODELS = ("lif", "alif")
+MODELS = ("lif", "alif", "rate")
+#: Brian2's clock for the rate RNN, a discrete map with no time constant (ms; any value gives the same map)
+RATE_DT = 1.0
 DYNAMICS = {"exact": "exact", "euler": "euler"}
 #: built networks kept per process (runtime networks and cpp_standalone projects), least recently used evicted
 CACHE_SIZE = 8
@@ -117,6 +134,8 @@ def check_model(net: AbstractNetwork) -> None:
     if net.name not in MODELS:
         raise ValueError(f"model {net.name!r} is not expressed by backend='brian2': it covers "
                          f"{', '.join(map(repr, MODELS))}; use backend='torch' for {net.name!r}")
+    if net.name == "rate":
+        return
     if net.dynamics not in DYNAMICS:
         raise ValueError(f"dynamics={net.dynamics!r} of {net.name!r} is not expressed by backend='brian2' (its "
                          f"voltage sees the current after the decay, not an ODE): it covers "
@@ -136,6 +155,15 @@ class _Inputs(NamedTuple):
     a: np.ndarray  # [M n] (alif; zeros otherwise)
 
 
+class _RateInputs(NamedTuple):
+    """The rate RNN's inputs (float64 numpy)."""
+
+    I_in: np.ndarray  # [T, M n] W_in x_t
+    w: np.ndarray  # [M n n] recurrent weights in synapse order
+    b: np.ndarray  # [M n]
+    h: np.ndarray  # [M n] initial state
+
+
 class _Outputs(NamedTuple):
     spikes: np.ndarray  # [T, M n] 0/1
     v: np.ndarray | None  # [T, M n] after reset (None unless recorded)
@@ -143,6 +171,7 @@ class _Outputs(NamedTuple):
     a: np.ndarray | None  # [T, M n]
     final: dict[str, np.ndarray]  # v, isyn, r, a at the end of the run [M n]
     run_s: float | None = None  # Brian2's own time for the network run (no build, no I/O), seconds
+    h: np.ndarray | None = None  # [T, M n] the rate RNN's h_t (spikes, v, i, a are None then)
 
 
 def _synapse_index(n: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -202,6 +231,30 @@ def _build(b2, net: AbstractNetwork, rows: int, steps: int, record: bool, I_in) 
     return {"G": G, "S": S, "spikes": spikes, "mons": mons, "objs": objs, "clock": clock, "alif": alif}
 
 
+def _build_rate(b2, net: AbstractNetwork, rows: int, steps: int, record: bool, I_in) -> dict[str, Any]:
+    """The rate RNN's Brian2 objects: the summed recurrent input in ``groups``, the map in ``before_end``."""
+    n = net.n_hidden
+    clock = b2.Clock(dt=RATE_DT * b2.ms)
+    ns = {"alpha": float(net.alpha), "I_in": I_in}
+    G = b2.NeuronGroup(rows * n, "h : 1\nI_rec : 1\nb : 1 (constant)", clock=clock, namespace=ns,
+                       name="neuro_neurons")
+    # alpha = 1 written without the (1 - alpha) h term, as in the model (0 * h would still be exact, but
+    # the same expression in both keeps the comparison to the last bit of the update)
+    update = ("h = tanh(I_in(t, i) + I_rec + b)" if net.alpha == 1.0
+              else "h = (1 - alpha) * h + alpha * tanh(I_in(t, i) + I_rec + b)")
+    S = b2.Synapses(G, G, "w : 1\nI_rec_post = w * h_pre : 1 (summed)", clock=clock, name="neuro_recurrent")
+    pre, post = _synapse_index(n, rows)
+    S.connect(i=pre, j=post)
+    objs = [G, S, G.run_regularly(update, when="before_end", clock=clock, name="neuro_rate_update")]
+    mons = {"h": b2.StateMonitor(G, "h", record=True, when="end", clock=clock, name="neuro_state_h")}
+    objs += list(mons.values())
+    return {"G": G, "S": S, "mons": mons, "objs": objs, "clock": clock, "rate": True}
+
+
+def _dt_ms(net: AbstractNetwork) -> float:
+    return RATE_DT if net.name == "rate" else net.dt
+
+
 def _spike_matrix(idx: np.ndarray, t: np.ndarray, dt_s: float, steps: int, size: int) -> np.ndarray:
     out = np.zeros((steps, size))
     if len(idx):
@@ -216,8 +269,8 @@ class _Runtime:
         b2 = _b2()
         self.b2, self.net, self.rows, self.steps, self.record, self.target = b2, net, rows, steps, record, target
         with _runtime_device(b2), _codegen_target(b2, target):
-            self.ta = b2.TimedArray(np.zeros((steps, rows * net.n_hidden)), dt=net.dt * b2.ms, name="neuro_I_in")
-            self.o = _build(b2, net, rows, steps, record, self.ta)
+            self.ta = b2.TimedArray(np.zeros((steps, rows * net.n_hidden)), dt=_dt_ms(net) * b2.ms, name="neuro_I_in")
+            self.o = (_build_rate if net.name == "rate" else _build)(b2, net, rows, steps, record, self.ta)
             self.network = b2.Network(*self.o["objs"])
             self.network.store("rest")
 
@@ -227,17 +280,23 @@ class _Runtime:
             self.network.restore("rest")
             self.ta.values[...] = inp.I_in  # read by the generated code at every run
             G = o["G"]
+            rate = o.get("rate", False)
             # Variable.set_value writes the arrays directly (G.v[:] = ... would generate code for each)
-            for key in ("v", "isyn", "r", "b") + (("a",) if o["alif"] else ()):
+            keys = ("h", "b") if rate else ("v", "isyn", "r", "b") + (("a",) if o["alif"] else ())
+            for key in keys:
                 G.variables[key].set_value(getattr(inp, key))
             o["S"].variables["w"].set_value(inp.w)
             # Brian2 runs gc.collect() at every run, which costs ~0.5 s in a process holding torch and sympy:
             # freezing the objects that exist now (Python's gc.freeze) makes it cheap; nothing is leaked
             gc.freeze()
             try:
-                self.network.run(self.steps * self.net.dt * b2.ms)
+                self.network.run(self.steps * _dt_ms(self.net) * b2.ms)
             finally:
                 gc.unfreeze()
+            run_s = getattr(b2.get_device(), "_last_run_time", None)
+            if rate:
+                h = np.array(o["mons"]["h"].h[:]).T
+                return _Outputs(None, None, None, None, {"h": np.array(G.h[:])}, run_s, h)
             sp = o["spikes"]
             spikes = _spike_matrix(sp.i[:], sp.t_[:], self.net.dt * 1e-3, self.steps, G.N)
             final = {k: np.array(getattr(G, k)[:]) for k in ("v", "isyn", "r")}
@@ -248,7 +307,7 @@ class _Runtime:
                 v = np.array(end.v[:]).T
                 a = np.array(end.a[:]).T if o["alif"] else None
                 i = np.array(o["mons"]["i"].isyn[:]).T
-        return _Outputs(spikes, v, i, a, final, getattr(b2.get_device(), "_last_run_time", None))
+        return _Outputs(spikes, v, i, a, final, run_s)
 
     def close(self) -> None:
         pass
@@ -269,19 +328,28 @@ class _Standalone:
         set_device("cpp_standalone", directory=self.dir, build_on_run=False)
         dev = get_device()
         try:
-            ta = b2.TimedArray(np.zeros((steps, N)), dt=net.dt * b2.ms, name="neuro_I_in")
-            o = _build(b2, net, rows, steps, record, ta)
+            ta = b2.TimedArray(np.zeros((steps, N)), dt=_dt_ms(net) * b2.ms, name="neuro_I_in")
+            self.rate = net.name == "rate"
+            o = (_build_rate if self.rate else _build)(b2, net, rows, steps, record, ta)
             G, S = o["G"], o["S"]
             G.b = np.zeros(N)  # placeholders: real values come on the command line
             S.w = np.zeros(len(S))
             network = b2.Network(*o["objs"])
-            network.run(steps * net.dt * b2.ms)
+            network.run(steps * _dt_ms(net) * b2.ms)
             dev.build(directory=self.dir, compile=True, run=False, with_output=False)
+            self.N = N
+            fn = dev.get_array_filename
+            run_cmd = b2.prefs.devices.cpp_standalone.run_cmd_unix
+            self.cmd = [run_cmd] if isinstance(run_cmd, str) else list(run_cmd)
+            if self.rate:
+                self.args = {"I_in": f"{ta.name}.values", "w": f"{S.name}.w", "b": f"{G.name}.b",
+                             "h": f"{G.name}.h"}
+                self.files = {"final_h": fn(G.variables["h"]), "h": fn(o["mons"]["h"].variables["h"])}
+                return
             self.args = {"I_in": f"{ta.name}.values", "w": f"{S.name}.w", "b": f"{G.name}.b", "v": f"{G.name}.v",
                          "isyn": f"{G.name}.isyn", "r": f"{G.name}.r"}
             if o["alif"]:
                 self.args["a"] = f"{G.name}.a"
-            fn = dev.get_array_filename
             sp = o["spikes"]
             self.files = {"spike_i": fn(sp.variables["i"]), "spike_t": fn(sp.variables["t"]),
                           **{f"final_{k}": fn(G.variables[k]) for k in ("v", "isyn", "r", "a") if k in G.variables}}
@@ -291,10 +359,7 @@ class _Standalone:
                 if o["alif"]:
                     self.files["a"] = fn(o["mons"]["end"].variables["a"])
             self.dtypes = {"spike_i": sp.variables["i"].dtype}
-            run_cmd = b2.prefs.devices.cpp_standalone.run_cmd_unix
-            self.cmd = [run_cmd] if isinstance(run_cmd, str) else list(run_cmd)
             self.alif = o["alif"]
-            self.N = N
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
@@ -302,7 +367,7 @@ class _Standalone:
             dev.reinit()  # the cpp_standalone device forgets this project, so later runtime runs do not see it
             reset_device()  # back to the device active before (the runtime device unless a user set another)
 
-    def __call__(self, inp: _Inputs) -> _Outputs:
+    def __call__(self, inp: _Inputs | _RateInputs) -> _Outputs:
         tag = uuid.uuid4().hex[:12]
         res = os.path.join(self.dir, f"results_{tag}")
         os.makedirs(res)
@@ -322,16 +387,19 @@ class _Standalone:
             def read(key, dtype=np.float64):
                 return np.fromfile(os.path.join(res, self.files[key]), dtype=dtype)
 
-            idx = read("spike_i", self.dtypes["spike_i"])
-            t = read("spike_t")
-            spikes = _spike_matrix(idx, t, self.net.dt * 1e-3, self.steps, self.N)
-            final = {k: read(f"final_{k}") for k in ("v", "isyn", "r")}
-            final["a"] = read("final_a") if self.alif else np.zeros(self.N)
             run_s = None
             info = os.path.join(res, "last_run_info.txt")
             if os.path.isfile(info):
                 with open(info) as fh:
                     run_s = float(fh.read().split()[0])
+            if self.rate:
+                return _Outputs(None, None, None, None, {"h": read("final_h")}, run_s,
+                                read("h").reshape(self.steps, self.N))
+            idx = read("spike_i", self.dtypes["spike_i"])
+            t = read("spike_t")
+            spikes = _spike_matrix(idx, t, self.net.dt * 1e-3, self.steps, self.N)
+            final = {k: read(f"final_{k}") for k in ("v", "isyn", "r")}
+            final["a"] = read("final_a") if self.alif else np.zeros(self.N)
             v = i = a = None
             if self.record:
                 v = read("v").reshape(self.steps, self.N)
@@ -390,6 +458,7 @@ def _key(net: AbstractNetwork, rows: int, steps: int, record: bool, target: str)
 
 def _get(net: AbstractNetwork, rows: int, steps: int, record: bool, target: str):
     """The built network for this structure (built on first use; least recently used evicted)."""
+    record = record or net.name == "rate"  # the rate RNN always records h (its readout needs it)
     key = _key(net, rows, steps, record, target)
     if key in _CACHE:
         _CACHE.move_to_end(key)
@@ -430,12 +499,19 @@ def _inputs(net: AbstractNetwork, params: Params, I_in: np.ndarray, state: Named
                    r=r, a=a)
 
 
+def _rate_inputs(net: AbstractNetwork, params: Params, I_in: np.ndarray, rows: int) -> _RateInputs:
+    W = _np(params["W_rec"])
+    return _RateInputs(I_in=I_in, w=np.tile(W.T.reshape(-1), rows), b=np.tile(_np(params["b"]), rows),
+                       h=np.zeros(rows * net.n_hidden))
+
+
 def simulate(net: AbstractNetwork, params: Params, xs: Tensor, target: str = "numpy", record: bool = True) -> Trace:
     """Run ``net`` from rest on ``xs`` [T, B, n_in] in Brian2 (``target``: numpy, cython or cpp_standalone).
 
     Returns a :class:`neuro.backends.Trace` like the torch backend's (``spikes``, ``v``, ``y``, ``extra``
-    ``i`` and, for alif, ``a``; all [T, B, n]) in the dtype of ``params``. ``record=False`` records spikes
-    only (``v`` and ``extra`` are then ``None`` / empty): what a benchmark times.
+    ``i`` and, for alif, ``a``; all [T, B, n]; for the rate RNN ``h`` and ``y``) in the dtype of ``params``.
+    ``record=False`` records spikes only (``v`` and ``extra`` are then ``None`` / empty): what a benchmark
+    times; the rate RNN records ``h`` either way.
     """
     check_model(net)
     check_target(target)
@@ -445,7 +521,8 @@ def simulate(net: AbstractNetwork, params: Params, xs: Tensor, target: str = "nu
     n = net.n_hidden
     I_in = (xs.detach().to("cpu", torch.float64) @ params["W_in"].detach().to("cpu", torch.float64).T)
     sim = _get(net, B, T, bool(record), target)
-    out = sim(_inputs(net, params, I_in.reshape(T, B * n).numpy(), None, B))
+    I_in = I_in.reshape(T, B * n).numpy()
+    out = sim(_rate_inputs(net, params, I_in, B) if net.name == "rate" else _inputs(net, params, I_in, None, B))
     last_run_s = out.run_s
     return _trace(net, params, out, T, B)
 
@@ -469,6 +546,11 @@ def _trace(net: AbstractNetwork, params: Params, out: _Outputs, T: int, B: int) 
     def t(a):
         return torch.from_numpy(np.ascontiguousarray(a)).reshape(T, B, n)
 
+    cast = lambda u: u.to(dtype=p.dtype, device=p.device)  # noqa: E731
+    if out.h is not None:  # the rate RNN: y_t = W_out h_t + b_out in float64
+        h = t(out.h)
+        y = h @ params["W_out"].detach().cpu().double().T + params["b_out"].detach().cpu().double()
+        return Trace(y=cast(y), h=cast(h))
     z = t(out.spikes)
     y = _readout(net, params, z)
     extra = {}
@@ -476,7 +558,6 @@ def _trace(net: AbstractNetwork, params: Params, out: _Outputs, T: int, B: int) 
         extra["i"] = t(out.i).to(p.dtype)
     if out.a is not None:
         extra["a"] = t(out.a).to(p.dtype)
-    cast = lambda u: u.to(dtype=p.dtype, device=p.device)  # noqa: E731
     return Trace(y=cast(y), spikes=cast(z), v=None if out.v is None else cast(t(out.v)),
                  extra={k: cast(v) for k, v in extra.items()})
 
@@ -499,6 +580,10 @@ class Brian2Forward:
 
     def __post_init__(self) -> None:
         check_model(self.net)
+        if not self.net.spiking:
+            raise ValueError(f"model {self.net.name!r} is not expressed by Brian2Forward: it covers the spiking "
+                             f"models 'lif', 'alif'; use the default forward (backend='torch') for "
+                             f"{self.net.name!r}")
         check_target(self.target)
 
     def __call__(self, params: Params, state: NamedTuple, x: Tensor, xi_h: Tensor | None = None,

@@ -110,6 +110,88 @@ def tempfile_dir() -> str:
     return tempfile.gettempdir()
 
 
+# -- the rate RNN: a discrete map in Brian2 ---------------------------------------------------------------------
+def random_rate(n: int, seed: int, alpha: float, B: int = 1, T: int = 300):
+    """A random rate RNN (g = 1.2, a random bias and readout bias) driven by Gaussian input."""
+    net = models.make("rate", n_in=5, n_hidden=n, n_out=3, alpha=alpha, g=1.2)
+    p = net.init_params(seed=seed, dtype=F64)
+    g = torch.Generator().manual_seed(seed + 2000)
+    p["b"] = 0.1 * torch.randn(n, generator=g, dtype=F64)
+    p["b_out"] = torch.randn(3, generator=g, dtype=F64)
+    return net, p, torch.randn(T, B, 5, generator=g, dtype=F64)
+
+
+def assert_same_rate(ref: neuro.Trace, tr: neuro.Trace) -> None:
+    assert float(ref.h.std(0).mean()) > 0.1  # h moves (not stuck at a fixed point)
+    assert float((ref.h.abs() > 0.999).float().mean()) < 0.2  # and is not saturated
+    assert tr.spikes is None and tr.v is None and tr.extra == {}
+    for name, a, b in (("h", tr.h, ref.h), ("y", tr.y, ref.y)):
+        assert a.dtype == F64 and a.shape == b.shape
+        err = float((a - b).abs().max())
+        assert err < 1e-10, f"{name}: error {err:.2e}"
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.3])
+@pytest.mark.parametrize("seed,n,B", [(0, 50, 1), (1, 120, 2), (2, 200, 1)])
+def test_rate_numpy_target_equals_torch(alpha, seed, n, B):
+    net, p, xs = random_rate(n, seed, alpha, B)
+    assert_same_rate(neuro.simulate(net, p, xs), neuro.simulate(net, p, xs, backend="brian2", target="numpy"))
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.3])
+def test_rate_cython_target_equals_torch(alpha):
+    for seed in (3, 4):  # the second run reuses the network built for the first, with new weights and inputs
+        net, p, xs = random_rate(100, seed, alpha, B=2)
+        assert_same_rate(neuro.simulate(net, p, xs), neuro.simulate(net, p, xs, backend="brian2", target="cython"))
+
+
+@pytest.mark.slow
+def test_rate_cpp_standalone_equals_torch():
+    for seed in (5, 6):
+        net, p, xs = random_rate(60, seed, 0.3, B=2)
+        assert_same_rate(neuro.simulate(net, p, xs),
+                         neuro.simulate(net, p, xs, backend="brian2", target="cpp_standalone"))
+    b2b.clear_cache()
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_rate_chain_by_hand(alpha):
+    """Neuron 0 gets one input pulse at step 2, neuron 1 listens to neuron 0 only (weight 2), neuron 0 to
+    neuron 1 (weight -1): h_t of each neuron uses h_{t-1} of the other, never h_t (the summed recurrent
+    input is computed before the update overwrites h)."""
+    net = models.make("rate", n_in=1, n_hidden=2, n_out=1, alpha=alpha)
+    p = {"W_in": torch.tensor([[0.8], [0.0]], dtype=F64), "W_rec": torch.tensor([[0.0, -1.0], [2.0, 0.0]], dtype=F64),
+         "b": torch.tensor([0.0, 0.1], dtype=F64), "W_out": torch.tensor([[1.0, -3.0]], dtype=F64),
+         "b_out": torch.tensor([0.5], dtype=F64)}
+    xs = torch.zeros(8, 1, 1, dtype=F64)
+    xs[2] = 1.0
+    import math
+
+    h = [0.0, 0.0]
+    hs = []
+    for t in range(8):
+        i0 = 0.8 * float(xs[t, 0, 0]) - h[1]
+        i1 = 2.0 * h[0] + 0.1
+        h = [(1 - alpha) * h[0] + alpha * math.tanh(i0), (1 - alpha) * h[1] + alpha * math.tanh(i1)]
+        hs.append(h)
+    h_hand = torch.tensor(hs, dtype=F64)
+    y_hand = h_hand[:, 0] - 3.0 * h_hand[:, 1] + 0.5
+    for tr in (neuro.simulate(net, p, xs), neuro.simulate(net, p, xs, backend="brian2", target="numpy")):
+        torch.testing.assert_close(tr.h[:, 0], h_hand, rtol=1e-13, atol=1e-14)
+        torch.testing.assert_close(tr.y[:, 0, 0], y_hand, rtol=1e-13, atol=1e-14)
+
+
+def test_rate_trace_shapes_dtype_and_no_forward():
+    net, p, xs = random_rate(20, 0, 0.5, B=3, T=40)
+    p32 = {k: v.float() for k, v in p.items()}
+    tr = neuro.simulate(net, p32, xs.float(), backend="brian2", record=False)  # h is recorded either way
+    assert tr.h.shape == (40, 3, 20) and tr.y.shape == (40, 3, 3) and tr.y.dtype == tr.h.dtype == torch.float32
+    ref = neuro.simulate(net, p, xs)
+    assert float((tr.h.double() - ref.h).abs().max()) < 1e-6
+    with pytest.raises(ValueError, match="'rate' is not expressed by Brian2Forward.*backend='torch'"):
+        b2b.Brian2Forward(net)
+
+
 # -- a chain computed by hand: catches an off-by-one in the synaptic delay, the input timing or the reset -----
 def chain(reset: str = "subtract", v_reset: float = 0.0):
     """Neuron 0 gets one input pulse at step 2; neuron 1 listens to neuron 0 only. Both weights make
@@ -233,7 +315,6 @@ def test_registered_and_trace_shapes_and_dtype():
 
 
 @pytest.mark.parametrize("name,kw,match", [("lstm", {}, "'lstm' is not expressed.*backend='torch'"),
-                                           ("rate", {}, "'rate' is not expressed"),
                                            ("lif", dict(dynamics="lava"), "dynamics='lava'.*backend='torch'")])
 def test_models_brian2_cannot_express(name, kw, match):
     net = models.make(name, n_in=2, n_hidden=4, n_out=1, **kw)
@@ -301,3 +382,12 @@ def test_bench_brian2_quick(tmp_path):
     assert t["loss_brian2"][-1] < t["loss_brian2"][0]
     assert (tmp_path / "brian2_train.png").stat().st_size > 5000
     assert "spikes = torch" in (tmp_path / "bench_brian2.md").read_text()
+
+
+def test_cli_check_compares_a_rate_network_by_its_activity(tmp_path, capsys):
+    from neuro.cli import main
+
+    assert main(["simulate", "--backend", "brian2", "--model", "rate", "--hidden", "10", "--steps", "50", "--check",
+                 "--run-dir", str(tmp_path)]) == 0
+    assert "h and y agree" in capsys.readouterr().out
+    assert (tmp_path / "trace.npz").is_file()
