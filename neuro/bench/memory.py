@@ -11,7 +11,7 @@ recurrent layer on one CPU thread, batch 1, float32, which is a different regime
 (``lif`` when the rule supports it, else ``rate``; ``bptt`` runs on every model used), runs 50 warm-up
 steps and ``finish``, then reads its resident set size (RSS, ``/proc/self/statm``) as the baseline,
 runs T steps (inputs cycled from a pool of 1000 steps, so the data does not grow with T) and
-``finish``, and reports the peak RSS (``resource.getrusage(...).ru_maxrss``) minus the baseline: the
+``finish``, and reports the peak RSS (``VmHWM``, reset before the run: :mod:`neuro._rss`) minus the baseline: the
 memory the T steps added, graph and traces included (the resolution is a 4 KiB page: the traces of
 the local rules, a few KiB, hardly show). Time per step is the CPU time of the process (``time.process_time``,
 robust to other processes sharing the cores; the wall time is in the JSON) of those T steps and
@@ -35,7 +35,6 @@ import argparse
 import concurrent.futures
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -77,12 +76,17 @@ def local_rules(only: list[str] | None = None) -> tuple[list[tuple[str, str]], d
 
 
 def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    from neuro._rss import current_rss
+
+    return current_rss()
 
 
 def _peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    """The peak of this address space (VmHWM), not ru_maxrss, which Linux carries over from the parent
+    process across fork and exec (a worker of a large pytest process would report the parent's peak)."""
+    from neuro._rss import peak_rss
+
+    return peak_rss()
 
 
 def measure(job: dict[str, Any]) -> dict[str, Any]:
@@ -114,6 +118,9 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     state, last = rule.finish(params, state)
     rules.add_into(acc, last)
     state = rule.init(params, 1, 1)
+    from neuro._rss import reset_peak
+
+    reset_peak()
     base = _rss()
     t0, c0 = time.perf_counter(), time.process_time()
     for t in range(T):
@@ -145,6 +152,9 @@ def train_cue(job: dict[str, Any]) -> dict[str, Any]:
     # warm-up: one trial, so that lazy initialisation (imports, allocator pools) is not counted
     neuro.train(net, rule, task, steps=task.trial_steps, seed=job["seed"] + 10 ** 5, lr=job["lr"],
                 batch=job["batch"], progress=False, log_every=task.trial_steps)
+    from neuro._rss import reset_peak
+
+    reset_peak()
     base = _rss()
     t0, c0 = time.perf_counter(), time.process_time()
     h = neuro.train(net, rule, task, steps=steps, seed=job["seed"], lr=job["lr"], batch=job["batch"],

@@ -170,7 +170,9 @@ def run_group(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         steps_at.append(step)
         return {}
 
-    base = _peak_rss_bytes()
+    from neuro._rss import current_rss, reset_peak
+
+    base = current_rss() if reset_peak() else _peak_rss_bytes()
     t0 = time.perf_counter()
     try:
         history = neuro.train(ens, rule, streams, steps=first["steps"], params=params, log_every=first["log_every"],

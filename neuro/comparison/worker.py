@@ -7,7 +7,7 @@ a plain dict (JSON-able), so any executor (a local process pool, Ray) can carry 
    net.init_params(seed)``.
 2. Train with :func:`neuro.train` for ``steps`` steps, nothing written to disk. At every metrics row
    (``log_every``) a copy of the parameters is kept (the training hook ``probe``; its time is off the
-   training clock). Peak memory: the growth of the process's peak resident set (``ru_maxrss``) over
+   training clock). Peak memory: the growth of the process's peak resident set (``VmHWM``, :mod:`neuro._rss`) over
    training, above what it held after building everything and a warm-up of one sequence on a throwaway
    copy (the process is fresh for each run under the local and Ray executors, so the figure is the run's
    own; it is coarse: page-granular, and memory the allocator reuses does not show); time per step from
@@ -24,7 +24,6 @@ a plain dict (JSON-able), so any executor (a local process pool, Ray) can carry 
 from __future__ import annotations
 
 import math
-import resource
 import sys
 import time
 from typing import Any
@@ -33,8 +32,9 @@ __all__ = ["run_job", "run_one"]
 
 
 def _peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports kB
+    from neuro._rss import peak_rss
+
+    return peak_rss()
 
 
 def _build(spec: dict[str, Any]):
@@ -121,7 +121,9 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
                     lr=spec["lr"], batch=spec["batch"], chunk=spec["chunk"], progress=False, log_every=warm)
     except TrainingDiverged:
         pass
-    base = _peak_rss_bytes()
+    from neuro._rss import current_rss, reset_peak
+
+    base = current_rss() if reset_peak() else _peak_rss_bytes()
     t0 = time.perf_counter()
     try:
         history = neuro.train(net, rule, task, steps=spec["steps"], seed=seed, params=params,
