@@ -37,7 +37,7 @@ demo: install
 
 # pytest's status 5 means no test was collected: a failure, said plainly.
 test: install
-	$(PY) -m pytest -q || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit $$status; }
+	$(PY) -m pytest -q --durations=15 || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit $$status; }
 
 bench: install
 	$(VENV)/bin/neuro bench sim
