@@ -20,7 +20,7 @@ SECTIONS = {"sim": "neuro.bench.sim", "influence": "neuro.bench.influence", "spa
             "local": "neuro.bench.local",
             "patterns": "neuro.bench.patterns",
             "perturbation": "neuro.bench.perturbation",
-            "brian2": "neuro.bench.brian2",
+            "brian2": "neuro.bench.brian2", "rules": "neuro.bench.rules",
             }
 
 

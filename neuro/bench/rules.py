@@ -1,0 +1,147 @@
+"""``neuro bench rules``: time per step of each online rule against the forward step of the same network.
+
+Issue goal (performance): the O(p) online rules (rflo, eprop, ottt, sltt, uoro, np, anp-time, columnar)
+at most 3x the forward step of the same network at N = 1024. For each rule, on its model (``lif`` for
+the spiking rules, ``rate`` for the others, ``columnar`` for columnar RTRL; ``--n`` units, batch 1,
+float32, ``--threads`` threads): the median time of ``rule.step`` over ``--steps`` steps (after a
+warm-up, parameters frozen, inputs from a pool) plus the time of ``finish`` spread over the sequence
+(BPTT's backward pass), against the median time of a bare
+``net.step`` under ``no_grad`` on the same inputs. The ratio is the figure of the goal. The spiking
+network is driven to fire (``input_scale``) and its rate is reported. Writes ``OUT/bench_rules.json`` and
+``OUT/bench_rules.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import _report
+
+__all__ = ["CASES", "main"]
+
+#: rule -> (model, rule options)
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "rflo": ("rate", {}), "eprop": ("lif", {}), "ottt": ("lif", {}), "sltt": ("lif", {}),
+    "three-factor": ("lif", {}), "uoro": ("rate", {}), "np": ("rate", {}), "anp-time": ("rate", {}),
+    "columnar": ("columnar", {}), "bptt": ("rate", {}), "bptt-lif": ("lif", {}),
+}
+N_IN, N_OUT = 16, 2
+
+
+def _net(model: str, n: int):
+    import models
+
+    if model == "lif":
+        return models.make("lif", n_in=N_IN, n_hidden=n, n_out=N_OUT, input_scale=8.0)
+    return models.make(model, n_in=N_IN, n_hidden=n, n_out=N_OUT)
+
+
+def _time(fn, steps: int) -> float:
+    ts = []
+    for t in range(steps):
+        t0 = time.perf_counter()
+        fn(t)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def measure(rule_name: str, n: int, steps: int) -> dict[str, Any]:
+    from neuro import rules
+
+    model, opts = CASES[rule_name]
+    name = "bptt" if rule_name.startswith("bptt") else rule_name
+    net = _net(model, n)
+    params = net.init_params(seed=0)
+    g = torch.Generator().manual_seed(0)
+    pool = 64
+    if net.spiking:
+        xs = (torch.rand(pool, 1, N_IN, generator=g) < 0.2).float()
+    else:
+        xs = torch.randn(pool, 1, N_IN, generator=g)
+    ys = torch.randn(pool, 1, N_OUT, generator=g)
+    mask = torch.ones(1, dtype=torch.bool)
+
+    state = net.init_state(params, 1)
+    spikes = []
+
+    def fwd(t):
+        nonlocal state
+        with torch.no_grad():
+            state, _ = net.step(params, state, xs[t % pool])
+        if net.spiking:
+            spikes.append(float(state.z.mean()))
+
+    for t in range(5):
+        fwd(t)
+    spikes.clear()
+    t_fwd = _time(fwd, steps)
+
+    rule = rules.make(name, net, **opts)
+    rstate = rule.init(params, 1, 0)
+
+    def step(t):
+        nonlocal rstate
+        out = rule.step(params, rstate, xs[t % pool], ys[t % pool], mask)
+        rstate = out.state
+
+    for t in range(3):
+        step(t)
+    t_rule = _time(step, steps)
+    t0 = time.perf_counter()
+    rule.finish(params, rstate)
+    t_finish = time.perf_counter() - t0
+    per_step = t_rule + t_finish / (steps + 3)  # BPTT's backward pass is in finish: spread over the sequence
+    return {"rule": name, "model": model, "n": n, "steps": steps, "forward_ms": 1e3 * t_fwd,
+            "rule_ms": 1e3 * per_step, "step_ms": 1e3 * t_rule, "finish_ms": 1e3 * t_finish, "ratio": per_step / t_fwd,
+            "rate_per_step": statistics.fmean(spikes) if spikes else None, "n_params": net.n_params(params)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="neuro bench rules", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rules", nargs="*", default=list(CASES), help=f"subset of {', '.join(CASES)}")
+    ap.add_argument("--n", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="runs/bench")
+    ap.add_argument("--quick", action="store_true", help="n = 32, 5 steps (a smoke test)")
+    args = ap.parse_args(argv)
+    bad = sorted(set(args.rules) - set(CASES))
+    if bad:
+        ap.error(f"--rules {' '.join(bad)}: unknown; valid choices are {', '.join(CASES)}")
+    if args.quick:
+        args.n, args.steps = 32, 5
+    if args.n < 1 or args.steps < 1 or args.threads < 1:
+        ap.error("--n, --steps and --threads must be >= 1")
+    torch.set_num_threads(args.threads)
+    load = _report.loadavg()
+    rows = []
+    for r in args.rules:
+        try:
+            rows.append(measure(r, args.n, args.steps))
+        except Exception as e:  # one rule failing (e.g. out of memory at a large n) is reported, not fatal
+            rows.append({"rule": r, "model": CASES[r][0], "n": args.n, "error": f"{type(e).__name__}: {e}"})
+        print(rows[-1], flush=True)
+    report = {"machine": _report.machine_info(args.threads), "loadavg_before": load,
+              "loadavg_after": _report.loadavg(), "settings": vars(args), "rows": rows}
+    out = Path(args.out)
+    _report.write_json(out / "bench_rules.json", report)
+    table = _report.md_table(
+        ["rule", "model", "n", "params", "forward ms/step", "rule ms/step", "rule / forward", "goal (<= 3x)",
+         "spikes/neuron/step"],
+        [[r["rule"], r["model"], r["n"], r.get("n_params", "–"), f"{r['forward_ms']:.3f}" if "forward_ms" in r else "–",
+          f"{r['rule_ms']:.3f}" if "rule_ms" in r else r.get("error", "–"),
+          f"{r['ratio']:.1f}x" if "ratio" in r else "–",
+          ("met" if r["ratio"] <= 3 else "not met") if "ratio" in r else "–",
+          f"{r['rate_per_step']:.3f}" if r.get("rate_per_step") is not None else "–"] for r in rows])
+    text = (f"# neuro bench rules\n\n{__doc__.split(chr(10) + chr(10))[1]}\n\n{table}\n\n"
+            f"Machine: {report['machine']['cpu_model']}, {args.threads} thread(s), load average before/after "
+            f"{load}/{report['loadavg_after']}; torch {report['machine']['torch']}. Medians over {args.steps} steps.\n")
+    _report.write_atomic(out / "bench_rules.md", text)
+    print(table)
+    return 0
