@@ -121,6 +121,9 @@ def _parser() -> _Parser:
     c.add_argument("--optimizer", default=None)
     c.add_argument("--batch", type=int, default=None)
     c.add_argument("--chunk", type=int, default=None)
+    c.add_argument("--update-every", type=int, default=None,
+                   help="apply the summed estimates every this many steps (default 1; a trial's length on an "
+                        "episodic task updates once per trial, as e-prop and BPTT do)")
     c.add_argument("--log-every", type=int, default=None)
     c.add_argument("--align-every", type=int, default=None, help="steps between alignment probes (0: none)")
     c.add_argument("--align-steps", type=int, default=None, help="length of the probe sequence")
@@ -231,7 +234,7 @@ def _compare(args: argparse.Namespace) -> int:
     try:
         cfg = load(args.config) if args.config else {}
         flags = {k: getattr(args, k) for k in ("task", "seeds", "steps", "model", "hidden", "lr", "optimizer", "batch",
-                                               "chunk", "log_every", "align_every", "align_steps", "eval_steps",
+                                               "chunk", "update_every", "log_every", "align_every", "align_steps", "eval_steps",
                                                "dtype", "executor", "address", "workers", "out", "vectorise")}
         cfg.update({k: v for k, v in flags.items() if v is not None})
         if args.rules is not None:

@@ -148,9 +148,11 @@ def test_config_file_with_flags_overriding(tmp_path, capsys):
                    'log_every = 100\nalign_steps = 50\neval_steps = 100\nworkers = 0\n[rule_options.tbptt]\nk = 4\n')
     assert load(cfg)["rule_options"] == {"tbptt": {"k": 4}}
     out = tmp_path / "o"
-    assert cli(["compare", "--config", str(cfg), "--steps", "300", "--rule-opt", "tbptt:k=2", "--out", str(out)]) == 0
+    assert cli(["compare", "--config", str(cfg), "--steps", "300", "--rule-opt", "tbptt:k=2", "--update-every", "50",
+                "--out", str(out)]) == 0
     spec = json.loads((out / "runs" / "tbptt" / "seed-0.json").read_text())["spec"]
     assert spec["steps"] == 300 and spec["rule_options"] == {"k": 2} and spec["hidden"] == 5
+    assert spec["update_every"] == 50
     assert "| tbptt |" in capsys.readouterr().out
     bad = tmp_path / "bad.toml"
     bad.write_text('task = "sine"\nrulez = ["bptt"]\nsteps = "many"\n')
