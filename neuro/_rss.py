@@ -14,7 +14,7 @@ import os
 import resource
 import sys
 
-__all__ = ["current_rss", "peak_rss", "reset_peak"]
+__all__ = ["current_rss", "growth", "peak_rss", "reset_peak", "start"]
 
 
 def _status(field: str) -> int | None:
@@ -54,3 +54,14 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+def start() -> int:
+    """Begin measuring a piece of work's peak growth: reset the peak and return the baseline (the current
+    resident size, or the peak so far where the peak cannot be reset)."""
+    return current_rss() if reset_peak() else peak_rss()
+
+
+def growth(base: int) -> int:
+    """Bytes by which the peak rose above ``base`` (from :func:`start`)."""
+    return max(0, peak_rss() - base)

@@ -40,6 +40,7 @@ import sys
 import time
 from typing import Any
 
+from neuro import _rss
 from neuro.bench import _report
 
 __all__ = ["local_rules", "main", "measure", "train_cue"]
@@ -75,20 +76,6 @@ def local_rules(only: list[str] | None = None) -> tuple[list[tuple[str, str]], d
     return chosen, skipped
 
 
-def _rss() -> int:
-    from neuro._rss import current_rss
-
-    return current_rss()
-
-
-def _peak() -> int:
-    """The peak of this address space (VmHWM), not ru_maxrss, which Linux carries over from the parent
-    process across fork and exec (a worker of a large pytest process would report the parent's peak)."""
-    from neuro._rss import peak_rss
-
-    return peak_rss()
-
-
 def measure(job: dict[str, Any]) -> dict[str, Any]:
     """In this process: the memory added and the time per step of ``job["rule"]`` over ``job["T"]`` steps."""
     import torch
@@ -118,10 +105,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     state, last = rule.finish(params, state)
     rules.add_into(acc, last)
     state = rule.init(params, 1, 1)
-    from neuro._rss import reset_peak
-
-    reset_peak()
-    base = _rss()
+    base = _rss.start()
     t0, c0 = time.perf_counter(), time.process_time()
     for t in range(T):
         i = t % POOL
@@ -131,7 +115,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     state, last = rule.finish(params, state)
     rules.add_into(acc, last)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {**job, "peak_mib": max(0, _peak() - base) / MIB, "base_mib": base / MIB, "ms_per_step": 1e3 * cpu / T,
+    return {**job, "peak_mib": _rss.growth(base) / MIB, "base_mib": base / MIB, "ms_per_step": 1e3 * cpu / T,
             "wall_ms_per_step": 1e3 * wall / T, "wall_s": wall,
             "finite": bool(all(torch.isfinite(v).all() for v in acc.values()))}
 
@@ -152,15 +136,12 @@ def train_cue(job: dict[str, Any]) -> dict[str, Any]:
     # warm-up: one trial, so that lazy initialisation (imports, allocator pools) is not counted
     neuro.train(net, rule, task, steps=task.trial_steps, seed=job["seed"] + 10 ** 5, lr=job["lr"],
                 batch=job["batch"], progress=False, log_every=task.trial_steps)
-    from neuro._rss import reset_peak
-
-    reset_peak()
-    base = _rss()
+    base = _rss.start()
     t0, c0 = time.perf_counter(), time.process_time()
     h = neuro.train(net, rule, task, steps=steps, seed=job["seed"], lr=job["lr"], batch=job["batch"],
                     progress=False, log_every=steps)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = max(0, _peak() - base) / MIB
+    peak = _rss.growth(base) / MIB
     test = task.sample(task.trial_steps, batch=256, seed=10 ** 6 + job["seed"])
     with torch.no_grad():
         y = neuro.simulate(net, h.params, test.xs).y

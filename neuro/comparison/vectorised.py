@@ -131,7 +131,9 @@ def run_group(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from neuro.ensemble import Ensemble, stack_params, unstack_params
     from neuro.training import History, TrainingDiverged, derive_seed
 
-    from .worker import _alignment, _evaluate, _peak_rss_bytes
+    from neuro import _rss
+
+    from .worker import _alignment, _evaluate
 
     first = specs[0]
     same = {k: v for k, v in first.items() if k != "seed"}
@@ -170,9 +172,7 @@ def run_group(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         steps_at.append(step)
         return {}
 
-    from neuro._rss import current_rss, reset_peak
-
-    base = current_rss() if reset_peak() else _peak_rss_bytes()
+    base = _rss.start()
     t0 = time.perf_counter()
     try:
         history = neuro.train(ens, rule, streams, steps=first["steps"], params=params, log_every=first["log_every"],
@@ -180,7 +180,7 @@ def run_group(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     except TrainingDiverged as e:
         return [{"spec": s, "diverged": f"the ensemble of seeds {seeds} diverged: {e}", "vectorised": S,
                  "wall_s": time.perf_counter() - t0} for s in specs]
-    peak = max(0, _peak_rss_bytes() - base) / S
+    peak = _rss.growth(base) / S
     per_step = torch.stack(rule.record)  # [steps, S]
     members = unstack_params(history.params)
     results = []

@@ -31,12 +31,6 @@ from typing import Any
 __all__ = ["run_job", "run_one"]
 
 
-def _peak_rss_bytes() -> int:
-    from neuro._rss import peak_rss
-
-    return peak_rss()
-
-
 def _build(spec: dict[str, Any]):
     import models
     import neuro.rules
@@ -121,9 +115,9 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
                     lr=spec["lr"], batch=spec["batch"], chunk=spec["chunk"], progress=False, log_every=warm)
     except TrainingDiverged:
         pass
-    from neuro._rss import current_rss, reset_peak
+    from neuro import _rss
 
-    base = current_rss() if reset_peak() else _peak_rss_bytes()
+    base = _rss.start()
     t0 = time.perf_counter()
     try:
         history = neuro.train(net, rule, task, steps=spec["steps"], seed=seed, params=params,
@@ -133,7 +127,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     except TrainingDiverged as e:
         result.update(diverged=str(e), wall_s=time.perf_counter() - t0)
         return result
-    peak = max(0, _peak_rss_bytes() - base)
+    peak = _rss.growth(base)
     result.update(
         curve=[{"step": r["step"], "loss": r["loss"]} for r in history.metrics],
         final_loss=history.mean_loss(max(1, spec["steps"] // 10)),
