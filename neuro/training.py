@@ -8,7 +8,8 @@ split: the rule estimates, the optimizer applies)::
         state <- rule.reset(params, state)        # episodic tasks, every trial but the first
         for each step t of s:
             out  <- rule.step(params, state, x_t, y_t, mask_t);   acc += out.grad
-            every `update_every` steps:           params <- opt(params, acc);   acc <- 0
+            every `update_every` steps:           state, g <- rule.flush(params, state);   acc += g
+                                                  params <- opt(params, acc);   acc <- 0
         state, g <- rule.finish(params, state);   acc += g
         params <- opt(params, acc);   acc <- 0   # at every sequence end (if anything was accumulated)
 
@@ -586,6 +587,10 @@ def _loop(run: _Run) -> History:
                     else:
                         offset += n
                 elif since >= k_update:
+                    state, g = rule.flush(params, state)
+                    if g is not None:
+                        add_into(acc, g)
+                        acc_full = True
                     apply()
                     since = 0
                 if step % run.log_every == 0 or step == steps:

@@ -120,6 +120,10 @@ class _PerMember(AbstractRule):
         state, g = self.inner.finish(params, state)
         return state, self._scale(g)
 
+    def flush(self, params: Params, state: NamedTuple) -> tuple[NamedTuple, Params | None]:
+        state, g = self.inner.flush(params, state)
+        return state, self._scale(g)
+
 
 def run_group(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Train the runs ``specs`` (one rule, differing only in ``seed``) as one ensemble; one result per spec,

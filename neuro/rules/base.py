@@ -97,6 +97,14 @@ class AbstractRule(abc.ABC):
         """End of a sequence: return any estimate still pending (truncated windows, BPTT)."""
         return state, None
 
+    def flush(self, params: Params, state: NamedTuple) -> tuple[NamedTuple, Params | None]:
+        """The parameters are about to change (an update inside a sequence): return the part of the estimate
+        of the steps so far that a rule holds back to compute in bulk (a window of outer products summed as
+        one matrix product), so that an update sees every step before it. The sequence goes on: unlike
+        :meth:`finish`, nothing that belongs to the sequence as a whole (BPTT's backward pass, a truncation
+        window) is cut. Summed over a sequence, estimates with and without flushes are equal."""
+        return state, None
+
     def reset(self, params: Params, state: NamedTuple) -> NamedTuple:
         """A new independent sequence starts: the network state returns to rest, traces are cleared."""
         batch = state.net[0].shape[0]

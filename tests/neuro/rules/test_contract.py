@@ -308,8 +308,32 @@ def check_needs(case: Case) -> None:
         assert not held, f"{case.rule.name} (needs {needs.name}) keeps an autograd graph in its state after step {t + 1}"
 
 
+def check_flush_keeps_the_sum(case: Case) -> None:
+    """``flush`` (an update is due inside the sequence) hands over pending estimates without changing what the
+    sequence sums to, and with the same seed the same random numbers are drawn."""
+    plain = run(case)
+    rule, params = case.rule, case.params
+    state = rule.init(params, case.xs.shape[1], 0)
+    total = rules.zeros_like_params({k: v.detach() for k, v in params.items()})
+    for t in range(case.xs.shape[0]):
+        out = rule.step(params, state, case.xs[t], case.ys[t], case.mask[t])
+        state = out.state
+        rules.add_into(total, out.grad)
+        if t % 3 == 1:
+            state, g = rule.flush(params, state)
+            assert g is None or all(not v.requires_grad for v in g.values())
+            rules.add_into(total, g)
+    state, last = rule.finish(params, state)
+    rules.add_into(total, last)
+    tol = 1e-9 if case.xs.dtype == torch.float64 else 1e-4
+    for k in params:
+        a, b = plain.total[k].double(), total[k].double()
+        assert torch.allclose(a, b, rtol=tol, atol=tol * (1 + float(a.abs().max()))), \
+            f"{k}: flushing every 3 steps changed the summed estimate by {float((a - b).abs().max()):.3g}"
+
+
 CHECKS = [check_estimate_matches_params, check_state_is_stable, check_step_outputs, check_params_untouched,
-          check_seeded_runs_repeat, check_reset]
+          check_seeded_runs_repeat, check_reset, check_flush_keeps_the_sum]
 
 
 # -- over every registered rule ----------------------------------------------------------------------------------
