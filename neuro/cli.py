@@ -285,8 +285,13 @@ def _bench_names() -> list[str]:
 def _bench(args: argparse.Namespace) -> int:
     name = args.name
     names = _bench_names()
+    if name in ("all", "batch", "rtrl") and names:  # neuro.bench.main's aliases and the quick smoke run
+        import neuro.bench as bench
+
+        return int(bench.main([name, *args.args]) or 0)
     if not name.isidentifier() or name not in names:
-        return _error(f"bench {name!r} is unknown: valid choices are {', '.join(names) or '(none installed)'}")
+        valid = [*names, "batch", "rtrl", "all"] if names else []
+        return _error(f"bench {name!r} is unknown: valid choices are {', '.join(valid) or '(none installed)'}")
     module = importlib.import_module(f"neuro.bench.{name}")
     if not callable(getattr(module, "main", None)):
         return _error(f"bench {name!r} has no main(argv) function")

@@ -5,12 +5,19 @@ UORO paper's truncation-bias test; :mod:`neuro.bench.influence`), ``span`` (NoBa
 as the dependency length grows; :mod:`neuro.bench.span`), ``cost`` (time per step against n for the
 RTRL family and BPTT, fitted exponents; :mod:`neuro.bench.cost`).
 ``main(["sim", ...])`` runs a section with its own options; nothing here is a timed test.
+
+The performance issue's names are aliases: ``batch`` is ``seeds`` and ``rtrl`` is ``cost``. ``neuro bench
+all --quick [--out DIR]`` runs its five sections (sim, rules, memory, batch, rtrl) on tiny settings, one
+after the other, and checks only that each wrote its figures (a smoke test for CI, well under a minute).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
+import time
+from pathlib import Path
 
 __all__ = ["SECTIONS", "main"]
 
@@ -22,17 +29,71 @@ SECTIONS = {"sim": "neuro.bench.sim", "influence": "neuro.bench.influence", "spa
             "perturbation": "neuro.bench.perturbation",
             "brian2": "neuro.bench.brian2", "rules": "neuro.bench.rules",
             }
+ALIASES = {"batch": "seeds", "rtrl": "cost"}
+#: ``neuro bench all --quick``: section -> (tiny options, the JSON file it writes)
+QUICK = {
+    "sim": (["--quick"], "bench_sim.json"),
+    "rules": (["--quick"], "bench_rules.json"),
+    "memory": (["--ts", "50", "100", "--n", "16", "--seeds", "0", "--rules", "eprop"], "bench_memory.json"),
+    "batch": (["--quick"], "bench_seeds.json"),
+    "rtrl": (["--quick"], "bench_cost.json"),
+}
+
+
+def _numbers(obj) -> int:
+    """How many finite numbers a JSON result holds."""
+    if isinstance(obj, bool):
+        return 0
+    if isinstance(obj, (int, float)):
+        return int(obj == obj and abs(obj) != float("inf"))
+    if isinstance(obj, dict):
+        return sum(_numbers(v) for v in obj.values())
+    if isinstance(obj, list):
+        return sum(_numbers(v) for v in obj)
+    return 0
+
+
+def run_all(argv: list[str]) -> int:
+    """``neuro bench all --quick [--out DIR]``: every performance section on tiny settings."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="neuro bench all", description=run_all.__doc__)
+    ap.add_argument("--quick", action="store_true", required=True, help="tiny settings (the only mode)")
+    ap.add_argument("--out", default="runs/bench-quick")
+    args = ap.parse_args(argv)
+    failed = []
+    for name, (opts, fname) in QUICK.items():
+        out = Path(args.out) / name
+        t0 = time.perf_counter()
+        try:
+            rc = main([name, *opts, "--out", str(out)])
+            n = _numbers(json.loads((out / fname).read_text())) if rc == 0 else 0
+        except (Exception, SystemExit) as e:  # a section that fails (or rejects its options) is reported; the rest run
+            rc, n = f"{type(e).__name__}: {e}", 0
+        ok = rc == 0 and n > 0
+        print(f"neuro bench all: {name}: {'ok' if ok else 'FAILED'} ({n} numbers, {time.perf_counter() - t0:.1f} s)",
+              file=sys.stderr)
+        if not ok:
+            failed.append(name)
+    if failed:
+        print(f"neuro bench all: sections without figures: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """``neuro bench SECTION [options]``: run one benchmark section (``--help`` after it for its options)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: neuro bench {{{','.join(SECTIONS)}}} [options]\n\n{__doc__}")
+        print(f"usage: neuro bench {{{','.join([*SECTIONS, *ALIASES, 'all'])}}} [options]\n\n{__doc__}")
         return 0 if argv else 2
     section, rest = argv[0], argv[1:]
+    if section == "all":
+        return run_all(rest)
+    section = ALIASES.get(section, section)
     if section not in SECTIONS:
-        print(f"neuro bench: section {section!r} is unknown: valid choices are {', '.join(map(repr, SECTIONS))}",
+        valid = [*SECTIONS, *ALIASES, "all"]
+        print(f"neuro bench: section {section!r} is unknown: valid choices are {', '.join(map(repr, valid))}",
               file=sys.stderr)
         return 2
     return importlib.import_module(SECTIONS[section]).main(rest)

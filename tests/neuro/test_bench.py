@@ -104,3 +104,24 @@ def test_write_atomic_replaces(tmp_path):
     _report.write_json(p, {"a": 2})
     assert json.loads(p.read_text()) == {"a": 2}
     assert [q.name for q in p.parent.iterdir()] == ["x.json"]
+
+
+def test_all_quick_runs_the_five_performance_sections(tmp_path, capsys):
+    """``neuro bench all --quick``: sim, rules, memory, batch (seeds) and rtrl (cost) each write figures."""
+    from neuro.cli import main as cli_main
+
+    assert cli_main(["bench", "all", "--quick", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    for name, fname in (("sim", "bench_sim.json"), ("rules", "bench_rules.json"), ("memory", "bench_memory.json"),
+                        ("batch", "bench_seeds.json"), ("rtrl", "bench_cost.json")):
+        assert f"neuro bench all: {name}: ok" in err
+        assert json.loads((tmp_path / name / fname).read_text())
+
+
+def test_all_reports_a_section_without_figures(tmp_path, monkeypatch, capsys):
+    import neuro.bench as bench
+
+    monkeypatch.setitem(bench.QUICK, "rules", (["--quick", "--rules", "nosuch"], "bench_rules.json"))
+    monkeypatch.setattr(bench, "QUICK", {"rules": bench.QUICK["rules"]})
+    assert bench_main(["all", "--quick", "--out", str(tmp_path)]) == 1
+    assert "rules: FAILED" in capsys.readouterr().err
