@@ -2,8 +2,9 @@
 length T grows, and OTTT / SLTT against BPTT on cue accumulation (issue 5, "Memory").
 
 The claim tested: the local rules (every rule of ``neuro.rules.available()`` that needs LOCAL
-information: eprop, ottt, sltt, sltt-k, rflo, three-factor, those present) keep O(1) memory in T while
-BPTT's grows linearly. SLTT's paper (Meng et al. 2023, ICCV) reports > 70% less memory and > 50% less
+information: eprop, ottt, sltt, sltt-k, rflo, three-factor, those present) and the other O(p) online
+rules of the performance issue (uoro, np, anp-time on ``rate``; columnar RTRL on ``columnar``) keep O(1)
+memory in T while BPTT's grows linearly. SLTT's paper (Meng et al. 2023, ICCV) reports > 70% less memory and > 50% less
 training time than BPTT on ImageNet (GPU, deep convolutional SNNs, T = 6); here we measure a single
 recurrent layer on one CPU thread, batch 1, float32, which is a different regime (see the report).
 
@@ -49,10 +50,13 @@ N_IN, N_OUT, POOL, WARMUP = 16, 2, 1000, 50
 CUE_TASK = {"n_cues": 3, "cue_ms": 50.0, "spacing_ms": 25.0, "delay_ms": 50.0, "recall_ms": 50.0}
 CUE_RULES = ("bptt", "ottt", "sltt")
 MIB = float(1 << 20)
+#: O(p) online rules that are not LOCAL (they need the loss, or the columns' Jacobians) -> their model
+OTHER_ONLINE = {"uoro": "rate", "np": "rate", "anp-time": "rate", "columnar": "columnar"}
 
 
 def local_rules(only: list[str] | None = None) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """(rule, model) for every registered LOCAL rule (on ``lif`` if supported, else ``rate``), and the
+    """(rule, model) for every registered LOCAL rule (on ``lif`` if supported, else ``rate``) and the
+    :data:`OTHER_ONLINE` rules on their model, and the
     rules left out with the reason."""
     from neuro import rules
     from neuro.rules import Needs
@@ -65,6 +69,9 @@ def local_rules(only: list[str] | None = None) -> tuple[list[tuple[str, str]], d
             cls = rules.get(name)
         except Exception as e:  # a rule being written elsewhere: absent or broken now
             skipped[name] = f"cannot be loaded: {type(e).__name__}: {e}"
+            continue
+        if name in OTHER_ONLINE:
+            chosen.append((name, OTHER_ONLINE[name]))
             continue
         if cls.needs != Needs.LOCAL:
             continue
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="neuro bench memory", description=__doc__.split("\n\n")[0])
     ap.add_argument("--ts", type=int, nargs="+", default=[1000, 10000, 100000], help="sequence lengths T")
     ap.add_argument("--n", type=int, default=128, help="hidden units of the memory runs")
-    ap.add_argument("--rules", nargs="+", default=None, help="only these LOCAL rules (default: every one)")
+    ap.add_argument("--rules", nargs="+", default=None, help="only these online rules (default: every LOCAL rule plus uoro, np, anp-time, columnar)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the cue-accumulation runs (0: none)")
     ap.add_argument("--trials", type=int, default=50, help="training trials per cue-accumulation run")
     ap.add_argument("--batch", type=int, default=16)
