@@ -17,7 +17,7 @@ from torch import Tensor
 
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
-__all__ = ["LOSSES", "LossFn", "get", "per_sample"]
+__all__ = ["LOSSES", "LossFn", "get", "grad", "per_sample"]
 
 
 def _mse(y_hat: Tensor, y: Tensor) -> Tensor:
@@ -51,3 +51,17 @@ def get(name: str) -> LossFn:
 
     loss.__name__ = name
     return loss
+
+
+def grad(name: str, y_hat: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """``d get(name)(y_hat, y, mask) / d y_hat`` [B, n_out], written out (no autograd: the rules that must not
+    call it, or that cannot afford it every step, use this): ``mse`` ``y_hat - y``, ``ce``
+    ``softmax(y_hat) sum_k y_k - y``, ``value`` ``1``, each times ``mask / B``. Equal to autograd's
+    (tests/neuro/test_losses.py)."""
+    per_sample(name)  # raises for an unknown name
+    m = (mask.to(y_hat.dtype) / y_hat.shape[0])[:, None]
+    if name == "mse":
+        return (y_hat - y) * m
+    if name == "ce":
+        return (torch.softmax(y_hat, dim=-1) * y.sum(-1, keepdim=True) - y) * m
+    return m.expand_as(y_hat).clone()  # "value"

@@ -65,13 +65,30 @@ third factor ``M_i(t)`` (graded, per post-neuron through a ``Dense`` from the er
 
 Generic: only the cell contract is used (``current``, ``neuron``, ``readout`` and the parameter names
 ``W_in``, ``W_rec``, ``b``, ``W_out``, ``b_out`` of its documented form). The presynaptic activity of
-``W_rec`` is read off ``current`` (linear in ``W_rec``). Memory O(B n) without per-synapse traces
-(``eligibility_decay = 0`` and ``kappa = 0``), O(B p) with them; compute O(B p) per step.
+``W_rec`` is read off ``current`` (linear in ``W_rec``: once per network, to find the state field it reads).
+Memory O(B n) without per-synapse traces (``eligibility_decay = 0`` and ``kappa = 0``), O(B p) with them.
+
+Windowed sum (``fast=True``, the default; ``fast=False`` is the per-step recursion above, O(B p) per step,
+kept as the reference). Every option factorises: the presynaptic traces ``pre_j(t)`` and the postsynaptic
+trace ``y_i(t)`` are O(n) per step, and ``e``, ``ebar`` are a linear filter of the rank-one terms
+``y(t) pre(t)^T``, the same for every synapse (:mod:`neuro.rules._window`, state ``q = (e, ebar)``)::
+
+    q(t) = A q(t-1) + (1, 1) y(t) pre(t)^T      A = [[lambda_e, 0], [lambda_e, kappa]]      ebar(t) = (0, 1) q(t)
+
+(one component when ``lambda_e`` or ``kappa`` is 0, none when both are). Over a window of ``window`` steps
+``sum_t M(t) (.) ebar(t)`` is, per parameter, one matrix product [n, w B] @ [w B, n_pre] (``W_in`` and
+``W_rec`` share its left factor, built from ``y`` and ``M``) plus the carry of ``q`` to the window's end, one
+batched product per component (with batch 1 both in one product); ``b`` is the same with its own ``y``
+(``dz/db``) and ``pre``. The readout's ``eps_t zbar_t^T`` is summed over the window in one product too. The estimate of a window comes at its last step, from :meth:`ThreeFactor.flush`
+(an update is due) and from :meth:`ThreeFactor.finish`; the other steps return ``None``. ``dz/dI`` and
+``dz/db`` come from their closed forms for the rate RNN and LIF (:func:`neuro.rules.rflo.closed_form_step`),
+else from the reverse pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -81,8 +98,9 @@ from torch import Tensor
 from neuro.contract import Params, check_choice, check_positive
 from neuro.losses import per_sample
 
+from . import _window
 from .base import AbstractRule, Needs, StepOutput
-from .rflo import FEEDBACKS, feedback_matrix, local_step
+from .rflo import FEEDBACKS, closed_form_step, feedback_matrix, local_step
 
 __all__ = ["ThreeFactor", "ThreeFactorState"]
 
@@ -102,6 +120,33 @@ class ThreeFactorState(NamedTuple):
     baseline: Tensor  # [B] running mean of the per-sample loss (third="reward")
     B: Tensor  # [n, n_out] random feedback (feedback="random"), else size 0
     kappa: float  # the readout's leak
+    #: windowed: ``window`` rows [B, 5n + n_in + n_out + 2] (y, y_b, M, pre_in, pre_rec, pre_b, eps, zbar, cbar)
+    rows: tuple = ()
+    t: int = 0  # windowed: the number of pending steps (e, ebar are those at the window's start)
+    rec: int = -1  # windowed: the state field that is W_rec's presynaptic activity (-1: read off current)
+
+
+@functools.lru_cache(maxsize=32)
+def _presynaptic_field(net) -> int:
+    """The index of the field of ``net``'s state that ``current`` multiplies by ``W_rec`` (``current`` is linear in
+    ``W_rec``: with ``W_rec = I``, every other parameter and the input 0, and a random state, it returns that
+    field), or -1 when no field is it."""
+    params = net.init_params(seed=0, dtype=torch.float64)
+    probe = {k: torch.zeros_like(v) for k, v in params.items()}
+    probe["W_rec"] = torch.eye(net.n_hidden, dtype=torch.float64)
+    s = net.init_state(params, 1)
+    g = torch.Generator().manual_seed(0)
+    s = type(s)(*[torch.rand(f.shape, generator=g, dtype=f.dtype) + 1.0 for f in s])
+    a = net.current(probe, s, torch.zeros(1, net.n_in, dtype=torch.float64))
+    for k, f in enumerate(s):
+        if f.shape == a.shape and torch.equal(f, a):
+            return k
+    return -1
+
+
+@functools.lru_cache(maxsize=64)
+def _const(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)[:, None, None]
 
 
 def _unit(name: str, value: Any) -> None:
@@ -112,7 +157,8 @@ def _unit(name: str, value: Any) -> None:
 @dataclasses.dataclass(frozen=True)
 class ThreeFactor(AbstractRule):
     """``dl/dW_ij ~ M_i(t) ebar_ij(t)`` (module docstring); fields are the traces' decays and impulses and
-    the choice of postsynaptic factor and third factor."""
+    the choice of postsynaptic factor and third factor. ``fast``: the windowed sum (one matrix product per
+    ``window`` steps) and the closed-form derivatives; ``fast=False``: the per-step reference."""
 
     pre_decay: tuple[float, ...] = (0.0,)
     pre_impulse: tuple[float, ...] = (1.0,)
@@ -125,6 +171,8 @@ class ThreeFactor(AbstractRule):
     feedback: str = "random"
     feedback_scale: float = 1.0
     reward_decay: float = 0.99
+    window: int = 64
+    fast: bool = True
 
     name = "three-factor"
     needs = Needs.LOCAL
@@ -155,6 +203,9 @@ class ThreeFactor(AbstractRule):
         check_choice("third", self.third, THIRDS)
         check_choice("feedback", self.feedback, FEEDBACKS)
         check_positive("feedback_scale", self.feedback_scale)
+        check_positive("window", self.window, integer=True)
+        if not isinstance(self.fast, bool):
+            raise ValueError(f"fast={self.fast!r} is invalid: expected True or False")
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _readout_leak(self, params: Params) -> float:
@@ -194,7 +245,7 @@ class ThreeFactor(AbstractRule):
         pre = self._n_pre()
         per_syn = lambda g, on: zeros(batch, n, pre[g]) if on else zeros(0)  # noqa: E731
         B = feedback_matrix(n, net.n_out, seed, p, self.feedback_scale) if self.feedback == "random" else zeros(0)
-        return ThreeFactorState(
+        state = ThreeFactorState(
             net=net.init_state(params, batch),
             x=tuple(zeros(len(self._pre(g)[0]), batch, pre[g]) for g in groups),
             y=tuple(zeros(batch, n) if self.post_decay > 0 else zeros(0) for _ in groups),
@@ -202,8 +253,15 @@ class ThreeFactor(AbstractRule):
             ebar=tuple(per_syn(g, kappa > 0) for g in groups),
             zbar=zeros(batch, n) if kappa > 0 else zeros(0), cbar=zeros(batch, 1) if kappa > 0 else zeros(0),
             baseline=zeros(batch), B=B, kappa=kappa)
+        if self.fast:
+            self._filter(kappa).coefficients(self.window, p.dtype, p.device)  # a full window's, once (cached)
+            width = 5 * n + net.n_in + net.n_out + 2
+            state = state._replace(rows=_window.slots(self.window, zeros(batch, width)), rec=_presynaptic_field(net))
+        return state
 
     def step(self, params: Params, state: ThreeFactorState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
+        if self.fast:
+            return self._step_windowed(params, state, x, y, mask)
         net = self.net
         params = {k: v.detach() for k, v in params.items()}
         s = state.net
@@ -265,3 +323,115 @@ class ThreeFactor(AbstractRule):
                              zbar=zbar if kappa > 0 else state.zbar, cbar=cbar if kappa > 0 else state.cbar,
                              baseline=baseline)
         return StepOutput(new, y_hat, f.loss, {k: grad[k].detach() for k in params})
+
+    # -- the windowed path ---------------------------------------------------------------------------------------
+    def _filter(self, kappa: float) -> _window.Filter:
+        """``q = (e, ebar)`` (module docstring), without the components that are 0 (``lambda_e = 0``: ``e`` is the
+        step's own term; ``kappa = 0``: ``ebar = e``)."""
+        lam = float(self.eligibility_decay)
+        if lam > 0 and kappa > 0:
+            return _window.Filter(((lam, 0.0), (lam, kappa)), (1.0, 1.0), (0.0, 1.0))
+        return _window.Filter.decay(lam if lam > 0 else kappa)
+
+    def _trace(self, x: Tensor, a: Tensor, group: str) -> tuple[Tensor, Tensor]:
+        """The presynaptic traces of ``group`` after the activity ``a`` [B, n_pre] ([K, B, n_pre]) and their sum."""
+        dec, imp = self._pre(group)
+        if not any(dec) and imp == (1.0,):
+            return a[None], a
+        xt = _const(imp, a.dtype, a.device) * a[None]
+        if any(dec):
+            xt = _const(dec, a.dtype, a.device) * x + xt
+        return xt, (xt[0] if xt.shape[0] == 1 else xt.sum(0))
+
+    @torch.no_grad()  # nothing here is differentiated (local_step's reverse pass enables grad for itself)
+    def _step_windowed(self, p: Params, state: ThreeFactorState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
+        net = self.net
+        s = state.net
+        groups = [g for g in _SYN if g in p]
+        if state.rec >= 0:
+            a_rec = s[state.rec]
+        else:
+            probe = {k: torch.zeros_like(v) for k, v in p.items()}
+            probe["W_rec"] = torch.eye(net.n_hidden, dtype=x.dtype, device=x.device)
+            a_rec = net.current(probe, s, torch.zeros_like(x))
+        bias = "b" in groups and self.post == "derivative"
+        f = closed_form_step(net, p, s, x, y, mask, self.loss or "mse", bias=bias)
+        if f is None:
+            f = local_step(net, p, s, x, y, mask, self.loss_fn, bias=bias)
+        z, eps = f.z, f.eps
+        if self.third == "error":
+            M = eps @ (p["W_out"] if self.feedback == "readout" else state.B.T)  # [B, n]
+            baseline = state.baseline
+        else:
+            l_b = per_sample(self.loss or "mse")(f.y, y) * mask.to(f.y.dtype)  # [B]
+            M = ((l_b - state.baseline) / f.y.shape[0])[:, None].expand(-1, net.n_hidden)
+            baseline = self.reward_decay * state.baseline + (1.0 - self.reward_decay) * l_b
+        act = {"W_in": x, "W_rec": a_rec}
+        xs, ys, pre, post = [], [], {}, {}
+        for gi, g in enumerate(groups):
+            a = act[g] if g != "b" else torch.ones_like(x[:, :1])
+            xt, pre[g] = self._trace(state.x[gi], a, g)  # [K, B, n_pre], [B, n_pre]
+            xs.append(xt)
+            if g == "W_rec" and "W_in" in post:  # the same postsynaptic trace as W_in's
+                yt = post["W_in"]
+            else:
+                yt = z if self.post == "activity" else (f.dz_db if g == "b" else f.dz_di)
+                if self.post_impulse != 1.0:
+                    yt = yt * self.post_impulse
+                if self.post_decay > 0:
+                    yt = self.post_decay * state.y[gi] + yt
+            post[g] = yt
+            ys.append(yt if self.post_decay > 0 else state.y[gi])
+        kappa = state.kappa
+        if kappa > 0:
+            zbar, cbar = torch.add(z, state.zbar, alpha=kappa), state.cbar * kappa + 1.0
+        else:
+            zbar, cbar = z, torch.ones_like(z[:, :1])
+        parts = [post.get("W_in", post.get("W_rec")), post.get("b"), M, pre.get("W_in"), pre.get("W_rec"),
+                 pre.get("b"), eps, zbar, cbar]
+        zero = {0: z, 1: z, 3: x, 4: z, 5: cbar}  # a group the params lack: zeros of its shape
+        row = torch.cat([v if v is not None else torch.zeros_like(zero[k]) for k, v in enumerate(parts)], dim=1)
+        new = state._replace(net=f.net, x=tuple(xs), y=tuple(ys), zbar=zbar if kappa > 0 else state.zbar,
+                             cbar=cbar if kappa > 0 else state.cbar, baseline=baseline,
+                             rows=_window.push(state.rows, state.t, row), t=state.t + 1)
+        grad = None
+        if new.t >= self.window:
+            new, grad = self._flush(p, new)
+        return StepOutput(new, f.y, f.loss, grad)
+
+    def _flush(self, p: Params, state: ThreeFactorState) -> tuple[ThreeFactorState, Params | None]:
+        if not self.fast or state.t == 0:
+            return state, None
+        net, n = self.net, self.net.n_hidden
+        R = _window.stacked(state.rows, state.t)  # [w, B, width]
+        w, nb = R.shape[:2]
+        U, U_b, M, pre_in, pre_rec, pre_b, eps, zbar, cbar = torch.split(
+            R, [n, n, n, net.n_in, n, 1, net.n_out, n, 1], dim=2)
+        groups = [g for g in _SYN if g in p]
+        f = self._filter(state.kappa)
+        lam, kappa = self.eligibility_decay, state.kappa
+        carry = lambda gi: tuple(q[gi] for q, on in ((state.e, lam > 0), (state.ebar, kappa > 0)) if on)  # noqa: E731
+        UV = {"W_in": (U, pre_in), "W_rec": (U, pre_rec), "b": (U_b, pre_b)}  # W_in, W_rec share y
+        res = dict(zip(groups, _window.window_sum(f, M, [(UV[g][0], carry(gi), UV[g][1])
+                                                         for gi, g in enumerate(groups)])))
+        grad = {g: res[g][0] for g in groups}
+        if "b" in grad:
+            grad["b"] = grad["b"][:, 0]
+        grad["W_out"] = eps.reshape(w * nb, -1).T @ zbar.reshape(w * nb, n)
+        grad["b_out"] = (eps * cbar).sum((0, 1))
+        for k in p:
+            if k not in grad:  # a parameter outside the contract's documented form gets no signal
+                grad[k] = torch.zeros_like(p[k])
+        new = state._replace(t=0, rows=_window.slots(self.window, R[0]))
+        if f.carries:
+            qs = [res[g][1] for g in groups]
+            es = tuple(q[0] for q in qs) if lam > 0 else state.e
+            ebars = tuple(q[-1] for q in qs) if kappa > 0 else state.ebar
+            new = new._replace(e=es, ebar=ebars)
+        return new, {k: grad[k] for k in p}
+
+    def flush(self, params: Params, state: ThreeFactorState) -> tuple[ThreeFactorState, Params | None]:
+        return self._flush({k: v.detach() for k, v in params.items()}, state)
+
+    def finish(self, params: Params, state: ThreeFactorState) -> tuple[ThreeFactorState, Params | None]:
+        return self.flush(params, state)

@@ -135,3 +135,21 @@ def test_unknown_loss_name_lists_the_valid_ones(getter):
 def test_get_returns_a_named_function():
     assert losses.get("mse").__name__ == "mse"
     assert losses.get("ce").__name__ == "ce"
+
+
+@pytest.mark.parametrize("name", ["mse", "ce", "value"])
+def test_written_out_gradient_equals_autograd(name):
+    g = torch.Generator().manual_seed(3)
+    y_hat = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.softmax(torch.randn(5, 3, generator=g, dtype=torch.float64), -1) if name == "ce" else torch.randn(
+        5, 3, generator=g, dtype=torch.float64)
+    mask = torch.tensor([True, False, True, True, False])
+    (auto,) = torch.autograd.grad(losses.get(name)(y_hat, y, mask), y_hat)
+    written = losses.grad(name, y_hat.detach(), y, mask)
+    assert torch.allclose(written, auto, rtol=1e-12, atol=1e-14)
+    assert (written[~mask] == 0).all() and written[mask].abs().sum() > 0
+
+
+def test_written_out_gradient_rejects_an_unknown_loss():
+    with pytest.raises(ValueError, match="'nosuch'.*mse"):
+        losses.grad("nosuch", torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, dtype=torch.bool))

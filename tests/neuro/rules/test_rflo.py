@@ -162,3 +162,158 @@ def test_errors_name_the_value_and_the_alternatives():
         rules.make("rflo", rate, feedback="sym")
     with pytest.raises(ValueError, match="feedback_scale"):
         rules.make("rflo", rate, feedback_scale=0.0)
+
+
+# -- the windowed sum (fast=True) against the per-step path (fast=False) ------------------------------------------
+def _cumulative(rule, params, xs, ys, mask, flush_after=(), seed=3):
+    """Run ``rule`` over the sequence, calling ``flush`` after the steps in ``flush_after``: the running total of the
+    estimates after every step (and flush) and the state after each flush."""
+    state = rule.init(params, xs.shape[1], seed)
+    total = rules.zeros_like_params(params)
+    totals, flushed = [], {}
+    for t in range(xs.shape[0]):
+        out = rule.step(params, state, xs[t], ys[t], mask[t])
+        state = out.state
+        rules.add_into(total, out.grad)
+        if t in flush_after:
+            state, g = rule.flush(params, state)
+            rules.add_into(total, g)
+            flushed[t] = state
+        totals.append({k: v.clone() for k, v in total.items()})
+    state, g = rule.finish(params, state)
+    rules.add_into(total, g)
+    return totals, total, flushed
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0])
+@pytest.mark.parametrize("window,batch", [(1, 2), (3, 2), (7, 2), (3, 1), (7, 1)])
+def test_windowed_sum_equals_the_per_step_path(alpha, window, batch):
+    """Batch 2 (and 1: another code path), flushes after odd steps: after each flush the running total is the
+    per-step path's (nothing is lost or delayed), the carried eligibility is the per-step one, and the whole sums
+    are equal."""
+    net = models.make("rate", n_in=N_IN, n_hidden=N, n_out=N_OUT, alpha=alpha)
+    _, params, xs, ys, mask = _setup(seed=3)
+    xs, ys, mask = torch.cat([xs, xs[:4]]), torch.cat([ys, ys[:4]]), torch.cat([mask, mask[:4]])  # T = 13
+    xs, ys, mask = xs[:, :batch], ys[:, :batch], mask[:, :batch]
+    ref_rule = rules.make("rflo", net, fast=False)
+    fast_rule = rules.make("rflo", net, window=window)
+    flush_after = (1, 4, 5, 9)
+    ref, ref_total, ref_states = _cumulative(ref_rule, params, xs, ys, mask, flush_after)
+    got, got_total, got_states = _cumulative(fast_rule, params, xs, ys, mask, flush_after)
+    for t in flush_after:
+        for k in params:
+            torch.testing.assert_close(got[t][k], ref[t][k], rtol=1e-10, atol=1e-12, msg=f"step {t}, {k}")
+        if alpha < 1:  # the carry is the eligibility of the per-step path
+            for f in ("P_rec", "P_in", "P_b"):
+                torch.testing.assert_close(getattr(got_states[t], f), getattr(ref_states[t], f), rtol=1e-10, atol=1e-12)
+        else:
+            assert got_states[t].P_rec.numel() == 0  # alpha = 1: nothing outlives a step
+    for k in params:
+        torch.testing.assert_close(got_total[k], ref_total[k], rtol=1e-10, atol=1e-12, msg=k)
+        assert ref_total[k].abs().max() > 1e-6, k
+    # the estimate of a window comes at its last step, and not before
+    state = fast_rule.init(params, batch, 3)
+    given = []
+    for t in range(window + 1):
+        out = fast_rule.step(params, state, xs[t], ys[t], mask[t])
+        state = out.state
+        given.append(out.grad is not None)
+    assert given == [(t + 1) % window == 0 for t in range(window + 1)]
+
+
+@pytest.mark.parametrize("feedback", ["random", "readout"])
+def test_windowed_rflo_equals_its_definition_in_a_direct_loop(feedback):
+    net, params, xs, ys, mask = _setup()
+    rule = rules.make("rflo", net, feedback=feedback, window=4)
+    got = neuro.grad_estimate(net, params, rule, xs, ys, seed=3, mask=mask)
+    ref = neuro.grad_estimate(net, params, rules.make("rflo", net, feedback=feedback, fast=False), xs, ys, seed=3,
+                              mask=mask)
+    B = rule.init(params, BATCH, seed=3).B if feedback == "random" else params["W_out"].T
+    want = _direct_loop(params, xs, ys, mask, B)
+    for k in params:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-10, atol=1e-12, msg=k)
+        torch.testing.assert_close(ref[k], want[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+def _lif_cases():
+    yield "rate", {"alpha": 0.4}
+    yield "rate", {"alpha": 1.0}
+    for dynamics in ("exact", "euler", "lava"):
+        yield "lif", {"dynamics": dynamics}
+    yield "lif", {"reset": "zero", "refractory": 2, "surrogate": "fast-sigmoid", "v_leak": 0.1}
+    yield "lif", {"refractory": 1, "detach_reset": True, "tau_syn": 20.0}
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce", "value"])
+@pytest.mark.parametrize("model,kw", list(_lif_cases()))
+def test_closed_form_derivatives_equal_the_reverse_pass(model, kw, loss):
+    """closed_form_step (no autograd) against local_step (one reverse pass of the model's own neuron and loss)."""
+    from neuro.rules.rflo import closed_form_step, local_step
+
+    net = models.make(model, n_in=N_IN, n_hidden=N, n_out=N_OUT, **kw)
+    params = net.init_params(seed=4, dtype=torch.float64)
+    params["b"] = 0.3 * torch.rand(N, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if net.spiking:
+        params["W_in"] = params["W_in"].abs() * 4.0
+    g = torch.Generator().manual_seed(6)
+    state = net.init_state(params, BATCH)
+    spikes = 0.0
+    for t in range(25):
+        x = (torch.rand(BATCH, N_IN, generator=g) < 0.5).double() * 3 if net.spiking else \
+            torch.randn(BATCH, N_IN, generator=g, dtype=torch.float64)
+        y = torch.softmax(torch.randn(BATCH, N_OUT, generator=g, dtype=torch.float64), -1)
+        mask = torch.rand(BATCH, generator=g) < 0.7
+        a = closed_form_step(net, params, state, x, y, mask, loss, bias=True)
+        b = local_step(net, params, state, x, y, mask, neuro.losses.get(loss), bias=True)
+        for name in ("z", "y", "loss", "eps", "dz_di", "dz_db"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-12, atol=1e-14, msg=name)
+        for fa, fb in zip(a.net, b.net):
+            torch.testing.assert_close(fa, fb, rtol=1e-12, atol=1e-14)
+        assert a.dz_di.abs().max() > 0
+        state = a.net
+        spikes += float(a.z.sum()) if net.spiking else 0.0
+    if net.spiking:
+        assert spikes > 10  # the units fire: the surrogate, the reset and the refractory hold are exercised
+    alif = models.make("alif", n_in=N_IN, n_hidden=N, n_out=N_OUT)
+    assert closed_form_step(alif, alif.init_params(), alif.init_state(alif.init_params()), x.float(), y.float(),
+                            mask, loss) is None  # no closed form here: the reverse pass is used
+
+
+def test_window_options_are_checked():
+    rate = models.make("rate", n_in=2, n_hidden=4, n_out=1)
+    with pytest.raises(ValueError, match="window=0"):
+        rules.make("rflo", rate, window=0)
+    with pytest.raises(ValueError, match="fast='yes'"):
+        rules.make("rflo", rate, fast="yes")
+
+
+def test_fast_path_on_rate_and_lif_calls_no_autograd():
+    """The per-step overhead of the windowed path: no reverse pass (closed forms) on the models that have them."""
+    from unittest import mock
+
+    def forbid(*_a, **_k):
+        raise AssertionError("autograd called")
+
+    _, params, xs, ys, mask = _setup()
+    net = models.make("rate", n_in=N_IN, n_hidden=N, n_out=N_OUT, alpha=ALPHA)
+    lif = models.make("lif", n_in=N_IN, n_hidden=N, n_out=N_OUT)
+    lif_params = lif.init_params(dtype=torch.float64)
+    with mock.patch.object(torch.autograd, "grad", forbid), mock.patch.object(torch.Tensor, "backward", forbid):
+        neuro.grad_estimate(net, params, rules.make("rflo", net, window=4), xs, ys, mask=mask)
+        neuro.grad_estimate(lif, lif_params, rules.make("three-factor", lif, window=4), xs.abs(), ys, mask=mask)
+        with pytest.raises(AssertionError, match="autograd called"):  # the reference path does use it
+            neuro.grad_estimate(net, params, rules.make("rflo", net, fast=False), xs, ys, mask=mask)
+
+
+def test_training_with_the_windowed_sum_follows_the_per_step_path():
+    """neuro.train with updates every 7 steps (flush inside windows of 5, and at sequence ends): the same
+    parameters as the per-step path, in float64."""
+    task = neuro.tasks.make("add")
+    net = models.make("rate", n_in=task.n_in, n_hidden=N, n_out=task.n_out, alpha=0.5)
+    init = net.init_params(seed=3, dtype=torch.float64)
+    got = [neuro.train(net, rules.make("rflo", net, **kw), task, steps=120, seed=1, params=init, lr=1e-2,
+                       update_every=7, dtype=torch.float64, progress=False).params
+           for kw in ({"fast": False}, {"window": 5})]
+    for k in got[0]:
+        assert (got[0][k] - init[k]).abs().max() > 1e-4, k  # every parameter learned
+        torch.testing.assert_close(got[1][k], got[0][k], rtol=1e-10, atol=1e-12, msg=k)

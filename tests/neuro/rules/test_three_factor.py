@@ -242,3 +242,110 @@ def test_errors_name_the_value_and_what_is_valid():
     lstm = models.make("lstm", n_in=2, n_hidden=4, n_out=1)
     with pytest.raises(ValueError, match="does not support model 'lstm'"):
         rules.make("three-factor", lstm)
+
+
+# -- the windowed sum (fast=True) against the per-step path (fast=False) ------------------------------------------
+_SETTINGS = {
+    "plain": {},  # no per-synapse traces on rate; on lif the readout leak kappa (ebar)
+    "eligibility": {"eligibility_decay": 0.7},  # e and (lif) ebar: two carried components
+    "traces": {"pre_decay": (0.8, 0.3), "pre_impulse": (1.0, -0.5), "post_decay": 0.6, "post_impulse": 2.0,
+               "eligibility_decay": 0.5, "bias_pre_decay": 0.9, "feedback": "readout"},
+    "reward": {"post": "activity", "third": "reward", "eligibility_decay": 0.4, "reward_decay": 0.8,
+               "pre_decay": (0.6,)},
+}
+
+
+def _run_with_flushes(rule, params, xs, ys, mask, flush_after):
+    state = rule.init(params, xs.shape[1], 2)
+    total = rules.zeros_like_params(params)
+    at, states = {}, {}
+    for t in range(xs.shape[0]):
+        out = rule.step(params, state, xs[t], ys[t], mask[t])
+        state = out.state
+        rules.add_into(total, out.grad)
+        if t in flush_after:
+            state, g = rule.flush(params, state)
+            rules.add_into(total, g)
+            at[t], states[t] = {k: v.clone() for k, v in total.items()}, state
+    state, g = rule.finish(params, state)
+    return rules.add_into(total, g), at, states
+
+
+@pytest.mark.parametrize("window,batch", [(1, 2), (3, 2), (7, 2), (3, 1), (7, 1)])
+@pytest.mark.parametrize("setting", list(_SETTINGS))
+@pytest.mark.parametrize("model", ["rate", "lif", "alif"])
+def test_windowed_sum_equals_the_per_step_path(model, setting, window, batch):
+    """Batch 2 (and 1: another code path), flushes after odd steps: the running total after each flush, the carried
+    traces and the whole sum equal the per-step recursion's (float64); the spiking nets fire."""
+    if model == "rate":
+        net = models.make("rate", n_in=N_IN, n_hidden=N, n_out=N_OUT, alpha=0.5)
+        params = net.init_params(seed=3, dtype=torch.float64)
+    else:
+        net = models.make(model, n_in=N_IN, n_hidden=N, n_out=N_OUT, detach_reset=True)
+        params = _lif_params(net, seed=3)
+    params["b"] = 0.2 * torch.rand(N, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    xs, ys, mask = _data(net, seed=4, T=24)
+    xs, ys, mask = xs[:, :batch], ys[:, :batch], mask[:, :batch]
+    if net.spiking:  # the units fire, so the pseudo-derivatives and the traces are exercised
+        state, spikes = net.init_state(params, batch), 0.0
+        for x in xs:
+            state, _ = net.step(params, state, x)
+            spikes += float(state.z.sum())
+        assert spikes > 5 * batch
+    kw = _SETTINGS[setting]
+    flush_after = (0, 3, 4, 9)
+    ref, ref_at, ref_states = _run_with_flushes(rules.make("three-factor", net, fast=False, **kw), params, xs, ys, mask,
+                                                flush_after)
+    got, got_at, got_states = _run_with_flushes(rules.make("three-factor", net, window=window, **kw), params, xs, ys,
+                                                mask, flush_after)
+    for t in flush_after:
+        for k in params:
+            torch.testing.assert_close(got_at[t][k], ref_at[t][k], rtol=1e-10, atol=1e-12, msg=f"step {t}, {k}")
+        for f in ("e", "ebar", "x", "y"):
+            for a, b in zip(getattr(got_states[t], f), getattr(ref_states[t], f)):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f)
+    for k in params:
+        assert ref[k].abs().max() > 1e-6, k
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+def test_windowed_path_on_a_firing_lif_network():
+    """The e-prop form on LIF with many spikes: windowed and per-step estimates agree, and the units fire."""
+    net = _lif()
+    params = _lif_params(net)
+    xs, ys, mask = _data(net, T=40)
+    state = net.init_state(params, BATCH)
+    spikes = 0.0
+    for x in xs:
+        state, _ = net.step(params, state, x)
+        spikes += float(state.z.sum())
+    assert spikes > 20
+    kw = _eprop_settings(net)
+    ref = neuro.grad_estimate(net, params, "three-factor", xs, ys, mask=mask, fast=False, **kw)
+    for window in (1, 3, 7, 64):
+        got = neuro.grad_estimate(net, params, "three-factor", xs, ys, mask=mask, window=window, **kw)
+        for k in params:
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-10, atol=1e-12, msg=f"window {window}, {k}")
+
+
+def test_window_options_are_checked():
+    rate = models.make("rate", n_in=2, n_hidden=4, n_out=1)
+    with pytest.raises(ValueError, match="window=-1"):
+        rules.make("three-factor", rate, window=-1)
+    with pytest.raises(ValueError, match="fast=1"):
+        rules.make("three-factor", rate, fast=1)
+
+
+def test_training_with_the_windowed_sum_follows_the_per_step_path():
+    """neuro.train on LIF (e-prop form) with updates every 7 steps (flush inside windows of 5, and at sequence
+    ends): the same parameters as the per-step path, in float64."""
+    task = neuro.tasks.make("add")
+    net = models.make("lif", n_in=task.n_in, n_hidden=N, n_out=task.n_out, input_scale=6.0)
+    kw = _eprop_settings(net)
+    init = net.init_params(seed=3, dtype=torch.float64)
+    got = [neuro.train(net, rules.make("three-factor", net, **kw, **opt), task, steps=120, seed=1, params=init,
+                       lr=1e-2, update_every=7, dtype=torch.float64, progress=False).params
+           for opt in ({"fast": False}, {"window": 5})]
+    for k in got[0]:
+        assert (got[0][k] - init[k]).abs().max() > 1e-4, k  # every parameter learned: W_rec only if units fire
+        torch.testing.assert_close(got[1][k], got[0][k], rtol=1e-10, atol=1e-12, msg=k)
