@@ -7,8 +7,9 @@ only forward passes and losses (``needs = LOSS``). Their documented forward prot
 (:mod:`neuro.rules._perturb`) is one step at a time, and a Lava run costs about a second, so here the
 protocol is run at the *sequence* level:
 
-1. the noise the rule would draw is drawn first, in the rule's own order (per step: ``xi_h`` [M, n] then
-   ``xi_y`` [M, n_out], M = batch x samples, from ``new_generator(seed)``, as ``rule.init`` seeds it);
+1. the noise the rule would draw is drawn first, in the rule's own order (per step: ``xi_h`` [M, n] and
+   ``xi_y`` [M, n_out] by ``node_noise``, M = batch x samples, from ``new_generator(seed)``, as ``rule.init``
+   seeds it);
 2. one Lava run holds the B clean sequences and the M noisy copies as independent networks; the hidden
    noise enters each noisy copy's input current through an extra input channel per neuron (``W_in' =
    [W_in | I]``, ``x' = [x_t, xi_h,t]``, so the LIF's current is ``W_in x_t + W_rec z~_{t-1} + xi_h,t``:
@@ -73,7 +74,7 @@ def sequence_estimate(rule, params: Params, xs: Tensor, ys: Tensor, mask: Tensor
     """The rule's estimate of ``dL/dparams`` summed over the sequence ``xs`` [T, B, n_in], ``ys`` [T, B, n_out]
     (params frozen, as ``grad_estimate``), with the forward passes on Lava; and the clean loss (summed over
     time, mean over the batch)."""
-    from neuro.rules._perturb import TorchForward, gaussian, new_generator, node_estimate, per_sample_loss, repeat
+    from neuro.rules._perturb import TorchForward, new_generator, node_estimate, node_noise, per_sample_loss, repeat
 
     _check(rule)
     net, K = rule.net, rule.samples
@@ -86,8 +87,9 @@ def sequence_estimate(rule, params: Params, xs: Tensor, ys: Tensor, mask: Tensor
     gen = new_generator(seed)
     xi_h, xi_y = [], []
     for _ in range(T):
-        xi_h.append(gaussian(gen, (M, n), rule.sigma, like))
-        xi_y.append(gaussian(gen, (M, net.n_out), rule.sigma, like))
+        h, y = node_noise(gen, M, n, net.n_out, rule.sigma, like)
+        xi_h.append(h)
+        xi_y.append(y)
     xi_h, xi_y = torch.stack(xi_h), torch.stack(xi_y)
     keep = rule.keep_noisy_state
     if keep:  # clean rows then noisy rows, one run

@@ -122,7 +122,7 @@ def run_train(epochs: int = 60, steps: int = 40, hidden: int = 20, lr: float = 3
     one = torch.ones(1, dtype=torch.float64)
 
     def train(forward):
-        rule = neuro.rules.make("np", net, sigma=sigma, samples=samples, forward=forward)
+        rule = neuro.rules.make("np", net, sigma=sigma, samples=samples, forward=forward, window=1)  # a grad every step
         q = {k: v.clone() for k, v in p0.items()}
         losses, t0 = [], time.perf_counter()
         for epoch in range(epochs):

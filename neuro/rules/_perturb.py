@@ -26,7 +26,18 @@ only the returned ``h``, ``a``, ``z`` and the input ``x``.
 
 Node rules (np, anp, anp-time) turn a per-row node signal ``e_h`` [M, n_cur], ``e_y`` [M, n_out] into
 estimates with the presynaptic activity of the clean network (``x_t`` for ``W_in``, ``z_{t-1}`` for
-``W_rec``, ``1`` for ``b``, ``z_t`` for ``W_out``, ``1`` for ``b_out``), averaged over the M rows. They
+``W_rec``, ``1`` for ``b``, ``z_t`` for ``W_out``, ``1`` for ``b_out``), averaged over the M rows.
+
+*The window.* Each step's estimate is a sum of outer products ``e_m pre_m^T``; written to a fresh
+``[n, n_pre]`` matrix at every step it costs more than the forward pass. With ``window = W > 1`` a node
+rule holds each step's small tensors instead (by reference: the noise, the noisy and clean outputs and
+pre-activations, the clean presynaptic activities, the inputs, which the caller must not modify in place
+meanwhile (checked); O(W B samples n) memory). When ``W`` steps are pending, at
+:meth:`~AbstractNodeRule.flush` (an update inside the sequence) and at :meth:`~AbstractNodeRule.finish`
+(returned there, so it is never delayed past an update), it computes the steps' signals for all the
+window's rows at once (every operation acts row by row) and the window's estimate as one matrix product
+``[n, W B] @ [W B, n_pre]`` per weight. Summed over a sequence it is the per-step estimate (``window=1``, the
+reference path: :func:`node_estimate` every step) up to rounding. They
 support the models whose current is ``W_in x + W_rec z_{t-1} (+ b)`` with a ``W_out z + b_out`` readout
 (:data:`NODE_MODELS`). In LIF and ALIF ``b`` is a bias of the membrane equation, not of the current the
 noise is added to, so node rules give it a zero estimate (train it with ``wp`` or leave it fixed).
@@ -35,6 +46,7 @@ noise is added to, so node rules give it a zero estimate (train it with ``wp`` o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, ClassVar, NamedTuple
 
@@ -47,12 +59,15 @@ from neuro.contract import AbstractNetwork, Params, check_positive
 from .base import AbstractRule, Needs, StepOutput
 
 __all__ = ["AbstractNodeRule", "BIAS_IN_CURRENT", "NODE_MODELS", "NodeState", "Pass", "TorchForward", "check_samples",
-           "check_sigma", "gaussian", "new_generator", "node_estimate", "per_sample_loss", "repeat"]
+           "check_sigma", "gaussian", "LINEAR_READOUT", "new_generator", "node_estimate", "node_noise", "outer_sum",
+           "per_sample_loss", "repeat"]
 
 #: models whose current is W_in x + W_rec z_{t-1} (+ b) and whose readout is W_out z + b_out (+ leak)
 NODE_MODELS = ("rate", "lstm", "lif", "alif")
 #: of those, the models whose bias b is inside the current (rate, lstm); in lif/alif b is in the neuron
 BIAS_IN_CURRENT = ("rate", "lstm")
+#: the models whose readout is ``y = z @ W_out.T + b_out`` (no state): the output pre-activation is ``y``
+LINEAR_READOUT = ("rate", "lstm")
 
 
 class Pass(NamedTuple):
@@ -77,21 +92,42 @@ class TorchForward:
     @torch.no_grad()
     def __call__(self, params: Params, state: NamedTuple, x: Tensor, xi_h: Tensor | None = None,
                  xi_y: Tensor | None = None) -> Pass:
+        return self._step(params, state, x, xi_h, xi_y)
+
+    def _step(self, params: Params, state: NamedTuple, x: Tensor, xi_h: Tensor | None = None,
+              xi_y: Tensor | None = None) -> Pass:
+        """:meth:`__call__` for a caller already under ``torch.no_grad()``."""
         net = self.net
         h = net.current(params, state, x)
         if xi_h is not None:
             h = h + xi_h
         state, z = net.neuron(params, state, h)
         state, y = net.readout(params, state, z)
+        linear = net.name in LINEAR_READOUT  # the readout is a = W_out z + b_out itself (the same operations)
         a = None
-        if "W_out" in params and "b_out" in params:
+        if not linear and "W_out" in params and "b_out" in params:
             a = z @ params["W_out"].T + params["b_out"]
         if xi_y is not None:
             y = y + xi_y
             a = None if a is None else a + xi_y
             if "y" in getattr(state, "_fields", ()):  # a leaky readout integrates the noisy output
                 state = state._replace(y=y)
+        if linear:
+            a = y
         return Pass(state, y, h, a, z)
+
+
+_ONEDNN = torch.backends.mkldnn.is_available()
+
+
+def outer_sum(E: Tensor, P: Tensor) -> Tensor:
+    """``E^T P`` [n, m] for ``E`` [R, n], ``P`` [R, m]: the sum of the ``R`` rows' outer products ``e_r p_r^T``
+    (a window's estimate). Large float32 products on the CPU go through oneDNN (``mkldnn_linear``, about twice
+    as fast as the default BLAS for these thin shapes on the machines measured); else ``E.T @ P``."""
+    if (_ONEDNN and E.dtype == P.dtype == torch.float32 and E.device.type == P.device.type == "cpu"
+            and E.shape[1] * P.shape[1] >= 1 << 16):
+        return torch._C._nn.mkldnn_linear(E.T.contiguous().to_mkldnn(), P.T.contiguous().to_mkldnn(), None).to_dense()
+    return E.T @ P
 
 
 def new_generator(seed: int) -> torch.Generator:
@@ -101,9 +137,21 @@ def new_generator(seed: int) -> torch.Generator:
 
 
 def gaussian(gen: torch.Generator, shape: tuple[int, ...], sigma: float, like: Tensor) -> Tensor:
-    """``N(0, sigma^2)`` entries [shape], drawn on the CPU in float64 from ``gen`` (a seed gives the same
-    numbers in every dtype and on every device), in the dtype and on the device of ``like``."""
-    return (sigma * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype=like.dtype, device=like.device)
+    """``N(0, sigma^2)`` entries [shape], standard normals drawn on the CPU in float32 from ``gen`` (a seed
+    gives the same numbers in every dtype, to float32's rounding, and on every device; float32 draws cost a
+    quarter of float64 ones), times ``sigma`` in the dtype and on the device of ``like``."""
+    xi = torch.randn(shape, generator=gen, dtype=torch.float32)
+    if like.dtype != torch.float32 or like.device.type != "cpu":
+        xi = xi.to(dtype=like.dtype, device=like.device)
+    return xi * sigma
+
+
+def node_noise(gen: torch.Generator, M: int, n_cur: int, n_out: int, sigma: float,
+               like: Tensor) -> tuple[Tensor, Tensor]:
+    """One step's noise of the node rules, ``(xi_h [M, n_cur], xi_y [M, n_out])``: one :func:`gaussian` draw of
+    ``[M, n_cur + n_out]`` split by columns (a backend that reproduces a rule's noise draws it so)."""
+    xi = gaussian(gen, (M, n_cur + n_out), sigma, like)
+    return xi[:, :n_cur], xi[:, n_cur:]
 
 
 def check_sigma(sigma: Any) -> None:
@@ -136,6 +184,8 @@ def per_sample_loss(loss: str, y_hat: Tensor, y: Tensor, mask: Tensor) -> Tensor
     if l.shape != mask.shape:
         raise ValueError(f"loss {loss!r} gave shape {tuple(l.shape)} per step; expected one scalar per sample "
                          f"{tuple(mask.shape)}")
+    if mask.dtype == torch.bool:
+        return torch.where(mask, l, 0.0)  # one operation (a float mask may weight the samples: multiplied)
     return l * mask.to(l.dtype)
 
 
@@ -164,6 +214,42 @@ class NodeState(NamedTuple):
     z_prev: Tensor  # [B, n_hidden] the clean z_{t-1} (presynaptic for W_rec)
     gen: torch.Generator  # the noise (seeded by init, kept across reset)
     t: int  # steps since init or reset
+    buf: tuple  # window > 1: ``window`` entries (:class:`_Entry`); the first ``k`` are pending
+    #            (the others are placeholders or already counted: never read)
+    k: int  # steps pending in the window
+
+
+class _Entry(NamedTuple):
+    """One step held in a node rule's window (M = B samples rows; ``None`` where the rule does not need it)."""
+
+    l: Tensor  # [B] the clean per-sample loss
+    y_noisy: Tensor  # [M, n_out] the noisy outputs
+    y: Tensor  # [B, n_out] the target (the caller's tensor)
+    mask: Tensor  # [B] (the caller's tensor)
+    xi_h: Tensor  # [M, n_cur]
+    xi_y: Tensor  # [M, n_out]
+    h_noisy: Tensor | None  # [M, n_cur] (rules that use the activity differences)
+    h: Tensor | None  # [B, n_cur]
+    a_noisy: Tensor | None  # [M, n_out]
+    a: Tensor | None  # [B, n_out]
+    x: Tensor  # [B, n_in] (the caller's tensor)
+    z_prev: Tensor  # [B, n_hidden]
+    z: Tensor  # [B, n_hidden]
+    versions: tuple  # the version counters of x, y, mask when the step ran
+
+
+def _empty_window(rule: "AbstractNodeRule", params: Params, batch: int) -> tuple:
+    """``window`` placeholder entries (one shared set of zero tensors; only the first ``k`` entries are read)."""
+    if rule.window_size == 1:
+        return ()
+    p, net, M = params["W_in"], rule.net, batch * rule.samples
+    z = lambda *d: torch.zeros(*d, dtype=p.dtype, device=p.device)  # noqa: E731
+    n_cur, n_out, act = p.shape[0], net.n_out, rule.uses_activity
+    entry = _Entry(l=z(batch), y_noisy=z(M, n_out), y=z(batch, n_out), mask=z(batch).bool(), xi_h=z(M, n_cur),
+                   xi_y=z(M, n_out), h_noisy=z(M, n_cur) if act else None, h=z(batch, n_cur) if act else None,
+                   a_noisy=z(M, n_out) if act else None, a=z(batch, n_out) if act else None, x=z(batch, net.n_in),
+                   z_prev=z(batch, net.n_hidden), z=z(batch, net.n_hidden), versions=())
+    return (entry,) * rule.window_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,11 +258,15 @@ class AbstractNodeRule(AbstractRule):
     ``N(0, sigma^2)`` on the hidden and output pre-activations at every step. Subclasses set
     ``keep_noisy_state`` (the noisy copies keep their own state, or restart from the clean state every
     step) and :meth:`signal` (the node signals from the loss difference). ``forward``: the forward function
-    (module docstring; default :class:`TorchForward`)."""
+    (module docstring; default :class:`TorchForward`). ``window``: steps whose outer products are computed
+    as one matrix product (module docstring; ``1``: every step, the reference path; ``None``: 64 with the torch
+    forward, 1 with a backend's ``forward``, whose step costs far more than an outer product and whose callers
+    may read each step's estimate)."""
 
     sigma: float = 1e-3
     samples: int = 1
     forward: Forward | None = None
+    window: int | None = None
 
     needs = Needs.LOSS
     supports = NODE_MODELS
@@ -184,6 +274,8 @@ class AbstractNodeRule(AbstractRule):
     _kept_on_reset = ("gen",)
     #: the noisy copies keep their own state (np, anp-time) or restart from the clean state every step (anp)
     keep_noisy_state: ClassVar[bool] = True
+    #: :meth:`signal` reads the activity differences ``dh``, ``da`` (anp); ``False``: they are not computed
+    uses_activity: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -192,6 +284,20 @@ class AbstractNodeRule(AbstractRule):
         if self.forward is not None and not callable(self.forward):
             raise ValueError(f"forward={self.forward!r} is invalid: expected a function "
                              "(params, state, x, xi_h, xi_y) -> Pass (see neuro.rules._perturb)")
+        if self.window is not None:
+            check_positive("window", self.window, integer=True)
+
+    @property
+    def window_size(self) -> int:
+        """The window in use (``window``, or its default: 64 with the torch forward, 1 with a backend's)."""
+        if self.window is not None:
+            return self.window
+        return 64 if self.forward is None else 1
+
+    @functools.cached_property
+    def _torch_step(self) -> Forward:
+        """The torch forward for a caller already under ``no_grad`` (built once per rule)."""
+        return TorchForward(self.net)._step
 
     @property
     def fwd(self) -> Forward:
@@ -203,29 +309,90 @@ class AbstractNodeRule(AbstractRule):
         noisy = repeat(net, self.samples) if self.keep_noisy_state else None
         p = next(iter(params.values()))
         z0 = torch.zeros(batch, self.net.n_hidden, dtype=p.dtype, device=p.device)
-        return NodeState(net=net, noisy=noisy, z_prev=z0, gen=new_generator(seed), t=0)
+        return NodeState(net=net, noisy=noisy, z_prev=z0, gen=new_generator(seed), t=0,
+                         buf=_empty_window(self, params, batch), k=0)
 
-    def signal(self, dl: Tensor, xi_h: Tensor, xi_y: Tensor, dh: Tensor, da: Tensor) -> tuple[Tensor, Tensor]:
+    def signal(self, dl: Tensor, xi_h: Tensor, xi_y: Tensor, dh: Tensor | None,
+               da: Tensor | None) -> tuple[Tensor, Tensor]:
         """The node signals (e_h [M, n_cur], e_y [M, n_out]) from the loss difference ``dl`` [M], the noise
-        and the activity differences (noisy minus clean pre-activations)."""
+        and the activity differences ``dh``, ``da`` (noisy minus clean pre-activations; ``None`` unless
+        ``uses_activity``). Row by row: the window applies it to the rows of all its steps at once."""
         raise NotImplementedError
 
     def step(self, params: Params, state: NodeState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
         K = self.samples
-        with torch.no_grad():
-            params = {k: v.detach() for k, v in params.items()}
-            fwd = self.fwd
+        B = x.shape[0]
+        M = B * K
+        fwd = self.forward if self.forward is not None else self._torch_step  # (in no_grad below)
+        with torch.no_grad():  # params are only read here: no graph, no detached copies needed
             clean = fwd(params, state.net, x, None, None)
-            M = x.shape[0] * K
-            xi_h = gaussian(state.gen, (M, clean.h.shape[1]), self.sigma, clean.h)
-            xi_y = gaussian(state.gen, (M, clean.y.shape[1]), self.sigma, clean.y)
+            xi_h, xi_y = node_noise(state.gen, M, clean.h.shape[1], clean.y.shape[1], self.sigma, clean.h)
             start = state.noisy if self.keep_noisy_state else repeat(state.net, K)
             noisy = fwd(params, start, repeat(x, K), xi_h, xi_y)
             l = per_sample_loss(self.loss or "mse", clean.y, y, mask)
-            l_noisy = per_sample_loss(self.loss or "mse", noisy.y, repeat(y, K), repeat(mask, K))
-            dl = l_noisy - repeat(l, K)
-            e_h, e_y = self.signal(dl, xi_h, xi_y, noisy.h - repeat(clean.h, K), noisy.a - repeat(clean.a, K))
-            grad = node_estimate(self.net, params, e_h, e_y, repeat(x, K), repeat(state.z_prev, K), repeat(clean.z, K))
+            buf, k, grad = state.buf, state.k, None
+            if self.window_size == 1:  # the reference path: this step's signal and outer products
+                l_noisy = per_sample_loss(self.loss or "mse", noisy.y, repeat(y, K), repeat(mask, K))
+                dl = l_noisy - repeat(l, K)
+                dh = noisy.h - repeat(clean.h, K) if self.uses_activity else None
+                da = noisy.a - repeat(clean.a, K) if self.uses_activity else None
+                e_h, e_y = self.signal(dl, xi_h, xi_y, dh, da)
+                grad = node_estimate(self.net, params, e_h, e_y, repeat(x, K), repeat(state.z_prev, K),
+                                     repeat(clean.z, K))
+            else:  # hold the step (references, no copies): its signal and outer products at the window's end
+                act = self.uses_activity
+                entry = _Entry(l=l, y_noisy=noisy.y, y=y, mask=mask, xi_h=xi_h, xi_y=xi_y,
+                               h_noisy=noisy.h if act else None, h=clean.h if act else None,
+                               a_noisy=noisy.a if act else None, a=clean.a if act else None, x=x,
+                               z_prev=state.z_prev, z=clean.z, versions=(x._version, y._version, mask._version))
+                buf, k = buf[:k] + (entry,) + buf[k + 1:], k + 1
+                if k == self.window_size:
+                    grad, k = self._window(params, buf), 0
+            loss = l[0] if B == 1 else l.mean()  # the batch mean (B = 1: the row itself, no operation)
         out = NodeState(net=clean.state, noisy=noisy.state if self.keep_noisy_state else None, z_prev=clean.z,
-                        gen=state.gen, t=state.t + 1)
-        return StepOutput(out, clean.y.detach(), (l.sum() / x.shape[0]).detach(), grad)
+                        gen=state.gen, t=state.t + 1, buf=buf, k=k)
+        return StepOutput(out, clean.y.detach(), loss.detach(), grad)
+
+    def _window(self, params: Params, entries: tuple) -> Params:
+        """The summed estimate of the window's ``entries`` (:class:`_Entry`): the per-step computation of the
+        reference path done once on the window's rows stacked (every operation acts row by row), then one matrix
+        product ``[n, W B] @ [W B, n_pre]`` per weight, the ``samples`` rows of a sequence summed first (they
+        share its presynaptic activity)."""
+        for e in entries:
+            if (e.x._version, e.y._version, e.mask._version) != e.versions:
+                raise RuntimeError(f"rule {self.name!r}: an input (x, y or mask) of a step still in the window was "
+                                   "modified in place before the window was summed; pass fresh tensors each step "
+                                   "(or use window=1)")
+        K, n_rows = self.samples, len(entries)
+        cat = lambda *col: torch.cat(col) if n_rows > 1 else col[0]  # noqa: E731
+        cols = list(zip(*entries))[:-1]  # every field but the versions
+        c = _Entry(*(cat(*col) if col[0] is not None else None for col in cols), versions=())
+        l_noisy = per_sample_loss(self.loss or "mse", c.y_noisy, repeat(c.y, K), repeat(c.mask, K))
+        dl = l_noisy - repeat(c.l, K)
+        dh = c.h_noisy - repeat(c.h, K) if self.uses_activity else None
+        da = c.a_noisy - repeat(c.a, K) if self.uses_activity else None
+        e_h, e_y = self.signal(dl, c.xi_h, c.xi_y, dh, da)  # [n_rows M, .]
+        B = c.x.shape[0] // n_rows
+        if K > 1:
+            e_h, e_y = e_h.reshape(n_rows * B, K, -1).sum(1), e_y.reshape(n_rows * B, K, -1).sum(1)
+        if B * K > 1:  # the mean over the M rows, on the factors (not on the [n, n_pre] products)
+            e_h, e_y = e_h / (B * K), e_y / (B * K)
+        out = {
+            "W_in": e_h.T @ c.x.to(e_h.dtype),
+            "W_rec": outer_sum(e_h, c.z_prev),
+            "b": e_h.sum(0) if self.net.name in BIAS_IN_CURRENT else torch.zeros_like(params["b"]),
+            "W_out": e_y.T @ c.z,
+            "b_out": e_y.sum(0),
+        }
+        return {k: out[k].to(params[k].dtype) for k in params}
+
+    def flush(self, params: Params, state: NodeState) -> tuple[NodeState, Params | None]:
+        """The pending window's estimate (an update is due): one matrix product per weight."""
+        if state.k == 0:
+            return state, None
+        with torch.no_grad():
+            grad = self._window(params, state.buf[:state.k])
+        return state._replace(k=0), grad
+
+    def finish(self, params: Params, state: NodeState) -> tuple[NodeState, Params | None]:
+        return self.flush(params, state)

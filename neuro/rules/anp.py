@@ -27,7 +27,8 @@ output within the step (``dh_hidden = xi_h``, ``dh_out = W_out (z~_t - z_t) + xi
 this step's effect. In ANP in time the noisy copy keeps its own state, so ``dh`` also carries the noise of
 earlier steps propagated through the recurrence, and ``L~_t - L_t`` its effect on the loss.
 
-Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``).
+Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``); the outer products
+of ``window`` steps are summed as one matrix product (:mod:`neuro.rules._perturb`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ NORMS = ("layer", "global")
 @dataclasses.dataclass(frozen=True)
 class ANP(AbstractNodeRule):
     """ANP (module docstring). ``sigma``: the noise's standard deviation; ``samples``: noisy copies per
-    sequence, averaged; ``norm``: ``"layer"`` or ``"global"``; ``forward``: a backend's forward function."""
+    sequence, averaged; ``norm``: ``"layer"`` or ``"global"``; ``forward``: a backend's forward function;
+    ``window``: steps whose outer products are summed as one matrix product (``neuro.rules._perturb``)."""
 
     norm: str = "layer"
 

@@ -21,7 +21,8 @@ is the gradient through the current step only, i.e. the gradient of 1-step trunc
 with ``k=1``), which the tests check. ``samples`` noisy copies per sequence are run in parallel (a batch
 of perturbations) and averaged; the estimate is the mean over the batch and the samples.
 
-Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``).
+Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``); the outer products
+of ``window`` steps are summed as one matrix product (:mod:`neuro.rules._perturb`).
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ __all__ = ["NodePerturbation"]
 @dataclasses.dataclass(frozen=True)
 class NodePerturbation(AbstractNodeRule):
     """NP (module docstring). ``sigma``: the noise's standard deviation; ``samples``: noisy copies per
-    sequence, averaged; ``forward``: a backend's forward function (``neuro.rules._perturb``)."""
+    sequence, averaged; ``forward``: a backend's forward function; ``window``: steps whose outer products are
+    summed as one matrix product (both in ``neuro.rules._perturb``)."""
 
     name = "np"
     keep_noisy_state = True
+    uses_activity = False  # the signal is the injected noise: dh and da are not needed
 
-    def signal(self, dl: Tensor, xi_h: Tensor, xi_y: Tensor, dh: Tensor, da: Tensor) -> tuple[Tensor, Tensor]:
+    def signal(self, dl: Tensor, xi_h: Tensor, xi_y: Tensor, dh: Tensor | None = None,
+               da: Tensor | None = None) -> tuple[Tensor, Tensor]:
         c = (dl / self.sigma ** 2)[:, None]
         return c * xi_h, c * xi_y

@@ -278,7 +278,7 @@ def test_training_through_brian2_learns_and_equals_torch_training():
     ys = torch.full((12, 1, 1), 0.5, dtype=F64)  # a constant target: bias and weights must move y to 0.5
 
     def train(forward):
-        rule = neuro.rules.make("np", net, sigma=1e-2, samples=4, forward=forward)
+        rule = neuro.rules.make("np", net, sigma=1e-2, samples=4, forward=forward, window=1)  # a grad every step
         q = {k: v.clone() for k, v in p.items()}
         losses = []
         for epoch in range(5):

@@ -100,7 +100,7 @@ def test_ottt_a_equals_bptt_of_the_network_with_spike_paths_detached(model, opts
 
 def test_mode_o_gives_the_per_step_terms_whose_sum_is_mode_a():
     net, params, xs, ys, mask = _case("alif", seed=1)
-    ra, ro = rules.make("ottt", net, mode="A"), rules.make("ottt", net, mode="O")
+    ra, ro = rules.make("ottt", net, mode="A"), rules.make("ottt", net, mode="O", window=1)
     sa, so = ra.init(params, B), ro.init(params, B)
     total = rules.zeros_like_params(params)
     for t in range(T):
@@ -121,7 +121,7 @@ def test_first_step_term_is_the_instantaneous_gradient():
     net, params, xs, ys, mask = _case("lif")
     mask[0] = True
     xs[0] = 4.0
-    rule = rules.make("ottt", net, mode="O")
+    rule = rules.make("ottt", net, mode="O", window=1)
     out = rule.step(params, rule.init(params, B), xs[0], ys[0], mask[0])
     ref, _, _ = reference(net, params, xs[:1], ys[:1], mask[:1])
     _close(out.grad, ref)
@@ -167,3 +167,87 @@ def test_memory_is_constant_in_t():
         state = rule.step(params, state, xs[t], ys[t], mask[t]).state
         sizes.append(sum(x.numel() for x in state if isinstance(x, torch.Tensor)))
     assert len(set(sizes)) == 1
+
+
+# -- the window (outer products summed as one matrix product) and the written-out local errors -------------------
+def _sums_at_flushes(rule, params, xs, ys, mask, flush_at):
+    """Run one sequence, calling ``flush`` after the steps in ``flush_at``: the running sum of every estimate
+    handed over, recorded at each flush and after ``finish``, and the outputs."""
+    state = rule.init(params, xs.shape[1])
+    total = rules.zeros_like_params(params)
+    sums, ys_hat = [], []
+    for t in range(xs.shape[0]):
+        out = rule.step(params, state, xs[t], ys[t], mask[t])
+        state = out.state
+        rules.add_into(total, out.grad)
+        ys_hat.append(out.y)
+        if t in flush_at:
+            state, g = rule.flush(params, state)
+            rules.add_into(total, g)
+            sums.append({k: v.clone() for k, v in total.items()})
+    state, g = rule.finish(params, state)
+    rules.add_into(total, g)
+    sums.append(total)
+    return sums, torch.stack(ys_hat)
+
+
+@pytest.mark.parametrize("model,opts", [("lif", {}), ("lif", {"dynamics": "euler", "refractory": 2}),
+                                        ("lif", {"dynamics": "lava", "reset": "zero"}), ("alif", {})])
+@pytest.mark.parametrize("window", [3, 7])
+@pytest.mark.parametrize("mode", ["A", "O"])
+def test_window_equals_the_per_step_path(model, opts, window, mode):
+    """float64, batch 2, flushes at odd steps: every sum handed over up to each flush (mode "O"; mode "A"
+    hands over nothing before finish) and the final sum equal the per-step path's (autograd, window=1)."""
+    net, params, xs, ys, mask = _case(model, **opts)
+    flush_at = {4, 9, 10, 17}
+    ref_rule, rule = rules.make("ottt", net, mode=mode, window=1), rules.make("ottt", net, mode=mode, window=window)
+    ref, y_ref = _sums_at_flushes(ref_rule, params, xs, ys, mask, flush_at)
+    got, y_got = _sums_at_flushes(rule, params, xs, ys, mask, flush_at)
+    assert int((neuro.simulate(net, params, xs).spikes > 0).sum()) > 20, "the network must spike"
+    torch.testing.assert_close(y_got, y_ref, rtol=0, atol=0)
+    for a, b in zip(got, ref):
+        for k in params:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-10, atol=1e-12, msg=lambda m: f"{k}: {m}")
+    if mode == "A":
+        assert all(float(v.abs().sum()) == 0 for s in got[:-1] for v in s.values())  # nothing before finish
+    else:
+        assert float(got[0]["W_in"].abs().sum()) > 0
+
+
+@pytest.mark.parametrize("model,opts", [("lif", {}), ("lif", {"dynamics": "euler", "refractory": 2}),
+                                        ("lif", {"dynamics": "lava", "surrogate": "fast-sigmoid"}), ("alif", {})])
+@pytest.mark.parametrize("loss", ["mse", "ce", "value"])
+def test_written_out_local_errors_equal_autograd(model, opts, loss):
+    """``local_errors`` (no autograd): g_v = dl/dv~ and g_y = dl/dy equal autograd through the step (d l / d I
+    = vI g_v), with some units refractory and some near threshold."""
+    from neuro.rules.sltt import local_errors
+
+    net, params, xs, ys, mask = _case(model, **opts)
+    if loss == "ce":
+        ys = torch.softmax(ys, -1)
+    state = net.init_state(params, B)
+    checked = 0
+    for t in range(12):
+        I = net.current(params, state, xs[t])
+        new, z, y_hat, l, g_v, g_y = local_errors(net, loss, params, state, I, ys[t], mask[t])
+        Ig = I.clone().requires_grad_(True)
+        s2, z2 = net.neuron(params, state, Ig)
+        s2, y2 = net.readout(params, s2, z2)
+        l2 = losses.get(loss)(y2, ys[t], mask[t])
+        gI, gy = torch.autograd.grad(l2, [Ig, y2])
+        torch.testing.assert_close(y_hat, y2.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(l, l2.detach())
+        torch.testing.assert_close(g_y, gy, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(g_v * net.subthreshold().vI, gI, rtol=1e-12, atol=1e-15)
+        for a, b in zip(new, s2):
+            assert torch.equal(a, b.detach())
+        checked += int((gI != 0).sum())
+        state = new
+    assert checked > 20, "too few non-zero local errors for a meaningful test"
+
+
+def test_window_must_be_a_positive_integer():
+    net = models.make("lif", n_in=2, n_hidden=3, n_out=1)
+    for w in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="window"):
+            rules.make("ottt", net, window=w)

@@ -49,7 +49,8 @@ def rate():
 
 
 def run_rule(rule, params, xs, ys, seed=0, mask=None):
-    """The estimate summed over the sequence (parameters frozen) and the final state."""
+    """The estimate summed over the sequence (parameters frozen, the pending window included) and the final
+    state."""
     mask = torch.ones(xs.shape[:2], dtype=torch.bool) if mask is None else mask
     state = rule.init(params, xs.shape[1], seed)
     total = rules.zeros_like_params(params)
@@ -57,6 +58,8 @@ def run_rule(rule, params, xs, ys, seed=0, mask=None):
         out = rule.step(params, state, x, y, m)
         state = out.state
         rules.add_into(total, out.grad)
+    state, g = rule.finish(params, state)
+    rules.add_into(total, g)
     return total, state
 
 
@@ -206,8 +209,10 @@ def test_a_backend_forward_function_is_used(rate, name):
         return torch_fwd(params, state, x, xi_h, xi_y)
 
     a, _ = run_rule(rules.make(name, net, samples=3, forward=backend), params, xs, ys, seed=4)
-    b, _ = run_rule(rules.make(name, net, samples=3), params, xs, ys, seed=4)
     assert len(calls) == T * (2 if name != "wp" else 4)
+    kw = {} if name == "wp" else {"window": 1}  # a backend's forward: an estimate every step by default
+    b, _ = run_rule(rules.make(name, net, samples=3, **kw), params, xs, ys, seed=4)
+    assert float(flat(b).norm()) > 0
     for k in params:
         assert torch.equal(a[k], b[k])
 
@@ -261,3 +266,104 @@ def test_the_clean_copy_is_the_network_itself(name, model):
         state = out.state
         assert torch.equal(out.y, trace.y[t])
         torch.testing.assert_close(out.loss, fn(trace.y[t], ys[t], torch.ones(B, dtype=torch.bool)))
+
+
+# -- the window (node rules: outer products summed as one matrix product) ------------------------------------------
+@pytest.mark.parametrize("name", ["np", "anp", "anp-time"])
+@pytest.mark.parametrize("model,samples", [("rate", 1), ("rate", 3), ("lif", 1), ("lif", 2)])
+@pytest.mark.parametrize("window", [3, 7])
+def test_window_equals_the_per_step_path(name, model, samples, window):
+    """float64, batch 2, flushes at odd steps: with the same noise, the sum handed over up to each flush and
+    the final sum equal the per-step path's (window=1, an outer product every step); the outputs are the same."""
+    net = models.make(model, n_in=3, n_hidden=8, n_out=2, **({"input_scale": 4.0} if model == "lif" else {}))
+    params = net.init_params(seed=0, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    steps = 2 * T
+    if model == "lif":
+        xs = 8.0 * (torch.rand(steps, B, 3, generator=g) < 0.3).to(torch.float64)
+        assert neuro.simulate(net, params, xs).spikes.sum() >= 10, "the network must spike"
+    else:
+        xs = torch.randn(steps, B, 3, generator=g, dtype=torch.float64)
+    ys = torch.randn(steps, B, 2, generator=g, dtype=torch.float64)
+    mask = torch.rand(steps, B, generator=g) < 0.8
+    flush_at = {4, 9, 10, 17}
+    runs = {}
+    for w in (1, window):
+        rule = rules.make(name, net, sigma=1e-2, samples=samples, window=w)
+        state = rule.init(params, B, 5)
+        total = rules.zeros_like_params(params)
+        sums, outs, pending = [], [], 0
+        for t in range(steps):
+            out = rule.step(params, state, xs[t], ys[t], mask[t])
+            state = out.state
+            outs.append((out.y, out.loss))
+            pending += 1
+            assert (out.grad is not None) == (pending == w)  # an estimate exactly when the window is full
+            pending %= w
+            rules.add_into(total, out.grad)
+            if t in flush_at:
+                state, gf = rule.flush(params, state)
+                assert (gf is None) == (pending == 0)
+                pending = 0
+                rules.add_into(total, gf)
+                sums.append({k: v.clone() for k, v in total.items()})
+        rules.add_into(total, rule.finish(params, state)[1])
+        sums.append(total)
+        runs[w] = sums, outs
+    (ref, ref_outs), (got, got_outs) = runs[1], runs[window]
+    for (ya, la), (yb, lb) in zip(got_outs, ref_outs):
+        assert torch.equal(ya, yb) and torch.equal(la, lb)
+    for a, b in zip(got, ref):
+        for k in params:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-10, atol=1e-13, msg=lambda m: f"{k}: {m}")
+    assert float(got[0]["W_in"].abs().sum()) > 0
+
+
+def test_window_is_validated_and_the_signals_are_the_documented_ones(rate):
+    net, params, xs, ys = rate
+    for w in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="window"):
+            rules.make("np", net, window=w)
+    assert rules.make("np", net).window_size == 64 and rules.make("anp-time", net, window=5).window_size == 5
+    assert rules.make("np", net, forward=TorchForward(net)).window_size == 1  # a backend's forward: every step
+    g = torch.Generator().manual_seed(0)
+    dl, xi_h, xi_y = (torch.randn(4, *s, generator=g, dtype=torch.float64) for s in ((), (6,), (2,)))
+    dh, da = xi_h + 0.1, xi_y - 0.2
+    np_rule = rules.make("np", net, sigma=1e-2)
+    e_h, e_y = np_rule.signal(dl, xi_h, xi_y, dh, da)
+    torch.testing.assert_close(e_h, dl[:, None] / 1e-4 * xi_h)
+    torch.testing.assert_close(e_y, dl[:, None] / 1e-4 * xi_y)
+    N = net.n_in + net.n_hidden + net.n_out
+    e_h, e_y = rules.make("anp", net).signal(dl, xi_h, xi_y, dh, da)
+    torch.testing.assert_close(e_h, math.sqrt(N) * dl[:, None] * dh / (dh * dh).sum(1, keepdim=True))
+    torch.testing.assert_close(e_y, math.sqrt(N) * dl[:, None] * da / (da * da).sum(1, keepdim=True))
+
+
+def test_outer_sum_equals_the_sum_of_outer_products():
+    """The window's matrix product (oneDNN for large float32 products on the CPU, else ``E.T @ P``) against
+    the sum of the rows' outer products in float64."""
+    from neuro.rules._perturb import outer_sum
+
+    g = torch.Generator().manual_seed(0)
+    for rows, n, m in ((7, 300, 260), (1, 257, 256), (64, 40, 30)):
+        E = torch.randn(rows, n, generator=g, dtype=torch.float64)
+        P = torch.randn(rows, m, generator=g, dtype=torch.float64)
+        ref = sum(torch.outer(E[r], P[r]) for r in range(rows))
+        torch.testing.assert_close(outer_sum(E, P), ref, rtol=1e-12, atol=1e-12)
+        got = outer_sum(E.float(), P.float())
+        assert got.dtype == torch.float32 and got.shape == (n, m) and got.is_contiguous()
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * rows ** 0.5)
+
+
+def test_an_input_modified_in_place_inside_the_window_is_an_error(rate):
+    """The window holds the step's inputs by reference: a caller that reuses one buffer is told so."""
+    net, params, xs, ys = rate
+    rule = rules.make("np", net, window=4)
+    state = rule.init(params, B, 0)
+    x = xs[0].clone()
+    m = torch.ones(B, dtype=torch.bool)
+    for t in range(2):
+        x.copy_(xs[t])
+        state = rule.step(params, state, x, ys[t], m).state
+    with pytest.raises(RuntimeError, match="modified in place"):
+        rule.flush(params, state)

@@ -88,7 +88,7 @@ def _run(rule, params, xs, ys, mask, seed=0):
         grads.append(out.grad)
         rules.add_into(total, out.grad)
     state, g = rule.finish(params, state)
-    assert g is None
+    rules.add_into(total, g)  # SLTT's pending window (None for SLTT-K)
     return grads, state, total
 
 
@@ -99,7 +99,9 @@ def test_sltt_equals_bptt_of_the_fully_detached_network(model, opts):
     ref, terms, outs, fired = fully_detached_bptt(net, params, xs, ys, mask)
     assert fired > 20, f"too few spikes ({fired}) for a meaningful test"
     torch.testing.assert_close(outs, neuro.simulate(net, params, xs).y)  # the loop is the model
-    grads, _, total = _run(rules.make("sltt", net), params, xs, ys, mask)
+    _, _, total = _run(rules.make("sltt", net), params, xs, ys, mask)  # windows of 64 steps
+    _close(total, ref)
+    grads, _, total = _run(rules.make("sltt", net, window=1), params, xs, ys, mask)  # autograd, every step
     _close(total, ref)
     for g, term in zip(grads, terms):  # and every step's term is that step's spatial gradient
         _close(g, term)
@@ -194,3 +196,72 @@ def test_errors():
     for name in ("sltt", "sltt-k"):
         with pytest.raises(ValueError, match="'rate'.*no spikes.*lif, alif"):
             rules.make(name, rate)
+
+
+# -- the window (outer products summed as one matrix product) -----------------------------------------------------
+@pytest.mark.parametrize("model,opts", [("lif", {}), ("lif", {"dynamics": "euler", "refractory": 2}),
+                                        ("lif", {"dynamics": "lava", "reset": "zero"}), ("alif", {})])
+@pytest.mark.parametrize("window", [3, 7])
+def test_window_equals_the_per_step_path(model, opts, window):
+    """float64, batch 2, flushes at odd steps: the sum handed over up to each flush, and the final sum, equal
+    those of the per-step path (autograd through each step, window=1); steps between hand over nothing."""
+    net, params, xs, ys, mask = _case(model, **opts)
+    assert int((neuro.simulate(net, params, xs).spikes > 0).sum()) > 20, "the network must spike"
+    flush_at = {4, 9, 10, 17}
+    sums = {}
+    for w in (1, window):
+        rule = rules.make("sltt", net, window=w)
+        state = rule.init(params, B)
+        total = rules.zeros_like_params(params)
+        got, outs, pending = [], [], 0
+        for t in range(T):
+            out = rule.step(params, state, xs[t], ys[t], mask[t])
+            state = out.state
+            outs.append((out.y, out.loss))
+            pending += 1
+            assert (out.grad is not None) == (pending == w), (t, pending)  # exactly when the window is full
+            pending %= w
+            rules.add_into(total, out.grad)
+            if t in flush_at:
+                state, g = rule.flush(params, state)
+                assert (g is None) == (pending == 0), (t, pending)
+                pending = 0
+                rules.add_into(total, g)
+                got.append({k: v.clone() for k, v in total.items()})
+        rules.add_into(total, rule.finish(params, state)[1])
+        got.append(total)
+        sums[w] = (got, outs)
+    (ref, ref_outs), (win, win_outs) = sums[1], sums[window]
+    for (ya, la), (yb, lb) in zip(win_outs, ref_outs):
+        torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+        torch.testing.assert_close(la, lb)
+    for a, b in zip(win, ref):
+        for k in params:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-10, atol=1e-12, msg=lambda m: f"{k}: {m}")
+    assert float(win[0]["W_in"].abs().sum()) > 0
+
+
+def test_window_must_be_a_positive_integer():
+    net = models.make("lif", n_in=2, n_hidden=3, n_out=1)
+    for w in (0, -2, 2.5):
+        with pytest.raises(ValueError, match="window"):
+            rules.make("sltt", net, window=w)
+
+
+def test_window_in_float32_at_a_size_where_the_product_goes_through_onednn():
+    """n = 256 (n x n >= 2^16: ``outer_sum``'s oneDNN path for float32 on the CPU): the windowed sum equals the
+    per-step path's to float32 rounding."""
+    net = models.make("lif", n_in=8, n_hidden=256, n_out=2, input_scale=8.0)
+    params = net.init_params(seed=0)
+    g = torch.Generator().manual_seed(1)
+    xs = (torch.rand(12, 1, 8, generator=g) < 0.3).float()
+    ys = torch.randn(12, 1, 2, generator=g)
+    mask = torch.ones(12, 1, dtype=torch.bool)
+    assert int((neuro.simulate(net, params, xs).spikes > 0).sum()) > 20, "the network must spike"
+    ref = grad_estimate(net, params, "sltt", xs, ys, mask=mask, window=1)
+    got = grad_estimate(net, params, "sltt", xs, ys, mask=mask, window=5)
+    for k in params:
+        assert got[k].dtype == torch.float32
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5 * float(ref[k].abs().max()),
+                                   msg=lambda m: f"{k}: {m}")
+    assert float(ref["W_rec"].abs().sum()) > 0
