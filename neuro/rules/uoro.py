@@ -39,6 +39,14 @@ the step, one jvp and one vjp of the step (vmapped over the batch); memory O(B (
 is ever formed. The noise comes from a ``torch.Generator`` seeded by ``init``'s seed, kept in the
 state and across ``reset``. With parameters that change online the estimate is no longer exactly
 unbiased (the rank-one pair mixes past parameters), as for RTRL.
+
+On the rate RNN (:mod:`models.rate`) an analytic path is taken (``fast``, default True;
+:mod:`neuro.rules._uoro_rate`): the parameter factor is kept as a matrix per sample, updated by rank-one
+terms, and the steps are folded in every ``window`` steps (default 64) with matrix products instead of
+one jvp and one vjp per step. Same random signs, same estimate summed over a sequence (to rounding); the
+estimate of a window is handed over at its end, at ``flush`` and at ``finish`` (``window = 1``: every
+step, as :mod:`neuro.rules.td` needs). ``fast=False`` (or another model, or a subclass that overrides
+``step``) takes the generic path. ``pair(params, state)`` gives the current rank-one pair on both paths.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from torch import Tensor
 
 from neuro.contract import AbstractNetwork, Params, check_positive
 
+from . import _uoro_rate
 from ._onestep import FlatStep
 from .base import AbstractRule, Needs, StepOutput
 
@@ -106,10 +115,13 @@ def norm(v: Tensor) -> Tensor:
 @dataclasses.dataclass(frozen=True)
 class UORO(AbstractRule):
     """UORO (module docstring). ``eps``: the regulariser of the factors ``rho_0`` and ``rho_1``;
-    ``samples``: independent rank-one pairs per sequence, averaged."""
+    ``samples``: independent rank-one pairs per sequence, averaged; ``fast``: the analytic path on the rate
+    RNN; ``window``: steps folded in at once by that path."""
 
     eps: float = 1e-7
     samples: int = 1
+    fast: bool = True
+    window: int = 64
 
     name = "uoro"
     needs = Needs.JVP
@@ -120,9 +132,19 @@ class UORO(AbstractRule):
         super().__post_init__()
         check_positive("eps", self.eps)
         check_positive("samples", self.samples, integer=True)
+        check_positive("window", self.window, integer=True)
+        if not isinstance(self.fast, bool):
+            raise ValueError(f"fast={self.fast!r} is invalid: expected True or False")
 
-    def init(self, params: Params, batch: int = 1, seed: int = 0) -> UOROState:
+    @property
+    def _fast(self) -> bool:
+        """Whether the analytic rate path runs (module docstring)."""
+        return self.fast and type(self).step is UORO.step and _uoro_rate.applies(self.net, self.loss or "mse")
+
+    def init(self, params: Params, batch: int = 1, seed: int = 0) -> UOROState | _uoro_rate.RateUOROState:
         check_positive("batch", batch, integer=True)
+        if self._fast:
+            return _uoro_rate.init_state(self.net, params, batch, self.samples, new_generator(seed))
         fs = flat_step(self.net, self.loss or "mse", params)
         p = next(iter(params.values()))
         zeros = functools.partial(torch.zeros, dtype=p.dtype, device=p.device)
@@ -131,6 +153,8 @@ class UORO(AbstractRule):
                          theta_tilde=zeros(batch * K, fs.n_params), gen=new_generator(seed), t=0)
 
     def step(self, params: Params, state: UOROState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
+        if isinstance(state, _uoro_rate.RateUOROState):
+            return _uoro_rate.step(self, params, state, x, y, mask)
         fs = flat_step(self.net, self.loss or "mse", params)
         theta = fs.flat_params({k: v.detach() for k, v in params.items()})
         s = fs.flat_state(state.net).detach()  # s_{t-1} [B, S]
@@ -159,3 +183,19 @@ class UORO(AbstractRule):
         out = UOROState(net=fs.unflat_state(s_new), s_tilde=s_tilde, theta_tilde=theta_tilde, gen=state.gen,
                         t=state.t + 1)
         return StepOutput(out, y_hat.detach(), (l.sum() / B).detach(), {k: grad[k].detach() for k in params})
+
+    def flush(self, params: Params, state: UOROState) -> tuple[UOROState, Params | None]:
+        """The estimate of the steps not yet handed over (the fast path's pending window)."""
+        if isinstance(state, _uoro_rate.RateUOROState):
+            return _uoro_rate.fold(self, params, state)
+        return state, None
+
+    def finish(self, params: Params, state: UOROState) -> tuple[UOROState, Params | None]:
+        return self.flush(params, state)
+
+    def pair(self, params: Params, state: UOROState) -> tuple[Tensor, Tensor]:
+        """The current rank-one pair ``(s~ [B K, S], theta~ [B K, P])`` (flat, FlatStep's order), every step
+        so far included; the state is left as it is."""
+        if isinstance(state, _uoro_rate.RateUOROState):
+            return _uoro_rate.flat_pair(self, {k: v.detach() for k, v in params.items()}, state)
+        return state.s_tilde, state.theta_tilde

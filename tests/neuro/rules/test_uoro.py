@@ -8,6 +8,9 @@
 * O(n + p): no Jacobian is ever formed (the Jacobian functions are patched to raise), the state holds
   O(S + P) numbers per sample; the noise differs across the samples of a batch; reset keeps the generator.
 * Long float32 runs stay finite with balanced factors; a non-finite estimate raises, naming the step.
+
+Each runs the generic path (``fast=False``) and, on the rate RNN, the analytic path too (its own oracle
+tests, equality with the generic path, are in test_uoro_rate.py); ``rule.pair`` reads the current pair.
 """
 
 from __future__ import annotations
@@ -50,12 +53,15 @@ def _run(rule, params, xs, ys, mask, steps: int, seed: int = 0, state=None):
     return state, out
 
 
-@pytest.mark.parametrize("model", ["rate", "lif"])
-def test_one_step_is_algorithm_1(model):
+@pytest.mark.parametrize("model,fast", [("rate", False), ("rate", True), ("lif", False)])
+def test_one_step_is_algorithm_1(model, fast):
+    """fast: the analytic rate path, one step handed over by ``flush`` (its pair read with ``pair``)."""
     net, params, xs, ys, mask = _case(model)
-    rule = rules.make("uoro", net)
+    rule = rules.make("uoro", net, fast=fast)
     state, _ = _run(rule, params, xs, ys, mask, 4)  # a non-trivial pair
-    assert float(state.s_tilde.norm()) > 0 and float(state.theta_tilde.norm()) > 0
+    state, _ = rule.flush(params, state)
+    st, tt = rule.pair(params, state)
+    assert float(st.norm()) > 0 and float(tt.norm()) > 0
     gen = torch.Generator()
     gen.set_state(state.gen.get_state())  # the signs the rule is about to draw
 
@@ -65,7 +71,6 @@ def test_one_step_is_algorithm_1(model):
     B, S = s.shape
     _, dl_ds, dl_dtheta, _, _ = fs.loss_grads(theta, s, x, y, m)
     _, Js, Jt = fs.jacobians(theta, s, x)  # [B, S, S], [B, S, P]: the full Jacobians, by reverse mode
-    st, tt = state.s_tilde, state.theta_tilde
     g = ((dl_ds * st).sum(1)[:, None] * tt + dl_dtheta).mean(0)
     nu = random_signs(gen, (B, S), s)
     Jst = torch.einsum("bij,bj->bi", Js, st)
@@ -77,9 +82,13 @@ def test_one_step_is_algorithm_1(model):
     t_next = tt / rho0[:, None] + delta / rho1[:, None]
 
     out = rule.step(params, state, x, y, m)
-    torch.testing.assert_close(torch.cat([out.grad[k].reshape(-1) for k in fs.keys]), g, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(out.state.s_tilde, s_next, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(out.state.theta_tilde, t_next, rtol=1e-12, atol=1e-12)
+    new, grad = rule.flush(params, out.state)
+    assert (grad is None) != (out.grad is None), "the step's estimate is handed over once, by step or by flush"
+    grad = out.grad if grad is None else grad
+    torch.testing.assert_close(torch.cat([grad[k].reshape(-1) for k in fs.keys]), g, rtol=1e-12, atol=1e-12)
+    s_new, t_new = rule.pair(params, new)
+    torch.testing.assert_close(s_new, s_next, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(t_new, t_next, rtol=1e-12, atol=1e-12)
     # the factors are balanced: ||rho_0 J s~|| = ||theta~ / rho_0||, ||rho_1 nu|| = ||delta / rho_1|| (eps aside)
     torch.testing.assert_close((rho0[:, None] * Jst).norm(dim=1), (tt / rho0[:, None]).norm(dim=1), rtol=1e-5, atol=0)
     torch.testing.assert_close((rho1[:, None] * nu).norm(dim=1), (delta / rho1[:, None]).norm(dim=1), rtol=1e-5, atol=0)
@@ -97,17 +106,18 @@ def test_rank_one_pair_is_an_unbiased_influence_matrix():
         s_new, J, I = fs.jacobians(theta, s, xs[t])
         M, s = torch.bmm(J, M) + I, s_new
 
-    rule = rules.make("uoro", net)
+    rule = rules.make("uoro", net)  # the analytic rate path
     state, _ = _run(rule, params, xs.expand(T, N, 2), ys.expand(T, N, 2), mask.expand(T, N), T, seed=3)
-    outer = state.s_tilde[:, :, None] * state.theta_tilde[:, None, :]  # [N, S, P]
+    st, tt = rule.pair(params, state)
+    outer = st[:, :, None] * tt[:, None, :]  # [N, S, P]
     err = float((outer.mean(0) - M[0]).norm())
     se = math.sqrt(float(outer.var(0).sum()) / N)
     assert err <= 3 * se, f"||mean s~ theta~^T - M|| = {err:.4g} > 3 SE = {3 * se:.4g} (||M|| = {float(M.norm()):.3g})"
     assert se < 0.1 * float(M.norm()), "the test is too weak to see a bias"
 
 
-@pytest.mark.parametrize("model", ["rate", "lif"])
-def test_no_jacobian_is_formed_and_the_state_is_linear_in_size(model):
+@pytest.mark.parametrize("model,fast", [("rate", False), ("rate", True), ("lif", False)])
+def test_no_jacobian_is_formed_and_the_state_is_linear_in_size(model, fast):
     net, params, xs, ys, mask = _case(model, n_hidden=16)
 
     def forbid(*_a, **_k):
@@ -116,7 +126,7 @@ def test_no_jacobian_is_formed_and_the_state_is_linear_in_size(model):
     with mock.patch.object(_onestep.FlatStep, "jacobians", forbid), mock.patch.object(_onestep, "jacrev", forbid), \
             mock.patch.object(torch.func, "jacrev", forbid), mock.patch.object(torch.func, "jacfwd", forbid), \
             mock.patch.object(torch.autograd.functional, "jacobian", forbid):
-        state, out = _run(rules.make("uoro", net), params, xs, ys, mask, 5)
+        state, out = _run(rules.make("uoro", net, fast=fast), params, xs, ys, mask, 5)
     fs = flat_step(net, "mse", params)
     B, S, P = xs.shape[1], fs.n_state, fs.n_params
     numel = sum(t.numel() for t in state if isinstance(t, torch.Tensor)) + sum(t.numel() for t in state.net)
@@ -127,42 +137,59 @@ def test_no_jacobian_is_formed_and_the_state_is_linear_in_size(model):
 def test_noise_is_independent_across_the_batch():
     net, params, xs, ys, mask = _case("rate", batch=2)
     same = (xs[:, :1].expand(-1, 2, -1), ys[:, :1].expand(-1, 2, -1), mask)
-    state, _ = _run(rules.make("uoro", net), params, *same, 3)
-    assert not torch.allclose(state.s_tilde[0], state.s_tilde[1]), "two samples of a batch drew the same signs"
+    for fast in (False, True):
+        rule = rules.make("uoro", net, fast=fast)
+        state, _ = _run(rule, params, *same, 3)
+        st = rule.pair(params, state)[0]
+        assert not torch.allclose(st[0], st[1]), "two samples of a batch drew the same signs"
 
 
-def test_reset_keeps_the_generator_and_clears_the_pair():
+@pytest.mark.parametrize("fast", [False, True])
+def test_reset_keeps_the_generator_and_clears_the_pair(fast):
     net, params, xs, ys, mask = _case("rate")
-    rule = rules.make("uoro", net)
+    rule = rules.make("uoro", net, fast=fast)
     state, _ = _run(rule, params, xs, ys, mask, 4, seed=7)
+    state, _ = rule.finish(params, state)
     fresh = rule.reset(params, state)
     assert fresh.gen is state.gen and fresh.t == 0
-    assert float(fresh.s_tilde.abs().sum()) == 0 and float(fresh.theta_tilde.abs().sum()) == 0
-    _, after_reset = _run(rule, params, xs, ys, mask, 3, state=fresh)
-    _, from_init = _run(rule, params, xs, ys, mask, 3, seed=7)
-    assert not torch.equal(after_reset.grad["W_rec"], from_init.grad["W_rec"]), "reset re-seeded the generator"
+    assert all(float(v.abs().sum()) == 0 for v in rule.pair(params, fresh))
+
+    def total(state):
+        state, out = _run(rule, params, xs, ys, mask, 3, state=state)
+        return rules.add_into(rules.add_into(rules.zeros_like_params(params), out.grad), rule.finish(params, state)[1])
+
+    after_reset, from_init = total(fresh), total(rule.init(params, xs.shape[1], 7))
+    assert not torch.equal(after_reset["W_rec"], from_init["W_rec"]), "reset re-seeded the generator"
 
 
-def test_long_float32_run_stays_finite_and_balanced():
+@pytest.mark.parametrize("fast", [False, True])
+def test_long_float32_run_stays_finite_and_balanced(fast):
     T = 2000
     net, params, xs, ys, mask = _case("rate", n_hidden=16, T=T, batch=2, dtype=torch.float32)
-    rule = rules.make("uoro", net)
+    rule = rules.make("uoro", net, fast=fast)
     state = rule.init(params, 2, 0)
     for t in range(T):
         out = rule.step(params, state, xs[t], ys[t], mask[t])
         state = out.state
-        for g in out.grad.values():
+        for g in (out.grad or {}).values():
             assert torch.isfinite(g).all(), f"non-finite estimate at step {t + 1}"
-    ratio = state.s_tilde.norm(dim=1) / state.theta_tilde.norm(dim=1)
+    state, g = rule.finish(params, state)
+    assert g is None or all(torch.isfinite(v).all() for v in g.values())
+    st, tt = rule.pair(params, state)
+    ratio = st.norm(dim=1) / tt.norm(dim=1)
     assert bool(((ratio > 1e-3) & (ratio < 1e3)).all()), f"unbalanced factors: ||s~|| / ||theta~|| = {ratio.tolist()}"
 
 
-def test_a_non_finite_estimate_names_the_step():
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_non_finite_estimate_names_the_step(fast):
+    """The fast path finds it when the window is folded (here at finish), before any update could use it."""
     net, params, xs, ys, mask = _case("rate")
     xs = xs.clone()
     xs[2, 0, 0] = float("nan")
+    rule = rules.make("uoro", net, fast=fast)
     with pytest.raises(FloatingPointError, match=r"uoro: the estimate at step 3 .*'W_in'"):
-        _run(rules.make("uoro", net), params, xs, ys, mask, 3)
+        state, _ = _run(rule, params, xs, ys, mask, 5)
+        rule.finish(params, state)
 
 
 def test_options_are_checked():
@@ -172,6 +199,11 @@ def test_options_are_checked():
             rules.make("uoro", net, eps=bad)
     with pytest.raises(ValueError, match="batch=0"):
         rules.make("uoro", net).init(net.init_params(), 0)
+    for bad in (0, 2.5, "8"):
+        with pytest.raises(ValueError, match="window="):
+            rules.make("uoro", net, window=bad)
+    with pytest.raises(ValueError, match="fast="):
+        rules.make("uoro", net, fast="yes")
 
 
 

@@ -1,0 +1,221 @@
+"""UORO's analytic path on the rate RNN (neuro/rules/_uoro_rate.py) against the generic path (torch.func jvp/vjp
+over flat vectors, ``fast=False``), which test_uoro.py checks against Algorithm 1 and test_unbiased.py against BPTT.
+
+* Oracle: in float64, with the same seed, the estimate summed up to every point where the fast path hands one
+  over (window ends, ``flush`` at odd steps, ``finish``) equals the generic path's sum of its per-step
+  estimates up to that step, to 1e-10 relative: alpha 1 and < 1, batch 1 and 2, windows 1, 3 and 7, one
+  and two rank-one pairs per sample, the mse and ce losses, masked steps. So are the rank-one pairs.
+* ``window = 1`` hands over every step's estimate; otherwise only window ends, ``flush`` and ``finish`` do,
+  and nothing is pending after them; ``flush`` with nothing pending gives nothing.
+* The network outputs and losses are those of ``net.step`` and the loss function.
+* No torch.func transform is called; the state does not grow with the number of steps.
+* A saturated network (``tanh`` = +-1 exactly, every ``nu^T dF/dtheta`` = 0) stays finite and equal.
+* The path is chosen as documented: rate (exactly) and a known loss, ``fast=True``, ``step`` not overridden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from unittest import mock
+
+import pytest
+import torch
+
+import models
+from neuro import losses, rules
+from neuro.rules import _uoro_rate
+from neuro.rules.uoro import UORO, UOROState
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+F64 = torch.float64
+FLUSH_AFTER = (1, 4, 5, 10)  # 0-based steps after which the fast run flushes (odd steps 2, 5, 6, 11)
+
+
+def _case(alpha: float = 1.0, batch: int = 2, T: int = 13, n_hidden: int = 5, scale: float = 1.0, loss: str = "mse",
+          dtype=F64, seed: int = 0):
+    net = models.make("rate", n_in=3, n_hidden=n_hidden, n_out=2, alpha=alpha)
+    params = net.init_params(seed=seed, dtype=dtype)
+    g = torch.Generator().manual_seed(7 + seed)
+    xs = scale * torch.randn(T, batch, 3, generator=g, dtype=F64)
+    ys = torch.randn(T, batch, 2, generator=g, dtype=F64)
+    if loss == "ce":
+        ys = torch.softmax(ys, -1)
+    mask = torch.rand(T, batch, generator=g) < 0.7
+    mask[-1] = True
+    return net, params, xs.to(dtype), ys.to(dtype), mask
+
+
+def _flat(g: dict) -> torch.Tensor:
+    return torch.cat([g[k].reshape(-1) for k in sorted(g)])
+
+
+def _cumulative(rule, params, xs, ys, mask, flush_after=(), seed=0):
+    """Run a sequence; ``{step: summed estimate so far}`` at every step where an estimate was handed over
+    (``T`` for finish), the outputs, and the final state."""
+    state = rule.init(params, xs.shape[1], seed)
+    total = torch.zeros(sum(v.numel() for v in params.values()), dtype=xs.dtype)
+    given, outs = {}, []
+    for t in range(xs.shape[0]):
+        out = rule.step(params, state, xs[t], ys[t], mask[t])
+        state = out.state
+        outs.append(out)
+        grads = [out.grad]
+        if t in flush_after:
+            state, g = rule.flush(params, state)
+            grads.append(g)
+        for g in grads:
+            if g is not None:
+                total = total + _flat(g)
+                given[t] = total.clone()
+    state, g = rule.finish(params, state)
+    if g is not None:
+        given[xs.shape[0]] = total + _flat(g)
+    return given, outs, state
+
+
+def _generic_prefix_sums(net, params, xs, ys, mask, loss="mse", samples=1, seed=0):
+    rule = rules.make("uoro", net, fast=False, loss=loss, samples=samples)
+    state = rule.init(params, xs.shape[1], seed)
+    sums, total = [], 0
+    for t in range(xs.shape[0]):
+        out = rule.step(params, state, xs[t], ys[t], mask[t])
+        state = out.state
+        total = total + _flat(out.grad)
+        sums.append(total)
+    return sums, state
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.4])
+@pytest.mark.parametrize("batch,samples", [(1, 1), (2, 1), (2, 2)])
+@pytest.mark.parametrize("window", [1, 3, 7])
+def test_fast_path_equals_the_generic_path(alpha, batch, samples, window):
+    net, params, xs, ys, mask = _case(alpha=alpha, batch=batch)
+    fast = rules.make("uoro", net, window=window, samples=samples)
+    assert fast._fast
+    given, outs, state = _cumulative(fast, params, xs, ys, mask, flush_after=FLUSH_AFTER)
+    sums, generic = _generic_prefix_sums(net, params, xs, ys, mask, samples=samples)
+    T = xs.shape[0]
+    # a window restarts at each flush: its ends are counted from there
+    ends, start = set(), 0
+    for t in range(T):
+        if t - start + 1 == window:
+            ends.add(t)
+            start = t + 1
+        if t in FLUSH_AFTER:
+            start = t + 1
+    assert set(given) - {T} == ends | set(FLUSH_AFTER), sorted(given)
+    for t, g in given.items():
+        ref = sums[min(t, T - 1)]
+        torch.testing.assert_close(g, ref, rtol=1e-10, atol=1e-10 * float(ref.abs().max()),
+                                   msg=lambda m: f"summed estimate up to step {t + 1}: {m}")
+    assert T in given or max(given) == T - 1  # finish handed over the rest, if any
+    st, tt = fast.pair(params, state)
+    torch.testing.assert_close(st, generic.s_tilde, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(tt, generic.theta_tilde, rtol=1e-10, atol=1e-12)
+    # the network's outputs and losses
+    h = net.init_state(params, batch)
+    for t, out in enumerate(outs):
+        h, y = net.step(params, h, xs[t])
+        torch.testing.assert_close(out.y, y, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out.loss, losses.get("mse")(y, ys[t], mask[t]), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("loss", ["ce", "value"])
+def test_fast_path_equals_the_generic_path_for_other_losses(loss):
+    net, params, xs, ys, mask = _case(batch=2, loss=loss)
+    given, outs, _ = _cumulative(rules.make("uoro", net, loss=loss, window=4), params, xs, ys, mask, flush_after=(6,))
+    sums, _ = _generic_prefix_sums(net, params, xs, ys, mask, loss=loss)
+    for t, g in given.items():
+        ref = sums[min(t, len(sums) - 1)]
+        torch.testing.assert_close(g, ref, rtol=1e-10, atol=1e-10 * float(ref.abs().max()))
+    y = torch.stack([o.y for o in outs])
+    torch.testing.assert_close(outs[3].loss, losses.get(loss)(y[3], ys[3], mask[3]), rtol=1e-12, atol=1e-14)
+
+
+def test_window_one_hands_over_every_step_and_windows_hold_steps_back():
+    net, params, xs, ys, mask = _case(batch=2)
+    sums, _ = _generic_prefix_sums(net, params, xs, ys, mask)
+    given, _, _ = _cumulative(rules.make("uoro", net, window=1), params, xs, ys, mask)
+    assert sorted(given) == list(range(xs.shape[0]))
+    rule = rules.make("uoro", net, window=5)
+    state = rule.init(params, 2, 0)
+    for t in range(7):
+        out = rule.step(params, state, xs[t], ys[t], mask[t])
+        state = out.state
+        assert (out.grad is not None) == (t == 4)
+        assert len(state.pending) == (t + 1) % 5
+    state, g = rule.flush(params, state)
+    assert g is not None and len(state.pending) == 0
+    assert rule.flush(params, state) == (state, None) and rule.finish(params, state) == (state, None)
+
+
+def test_pair_leaves_the_state_and_its_generator_alone():
+    net, params, xs, ys, mask = _case(batch=1)
+    rule = rules.make("uoro", net, window=6)
+    plain, _, _ = _cumulative(rule, params, xs, ys, mask)
+    state = rule.init(params, 1, 0)
+    total = 0
+    for t in range(xs.shape[0]):
+        out = rule.step(params, state, xs[t], ys[t], mask[t])
+        state = out.state
+        total = total + (_flat(out.grad) if out.grad is not None else 0)
+        s1, t1 = rule.pair(params, state)
+        s2, t2 = rule.pair(params, state)
+        assert torch.equal(s1, s2) and torch.equal(t1, t2)
+    total = total + _flat(rule.finish(params, state)[1])
+    assert torch.equal(total, plain[xs.shape[0]])
+
+
+def test_no_torch_func_and_bounded_state():
+    net, params, xs, ys, mask = _case(batch=2, T=40)
+
+    def forbid(*_a, **_k):
+        raise AssertionError("the analytic path called a torch.func transform")
+
+    rule = rules.make("uoro", net, window=6)
+    with mock.patch.multiple(torch.func, jvp=forbid, vjp=forbid, vmap=forbid, jacrev=forbid, grad_and_value=forbid):
+        state = rule.init(params, 2, 0)
+        sizes = set()
+        for t in range(xs.shape[0]):
+            state = rule.step(params, state, xs[t], ys[t], mask[t]).state
+            sizes.add(tuple(v.numel() for v in state if isinstance(v, torch.Tensor)))
+            assert len(state.pending) < 6
+        rule.finish(params, state)
+    assert len(sizes) == 1, sizes
+
+
+def test_a_saturated_network_stays_finite_and_equal():
+    """Inputs so large that tanh(i) = +-1 exactly: every delta is 0, theta~ stays 0 (rho_0 = eps each step)."""
+    net, params, xs, ys, mask = _case(batch=2, T=12, scale=1e3)
+    assert bool((net.step(params, net.init_state(params, 2), xs[0])[0].h.abs() == 1).all())
+    given, _, state = _cumulative(rules.make("uoro", net, window=12), params, xs, ys, mask)
+    sums, _ = _generic_prefix_sums(net, params, xs, ys, mask)
+    assert all(bool(torch.isfinite(g).all()) for g in given.values())
+    torch.testing.assert_close(given[11], sums[11], rtol=1e-10, atol=1e-12)
+
+
+def test_float32_follows_the_generic_path():
+    net, params, xs, ys, mask = _case(batch=2, T=60, n_hidden=12, dtype=torch.float32)
+    given, _, _ = _cumulative(rules.make("uoro", net, window=8), params, xs, ys, mask, flush_after=(20,))
+    sums, _ = _generic_prefix_sums(net, params, xs, ys, mask)
+    g, ref = given[max(given)], sums[-1]
+    assert float((g - ref).norm()) <= 1e-4 * float(ref.norm())
+
+
+def test_the_path_is_chosen_as_documented():
+    rate = models.make("rate", n_in=2, n_hidden=3, n_out=1)
+    p = rate.init_params()
+    assert isinstance(rules.make("uoro", rate).init(p), _uoro_rate.RateUOROState)
+    assert isinstance(rules.make("uoro", rate, fast=False).init(p), UOROState)
+    lif = models.make("lif", n_in=2, n_hidden=3, n_out=1)
+    assert isinstance(rules.make("uoro", lif).init(lif.init_params()), UOROState)
+
+    @dataclasses.dataclass(frozen=True)
+    class Changed(UORO):
+        name = "test-changed-uoro"
+
+        def step(self, params, state, x, y, mask):
+            return super().step(params, state, x, y, mask)
+
+    assert isinstance(Changed(net=rate).init(p), UOROState)
