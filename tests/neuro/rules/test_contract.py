@@ -33,7 +33,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 N_IN, N_HIDDEN, N_OUT = 3, 8, 2
 T, B = 20, 2
 #: options for the contract run (tbptt: a window of 3 closes at steps 3, 6, ... and one is partial at T=20)
-RULE_OPTIONS: dict[str, dict[str, Any]] = {"tbptt": {"k": 3}, "sltt-k": {"k": 5, "T": T}, "eprop": {"window": 3}}
+RULE_OPTIONS: dict[str, dict[str, Any]] = {"tbptt": {"k": 3}, "sltt-k": {"k": 5, "T": T}, "eprop": {"window": 3}, "uoro": {"window": 7},
+                                             "rflo": {"window": 3}, "three-factor": {"window": 3}}
 
 DTYPES = [torch.float32, torch.float64]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
