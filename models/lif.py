@@ -194,7 +194,7 @@ class LIF(AbstractNetwork):
 
     # -- one step -------------------------------------------------------------------------------------
     def current(self, params: Params, state: LIFState, x: Tensor) -> Tensor:
-        return x @ params["W_in"].T + state.z @ params["W_rec"].T
+        return x @ params["W_in"].mT + state.z @ params["W_rec"].mT
 
     def _integrate(self, params: Params, state: NamedTuple, I: Tensor) -> tuple[Tensor, Tensor]:
         """Sub-threshold update: (v~, i_t) from the previous state and the synaptic input ``I``."""
@@ -235,7 +235,7 @@ class LIF(AbstractNetwork):
         return LIFState(v=v, i=i_new, z=z, r=r, y=state.y), z
 
     def readout(self, params: Params, state: NamedTuple, z: Tensor) -> tuple[NamedTuple, Tensor]:
-        y = self.kappa_out * state.y + z @ params["W_out"].T + params["b_out"]
+        y = self.kappa_out * state.y + z @ params["W_out"].mT + params["b_out"]
         return state._replace(y=y), y
 
     def observe(self, state: NamedTuple) -> dict[str, Tensor]:

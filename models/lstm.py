@@ -67,7 +67,7 @@ class LSTM(AbstractNetwork):
         return LSTMState(h=z, c=z.clone())
 
     def current(self, params: Params, state: LSTMState, x: Tensor) -> Tensor:
-        return x @ params["W_in"].T + state.h @ params["W_rec"].T + params["b"]
+        return x @ params["W_in"].mT + state.h @ params["W_rec"].mT + params["b"]
 
     def neuron(self, params: Params, state: LSTMState, i: Tensor) -> tuple[LSTMState, Tensor]:
         gi, gf, gg, go = i.chunk(4, dim=-1)
@@ -76,7 +76,7 @@ class LSTM(AbstractNetwork):
         return LSTMState(h=h, c=c), h
 
     def readout(self, params: Params, state: LSTMState, z: Tensor) -> tuple[LSTMState, Tensor]:
-        return state, z @ params["W_out"].T + params["b_out"]
+        return state, z @ params["W_out"].mT + params["b_out"]
 
     def observe(self, state: LSTMState) -> dict[str, Tensor]:
         return {"h": state.h, "c": state.c}

@@ -63,14 +63,14 @@ class RateRNN(AbstractNetwork):
         return RateState(h=torch.zeros(batch, self.n_hidden, dtype=dtype, device=device))
 
     def current(self, params: Params, state: RateState, x: Tensor) -> Tensor:
-        return x @ params["W_in"].T + state.h @ params["W_rec"].T + params["b"]
+        return x @ params["W_in"].mT + state.h @ params["W_rec"].mT + params["b"]
 
     def neuron(self, params: Params, state: RateState, i: Tensor) -> tuple[RateState, Tensor]:
         h = torch.tanh(i) if self.alpha == 1.0 else (1.0 - self.alpha) * state.h + self.alpha * torch.tanh(i)
         return RateState(h=h), h
 
     def readout(self, params: Params, state: RateState, z: Tensor) -> tuple[RateState, Tensor]:
-        return state, z @ params["W_out"].T + params["b_out"]
+        return state, z @ params["W_out"].mT + params["b_out"]
 
     def observe(self, state: RateState) -> dict[str, Tensor]:
         return {"h": state.h}

@@ -5,7 +5,9 @@ throughput of 16 sequential runs. Each case trains ``--members`` seeds of ``bptt
 over chunks of 100 steps, Adam) for ``--steps`` steps, once as an :class:`neuro.ensemble.Ensemble`
 (:func:`neuro.comparison.vectorised.run_group`) and once as separate runs
 (:func:`neuro.comparison.worker.run_one`, one after the other in this process), on ``--threads`` threads,
-alternating ``--repeats`` times. Figures: training time per member-step (the run's training clock; no
+alternating ``--repeats`` times. ``--mode`` is how the ensemble batches its members (``direct``: the
+network's own step on member-major tensors; ``vmap``; ``auto``, the default: direct where it agrees with
+vmap; the table says which ran). Figures: training time per member-step (the run's training clock; no
 alignment probe), the speed-up (sequential / vectorised), and the largest difference of final loss
 between a member and its own run (they must agree to rounding). Writes ``OUT/bench_seeds.json`` and
 ``OUT/bench_seeds.md``.
@@ -21,12 +23,14 @@ from typing import Any
 
 import torch
 
+from neuro.ensemble import MODES
+
 from . import _report
 
 __all__ = ["main"]
 
 
-def _case(model: str, members: int, hidden: int, steps: int, model_options: dict) -> dict[str, Any]:
+def _case(model: str, members: int, hidden: int, steps: int, model_options: dict, mode: str) -> dict[str, Any]:
     from neuro.comparison.harness import plan
     from neuro.comparison.vectorised import run_group
     from neuro.comparison.worker import run_one
@@ -35,7 +39,7 @@ def _case(model: str, members: int, hidden: int, steps: int, model_options: dict
                                       log_every=steps, align_every=0, eval_steps=100, model_options=model_options,
                                       lr=3e-3)]
     t0 = time.perf_counter()
-    vec = run_group(specs)
+    vec = run_group(specs, mode=mode)
     t_vec = time.perf_counter() - t0
     t0 = time.perf_counter()
     seq = [run_one(s) for s in specs]
@@ -45,6 +49,17 @@ def _case(model: str, members: int, hidden: int, steps: int, model_options: dict
     return {"vectorised_ms_per_member_step": vec_ms, "sequential_ms_per_step": seq_ms, "speedup": seq_ms / vec_ms,
             "wall_vectorised_s": t_vec, "wall_sequential_s": t_seq,
             "max_final_loss_diff": max(abs(a["final_loss"] - b["final_loss"]) for a, b in zip(vec, seq))}
+
+
+def _direct(model: str, hidden: int, model_options: dict, mode: str) -> bool:
+    """Whether the ensemble of ``model`` runs in the direct mode (what ``mode`` resolves to)."""
+    import models
+    import neuro.tasks
+    from neuro.ensemble import Ensemble
+
+    task = neuro.tasks.make("add")
+    net = models.make(model, n_in=task.n_in, n_hidden=hidden, n_out=task.n_out, **model_options)
+    return Ensemble(net, 2, mode=mode).direct
 
 
 #: the LIF of the demo (it spikes on the add task's 0/1 inputs)
@@ -59,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mode", default="auto", choices=MODES,
+                    help="how the ensemble batches its members (neuro.ensemble); auto: direct where it equals vmap")
     ap.add_argument("--out", default="runs/bench")
     ap.add_argument("--quick", action="store_true", help="2 members, 8 units, 100 steps, 1 repeat (a smoke test)")
     args = ap.parse_args(argv)
@@ -75,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model in args.models:
         opts = LIF_OPTIONS if model in ("lif", "alif") else {}
-        runs = [_case(model, args.members, args.hidden, args.steps, opts) for _ in range(args.repeats)]
+        runs = [_case(model, args.members, args.hidden, args.steps, opts, args.mode) for _ in range(args.repeats)]
+        batched = "direct" if _direct(model, args.hidden, opts, args.mode) else "vmap"
         rows.append({"model": model, "members": args.members, "hidden": args.hidden, "steps": args.steps,
+                     "batched": batched,
                      "repeats": runs,
                      "speedup": _report.summarize([r["speedup"] for r in runs]),
                      "vectorised_ms_per_member_step": statistics.median(r["vectorised_ms_per_member_step"] for r in runs),
@@ -87,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     _report.write_json(out / "bench_seeds.json", report)
     table = _report.md_table(
-        ["model", "members x n", "steps", "sequential ms/step", "vectorised ms/member-step", "speed-up (median, min-max)",
-         "max |final loss diff|"],
-        [[r["model"], f"{r['members']} x {r['hidden']}", r["steps"], f"{r['sequential_ms_per_step']:.3f}",
+        ["model", "members x n", "batched", "steps", "sequential ms/step", "vectorised ms/member-step",
+         "speed-up (median, min-max)", "max |final loss diff|"],
+        [[r["model"], f"{r['members']} x {r['hidden']}", r["batched"], r["steps"], f"{r['sequential_ms_per_step']:.3f}",
           f"{r['vectorised_ms_per_member_step']:.3f}",
           f"{r['speedup']['median']:.1f}x ({r['speedup']['min']:.1f}-{r['speedup']['max']:.1f})",
           f"{r['max_final_loss_diff']:.1e}"] for r in rows])

@@ -2,13 +2,13 @@
 
 The ``S`` runs of a rule (same task, model, budget; seeds ``s_1 .. s_S``) become one run of
 :class:`neuro.ensemble.Ensemble` (``S`` independent copies of the network, their parameters stacked, each
-step one ``vmap``-ed computation) on a batch that holds each member's own task stream
-(``task.stream(derive_seed(s_m, "task"))``, as its own run would get), from each member's own initial
-parameters (``init_params(s_m)``). The rule runs on the ensemble as on any network; its estimate is
-scaled by ``S`` (the loss is averaged over the ``S B`` rows, see :mod:`neuro.ensemble`), so each member
-gets the estimate its own run would get, and Adam / SGD act elementwise. The result of each member is
-the result of its own run up to floating-point rounding (a batched matrix product sums in another
-order); the test suite checks this.
+step one batched computation: the network's own step on member-major tensors, or its ``vmap``) on a
+batch that holds each member's own task stream (``task.stream(derive_seed(s_m, "task"))``, as its own
+run would get), from each member's own initial parameters (``init_params(s_m)``). The rule runs on the
+ensemble as on any network; its estimate is scaled by ``S`` (the loss is averaged over the ``S B`` rows,
+see :mod:`neuro.ensemble`), so each member gets the estimate its own run would get, and Adam / SGD act
+elementwise. The result of each member is the result of its own run up to floating-point rounding (a
+batched matrix product sums in another order); the test suite checks this.
 
 Only rules whose estimate for one row of the batch depends on that row alone, and that treat the
 parameters as opaque tensors, can run this way: :data:`VECTORISABLE`. The others run one process per
@@ -84,12 +84,19 @@ class _MemberStreams(AbstractTask):
                            torch.cat([p.mask for p in parts], 1))
 
 
+#: steps whose outputs :class:`_PerMember` keeps before it computes their per-member losses in one go
+_SETTLE_EVERY = 256
+
+
 @dataclasses.dataclass(frozen=True)
 class _PerMember(AbstractRule):
-    """``inner`` on the ensemble, its estimate times ``S``; records each member's loss at every step."""
+    """``inner`` on the ensemble, its estimate times ``S``; records each member's loss at every step (the step's
+    outputs are kept and their losses computed every :data:`_SETTLE_EVERY` steps as one batched computation,
+    which costs less than a handful of tiny operations at every step)."""
 
     inner: AbstractRule = None  # type: ignore[assignment]
     record: list = dataclasses.field(default_factory=list, compare=False, repr=False)
+    pending: list = dataclasses.field(default_factory=list, compare=False, repr=False)
 
     name = "per-member"
 
@@ -112,9 +119,23 @@ class _PerMember(AbstractRule):
 
     def step(self, params: Params, state: NamedTuple, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
         out = self.inner.step(params, state, x, y, mask)
-        per = losses.per_sample(self.inner.loss)(out.y, y) * mask.to(out.y.dtype)
-        self.record.append(per.reshape(self._S, -1).mean(1).detach())
-        return StepOutput(out.state, out.y, out.loss, self._scale(out.grad))
+        self.pending.append((out.y, y, mask))
+        if len(self.pending) >= _SETTLE_EVERY:
+            self._settle()
+        return out if out.grad is None else out._replace(grad=self._scale(out.grad))
+
+    def _settle(self) -> None:
+        if not self.pending:
+            return
+        y_hat, y, mask = (torch.stack(t) for t in zip(*self.pending))  # [K, S B, n_out], ..., [K, S B]
+        per = losses.per_sample(self.inner.loss)(y_hat, y) * mask.to(y_hat.dtype)  # [K, S B]
+        self.record.append(per.reshape(per.shape[0], self._S, -1).mean(2).detach())
+        self.pending.clear()
+
+    def member_losses(self) -> Tensor:
+        """The loss of each member at every step so far: ``[steps, S]``."""
+        self._settle()
+        return torch.cat(self.record) if self.record else torch.zeros(0, self._S)
 
     def finish(self, params: Params, state: NamedTuple) -> tuple[NamedTuple, Params | None]:
         state, g = self.inner.finish(params, state)
@@ -125,9 +146,10 @@ class _PerMember(AbstractRule):
         return state, self._scale(g)
 
 
-def run_group(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Train the runs ``specs`` (one rule, differing only in ``seed``) as one ensemble; one result per spec,
-    in the format of :func:`~neuro.comparison.worker.run_one`."""
+def run_group(specs: list[dict[str, Any]], mode: str = "auto") -> list[dict[str, Any]]:
+    """Train the runs ``specs`` (one rule, differing only in ``seed``) as one ensemble (``mode``: how it batches
+    the members, see :class:`~neuro.ensemble.Ensemble`); one result per spec, in the format of
+    :func:`~neuro.comparison.worker.run_one`."""
     import models
     import neuro
     import neuro.rules
@@ -153,7 +175,7 @@ def run_group(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     task = neuro.tasks.make(first["task"], **first["task_options"])
     net = models.make(first["model"], n_in=task.n_in, n_hidden=first["hidden"], n_out=task.n_out,
                       **first["model_options"])
-    ens = Ensemble(net, S)
+    ens = Ensemble(net, S, mode=mode)
     dtype = {"float32": torch.float32, "float64": torch.float64}[first["dtype"]]
     params = stack_params([net.init_params(s, dtype=dtype) for s in seeds])
     inner = neuro.rules.make(first["rule"], ens, loss=task.loss, **first["rule_options"])
@@ -185,7 +207,7 @@ def run_group(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{"spec": s, "diverged": f"the ensemble of seeds {seeds} diverged: {e}", "vectorised": S,
                  "wall_s": time.perf_counter() - t0} for s in specs]
     peak = _rss.growth(base) / S
-    per_step = torch.stack(rule.record)  # [steps, S]
+    per_step = rule.member_losses()  # [steps, S]
     members = unstack_params(history.params)
     results = []
     for m, spec in enumerate(specs):

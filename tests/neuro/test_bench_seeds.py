@@ -11,7 +11,7 @@ def test_quick_run_writes_a_coherent_report(tmp_path):
     assert seeds.main(["--quick", "--models", "rate", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench_seeds.json").read_text())
     (row,) = report["rows"]
-    assert row["model"] == "rate" and row["members"] == 2
+    assert row["model"] == "rate" and row["members"] == 2 and row["batched"] == "direct"
     assert row["vectorised_ms_per_member_step"] > 0 and row["sequential_ms_per_step"] > 0
     assert row["max_final_loss_diff"] < 1e-5  # float32: each member is its own run, to rounding
-    assert "| rate | 2 x 8 |" in (tmp_path / "bench_seeds.md").read_text()
+    assert "| rate | 2 x 8 | direct |" in (tmp_path / "bench_seeds.md").read_text()
