@@ -104,9 +104,9 @@ from torch import Tensor
 from torch.func import jvp
 
 from neuro.contract import AbstractNetwork, Params, check_choice, check_positive
-from neuro.surrogate import surrogate_derivative
 
 from .base import AbstractRule, Needs, StepOutput
+from ._spiking import closed_form, fire
 from .rflo import loss_grad
 
 __all__ = ["EProp", "EPropState"]
@@ -248,12 +248,6 @@ def _layout(net: AbstractNetwork) -> _Layout:
     return _Layout(fields, hidden, readout, kappa, vectors, read, dib[0])
 
 
-def _closed_form(net: AbstractNetwork) -> bool:
-    """LIF and ALIF (``models/lif.py``, ``models/alif.py``): ``neuron`` is ``_integrate`` (linear, the
-    coefficients of ``subthreshold``) then ``_fire`` (refractory hold, spike, reset), and ALIF's ``a``."""
-    return net.name in ("lif", "alif") and all(hasattr(net, a) for a in ("_integrate", "_fire", "subthreshold"))
-
-
 def _closed_local(net: AbstractNetwork, p: Params, s: NamedTuple, i: Tensor, names: tuple[str, ...],
                   vectors: tuple[str, ...], out: Tensor | None = None) -> tuple[NamedTuple, Tensor, Tensor]:
     """``_local``'s ``J`` for LIF/ALIF without autograd (equal to it: tests/neuro/rules/test_eprop.py), with the
@@ -269,22 +263,7 @@ def _closed_local(net: AbstractNetwork, p: Params, s: NamedTuple, i: Tensor, nam
 
     Returns ``(s_t, z_t, J [len(names) + 1, len(names) + 1 + V, B, n])``."""
     with torch.no_grad():
-        vt, i_new = net._integrate(p, s, i)
-        alif = "a" in s._fields
-        thr = net.v_th + net.beta_a * s.a if alif else net.v_th
-        active = None
-        if net.refractory > 0:
-            active = (s.r <= 0).to(vt.dtype)
-            vt = torch.where(s.r > 0, torch.full_like(vt, net.v_reset), vt)
-        # the values of the model's _fire (and ALIF's a) without the surrogate's graph
-        z = (vt > thr).to(vt.dtype)
-        psi = surrogate_derivative(vt, thr, net.surrogate, net.surrogate_width, net.surrogate_scale, net.v_th)
-        r = s.r
-        if active is not None:
-            z, psi = z * active, psi * active
-            r = torch.where(z > 0, torch.full_like(vt, float(net.refractory)), (s.r - 1.0).clamp(min=0.0))
-        v = torch.sub(vt, z, alpha=net.v_th) if net.reset == "subtract" else vt * (1.0 - z) + z * net.v_reset
-        s_new = s._replace(v=v, i=i_new, z=z, r=r, **({"a": net.rho * s.a + z} if alif else {}))
+        s_new, z, vt, _, psi, active = fire(net, p, s, i)
         u, uw, irow, arow = _closed_coefs(net, names, vectors, i.dtype, i.device)  # [C, 1, 1] each
         J = vt.new_empty(len(names) + 1, u.shape[0], *vt.shape) if out is None else out
         dz = torch.mul(uw, psi, out=J[-1])
@@ -400,7 +379,7 @@ class EProp(AbstractRule):
     def _closed(self) -> bool:
         """The windowed path takes LIF/ALIF's derivatives in closed form (``_closed_local``)."""
         lay = _layout(self.net)
-        return (_closed_form(self.net) and {lay.fields[lay.hidden[k]] for k in lay.read} <= {"v", "i", "a"}
+        return (closed_form(self.net) and {lay.fields[lay.hidden[k]] for k in lay.read} <= {"v", "i", "a"}
                 and set(lay.vectors) <= {"b"})
 
     # -- the rule ------------------------------------------------------------------------------------

@@ -63,9 +63,9 @@ from torch import Tensor
 
 from neuro import losses
 from neuro.contract import Params, check_choice, check_positive
-from neuro.surrogate import surrogate_derivative
 
 from . import _window
+from ._spiking import closed_form, fire
 from .base import AbstractRule, Needs, StepOutput
 
 __all__ = ["FEEDBACKS", "LocalStep", "RFLO", "RFLOState", "closed_form_step", "feedback_matrix", "local_step",
@@ -134,7 +134,7 @@ def _closed_form(net) -> str | None:
     """Which closed form of ``dz/dI`` applies to ``net`` (the model's own update, see :func:`closed_form_step`)."""
     if net.name == "rate" and hasattr(net, "alpha"):
         return "rate"
-    if net.name == "lif" and all(hasattr(net, a) for a in ("_integrate", "_fire", "subthreshold")):
+    if net.name == "lif" and closed_form(net):
         return "lif"
     return None
 
@@ -157,13 +157,7 @@ def closed_form_step(net, params: Params, state: NamedTuple, x: Tensor, y: Tenso
             dz_di = 1.0 - t * t if net.alpha == 1.0 else (1.0 - t * t) * float(net.alpha)
             dz_db = dz_di
         else:
-            v_tilde, i_new = net._integrate(params, state, i)
-            v, z, r = net._fire(state, v_tilde, net.v_th)
-            net_state = state._replace(v=v, i=i_new, z=z, r=r)
-            psi = surrogate_derivative(v_tilde, net.v_th, net.surrogate, net.surrogate_width, net.surrogate_scale,
-                                       net.v_th)
-            if net.refractory > 0:
-                psi = psi * (state.r <= 0).to(psi.dtype)
+            net_state, z, _, _, psi, _ = fire(net, params, state, i)
             sub = net.subthreshold()
             dz_di = psi * sub.vI if sub.vI != 1.0 else psi
             dz_db = (psi * sub.vb if sub.vb != 1.0 else psi) if bias else None

@@ -50,9 +50,9 @@ from torch import Tensor
 
 from neuro import losses
 from neuro.contract import AbstractNetwork, Params, check_positive
-from neuro.surrogate import surrogate_derivative
 
 from ._perturb import outer_sum
+from ._spiking import fire
 from .base import AbstractRule, Needs, StepOutput
 
 __all__ = ["SLTT", "SLTTK", "SLTTKState", "SLTTState", "local_errors", "spatial_step"]
@@ -109,20 +109,10 @@ def local_errors(net: AbstractNetwork, loss: str, params: Params, state: NamedTu
     ``d l_t / d I_t = vI g_v`` and ``d l_t / d b = vb sum_B g_v`` (``net.subthreshold()``). Returns
     (state, z_t, y_t, l_t, g_v, g_y), all detached. The tests check it against autograd through the step."""
     with torch.no_grad():
-        new, z = net.neuron(params, state, I)
+        new, z, _, _, psi, _ = fire(net, params, state, I)
         new, y_hat = net.readout(params, new, z)
         l = losses.get(loss)(y_hat, y, mask)
         g_y = losses.grad(loss, y_hat, y, mask)
-        threshold = net.v_th + net.beta_a * state.a if net.name == "alif" else net.v_th
-        if net.reset == "subtract":  # the membrane before the reset (v_reset while refractory: z = 0 there)
-            v = new.v + z * net.v_th
-        else:
-            v, _ = net._integrate(params, state, I)
-            if net.refractory > 0:
-                v = torch.where(state.r > 0, torch.full_like(v, net.v_reset), v)
-        psi = surrogate_derivative(v, threshold, net.surrogate, net.surrogate_width, net.surrogate_scale, net.v_th)
-        if net.refractory > 0:
-            psi = psi * (state.r <= 0).to(psi.dtype)
         g_v = (g_y @ params["W_out"]) * psi
     return new, z, y_hat, l, g_v, g_y
 
