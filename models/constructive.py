@@ -134,22 +134,34 @@ class Constructive(ColumnCells, AbstractNetwork):
 
     # -- one time step ---------------------------------------------------------------------------------
     def current(self, params: Params, state: NamedTuple, x: Tensor) -> Tensor:
-        """``i`` [B, n * G], stage by stage (each stage reads the earlier stages' h_t)."""
+        """``i`` [B, n * G], stage by stage (each stage reads the earlier stages' h_t).
+
+        The input, recurrent and bias parts of every column are one product; the frozen stages' outputs
+        are then computed in order, each stage's feed-forward part from the stages before it; the learning
+        stage and the inactive ones read only the frozen stages (the learning stage's own output goes only
+        to inactive columns, whose output is zeroed, so it is not computed here)."""
+        B, n, G = x.shape[0], self.n_hidden, self.n_gates
         W_ff = params["W_ff"] * self.ff_mask(params["W_ff"].dtype, params["W_ff"].device)[:, None, :]
+        a = (x @ params["W_in"].reshape(n * G, -1).T).reshape(B, n, G) + state.h[:, :, None] * params["w_rec"] \
+            + params["b"]
         c_prev = state.c if self.cell == "lstm" else None
-        hs, parts = [], []
-        for j in range(self.n_stages):
+        parts, hs = [], []
+        for j in range(self.stage):  # the frozen stages, in order
             sl = self.stage_columns(j)
-            u = torch.cat(hs, dim=1) if hs else x.new_zeros(x.shape[0], 0)
-            a = self.column_preact(params["W_in"][sl], W_ff[sl, :, :sl.start], params["w_rec"][sl],
-                                   params["b"][sl], x, u, state.h[:, sl])
-            parts.append(a)
-            if j < self.stage:  # later stages read this one's h_t
-                hs.append(self.cell_update(a, None if c_prev is None else c_prev[:, sl])[0])
-            else:  # the learning stage feeds only inactive columns, whose output is zeroed: skip its cell
-                hs.append(x.new_zeros(x.shape[0], sl.stop - sl.start))
+            aj = a[:, sl]
+            if sl.start:
+                u = torch.cat(hs, dim=1)
+                aj = aj + (u @ W_ff[sl, :, :sl.start].reshape(-1, sl.start).T).reshape(B, -1, G)
+            parts.append(aj)
+            hs.append(self.cell_update(aj, None if c_prev is None else c_prev[:, sl])[0])
+        lo = self.stage_columns(self.stage).start
+        rest = a[:, lo:]
+        if lo:
+            u = torch.cat(hs, dim=1)
+            rest = rest + (u @ W_ff[lo:, :, :lo].reshape(-1, lo).T).reshape(B, -1, G)
+        parts.append(rest)
         a = torch.cat(parts, dim=1)
-        return a.reshape(a.shape[0], -1)
+        return a.reshape(B, -1)
 
     def neuron(self, params: Params, state: NamedTuple, i: Tensor) -> tuple[NamedTuple, Tensor]:
         a = i.reshape(i.shape[0], self.n_hidden, self.n_gates)

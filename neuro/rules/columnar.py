@@ -19,6 +19,19 @@ matrix is never built. The estimate of step ``t`` (exact; the readout gets its i
 
 averaged over the batch as :mod:`neuro.losses` does. Summed over a sequence with the parameters frozen
 it equals BPTT's (and RTRL's) gradient. Only the network registered as ``"columnar"`` is supported.
+
+*Fast path* (``fast=True``, the default): the same recursion with the one-column Jacobians written out
+(:func:`column_traces`), vectorised over the batch and the columns, in the layout ``M[b, s, k, G, f]``
+(stored ``[B, S_c, n, G, F]``; gate ``G``, feature ``f`` of ``z_{t,k} = (x_t, h_{t-1,k}, 1)``: ``theta_k``'s entry ``(G, f)`` is
+``W_in[k, G, f]``, ``w_rec[k, G]`` or ``b[k, G]``). With ``da_{t,k,G}/dtheta_{k,(G',f)} = delta_{GG'}
+z_f + w_rec[k, G] Mh_{t-1}`` and the LSTM cell (``i, f, g, o`` the gate values, ``'`` their derivatives)::
+
+    Mc_t = (sum_G kc_G w_rec[G]) Mh_{t-1} + f Mc_{t-1} + kc (x) z,      kc = (i' g, f' c_{t-1}, i g', 0)
+    Mh_t = o' tanh(c_t) w_rec[o] Mh_{t-1} + o (1 - tanh^2 c_t) Mc_t + kh (x) z,   kh = (0, 0, 0, o' tanh c_t)
+
+and the rate cell ``Mh_t = (1 - h_t^2) (w_rec Mh_{t-1} + 1 (x) z)``: a few in-place element-wise passes
+over the ``B n S_c q`` numbers per step, no ``torch.func``. ``fast=False`` keeps the ``jacrev`` path (the
+reference the tests compare it with).
 """
 
 from __future__ import annotations
@@ -30,23 +43,79 @@ import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
 
+from neuro import losses
 from neuro.contract import Params, check_positive
 
 from .base import AbstractRule, Needs, StepOutput
 
-__all__ = ["ColumnarRTRL", "ColumnarRTRLState"]
+__all__ = ["ColumnarRTRL", "ColumnarRTRLState", "column_traces", "output_error"]
 
 _COLUMN_KEYS = ("W_in", "w_rec", "b")  # theta_k, packed in this order
 
 
+def output_error(loss: str, y_hat: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """``e_t = dl_t/dy_hat_t`` [B, n_out] of the per-step loss ``loss`` (:mod:`neuro.losses`: masked, / B),
+    written out for ``mse``, ``value`` and ``ce`` (``torch.func.grad`` of the loss otherwise)."""
+    w = (mask.to(y_hat.dtype) / y_hat.shape[0])[:, None]
+    if loss == "mse":
+        return (y_hat - y) * w
+    if loss == "value":
+        return w.expand_as(y_hat).clone()
+    if loss == "ce":
+        return (torch.softmax(y_hat, -1) * y.sum(-1, keepdim=True) - y) * w
+    fn = losses.get(loss)
+    return torch.func.grad(lambda yh: fn(yh, y, mask))(y_hat)
+
+
+def column_traces(cell: str, a: Tensor, c_prev: Tensor | None, h: Tensor, c: Tensor | None, w_rec: Tensor,
+                  z: Tensor, M: Tensor) -> Tensor:
+    """One step of the per-column traces, written out (see the module docstring).
+
+    ``a`` [B, m, G]: the columns' pre-activations at ``t``; ``c_prev``, ``h``, ``c`` [B, m] (``c``'s None for
+    the rate cell); ``w_rec`` [m, G]; ``z`` [B, m, F]: each column's features (``da_G = theta_{G,:} . z``);
+    ``M`` [B, S_c, m, G, F]: ``d(h, c)_{t-1}/dtheta`` (state-major: ``M[:, 0]`` for ``h`` is contiguous).
+    Returns ``M_t`` (same shape)."""
+    Mh = M[:, 0]
+    out = torch.empty_like(M)
+    oh = out[:, 0]
+    if cell == "rate":  # Mh_t = d (w_rec Mh_{t-1} + 1 (x) z),  d = 1 - h_t^2
+        d = 1 - h * h
+        torch.mul(Mh, (d * w_rec[:, 0])[..., None, None], out=oh)
+        oh.addcmul_(d[..., None, None], z[:, :, None, :])
+        return out
+    sg = torch.sigmoid(a)  # i, f, (unused), o
+    dsg = sg * (1 - sg)
+    i, f, o = sg[..., 0], sg[..., 1], sg[..., 3]
+    g = torch.tanh(a[..., 2])
+    tc = torch.tanh(c)
+    do_tc = dsg[..., 3] * tc
+    kc = torch.empty_like(a)  # (i' g, f' c_{t-1}, i g', 0): the direct terms of dc_t/da_t
+    torch.mul(dsg[..., 0], g, out=kc[..., 0])
+    torch.mul(dsg[..., 1], c_prev, out=kc[..., 1])
+    torch.mul(i, 1 - g * g, out=kc[..., 2])
+    kc[..., 3] = 0
+    alpha = (kc * w_rec).sum(-1)  # [B, m]
+    oc = out[:, 1]
+    torch.mul(M[:, 1], f[..., None, None], out=oc)  # in place: each pass reads and writes once
+    oc.addcmul_(Mh, alpha[..., None, None])
+    oc.addcmul_(kc[..., None], z[:, :, None, :])
+    torch.mul(Mh, (do_tc * w_rec[:, 3])[..., None, None], out=oh)
+    oh.addcmul_(oc, (o * (1 - tc * tc))[..., None, None])
+    oh[:, :, 3].addcmul_(do_tc[..., None], z)
+    return out
+
+
 class ColumnarRTRLState(NamedTuple):
     net: NamedTuple
-    M: Tensor  # [B, n, S_c, q] per-column traces ds_{t,k}/dtheta_k
+    M: Tensor  # per-column traces ds_{t,k}/dtheta_k: [B, n, S_c, q] (fast=False), [B, S_c, n, G, F] (fast)
 
 
 @dataclasses.dataclass(frozen=True)
 class ColumnarRTRL(AbstractRule):
-    """Exact RTRL over independent columns, with block-diagonal (per-column) traces."""
+    """Exact RTRL over independent columns, with block-diagonal (per-column) traces; ``fast``: the
+    written-out Jacobians (default) or ``torch.func`` (the reference)."""
+
+    fast: bool = True
 
     name = "columnar"
     needs = Needs.JACOBIAN
@@ -81,7 +150,10 @@ class ColumnarRTRL(AbstractRule):
         net_state = self.net.init_state(params, batch)
         p = params["W_in"]
         q = self._pack(params).shape[1]
-        M = torch.zeros(batch, self.net.n_hidden, len(net_state), q, dtype=p.dtype, device=p.device)
+        G = self.net.n_gates
+        n, S = self.net.n_hidden, len(net_state)
+        shape = (batch, S, n, G, q // G) if self.fast else (batch, n, S, q)
+        M = torch.zeros(shape, dtype=p.dtype, device=p.device)
         return ColumnarRTRLState(net=net_state, M=M)
 
     def memory_numel(self, params: Params, batch: int = 1) -> int:
@@ -90,6 +162,8 @@ class ColumnarRTRL(AbstractRule):
 
     def step(self, params: Params, state: ColumnarRTRLState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
         params = {k: v.detach() for k, v in params.items()}
+        if self.fast:
+            return self._fast_step(params, state, x, y, mask)
         net = self.net
         theta = self._pack(params)  # [n, q]
         s = torch.stack(tuple(state.net), dim=-1).detach()  # s_{t-1} [B, n, S_c]
@@ -109,3 +183,25 @@ class ColumnarRTRL(AbstractRule):
         grad = {**self._unpack(g_cols), "W_out": e.T @ h, "b_out": e.sum(0)}
         return StepOutput(ColumnarRTRLState(net=net_state, M=M.detach()), y_hat.detach(),
                           fn(y_hat, y, mask).detach(), {k: grad[k].detach().contiguous() for k in params})
+
+    def _fast_step(self, params: Params, state: ColumnarRTRLState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
+        net, B = self.net, x.shape[0]
+        n, G, n_in = net.n_hidden, net.n_gates, net.n_in
+        h_prev = state.net.h
+        c_prev = state.net.c if net.cell == "lstm" else None
+        a = net.current(params, state.net, x).reshape(B, n, G)
+        h, c = net.cell_update(a, c_prev)
+        net_state = net.State(h=h) if c is None else net.State(h=h, c=c)
+        net_state, y_hat = net.readout(params, net_state, h)
+        z = x.new_empty(B, n, n_in + 2)  # z_{t,k} = (x_t, h_{t-1,k}, 1)
+        z[:, :, :n_in] = x[:, None, :]
+        z[:, :, n_in] = h_prev
+        z[:, :, n_in + 1] = 1
+        M = column_traces(net.cell, a, c_prev, h, c, params["w_rec"], z, state.M)
+        e = output_error(self.loss or "mse", y_hat, y, mask)
+        eh = e @ params["W_out"]  # dl_t/dh_t [B, n]
+        g = eh[0, :, None, None] * M[0, 0] if B == 1 else torch.einsum("bk,bkgf->kgf", eh, M[:, 0])
+        grad = {"W_in": g[:, :, :n_in].contiguous(), "w_rec": g[:, :, n_in].contiguous(),
+                "b": g[:, :, n_in + 1].contiguous(), "W_out": e.T @ h, "b_out": e.sum(0)}
+        return StepOutput(ColumnarRTRLState(net=net_state, M=M), y_hat.detach(),
+                          self.loss_fn(y_hat, y, mask).detach(), grad)

@@ -5,6 +5,8 @@
   and rate cells, the constructive (1 per stage), CCN and columnar layouts, the first and a later stage,
   mse and ce, batch 2, a mask.
 * Its traces hold B * S_c * (parameters of the learning stage) numbers.
+* The fast path (written-out Jacobians, the default) gives the same estimate as the ``torch.func`` path
+  (``fast=False``) at every step, to 1e-12 relative, and does not call ``torch.func``.
 * ``schedule`` parses "total:per-stage:steps-per-stage" and names what is wrong in a bad spec.
 * It refuses a network that is not constructive.
 """
@@ -102,7 +104,9 @@ def test_traces_hold_the_learning_stage_only(cell, s_c):
     state = rule.init(params, 2)
     G = net.n_gates
     q = G * (N_IN + 4 + 2)  # W_in, W_ff over the 4 columns of stages 0-1, w_rec, b
-    assert state.M.shape == (2, 2, s_c, q) and rule.memory_numel(params, 2) == state.M.numel()
+    assert state.M.shape == (2, s_c, 2, G, q // G) and rule.memory_numel(params, 2) == state.M.numel()
+    slow = rules.make("constructive", net, fast=False).init(params, 2)
+    assert slow.M.shape == (2, 2, s_c, q)
 
 
 def test_reset_clears_the_traces():
@@ -136,3 +140,35 @@ def test_declaration_and_refusal_of_other_models():
         with pytest.raises(ValueError, match=re.escape(
                 f"rule 'constructive' does not support model {name!r}: it supports constructive")):
             rules.make("constructive", net)
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce", "value"])
+@pytest.mark.parametrize("per_stage,stage", [(1, 3), (2, 0), (2, 2), (6, 0)])
+@pytest.mark.parametrize("cell", ["lstm", "rate"])
+def test_fast_path_equals_the_torch_func_path_at_every_step(cell, per_stage, stage, loss, monkeypatch):
+    net, params, xs, ys, mask = _case(cell, per_stage, stage, T=12, loss="ce" if loss == "ce" else "mse")
+    fast, slow = rules.make("constructive", net, loss=loss), rules.make("constructive", net, loss=loss, fast=False)
+    sf, ss = fast.init(params, 2), slow.init(params, 2)
+    for t in range(xs.shape[0]):
+        of, os_ = fast.step(params, sf, xs[t], ys[t], mask[t]), slow.step(params, ss, xs[t], ys[t], mask[t])
+        sf, ss = of.state, os_.state
+        torch.testing.assert_close(of.y, os_.y, rtol=1e-12, atol=1e-14)
+        for k in params:
+            torch.testing.assert_close(of.grad[k], os_.grad[k], rtol=1e-10, atol=1e-12)
+    assert max(float(g.abs().max()) for g in of.grad.values()) > 0
+    # the traces themselves: the same numbers in another layout ([B, S_c, m, G, F] vs [B, m, S_c, q])
+    G = net.n_gates
+    F = sf.M.shape[-1]
+    lo = net.stage_columns(stage).start
+    perm = sf.M.permute(0, 2, 1, 3, 4)  # [B, m, S_c, G, F]
+    packed = torch.cat([perm[..., :N_IN].reshape(*perm.shape[:3], -1), perm[..., N_IN:N_IN + lo].reshape(*perm.shape[:3], -1),
+                        perm[..., F - 2], perm[..., F - 1]], -1)
+    torch.testing.assert_close(packed, ss.M, rtol=1e-10, atol=1e-12)
+    # no torch.func on the fast path
+    import neuro.rules.constructive as mod
+
+    monkeypatch.setattr(mod, "jacrev", None)
+    monkeypatch.setattr(torch.func, "grad", None)
+    fast.step(params, sf, xs[0], ys[0], mask[0])
+    with pytest.raises(TypeError):  # the patch bites: the reference path calls it
+        slow.step(params, ss, xs[0], ys[0], mask[0])
