@@ -105,6 +105,9 @@ def _parser() -> _Parser:
                        help=f"a {what} option (repeatable); values parse as int, float, bool, none, "
                             "str, or a tuple when comma-separated")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--schedule", default=None, metavar="TOTAL:PER-STAGE:STEPS",
+                   help="train a constructive network stage by stage (e.g. 20:4:10000; --model constructive, "
+                        "--hidden TOTAL, --model-opt per_stage=PER-STAGE; see neuro.staged)")
 
     c = sub.add_parser("compare", help="train several rules x seeds on one task and compare them with BPTT",
                        description="Every rule x seed trained on the same task, model and budget; a table "
@@ -137,6 +140,8 @@ def _parser() -> _Parser:
                    help="run the seeds of bptt/tbptt as one batched computation")
     for what in ("model", "task"):
         c.add_argument(f"--{what}-opt", action="append", metavar="KEY=VALUE", default=None)
+    c.add_argument("--schedule", default=None, metavar="TOTAL:PER-STAGE:STEPS",
+                   help="a stage schedule for every rule (constructive model; see neuro.staged)")
     c.add_argument("--rule-opt", action="append", metavar="RULE:KEY=VALUE", default=None,
                    help="an option of one rule (repeatable), e.g. tbptt:k=10")
 
@@ -203,7 +208,8 @@ def _train(args: argparse.Namespace) -> int:
         run = prepare(net, rule, task, args.steps, seed=args.seed, optimizer=args.optimizer, lr=args.lr,
                       update_every=args.update_every, batch=args.batch, run_dir=args.run_dir,
                       log_every=args.log_every, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                      progress=not args.no_progress, dtype=args.dtype, device=args.device, chunk=args.chunk)
+                      progress=not args.no_progress, dtype=args.dtype, device=args.device, chunk=args.chunk,
+                      schedule=args.schedule)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
         return _error(e)
     try:
@@ -235,7 +241,8 @@ def _compare(args: argparse.Namespace) -> int:
         cfg = load(args.config) if args.config else {}
         flags = {k: getattr(args, k) for k in ("task", "seeds", "steps", "model", "hidden", "lr", "optimizer", "batch",
                                                "chunk", "update_every", "log_every", "align_every", "align_steps", "eval_steps",
-                                               "dtype", "executor", "address", "workers", "out", "vectorise")}
+                                               "dtype", "executor", "address", "workers", "out", "vectorise",
+                                               "schedule")}
         cfg.update({k: v for k, v in flags.items() if v is not None})
         if args.rules is not None:
             cfg["rules"] = [r.strip() for r in args.rules.split(",") if r.strip()]

@@ -222,6 +222,7 @@ class _Run:
     config: dict[str, Any]
     resume_from: dict[str, Any] | None = None
     probe: Callable[[int, Params], dict[str, Any]] | None = None
+    schedule: Any = None  # a neuro.staged.Schedule, or None
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -233,7 +234,8 @@ def prepare(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps:
             batch: int = 1, run_dir: str | Path | None = None, log_every: int = 100,
             checkpoint_every: int | None = None, resume: bool = False, progress: bool = True,
             dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
-            chunk: int = 100, probe: Callable[[int, Params], dict[str, Any]] | None = None) -> _Run:
+            chunk: int = 100, probe: Callable[[int, Params], dict[str, Any]] | None = None,
+            schedule: str | None = None) -> _Run:
     """Validate every argument of :func:`train` and load the checkpoint to resume; write nothing."""
     if not isinstance(net, AbstractNetwork):
         raise TypeError(f"net={net!r} is invalid: expected a network from models.make")
@@ -269,6 +271,11 @@ def prepare(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps:
         raise ValueError(f"rule loss={rule.loss!r} differs from task {task.name!r}'s loss {task.loss!r}: "
                          f"build the rule with loss=None or loss={task.loss!r}")
     _check_needs(rule, net, backend="torch")
+    stages = None
+    if schedule is not None:  # a constructive network learnt stage by stage (neuro.staged)
+        from neuro import staged
+
+        stages = staged.check(net, rule, task, steps, chunk, schedule)
     if task.episodic and steps < task.trial_steps:
         raise ValueError(f"steps={steps} is shorter than one trial of task {task.name!r} ({task.trial_steps} steps "
                          f"with {_settings(task)}): use steps >= {task.trial_steps}")
@@ -311,7 +318,7 @@ def prepare(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps:
                   "checkpoint_every": checkpoint_every, "progress": progress, "dtype": str(dtype).replace("torch.", ""),
                   "device": str(dev), "chunk": chunk, "episodic": task.episodic,
                   "task_seed": derive_seed(seed, "task"), "rule_seed": derive_seed(seed, "rule"),
-                  "torch_seed": derive_seed(seed, "torch")},
+                  "torch_seed": derive_seed(seed, "torch"), "schedule": schedule},
         "versions": {"neuro": getattr(neuro, "__version__", "?"), "torch": str(torch.__version__),
                      "python": sys.version.split()[0]},
     }
@@ -326,7 +333,7 @@ def prepare(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps:
     return _Run(net=net, rule=rule, task=task, steps=steps, seed=seed, params=params, optimizer=optimizer, lr=lr,
                 update_every=update_every, batch=batch, run_dir=run_path, log_every=log_every,
                 checkpoint_every=checkpoint_every, progress=progress, dtype=dtype, device=dev, chunk=chunk,
-                config=config, resume_from=resume_from, probe=probe)
+                config=config, resume_from=resume_from, probe=probe, schedule=stages)
 
 
 def _load_resume(run_dir: Path, config: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -438,6 +445,11 @@ def _loop(run: _Run) -> History:
         metrics, interval = list(ck["metrics"]), dict(ck["interval"])
         _set_rng_state(ck["rng"], run.device)
         last_ckpt_step = step
+        if run.schedule is not None:  # the checkpoint's state belongs to the stage it was taken in
+            from neuro import staged
+
+            rule = staged.rule_at_stage(rule, net, run.schedule.stage_after(step))
+            net = rule.net
     opt = _make_optimizer(run.optimizer, params, run.lr)
     if ck is not None:
         opt.load_state_dict(ck["optimizer"])
@@ -597,6 +609,13 @@ def _loop(run: _Run) -> History:
                     log()
                 elif len(buf) >= _DRAIN:
                     drain()
+            if run.schedule is not None and n == seq.steps and rule.net.stage < run.schedule.stage_after(step):
+                from neuro import staged  # a stage boundary: next stage, fresh traces and optimizer
+
+                rule, state = staged.next_stage(rule, params, state, run.batch,
+                                                derive_seed(run.seed, f"rule:{rule.net.stage + 1}"))
+                net = rule.net
+                opt = staged.fresh_optimizer(opt, _make_optimizer(run.optimizer, params, run.lr), params)
             drain()  # the sequence's losses are checked before any checkpoint
             if ckpt_path is not None and (step == steps or (next_ckpt is not None and step >= next_ckpt)):
                 checkpoint()
@@ -619,7 +638,8 @@ def train(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps: i
           batch: int = 1, run_dir: str | Path | None = None, log_every: int = 100,
           checkpoint_every: int | None = None, resume: bool = False, progress: bool = True,
           dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
-          chunk: int = 100, probe: Callable[[int, Params], dict[str, Any]] | None = None) -> History:
+          chunk: int = 100, probe: Callable[[int, Params], dict[str, Any]] | None = None,
+          schedule: str | None = None) -> History:
     """Train ``net`` online with ``rule`` on ``task`` for ``steps`` steps (see the module docstring).
 
     Args:
@@ -647,6 +667,11 @@ def train(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps: i
             rule's estimate with BPTT's gradient, measured on the side). Its time is not counted in
             ``elapsed_s`` / ``steps_per_s``. It must not change the global random state's use by the run
             (it runs inside the run's forked generator: draw from your own ``torch.Generator``).
+        schedule: ``"total:per-stage:steps-per-stage"`` (e.g. ``"20:4:10000"``): train a constructive network
+            stage by stage in this one run (:mod:`neuro.staged`: ``net`` at stage 0, rule ``constructive``
+            or ``td-lambda`` over it; at each boundary the next stage, fresh traces and optimizer state
+            (the readout's optimizer state carries on);
+            ``History.rule.net`` is the last stage's network). ``None``: no stages.
 
     Raises:
         ValueError, TypeError: an invalid argument (before anything is written).
@@ -656,5 +681,5 @@ def train(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps: i
     run = prepare(net, rule, task, steps, seed=seed, params=params, optimizer=optimizer, lr=lr,
                   update_every=update_every, batch=batch, run_dir=run_dir, log_every=log_every,
                   checkpoint_every=checkpoint_every, resume=resume, progress=progress, dtype=dtype, device=device,
-                  chunk=chunk, probe=probe)
+                  chunk=chunk, probe=probe, schedule=schedule)
     return _execute(run)

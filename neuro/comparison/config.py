@@ -28,6 +28,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "log_every": (int,), "align_every": (int,), "align_steps": (int,), "eval_steps": (int,), "dtype": (str,),
     "task_options": (dict,), "model_options": (dict,), "rule_options": (dict,), "executor": (str,),
     "workers": (int,), "address": (str,), "out": (str,), "vectorise": (bool,),
+    "schedule": (str, dict),  # one stage schedule, or one per rule (neuro.staged)
 }
 
 

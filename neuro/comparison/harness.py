@@ -63,9 +63,13 @@ class RunSpec:
     task_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     rule_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    schedule: str | None = None  # a stage schedule (neuro.staged), passed to neuro.train
 
     def asdict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["schedule"] is None:  # absent, as in the specs written before it existed (they still resume)
+            del d["schedule"]
+        return d
 
     def path(self, out: Path) -> Path:
         return out / "runs" / self.rule / f"seed-{self.seed}.json"
@@ -83,7 +87,8 @@ def plan(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, steps:
          chunk: int = 100, update_every: int = 1, log_every: int | None = None, align_every: int | None = None,
          align_steps: int | None = None, eval_steps: int | None = None, dtype: str = "float32",
          task_options: dict[str, Any] | None = None, model_options: dict[str, Any] | None = None,
-         rule_options: dict[str, dict[str, Any]] | None = None) -> list[RunSpec]:
+         rule_options: dict[str, dict[str, Any]] | None = None,
+         schedule: str | dict[str, str] | None = None) -> list[RunSpec]:
     """Validate a sweep and return its runs (rules outer, seeds inner). Every problem found is reported
     at once, in one ``ValueError``, before anything runs."""
     import models
@@ -160,13 +165,26 @@ def plan(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, steps:
             problems.append(f"{name}={value} is invalid: must be >= 1")
     if t.episodic and steps < t.trial_steps:
         problems.append(f"steps={steps} is shorter than one trial of {task!r} ({t.trial_steps} steps)")
+    schedules = schedule if isinstance(schedule, dict) else {r: schedule for r in rules}
+    extra = sorted(set(schedules) - set(rules))
+    if extra:
+        problems.append(f"schedule for {', '.join(map(repr, extra))}, which is not in rules={list(rules)!r}")
+    for r in rules:
+        if schedules.get(r) is not None:
+            from neuro import staged
+
+            try:
+                staged.check(net, neuro.rules.make(r, net, loss=t.loss, **rule_options.get(r, {})), t, steps, chunk,
+                             schedules[r])
+            except (ValueError, TypeError) as e:
+                problems.append(f"rule {r!r}: {e}")
     if problems:
         raise ValueError("; ".join(problems))
     return [RunSpec(task=task, model=model, rule=r, seed=s, steps=steps, hidden=hidden, lr=float(lrs[r]),
                     optimizer=optimizer, batch=batch, chunk=chunk, update_every=update_every, log_every=log_every,
                     align_every=align_every, align_steps=align_steps, eval_steps=eval_steps, dtype=dtype,
                     task_options=dict(task_options or {}), model_options=dict(model_options or {}),
-                    rule_options=dict(rule_options.get(r, {})))
+                    rule_options=dict(rule_options.get(r, {})), schedule=schedules.get(r))
             for r in rules for s in seed_list]
 
 
@@ -299,7 +317,8 @@ def compare(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, ste
 
     ``settings`` are those of :func:`plan` (``lr`` (one value or one per rule), ``optimizer``, ``batch``,
     ``chunk``, ``update_every``, ``log_every``, ``align_every`` (0: no alignment), ``align_steps``,
-    ``eval_steps``, ``dtype``, ``task_options``, ``model_options``, ``rule_options`` (per rule)). See
+    ``eval_steps``, ``dtype``, ``task_options``, ``model_options``, ``rule_options`` (per rule), ``schedule``
+    (a stage schedule ``"total:per-stage:steps"`` for every rule, or one per rule: :mod:`neuro.staged`)). See
     the module docstring for the executors and for resuming with ``out``. ``vectorise``: the seeds of each
     rule of :data:`~neuro.comparison.vectorised.VECTORISABLE` run as one batched computation
     (:mod:`neuro.comparison.vectorised`); the others as usual.

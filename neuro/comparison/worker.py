@@ -123,7 +123,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         history = neuro.train(net, rule, task, steps=spec["steps"], seed=seed, params=params,
                               optimizer=spec["optimizer"], lr=spec["lr"], batch=spec["batch"],
                               chunk=spec["chunk"], log_every=spec["log_every"], progress=False,
-                              update_every=spec["update_every"], probe=keep if spec["align_every"] else None)
+                              update_every=spec["update_every"], probe=keep if spec["align_every"] else None,
+                              schedule=spec.get("schedule"))
     except TrainingDiverged as e:
         result.update(diverged=str(e), wall_s=time.perf_counter() - t0)
         return result
@@ -136,7 +137,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         n_params=net.n_params(history.params),
         params={k: v.tolist() for k, v in history.params.items()},  # the harness stores them apart (.pt)
     )
-    eval_loss, eval_acc = _evaluate(net, history.params, task, spec["eval_steps"], derive_seed(seed, "eval"))
+    # history.rule.net: a staged run (schedule) is evaluated with its last stage's network
+    eval_loss, eval_acc = _evaluate(history.rule.net, history.params, task, spec["eval_steps"], derive_seed(seed, "eval"))
     result.update(eval_loss=eval_loss, eval_accuracy=eval_acc)
     if spec["align_every"]:
         every = spec["align_every"] // spec["log_every"]

@@ -30,8 +30,15 @@ target (``trace-patterning``'s default), that is the squared return error the pa
 ``y_t`` the cumulant (``trace-patterning`` with ``target="cumulant"``) it is only ``1/2 (v_t - c_t)^2``.
 
 ``needs`` is declared ``JACOBIAN`` (a class attribute, so it cannot follow the ``rule`` field): the most
-an allowed inner rule needs; inner rules that need the whole graph (bptt, tbptt) give no per-step
-``grad v_t`` and are refused. ``stochastic`` is declared False: with a stochastic inner rule (uoro,
+an allowed inner rule needs; inner rules that need the whole graph (bptt) give no per-step ``grad v_t``
+and are refused. ``rule="tbptt"`` (option ``k``) is the exception, and the paper's baseline: the inner
+estimate is then *truncated* BPTT of ``v_t`` alone, every step (:class:`SlidingTBPTT`)::
+
+    grad v_t ~ d v_t / d theta  through s_t, s_{t-1}, ..., s_{t-k+1}, with s_{t-k} held fixed
+
+recomputed each step from the last ``k`` inputs and the (detached) state ``s_{t-k}``: ``k`` forward and
+``k`` backward steps per step, the compute Javed et al. match as ``params x (truncation + 1)``. No
+autograd graph outlives the step. ``stochastic`` is declared False: with a stochastic inner rule (uoro,
 kf-rtrl, ...) the estimate is random too, decided by ``init``'s seed (sample ``b`` uses ``seed + b``).
 """
 
@@ -46,9 +53,48 @@ from torch import Tensor
 
 from neuro.contract import Params
 
+from neuro.contract import check_positive
+
 from .base import AbstractRule, Needs, StepOutput
 
-__all__ = ["TDLambda", "TDLambdaState"]
+__all__ = ["SlidingTBPTT", "SlidingTBPTTState", "TDLambda", "TDLambdaState"]
+
+
+class SlidingTBPTTState(NamedTuple):
+    net: NamedTuple  # s_t (detached)
+    window: tuple  # the last (up to k) pairs (s_{j-1}, x_j), oldest first, detached
+
+
+@dataclasses.dataclass(frozen=True)
+class SlidingTBPTT(AbstractRule):
+    """Every step, the gradient of the step's loss (``value``: ``v_t``) by BPTT through the last ``k`` steps
+    only, recomputed from the stored state ``s_{t-k}`` and inputs (an inner rule of :class:`TDLambda`,
+    ``rule="tbptt"``; not registered on its own)."""
+
+    k: int = 10
+
+    name = "sliding-tbptt"
+    needs = Needs.GRAPH
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("k", self.k, integer=True)
+
+    def init(self, params: Params, batch: int = 1, seed: int = 0) -> SlidingTBPTTState:
+        return SlidingTBPTTState(net=self.net.init_state(params, batch), window=())
+
+    def step(self, params: Params, state: SlidingTBPTTState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
+        window = (state.window + ((state.net, x),))[-self.k:]
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        with torch.enable_grad():
+            s = window[0][0]
+            for _, xj in window:
+                s, y_hat = self.net.step(leaves, s, xj)
+            loss = self.loss_fn(y_hat, y, mask)
+            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        grad = {k: (torch.zeros_like(v) if g is None else g) for (k, v), g in zip(params.items(), grads)}
+        s = type(s)(*(v.detach() for v in s))
+        return StepOutput(SlidingTBPTTState(net=s, window=window), y_hat.detach(), loss.detach(), grad)
 
 
 class TDLambdaState(NamedTuple):
@@ -104,6 +150,8 @@ class TDLambda(AbstractRule):
         """The inner gradient rule, on the same network, with ``loss="value"``."""
         from neuro import rules
 
+        if self.rule == "tbptt":
+            return SlidingTBPTT(self.net, loss="value", **dict(self.rule_options))
         cls = rules.get(self.rule)
         if cls.needs >= Needs.GRAPH:
             raise ValueError(f"rule={self.rule!r} is invalid for td-lambda: it needs the whole graph and gives no "
@@ -125,6 +173,9 @@ class TDLambda(AbstractRule):
         inner, y_hats, grads = [], [], []
         for b in range(B):
             out = self.inner.step(params, state.inner[b], x[b:b + 1], y[b:b + 1], one)
+            if out.grad is None:  # a rule that holds a window back (uoro, rflo, ...) hands it over now
+                st, g = self.inner.flush(params, out.state)
+                out = out._replace(state=st, grad=g)
             if out.grad is None:
                 raise ValueError(f"rule={self.rule!r} gave no per-step estimate of grad v_t: td-lambda needs one every step")
             inner.append(out.state)

@@ -49,12 +49,13 @@ def _run(rule, params, xs, ys, mask=None):
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.8])
-@pytest.mark.parametrize("fast", [True, False])
-def test_estimate_is_minus_delta_times_the_trace_of_value_gradients(lam, fast):
+@pytest.mark.parametrize("inner,options", [("rtrl", {"fast": True}), ("rtrl", {"fast": False}), ("tbptt", {"k": T})])
+def test_estimate_is_minus_delta_times_the_trace_of_value_gradients(lam, inner, options):
     gamma = 0.9
     net, params, xs, ys = _case()
     vs, grads = _values_and_grads(net, params, xs)
-    rule = rules.make("td-lambda", net, gamma=gamma, lam=lam, rule_options={"fast": fast})
+    # tbptt with a window as long as the sequence is the whole gradient of v_t
+    rule = rules.make("td-lambda", net, gamma=gamma, lam=lam, rule=inner, rule_options=options)
     outs = _run(rule, params, xs, ys)
     for t in range(T):
         v_prev = vs[t - 1] if t > 0 else torch.zeros(B, dtype=torch.float64)
@@ -149,3 +150,63 @@ def test_bad_options_are_refused():
         rules.make("td-lambda", net, rule="columnar")
     with pytest.raises(ValueError, match="'cumulant'"):
         neuro.tasks.make("trace-patterning", target="value")
+
+
+@pytest.mark.parametrize("model", ["rate", "lstm"])
+def test_sliding_tbptt_is_the_gradient_of_v_t_through_the_last_k_steps(model):
+    """The inner estimate of rule="tbptt": dv_t/dtheta with s_{t-k} held fixed, recomputed from scratch per t."""
+    from neuro.rules.td import SlidingTBPTT
+
+    k = 3
+    net = models.make(model, n_in=3, n_hidden=4, n_out=2)
+    params = net.init_params(seed=2, dtype=torch.float64)
+    xs = torch.randn(T, B, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    rule = SlidingTBPTT(net, loss="value", k=k)
+    state = rule.init(params, B)
+    one = torch.ones(B, dtype=torch.bool)
+    differs = False
+    for t in range(T):
+        out = rule.step(params, state, xs[t], xs[t, :, :2], one)
+        state = out.state
+        with torch.no_grad():  # s_{t-k}: the first t-k+1 steps, no graph
+            s = net.init_state(params, B)
+            for j in range(t - k + 1):
+                s, _ = net.step(params, s, xs[j])
+        leaves = {n: v.clone().requires_grad_(True) for n, v in params.items()}
+        full_leaves = {n: v.clone().requires_grad_(True) for n, v in params.items()}
+        for j in range(max(t - k + 1, 0), t + 1):
+            s, y = net.step(leaves, s, xs[j])
+        want = torch.autograd.grad(y.sum() / B, list(leaves.values()))
+        s = net.init_state(full_leaves, B)
+        for j in range(t + 1):
+            s, yf = net.step(full_leaves, s, xs[j])
+        full = torch.autograd.grad(yf.sum() / B, list(full_leaves.values()))
+        for (n, w), f in zip(zip(params, want), full):
+            torch.testing.assert_close(out.grad[n], w, rtol=1e-10, atol=1e-12)
+            differs |= t >= k and not torch.allclose(w, f, rtol=1e-6)
+        assert not any(v.requires_grad for v in state.net) and len(state.window) == min(t + 1, k)
+    assert differs, "the truncation should differ from the whole gradient (the test would be vacuous)"
+
+
+def test_td_over_tbptt_trains_a_dense_lstm_on_trace_patterning():
+    task = neuro.tasks.make("trace-patterning")
+    net = models.make("lstm", n_in=task.n_in, n_hidden=2, n_out=1)
+    rule = rules.make("td-lambda", net, rule="tbptt", rule_options={"k": 3}, cumulant_input=6)
+    h = neuro.train(net, rule, task, steps=200, progress=False)
+    assert h.steps == 200 and all(torch.isfinite(v).all() for v in h.params.values())
+    with pytest.raises(ValueError, match="k"):
+        rules.make("td-lambda", net, rule="tbptt", rule_options={"k": 0})
+
+
+@pytest.mark.parametrize("inner,windowed,per_step", [("uoro", {}, {"fast": False}),
+                                                      ("rflo", {"window": 5}, {"fast": False})])
+def test_an_inner_rule_that_holds_a_window_back_is_flushed_every_step(inner, windowed, per_step):
+    """uoro and rflo hand their estimates over at window ends: td-lambda flushes them each step, so the TD
+    estimate equals the one over their per-step paths (the same random draws for uoro)."""
+    net, params, xs, ys = _case()
+    a = _run(rules.make("td-lambda", net, rule=inner, rule_options=windowed), params, xs, ys)
+    b = _run(rules.make("td-lambda", net, rule=inner, rule_options=per_step), params, xs, ys)
+    for t in range(T):
+        for k in params:
+            torch.testing.assert_close(a[t].grad[k], b[t].grad[k], rtol=1e-9, atol=1e-12)
+    assert any(float(a[t].grad["W_rec"].abs().sum()) > 0 for t in range(T))
