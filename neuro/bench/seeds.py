@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", default=["rate", "lif"])
     ap.add_argument("--members", type=int, default=16)
     ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mode", default="auto", choices=MODES,
                     help="how the ensemble batches its members (neuro.ensemble); auto: direct where it equals vmap")
