@@ -32,6 +32,16 @@ z_f + w_rec[k, G] Mh_{t-1}`` and the LSTM cell (``i, f, g, o`` the gate values, 
 and the rate cell ``Mh_t = (1 - h_t^2) (w_rec Mh_{t-1} + 1 (x) z)``: a few in-place element-wise passes
 over the ``B n S_c q`` numbers per step, no ``torch.func``. ``fast=False`` keeps the ``jacrev`` path (the
 reference the tests compare it with).
+
+*Compiled kernel* (``kernel=True``, the default, on the fast path): where numba is importable and the
+parameters, state and input are float32 or float64 CPU tensors of one dtype, one compiled call
+(:mod:`neuro.rules._columnar_kernel`) does the step: the columns' forward step (gates, ``c_t``, ``h_t``),
+the readout and the traces above in one pass over the columns, then ``e_t`` and the loss (``mse``,
+``value``, ``ce`` with a bool mask; other losses or masks: torch between two calls), then the estimate.
+Same equations; in float64 it agrees with the torch fast path to rounding (the tests: 1e-12). Every
+output is a new tensor: the previous state is left as it was, as on the torch paths. ``kernel=False``:
+the torch fast path (``torch`` ops over all columns). The bench case (``neuro bench rules --rules
+columnar``, n = 1024, float32, batch 1) spends ~0.12 ms a step there against ~0.29 ms on torch.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
@@ -51,20 +62,25 @@ from .base import AbstractRule, Needs, StepOutput
 __all__ = ["ColumnarRTRL", "ColumnarRTRLState", "column_traces", "output_error"]
 
 _COLUMN_KEYS = ("W_in", "w_rec", "b")  # theta_k, packed in this order
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+_KERNEL_LOSSES = {"mse": 0, "value": 1, "ce": 2}  # the losses the kernel writes out (others: torch)
+
+
+def _load_kernel():
+    """The compiled step (:mod:`neuro.rules._columnar_kernel`), or None where numba is not importable."""
+    try:
+        from . import _columnar_kernel
+    except ImportError as e:
+        if "numba" not in str(e):
+            raise
+        return None
+    return _columnar_kernel
 
 
 def output_error(loss: str, y_hat: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """``e_t = dl_t/dy_hat_t`` [B, n_out] of the per-step loss ``loss`` (:mod:`neuro.losses`: masked, / B),
-    written out for ``mse``, ``value`` and ``ce`` (``torch.func.grad`` of the loss otherwise)."""
-    w = (mask.to(y_hat.dtype) / y_hat.shape[0])[:, None]
-    if loss == "mse":
-        return (y_hat - y) * w
-    if loss == "value":
-        return w.expand_as(y_hat).clone()
-    if loss == "ce":
-        return (torch.softmax(y_hat, -1) * y.sum(-1, keepdim=True) - y) * w
-    fn = losses.get(loss)
-    return torch.func.grad(lambda yh: fn(yh, y, mask))(y_hat)
+    written out (:func:`neuro.losses.grad`)."""
+    return losses.grad(loss, y_hat, y, mask)
 
 
 def column_traces(cell: str, a: Tensor, c_prev: Tensor | None, h: Tensor, c: Tensor | None, w_rec: Tensor,
@@ -113,9 +129,17 @@ class ColumnarRTRLState(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class ColumnarRTRL(AbstractRule):
     """Exact RTRL over independent columns, with block-diagonal (per-column) traces; ``fast``: the
-    written-out Jacobians (default) or ``torch.func`` (the reference)."""
+    written-out Jacobians (default) or ``torch.func`` (the reference); ``kernel``: on the fast path, the
+    compiled step where numba and the dtype allow it (default) or torch only."""
 
     fast: bool = True
+    kernel: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("fast", "kernel"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: expected True or False")
 
     name = "columnar"
     needs = Needs.JACOBIAN
@@ -163,6 +187,8 @@ class ColumnarRTRL(AbstractRule):
     def step(self, params: Params, state: ColumnarRTRLState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
         params = {k: v.detach() for k, v in params.items()}
         if self.fast:
+            if self.kernel and self._kernel_applies(params, state, x):
+                return self._kernel_step(params, state, x, y, mask)
             return self._fast_step(params, state, x, y, mask)
         net = self.net
         theta = self._pack(params)  # [n, q]
@@ -205,3 +231,56 @@ class ColumnarRTRL(AbstractRule):
                 "b": g[:, :, n_in + 1].contiguous(), "W_out": e.T @ h, "b_out": e.sum(0)}
         return StepOutput(ColumnarRTRLState(net=net_state, M=M), y_hat.detach(),
                           self.loss_fn(y_hat, y, mask).detach(), grad)
+
+    def _kernel_applies(self, params: Params, state: ColumnarRTRLState, x: Tensor) -> bool:
+        dt = params["W_in"].dtype
+        if dt not in _KERNEL_DTYPES or _kernel() is None:
+            return False
+        for t in (*params.values(), *state.net, state.M, x):
+            if t.dtype != dt or not t.is_cpu:
+                return False
+        return True
+
+    def _kernel_step(self, params: Params, state: ColumnarRTRLState, x: Tensor, y: Tensor,
+                     mask: Tensor) -> StepOutput:
+        """The fast path through :mod:`neuro.rules._columnar_kernel`: every output a new tensor; one compiled
+        call where the kernel writes the loss out (``mse``, ``value``, ``ce`` with a bool mask), else the
+        loss and ``e_t`` in torch between the column step and the estimate."""
+        net, kern = self.net, _kernel()
+        B, (n, G, n_in), n_out = x.shape[0], params["W_in"].shape, self.net.n_out
+        new = x.new_empty
+        M = new(state.M.shape)  # a new array: the previous state stays as it was
+        h, y_hat = new(B, n), new(B, n_out)
+        grad = {"W_in": new(n, G, n_in), "w_rec": new(n, G), "b": new(n, G), "W_out": new(n_out, n),
+                "b_out": new(n_out)}
+        W_in, w_rec, b, W_out, b_out = (params[k].contiguous().numpy() for k in (*_COLUMN_KEYS, "W_out", "b_out"))
+        Mp = state.M.contiguous().numpy().reshape(B, -1, n, G * (n_in + 2))
+        Mn = M.numpy().reshape(Mp.shape)
+        xn, h_prev = x.detach().contiguous().numpy(), state.net.h.contiguous().numpy()
+        lstm = net.cell == "lstm"
+        c = new(B, n) if lstm else None
+        cols = (xn, h_prev, state.net.c.contiguous().numpy(), W_in) if lstm else (xn, h_prev, W_in)
+        outs = (h.numpy(), c.numpy(), y_hat.numpy(), Mn) if lstm else (h.numpy(), y_hat.numpy(), Mn)
+        net_state = net.State(h=h, c=c) if lstm else net.State(h=h)
+        name = self.loss or "mse"
+        if name in _KERNEL_LOSSES and y.dtype == y_hat.dtype and mask.dtype == torch.bool:
+            loss = new(())
+            (kern.lstm_full if lstm else kern.rate_full)(
+                _KERNEL_LOSSES[name], *cols, w_rec, b, W_out, b_out, Mp, y.detach().contiguous().numpy(),
+                mask.contiguous().numpy(), *outs, np.empty((B, n_out), Mp.dtype), loss.numpy().reshape(1),
+                *(g.numpy() for g in grad.values()))
+        else:
+            (kern.lstm_step if lstm else kern.rate_step)(*cols, w_rec, b, W_out, b_out, Mp, *outs)
+            e, loss = output_error(name, y_hat, y, mask).detach().contiguous(), self.loss_fn(y_hat, y, mask).detach()
+            kern.estimate(e.numpy(), W_out, h.numpy(), Mn, *(g.numpy() for g in grad.values()))
+        return StepOutput(ColumnarRTRLState(net=net_state, M=M), y_hat, loss, grad)
+
+
+_KERNEL: list = []
+
+
+def _kernel():
+    """:mod:`neuro.rules._columnar_kernel`, imported once (None without numba)."""
+    if not _KERNEL:
+        _KERNEL.append(_load_kernel())
+    return _KERNEL[0]

@@ -7,7 +7,11 @@
 * The fast path (written-out Jacobians, the default) gives the same estimate and traces as the
   ``torch.func`` path (``fast=False``) at every step, to 1e-10 relative (batch 1 and 2, a mask), and
   summed through ``neuro.train``-style chunks with flushes at odd steps.
-* It refuses a network that is not columnar, naming the model.
+* The compiled kernel (``kernel=True``, numba) gives the estimate, loss, output and state of the torch
+  fast path (``kernel=False``) at every step over 21 steps: float64 to 1e-12 relative, float32 to 1e-5,
+  LSTM and rate columns, batch 1 and 2, a mask, mse / ce / value, flushes at odd steps; the previous
+  state is left as it was (a snapshot); a loss it does not write out (a float mask) falls back to torch.
+* It refuses a network that is not columnar, naming the model, and a non-bool ``fast`` / ``kernel``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import re
 
 import pytest
 import torch
+from torch import Tensor
 
 import models
 import neuro
@@ -128,12 +133,14 @@ def test_declaration_and_refusal_of_other_models():
             rules.make("columnar", net)
 
 
+@pytest.mark.parametrize("kernel", [True, False])
 @pytest.mark.parametrize("B", [1, 2])
 @pytest.mark.parametrize("loss", ["mse", "ce", "value"])
 @pytest.mark.parametrize("cell", ["lstm", "rate"])
-def test_fast_path_equals_the_torch_func_path_at_every_step(cell, loss, B):
+def test_fast_path_equals_the_torch_func_path_at_every_step(cell, loss, B, kernel):
     net, params, xs, ys, mask = _case(cell, T=15, B=B, loss="ce" if loss == "ce" else "mse")
-    fast, slow = rules.make("columnar", net, loss=loss), rules.make("columnar", net, loss=loss, fast=False)
+    fast = rules.make("columnar", net, loss=loss, kernel=kernel)
+    slow = rules.make("columnar", net, loss=loss, fast=False)
     sf, ss = fast.init(params, B), slow.init(params, B)
     for t in range(xs.shape[0]):
         of, os_ = fast.step(params, sf, xs[t], ys[t], mask[t]), slow.step(params, ss, xs[t], ys[t], mask[t])
@@ -149,3 +156,70 @@ def test_fast_path_equals_the_torch_func_path_at_every_step(cell, loss, B):
     packed = torch.cat([perm[..., :N_IN].reshape(*perm.shape[:3], -1), perm[..., N_IN], perm[..., N_IN + 1]], -1)
     torch.testing.assert_close(packed, ss.M, rtol=1e-10, atol=1e-12)
     assert G == (4 if cell == "lstm" else 1)
+
+
+def _max_rel(got: Tensor, ref: Tensor, scale: float | None = None) -> float:
+    """Max-abs difference / ``scale`` (the max-abs of the reference by default; 0 where both are zero)."""
+    diff, scale = float((got - ref).abs().max()), float(ref.abs().max()) if scale is None else scale
+    return diff / scale if scale > 0 else diff
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("B", [1, 2])
+@pytest.mark.parametrize("loss", ["mse", "ce", "value"])
+@pytest.mark.parametrize("cell", ["lstm", "rate"])
+def test_kernel_equals_the_torch_fast_path_at_every_step(cell, loss, B, dtype, tol):
+    pytest.importorskip("numba")
+    from neuro.rules.columnar import _kernel, output_error
+
+    assert _kernel() is not None
+    net, params, xs, ys, mask = _case(cell, T=21, B=B, loss="ce" if loss == "ce" else "mse")
+    params, xs, ys = {k: v.to(dtype) for k, v in params.items()}, xs.to(dtype), ys.to(dtype)
+    assert not mask.all()
+    kern, torch_ = rules.make("columnar", net, loss=loss), rules.make("columnar", net, loss=loss, kernel=False)
+    sk, st = kern.init(params, B), torch_.init(params, B)
+    largest = 0.0
+    for t in range(xs.shape[0]):
+        assert kern._kernel_applies(params, sk, xs[t])  # the compiled path runs, not the fallback
+        before = [u.clone() for u in (sk.M, *sk.net)]
+        ok, ot = kern.step(params, sk, xs[t], ys[t], mask[t]), torch_.step(params, st, xs[t], ys[t], mask[t])
+        assert all(torch.equal(u, v) for u, v in zip(before, (sk.M, *sk.net)))  # the old state is a snapshot
+        sk, st = ok.state, ot.state
+        if t % 2 == 1:  # flush at odd steps: nothing is held back
+            sk, g = kern.flush(params, sk)
+            assert g is None
+        # b_out = sum_b e_b cancels across the batch (ce): measured against the terms' scale sum_b |e_b|
+        e_scale = float(output_error(loss, ot.y, ys[t], mask[t]).abs().sum(0).max())
+        for k in params:
+            assert ok.grad[k].dtype == dtype and ok.grad[k].shape == params[k].shape
+            assert _max_rel(ok.grad[k], ot.grad[k], e_scale if k == "b_out" else None) < tol, (t, k)
+        assert _max_rel(ok.y, ot.y) < tol
+        # the loss relative to its terms' scale (value's sum of outputs cancels: float32 rounds differently)
+        assert abs(float(ok.loss - ot.loss)) < tol * (abs(float(ot.loss)) + float(ot.y.abs().sum()))
+        assert ok.loss.shape == ot.loss.shape == () and not ok.y.requires_grad
+        assert _max_rel(sk.M, st.M) < tol
+        for u, v in zip(sk.net, st.net):
+            assert _max_rel(u, v) < tol
+        largest = max(largest, float(ok.grad["W_in"].abs().max()))
+    assert largest > 0 and float(sk.M.abs().max()) > 0  # not a comparison of zeros
+
+
+def test_kernel_falls_back_to_torch_for_a_float_mask_and_mixed_dtypes():
+    pytest.importorskip("numba")
+    net, params, xs, ys, mask = _case("lstm", T=6, B=2)
+    kern, torch_ = rules.make("columnar", net), rules.make("columnar", net, kernel=False)
+    sk, st = kern.init(params, 2), torch_.init(params, 2)
+    for t in range(xs.shape[0]):
+        m = 0.5 + 0.5 * mask[t].to(F64)  # a weighted mask: the loss is written by torch, the rest compiled
+        ok, ot = kern.step(params, sk, xs[t], ys[t], m), torch_.step(params, st, xs[t], ys[t], m)
+        sk, st = ok.state, ot.state
+        assert max(_max_rel(ok.grad[k], ot.grad[k]) for k in params) < 1e-12
+        assert _max_rel(ok.loss, ot.loss) < 1e-12 and float(ok.loss) > 0
+    assert not kern._kernel_applies(params, sk, xs[0].float())  # mixed dtypes: the torch fast path
+
+
+@pytest.mark.parametrize("field", ["fast", "kernel"])
+def test_fast_and_kernel_must_be_bools(field):
+    net = models.make("columnar", n_in=2, n_hidden=3, n_out=1)
+    with pytest.raises(ValueError, match=f"{field}='yes' is invalid: expected True or False"):
+        rules.make("columnar", net, **{field: "yes"})
