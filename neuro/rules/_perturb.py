@@ -117,16 +117,12 @@ class TorchForward:
         return Pass(state, y, h, a, z)
 
 
-_ONEDNN = torch.backends.mkldnn.is_available()
 
 
 def outer_sum(E: Tensor, P: Tensor) -> Tensor:
     """``E^T P`` [n, m] for ``E`` [R, n], ``P`` [R, m]: the sum of the ``R`` rows' outer products ``e_r p_r^T``
-    (a window's estimate). Large float32 products on the CPU go through oneDNN (``mkldnn_linear``, about twice
-    as fast as the default BLAS for these thin shapes on the machines measured); else ``E.T @ P``."""
-    if (_ONEDNN and E.dtype == P.dtype == torch.float32 and E.device.type == P.device.type == "cpu"
-            and E.shape[1] * P.shape[1] >= 1 << 16):
-        return torch._C._nn.mkldnn_linear(E.T.contiguous().to_mkldnn(), P.T.contiguous().to_mkldnn(), None).to_dense()
+    (a window's estimate), as one BLAS product. (oneDNN's ``mkldnn_linear`` was tried: for these thin shapes
+    its time swung between 0.3x and 10x BLAS's with the window length, so it is not used.)"""
     return E.T @ P
 
 

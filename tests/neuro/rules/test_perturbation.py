@@ -340,8 +340,7 @@ def test_window_is_validated_and_the_signals_are_the_documented_ones(rate):
 
 
 def test_outer_sum_equals_the_sum_of_outer_products():
-    """The window's matrix product (oneDNN for large float32 products on the CPU, else ``E.T @ P``) against
-    the sum of the rows' outer products in float64."""
+    """The window's matrix product against the sum of the rows' outer products in float64."""
     from neuro.rules._perturb import outer_sum
 
     g = torch.Generator().manual_seed(0)

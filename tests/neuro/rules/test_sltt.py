@@ -248,9 +248,9 @@ def test_window_must_be_a_positive_integer():
             rules.make("sltt", net, window=w)
 
 
-def test_window_in_float32_at_a_size_where_the_product_goes_through_onednn():
-    """n = 256 (n x n >= 2^16: ``outer_sum``'s oneDNN path for float32 on the CPU): the windowed sum equals the
-    per-step path's to float32 rounding."""
+def test_window_in_float32_at_n_256():
+    """n = 256 in float32 (one BLAS product per window): the windowed sum equals the per-step path's to float32
+    rounding."""
     net = models.make("lif", n_in=8, n_hidden=256, n_out=2, input_scale=8.0)
     params = net.init_params(seed=0)
     g = torch.Generator().manual_seed(1)
