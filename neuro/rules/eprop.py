@@ -103,11 +103,11 @@ import torch
 from torch import Tensor
 from torch.func import jvp
 
+from neuro import losses
 from neuro.contract import AbstractNetwork, Params, check_choice, check_positive
 
 from .base import AbstractRule, Needs, StepOutput
 from ._spiking import closed_form, fire
-from .rflo import loss_grad
 
 __all__ = ["EProp", "EPropState"]
 
@@ -437,13 +437,7 @@ class EProp(AbstractRule):
         elif self._closed:  # the read fields' derivatives in closed form, written into the window's buffer
             s_new, z, _ = _closed_local(net, p, state.net, i, self._names, lay.vectors, out=buf[0][t])
             s_new, y_hat = net.readout(p, s_new, z)
-            lg = loss_grad(self.loss or "mse", y_hat, y, mask)
-            if lg is None:  # a loss without a closed-form dE/dy
-                with torch.enable_grad():
-                    yl = y_hat.detach().requires_grad_(True)
-                    lv = fn(yl, y, mask)
-                    lg = (lv.detach(), torch.autograd.grad(lv, yl)[0])
-            loss, err = lg
+            loss, err = fn(y_hat, y, mask), losses.grad(self.loss or "mse", y_hat, y, mask)
         else:
             rows = tuple(lay.hidden[k] for k in self._rows)
             s_new, y_hat, loss, z, _, err = _local(net, p, state.net, i, rows, lay.vectors, head, out=buf[0][t])

@@ -68,8 +68,7 @@ from . import _window
 from ._spiking import closed_form, fire
 from .base import AbstractRule, Needs, StepOutput
 
-__all__ = ["FEEDBACKS", "LocalStep", "RFLO", "RFLOState", "closed_form_step", "feedback_matrix", "local_step",
-           "loss_grad"]
+__all__ = ["FEEDBACKS", "LocalStep", "RFLO", "RFLOState", "closed_form_step", "feedback_matrix", "local_step"]
 
 FEEDBACKS = ("random", "readout")
 
@@ -122,14 +121,6 @@ def local_step(net, params: Params, state: NamedTuple, x: Tensor, y: Tensor, mas
                      zero(grads[1]) if bias else None)
 
 
-def loss_grad(loss: str, y_hat: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor] | None:
-    """The per-step loss ``l_t`` of :mod:`neuro.losses` and ``dl_t/dy_t`` [B, n_out] (masked, divided by the batch
-    size) in closed form (:func:`neuro.losses.grad`), or ``None`` for a loss without one."""
-    if loss not in ("mse", "ce", "value"):
-        return None
-    return losses.get(loss)(y_hat, y, mask), losses.grad(loss, y_hat, y, mask)
-
-
 def _closed_form(net) -> str | None:
     """Which closed form of ``dz/dI`` applies to ``net`` (the model's own update, see :func:`closed_form_step`)."""
     if net.name == "rate" and hasattr(net, "alpha"):
@@ -145,9 +136,9 @@ def closed_form_step(net, params: Params, state: NamedTuple, x: Tensor, y: Tenso
     rate RNN (``dz/dI = dz/db = alpha (1 - tanh(i)^2)``) and LIF (``models/lif.py``: ``neuron`` is ``_integrate``
     then ``_fire``; ``dz/dI = psi(v~) dv~/dI [r_{t-1} = 0]``, ``dz/db = psi(v~) dv~/db [r_{t-1} = 0]`` with ``psi``
     the surrogate derivative and ``dv~/dI``, ``dv~/db`` the coefficients of ``subthreshold``), and a loss with a
-    closed-form :func:`loss_grad`. ``None`` otherwise. Equal to :func:`local_step` (tests/neuro/rules/test_rflo.py)."""
+    written-out loss gradient (:func:`neuro.losses.grad`). ``None`` otherwise. Equal to :func:`local_step` (tests/neuro/rules/test_rflo.py)."""
     kind = _closed_form(net)
-    if kind is None or loss not in ("mse", "ce", "value"):
+    if kind is None:
         return None
     with torch.no_grad():
         i = net.current(params, state, x)
@@ -162,7 +153,7 @@ def closed_form_step(net, params: Params, state: NamedTuple, x: Tensor, y: Tenso
             dz_di = psi * sub.vI if sub.vI != 1.0 else psi
             dz_db = (psi * sub.vb if sub.vb != 1.0 else psi) if bias else None
         net_state, y_hat = net.readout(params, net_state, z)
-        l, eps = loss_grad(loss, y_hat, y, mask)
+        l, eps = losses.get(loss)(y_hat, y, mask), losses.grad(loss, y_hat, y, mask)
         return LocalStep(net_state, z, y_hat, l, eps, dz_di, dz_db)
 
 

@@ -233,13 +233,10 @@ def test_windowed_alif_without_the_adaptive_component():
     _close(g, ref, atol=1e-12)
 
 
-@pytest.mark.parametrize("loss", ["ce", "mse-by-autograd"])
-def test_windowed_path_with_other_losses(loss, monkeypatch):
-    """The closed-form dE/dy (cross-entropy), and the autograd fallback for a loss without one."""
-    from neuro.rules import eprop
-    if loss == "mse-by-autograd":
-        monkeypatch.setattr(eprop, "loss_grad", lambda *a: None)
-    name = loss.split("-")[0]
+@pytest.mark.parametrize("loss", ["ce", "value"])
+def test_windowed_path_with_other_losses(loss):
+    """The written-out dE/dy of the other losses (``neuro.losses.grad``) on the windowed path."""
+    name = loss
     net = _spiking_net("lif")
     params = net.init_params(0, F64)
     xs, ys, mask = _data(net)
