@@ -28,6 +28,13 @@ Node rules (np, anp, anp-time) turn a per-row node signal ``e_h`` [M, n_cur], ``
 estimates with the presynaptic activity of the clean network (``x_t`` for ``W_in``, ``z_{t-1}`` for
 ``W_rec``, ``1`` for ``b``, ``z_t`` for ``W_out``, ``1`` for ``b_out``), averaged over the M rows.
 
+*The pair.* With the torch forward (no ``forward=`` given) on these models, the clean and the noisy passes
+of a step are run by :meth:`TorchForward.pair`: the input product ``x W_in^T`` is shared, and the two
+recurrent products read ``W_rec`` once (the compiled two-vector product of :mod:`neuro.rules._matvec` at
+batch 1 with one sample: the step's two products cost about one). The passes equal two forward calls up to
+rounding, so the clean output equals ``net.step``'s up to rounding there (a spike exactly at the threshold
+could differ).
+
 *The window.* Each step's estimate is a sum of outer products ``e_m pre_m^T``; written to a fresh
 ``[n, n_pre]`` matrix at every step it costs more than the forward pass. With ``window = W > 1`` a node
 rule holds each step's small tensors instead (by reference: the noise, the noisy and clean outputs and
@@ -56,6 +63,7 @@ from torch import Tensor
 from neuro import losses
 from neuro.contract import AbstractNetwork, Params, check_positive
 
+from . import _matvec
 from .base import AbstractRule, Needs, StepOutput
 
 __all__ = ["AbstractNodeRule", "BIAS_IN_CURRENT", "NODE_MODELS", "NodeState", "Pass", "TorchForward", "check_samples",
@@ -97,10 +105,14 @@ class TorchForward:
     def _step(self, params: Params, state: NamedTuple, x: Tensor, xi_h: Tensor | None = None,
               xi_y: Tensor | None = None) -> Pass:
         """:meth:`__call__` for a caller already under ``torch.no_grad()``."""
-        net = self.net
-        h = net.current(params, state, x)
+        h = self.net.current(params, state, x)
         if xi_h is not None:
             h = h + xi_h
+        return self._rest(params, state, h, xi_y)
+
+    def _rest(self, params: Params, state: NamedTuple, h: Tensor, xi_y: Tensor | None) -> Pass:
+        """The step after the current ``h`` (noise included): neuron, readout, output noise."""
+        net = self.net
         state, z = net.neuron(params, state, h)
         state, y = net.readout(params, state, z)
         linear = net.name in LINEAR_READOUT  # the readout is a = W_out z + b_out itself (the same operations)
@@ -115,6 +127,52 @@ class TorchForward:
         if linear:
             a = y
         return Pass(state, y, h, a, z)
+
+    def pair(self, params: Params, clean: NamedTuple, noisy: NamedTuple | None, x: Tensor, xi_h: Tensor,
+             xi_y: Tensor, samples: int) -> tuple[Pass, Pass]:
+        """The clean pass ``_step(params, clean, x)`` and the noisy one ``_step(params, noisy, repeat(x, K), xi_h,
+        xi_y)`` (``noisy=None``: the noisy copies start from ``clean``, as in ``anp``), equal to those two calls
+        up to rounding, with the products they share done once: ``x W_in^T`` (the same input), and the two
+        recurrent products, which read ``W_rec`` once (:func:`neuro.rules._matvec.mv2` for one clean and one
+        noisy row; one product of the stacked rows otherwise; one product when the noisy copies start from the
+        clean state). For the models of :func:`pair_applies` only (their current is ``x W_in^T + z_{t-1}
+        W_rec^T (+ b)``), under ``torch.no_grad()``."""
+        net, K = self.net, samples
+        W_rec, field = params["W_rec"], _Z_FIELD[net.name]
+        xin = x @ params["W_in"].mT
+        zc = getattr(clean, field)
+        if noisy is None:
+            rc = zc @ W_rec.mT
+            rn = repeat(rc, K)
+        else:
+            zn = getattr(noisy, field)
+            if zc.shape[0] == 1 and K == 1 and _matvec.usable(W_rec, zc, zn):
+                rc, rn = _matvec.mv2(W_rec, zc, zn)
+                rc, rn = rc[None], rn[None]
+            else:
+                r = torch.cat([zc, zn]) @ W_rec.mT
+                rc, rn = r[:zc.shape[0]], r[zc.shape[0]:]
+        hc, hn = xin + rc, repeat(xin, K) + rn
+        if net.name in BIAS_IN_CURRENT:
+            hc, hn = hc + params["b"], hn + params["b"]
+        return (self._rest(params, clean, hc, None),
+                self._rest(params, noisy if noisy is not None else repeat(clean, K), hn + xi_h, xi_y))
+
+
+#: the state field each node model's current reads as ``z_{t-1}`` (``x W_in^T + z_{t-1} W_rec^T (+ b)``)
+_Z_FIELD = {"rate": "h", "lstm": "h", "lif": "z", "alif": "z"}
+
+
+def pair_applies(net: AbstractNetwork) -> bool:
+    """Whether :meth:`TorchForward.pair` covers ``net``: one of the node models with its own ``current``
+    (a subclass that overrides it is not covered)."""
+    from models.lif import LIF
+    from models.lstm import LSTM
+    from models.rate import RateRNN
+
+    own = {"rate": RateRNN, "lstm": LSTM, "lif": LIF, "alif": LIF}
+    cls = own.get(net.name)
+    return cls is not None and isinstance(net, cls) and type(net).current is cls.current
 
 
 
@@ -295,6 +353,11 @@ class AbstractNodeRule(AbstractRule):
         """The torch forward for a caller already under ``no_grad`` (built once per rule)."""
         return TorchForward(self.net)._step
 
+    @functools.cached_property
+    def _torch_pair(self):
+        """:meth:`TorchForward.pair` where it covers the network and no backend forward is given, else None."""
+        return TorchForward(self.net).pair if self.forward is None and pair_applies(self.net) else None
+
     @property
     def fwd(self) -> Forward:
         return self.forward if self.forward is not None else TorchForward(self.net)
@@ -321,10 +384,16 @@ class AbstractNodeRule(AbstractRule):
         M = B * K
         fwd = self.forward if self.forward is not None else self._torch_step  # (in no_grad below)
         with torch.no_grad():  # params are only read here: no graph, no detached copies needed
-            clean = fwd(params, state.net, x, None, None)
-            xi_h, xi_y = node_noise(state.gen, M, clean.h.shape[1], clean.y.shape[1], self.sigma, clean.h)
-            start = state.noisy if self.keep_noisy_state else repeat(state.net, K)
-            noisy = fwd(params, start, repeat(x, K), xi_h, xi_y)
+            if self._torch_pair is not None:  # both passes at once (the same numbers as below, up to rounding)
+                p = params["W_in"]
+                xi_h, xi_y = node_noise(state.gen, M, p.shape[0], self.net.n_out, self.sigma, p)
+                clean, noisy = self._torch_pair(params, state.net, state.noisy if self.keep_noisy_state else None,
+                                                x, xi_h, xi_y, K)
+            else:
+                clean = fwd(params, state.net, x, None, None)
+                xi_h, xi_y = node_noise(state.gen, M, clean.h.shape[1], clean.y.shape[1], self.sigma, clean.h)
+                start = state.noisy if self.keep_noisy_state else repeat(state.net, K)
+                noisy = fwd(params, start, repeat(x, K), xi_h, xi_y)
             l = per_sample_loss(self.loss or "mse", clean.y, y, mask)
             buf, k, grad = state.buf, state.k, None
             if self.window_size == 1:  # the reference path: this step's signal and outer products

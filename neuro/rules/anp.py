@@ -27,8 +27,9 @@ output within the step (``dh_hidden = xi_h``, ``dh_out = W_out (z~_t - z_t) + xi
 this step's effect. In ANP in time the noisy copy keeps its own state, so ``dh`` also carries the noise of
 earlier steps propagated through the recurrence, and ``L~_t - L_t`` its effect on the loss.
 
-Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``); the outer products
-of ``window`` steps are summed as one matrix product (:mod:`neuro.rules._perturb`).
+Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``), their shared products
+done once (the pair in :mod:`neuro.rules._perturb`); the outer products of ``window`` steps are summed as
+one matrix product.
 """
 
 from __future__ import annotations

@@ -28,8 +28,9 @@ at a scale the learning rate absorbs. ``samples``: noisy copies per sequence run
 Left out: the paper's optional decorrelation layer ``D <- D - eta_D offdiag(E[x x^T]) D`` on each layer's
 input (not implemented here).
 
-Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``); the outer products
-of ``window`` steps are summed as one matrix product (:mod:`neuro.rules._perturb`).
+Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``), their shared products
+done once (the pair in :mod:`neuro.rules._perturb`); the outer products of ``window`` steps are summed as
+one matrix product.
 """
 
 from __future__ import annotations

@@ -21,8 +21,9 @@ is the gradient through the current step only, i.e. the gradient of 1-step trunc
 with ``k=1``), which the tests check. ``samples`` noisy copies per sequence are run in parallel (a batch
 of perturbations) and averaged; the estimate is the mean over the batch and the samples.
 
-Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``); the outer products
-of ``window`` steps are summed as one matrix product (:mod:`neuro.rules._perturb`).
+Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``), their shared products
+done once (the pair in :mod:`neuro.rules._perturb`); the outer products of ``window`` steps are summed as
+one matrix product.
 """
 
 from __future__ import annotations

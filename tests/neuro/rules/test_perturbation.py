@@ -268,6 +268,55 @@ def test_the_clean_copy_is_the_network_itself(name, model):
         torch.testing.assert_close(out.loss, fn(trace.y[t], ys[t], torch.ones(B, dtype=torch.bool)))
 
 
+@pytest.mark.parametrize("model", ["rate", "lstm", "lif", "alif"])
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("batch,samples", [(1, 1), (1, 3), (2, 2)])
+def test_the_pair_forward_equals_two_passes(model, keep, batch, samples):
+    """float64: ``TorchForward.pair`` (the clean and noisy passes with their products shared) gives the states,
+    outputs, pre-activations and hidden outputs of two ``TorchForward`` calls, step after step; the spiking
+    nets spike. Batch 1 with one sample goes through the compiled two-vector product."""
+    from neuro.rules._perturb import node_noise, pair_applies, repeat
+
+    net = models.make(model, n_in=3, n_hidden=40, n_out=2, **({"input_scale": 6.0} if model in ("lif", "alif") else {}))
+    assert pair_applies(net)
+    params = net.init_params(seed=0, dtype=torch.float64)
+    fwd, g, K = TorchForward(net), torch.Generator().manual_seed(2), samples
+    clean = net.init_state(params, batch)
+    noisy = repeat(clean, K) if keep else None
+    spikes = 0.0
+    for t in range(12):
+        x = 6.0 * (torch.rand(batch, 3, generator=g) < 0.4).to(torch.float64) if net.spiking else \
+            torch.randn(batch, 3, generator=g, dtype=torch.float64)
+        xi_h, xi_y = node_noise(g, batch * K, params["W_in"].shape[0], 2, 0.3, params["W_in"])
+        with torch.no_grad():
+            pc, pn = fwd.pair(params, clean, noisy, x, xi_h, xi_y, K)
+        rc = fwd(params, clean, x)
+        rn = fwd(params, noisy if keep else repeat(clean, K), repeat(x, K), xi_h, xi_y)
+        for got, ref in ((pc, rc), (pn, rn)):
+            for a, b in zip(list(got.state) + [got.y, got.h, got.a, got.z], list(ref.state) + [ref.y, ref.h, ref.a, ref.z]):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        clean, noisy = pc.state, (pn.state if keep else None)
+        spikes += float(pn.z.sum()) if net.spiking else 0.0
+    assert spikes > 0 or not net.spiking
+
+
+def test_the_pair_forward_is_used_only_where_it_applies(rate):
+    """A backend forward or a model whose current is its own goes through two forward calls."""
+    from models.lif import LIF
+    from neuro.rules._perturb import pair_applies
+
+    net = rate[0]
+    assert rules.make("np", net)._torch_pair is not None
+    assert rules.make("np", net, forward=TorchForward(net))._torch_pair is None
+
+    class Shifted(LIF):
+        def current(self, params, state, x):
+            return super().current(params, state, x) + 1.0
+
+    assert not pair_applies(Shifted(n_in=3, n_hidden=4, n_out=2)) and pair_applies(LIF(n_in=3, n_hidden=4, n_out=2))
+    assert not pair_applies(models.make("lif-loihi", n_in=3, n_hidden=4, n_out=2))
+
+
 # -- the window (node rules: outer products summed as one matrix product) ------------------------------------------
 @pytest.mark.parametrize("name", ["np", "anp", "anp-time"])
 @pytest.mark.parametrize("model,samples", [("rate", 1), ("rate", 3), ("lif", 1), ("lif", 2)])
