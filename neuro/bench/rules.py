@@ -35,6 +35,8 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "columnar": ("columnar", {}), "bptt": ("rate", {}), "bptt-lif": ("lif", {}),
 }
 N_IN, N_OUT = 16, 2
+#: steps run before each timed block of a rule (two windows of the default 64, and a few)
+WARM_UP = 131
 
 
 def _net(model: str, n: int):
@@ -95,13 +97,13 @@ def measure(rule_name: str, n: int, steps: int, repeats: int = 3) -> dict[str, A
     for _ in range(repeats):  # forward and rule blocks alternate, so a change of load hits both
         t_fwd = _time(fwd, steps)
         rstate = rule.init(params, 1, 0)
-        for t in range(3):
+        for t in range(WARM_UP):  # two windows of the windowed rules: their kernels are compiled or loaded
             step(t)
         t_rule = _time(step, steps)
         t0 = time.perf_counter()
         rule.finish(params, rstate)
         t_finish = time.perf_counter() - t0
-        per_step = t_rule + t_finish / (steps + 3)  # BPTT's backward pass is in finish: spread over the sequence
+        per_step = t_rule + t_finish / (steps + WARM_UP)  # BPTT's backward pass is in finish: over the sequence
         reps.append((per_step / t_fwd, t_fwd, per_step, t_rule, t_finish))
     reps.sort()
     ratio, t_fwd, per_step, t_rule, t_finish = reps[len(reps) // 2]  # the repeat with the median ratio

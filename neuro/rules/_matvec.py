@@ -21,10 +21,12 @@ from torch import Tensor
 
 __all__ = ["mv2", "usable"]
 
-_FAST = {"reassoc", "contract"}
+#: numba fastmath flags of the kernels: reassociated sums (vectorised) and fused multiply-adds; no
+#: ``nnan`` / ``ninf``, so NaN and infinity propagate
+FASTMATH = {"reassoc", "contract"}
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _mv2(W, a, b, oa, ob):
     n, k = W.shape
     for i in range(n):

@@ -42,10 +42,12 @@ unbiased (the rank-one pair mixes past parameters), as for RTRL.
 
 On the rate RNN (:mod:`models.rate`) an analytic path is taken (``fast``, default True;
 :mod:`neuro.rules._uoro_rate`): the parameter factor is kept as a matrix per sample, updated by rank-one
-terms, and the steps are folded in every ``window`` steps (default 64) with matrix products instead of
+terms, and the steps are folded in every ``window`` steps (default 128) with matrix products instead of
 one jvp and one vjp per step. Same random signs, same estimate summed over a sequence (to rounding); the
 estimate of a window is handed over at its end, at ``flush`` and at ``finish`` (``window = 1``: every
-step, as :mod:`neuro.rules.td` needs). ``fast=False`` (or another model, or a subclass that overrides
+step, as :mod:`neuro.rules.td` needs). With one pair (batch 1, ``samples=1``) on the CPU a window's
+sequential part runs during the next window, each of its steps fused with a network step's recurrent
+product: a window end then hands over the window before it, and ``flush`` / ``finish`` everything. ``fast=False`` (or another model, or a subclass that overrides
 ``step``) takes the generic path. ``pair(params, state)`` gives the current rank-one pair on both paths.
 """
 
@@ -121,7 +123,7 @@ class UORO(AbstractRule):
     eps: float = 1e-7
     samples: int = 1
     fast: bool = True
-    window: int = 64
+    window: int = 128
 
     name = "uoro"
     needs = Needs.JVP

@@ -86,6 +86,24 @@ def _generic_prefix_sums(net, params, xs, ys, mask, loss="mse", samples=1, seed=
     return sums, state
 
 
+def _handed_over(T: int, window: int, flush_after, in_flight: bool) -> dict[int, int]:
+    """``{step where an estimate is handed over: the last step it covers}`` (0-based; finish not included). A
+    window restarts at each flush. With one pair on the CPU a window's sequential part runs during the next
+    window (in flight), so a window end hands over the window before it (none at the first end after a
+    flush); a flush hands over everything."""
+    covered, start, prev_end = {}, 0, None
+    for t in range(T):
+        if t - start + 1 == window:
+            if not in_flight:
+                covered[t] = t
+            elif prev_end is not None:
+                covered[t] = prev_end
+            prev_end, start = t, t + 1
+        if t in flush_after:
+            covered[t], start, prev_end = t, t + 1, None
+    return covered
+
+
 @pytest.mark.parametrize("alpha", [1.0, 0.4])
 @pytest.mark.parametrize("batch,samples", [(1, 1), (2, 1), (2, 2)])
 @pytest.mark.parametrize("window", [1, 3, 7])
@@ -96,17 +114,10 @@ def test_fast_path_equals_the_generic_path(alpha, batch, samples, window):
     given, outs, state = _cumulative(fast, params, xs, ys, mask, flush_after=FLUSH_AFTER)
     sums, generic = _generic_prefix_sums(net, params, xs, ys, mask, samples=samples)
     T = xs.shape[0]
-    # a window restarts at each flush: its ends are counted from there
-    ends, start = set(), 0
-    for t in range(T):
-        if t - start + 1 == window:
-            ends.add(t)
-            start = t + 1
-        if t in FLUSH_AFTER:
-            start = t + 1
-    assert set(given) - {T} == ends | set(FLUSH_AFTER), sorted(given)
+    covered = _handed_over(T, window, FLUSH_AFTER, in_flight=batch * samples == 1 and window > 1)
+    assert set(given) - {T} == set(covered), sorted(given)
     for t, g in given.items():
-        ref = sums[min(t, T - 1)]
+        ref = sums[covered.get(t, T - 1)]
         torch.testing.assert_close(g, ref, rtol=1e-10, atol=1e-10 * float(ref.abs().max()),
                                    msg=lambda m: f"summed estimate up to step {t + 1}: {m}")
     assert T in given or max(given) == T - 1  # finish handed over the rest, if any
@@ -119,6 +130,57 @@ def test_fast_path_equals_the_generic_path(alpha, batch, samples, window):
         h, y = net.step(params, h, xs[t])
         torch.testing.assert_close(out.y, y, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(out.loss, losses.get("mse")(y, ys[t], mask[t]), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.4])
+@pytest.mark.parametrize("window", [3, 4])
+def test_windows_in_flight_equal_the_generic_path_step_by_step(alpha, window):
+    """One pair: each window's sequential part runs during the next window's steps (fused with their recurrent
+    products). Over several windows in a row and flushes mid-window, the sums handed over and the rank-one
+    pair after every step equal the generic path's. A state is a snapshot: a step leaves the arrays of the
+    state it started from as they were, and stepping a pickled copy of that state gives the same numbers."""
+    import pickle
+
+    net, params, xs, ys, mask = _case(alpha=alpha, batch=1, T=30, n_hidden=6)
+    flush_after = (13, 20)
+    rule = rules.make("uoro", net, window=window)
+    generic = rules.make("uoro", net, fast=False)
+    state, gstate = rule.init(params, 1, 0), generic.init(params, 1, 0)
+    total = torch.zeros(sum(v.numel() for v in params.values()), dtype=F64)
+    given, landed, ref = {}, 0, [0]
+    for t in range(xs.shape[0]):
+        copy = pickle.loads(pickle.dumps(state))  # its own generator too
+        out = rule.step(params, state, xs[t], ys[t], mask[t])
+        again = rule.step(params, copy, xs[t], ys[t], mask[t])
+        assert torch.equal(out.y, again.y) and torch.equal(out.state.theta_mat, again.state.theta_mat)
+        assert (out.grad is None) == (again.grad is None)
+        if out.grad is not None:
+            assert torch.equal(_flat(out.grad), _flat(again.grad))
+        if state.flight is not None:  # the arrays of the state the step started from are unchanged
+            assert torch.equal(state.flight.s_t, copy.flight.s_t) and (state.flight.acc == copy.flight.acc).all()
+        state = out.state
+        gout = generic.step(params, gstate, xs[t], ys[t], mask[t])
+        gstate = gout.state
+        ref.append(ref[-1] + _flat(gout.grad))  # the generic sum up to step t
+        grads = [out.grad]
+        landed += out.grad is not None and t not in flush_after
+        if t in flush_after:
+            state, g = rule.flush(params, state)
+            grads.append(g)
+        for g in grads:
+            if g is not None:
+                total = total + _flat(g)
+                given[t] = total.clone()
+        st, tt = rule.pair(params, state)
+        torch.testing.assert_close(st, gstate.s_tilde, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(tt, gstate.theta_tilde, rtol=1e-10, atol=1e-12)
+    assert landed >= 3  # windows landed at window ends, their sequence run in flight
+    covered = _handed_over(xs.shape[0], window, flush_after, in_flight=True)
+    assert set(given) == set(covered)
+    for t, g in given.items():
+        torch.testing.assert_close(g, ref[covered[t] + 1], rtol=1e-10, atol=1e-10 * float(ref[-1].abs().max()))
+    torch.testing.assert_close(total + _flat(rule.finish(params, state)[1]), ref[-1], rtol=1e-10,
+                               atol=1e-10 * float(ref[-1].abs().max()))
 
 
 @pytest.mark.parametrize("loss", ["ce", "value"])
@@ -195,8 +257,10 @@ def test_a_saturated_network_stays_finite_and_equal():
     torch.testing.assert_close(given[11], sums[11], rtol=1e-10, atol=1e-12)
 
 
-def test_float32_follows_the_generic_path():
-    net, params, xs, ys, mask = _case(batch=2, T=60, n_hidden=12, dtype=torch.float32)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_float32_follows_the_generic_path(batch):
+    """float32 (batch 1: the compiled kernels in float32, windows in flight) against the generic path."""
+    net, params, xs, ys, mask = _case(batch=batch, T=60, n_hidden=12, dtype=torch.float32)
     given, _, _ = _cumulative(rules.make("uoro", net, window=8), params, xs, ys, mask, flush_after=(20,))
     sums, _ = _generic_prefix_sums(net, params, xs, ys, mask)
     g, ref = given[max(given)], sums[-1]
