@@ -3,7 +3,8 @@
 Sections: ``sim`` (forward simulation speed, with peers; :mod:`neuro.bench.sim`), ``influence`` (the
 UORO paper's truncation-bias test; :mod:`neuro.bench.influence`), ``span`` (NoBackTrack against T-BPTT
 as the dependency length grows; :mod:`neuro.bench.span`), ``cost`` (time per step against n for the
-RTRL family and BPTT, fitted exponents; :mod:`neuro.bench.cost`).
+RTRL family and BPTT, fitted exponents; :mod:`neuro.bench.cost`), ``gpu`` (a 16k-neuron LIF layer's forward and
+backward pass and the rules on a CUDA device, skipped with a note without one; :mod:`neuro.bench.gpu`).
 ``main(["sim", ...])`` runs a section with its own options; nothing here is a timed test.
 
 The performance issue's names are aliases: ``batch`` is ``seeds`` and ``rtrl`` is ``cost``. ``neuro bench
@@ -28,6 +29,7 @@ SECTIONS = {"sim": "neuro.bench.sim", "influence": "neuro.bench.influence", "spa
             "patterns": "neuro.bench.patterns",
             "perturbation": "neuro.bench.perturbation",
             "brian2": "neuro.bench.brian2", "rules": "neuro.bench.rules",
+            "gpu": "neuro.bench.gpu",
             }
 ALIASES = {"batch": "seeds", "rtrl": "cost"}
 #: ``neuro bench all --quick``: section -> (tiny options, the JSON file it writes)

@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["cache_bytes", "fmt_rate", "fmt_ratio", "loadavg", "machine_info", "md_table", "summarize", "write_atomic",
-           "write_json"]
+__all__ = ["cache_bytes", "device_missing", "device_name", "fmt_rate", "fmt_ratio", "loadavg", "machine_info",
+           "md_table", "summarize", "write_atomic", "write_json", "write_skipped"]
 
 
 def _version(dist: str) -> str | None:
@@ -78,7 +78,48 @@ def machine_info(threads: int) -> dict[str, Any]:
         "numpy": _version("numpy"),
         "norse": _version("norse"),
         "threads": threads,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def device_missing(device: str) -> str | None:
+    """Why the torch ``device`` cannot run here (``None``: it can); ``ValueError`` naming the value for a device
+    that is neither ``cpu`` nor ``cuda[:N]``."""
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"--device {device!r} is invalid: expected cpu, cuda or cuda:N ({e})") from None
+    if d.type == "cpu":
+        return None
+    if d.type != "cuda":
+        raise ValueError(f"--device {device!r} is invalid: expected cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        return f"no CUDA device here (torch {torch.__version__}: torch.cuda.is_available() is False); nothing was measured"
+    if d.index is not None and d.index >= torch.cuda.device_count():
+        return f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); nothing was measured"
+    return None
+
+
+def device_name(device: str) -> str:
+    """``", GPU <name>"`` for a CUDA device, ``""`` for the CPU (for a results line)."""
+    import torch
+
+    d = torch.device(device)
+    return f", GPU {torch.cuda.get_device_name(d)}" if d.type == "cuda" else ""
+
+
+def write_skipped(out: Path, stem: str, reason: str, settings: dict[str, Any]) -> int:
+    """A section that cannot run here (a missing device): ``OUT/<stem>.json`` and ``.md`` say why, the reason
+    goes to stderr, and the exit status is 0 (a skipped section is not a failure)."""
+    import sys
+
+    write_json(out / f"{stem}.json", {"skipped": reason, "machine": machine_info(int(settings.get("threads") or 1)),
+                                      "settings": settings})
+    write_atomic(out / f"{stem}.md", f"# neuro {stem.replace('_', ' ')}\n\nSkipped: {reason}.\n")
+    print(f"neuro {stem.replace('_', ' ')}: skipped: {reason}", file=sys.stderr)
+    return 0
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:

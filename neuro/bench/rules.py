@@ -16,8 +16,8 @@ network is driven to fire (``input_scale``) and its rate is reported. Writes ``O
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -47,23 +47,31 @@ def _net(model: str, n: int):
     return models.make(model, n_in=N_IN, n_hidden=n, n_out=N_OUT)
 
 
-def _time(fn, steps: int) -> float:
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, steps: int, device: str = "cpu") -> float:
     """Mean seconds per call over ``steps`` calls (the whole loop timed once, after a full garbage collection,
-    as ``timeit`` does, so a collection deferred from the imports does not land on one rule's loop)."""
+    as ``timeit`` does, so a collection deferred from the imports does not land on one rule's loop; on a GPU
+    the queued work is waited for before and after)."""
     gc.collect()
+    _sync(device)
     t0 = time.perf_counter()
     for t in range(steps):
         fn(t)
+    _sync(device)
     return (time.perf_counter() - t0) / steps
 
 
-def measure(rule_name: str, n: int, steps: int, repeats: int = 3) -> dict[str, Any]:
+def measure(rule_name: str, n: int, steps: int, repeats: int = 3, device: str = "cpu") -> dict[str, Any]:
     from neuro import rules
 
     model, opts = CASES[rule_name]
     name = "bptt" if rule_name.startswith("bptt") else rule_name
     net = _net(model, n)
-    params = net.init_params(seed=0)
+    params = {k: v.to(device) for k, v in net.init_params(seed=0).items()}
     g = torch.Generator().manual_seed(0)
     pool = 64
     if net.spiking:
@@ -71,17 +79,17 @@ def measure(rule_name: str, n: int, steps: int, repeats: int = 3) -> dict[str, A
     else:
         xs = torch.randn(pool, 1, N_IN, generator=g)
     ys = torch.randn(pool, 1, N_OUT, generator=g)
-    mask = torch.ones(1, dtype=torch.bool)
+    xs, ys, mask = xs.to(device), ys.to(device), torch.ones(1, dtype=torch.bool, device=device)
 
     state = net.init_state(params, 1)
-    spikes = []
+    spikes = []  # summed on the device (no transfer per step)
 
     def fwd(t):
         nonlocal state
         with torch.no_grad():
             state, _ = net.step(params, state, xs[t % pool])
-        if net.spiking:
-            spikes.append(float(state.z.mean()))
+            if net.spiking:
+                spikes.append(state.z.mean())
 
     rule = rules.make(name, net, **opts)
 
@@ -93,15 +101,17 @@ def measure(rule_name: str, n: int, steps: int, repeats: int = 3) -> dict[str, A
     for t in range(5):
         fwd(t)
     spikes.clear()
+    timed = functools.partial(_time, device=device)
     reps = []
     for _ in range(repeats):  # forward and rule blocks alternate, so a change of load hits both
-        t_fwd = _time(fwd, steps)
+        t_fwd = timed(fwd, steps)
         rstate = rule.init(params, 1, 0)
         for t in range(WARM_UP):  # two windows of the windowed rules: their kernels are compiled or loaded
             step(t)
-        t_rule = _time(step, steps)
+        t_rule = timed(step, steps)
         t0 = time.perf_counter()
         rule.finish(params, rstate)
+        _sync(device)
         t_finish = time.perf_counter() - t0
         per_step = t_rule + t_finish / (steps + WARM_UP)  # BPTT's backward pass is in finish: over the sequence
         reps.append((per_step / t_fwd, t_fwd, per_step, t_rule, t_finish))
@@ -110,7 +120,8 @@ def measure(rule_name: str, n: int, steps: int, repeats: int = 3) -> dict[str, A
     return {"rule": name, "model": model, "n": n, "steps": steps, "repeats": repeats, "forward_ms": 1e3 * t_fwd,
             "rule_ms": 1e3 * per_step, "step_ms": 1e3 * t_rule, "finish_ms": 1e3 * t_finish, "ratio": ratio,
             "ratio_range": [reps[0][0], reps[-1][0]],
-            "rate_per_step": statistics.fmean(spikes) if spikes else None, "n_params": net.n_params(params)}
+            "rate_per_step": float(torch.stack(spikes).mean()) if spikes else None, "n_params": net.n_params(params),
+            "device": str(device)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=5, help="alternating forward / rule blocks; the median ratio")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="torch device (cuda: a GPU; skipped with a note where none)")
     ap.add_argument("--out", default="runs/bench")
     ap.add_argument("--quick", action="store_true", help="n = 32, 5 steps (a smoke test)")
     args = ap.parse_args(argv)
@@ -131,11 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1 or args.steps < 1 or args.threads < 1 or args.repeats < 1:
         ap.error("--n, --steps, --repeats and --threads must be >= 1")
     torch.set_num_threads(args.threads)
+    try:
+        skipped = _report.device_missing(args.device)
+    except ValueError as e:
+        ap.error(str(e))
+    if skipped:
+        return _report.write_skipped(Path(args.out), "bench_rules", skipped, vars(args))
     load = _report.loadavg()
     rows = []
     for r in args.rules:
         try:
-            rows.append(measure(r, args.n, args.steps, args.repeats))
+            rows.append(measure(r, args.n, args.steps, args.repeats, args.device))
         except Exception as e:  # one rule failing (e.g. out of memory at a large n) is reported, not fatal
             rows.append({"rule": r, "model": CASES[r][0], "n": args.n, "error": f"{type(e).__name__}: {e}"})
         print(rows[-1], flush=True)
@@ -152,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
           ("met" if r["ratio"] <= 3 else "not met") if "ratio" in r else "–",
           f"{r['rate_per_step']:.3f}" if r.get("rate_per_step") is not None else "–"] for r in rows])
     text = (f"# neuro bench rules\n\n{__doc__.split(chr(10) + chr(10))[1]}\n\n{table}\n\n"
-            f"Machine: {report['machine']['cpu_model']}, {args.threads} thread(s), load average before/after "
+            f"Machine: {report['machine']['cpu_model']}{_report.device_name(args.device)}, {args.threads} thread(s), load average before/after "
             f"{load}/{report['loadavg_after']}; torch {report['machine']['torch']}. Means over blocks of {args.steps} steps; {args.repeats} alternating forward / rule blocks per rule, the median ratio (and its block's times) shown.\n")
     _report.write_atomic(out / "bench_rules.md", text)
     print(table)
