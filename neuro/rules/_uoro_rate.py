@@ -414,7 +414,8 @@ def _add_shares(G, T_new, Theta, gam, cD):
 @numba.njit(cache=True, nogil=True, fastmath=_matvec.FASTMATH)
 def _products(W, h, s_prev, F_s, R_s, oma, out_Wh, out_s):
     """``out_Wh = W h``, ``out_s = J s~ = oma s~ + F_s * (W s~)`` from one pass over ``W``; returns ``(||J s~||^2,
-    r_s . J s~)`` in float64."""
+    r_s . J s~)`` in float64. (The row loop is :func:`neuro.rules._matvec.mv2`'s, written here again on
+    purpose: numba's on-disk cache does not notice a change in a compiled function of another module.)"""
     n, k = W.shape
     nJ2 = 0.0
     kd = 0.0
