@@ -98,7 +98,7 @@ def layer(n: int, batch: int, steps: int, device: str, repeats: int = 5, compile
         total = one_pass()
         _sync(dev)
         times.append(time.perf_counter() - t0)
-        spikes = float(total) / (steps * batch * n)
+        spikes = float(total.detach()) / (steps * batch * n)
     if W.grad is None or not bool(torch.isfinite(W.grad).all()):
         raise RuntimeError("the backward pass gave no finite gradient for the layer's weights")
     return {"n": n, "batch": batch, "steps": steps, "device": str(dev), "compiled": compile,
