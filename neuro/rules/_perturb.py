@@ -32,8 +32,8 @@ estimates with the presynaptic activity of the clean network (``x_t`` for ``W_in
 of a step are run by :meth:`TorchForward.pair`: the input product ``x W_in^T`` is shared, and the two
 recurrent products read ``W_rec`` once (the compiled two-vector product of :mod:`neuro.rules._matvec` at
 batch 1 with one sample: the step's two products cost about one). The passes equal two forward calls up to
-rounding, so the clean output equals ``net.step``'s up to rounding there (a spike exactly at the threshold
-could differ).
+rounding, so the clean output equals ``net.step``'s up to rounding there (a spike could differ where the
+membrane lies within rounding of the threshold).
 
 *The window.* Each step's estimate is a sum of outer products ``e_m pre_m^T``; written to a fresh
 ``[n, n_pre]`` matrix at every step it costs more than the forward pass. With ``window = W > 1`` a node
