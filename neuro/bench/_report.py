@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 __all__ = ["cache_bytes", "device_missing", "device_name", "fmt_rate", "fmt_ratio", "loadavg", "machine_info",
-           "md_table", "summarize", "write_atomic", "write_json", "write_skipped"]
+           "md_table", "summarize", "sync", "write_atomic", "write_json", "write_skipped"]
 
 
 def _version(dist: str) -> str | None:
@@ -100,6 +100,14 @@ def device_missing(device: str) -> str | None:
     if d.index is not None and d.index >= torch.cuda.device_count():
         return f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); nothing was measured"
     return None
+
+
+def sync(device) -> None:
+    """Wait for the work queued on a CUDA ``device`` (a timer around GPU work needs it; nothing on the CPU)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def device_name(device: str) -> str:

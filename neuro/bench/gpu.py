@@ -41,11 +41,6 @@ PUBLISHED_MS = {"Spyx (float16)": 47.0, "Norse + torch.compile": 110.0, "Spiking
                 "Lava-DL": 171.0, "snnTorch 0.7": 3078.0}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def layer_spikes(net, params: dict, W: Tensor, b_lin: Tensor, xs: Tensor, step=None) -> Tensor:
     """The layer's loss: the sum of the output spikes over ``xs`` [T, B, n] (the product with ``W`` for all
     steps at once, then ``step(state, I_t)``, default ``net.neuron``)."""
@@ -93,10 +88,10 @@ def layer(n: int, batch: int, steps: int, device: str, repeats: int = 5, compile
     for _ in range(repeats):
         W.grad = b_lin.grad = None
         gc.collect()
-        _sync(dev)
+        _report.sync(dev)
         t0 = time.perf_counter()
         total = one_pass()
-        _sync(dev)
+        _report.sync(dev)
         times.append(time.perf_counter() - t0)
         spikes = float(total.detach()) / (steps * batch * n)
     if W.grad is None or not bool(torch.isfinite(W.grad).all()):

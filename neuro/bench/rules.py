@@ -47,21 +47,16 @@ def _net(model: str, n: int):
     return models.make(model, n_in=N_IN, n_hidden=n, n_out=N_OUT)
 
 
-def _sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(fn, steps: int, device: str = "cpu") -> float:
     """Mean seconds per call over ``steps`` calls (the whole loop timed once, after a full garbage collection,
     as ``timeit`` does, so a collection deferred from the imports does not land on one rule's loop; on a GPU
     the queued work is waited for before and after)."""
     gc.collect()
-    _sync(device)
+    _report.sync(device)
     t0 = time.perf_counter()
     for t in range(steps):
         fn(t)
-    _sync(device)
+    _report.sync(device)
     return (time.perf_counter() - t0) / steps
 
 
@@ -111,7 +106,7 @@ def measure(rule_name: str, n: int, steps: int, repeats: int = 3, device: str = 
         t_rule = timed(step, steps)
         t0 = time.perf_counter()
         rule.finish(params, rstate)
-        _sync(device)
+        _report.sync(device)
         t_finish = time.perf_counter() - t0
         per_step = t_rule + t_finish / (steps + WARM_UP)  # BPTT's backward pass is in finish: over the sequence
         reps.append((per_step / t_fwd, t_fwd, per_step, t_rule, t_finish))

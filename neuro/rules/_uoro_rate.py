@@ -194,8 +194,7 @@ def fold(rule, params: Params, state: RateUOROState, check: bool = True) -> tupl
     grads = []
     with torch.no_grad():
         if fl is not None:
-            while fl.j < fl.prep.L:
-                fl, _ = _advance(rule, params["W_rec"], fl, None)
+            fl = _run_rest(rule, params["W_rec"], fl)
             state, g = _land_flight(rule, params, state, fl, check)
             grads.append(g)
         if steps:
@@ -266,9 +265,21 @@ def _close_window(rule, params: Params, state: RateUOROState) -> tuple[RateUOROS
                                "still to run (the state was stepped by a rule with another window)")
         state, grad = _land_flight(rule, params, state, fl, True)
     prep = _prepare(rule, params, state, state.pending.steps, kernel=True)
+    return state._replace(pending=_EMPTY, flight=_take_off(prep, state)), grad
+
+
+def _take_off(prep: _Prep, state: RateUOROState) -> Flight:
+    """The flight of a prepared window (one pair), no step of its sequence run yet."""
     acc = np.zeros(3 + 3 * prep.L)
-    acc[0], acc[1] = prep.q[0], 1.0
-    return state._replace(pending=_EMPTY, flight=Flight(prep, 0, state.s_tilde[0], acc)), grad
+    acc[0], acc[1] = prep.q[0], 1.0  # ||theta~||^2 at the window's start, D_0 = 1
+    return Flight(prep, 0, state.s_tilde[0], acc)
+
+
+def _run_rest(rule, W_rec: Tensor, fl: Flight) -> Flight:
+    """The flight with the rest of its sequence run (no network step to share the products with)."""
+    while fl.j < fl.prep.L:
+        fl, _ = _advance(rule, W_rec, fl, None)
+    return fl
 
 
 def _advance(rule, W_rec: Tensor, fl: Flight, h: Tensor | None) -> tuple[Flight, Tensor | None]:
@@ -332,11 +343,7 @@ def _fold(rule, params: Params, state: RateUOROState, steps: tuple, check: bool)
     p = _prepare(rule, params, state, steps, kernel=kernel)
     state = state._replace(pending=_EMPTY)
     if kernel:
-        acc = np.zeros(3 + 3 * p.L)
-        acc[0], acc[1] = p.q[0], 1.0
-        fl = Flight(p, 0, state.s_tilde[0], acc)
-        while fl.j < p.L:
-            fl, _ = _advance(rule, params["W_rec"], fl, None)
+        fl = _run_rest(rule, params["W_rec"], _take_off(p, state))
         return _land_flight(rule, params, state, fl, check)
     L, BK = p.L, p.Fp.shape[1]
     s_t, JS, D, w, Dprev = _sequence(state.s_tilde, params["W_rec"].t(), p.Fp, p.NU1, rule.net.alpha, rule.eps,
