@@ -12,6 +12,13 @@ first field is ``net`` (the network state)::
 ``grad`` has the keys, shapes and dtypes of ``params``: the estimate of d(loss_t)/d(params) for the
 step (or the window that ends at this step), to be *summed* by the caller; an optimizer descends it.
 Each rule declares what it needs from the network (``needs``), checked before a run.
+
+*One definition, fast paths apart.* A rule's file is its paper's per-step equations, the definition.
+Where a faster computation of the same numbers exists for some networks (a window of steps summed as one
+matrix product, a compiled kernel), it lives in :mod:`neuro.rules._fast`; a rule class decorated with
+:func:`accelerated` runs it automatically where it applies (``rule.fast_path`` is not None) unless built
+with ``fast=False``. Every fast path is held to its definition by one float64 equivalence test
+(``tests/neuro/rules/test_fast_paths.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
+import functools
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -27,11 +35,11 @@ from torch import Tensor
 from neuro import losses
 from neuro.contract import AbstractNetwork, Params
 
-__all__ = ["AbstractRule", "Needs", "StepOutput", "zeros_like_params", "add_into"]
+__all__ = ["AbstractRule", "FastPath", "Needs", "StepOutput", "accelerated", "add_into", "zeros_like_params"]
 
 
 class Needs(enum.IntEnum):
-    """What a rule needs from the network, from least to most (DESIGN.md)."""
+    """What a rule needs from the network, from least to most."""
 
     LOSS = 0  # forward passes and a scalar loss or reward
     LOCAL = 1  # element-wise derivatives, presynaptic traces, an error broadcast
@@ -119,3 +127,65 @@ class AbstractRule(abc.ABC):
         """One network step and its loss: (state, y_hat, loss_t)."""
         net_state, y_hat = self.net.step(params, net_state, x)
         return net_state, y_hat, self.loss_fn(y_hat, y, mask)
+
+
+class FastPath:
+    """A faster computation of one rule's numbers on one network (:mod:`neuro.rules._fast`): the rule's
+    ``init`` / ``step`` / ``flush`` / ``finish``, built on the rule (``self.rule``). ``flush`` and ``finish``
+    default to returning nothing pending."""
+
+    def __init__(self, rule: AbstractRule) -> None:
+        self.rule = rule
+
+    def init(self, params: Params, batch: int = 1, seed: int = 0) -> NamedTuple:
+        raise NotImplementedError
+
+    def step(self, params: Params, state: NamedTuple, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
+        raise NotImplementedError
+
+    def flush(self, params: Params, state: NamedTuple) -> tuple[NamedTuple, Params | None]:
+        return state, None
+
+    def finish(self, params: Params, state: NamedTuple) -> tuple[NamedTuple, Params | None]:
+        return state, None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.rule!r})"
+
+
+_ROUTED = ("init", "step", "flush", "finish")
+
+
+def accelerated(cls: type[AbstractRule]) -> type[AbstractRule]:
+    """Class decorator: ``init``, ``step``, ``flush`` and ``finish`` run the rule's fast path
+    (:func:`neuro.rules._fast.select`) where one applies to the rule's network and options, and the
+    definition written in the class otherwise, or when the rule is built with ``fast=False``. The rule's
+    ``fast_path`` property says which runs."""
+    if not any(f.name == "fast" for f in dataclasses.fields(cls)):
+        raise TypeError(f"{cls.__name__} is @accelerated but has no field 'fast'")
+    for name in _ROUTED:
+        definition = getattr(cls, name)
+        definition = getattr(definition, "definition", definition)  # a subclass of an @accelerated rule
+
+        def routed(self, *args, _definition=definition, _name=name, **kw):
+            fast = self.fast_path
+            if fast is None:
+                return _definition(self, *args, **kw)
+            return getattr(fast, _name)(*args, **kw)
+
+        functools.update_wrapper(routed, definition)
+        routed.definition = definition  # the rule's own equations, for tests and readers
+        setattr(cls, name, routed)
+
+    def fast_path(self) -> FastPath | None:
+        """The fast path running this rule (:mod:`neuro.rules._fast`), or None: the definition runs."""
+        cached = self.__dict__.get("_fast_path", False)
+        if cached is False:
+            from neuro.rules import _fast
+
+            cached = _fast.select(self) if self.fast else None
+            self.__dict__["_fast_path"] = cached
+        return cached
+
+    cls.fast_path = property(fast_path)
+    return cls
