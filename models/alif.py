@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from neuro.contract import Params, check_positive
+from neuro.contract import Derivatives, Params, check_positive
 
 from . import _init
 from .lif import LIF
@@ -39,6 +39,7 @@ class ALIF(LIF):
 
     name = "alif"
     State = ALIFState
+    trace_fields = ("v", "i", "a")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,6 +60,9 @@ class ALIF(LIF):
         v, z, r = self._fire(state, v, threshold)
         a = self.rho * state.a + z
         return ALIFState(v=v, i=i_new, z=z, r=r, a=a, y=state.y), z
+
+    def neuron_derivatives(self, params: Params, state: ALIFState, i: Tensor) -> Derivatives:
+        return self._derivatives(params, state, i, self.v_th + self.beta_a * state.a, (self.beta_a, self.rho))
 
     def observe(self, state: NamedTuple) -> dict[str, Tensor]:
         return {**super().observe(state), "a": state.a}

@@ -50,8 +50,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from neuro.contract import AbstractNetwork, Params, check_choice, check_positive, state_dtype
-from neuro.surrogate import SURROGATES, spike
+from neuro.contract import AbstractNetwork, Derivatives, Params, check_choice, check_positive, state_dtype
+from neuro.surrogate import SURROGATES, spike, surrogate_derivative
 
 from . import _init
 
@@ -100,6 +100,10 @@ class LIF(AbstractNetwork):
     name = "lif"
     spiking = True
     State = LIFState
+    local_form = True
+    bias_in_current = False
+    trace_fields = ("v", "i")
+    uniform_fields = ("i",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -240,3 +244,72 @@ class LIF(AbstractNetwork):
 
     def observe(self, state: NamedTuple) -> dict[str, Tensor]:
         return {"spikes": state.z, "v": state.v, "i": state.i}
+
+    # -- facts for local rules (neuro.contract) --------------------------------------------------------
+    def presynaptic(self, state: NamedTuple) -> Tensor:
+        return state.z
+
+    @property
+    def readout_decay(self) -> float:
+        return self.kappa_out
+
+    def with_output(self, state: NamedTuple, y: Tensor) -> NamedTuple:
+        return state._replace(y=y)
+
+    def neuron_derivatives(self, params: Params, state: LIFState, i: Tensor) -> Derivatives:
+        return self._derivatives(params, state, i, self.v_th, None)
+
+    def _derivatives(self, params: Params, state: NamedTuple, i: Tensor, threshold: Tensor | float,
+                     adapt: tuple[float, float] | None) -> Derivatives:
+        """Closed form of :meth:`neuron_derivatives` over the trace fields ``(v, i)`` (ALIF: ``(v, i, a)``, with
+        ``adapt = (beta_a, rho)``). With ``v~`` the potential after integration (held at ``v_reset`` while
+        refractory), ``A = [r_{t-1} = 0]``, ``psi`` the surrogate derivative at ``v~`` times ``A``, ``u_x =
+        dv~/dx`` the coefficients of :meth:`subthreshold` (``A u_x`` after the hold), ``w_x = d(threshold)/dx``
+        (ALIF: ``beta_a`` on ``a``) and ``delta = 0`` when the reset is detached::
+
+            dz/dx   = psi (u_x - w_x)
+            dv_t/dx = A u_x - delta v_th dz/dx                        (reset="subtract")
+                    = (1 - z) A u_x + delta (v_reset - v~) dz/dx      (reset="zero")
+            di_t/dx = ii on i, iI on I                da_t/dx = rho on a, + dz/dx
+        """
+        with torch.no_grad():
+            vt, i_new = self._integrate(params, state, i)
+            A = None
+            if self.refractory > 0:
+                A = (state.r <= 0).to(vt.dtype)
+                vt = torch.where(state.r > 0, torch.full_like(vt, self.v_reset), vt)
+            z = (vt > threshold).to(vt.dtype)
+            psi = surrogate_derivative(vt, threshold, self.surrogate, self.surrogate_width, self.surrogate_scale,
+                                       self.v_th)
+            r = state.r
+            if A is not None:
+                z, psi = z * A, psi * A
+                r = torch.where(z > 0, torch.full_like(vt, float(self.refractory)), (state.r - 1.0).clamp(min=0.0))
+            v = vt - self.v_th * z if self.reset == "subtract" else vt * (1.0 - z) + z * self.v_reset
+            new = {"v": v, "i": i_new, "z": z, "r": r}
+            c = self.subthreshold()
+            ins = ("v", "i", "a", "I", "b") if adapt else ("v", "i", "I", "b")
+            u = {"v": c.vv, "i": c.vi, "I": c.vI, "b": c.vb}
+            w = {"a": adapt[0]} if adapt else {}
+            delta = 0.0 if self.detach_reset else 1.0
+            dz = {x: psi * (u.get(x, 0.0) - w.get(x, 0.0)) for x in ins}
+            dv = {}
+            for x in ins:
+                Au = u.get(x, 0.0) if A is None else u.get(x, 0.0) * A
+                if self.reset == "subtract":
+                    dv[x] = Au - (delta * self.v_th) * dz[x]
+                else:
+                    dv[x] = (1.0 - z) * Au + delta * (self.v_reset - vt) * dz[x]
+            di = {x: torch.full_like(vt, {"i": c.ii, "I": c.iI}.get(x, 0.0)) for x in ins}
+            rows = {"v": dv, "i": di}
+            if adapt:
+                new["a"] = adapt[1] * state.a + z
+                rows["a"] = {x: dz[x] + (adapt[1] if x == "a" else 0.0) for x in ins}
+            fields = self.trace_fields
+            row = lambda f, xs: torch.stack([rows[f][x] for x in xs], -1)  # noqa: E731
+            return Derivatives(
+                state=state._replace(**new), z=z,
+                dh_dh=torch.stack([row(f, fields) for f in fields], -2),
+                dh_dI=torch.stack([rows[f]["I"] for f in fields], -1),
+                dh_db=torch.stack([rows[f]["b"] for f in fields], -1),
+                dz_dh=torch.stack([dz[x] for x in fields], -1), dz_dI=dz["I"], dz_db=dz["b"])

@@ -32,6 +32,8 @@ class LSTM(AbstractNetwork):
     forget_bias: float = 1.0
 
     name = "lstm"
+    local_form = True
+    bias_in_current = True
     spiking = False
     State = LSTMState
 
@@ -77,6 +79,13 @@ class LSTM(AbstractNetwork):
 
     def readout(self, params: Params, state: LSTMState, z: Tensor) -> tuple[LSTMState, Tensor]:
         return state, z @ params["W_out"].mT + params["b_out"]
+
+    def presynaptic(self, state: LSTMState) -> Tensor:
+        return state.h
+
+    @property
+    def readout_decay(self) -> float:
+        return 0.0
 
     def observe(self, state: LSTMState) -> dict[str, Tensor]:
         return {"h": state.h, "c": state.c}

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from neuro.contract import AbstractNetwork, Params, check_positive, state_dtype
+from neuro.contract import AbstractNetwork, Derivatives, Params, check_positive, state_dtype
 
 from . import _init
 
@@ -34,6 +34,9 @@ class RateRNN(AbstractNetwork):
     name = "rate"
     spiking = False
     State = RateState
+    local_form = True
+    bias_in_current = True
+    trace_fields = ("h",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,3 +77,23 @@ class RateRNN(AbstractNetwork):
 
     def observe(self, state: RateState) -> dict[str, Tensor]:
         return {"h": state.h}
+
+    # -- facts for local rules (neuro.contract) --------------------------------------------------------
+    def presynaptic(self, state: RateState) -> Tensor:
+        return state.h
+
+    @property
+    def readout_decay(self) -> float:
+        return 0.0
+
+    def neuron_derivatives(self, params: Params, state: RateState, i: Tensor) -> Derivatives:
+        """Closed form: ``dh_t/dh_{t-1} = 1 - alpha``, ``dh_t/dI_t = alpha (1 - tanh(i)^2)``; ``z = h``; ``b`` is
+        in the current (``d/db`` with the current held is 0)."""
+        with torch.no_grad():
+            t = torch.tanh(i)
+            h = t if self.alpha == 1.0 else (1.0 - self.alpha) * state.h + self.alpha * t
+            dI = (1.0 - t * t) if self.alpha == 1.0 else (1.0 - t * t) * self.alpha
+            dh = torch.full_like(h, 1.0 - self.alpha)
+            zero = torch.zeros_like(h)
+            return Derivatives(RateState(h=h), h, dh[..., None, None], dI[..., None], zero[..., None], dh[..., None],
+                               dI, zero)

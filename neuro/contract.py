@@ -13,6 +13,22 @@ One time step is split the way hardware splits it::
 
 ``net.step`` chains the three. Shapes: ``x`` [B, n_in], ``i`` [B, n_current],
 ``z`` [B, n_hidden], ``y`` [B, n_out].
+
+*Facts for local rules.* Rules that do not differentiate the whole step (e-prop, RFLO, three-factor,
+OTTT, SLTT, node perturbation) read a model through these facts, each implemented by the model next to
+its dynamics; none of them is guessed from a model's name or found by probing it:
+
+- ``local_form``: the current is ``W_in x + W_rec p (+ b)`` with ``p = presynaptic(state)`` and the
+  readout is ``y_t = readout_decay y_{t-1} + W_out z_t + b_out`` (the form those rules are written for);
+- ``presynaptic(state)``: the vector ``p`` that ``W_rec`` reads (``z_{t-1}`` or ``h_{t-1}``);
+- ``bias_in_current``: ``b`` is a term of the current (rate, LSTM) or of the neuron (LIF, ALIF);
+- ``readout_decay``: ``d y_t / d y_{t-1}`` of the readout (0 for a linear readout);
+  ``with_output(state, y)`` sets a leaky readout's memory;
+- ``trace_fields`` and ``neuron_derivatives(params, state, i)``: the element-wise derivatives of
+  ``neuron`` (:class:`Derivatives`), spike, reset and adaptation included. The default takes them from
+  ``neuron`` itself by one reverse pass; a model may give closed forms, held equal to the default by the
+  contract tests. ``uniform_fields``: trace fields whose update is one linear filter, the same for every
+  neuron (LIF's synaptic current), which a fast path may carry once instead of once per neuron.
 """
 
 from __future__ import annotations
@@ -27,7 +43,7 @@ from torch import Tensor
 
 Params = dict[str, Tensor]
 
-__all__ = ["AbstractNetwork", "Params", "check_positive", "check_choice", "state_dtype"]
+__all__ = ["AbstractNetwork", "Derivatives", "Params", "check_positive", "check_choice", "state_dtype"]
 
 
 def check_positive(name: str, value: Any, *, allow_zero: bool = False, integer: bool = False) -> None:
@@ -51,6 +67,24 @@ def state_dtype(params: Params) -> tuple[torch.dtype, torch.device]:
     return p.dtype, p.device
 
 
+class Derivatives(NamedTuple):
+    """The element-wise derivatives of one ``neuron`` step at ``(state, i)``, per sample and neuron.
+
+    ``h`` are the state fields named by ``trace_fields`` (K of them), ``I`` the current, ``b`` the bias
+    vector with the current held fixed (so where ``bias_in_current`` the bias reaches the neuron only
+    through ``I``: ``d/db = d/dI``). The spike's derivative is the model's surrogate.
+    """
+
+    state: NamedTuple  # s_t, equal to neuron's
+    z: Tensor  # [B, n] z_t
+    dh_dh: Tensor  # [B, n, K, K] d h_t[f] / d h_{t-1}[g]  (row f, column g)
+    dh_dI: Tensor  # [B, n, K]    d h_t / d I_t
+    dh_db: Tensor  # [B, n, K]    d h_t / d b, I_t held fixed
+    dz_dh: Tensor  # [B, n, K]    d z_t / d h_{t-1}
+    dz_dI: Tensor  # [B, n]       d z_t / d I_t
+    dz_db: Tensor  # [B, n]       d z_t / d b, I_t held fixed
+
+
 @dataclasses.dataclass(frozen=True)
 class AbstractNetwork(abc.ABC):
     """A recurrent network: ``n_in`` inputs, ``n_hidden`` units, ``n_out`` readouts.
@@ -68,6 +102,16 @@ class AbstractNetwork(abc.ABC):
     spiking: ClassVar[bool] = False
     #: the state type (a NamedTuple class)
     State: ClassVar[type]
+    #: the current is ``W_in x + W_rec presynaptic(state) (+ b)`` and the readout ``y_t = readout_decay
+    #: y_{t-1} + W_out z_t + b_out`` (module docstring): the form the local and node-perturbation rules read
+    local_form: ClassVar[bool] = False
+    #: ``b`` is a term of the current (True) or of the neuron's own update (False)
+    bias_in_current: ClassVar[bool] = False
+    #: the per-neuron state fields whose previous value ``neuron`` reads differentiably (the ``h`` of
+    #: :class:`Derivatives`)
+    trace_fields: ClassVar[tuple[str, ...]] = ()
+    #: the trace fields updated by one linear filter of the current, the same for every neuron
+    uniform_fields: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for f in ("n_in", "n_hidden", "n_out"):
@@ -105,6 +149,54 @@ class AbstractNetwork(abc.ABC):
     def observe(self, state: NamedTuple) -> dict[str, Tensor]:
         """Variables a simulator records (``spikes``, ``v``, ``h``, ...), each [B, n_hidden]."""
         return {}
+
+    # -- facts for local rules (module docstring) ------------------------------------------------
+    def presynaptic(self, state: NamedTuple) -> Tensor:
+        """The vector [B, n_hidden] that ``W_rec`` multiplies in ``current`` (models of ``local_form``)."""
+        raise NotImplementedError(f"model {self.name!r} does not give its presynaptic activity (local_form is False)")
+
+    @property
+    def readout_decay(self) -> float:
+        """``d y_t / d y_{t-1}`` of the readout: 0 for a linear readout (models of ``local_form``)."""
+        raise NotImplementedError(f"model {self.name!r} does not give its readout's decay (local_form is False)")
+
+    def with_output(self, state: NamedTuple, y: Tensor) -> NamedTuple:
+        """``state`` with the readout's memory ``y_{t-1}`` set to ``y`` (unchanged for a linear readout)."""
+        return state
+
+    def neuron_derivatives(self, params: Params, state: NamedTuple, i: Tensor) -> Derivatives:
+        """The element-wise derivatives of ``neuron`` at ``(state, i)`` (:class:`Derivatives`), from
+        ``neuron`` itself: as ``neuron`` couples no two units or samples, ``d(sum of output o)/d(input)`` is
+        the diagonal ``d o_j / d input_j``, so the batch is repeated once per output (the K trace fields,
+        then ``z``) and ONE reverse pass of the sum of copy c's output c gives them all. No graph outlives
+        the call."""
+        B, n = i.shape
+        if n != self.n_hidden or not self.trace_fields:
+            raise NotImplementedError(f"model {self.name!r} has no element-wise neuron with trace fields: "
+                                      f"its current has {n} entries for {self.n_hidden} units")
+        idx = [state._fields.index(f) for f in self.trace_fields]
+        K, C = len(idx), len(idx) + 1
+        has_b = "b" in params and tuple(params["b"].shape) == (n,)
+        with torch.enable_grad():
+            rep = [f.detach().repeat(C, *([1] * (f.dim() - 1))) for f in state]
+            for k in idx:
+                rep[k].requires_grad_(True)
+            il = i.detach().repeat(C, 1).requires_grad_(True)
+            q = {k: v.detach() for k, v in params.items()}
+            if has_b:
+                q["b"] = q["b"].expand(C * B, n).clone().requires_grad_(True)
+            s_new, z = self.neuron(q, type(state)(*rep), il)
+            outs = [s_new[k] for k in idx] + [z]
+            picked = [o[c * B:(c + 1) * B].sum() for c, o in enumerate(outs) if o.requires_grad]
+            ins = [rep[k] for k in idx] + [il] + ([q["b"]] if has_b else [])
+            grads = torch.autograd.grad(torch.stack(picked).sum(), ins, allow_unused=True) if picked else [None] * len(ins)
+        G = [i.new_zeros(C, B, n) if g is None else g.detach().view(C, B, n) for g in grads]
+        if not has_b:
+            G.append(i.new_zeros(C, B, n))
+        dh = torch.stack(G[:K], -1).permute(1, 2, 0, 3)  # [B, n, C (out), K (in)]
+        st = type(state)(*(f[:B].detach() for f in s_new))
+        return Derivatives(state=st, z=z[:B].detach(), dh_dh=dh[:, :, :K], dh_dI=G[K][:K].permute(1, 2, 0),
+                           dh_db=G[K + 1][:K].permute(1, 2, 0), dz_dh=dh[:, :, K], dz_dI=G[K][K], dz_db=G[K + 1][K])
 
     # -- helpers shared by every model -----------------------------------------------------------
     def n_params(self, params: Params) -> int:
