@@ -24,5 +24,5 @@ from .training import History, TrainingDiverged, train
 
 __version__ = "0.1.0"
 
-__all__ = ["AbstractNetwork", "History", "Results", "compare", "Needs", "TrainingDiverged", "Params", "Trace", "alignment", "backends", "grad_estimate", "losses",
-           "rules", "sequence_loss", "simulate", "surrogate", "tasks", "train"]
+__all__ = ["AbstractNetwork", "History", "Needs", "Params", "Results", "Trace", "TrainingDiverged", "alignment", "backends",
+           "compare", "grad_estimate", "losses", "rules", "sequence_loss", "simulate", "surrogate", "tasks", "train"]

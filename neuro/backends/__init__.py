@@ -7,15 +7,15 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from neuro.contract import AbstractNetwork, Params
+from neuro.contract import AbstractNetwork, Params, check_choice
+from neuro.registry import Registry
 
-__all__ = ["Trace", "available", "register", "simulate"]
+__all__ = ["Trace", "available", "get", "register", "simulate"]
 
 
 @dataclasses.dataclass
@@ -39,27 +39,20 @@ class Trace:
         return self.spikes.mean(0) / dt
 
 
-_REGISTRY: dict[str, str | Callable[..., Trace]] = {}
+_BACKENDS: Registry[Callable[..., Trace]] = Registry("backend")
+_REGISTRY = _BACKENDS.entries  # name -> simulator or its "module:attr" path
+available = _BACKENDS.available
 
 
 def register(name: str, fn: str | Callable[..., Trace]) -> None:
     """Register backend ``name``: a callable ``fn(net, params, xs, **kw) -> Trace`` or its ``"module:attr"`` path."""
-    _REGISTRY[name] = fn
+    _BACKENDS.register(fn, name)
 
 
-def available() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def _resolve(name: str) -> Callable[..., Trace]:
-    if name not in _REGISTRY:
-        raise ValueError(f"backend={name!r} is invalid: valid choices are {', '.join(map(repr, available()))}")
-    fn = _REGISTRY[name]
-    if isinstance(fn, str):
-        mod, attr = fn.split(":")
-        fn = getattr(importlib.import_module(mod), attr)
-        _REGISTRY[name] = fn
-    return fn
+def get(name: str) -> Callable[..., Trace]:
+    """The simulator registered as ``name`` (its module imported now)."""
+    check_choice("backend", name, available())
+    return _BACKENDS.get(name)
 
 
 def simulate(net: AbstractNetwork, params: Params, xs: Tensor, backend: str = "torch", **kw: Any) -> Trace:
@@ -71,7 +64,7 @@ def simulate(net: AbstractNetwork, params: Params, xs: Tensor, backend: str = "t
     if xs.dim() != 3 or xs.shape[-1] != net.n_in:
         raise ValueError(f"xs has shape {tuple(xs.shape)}: expected [T, B, n_in={net.n_in}]")
     net.check_params(params)
-    return _resolve(backend)(net, params, xs, **kw)
+    return get(backend)(net, params, xs, **kw)
 
 
 def _simulate_torch(net: AbstractNetwork, params: Params, xs: Tensor) -> Trace:

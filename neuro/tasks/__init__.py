@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
+
+from neuro.registry import Registry
 
 from .add import AddTask
 from .base import AbstractTask, Sequence
@@ -22,27 +23,17 @@ from .sine import SineTask
 from .trace_patterning import TracePatterning
 
 __all__ = ["AbstractTask", "AddTask", "CopyTask", "CueAccumulation", "InfluenceBalancingTask", "MackeyGlass",
-           "Sequence", "SineTask", "TracePatterning", "available", "make"]
+           "Sequence", "SineTask", "TracePatterning", "available", "get", "make", "register"]
 
-_REGISTRY: dict[str, type[AbstractTask]] = {
-    cls.name: cls for cls in (CopyTask, AddTask, SineTask, MackeyGlass, TracePatterning,
-                              InfluenceBalancingTask, CueAccumulation)
-}
+_TASKS: Registry[type[AbstractTask]] = Registry("task")
+register = _TASKS.register
+available = _TASKS.available
+get = _TASKS.get
 
-
-def available() -> list[str]:
-    """The names ``make`` accepts."""
-    return sorted(_REGISTRY)
+for _cls in (CopyTask, AddTask, SineTask, MackeyGlass, TracePatterning, InfluenceBalancingTask, CueAccumulation):
+    register(_cls)
 
 
 def make(name: str, **settings: Any) -> AbstractTask:
     """Build the task ``name`` with ``settings`` (its dataclass fields; the rest keep the paper's defaults)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"task {name!r} is unknown: valid choices are {', '.join(available())}")
-    cls = _REGISTRY[name]
-    fields = sorted(f.name for f in dataclasses.fields(cls))
-    unknown = sorted(set(settings) - set(fields))
-    if unknown:
-        raise ValueError(f"task {name!r} has no option {', '.join(unknown)}: "
-                         f"valid options are {', '.join(fields) or '(none)'}")
-    return cls(**settings)
+    return _TASKS.make(name, **settings)
