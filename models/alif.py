@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from neuro.contract import Derivatives, Params, check_positive
+from neuro.contract import Derivatives, LinearFilter, Params, check_positive
 
 from . import _init
 from .lif import LIF
@@ -60,6 +60,12 @@ class ALIF(LIF):
         v, z, r = self._fire(state, v, threshold)
         a = self.rho * state.a + z
         return ALIFState(v=v, i=i_new, z=z, r=r, a=a, y=state.y), z
+
+    def linear_filter(self) -> LinearFilter:
+        """LIF's sub-threshold filter of ``(v, i)`` and ``a_t = rho a_{t-1}`` (spikes held fixed)."""
+        f = super().linear_filter()
+        return LinearFilter(dh_dh=tuple(r + (0.0,) for r in f.dh_dh) + ((0.0, 0.0, self.rho),),
+                            dh_dI=f.dh_dI + (0.0,), dh_db=f.dh_db + (0.0,))
 
     def neuron_derivatives(self, params: Params, state: ALIFState, i: Tensor) -> Derivatives:
         return self._derivatives(params, state, i, self.v_th + self.beta_a * state.a, (self.beta_a, self.rho))

@@ -50,7 +50,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from neuro.contract import AbstractNetwork, Derivatives, Params, check_choice, check_positive, state_dtype
+from neuro.contract import AbstractNetwork, Derivatives, LinearFilter, Params, check_choice, check_positive, state_dtype
 from neuro.surrogate import SURROGATES, spike, surrogate_derivative
 
 from . import _init
@@ -255,6 +255,11 @@ class LIF(AbstractNetwork):
 
     def with_output(self, state: NamedTuple, y: Tensor) -> NamedTuple:
         return state._replace(y=y)
+
+    def linear_filter(self) -> LinearFilter:
+        """The sub-threshold update of ``(v, i)`` (:meth:`subthreshold`), spikes held fixed."""
+        c = self.subthreshold()
+        return LinearFilter(dh_dh=((c.vv, c.vi), (0.0, c.ii)), dh_dI=(c.vI, c.iI), dh_db=(c.vb, 0.0))
 
     def neuron_derivatives(self, params: Params, state: LIFState, i: Tensor) -> Derivatives:
         return self._derivatives(params, state, i, self.v_th, None)

@@ -28,7 +28,10 @@ its dynamics; none of them is guessed from a model's name or found by probing it
   ``neuron`` (:class:`Derivatives`), spike, reset and adaptation included. The default takes them from
   ``neuron`` itself by one reverse pass; a model may give closed forms, held equal to the default by the
   contract tests. ``uniform_fields``: trace fields whose update is one linear filter, the same for every
-  neuron (LIF's synaptic current), which a fast path may carry once instead of once per neuron.
+  neuron (LIF's synaptic current), which a fast path may carry once instead of once per neuron;
+- ``linear_filter()``: where the trace fields' update with the spikes held fixed is one linear filter of
+  the current, the same for every neuron (LIF, ALIF: the sub-threshold dynamics), its coefficients
+  (:class:`LinearFilter`); None otherwise. OTTT's presynaptic traces are this filter.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from torch import Tensor
 
 Params = dict[str, Tensor]
 
-__all__ = ["AbstractNetwork", "Derivatives", "Params", "check_positive", "check_choice", "state_dtype"]
+__all__ = ["AbstractNetwork", "Derivatives", "LinearFilter", "Params", "check_positive", "check_choice", "state_dtype"]
 
 
 def check_positive(name: str, value: Any, *, allow_zero: bool = False, integer: bool = False) -> None:
@@ -83,6 +86,15 @@ class Derivatives(NamedTuple):
     dz_dh: Tensor  # [B, n, K]    d z_t / d h_{t-1}
     dz_dI: Tensor  # [B, n]       d z_t / d I_t
     dz_db: Tensor  # [B, n]       d z_t / d b, I_t held fixed
+
+
+class LinearFilter(NamedTuple):
+    """``h_t = dh_dh h_{t-1} + dh_dI I_t + dh_db b + (spike and reset terms, constants)``, the same for every
+    neuron: the trace fields' update with the spikes held fixed (:meth:`AbstractNetwork.linear_filter`)."""
+
+    dh_dh: tuple[tuple[float, ...], ...]  # [K][K]
+    dh_dI: tuple[float, ...]  # [K]
+    dh_db: tuple[float, ...]  # [K]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +175,11 @@ class AbstractNetwork(abc.ABC):
     def with_output(self, state: NamedTuple, y: Tensor) -> NamedTuple:
         """``state`` with the readout's memory ``y_{t-1}`` set to ``y`` (unchanged for a linear readout)."""
         return state
+
+    def linear_filter(self) -> LinearFilter | None:
+        """The trace fields' update with the spikes held fixed, where it is one linear filter of the current
+        the same for every neuron (module docstring); None otherwise (the default)."""
+        return None
 
     def neuron_derivatives(self, params: Params, state: NamedTuple, i: Tensor) -> Derivatives:
         """The element-wise derivatives of ``neuron`` at ``(state, i)`` (:class:`Derivatives`), from

@@ -103,3 +103,18 @@ def test_readout_decay_and_memory(name, kw):
     _, y = net.readout(p, net.with_output(s, y0), z)
     torch.testing.assert_close(y - base, net.readout_decay * y0)
     torch.testing.assert_close(base, z @ p["W_out"].T + p["b_out"])
+
+
+@pytest.mark.parametrize("name,kw", [(n, kw) for n, kw in CASES if n != "rate"][::5])
+def test_linear_filter_is_the_update_with_spikes_held(name, kw):
+    """Where no unit spikes (and none is refractory), the trace fields' Jacobian is the linear filter, the same for
+    every neuron; a model without one (rate) says None."""
+    assert models.make("rate", n_in=1, n_hidden=1, n_out=1).linear_filter() is None
+    net, p, s, i = _case(name, {**kw, "refractory": 0})
+    s = s._replace(v=torch.full_like(s.v, -50.0))  # far below threshold: no spike, psi = 0
+    d = net.neuron_derivatives(p, s, torch.zeros_like(i))
+    f = net.linear_filter()
+    assert d.z.sum() == 0
+    torch.testing.assert_close(d.dh_dh, torch.tensor(f.dh_dh, dtype=d.dh_dh.dtype).expand_as(d.dh_dh))
+    torch.testing.assert_close(d.dh_dI, torch.tensor(f.dh_dI, dtype=d.dh_dI.dtype).expand_as(d.dh_dI))
+    torch.testing.assert_close(d.dh_db, torch.tensor(f.dh_db, dtype=d.dh_db.dtype).expand_as(d.dh_db))
