@@ -39,10 +39,8 @@ Running the paper's ``"total:per-stage:steps-per-stage"`` schedule (e.g. CCN ``2
 :mod:`neuro.staged` runs this schedule as one run (``neuro.train(..., schedule="20:4:10000")``,
 ``neuro train --schedule``).
 
-*Fast path* (``fast=True``, the default): the one-column Jacobians written out, as in
-:mod:`neuro.rules.columnar` (:func:`~neuro.rules.columnar.column_traces`), with the features
-``z_{t,k} = (x_t, u_t, h_{t-1,k}, 1)`` and the traces stored ``[B, S_c, m, G, F]``; ``fast=False``: the
-``jacrev`` path (the reference).
+A faster computation of the same numbers (the one-column Jacobians written out) lives in
+:mod:`neuro.rules._fast.constructive` and runs by default; ``fast=False`` runs this definition.
 """
 
 from __future__ import annotations
@@ -56,8 +54,7 @@ from torch.func import jacrev, vmap
 
 from neuro.contract import Params, check_positive
 
-from .base import AbstractRule, Needs, StepOutput
-from .columnar import column_traces, output_error
+from .base import AbstractRule, Needs, StepOutput, accelerated
 
 __all__ = ["ConstructiveRTRL", "ConstructiveRTRLState", "schedule"]
 
@@ -86,13 +83,15 @@ def schedule(spec: str) -> tuple[int, int, int]:
 
 class ConstructiveRTRLState(NamedTuple):
     net: NamedTuple
-    M: Tensor  # per-column traces of the learning stage: [B, m, S_c, q] (fast=False), [B, S_c, m, G, F] (fast)
+    M: Tensor  # per-column traces of the learning stage: [B, m, S_c, q] (the fast path: [B, S_c, m, G, F])
 
 
+@accelerated
 @dataclasses.dataclass(frozen=True)
 class ConstructiveRTRL(AbstractRule):
     """Exact RTRL for the learning stage (``net.stage``) of a constructive network; other stages get 0.
-    ``fast``: the written-out Jacobians (default) or ``torch.func`` (the reference)."""
+    ``fast``: the fast path of :mod:`neuro.rules._fast.constructive` (default) or this definition
+    (``torch.func``)."""
 
     fast: bool = True
 
@@ -112,11 +111,11 @@ class ConstructiveRTRL(AbstractRule):
                           params["w_rec"][sl], params["b"][sl]], dim=1)
 
     def _split(self, theta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        net, lo = self.net, self._cols.start
-        G = net.n_gates
-        w_in, w_ff, w_rec, b = theta.split([G * net.n_in, G * lo, G, G], dim=-1)
+        n_in, lo = self.net.n_in, self._cols.start
+        G = theta.shape[-1] // (n_in + lo + 2)
+        w_in, w_ff, w_rec, b = theta.split([G * n_in, G * lo, G, G], dim=-1)
         lead = theta.shape[:-1]
-        return w_in.reshape(*lead, G, net.n_in), w_ff.reshape(*lead, G, lo), w_rec, b
+        return w_in.reshape(*lead, G, n_in), w_ff.reshape(*lead, G, lo), w_rec, b
 
     def _column_step(self, theta: Tensor, s: Tensor, x: Tensor, u: Tensor) -> Tensor:
         """One column, one sample: ``s_{t,k}`` [S_c] from ``theta_k``, ``s_{t-1,k}`` [S_c], ``x`` [n_in] and
@@ -124,7 +123,7 @@ class ConstructiveRTRL(AbstractRule):
         net = self.net
         w_in, w_ff, w_rec, b = self._split(theta[None])
         a = net.column_preact(w_in, w_ff, w_rec, b, x[None], u[None], s[0].reshape(1, 1))
-        h, c = net.cell_update(a, None if net.cell == "rate" else s[1].reshape(1, 1))
+        h, c = net.cell_update(a, s[1].reshape(1, 1) if s.shape[0] == 2 else None)  # s: (h, c) or (h,)
         return torch.stack([h.reshape(())] + ([] if c is None else [c.reshape(())]))
 
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> ConstructiveRTRLState:
@@ -132,9 +131,8 @@ class ConstructiveRTRL(AbstractRule):
         self.net.check_params(params)
         net_state = self.net.init_state(params, batch)
         theta = self._pack(params)
-        (m, q), S, G = theta.shape, len(net_state), self.net.n_gates
-        shape = (batch, S, m, G, q // G) if self.fast else (batch, m, S, q)
-        M = torch.zeros(shape, dtype=theta.dtype, device=theta.device)
+        (m, q), S = theta.shape, len(net_state)
+        M = theta.new_zeros(batch, m, S, q)
         return ConstructiveRTRLState(net=net_state, M=M)
 
     def memory_numel(self, params: Params, batch: int = 1) -> int:
@@ -145,8 +143,6 @@ class ConstructiveRTRL(AbstractRule):
     def step(self, params: Params, state: ConstructiveRTRLState, x: Tensor, y: Tensor,
              mask: Tensor) -> StepOutput:
         params = {k: v.detach() for k, v in params.items()}
-        if self.fast:
-            return self._fast_step(params, state, x, y, mask)
         net, sl = self.net, self._cols
         theta = self._pack(params)  # [m, q]
         s = torch.stack(tuple(state.net), dim=-1).detach()[:, sl]  # s_{t-1} of the stage [B, m, S_c]
@@ -173,33 +169,3 @@ class ConstructiveRTRL(AbstractRule):
         grad["b_out"] = e.sum(0)
         return StepOutput(ConstructiveRTRLState(net=net_state, M=M.detach()), y_hat.detach(),
                           fn(y_hat, y, mask).detach(), {k: grad[k].detach().contiguous() for k in params})
-
-    def _fast_step(self, params: Params, state: ConstructiveRTRLState, x: Tensor, y: Tensor,
-                   mask: Tensor) -> StepOutput:
-        net, sl, B = self.net, self._cols, x.shape[0]
-        lo, m, G, n_in = sl.start, sl.stop - sl.start, net.n_gates, net.n_in
-        h_prev = state.net.h[:, sl]
-        c_prev = state.net.c[:, sl] if net.cell == "lstm" else None
-        i = net.current(params, state.net, x)
-        net_state, h = net.neuron(params, state.net, i)
-        net_state, y_hat = net.readout(params, net_state, h)
-        a = i.reshape(B, net.n_hidden, G)[:, sl]
-        z = x.new_empty(B, m, n_in + lo + 2)  # z_{t,k} = (x_t, u_t, h_{t-1,k}, 1)
-        z[:, :, :n_in] = x[:, None, :]
-        z[:, :, n_in:n_in + lo] = h[:, None, :lo]
-        z[:, :, n_in + lo] = h_prev
-        z[:, :, n_in + lo + 1] = 1
-        M = column_traces(net.cell, a, c_prev, h[:, sl], None if c_prev is None else net_state.c[:, sl],
-                          params["w_rec"][sl], z, state.M)
-        e = output_error(self.loss or "mse", y_hat, y, mask)
-        eh = (e @ params["W_out"])[:, sl]  # dl_t/dh_t of the stage [B, m]
-        g = torch.einsum("bk,bkgf->kgf", eh, M[:, 0])  # [m, G, F]
-        grad = {k: torch.zeros_like(v) for k, v in params.items()}
-        grad["W_in"][sl] = g[:, :, :n_in]
-        grad["W_ff"][sl, :, :lo] = g[:, :, n_in:n_in + lo]
-        grad["w_rec"][sl] = g[:, :, n_in + lo]
-        grad["b"][sl] = g[:, :, n_in + lo + 1]
-        grad["W_out"] = e.T @ h
-        grad["b_out"] = e.sum(0)
-        return StepOutput(ConstructiveRTRLState(net=net_state, M=M), y_hat.detach(),
-                          self.loss_fn(y_hat, y, mask).detach(), grad)

@@ -21,7 +21,10 @@ from neuro.rules.base import AbstractRule, FastPath
 __all__ = ["PATHS", "select"]
 
 #: rule name -> "module:function" building its fast path
-PATHS: dict[str, str] = {}
+PATHS: dict[str, str] = {
+    "columnar": "neuro.rules._fast.columnar:build",
+    "constructive": "neuro.rules._fast.constructive:build",
+}
 
 
 def select(rule: AbstractRule) -> FastPath | None:

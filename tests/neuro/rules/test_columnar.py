@@ -4,13 +4,16 @@
   influence matrix) to 1e-10 relative, for LSTM and rate columns, mse and ce, batch 2, a mask; also
   across chunked windows with the state carried.
 * Its traces hold B * S_c * (p - readout) numbers (O(p)), not RTRL's B * S * P.
-* The fast path (written-out Jacobians, the default) gives the same estimate and traces as the
-  ``torch.func`` path (``fast=False``) at every step, to 1e-10 relative (batch 1 and 2, a mask), and
-  summed through ``neuro.train``-style chunks with flushes at odd steps.
-* The compiled kernel (``kernel=True``, numba) gives the estimate, loss, output and state of the torch
-  fast path (``kernel=False``) at every step over 21 steps: float64 to 1e-12 relative, float32 to 1e-5,
+* The fast paths (:mod:`neuro.rules._fast.columnar`, the default: the compiled step, and the written-out
+  Jacobians in torch with ``kernel=False``) give the same estimate and traces as the definition
+  (``fast=False``, ``torch.func``) at every step, to 1e-10 relative (batch 1 and 2, a mask), with flushes
+  at odd steps.
+* The compiled step (``kernel=True``, numba) gives the estimate, loss, output and state of the written-out
+  torch path (``kernel=False``) at every step over 21 steps: float64 to 1e-12 relative, float32 to 1e-5,
   LSTM and rate columns, batch 1 and 2, a mask, mse / ce / value, flushes at odd steps; the previous
   state is left as it was (a snapshot); a loss it does not write out (a float mask) falls back to torch.
+* Which path runs: the compiled step by default, the torch one with ``kernel=False``, the definition with
+  ``fast=False``; the definition's traces are [B, n, S_c, q].
 * It refuses a network that is not columnar, naming the model, and a non-bool ``fast`` / ``kernel``.
 """
 
@@ -25,7 +28,9 @@ from torch import Tensor
 import models
 import neuro
 from neuro import rules
+from neuro.losses import grad as output_error
 from neuro.rules import Needs
+from neuro.rules._fast.columnar import ColumnarKernel, ColumnarTraces
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -141,6 +146,7 @@ def test_fast_path_equals_the_torch_func_path_at_every_step(cell, loss, B, kerne
     net, params, xs, ys, mask = _case(cell, T=15, B=B, loss="ce" if loss == "ce" else "mse")
     fast = rules.make("columnar", net, loss=loss, kernel=kernel)
     slow = rules.make("columnar", net, loss=loss, fast=False)
+    assert slow.fast_path is None and isinstance(fast.fast_path, ColumnarTraces)
     sf, ss = fast.init(params, B), slow.init(params, B)
     for t in range(xs.shape[0]):
         of, os_ = fast.step(params, sf, xs[t], ys[t], mask[t]), slow.step(params, ss, xs[t], ys[t], mask[t])
@@ -170,17 +176,15 @@ def _max_rel(got: Tensor, ref: Tensor, scale: float | None = None) -> float:
 @pytest.mark.parametrize("cell", ["lstm", "rate"])
 def test_kernel_equals_the_torch_fast_path_at_every_step(cell, loss, B, dtype, tol):
     pytest.importorskip("numba")
-    from neuro.rules.columnar import _kernel, output_error
-
-    assert _kernel() is not None
     net, params, xs, ys, mask = _case(cell, T=21, B=B, loss="ce" if loss == "ce" else "mse")
     params, xs, ys = {k: v.to(dtype) for k, v in params.items()}, xs.to(dtype), ys.to(dtype)
     assert not mask.all()
     kern, torch_ = rules.make("columnar", net, loss=loss), rules.make("columnar", net, loss=loss, kernel=False)
+    assert isinstance(kern.fast_path, ColumnarKernel) and type(torch_.fast_path) is ColumnarTraces
     sk, st = kern.init(params, B), torch_.init(params, B)
     largest = 0.0
     for t in range(xs.shape[0]):
-        assert kern._kernel_applies(params, sk, xs[t])  # the compiled path runs, not the fallback
+        assert kern.fast_path.applies(params, sk, xs[t])  # the compiled path runs, not the fallback
         before = [u.clone() for u in (sk.M, *sk.net)]
         ok, ot = kern.step(params, sk, xs[t], ys[t], mask[t]), torch_.step(params, st, xs[t], ys[t], mask[t])
         assert all(torch.equal(u, v) for u, v in zip(before, (sk.M, *sk.net)))  # the old state is a snapshot
@@ -215,7 +219,7 @@ def test_kernel_falls_back_to_torch_for_a_float_mask_and_mixed_dtypes():
         sk, st = ok.state, ot.state
         assert max(_max_rel(ok.grad[k], ot.grad[k]) for k in params) < 1e-12
         assert _max_rel(ok.loss, ot.loss) < 1e-12 and float(ok.loss) > 0
-    assert not kern._kernel_applies(params, sk, xs[0].float())  # mixed dtypes: the torch fast path
+    assert not kern.fast_path.applies(params, sk, xs[0].float())  # mixed dtypes: the torch fast path
 
 
 @pytest.mark.parametrize("field", ["fast", "kernel"])
@@ -223,3 +227,12 @@ def test_fast_and_kernel_must_be_bools(field):
     net = models.make("columnar", n_in=2, n_hidden=3, n_out=1)
     with pytest.raises(ValueError, match=f"{field}='yes' is invalid: expected True or False"):
         rules.make("columnar", net, **{field: "yes"})
+
+
+def test_which_path_runs():
+    net, params, xs, ys, mask = _case("rate", T=2, B=1)
+    slow = rules.make("columnar", net, fast=False)
+    assert slow.fast_path is None and slow.init(params, 1).M.shape == (1, N_HID, 1, N_IN + 2)
+    assert type(rules.make("columnar", net, kernel=False).fast_path) is ColumnarTraces
+    pytest.importorskip("numba")
+    assert type(rules.make("columnar", net).fast_path) is ColumnarKernel

@@ -5,8 +5,9 @@
   and rate cells, the constructive (1 per stage), CCN and columnar layouts, the first and a later stage,
   mse and ce, batch 2, a mask.
 * Its traces hold B * S_c * (parameters of the learning stage) numbers.
-* The fast path (written-out Jacobians, the default) gives the same estimate as the ``torch.func`` path
-  (``fast=False``) at every step, to 1e-12 relative, and does not call ``torch.func``.
+* The fast path (:mod:`neuro.rules._fast.constructive`, written-out Jacobians, the default) gives the same
+  estimate as the definition (``fast=False``, ``torch.func``) at every step, to 1e-12 relative, and does
+  not call ``torch.func``.
 * ``schedule`` parses "total:per-stage:steps-per-stage" and names what is wrong in a bad spec.
 * It refuses a network that is not constructive.
 """
@@ -22,6 +23,7 @@ import models
 import neuro
 from neuro import rules
 from neuro.rules import Needs
+from neuro.rules._fast.constructive import ConstructiveTraces
 from neuro.rules.constructive import schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -148,6 +150,7 @@ def test_declaration_and_refusal_of_other_models():
 def test_fast_path_equals_the_torch_func_path_at_every_step(cell, per_stage, stage, loss, monkeypatch):
     net, params, xs, ys, mask = _case(cell, per_stage, stage, T=12, loss="ce" if loss == "ce" else "mse")
     fast, slow = rules.make("constructive", net, loss=loss), rules.make("constructive", net, loss=loss, fast=False)
+    assert isinstance(fast.fast_path, ConstructiveTraces) and slow.fast_path is None
     sf, ss = fast.init(params, 2), slow.init(params, 2)
     for t in range(xs.shape[0]):
         of, os_ = fast.step(params, sf, xs[t], ys[t], mask[t]), slow.step(params, ss, xs[t], ys[t], mask[t])

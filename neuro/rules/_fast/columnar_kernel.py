@@ -1,12 +1,12 @@
-"""The compiled step of columnar RTRL's fast path (:mod:`neuro.rules.columnar`; numba, compiled once per
-dtype and cached on disk beside this file): :func:`lstm_full` / :func:`rate_full` do one whole step of
+"""The compiled step of columnar RTRL's fast path (:mod:`neuro.rules._fast.columnar`; numba, compiled once
+per dtype and cached on disk beside this file): :func:`lstm_full` / :func:`rate_full` do one whole step of
 the rule for every column and batch row in one call: the columns' forward step, the readout and the
 traces (:func:`lstm_step`, :func:`rate_step`: passes over the columns), ``e_t`` and the loss
 (:func:`output_error`), the estimate (:func:`estimate`: ``dl_t/dtheta_k = sum_b (e_t W_out)_{b,k}
 M_{t,k}[h]``, ``dl_t/dW_out = e_t^T h_t``, ``dl_t/db_out = sum_b e_t``).
 
-The equations are those of :func:`neuro.rules.columnar.column_traces` term for term (the module docstring
-there), with ``z_{t,k} = (x_t, h_{t-1,k}, 1)`` and the traces in the layout ``M[b, s, k, G * F + f]``
+The equations are those of :func:`neuro.rules._fast.columnar.column_traces` term for term (the module
+docstring there), with ``z_{t,k} = (x_t, h_{t-1,k}, 1)`` and the traces in the layout ``M[b, s, k, G * F + f]``
 (``[B, S_c, n, G, F]`` with the last two axes flattened; ``s = 0``: ``h``, ``s = 1``: ``c``). The
 pre-activations and gates are computed in float64 (float32 inputs too), the exponentials of all columns
 at once by :func:`_vexp` (a loop the compiler vectorises; libm's ``exp`` / ``tanh`` one number a call
@@ -223,7 +223,7 @@ def rate_step(x, h_prev, W_in, w_rec, b, W_out, b_out, M, h, y, M_out):
 @numba.njit(cache=True, nogil=True)
 def output_error(kind, y_hat, y, mask, e, loss):
     """``e = dl_t/dy_t`` [B, n_out] (written) and the loss ``l_t`` (``loss[0]``) of :mod:`neuro.losses`'s
-    ``kind`` 0 ``mse``, 1 ``value``, 2 ``ce`` (masked, / B), as :func:`neuro.rules.columnar.output_error`."""
+    ``kind`` 0 ``mse``, 1 ``value``, 2 ``ce`` (masked, / B), as :func:`neuro.losses.grad`."""
     B, n_out = y_hat.shape
     total = 0.0
     for bi in range(B):
