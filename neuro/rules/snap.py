@@ -36,10 +36,10 @@ from ``s_{t-1}``, see :class:`FlatStep`)::
 i.e. the step's own Jacobians are exact and the truncation enters through ``M~_{t-1}`` (Menick et al.
 contract ``dl_t/ds_t`` with ``M~_t``; the two differ only by the last step's entries outside ``P_n``).
 
-Implementations: the dense masked influence matrix [B, S, P] on top of RTRL (every model; the cost of
-RTRL), and, for SnAp-1 on the rate RNN (``sparse=True``), only the nonzeros: ``M~`` as [B, n, n + n_in + 1]
-(unit i's row of W_rec, of W_in, and b_i), O(p) memory and compute per step (plus O(n^2) for
-``dl_t/dh_{t-1}``).
+This definition stores the dense masked influence matrix [B, S, P] on top of RTRL's equations (every
+model; the cost of RTRL). Faster computations of the same numbers on the rate RNN live in
+:mod:`neuro.rules._fast.snap` and run by default (``fast=False`` runs this definition): RTRL's closed-form
+step, masked, and for SnAp-1 with ``sparse=True`` only the nonzeros, O(p) memory and compute per step.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from torch import Tensor
 from neuro.contract import Params, check_positive
 
 from ._onestep import FlatStep
-from .base import Needs, StepOutput
+from .base import Needs, StepOutput, accelerated
 from .rtrl import RTRL, RTRLState
 
 __all__ = ["SnAp1", "SnAp2", "SnApState", "snap_pattern"]
@@ -61,9 +61,9 @@ __all__ = ["SnAp1", "SnAp2", "SnApState", "snap_pattern"]
 
 class SnApState(NamedTuple):
     net: NamedTuple
-    M: Tensor  # [B, S, P] masked influence matrix M~_t; or [B, n, n + n_in + 1] (sparse SnAp-1, rate)
-    P: Tensor | None  # [S, P] the pattern P_n (0/1 in the parameters' dtype); None on the sparse path,
-    # whose layout (unit i's own row of W_rec, W_in, b) is the pattern: O(p) memory, no dense [S, P]
+    M: Tensor  # [B, S, P] masked influence matrix M~_t (the sparse fast path: its nonzeros only)
+    P: Tensor | None  # [S, P] the pattern P_n (0/1 in the parameters' dtype); None on the sparse fast path,
+    # whose layout is the pattern: O(p) memory, no dense [S, P]
 
 
 def snap_pattern(fs: FlatStep, params: Params, n: int, draws: int = 32) -> Tensor:
@@ -85,10 +85,12 @@ def snap_pattern(fs: FlatStep, params: Params, n: int, draws: int = 32) -> Tenso
     return P
 
 
+@accelerated
 @dataclasses.dataclass(frozen=True)
 class _SnAp(RTRL):
     """SnAp-n (module docstring). ``draws``: random points over which the pattern is OR-ed; ``max_bytes``
-    and ``fast`` as for RTRL (dense path)."""
+    as for RTRL; ``fast``: the fast paths of :mod:`neuro.rules._fast.snap` where they apply (default) or
+    this definition."""
 
     draws: int = 32
 
@@ -99,65 +101,27 @@ class _SnAp(RTRL):
         super().__post_init__()
         check_positive("draws", self.draws, integer=True)
 
-    @property
-    def uses_sparse_path(self) -> bool:
-        return False
+    def pattern(self, params: Params) -> Tensor:
+        """``P_n`` [S, P] in the parameters' dtype (0/1), from :func:`snap_pattern`."""
+        return snap_pattern(self._flat(params), params, self.n, self.draws).to(next(iter(params.values())).dtype)
 
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> SnApState:
-        p = next(iter(params.values()))
-        if self.uses_sparse_path:
-            check_positive("batch", batch, integer=True)
-            net = self.net
-            M = torch.zeros(batch, net.n_hidden, net.n_hidden + net.n_in + 1, dtype=p.dtype, device=p.device)
-            return SnApState(net=net.init_state(params, batch), M=M, P=None)
-        P = snap_pattern(self._flat(params), params, self.n, self.draws).to(p.dtype)
-        r = super().init(params, batch, seed)
-        return SnApState(net=r.net, M=r.M, P=P)
+        return SnApState(net=self.net.init_state(params, batch), M=self._influence(params, batch),
+                         P=self.pattern(params))
 
     def step(self, params: Params, state: SnApState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
-        if self.uses_sparse_path:
-            return self._sparse_rate_step({k: v.detach() for k, v in params.items()}, state, x, y, mask)
         # RTRL's step from M~_{t-1} gives the estimate (dl_t/ds_{t-1}) M~_{t-1} + partial l_t/partial theta
         # and J_t M~_{t-1} + I_t; the mask makes it M~_t
-        out = super().step(params, RTRLState(net=state.net, M=state.M), x, y, mask)
-        M = out.state.M * state.P
-        return out._replace(state=SnApState(net=out.state.net, M=M, P=state.P))
-
-    def _sparse_rate_step(self, params: Params, state: SnApState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
-        """SnAp-1 on the rate RNN with only the nonzeros: ``M~[b, i, :]`` holds unit i's columns
-        (W_rec[i, :], W_in[i, :], b_i); J_t[i, i] = D_i W_rec[i, i] + 1 - alpha, I_t[i, :] = D_i (h_{t-1}, x_t, 1)."""
-        net = self.net
-        alpha = float(net.alpha)
-        h0 = state.net.h  # h_{t-1} [B, n]
-        n, n_in = h0.shape[1], x.shape[1]
-        W = params["W_rec"]
-        i = net.current(params, state.net, x)
-        net_state, h = net.neuron(params, state.net, i)
-        net_state, y_hat = net.readout(params, net_state, h)
-        D = alpha * (1.0 - torch.tanh(i) ** 2)  # [B, n]
-        fn = self.loss_fn
-        e = torch.func.grad(lambda yh: fn(yh, y, mask))(y_hat)  # dl_t/dy_t [B, n_out] (masked, / B)
-        delta = e @ params["W_out"]  # dl_t/dh_t [B, n]
-        u = (delta * D) @ W + (1.0 - alpha) * delta  # dl_t/dh_{t-1} = (dl_t/dh_t) J_t   [B, n]
-        pre = torch.cat([h0, x, torch.ones_like(h0[:, :1])], dim=1)  # [B, n + n_in + 1]
-        Ik = D[:, :, None] * pre[:, None, :]  # I_t restricted to P_1   [B, n, n + n_in + 1]
-        # estimate: (dl_t/dh_{t-1}) M~_{t-1} + (dl_t/dh_t) I_t  (+ the readout's own gradient)
-        G = (u[:, :, None] * state.M + delta[:, :, None] * Ik).sum(0)  # [n, n + n_in + 1]
-        Jd = D * torch.diagonal(W) + (1.0 - alpha)  # J_t[i, i]   [B, n]
-        M = Jd[:, :, None] * state.M + Ik  # M~_t = (J_t M~_{t-1} + I_t) (.) P_1
-        grad = {"W_rec": G[:, :n], "W_in": G[:, n:n + n_in], "b": G[:, n + n_in],
-                "W_out": e.T @ h, "b_out": e.sum(0)}
-        loss = fn(y_hat, y, mask)
-        return StepOutput(SnApState(net=net_state, M=M, P=state.P), y_hat.detach(), loss.detach(),
-                          {k: grad[k].detach().to(params[k].dtype) for k in params})
+        out = self._exact_step(params, RTRLState(net=state.net, M=state.M), x, y, mask)
+        return out._replace(state=SnApState(net=out.state.net, M=out.state.M * state.P, P=state.P))
 
     _kept_on_reset: ClassVar[tuple[str, ...]] = ("P",)
 
 
 @dataclasses.dataclass(frozen=True)
 class SnAp1(_SnAp):
-    """SnAp-1: ``M~`` restricted to ``pattern(I)``. ``sparse``: on the rate RNN, store only the nonzeros
-    (O(p) per step) instead of the dense masked [B, S, P]."""
+    """SnAp-1: ``M~`` restricted to ``pattern(I)``. ``sparse``: on the rate RNN's fast path, store only the
+    nonzeros (O(p) per step) instead of the dense masked [B, S, P]."""
 
     sparse: bool = True
 
@@ -168,11 +132,6 @@ class SnAp1(_SnAp):
         super().__post_init__()
         if not isinstance(self.sparse, bool):
             raise ValueError(f"sparse={self.sparse!r} is invalid: expected True or False")
-
-    @property
-    def uses_sparse_path(self) -> bool:
-        """True on the rate RNN (recognised as RTRL's fast path is) with ``sparse``."""
-        return self.sparse and RTRL(self.net, fast=True).uses_fast_path
 
 
 @dataclasses.dataclass(frozen=True)

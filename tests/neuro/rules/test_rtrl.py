@@ -6,7 +6,8 @@
 * Per step: the estimate of step t is the gradient of l_t alone through the whole past.
 * Chunked windows: stepped across chunks with the state carried (as ``neuro.train`` does for continuing
   tasks), the summed estimate is BPTT over the whole sequence; tbptt with k = chunk is not.
-* The closed-form rate path equals the generic (jacrev) path and never materialises J_theta.
+* The closed-form rate path (:mod:`neuro.rules._fast.rtrl`) equals the definition (jacrev) and never
+  materialises J_theta; it runs on the rate network only, and not with ``fast=False``.
 * "Bad input": a network whose influence matrix exceeds ``max_bytes`` is refused in ``init`` with the figure.
 """
 
@@ -21,6 +22,7 @@ import models
 import neuro
 from neuro import rules
 from neuro.rules import Needs
+from neuro.rules._fast.rtrl import RateRTRL
 from neuro.rules._onestep import FlatStep
 from neuro.rules.rtrl import RTRL
 
@@ -176,7 +178,7 @@ def test_chunked_rtrl_equals_bptt_over_the_whole_sequence(name):
 def test_fast_rate_path_equals_the_generic_path(alpha, loss):
     net, params, xs, ys, mask = _case("rate", T=15, B=3, loss=loss, alpha=alpha)
     fast, slow = rules.make("rtrl", net, loss=loss), rules.make("rtrl", net, loss=loss, fast=False)
-    assert fast.uses_fast_path and not slow.uses_fast_path
+    assert isinstance(fast.fast_path, RateRTRL) and slow.fast_path is None
     with mock.patch.object(FlatStep, "jacobians", side_effect=AssertionError("the fast path built J_theta")), \
             mock.patch.object(FlatStep, "loss_grads", side_effect=AssertionError("the fast path used jacrev")):
         a, sa = _steps(fast, params, xs, ys, mask)
@@ -192,8 +194,8 @@ def test_fast_rate_path_equals_the_generic_path(alpha, loss):
 
 
 def test_fast_path_only_for_the_rate_network_and_in_float32():
-    assert not rules.make("rtrl", models.make("lstm", n_in=2, n_hidden=3, n_out=1)).uses_fast_path
-    assert not rules.make("rtrl", models.make("lif", n_in=2, n_hidden=3, n_out=1)).uses_fast_path
+    assert rules.make("rtrl", models.make("lstm", n_in=2, n_hidden=3, n_out=1)).fast_path is None
+    assert rules.make("rtrl", models.make("lif", n_in=2, n_hidden=3, n_out=1)).fast_path is None
     net, params, xs, ys, mask = _case("rate", T=10, alpha=0.7)
     p32 = {k: v.float() for k, v in params.items()}
     a = neuro.grad_estimate(net, p32, "rtrl", xs.float(), ys.float(), mask=mask)

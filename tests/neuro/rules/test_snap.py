@@ -8,6 +8,8 @@
   by hand, SnAp-2 equals its masked definition and differs from RTRL.
 * The sparse SnAp-1 of the rate RNN ([B, n, n + n_in + 1]) equals the dense masked one, and both SnAp
   rules align with BPTT (snap2 ~ 1, snap1 high).
+* Which path runs (:mod:`neuro.rules._fast.snap`): on the rate RNN the sparse SnAp-1 by default, the dense
+  closed-form one with ``sparse=False`` and for SnAp-2, the definition with ``fast=False`` and on LIF.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import models
 import neuro
 from neuro.losses import get as get_loss
+from neuro.rules._fast.snap import DenseRateSnAp, SparseRateSnAp1
 from neuro.rules._onestep import FlatStep
 from neuro.rules.snap import snap_pattern
 
@@ -163,7 +166,7 @@ def test_snap1_equals_its_definition(name, opts):
     net, params, xs, ys, mask = _case(name, T=10)
     P1 = _hand_pattern(net, params, 1)
     rule = neuro.rules.make("snap1", net, **opts)
-    if rule.uses_sparse_path:  # no dense pattern is stored: the derived one must still be pattern(I)
+    if isinstance(rule.fast_path, SparseRateSnAp1):  # no dense pattern is stored: the derived one must still be pattern(I)
         assert rule.init(params, 2).P is None
         derived = snap_pattern(rule._flat(params), params, 1)
     else:
@@ -193,7 +196,7 @@ def test_sparse_snap1_equals_dense_and_aligns_with_bptt():
     gen = torch.Generator().manual_seed(3)
     xs = torch.randn(40, 2, N_IN, generator=gen, dtype=F64)
     ys = torch.randn(40, 2, N_OUT, generator=gen, dtype=F64)
-    assert neuro.rules.make("snap1", net).uses_sparse_path
+    assert isinstance(neuro.rules.make("snap1", net).fast_path, SparseRateSnAp1)
     sparse = neuro.grad_estimate(net, params, "snap1", xs, ys)
     dense = neuro.grad_estimate(net, params, "snap1", xs, ys, sparse=False)
     assert _rel(sparse, dense) < 1e-12
@@ -202,3 +205,17 @@ def test_sparse_snap1_equals_dense_and_aligns_with_bptt():
     c2 = neuro.alignment(neuro.grad_estimate(net, params, "snap2", xs, ys), g)["overall"]
     print(f"cosine with BPTT: snap1 {c1:.4f}, snap2 {c2:.4f}")
     assert c2 > 1 - 1e-10 and 0.7 < c1 < 1 - 1e-6 and c2 >= c1
+
+
+def test_which_path_runs():
+    rate = models.make("rate", n_in=N_IN, n_hidden=N_HID, n_out=N_OUT)
+    lif = models.make("lif", n_in=N_IN, n_hidden=N_HID, n_out=N_OUT)
+    make = neuro.rules.make
+    assert type(make("snap1", rate).fast_path) is SparseRateSnAp1
+    assert type(make("snap1", rate, sparse=False).fast_path) is DenseRateSnAp
+    assert type(make("snap2", rate).fast_path) is DenseRateSnAp
+    for rule in (make("snap1", rate, fast=False), make("snap2", rate, fast=False), make("snap1", lif), make("snap2", lif)):
+        assert rule.fast_path is None, rule
+    params = rate.init_params(dtype=F64)
+    assert make("snap1", rate).init(params, 2).M.shape == (2, N_HID, N_HID + N_IN + 1)
+    assert make("snap1", rate, fast=False).init(params, 2).M.shape == (2, N_HID, sum(v.numel() for v in params.values()))
