@@ -1,7 +1,8 @@
 """The ``neuro`` command line (``python -m neuro`` too)::
 
     neuro train --model lif --task add --rule tbptt --steps 2000 --hidden 32 --lr 1e-3 --seed 0 \\
-                --run-dir runs/x [--resume] [--model-opt key=value ...] [--task-opt ...] [--rule-opt ...]
+                --run-dir runs/x [--model-opt key=value ...] [--task-opt ...] [--rule-opt ...]
+    neuro train --run-dir runs/x --resume [--steps 4000]   # every other setting from runs/x/config.json
     neuro compare --task add --rules bptt,tbptt,uoro --seeds 3 --steps 5000 [--config sweep.toml] \
                   [--out runs/cmp] [--executor local|ray --address auto|HOST:PORT] [--rule-opt tbptt:k=10]
     neuro demo [--quick]
@@ -83,31 +84,9 @@ def _parser() -> _Parser:
 
     t = sub.add_parser("train", help="train a network online on a task with a rule",
                        description="Train a network online; n_in / n_out come from the task.")
-    t.add_argument("--model", default="lif", help="models.available() (default lif)")
-    t.add_argument("--task", default="add", help="neuro.tasks.available() (default add)")
-    t.add_argument("--rule", default="tbptt", help="neuro.rules.available() (default tbptt)")
-    t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--hidden", type=int, default=32, help="hidden units (n_hidden)")
-    t.add_argument("--optimizer", default="adam", help="adam or sgd")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--batch", type=int, default=1)
-    t.add_argument("--update-every", type=int, default=1)
-    t.add_argument("--chunk", type=int, default=100, help="steps per sequence of a continuing task")
-    t.add_argument("--dtype", default="float32", help="float32 or float64")
-    t.add_argument("--device", default=None, help="cpu (default) or cuda[:i]")
-    t.add_argument("--log-every", type=int, default=100)
-    t.add_argument("--checkpoint-every", type=int, default=None)
-    t.add_argument("--run-dir", default=None, help="write config.json, metrics.csv, checkpoint.pt here")
-    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
-    for what in ("model", "task", "rule"):
-        t.add_argument(f"--{what}-opt", action="append", metavar="KEY=VALUE", default=None,
-                       help=f"a {what} option (repeatable); values parse as int, float, bool, none, "
-                            "str, or a tuple when comma-separated")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--schedule", default=None, metavar="TOTAL:PER-STAGE:STEPS",
-                   help="train a constructive network stage by stage (e.g. 20:4:10000; --model constructive, "
-                        "--hidden TOTAL, --model-opt per_stage=PER-STAGE; see neuro.staged)")
+    from neuro import cli_train
+
+    cli_train.add_arguments(t)
 
     c = sub.add_parser("compare", help="train several rules x seeds on one task and compare them with BPTT",
                        description="Every rule x seed trained on the same task, model and budget; a table "
@@ -187,50 +166,9 @@ def _parser() -> _Parser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import models
-    import neuro.rules
-    import neuro.tasks
-    from neuro.training import TrainingDiverged, _execute, prepare
+    from neuro import cli_train
 
-    try:
-        model_opt = _options("--model-opt", args.model_opt)
-        task_opt = _options("--task-opt", args.task_opt)
-        rule_opt = _options("--rule-opt", args.rule_opt)
-        for key in ("n_in", "n_out", "n_hidden"):
-            if key in model_opt:
-                why = "use --hidden" if key == "n_hidden" else "it comes from the task"
-                raise ValueError(f"--model-opt {key} is not allowed: {why}")
-        if args.hidden <= 0:
-            raise ValueError(f"--hidden {args.hidden} is invalid: must be a positive integer")
-        task = neuro.tasks.make(args.task, **task_opt)
-        net = models.make(args.model, n_in=task.n_in, n_hidden=args.hidden, n_out=task.n_out, **model_opt)
-        rule = neuro.rules.make(args.rule, net, **rule_opt)
-        run = prepare(net, rule, task, args.steps, seed=args.seed, optimizer=args.optimizer, lr=args.lr,
-                      update_every=args.update_every, batch=args.batch, run_dir=args.run_dir,
-                      log_every=args.log_every, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                      progress=not args.no_progress, dtype=args.dtype, device=args.device, chunk=args.chunk,
-                      schedule=args.schedule)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
-        return _error(e)
-    try:
-        history = _execute(run)
-    except TrainingDiverged as e:
-        _error(e)
-        return 1
-    except KeyboardInterrupt:
-        ckpt = run.checkpoint_path
-        where = (f"; continue from its last checkpoint with --resume --run-dir {run.run_dir}"
-                 if ckpt is not None and ckpt.is_file() else "")
-        print(f"{PROG}: interrupted{where}", file=sys.stderr)
-        return 130
-    last = history.metrics[-1]
-    msg = f"{net.name}/{rule.name}/{task.name}: {history.steps} steps, loss {last['loss']:.4f} over the last " \
-          f"{last['step'] - (history.metrics[-2]['step'] if len(history.metrics) > 1 else 0)} steps, " \
-          f"{history.updates} updates, {last['elapsed_s']:.1f} s"
-    if history.run_dir is not None:
-        msg += f"; run directory {history.run_dir}"
-    print(msg)
-    return 0
+    return cli_train.main(args)
 
 
 def _compare(args: argparse.Namespace) -> int:

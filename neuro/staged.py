@@ -22,6 +22,10 @@ sequence length, ``chunk`` or the trial), after the update that ends the sequenc
   stages' estimates are exactly 0 from then on, so with fresh (zero) moments Adam and SGD leave them
   exactly unchanged.
 
+The loop meets a schedule only through :class:`StageHook`, a :class:`neuro.train_loop.Hook`: at the start of a
+run (or of its resume) it builds the rule of the stage the step count is in, and after each whole sequence it
+switches to the next stage when one is due.
+
 Only rules that learn one stage alone may run a schedule: ``constructive`` and ``td-lambda`` over it
 (``rule="constructive"``); any other rule would also train the frozen stages. The checkpoint of a run
 holds the state of the stage it was taken in; ``resume`` rebuilds that stage's network and rule from the
@@ -36,8 +40,10 @@ from typing import Any, NamedTuple
 from neuro.contract import AbstractNetwork, Params
 from neuro.rules.base import AbstractRule
 from neuro.rules.constructive import schedule as parse
+from neuro.train_loop import Hook, Loop
 
-__all__ = ["READOUT", "Schedule", "check", "carry_net_state", "fresh_optimizer", "rule_at_stage", "STAGED_RULES"]
+__all__ = ["READOUT", "STAGED_RULES", "Schedule", "StageHook", "carry_net_state", "check", "fresh_optimizer",
+           "next_stage", "rule_at_stage"]
 
 #: parameters learnt at every stage: their optimizer state carries across stage boundaries
 READOUT = ("W_out", "b_out")
@@ -127,3 +133,21 @@ def fresh_optimizer(opt: Any, new: Any, params: Params) -> Any:
         if params[k] in opt.state:
             new.state[params[k]] = opt.state[params[k]]
     return new
+
+
+@dataclasses.dataclass(frozen=True)
+class StageHook(Hook):
+    """The training loop's side of a :class:`Schedule` (see the module docstring)."""
+
+    schedule: Schedule
+
+    def start(self, loop: Loop) -> None:
+        """A resumed checkpoint's state belongs to the stage it was taken in: rebuild that stage's rule."""
+        loop.rule = rule_at_stage(loop.rule, loop.rule.net, self.schedule.stage_after(loop.counters.step))
+
+    def sequence_end(self, loop: Loop) -> None:
+        """At a stage boundary: the next stage, fresh traces, a fresh optimizer but for the readout's state."""
+        if loop.rule.net.stage < self.schedule.stage_after(loop.counters.step):
+            seed = loop.config.seed_for(f"rule:{loop.rule.net.stage + 1}")
+            loop.rule, loop.state = next_stage(loop.rule, loop.params, loop.state, loop.config.batch, seed)
+            loop.opt = fresh_optimizer(loop.opt, loop.new_optimizer(), loop.params)

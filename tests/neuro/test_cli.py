@@ -131,6 +131,53 @@ def test_a_tiny_run_writes_its_directory_and_resumes(tmp_path, capsys):
     assert [r["step"] for r in io.read_csv(run_dir / "metrics.csv")] == [10, 20, 30, 40, 50]
 
 
+RUN = ["--steps", "30", "--log-every", "10", "--checkpoint-every", "10", "--chunk", "10", "--model-opt", "alpha=0.5",
+       "--task-opt", "deterministic=true", "--rule-opt", "k=5", "--dtype", "float64", "--optimizer", "sgd", "--lr", "0.05",
+       "--seed", "3"]
+
+
+def _untimed_csv(path: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("steps_per_s", "elapsed_s")} for r in io.read_csv(path)]
+
+
+def test_resume_takes_every_setting_from_the_run_directory(tmp_path, capsys):
+    import torch
+
+    run_dir, ref = tmp_path / "x", tmp_path / "ref"
+    assert main(["train", *TINY, *RUN, "--run-dir", str(run_dir)]) == 0
+    # only --run-dir, --resume and the new step count (and a changed checkpoint interval, which may change)
+    assert main(["train", "--run-dir", str(run_dir), "--resume", "--steps", "50", "--checkpoint-every", "20",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "rate/tbptt/add: 50 steps" in out
+    longer = [a if a != "30" else "50" for a in RUN]
+    assert main(["train", *TINY, *longer, "--run-dir", str(ref)]) == 0
+    assert _untimed_csv(run_dir / "metrics.csv") == _untimed_csv(ref / "metrics.csv")
+    got, want = (io.load_checkpoint(d / "checkpoint.pt")["params"] for d in (run_dir, ref))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert io.read_json(run_dir / "config.json")["train"]["steps"] == 50
+    # without --steps it runs to the saved step count: here it is done already, so nothing is left to do
+    assert main(["train", "--run-dir", str(run_dir), "--resume", "--no-progress"]) == 0
+
+
+def test_resume_refuses_a_contradicting_flag_naming_only_it(tmp_path, capsys):
+    run_dir = tmp_path / "x"
+    assert main(["train", *TINY, *RUN, "--run-dir", str(run_dir)]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    # --model, --hidden and --rule-opt k agree with the run; --lr does not
+    rc = main(["train", "--run-dir", str(run_dir), "--resume", "--steps", "50", "--model", "rate", "--hidden", "4",
+               "--rule-opt", "k=5", "--lr", "0.5"])
+    line = _one_line_error(capsys, rc, ["--lr 0.5", "lr=0.05"])
+    assert "--hidden" not in line and "--model" not in line and "k=5" not in line
+    rc = main(["train", "--run-dir", str(run_dir), "--resume", "--model-opt", "alpha=0.7", "--task", "copy"])
+    line = _one_line_error(capsys, rc, ["--model-opt alpha=0.7", "alpha=0.5", "--task copy", "task='add'"])
+    assert "--lr" not in line
+    _one_line_error(capsys, main(["train", "--run-dir", str(run_dir), "--resume", "--rule-opt", "window=3"]),
+                    ["--rule-opt window=3", "not an option", "'tbptt'"])
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
 def test_divergence_exits_1_with_one_line(tmp_path, capsys):
     # mse on a rate net with an absurd learning rate: the outputs overflow float32 within a few updates
     rc = main(["train", "--model", "rate", "--task", "sine", "--hidden", "4", "--steps", "200", "--optimizer", "sgd",

@@ -22,7 +22,7 @@ from neuro import io
 from neuro.rules import TBPTT, AbstractRule, Needs, StepOutput
 from neuro.rules.bptt import BPTTState
 from neuro.tasks.base import AbstractTask, Sequence
-from neuro.training import TIMING_COLUMNS, History, TrainingDiverged, _check_needs, derive_seed, train
+from neuro.training import TIMING_COLUMNS, History, TrainingDiverged, derive_seed, train
 
 
 # -- tiny tasks written here (independent of neuro.tasks) ---------------------------------------------
@@ -271,22 +271,24 @@ def test_mismatched_network_task_and_rule_are_refused(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_check_needs_allows_only_loss_rules_on_forward_only_backends(monkeypatch):
-    from neuro import backends
+def _takes_a_simulator(cls) -> bool:
+    return "forward" in {f.name for f in dataclasses.fields(cls)}
 
-    net = _rate()
-    _check_needs(TBPTT(net), net)  # torch: everything
-    monkeypatch.setitem(backends._REGISTRY, "forward-only", lambda *a, **k: None)
-    with pytest.raises(ValueError, match="needs GRAPH.*'forward-only'.*LOSS"):
-        _check_needs(TBPTT(net), net, backend="forward-only")
+
+def test_only_rules_that_need_the_loss_alone_take_another_simulator():
+    """Training runs the network in torch, which gives every rule what it needs; a rule meets another
+    simulator (Brian2, Lava) only through its own ``forward`` option, which only LOSS rules may have."""
+    from neuro import rules
+
+    takes = [name for name in rules.available() if _takes_a_simulator(rules.get(name))]
+    assert {"wp", "np", "anp", "anp-time"} <= set(takes)
+    assert all(rules.get(name).needs == Needs.LOSS for name in takes), takes
 
     @dataclasses.dataclass(frozen=True)
-    class LossOnly(NoisyTBPTT):
-        needs: ClassVar[Needs] = Needs.LOSS
+    class GraphWithForward(TBPTT):  # what the invariant forbids: the check above would refuse it
+        forward: Any = None
 
-    _check_needs(LossOnly(net), net, backend="forward-only")
-    with pytest.raises(ValueError, match="backend='brian9'.*'torch'"):
-        _check_needs(TBPTT(net), net, backend="brian9")
+    assert _takes_a_simulator(GraphWithForward) and GraphWithForward.needs != Needs.LOSS
 
 
 def test_seeds_derive_deterministically_and_differ_by_purpose():

@@ -1,0 +1,197 @@
+"""``neuro train``: its flags, and the run they describe.
+
+A fresh run takes every setting from the flags (their defaults where not given). ``--resume --run-dir D``
+takes every setting from ``D/config.json`` (model, rule, task and their options, training settings), so
+``neuro train --run-dir D --resume --steps N`` continues the run to step ``N``. A flag given on resume
+must agree with the saved run, or it is refused naming it; the flags that may change on resume are
+``--steps``, ``--checkpoint-every``, ``--device`` and ``--no-progress``. Every flag's default is ``None``
+here, so that a flag the user gave is told apart from a default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULTS", "Spec", "add_arguments", "main", "spec_from_flags", "spec_from_run"]
+
+#: the flags' defaults for a fresh run
+DEFAULTS: dict[str, Any] = {"model": "lif", "task": "add", "rule": "tbptt", "steps": 2000, "hidden": 32,
+                            "optimizer": "adam", "lr": 1e-3, "seed": 0, "batch": 1, "update_every": 1, "chunk": 100,
+                            "dtype": "float32", "device": None, "log_every": 100, "checkpoint_every": None,
+                            "schedule": None}
+#: training settings that are flags of the same name (``--update-every`` is ``update_every``)
+_SETTINGS = ("seed", "optimizer", "lr", "update_every", "batch", "log_every", "checkpoint_every", "dtype",
+             "device", "chunk", "schedule")
+#: flags that may differ from the saved run on resume
+_CHANGEABLE = ("steps", "checkpoint_every", "device")
+
+
+def add_arguments(t: argparse.ArgumentParser) -> None:
+    """The flags of ``neuro train`` (every default ``None``: :data:`DEFAULTS` fills them for a fresh run)."""
+    d = DEFAULTS
+    t.add_argument("--model", help=f"models.available() (default {d['model']})")
+    t.add_argument("--task", help=f"neuro.tasks.available() (default {d['task']})")
+    t.add_argument("--rule", help=f"neuro.rules.available() (default {d['rule']})")
+    t.add_argument("--steps", type=int, help=f"steps to run in all (default {d['steps']}; on --resume the saved run's)")
+    t.add_argument("--hidden", type=int, help=f"hidden units (n_hidden; default {d['hidden']})")
+    t.add_argument("--optimizer", help=f"adam or sgd (default {d['optimizer']})")
+    t.add_argument("--lr", type=float, help=f"learning rate (default {d['lr']})")
+    t.add_argument("--seed", type=int, help=f"default {d['seed']}")
+    t.add_argument("--batch", type=int, help=f"default {d['batch']}")
+    t.add_argument("--update-every", type=int, help=f"default {d['update_every']}")
+    t.add_argument("--chunk", type=int, help=f"steps per sequence of a continuing task (default {d['chunk']})")
+    t.add_argument("--dtype", help=f"float32 or float64 (default {d['dtype']})")
+    t.add_argument("--device", help="cpu (default) or cuda[:i]")
+    t.add_argument("--log-every", type=int, help=f"default {d['log_every']}")
+    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: only at the end)")
+    t.add_argument("--run-dir", help="write config.json, metrics.csv, checkpoint.pt here")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its checkpoint, with the settings of its config.json")
+    for what in ("model", "task", "rule"):
+        t.add_argument(f"--{what}-opt", action="append", metavar="KEY=VALUE",
+                       help=f"a {what} option (repeatable); values parse as int, float, bool, none, "
+                            "str, or a tuple when comma-separated")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--schedule", metavar="TOTAL:PER-STAGE:STEPS",
+                   help="train a constructive network stage by stage (e.g. 20:4:10000; --model constructive, "
+                        "--hidden TOTAL, --model-opt per_stage=PER-STAGE; see neuro.staged)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A run to build: the network, task and rule by name with their options (``net`` holds every model
+    field but the sizes the task gives), the step count and the :class:`~neuro.train_config.TrainConfig`
+    settings."""
+
+    model: str
+    net: dict[str, Any]
+    task: str
+    task_opt: dict[str, Any]
+    rule: str
+    rule_opt: dict[str, Any]
+    steps: int
+    settings: dict[str, Any]
+
+    def build(self):
+        """``(net, rule, task, config)``; ``ValueError`` names an invalid name, option or setting."""
+        import models
+        import neuro.rules
+        import neuro.tasks
+        from neuro.train_config import TrainConfig
+
+        task = neuro.tasks.make(self.task, **self.task_opt)
+        net = models.make(self.model, **{**self.net, "n_in": task.n_in, "n_out": task.n_out})
+        rule = neuro.rules.make(self.rule, net, **self.rule_opt)
+        return net, rule, task, TrainConfig(**self.settings)
+
+
+def _flag_options(args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    from neuro.cli import _options
+
+    model_opt = _options("--model-opt", args.model_opt)
+    for key in ("n_in", "n_out", "n_hidden"):
+        if key in model_opt:
+            why = "use --hidden" if key == "n_hidden" else "it comes from the task"
+            raise ValueError(f"--model-opt {key} is not allowed: {why}")
+    if args.hidden is not None and args.hidden <= 0:
+        raise ValueError(f"--hidden {args.hidden} is invalid: must be a positive integer")
+    return model_opt, _options("--task-opt", args.task_opt), _options("--rule-opt", args.rule_opt)
+
+
+def spec_from_flags(args: argparse.Namespace) -> Spec:
+    """A fresh run: the flags, :data:`DEFAULTS` where not given."""
+    model_opt, task_opt, rule_opt = _flag_options(args)
+    get = lambda k: DEFAULTS[k] if getattr(args, k) is None else getattr(args, k)  # noqa: E731
+    settings = {k: get(k) for k in _SETTINGS}
+    return Spec(model=get("model"), net={**model_opt, "n_hidden": get("hidden")}, task=get("task"), task_opt=task_opt,
+                rule=get("rule"), rule_opt=rule_opt, steps=get("steps"),
+                settings={**settings, "run_dir": args.run_dir, "resume": args.resume, "progress": not args.no_progress})
+
+
+def _tuples(v: Any) -> Any:
+    """JSON's lists back to the tuples the options were given as."""
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
+def _same(given: Any, saved: Any) -> bool:
+    return json.loads(json.dumps(given, default=repr)) == saved
+
+
+def _clashes(args: argparse.Namespace, saved: dict[str, Any]) -> list[str]:
+    """One phrase per flag the user gave that contradicts the saved run (``--steps``, ``--checkpoint-every``,
+    ``--device``, ``--no-progress`` may change)."""
+    net, task, rule, train = (saved[k] for k in ("net", "task", "rule", "train"))
+    given = [("--model", args.model, "model", net["name"]), ("--task", args.task, "task", task["name"]),
+             ("--rule", args.rule, "rule", rule["name"]), ("--hidden", args.hidden, "n_hidden", net["fields"]["n_hidden"])]
+    given += [(f"--{k.replace('_', '-')}", getattr(args, k), k, train.get(k)) for k in _SETTINGS if k not in _CHANGEABLE]
+    out = [f"{flag} {value} contradicts the saved {what}={was!r}"
+           for flag, value, what, was in given if value is not None and not _same(value, was)]
+    for what, opts, part in zip(("model", "task", "rule"), _flag_options(args), (net, task, rule)):
+        for k, v in opts.items():
+            if k not in part["fields"]:
+                out.append(f"--{what}-opt {k}={v} is not an option of the saved {what} {part['name']!r}")
+            elif not _same(v, part["fields"][k]):
+                out.append(f"--{what}-opt {k}={v} contradicts the saved {what} option {k}={part['fields'][k]!r}")
+    return out
+
+
+def spec_from_run(args: argparse.Namespace) -> Spec:
+    """A resumed run: every setting from ``--run-dir``'s config.json; a ``ValueError`` names each flag the
+    user gave that contradicts it."""
+    from neuro.rundir import CHECKPOINT, read_config
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"cannot resume: no checkpoint {str(run_dir / CHECKPOINT)!r}")
+    saved = read_config(run_dir)
+    clashes = _clashes(args, saved)
+    if clashes:
+        raise ValueError(f"cannot resume {str(run_dir)!r}: {'; '.join(clashes)}: drop the flag(s); --resume takes every "
+                         f"setting from its config.json (only --steps, --checkpoint-every, --device, --no-progress "
+                         f"may change)")
+    net, task, rule, train = (saved[k] for k in ("net", "task", "rule", "train"))
+    fields = lambda part: {k: _tuples(v) for k, v in part["fields"].items()}  # noqa: E731
+    settings = {k: train.get(k) for k in _SETTINGS}
+    for k in ("checkpoint_every", "device"):
+        if getattr(args, k) is not None:
+            settings[k] = getattr(args, k)
+    return Spec(model=net["name"], net=fields(net), task=task["name"], task_opt=fields(task), rule=rule["name"],
+                rule_opt=fields(rule), steps=train["steps"] if args.steps is None else args.steps,
+                settings={**settings, "run_dir": run_dir, "resume": True, "progress": not args.no_progress})
+
+
+def main(args: argparse.Namespace) -> int:
+    """Build and run the training ``args`` describe; the exit status (2: usage, 1: diverged, 130: interrupted)."""
+    from neuro.cli import PROG, _error
+    from neuro.training import TrainingDiverged, prepare
+
+    try:
+        spec = spec_from_run(args) if args.resume and args.run_dir is not None else spec_from_flags(args)
+        net, rule, task, config = spec.build()
+        run = prepare(net, rule, task, spec.steps, config)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
+        return _error(e)
+    try:
+        history = run.execute()
+    except TrainingDiverged as e:
+        _error(e)
+        return 1
+    except KeyboardInterrupt:
+        ckpt = run.checkpoint_path
+        where = (f"; continue from its last checkpoint with --resume --run-dir {config.run_dir}"
+                 if ckpt is not None and ckpt.is_file() else "")
+        print(f"{PROG}: interrupted{where}", file=sys.stderr)
+        return 130
+    last = history.metrics[-1]
+    msg = f"{net.name}/{rule.name}/{task.name}: {history.steps} steps, loss {last['loss']:.4f} over the last " \
+          f"{last['step'] - (history.metrics[-2]['step'] if len(history.metrics) > 1 else 0)} steps, " \
+          f"{history.updates} updates, {last['elapsed_s']:.1f} s"
+    if history.run_dir is not None:
+        msg += f"; run directory {history.run_dir}"
+    print(msg)
+    return 0

@@ -1,0 +1,160 @@
+"""The settings of a training run: :class:`TrainConfig`, validated when it is built, and the seeds it derives.
+
+``neuro.train(net, rule, task, steps, config)`` takes one (or the same settings as keywords, which build
+one). Every invalid value raises a one-line ``ValueError`` naming the value and what is valid, before
+anything runs or is written::
+
+    config = TrainConfig(seed=0, optimizer="sgd", lr=1e-2, run_dir="runs/x", checkpoint_every=1000)
+    dataclasses.replace(config, resume=True)     # a changed copy is validated again
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from neuro.contract import Params, check_choice, check_positive
+
+__all__ = ["DTYPES", "OPTIMIZERS", "RESUMABLE", "TrainConfig", "derive_seed"]
+
+OPTIMIZERS = ("adam", "sgd")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: settings that may change when a run is resumed (every other one must equal the saved run's)
+RESUMABLE = ("progress", "checkpoint_every", "device")
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """A 63-bit seed for ``purpose`` (``"task"``, ``"rule"``, ``"torch"``) derived from ``seed`` by SHA-256."""
+    digest = hashlib.sha256(f"neuro.train:{seed}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def check_int(name: str, value: Any, lowest: int) -> None:
+    """``ValueError`` unless ``value`` is an integer (not a bool) ``>= lowest``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        raise ValueError(f"{name}={value!r} is invalid: must be an integer >= {lowest}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is invalid: must be True or False")
+
+
+def resolve_dtype(dtype: Any) -> torch.dtype | None:
+    """``None``, ``torch.float32``/``float64`` or their names -> the torch dtype (``ValueError`` otherwise)."""
+    if dtype is None or dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype={dtype!r} is invalid: valid choices are torch.float32, torch.float64 ('float32', 'float64')")
+
+
+def _resolve_device(device: Any) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is invalid: expected e.g. 'cpu' or 'cuda:0'") from None
+    if d.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} is invalid: valid device types are 'cpu', 'cuda'")
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} is invalid: CUDA is not available on this machine; use 'cpu'")
+    return d
+
+
+def _check_schedule(spec: Any) -> None:
+    if spec is not None:
+        from neuro.rules.constructive import schedule as parse  # its format; neuro.staged checks it against the run
+
+        parse(spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of :func:`neuro.train` but the network, rule, task, step count and initial parameters.
+
+    Attributes:
+        seed: decides the initial parameters, the task stream, the rule's randomness (:func:`derive_seed`).
+        optimizer: ``"adam"`` or ``"sgd"`` (``torch.optim``, learning rate ``lr`` > 0).
+        update_every: apply the summed estimates every this many steps (1: fully online) and at every
+            sequence end.
+        batch: independent streams run side by side (the per-step loss is their mean).
+        run_dir: where to write config.json, metrics.csv, checkpoint.pt (``None``: nothing is written).
+        log_every: steps per metrics row.
+        checkpoint_every: steps between checkpoints (taken at the next sequence end); one is always
+            written at the end when ``run_dir`` is given. Needs ``run_dir``.
+        resume: continue the run in ``run_dir`` from its checkpoint (the settings must match its config
+            but for :data:`RESUMABLE` ones; the step count may grow).
+        progress: a progress bar on stderr (only when stderr is a terminal).
+        dtype, device: of the parameters (``None``: those of the given parameters, else float32 on the
+            CPU); held as ``torch.dtype`` / ``torch.device``.
+        chunk: steps per sequence of a continuing task (ignored by episodic tasks).
+        schedule: ``"total:per-stage:steps-per-stage"``: train a constructive network stage by stage
+            (:mod:`neuro.staged`); ``None``: no stages.
+        probe: ``probe(step, params) -> dict`` at every metrics row (see :func:`neuro.train`), or ``None``.
+    """
+
+    seed: int = 0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    update_every: int = 1
+    batch: int = 1
+    run_dir: Path | None = None
+    log_every: int = 100
+    checkpoint_every: int | None = None
+    resume: bool = False
+    progress: bool = True
+    dtype: torch.dtype | None = None
+    device: torch.device | None = None
+    chunk: int = 100
+    schedule: str | None = None
+    probe: Callable[[int, Params], dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        check_int("seed", self.seed, 0)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_positive("lr", self.lr)
+        for name in ("update_every", "batch", "log_every", "chunk"):
+            check_int(name, getattr(self, name), 1)
+        if self.checkpoint_every is not None:
+            check_int("checkpoint_every", self.checkpoint_every, 1)
+        _check_bool("resume", self.resume)
+        _check_bool("progress", self.progress)
+        if self.probe is not None and not callable(self.probe):
+            raise ValueError(f"probe={self.probe!r} is invalid: expected a function (step, params) -> dict, or None")
+        _check_schedule(self.schedule)
+        object.__setattr__(self, "dtype", resolve_dtype(self.dtype))
+        object.__setattr__(self, "device", _resolve_device(self.device))
+        if self.run_dir is not None:
+            if not isinstance(self.run_dir, (str, Path)):
+                raise ValueError(f"run_dir={self.run_dir!r} is invalid: expected a path (str or Path) or None")
+            object.__setattr__(self, "run_dir", Path(self.run_dir))
+        elif self.resume or self.checkpoint_every is not None:
+            what = "resume=True" if self.resume else f"checkpoint_every={self.checkpoint_every}"
+            raise ValueError(f"{what} needs a run_dir to keep the checkpoint in")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def build(cls, config: TrainConfig | None = None, **settings: Any) -> TrainConfig:
+        """``config`` (default: the defaults) with ``settings`` replaced; ``TypeError`` names an unknown one."""
+        if config is not None and not isinstance(config, cls):
+            raise TypeError(f"config={config!r} is invalid: expected a TrainConfig or None")
+        unknown = sorted(set(settings) - set(cls.names()))
+        if unknown:
+            raise TypeError(f"unknown training setting(s) {', '.join(unknown)}: valid settings are "
+                            f"{', '.join(cls.names())}")
+        if config is None:
+            return cls(**settings)
+        return dataclasses.replace(config, **settings) if settings else config
+
+    def seed_for(self, purpose: str) -> int:
+        """:func:`derive_seed` of this run's seed."""
+        return derive_seed(self.seed, purpose)

@@ -1,0 +1,364 @@
+"""The body of :func:`neuro.train`: one prepared run (:class:`neuro.training.Run`) executed step by step.
+
+:class:`Loop` holds what changes during a run (the rule and its state, the parameters, the optimizer, the
+summed estimates, the :class:`Counters`, the losses not yet read) and does one thing per method: a
+sequence, a step, an update, a metrics row, a checkpoint. :class:`Hook` objects are called at fixed points
+(a run's start, a whole sequence's end) and may replace the rule, its state and the optimizer there
+(:class:`neuro.staged.StageHook` switches stages so). The schedule itself is described in
+:mod:`neuro.training`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+
+from neuro.contract import Params, check_positive
+from neuro.rules.base import AbstractRule, add_into, zeros_like_params
+from neuro.rundir import COLUMNS
+from neuro.tasks.base import Sequence
+
+if TYPE_CHECKING:
+    from neuro.training import Run
+
+__all__ = ["Counters", "History", "Hook", "Loop", "TrainingDiverged"]
+
+DRAIN = 256  # steps between reads of the per-step losses (progress bar, early divergence check)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or the parameters) became NaN or infinite; ``checkpoint`` is the last good one (or None)."""
+
+    def __init__(self, message: str, step: int, checkpoint: Path | None = None,
+                 checkpoint_step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
+        self.checkpoint_step = checkpoint_step
+
+
+@dataclasses.dataclass
+class History:
+    """What :func:`neuro.train` returns.
+
+    ``metrics``: one row per ``log_every`` steps (and one at the end): ``step`` (steps done),
+    ``loss`` (mean per-step loss over the interval; masked steps count as 0, as in
+    :mod:`neuro.losses`), ``loss_counted`` (the interval's loss per step that counts: summed loss over
+    the summed fraction of the batch whose mask is on; ``None`` if none did), ``updates`` (optimizer
+    steps so far), ``sequences`` (trials or chunks finished), ``steps_per_s`` (over the interval) and
+    ``elapsed_s`` (training time so far, excluding time between an interruption and its resume).
+    """
+
+    params: Params
+    metrics: list[dict[str, Any]]
+    run_dir: Path | None
+    rule: AbstractRule
+    steps: int = 0
+    updates: int = 0
+    elapsed_s: float = 0.0
+
+    def mean_loss(self, last: int) -> float:
+        """Mean per-step loss over (at least) the last ``last`` steps, from whole metric rows."""
+        check_positive("last", last, integer=True)
+        total, n = 0.0, 0
+        for i in range(len(self.metrics) - 1, -1, -1):
+            row = self.metrics[i]
+            start = self.metrics[i - 1]["step"] if i > 0 else 0
+            total += row["loss"] * (row["step"] - start)
+            n += row["step"] - start
+            if n >= last:
+                break
+        return total / n if n else math.nan
+
+
+class Hook:
+    """Called by :class:`Loop` at fixed points; a method may replace ``loop.rule``, ``loop.state`` (the rule
+    state) and ``loop.opt`` (``loop.new_optimizer()`` builds a fresh one). The base does nothing."""
+
+    def start(self, loop: Loop) -> None:
+        """Before the first step of a run, or of its resume (``loop.counters.step`` steps are done)."""
+
+    def sequence_end(self, loop: Loop) -> None:
+        """After the update that ends a whole sequence, before its losses are checked and its checkpoint."""
+
+
+@dataclasses.dataclass
+class Counters:
+    """Where a run stands (saved in every checkpoint): ``step`` steps done, the stream at sequence
+    ``seq_index`` (``offset`` steps into it), ``updates`` applied, ``sequences`` finished, ``elapsed0``
+    seconds of training before this process."""
+
+    step: int = 0
+    seq_index: int = 0
+    offset: int = 0
+    updates: int = 0
+    sequences: int = 0
+    elapsed0: float = 0.0
+
+
+def fork_rng(device: torch.device):
+    """``torch.random.fork_rng`` over the CPU generator and ``device``'s (a CUDA device)."""
+    devices = [] if device.type != "cuda" else [device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.random.fork_rng(devices=devices)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def _progress_bar(run: Run, initial: int):
+    if not (run.config.progress and sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=run.steps, initial=initial, desc=f"{run.net.name}/{run.rule.name}/{run.task.name}", unit="step",
+                file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+
+class Loop:
+    """One execution of a prepared run, fresh or resumed from ``run.resume_from`` (see the module docstring)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run, self.config = run, run.config
+        self.rule, ck = run.rule, run.resume_from
+        if ck is None:
+            torch.default_generator.manual_seed(self.config.seed_for("torch"))
+            if run.device.type == "cuda":
+                torch.cuda.manual_seed(self.config.seed_for("torch"))
+            self.params = run.params
+            self.state = self.rule.init(self.params, self.config.batch, self.config.seed_for("rule"))
+            self.counters = Counters()
+            self.metrics: list[dict[str, Any]] = []
+            self.interval = {"loss_sum": 0.0, "frac_sum": 0.0, "steps": 0, "start_elapsed": 0.0}
+            self.last_ckpt_step: int | None = None
+        else:
+            self.params = {k: v.to(dtype=run.dtype, device=run.device).contiguous() for k, v in ck["params"].items()}
+            run.net.check_params(self.params)
+            self.state = ck["rule_state"]
+            (seq_index, offset) = ck["position"]
+            self.counters = Counters(ck["step"], seq_index, offset, ck["updates"], ck["sequences"], ck["elapsed_s"])
+            self.metrics, self.interval = list(ck["metrics"]), dict(ck["interval"])
+            _set_rng_state(ck["rng"], run.device)
+            self.last_ckpt_step = ck["step"]
+        self.opt = self.new_optimizer()
+        if ck is not None:
+            self.opt.load_state_dict(ck["optimizer"])
+        self.acc, self.acc_full = zeros_like_params(self.params), False
+        if run.run_dir is not None:
+            run.run_dir.start(run.description)
+        for hook in run.hooks:
+            hook.start(self)
+        step = self.counters.step
+        self.t_start = time.perf_counter()
+        self.bar, self.bar_step = _progress_bar(run, step), step
+        self.losses: list[torch.Tensor] = []  # per-step losses not yet read
+        self.fracs: list[float] = []  # the fraction of the batch that counts, per unread step
+        self.losses_first = step + 1  # the step of losses[0]
+        every = self.config.checkpoint_every
+        self.next_ckpt = None if every is None else (step // every + 1) * every
+
+    def new_optimizer(self) -> torch.optim.Optimizer:
+        """A fresh ``torch.optim`` optimizer of the run's kind over the parameters."""
+        tensors, lr = list(self.params.values()), self.config.lr
+        return torch.optim.Adam(tensors, lr=lr) if self.config.optimizer == "adam" else torch.optim.SGD(tensors, lr=lr)
+
+    # -- the run --------------------------------------------------------------------------------------
+
+    def execute(self) -> History:
+        c, steps = self.counters, self.run.steps
+        try:
+            stream = self._stream() if c.step < steps else iter(())
+            first = self.run.resume_from is None
+            while c.step < steps:
+                seq = next(stream).to(dtype=self.run.dtype, device=self.run.device)
+                self.sequence(seq, reset=self.run.task.episodic and not first and c.offset == 0)
+                first = False
+            if self.run.run_dir is None:
+                self._check_params()
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+        return History(params=self.params, metrics=self.metrics, run_dir=self.config.run_dir, rule=self.rule,
+                       steps=c.step, updates=c.updates,
+                       elapsed_s=self.metrics[-1]["elapsed_s"] if self.metrics else c.elapsed0)
+
+    def _stream(self) -> Iterator[Sequence]:
+        run, seed = self.run, self.config.seed_for("task")
+        it = run.task.stream(seed=seed, batch=self.config.batch) if run.task.episodic else \
+            run.task.stream(seed=seed, batch=self.config.batch, chunk=self.config.chunk)
+        for _ in range(self.counters.seq_index):  # reposition a resumed run: regenerate the sequences consumed
+            next(it)
+        return it
+
+    def sequence(self, seq: Sequence, reset: bool) -> None:
+        """The rest of ``seq`` (from ``counters.offset``), up to the run's last step; then the hooks, the loss
+        check and the checkpoint that fall due."""
+        c, k = self.counters, self.config.update_every
+        if c.offset:
+            seq = seq[c.offset:]
+        if reset:
+            self.state = self.rule.reset(self.params, self.state)
+        n = min(seq.steps, self.run.steps - c.step)
+        xs, ys, mask = seq.xs, seq.ys, seq.mask
+        frac = mask[:n].to(torch.float64).mean(1).tolist()
+        for t in range(n):
+            self.step(xs[t], ys[t], mask[t], frac[t])
+            if t == n - 1:  # the sequence ends (or the run does): pending estimate, then one update
+                self._end_sequence(n, whole=n == seq.steps)
+            elif (t + 1) % k == 0:
+                self.state, g = self.rule.flush(self.params, self.state)
+                self._accumulate(g)
+                self.apply()
+            if c.step % self.config.log_every == 0 or c.step == self.run.steps:
+                self.log()
+            elif len(self.losses) >= DRAIN:
+                self.drain()
+        if n == seq.steps:
+            for hook in self.run.hooks:
+                hook.sequence_end(self)
+        self.drain()  # the sequence's losses are checked before any checkpoint
+        if self.run.run_dir is not None and (c.step == self.run.steps or
+                                              (self.next_ckpt is not None and c.step >= self.next_ckpt)):
+            self.checkpoint()
+            if self.next_ckpt is not None:
+                every = self.config.checkpoint_every
+                self.next_ckpt = (c.step // every + 1) * every
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, frac: float) -> None:
+        """One step of the rule; its estimate is added to the sum, its loss kept to be read."""
+        out = self.rule.step(self.params, self.state, x, y, mask)
+        self.state = out.state
+        self._accumulate(out.grad)
+        self.losses.append(out.loss)
+        self.fracs.append(frac)
+        self.counters.step += 1
+
+    def _end_sequence(self, n: int, whole: bool) -> None:
+        c = self.counters
+        self.state, g = self.rule.finish(self.params, self.state)
+        self._accumulate(g)
+        self.apply()
+        if whole:
+            c.seq_index, c.offset = c.seq_index + 1, 0
+            c.sequences += 1
+        else:
+            c.offset += n
+
+    def _accumulate(self, g: Params | None) -> None:
+        if g is not None:
+            add_into(self.acc, g)
+            self.acc_full = True
+
+    def apply(self) -> None:
+        """One optimizer step with the summed estimates, if any were given since the last one."""
+        if not self.acc_full:
+            return
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.grad = self.acc[k]
+            self.opt.step()
+            for p in self.params.values():
+                p.grad = None
+            for a in self.acc.values():
+                a.zero_()
+        self.acc_full = False
+        self.counters.updates += 1
+
+    # -- reading the losses, metrics, checkpoints ------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return self.counters.elapsed0 + time.perf_counter() - self.t_start
+
+    def drain(self) -> None:
+        """Read the losses not yet read into the interval's sums (``TrainingDiverged`` at a non-finite one)."""
+        step, iv = self.counters.step, self.interval
+        if self.losses:
+            values = torch.stack(self.losses).double().tolist()
+            for j, (v, f) in enumerate(zip(values, self.fracs)):
+                if not math.isfinite(v):
+                    raise self._diverged(f"loss became {v}", self.losses_first + j)
+                iv["loss_sum"] += v
+                iv["frac_sum"] += f
+            iv["steps"] += len(values)
+            self.losses.clear()
+            self.fracs.clear()
+        self.losses_first = step + 1
+        if self.bar is not None:
+            self.bar.update(step - self.bar_step)
+            self.bar_step = step
+            if iv["steps"]:
+                self.bar.set_postfix_str(f"loss={iv['loss_sum'] / iv['steps']:.4f}", refresh=False)
+
+    def log(self) -> None:
+        """A metrics row for the interval since the last (and ``metrics.csv`` rewritten)."""
+        self.drain()
+        now, iv, c = self.elapsed(), self.interval, self.counters
+        extra: dict[str, Any] = {}
+        if self.config.probe is not None:  # measured on the side: its time is kept off the training clock
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                extra = dict(self.config.probe(c.step, {k: v.detach().clone() for k, v in self.params.items()}))
+            self.t_start += time.perf_counter() - t0
+            clash = sorted(set(extra) & set(COLUMNS))
+            if clash:
+                raise ValueError(f"probe returned the column(s) {clash}, which train writes itself")
+        self.metrics.append({
+            "step": c.step,
+            "loss": iv["loss_sum"] / iv["steps"],
+            "loss_counted": iv["loss_sum"] / iv["frac_sum"] if iv["frac_sum"] > 0 else None,
+            "updates": c.updates,
+            "sequences": c.sequences,
+            "steps_per_s": iv["steps"] / max(now - iv["start_elapsed"], 1e-9),
+            "elapsed_s": now,
+            **extra,
+        })
+        iv.update(loss_sum=0.0, frac_sum=0.0, steps=0, start_elapsed=now)
+        if self.run.run_dir is not None:
+            self.run.run_dir.write_metrics(self.metrics)
+
+    def checkpoint(self) -> None:
+        """Save everything a resume needs, once the losses and the parameters are checked finite."""
+        self.drain()
+        self._check_params()
+        c = self.counters
+        self.run.run_dir.save_checkpoint({
+            "step": c.step, "position": [c.seq_index, c.offset], "params": self.params,
+            "optimizer": self.opt.state_dict(), "rule_state": self.state, "updates": c.updates,
+            "sequences": c.sequences, "interval": dict(self.interval), "metrics": self.metrics,
+            "elapsed_s": self.elapsed(), "rng": _rng_state(self.run.device), "config": self.run.description,
+        })
+        self.last_ckpt_step = c.step
+
+    def _check_params(self) -> None:
+        for k, p in self.params.items():
+            if not bool(torch.isfinite(p).all()):
+                raise self._diverged(f"parameter {k!r} became nan or inf after the update", self.counters.step)
+
+    def _diverged(self, what: str, at: int) -> TrainingDiverged:
+        path = None if self.run.run_dir is None else self.run.run_dir.checkpoint
+        if path is None:
+            where = "no checkpoint (no run_dir)"
+        elif self.last_ckpt_step is None:
+            where = f"no checkpoint was written before it ({str(path)!r} does not exist)"
+        else:
+            where = f"last good checkpoint: {path} (step {self.last_ckpt_step})"
+        return TrainingDiverged(f"{what} at step {at}; {where}", step=at,
+                                checkpoint=path if self.last_ckpt_step is not None else None,
+                                checkpoint_step=self.last_ckpt_step)
