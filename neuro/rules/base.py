@@ -11,7 +11,9 @@ first field is ``net`` (the network state)::
 
 ``grad`` has the keys, shapes and dtypes of ``params``: the estimate of d(loss_t)/d(params) for the
 step (or the window that ends at this step), to be *summed* by the caller; an optimizer descends it.
-Each rule declares what it needs from the network (``needs``), checked before a run.
+Each rule declares what it needs from the network (``needs``), held to it by the contract test over every
+rule. Training runs the network in torch, which gives every rule what it needs; only LOSS rules (the
+perturbation rules) take another simulator, through their ``forward=`` option.
 
 *One definition, fast paths apart.* A rule's file is its paper's per-step equations, the definition.
 Where a faster computation of the same numbers exists for some networks (a window of steps summed as one
