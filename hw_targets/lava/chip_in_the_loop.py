@@ -4,7 +4,7 @@ forward passes run in Lava (floating point), one Lava run per sequence.
 The rules (:mod:`neuro.rules.node_perturbation`, :mod:`neuro.rules.anp`, :mod:`neuro.rules.anp_time`;
 Garcia Fernandez, Keemink & van Gerven 2024, arXiv:2405.08967; Dalm et al. 2023, arXiv:2310.00965) need
 only forward passes and losses (``needs = LOSS``). Their documented forward protocol
-(:mod:`neuro.rules._perturb`) is one step at a time, and a Lava run costs about a second, so here the
+(:mod:`neuro.rules.node`) is one step at a time, and a Lava run costs about a second, so here the
 protocol is run at the *sequence* level:
 
 1. the noise the rule would draw is drawn first, in the rule's own order (per step: ``xi_h`` [M, n] and
@@ -74,7 +74,8 @@ def sequence_estimate(rule, params: Params, xs: Tensor, ys: Tensor, mask: Tensor
     """The rule's estimate of ``dL/dparams`` summed over the sequence ``xs`` [T, B, n_in], ``ys`` [T, B, n_out]
     (params frozen, as ``grad_estimate``), with the forward passes on Lava; and the clean loss (summed over
     time, mean over the batch)."""
-    from neuro.rules._perturb import TorchForward, new_generator, node_estimate, node_noise, per_sample_loss, repeat
+    from neuro.rules._common import new_generator
+    from neuro.rules.node import TorchForward, node_estimate, node_noise, per_sample_loss, repeat
 
     _check(rule)
     net, K = rule.net, rule.samples

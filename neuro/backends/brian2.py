@@ -38,7 +38,7 @@ key = the model's hyper-parameters, ``n_in``, rows, steps, what is recorded; lat
 weights, inputs and initial state as binary files and run the compiled program with Brian2's ``run_args``
 command line; the directories are removed when the cache is cleared (:func:`clear_cache`), when a structure
 is evicted (at most :data:`CACHE_SIZE` kept) or at exit). Brian2 computes in float64; the trace has the dtype of
-``params``. :class:`Brian2Forward` is the forward function of the perturbation rules (``neuro.rules._perturb``)
+``params``. :class:`Brian2Forward` is the forward function of the perturbation rules (``neuro.rules.node``)
 for the spiking models.
 
 The rate RNN (:mod:`models.rate`) is a discrete map, which Brian2 runs as one group of ``B n`` neurons with
@@ -564,14 +564,14 @@ def _trace(net: AbstractNetwork, params: Params, out: _Outputs, T: int, B: int) 
 
 @dataclasses.dataclass(frozen=True)
 class Brian2Forward:
-    """The forward function of the perturbation rules (``neuro.rules._perturb``'s protocol) run in Brian2.
+    """The forward function of the perturbation rules (``neuro.rules.node``'s protocol) run in Brian2.
 
     ``forward(params, state, x, xi_h, xi_y) -> Pass``: one step of ``M`` rows in Brian2 (one run of one
     step of a network built once per ``M``), from ``state`` (a ``net.State``). The state's ``i`` is Brian2's
     synaptic variable at the end of the step, after the synapses delivered this step's spikes, so that the
     next step sees ``W_rec z_t`` through Brian2's own synapses (the torch ``i_t + W_rec z_t``; ``init_state``'s
     zeros are the same in both). ``h = W_in x + W_rec z_{t-1} + xi_h`` and the readout are computed in torch
-    float64 as in :class:`neuro.rules._perturb.TorchForward`. Use as ``neuro.rules.make("np", net,
+    float64 as in :class:`neuro.rules.node.TorchForward`. Use as ``neuro.rules.make("np", net,
     forward=Brian2Forward(net))``.
     """
 
@@ -588,7 +588,7 @@ class Brian2Forward:
 
     def __call__(self, params: Params, state: NamedTuple, x: Tensor, xi_h: Tensor | None = None,
                  xi_y: Tensor | None = None):
-        from neuro.rules._perturb import Pass
+        from neuro.rules.node import Pass
 
         net, n = self.net, self.net.n_hidden
         p = next(iter(params.values()))

@@ -12,7 +12,7 @@ from typing import Any
 from neuro.contract import AbstractNetwork
 from neuro.registry import Registry
 
-from ._perturb import AbstractNodeRule
+from .node import AbstractNodeRule
 from .anp import ANP
 from .anp_time import ANPTime
 from .base import AbstractRule, Needs, StepOutput, add_into, zeros_like_params

@@ -2,7 +2,7 @@
 and cached on disk beside this file).
 
 Several rules run two networks' recurrent products with the same ``W_rec`` at every step: the clean and
-the noisy copy of the node-perturbation rules (:mod:`neuro.rules._perturb`), the network and the
+the noisy copy of the node-perturbation rules (:mod:`neuro.rules._fast.node`), the network and the
 tangent ``J s~`` of UORO (:mod:`neuro.rules._uoro_rate`). At batch 1 and ``n = 1024`` a product is bound by
 reading ``W`` (4 MB in float32, from the last-level cache), and BLAS's ``[2, n] @ W^T`` costs as much as
 two ``[1, n] @ W^T`` on the 2-core machine here (105 against 53 us); this loop reads each row of ``W``

@@ -10,8 +10,14 @@ minus clean pre-activation of layer ``l``) instead of the injected noise::
 
     dW_l = sqrt(N) (L~_t - L_t) dh_{l,t} / ||dh_{l,t}||^2  x_{l-1,t}^T      (returned; the optimizer applies -eta)
 
-``x_{l-1,t}`` is the clean presynaptic activity (``x_t`` for ``W_in``, ``z_{t-1}`` for ``W_rec``, ``1`` for the
-biases ``b`` (rate, LSTM; zero estimate for the LIF/ALIF membrane bias) and ``b_out``, ``z_t`` for ``W_out``).
+``x_{l-1,t}`` is the clean presynaptic activity (``x_t`` for ``W_in``, ``p_{t-1}`` (what ``W_rec`` reads) for
+``W_rec``, ``1`` for the biases ``b`` (where it is a term of the current; a zero estimate for a bias of the
+neuron, as LIF's membrane bias) and ``b_out``, ``z_t`` for ``W_out``): the step in :mod:`neuro.rules.node`,
+with the node signal::
+
+    e_h = sqrt(N) (L~_t - L_t) dh_t / ||dh_t||^2,   e_y = sqrt(N) (L~_t - L_t) da_t / ||da_t||^2
+
+(``dh_t = I~_t - I_t``, ``da_t = a~_t - a_t``; ``norm="global"``: one norm ``||dh_t||^2 + ||da_t||^2`` for both).
 
 Pinned normalisations: ``N = n_in + n_hidden + n_out`` (the public code's ``sum(net_structure)``; a constant
 that the learning rate absorbs); ``||dh_{l,t}||^2`` is taken per sequence and noise sample (the public code
@@ -27,9 +33,9 @@ output within the step (``dh_hidden = xi_h``, ``dh_out = W_out (z~_t - z_t) + xi
 this step's effect. In ANP in time the noisy copy keeps its own state, so ``dh`` also carries the noise of
 earlier steps propagated through the recurrence, and ``L~_t - L_t`` its effect on the loss.
 
-Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``), their shared products
-done once (the pair in :mod:`neuro.rules._perturb`); the outer products of ``window`` steps are summed as
-one matrix product.
+Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``); the fast path
+(:mod:`neuro.rules._fast.node`) does the passes' shared products once and sums the outer products of
+``window`` steps as one matrix product.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from torch import Tensor
 
 from neuro.contract import check_choice
 
-from ._perturb import AbstractNodeRule
+from .node import AbstractNodeRule
 
 __all__ = ["ANP", "NORMS"]
 
@@ -51,9 +57,8 @@ NORMS = ("layer", "global")
 
 @dataclasses.dataclass(frozen=True)
 class ANP(AbstractNodeRule):
-    """ANP (module docstring). ``sigma``: the noise's standard deviation; ``samples``: noisy copies per
-    sequence, averaged; ``norm``: ``"layer"`` or ``"global"``; ``forward``: a backend's forward function;
-    ``window``: steps whose outer products are summed as one matrix product (``neuro.rules._perturb``)."""
+    """ANP (module docstring). ``norm``: ``"layer"`` or ``"global"``; the other options are those of
+    :class:`~neuro.rules.node.AbstractNodeRule`."""
 
     norm: str = "layer"
 
@@ -67,8 +72,8 @@ class ANP(AbstractNodeRule):
     def signal(self, dl: Tensor, xi_h: Tensor, xi_y: Tensor, dh: Tensor, da: Tensor) -> tuple[Tensor, Tensor]:
         N = self.net.n_in + self.net.n_hidden + self.net.n_out
         tiny = torch.finfo(dh.dtype).tiny
-        sq_h, sq_y = (dh * dh).sum(1), (da * da).sum(1)  # [M]
+        sq_h, sq_y = (dh * dh).sum(1), (da * da).sum(1)  # ||dh_t||^2, ||da_t||^2 [M]
         if self.norm == "global":
             sq_h = sq_y = sq_h + sq_y
-        c = math.sqrt(N) * dl
+        c = math.sqrt(N) * dl  # sqrt(N) (L~_t - L_t)
         return (c / sq_h.clamp_min(tiny))[:, None] * dh, (c / sq_y.clamp_min(tiny))[:, None] * da

@@ -14,9 +14,10 @@ This rule returns the estimate without ``-eta`` (the optimizer applies it). ``dh
 h_{l,t}`` is the noisy minus the clean pre-activation: this step's noise *plus* the propagated effect of all
 earlier noise (through ``W_rec`` and the neuron's state, and for the output through ``W_out`` and, for a
 leaky readout, the readout's state). ``x_{l-1,t}`` is the clean presynaptic activity: ``x_t`` for ``W_in``,
-``z_{t-1}`` for ``W_rec`` (the recurrent weight uses ``x_{t-1}``), ``1`` for the biases ``b`` (rate, LSTM; the
-LIF/ALIF membrane bias gets a zero estimate, the noise being on the current) and ``b_out``, ``z_t`` for
-``W_out``. ``L_t``, ``L~_t``: the clean and noisy per-step losses of each sequence.
+``p_{t-1}`` for ``W_rec`` (what it reads: ``h_{t-1}`` or ``z_{t-1}``), ``1`` for the biases ``b`` (where it is a
+term of the current; a bias of the neuron, as LIF's membrane bias, gets a zero estimate, the noise being on the
+current) and ``b_out``, ``z_t`` for ``W_out`` (the step in :mod:`neuro.rules.node`). ``L_t``, ``L~_t``: the
+clean and noisy per-step losses of each sequence.
 
 Pinned normalisations (as :mod:`neuro.rules.anp`): ``N = n_in + n_hidden + n_out`` (the public code's
 ``sum(net_structure)``); ``||dh_{l,t}||^2`` per sequence and noise sample, per layer (``norm="layer"``, the
@@ -28,9 +29,9 @@ at a scale the learning rate absorbs. ``samples``: noisy copies per sequence run
 Left out: the paper's optional decorrelation layer ``D <- D - eta_D offdiag(E[x x^T]) D`` on each layer's
 input (not implemented here).
 
-Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``), their shared products
-done once (the pair in :mod:`neuro.rules._perturb`); the outer products of ``window`` steps are summed as
-one matrix product.
+Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``); the fast path
+(:mod:`neuro.rules._fast.node`) does the passes' shared products once and sums the outer products of
+``window`` steps as one matrix product.
 """
 
 from __future__ import annotations

@@ -11,9 +11,14 @@ clean and noisy losses of the step (per sequence)::
     dW_l = (L~_t - L_t) / sigma^2  xi_{l,t} x_{l-1,t}^T          (this rule returns dW_l; the optimizer
                                                                    applies -eta dW_l)
 
-with ``x_{l-1,t}`` the clean presynaptic activity: ``x_t`` for ``W_in``, ``z_{t-1}`` for ``W_rec``, ``1``
-for ``b`` (rate, LSTM; zero estimate for the membrane bias of LIF/ALIF), ``z_t`` for ``W_out``, ``1`` for
-``b_out``. Normalisation (pinned): ``1 / sigma^2``, so that to first order in ``sigma``
+with ``x_{l-1,t}`` the clean presynaptic activity: ``x_t`` for ``W_in``, ``p_{t-1}`` (what ``W_rec`` reads:
+``h_{t-1}`` or ``z_{t-1}``) for ``W_rec``, ``1`` for ``b`` where it is a term of the current (a zero estimate
+for a bias of the neuron, as LIF's membrane bias), ``z_t`` for ``W_out``, ``1`` for ``b_out`` (the step in
+:mod:`neuro.rules.node`). The node signal is the injected noise::
+
+    e_h = (L~_t - L_t) / sigma^2  xi_h,      e_y = (L~_t - L_t) / sigma^2  xi_y
+
+Normalisation (pinned): ``1 / sigma^2``, so that to first order in ``sigma``
 ``E[(L~_t - L_t) xi_t / sigma^2] = dL_t/dh_t`` (the public code divides by ``sigma`` only, which scales the
 update by ``sigma`` and leaves it to the learning rate). The noise of earlier steps, still in the noisy
 copy, has zero mean and is independent of ``xi_t``: it adds variance, not bias. So the expected estimate
@@ -21,9 +26,9 @@ is the gradient through the current step only, i.e. the gradient of 1-step trunc
 with ``k=1``), which the tests check. ``samples`` noisy copies per sequence are run in parallel (a batch
 of perturbations) and averaged; the estimate is the mean over the batch and the samples.
 
-Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``), their shared products
-done once (the pair in :mod:`neuro.rules._perturb`); the outer products of ``window`` steps are summed as
-one matrix product.
+Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``); the fast path
+(:mod:`neuro.rules._fast.node`) does the passes' shared products once and sums the outer products of
+``window`` steps as one matrix product.
 """
 
 from __future__ import annotations
@@ -32,16 +37,14 @@ import dataclasses
 
 from torch import Tensor
 
-from ._perturb import AbstractNodeRule
+from .node import AbstractNodeRule
 
 __all__ = ["NodePerturbation"]
 
 
 @dataclasses.dataclass(frozen=True)
 class NodePerturbation(AbstractNodeRule):
-    """NP (module docstring). ``sigma``: the noise's standard deviation; ``samples``: noisy copies per
-    sequence, averaged; ``forward``: a backend's forward function; ``window``: steps whose outer products are
-    summed as one matrix product (both in ``neuro.rules._perturb``)."""
+    """NP (module docstring); the options are those of :class:`~neuro.rules.node.AbstractNodeRule`."""
 
     name = "np"
     keep_noisy_state = True
@@ -49,5 +52,5 @@ class NodePerturbation(AbstractNodeRule):
 
     def signal(self, dl: Tensor, xi_h: Tensor, xi_y: Tensor, dh: Tensor | None = None,
                da: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        c = (dl / self.sigma ** 2)[:, None]
+        c = (dl / self.sigma ** 2)[:, None]  # (L~_t - L_t) / sigma^2
         return c * xi_h, c * xi_y

@@ -74,7 +74,7 @@ from torch import Tensor
 from neuro.contract import Params, check_choice, check_positive
 
 from .base import AbstractRule, Needs, StepOutput, zeros_like_params
-from ._perturb import outer_sum
+from ._common import outer_sum
 from .sltt import local_errors
 
 __all__ = ["OTTT", "OTTTState"]

@@ -51,7 +51,7 @@ from torch import Tensor
 from neuro import losses
 from neuro.contract import AbstractNetwork, Params, check_positive
 
-from ._perturb import outer_sum
+from ._common import outer_sum
 from ._spiking import fire
 from .base import AbstractRule, Needs, StepOutput
 

@@ -23,8 +23,8 @@ divides by ``sigma``, which leaves a factor ``sigma`` to the learning rate). ``r
   the earlier perturbations are still in it; the expected estimate is the gradient through the current
   step only (that of 1-step truncated BPTT).
 
-Acts through the network's forward function alone (``forward``, see :mod:`neuro.rules._perturb`; only its
-``state`` and ``y`` are used), so it supports every model. The current perturbations are kept in the state
+Acts through the network's step alone (``net.step``, or a backend's ``forward``, see
+:mod:`neuro.rules.node`; only its ``state`` and ``y`` are used), so it supports every model. The current perturbations are kept in the state
 (``xi``, one entry per sample). Cost per step: ``1 + samples`` forward passes (the samples in a loop, as each
 has its own weights), no backward pass.
 """
@@ -39,8 +39,9 @@ from torch import Tensor
 
 from neuro.contract import Params, check_choice, check_positive
 
-from ._perturb import Forward, TorchForward, check_samples, check_sigma, gaussian, new_generator, per_sample_loss
+from ._common import gaussian, new_generator
 from .base import AbstractRule, Needs, StepOutput
+from .node import Forward, check_forward, check_samples, check_sigma, per_sample_loss
 
 __all__ = ["RESAMPLE", "WeightPerturbation", "WPState"]
 
@@ -50,7 +51,7 @@ RESAMPLE = ("sequence", "step")
 class WPState(NamedTuple):
     net: NamedTuple  # the clean network's state [B]
     noisy: tuple  # the perturbed copies' states, one per sample, each [B]
-    xi: tuple  # the perturbations, one dict (params' keys and shapes) per sample
+    xi: tuple  # the perturbations: per sample, a tuple of one tensor per parameter (params' order and shapes)
     gen: torch.Generator  # the noise (seeded by init, kept across reset)
     t: int  # steps since init or reset
 
@@ -75,12 +76,18 @@ class WeightPerturbation(AbstractRule):
         check_sigma(self.sigma)
         check_samples(self.samples)
         check_choice("resample", self.resample, RESAMPLE)
-        if self.forward is not None and not callable(self.forward):
-            raise ValueError(f"forward={self.forward!r} is invalid: expected a function "
-                             "(params, state, x, xi_h, xi_y) -> Pass (see neuro.rules._perturb)")
+        check_forward(self.forward)
+
+    def _step(self, params: Params, state: NamedTuple, x: Tensor) -> tuple[NamedTuple, Tensor]:
+        """One step of the network with ``params``: (state, y)."""
+        if self.forward is None:
+            return self.net.step(params, state, x)
+        p = self.forward(params, state, x, None, None)
+        return p.state, p.y
 
     def _draw(self, params: Params, gen: torch.Generator) -> tuple:
-        return tuple({k: gaussian(gen, tuple(v.shape), self.sigma, v) for k, v in params.items()}
+        """``samples`` perturbations ``xi_k ~ N(0, sigma^2 I)``, each a tuple in ``params``' order."""
+        return tuple(tuple(gaussian(gen, tuple(v.shape), self.sigma, v) for v in params.values())
                      for _ in range(self.samples))
 
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> WPState:
@@ -97,21 +104,20 @@ class WeightPerturbation(AbstractRule):
         return self._fresh(params, state.net[0].shape[0], state.gen)
 
     def step(self, params: Params, state: WPState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
-        fwd = self.forward if self.forward is not None else TorchForward(self.net)
         loss = self.loss or "mse"
         B = x.shape[0]
         with torch.no_grad():
             params = {k: v.detach() for k, v in params.items()}
             xi = self._draw(params, state.gen) if self.resample == "step" and state.t > 0 else state.xi
-            clean = fwd(params, state.net, x, None, None)
-            l = per_sample_loss(loss, clean.y, y, mask).sum() / B
+            s, y_hat = self._step(params, state.net, x)  # the clean network, theta
+            l = per_sample_loss(loss, y_hat, y, mask).sum() / B  # L_t
             grad = {k: torch.zeros_like(v) for k, v in params.items()}
             noisy = []
-            for xi_k, s_k in zip(xi, state.noisy):
-                p = fwd({k: v + xi_k[k] for k, v in params.items()}, s_k, x, None, None)
-                noisy.append(p.state)
-                c = (per_sample_loss(loss, p.y, y, mask).sum() / B - l) / (self.sigma ** 2 * self.samples)
-                for k in grad:
-                    grad[k] += c * xi_k[k]
-        out = WPState(net=clean.state, noisy=tuple(noisy), xi=xi, gen=state.gen, t=state.t + 1)
-        return StepOutput(out, clean.y.detach(), l.detach(), grad)
+            for xi_k, s_k in zip(xi, state.noisy):  # the perturbed copies, theta + xi_k
+                s_k, y_k = self._step({k: v + e for (k, v), e in zip(params.items(), xi_k)}, s_k, x)
+                noisy.append(s_k)
+                c = (per_sample_loss(loss, y_k, y, mask).sum() / B - l) / (self.sigma ** 2 * self.samples)
+                for k, e in zip(grad, xi_k):  # g_t += (L~_{k,t} - L_t) xi_k / (sigma^2 K)
+                    grad[k] += c * e
+        out = WPState(net=s, noisy=tuple(noisy), xi=xi, gen=state.gen, t=state.t + 1)
+        return StepOutput(out, y_hat.detach(), l.detach(), grad)

@@ -24,6 +24,9 @@ __all__ = ["PATHS", "select"]
 PATHS: dict[str, str] = {
     "columnar": "neuro.rules._fast.columnar:build",
     "constructive": "neuro.rules._fast.constructive:build",
+    "np": "neuro.rules._fast.node:build",
+    "anp": "neuro.rules._fast.node:build",
+    "anp-time": "neuro.rules._fast.node:build",
     "rtrl": "neuro.rules._fast.rtrl:build",
     "snap1": "neuro.rules._fast.snap:build",
     "snap2": "neuro.rules._fast.snap:build",

@@ -10,10 +10,14 @@
   layer's mean is exactly ``sqrt(N)/n_hidden`` times tbptt-1's hidden gradient (dh = xi, isotropic).
 * The alignment grows with the number of samples; a backend's forward function is used when given; bad
   input raises clear errors. The contract test runs every rule with autograd patched to raise.
+* The fast path (``neuro.rules._fast.node``: the paired pass, the window) equals the definition
+  (``fast=False``, ``neuro.rules.node``); a model is taken or refused by its contract facts, not its name;
+  a rule's state survives a checkpoint in the middle of a window.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -22,7 +26,8 @@ import torch
 import models
 import neuro
 from neuro import rules
-from neuro.rules._perturb import Pass, TorchForward
+from neuro.rules._fast.node import Pair, pair_applies
+from neuro.rules.node import Pass, TorchForward, node_noise, repeat
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,6 +53,11 @@ def rate():
     return net, params, xs, ys
 
 
+def perturbed(params, xi):
+    """``params + xi`` for one of wp's perturbations (a tuple in ``params``' order)."""
+    return {k: v + e for (k, v), e in zip(params.items(), xi)}
+
+
 def run_rule(rule, params, xs, ys, seed=0, mask=None):
     """The estimate summed over the sequence (parameters frozen, the pending window included) and the final
     state."""
@@ -69,9 +79,9 @@ def test_wp_is_the_forward_difference_and_tends_to_the_central_difference(rate):
     errors = []
     for sigma in (1e-2, 1e-3, 1e-4):
         g, state = run_rule(rules.make("wp", net, sigma=sigma), params, xs, ys, seed=3)
-        xi = state.xi[0]
-        plus = neuro.sequence_loss(net, {k: v + xi[k] for k, v in params.items()}, xs, ys)
-        minus = neuro.sequence_loss(net, {k: v - xi[k] for k, v in params.items()}, xs, ys)
+        xi = dict(zip(params, state.xi[0]))
+        plus = neuro.sequence_loss(net, perturbed(params, state.xi[0]), xs, ys)
+        minus = neuro.sequence_loss(net, perturbed(params, [-e for e in state.xi[0]]), xs, ys)
         clean = neuro.sequence_loss(net, params, xs, ys)
         forward = {k: float(plus - clean) / sigma ** 2 * xi[k] for k in params}
         central = {k: float(plus - minus) / (2 * sigma ** 2) * xi[k] for k in params}
@@ -94,19 +104,20 @@ def test_wp_mean_over_perturbations_aligns_with_bptt(rate):
 
 def test_wp_resample_step_draws_a_new_perturbation_each_step(rate):
     net, params, xs, ys = rate
+    rec = list(params).index("W_rec")  # wp's perturbation: a tuple in params' order
     rule = rules.make("wp", net, resample="step")
     state = rule.init(params, B, 0)
     xis = []
     for x, y in zip(xs[:3], ys[:3]):
         state = rule.step(params, state, x, y, torch.ones(B, dtype=torch.bool)).state
-        xis.append(state.xi[0]["W_rec"])
+        xis.append(state.xi[0][rec])
     assert not torch.equal(xis[0], xis[1]) and not torch.equal(xis[1], xis[2])
     held = rules.make("wp", net)
     s0 = held.init(params, B, 0)
     s1 = held.step(params, s0, xs[0], ys[0], torch.ones(B, dtype=torch.bool)).state
-    assert torch.equal(s0.xi[0]["W_rec"], s1.xi[0]["W_rec"])
+    assert torch.equal(s0.xi[0][rec], s1.xi[0][rec])
     s2 = held.reset(params, s1)  # a new sequence: a new perturbation from the kept generator
-    assert not torch.equal(s2.xi[0]["W_rec"], s1.xi[0]["W_rec"]) and s2.gen is s1.gen
+    assert not torch.equal(s2.xi[0][rec], s1.xi[0][rec]) and s2.gen is s1.gen
 
 
 # -- node perturbation and ANP ----------------------------------------------------------------------------------
@@ -272,15 +283,13 @@ def test_the_clean_copy_is_the_network_itself(name, model):
 @pytest.mark.parametrize("keep", [True, False])
 @pytest.mark.parametrize("batch,samples", [(1, 1), (1, 3), (2, 2)])
 def test_the_pair_forward_equals_two_passes(model, keep, batch, samples):
-    """float64: ``TorchForward.pair`` (the clean and noisy passes with their products shared) gives the states,
+    """float64: the fast path's pair (the clean and noisy passes with their products shared) gives the states,
     outputs, pre-activations and hidden outputs of two ``TorchForward`` calls, step after step; the spiking
     nets spike. Batch 1 with one sample goes through the compiled two-vector product."""
-    from neuro.rules._perturb import node_noise, pair_applies, repeat
-
     net = models.make(model, n_in=3, n_hidden=40, n_out=2, **({"input_scale": 6.0} if model in ("lif", "alif") else {}))
     assert pair_applies(net)
     params = net.init_params(seed=0, dtype=torch.float64)
-    fwd, g, K = TorchForward(net), torch.Generator().manual_seed(2), samples
+    fwd, pair, g, K = TorchForward(net), Pair(net, activity=True), torch.Generator().manual_seed(2), samples
     clean = net.init_state(params, batch)
     noisy = repeat(clean, K) if keep else None
     spikes = 0.0
@@ -289,7 +298,7 @@ def test_the_pair_forward_equals_two_passes(model, keep, batch, samples):
             torch.randn(batch, 3, generator=g, dtype=torch.float64)
         xi_h, xi_y = node_noise(g, batch * K, params["W_in"].shape[0], 2, 0.3, params["W_in"])
         with torch.no_grad():
-            pc, pn = fwd.pair(params, clean, noisy, x, xi_h, xi_y, K)
+            pc, pn = pair(params, clean, noisy, x, xi_h, xi_y, K)
         rc = fwd(params, clean, x)
         rn = fwd(params, noisy if keep else repeat(clean, K), repeat(x, K), xi_h, xi_y)
         for got, ref in ((pc, rc), (pn, rn)):
@@ -301,29 +310,33 @@ def test_the_pair_forward_equals_two_passes(model, keep, batch, samples):
 
 
 def test_the_pair_forward_is_used_only_where_it_applies(rate):
-    """A backend forward or a model whose current is its own goes through two forward calls."""
+    """A backend forward or a model whose current is its own goes through two forward calls; ``fast=False``
+    runs the definition."""
     from models.lif import LIF
-    from neuro.rules._perturb import pair_applies
 
     net = rate[0]
-    assert rules.make("np", net)._torch_pair is not None
-    assert rules.make("np", net, forward=TorchForward(net))._torch_pair is None
+    assert rules.make("np", net).fast_path.pair is not None
+    assert rules.make("np", net, fast=False).fast_path is None
+    assert rules.make("np", net, forward=TorchForward(net)).fast_path is None  # window 1: the definition
+    assert rules.make("np", net, forward=TorchForward(net), window=4).fast_path.pair is None
 
     class Shifted(LIF):
         def current(self, params, state, x):
             return super().current(params, state, x) + 1.0
 
     assert not pair_applies(Shifted(n_in=3, n_hidden=4, n_out=2)) and pair_applies(LIF(n_in=3, n_hidden=4, n_out=2))
+    assert pair_applies(models.make("alif", n_in=3, n_hidden=4, n_out=2))
     assert not pair_applies(models.make("lif-loihi", n_in=3, n_hidden=4, n_out=2))
 
 
-# -- the window (node rules: outer products summed as one matrix product) ------------------------------------------
+# -- the fast path against the definition ---------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["np", "anp", "anp-time"])
-@pytest.mark.parametrize("model,samples", [("rate", 1), ("rate", 3), ("lif", 1), ("lif", 2)])
-@pytest.mark.parametrize("window", [3, 7])
-def test_window_equals_the_per_step_path(name, model, samples, window):
-    """float64, batch 2, flushes at odd steps: with the same noise, the sum handed over up to each flush and
-    the final sum equal the per-step path's (window=1, an outer product every step); the outputs are the same."""
+@pytest.mark.parametrize("model,samples", [("rate", 1), ("rate", 3), ("lif", 1), ("lif", 2), ("lstm", 2)])
+@pytest.mark.parametrize("window", [1, 3, 7])
+def test_the_fast_path_equals_the_definition(name, model, samples, window):
+    """float64, batch 2, flushes at odd steps: with the same noise, the sum handed over up to each flush and the
+    final sum of the fast path (the pair, a window of ``window`` steps) equal the definition's (``fast=False``,
+    an estimate every step); the outputs and losses are the same."""
     net = models.make(model, n_in=3, n_hidden=8, n_out=2, **({"input_scale": 4.0} if model == "lif" else {}))
     params = net.init_params(seed=0, dtype=torch.float64)
     g = torch.Generator().manual_seed(3)
@@ -337,8 +350,10 @@ def test_window_equals_the_per_step_path(name, model, samples, window):
     mask = torch.rand(steps, B, generator=g) < 0.8
     flush_at = {4, 9, 10, 17}
     runs = {}
-    for w in (1, window):
-        rule = rules.make(name, net, sigma=1e-2, samples=samples, window=w)
+    for fast in (False, True):
+        rule = rules.make(name, net, sigma=1e-2, samples=samples, window=window, fast=fast)
+        assert (rule.fast_path is not None) == fast
+        w = window if fast else 1
         state = rule.init(params, B, 5)
         total = rules.zeros_like_params(params)
         sums, outs, pending = [], [], 0
@@ -358,10 +373,11 @@ def test_window_equals_the_per_step_path(name, model, samples, window):
                 sums.append({k: v.clone() for k, v in total.items()})
         rules.add_into(total, rule.finish(params, state)[1])
         sums.append(total)
-        runs[w] = sums, outs
-    (ref, ref_outs), (got, got_outs) = runs[1], runs[window]
+        runs[fast] = sums, outs
+    (ref, ref_outs), (got, got_outs) = runs[False], runs[True]
     for (ya, la), (yb, lb) in zip(got_outs, ref_outs):
-        assert torch.equal(ya, yb) and torch.equal(la, lb)
+        torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(la, lb, rtol=1e-12, atol=1e-12)
     for a, b in zip(got, ref):
         for k in params:
             torch.testing.assert_close(a[k], b[k], rtol=1e-10, atol=1e-13, msg=lambda m: f"{k}: {m}")
@@ -390,7 +406,7 @@ def test_window_is_validated_and_the_signals_are_the_documented_ones(rate):
 
 def test_outer_sum_equals_the_sum_of_outer_products():
     """The window's matrix product against the sum of the rows' outer products in float64."""
-    from neuro.rules._perturb import outer_sum
+    from neuro.rules._common import outer_sum
 
     g = torch.Generator().manual_seed(0)
     for rows, n, m in ((7, 300, 260), (1, 257, 256), (64, 40, 30)):
@@ -403,15 +419,98 @@ def test_outer_sum_equals_the_sum_of_outer_products():
         torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * rows ** 0.5)
 
 
-def test_an_input_modified_in_place_inside_the_window_is_an_error(rate):
-    """The window holds the step's inputs by reference: a caller that reuses one buffer is told so."""
+def test_a_caller_may_reuse_its_input_buffers_inside_the_window(rate):
+    """The window holds copies of the step's inputs: a caller that writes every step's x, y, mask into the same
+    buffers gets the estimate of fresh tensors."""
     net, params, xs, ys = rate
-    rule = rules.make("np", net, window=4)
-    state = rule.init(params, B, 0)
-    x = xs[0].clone()
-    m = torch.ones(B, dtype=torch.bool)
-    for t in range(2):
-        x.copy_(xs[t])
-        state = rule.step(params, state, x, ys[t], m).state
-    with pytest.raises(RuntimeError, match="modified in place"):
-        rule.flush(params, state)
+    mask = torch.rand(T, B, generator=torch.Generator().manual_seed(1)) < 0.7
+    rule = rules.make("anp-time", net, window=4)
+    ref, _ = run_rule(rule, params, xs, ys, seed=2, mask=mask)
+    state = rule.init(params, B, 2)
+    total = rules.zeros_like_params(params)
+    x, y, m = xs[0].clone(), ys[0].clone(), mask[0].clone()
+    for t in range(T):
+        x.copy_(xs[t]), y.copy_(ys[t]), m.copy_(mask[t])
+        out = rule.step(params, state, x, y, m)
+        state = out.state
+        rules.add_into(total, out.grad)
+    rules.add_into(total, rule.finish(params, state)[1])
+    for k in params:
+        assert torch.equal(total[k], ref[k]), k
+
+
+# -- the model is read through its contract facts -------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["np", "anp", "anp-time"])
+def test_a_model_is_taken_or_refused_by_its_contract_facts(rate, name):
+    """A model of local form under another name runs (and gives the same estimate as the one it renames); the
+    same model declaring ``local_form = False`` is refused in one line that names it and what the rule needs."""
+    from models.rate import RateRNN
+
+    net, params, xs, ys = rate
+
+    @dataclasses.dataclass(frozen=True)
+    class Renamed(RateRNN):
+        name = "renamed-rate"
+
+    @dataclasses.dataclass(frozen=True)
+    class Opaque(RateRNN):
+        name = "opaque-rate"
+        local_form = False
+
+    twin = Renamed(n_in=3, n_hidden=6, n_out=2, g=0.8)
+    for fast in (True, False):
+        a, _ = run_rule(rules.make(name, net, fast=fast), params, xs, ys, seed=1)
+        b, _ = run_rule(rules.make(name, twin, fast=fast), params, xs, ys, seed=1)
+        for k in params:
+            assert torch.equal(a[k], b[k]), k
+    with pytest.raises(ValueError, match=r"^rule '[a-z-]+' does not support model 'opaque-rate': .*local_form\)$"):
+        rules.make(name, Opaque(n_in=3, n_hidden=6, n_out=2))
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------------
+def _plain(obj) -> bool:
+    """Whether ``obj`` holds only tensors, numbers, generators, None and (named) tuples of these."""
+    if isinstance(obj, tuple):
+        return all(_plain(v) for v in obj)
+    return obj is None or isinstance(obj, (torch.Tensor, torch.Generator, int, float, bool))
+
+
+@pytest.mark.parametrize("name,kw", [("np", {}), ("np", {"fast": False}), ("anp", {"window": 4}),
+                                     ("anp-time", {"window": 4}), ("anp-time", {"fast": False}), ("wp", {}),
+                                     ("wp", {"resample": "step"})])
+@pytest.mark.parametrize("model", ["rate", "lif"])
+def test_a_checkpoint_in_the_middle_of_a_sequence_continues_to_the_same_numbers(tmp_path, name, kw, model):
+    """The rule's state is saved with ``neuro.io.save_checkpoint`` after 6 steps (inside a window of 4, or of 64)
+    and loaded: the loaded state and the original one continue to the same outputs and estimates."""
+    from neuro import io
+
+    net = models.make(model, n_in=3, n_hidden=8, n_out=2, **({"input_scale": 4.0} if model == "lif" else {}))
+    params = net.init_params(seed=0, dtype=torch.float64)
+    g = torch.Generator().manual_seed(7)
+    xs = torch.randn(2 * T, B, 3, generator=g, dtype=torch.float64).abs() * (4.0 if model == "lif" else 1.0)
+    ys = torch.randn(2 * T, B, 2, generator=g, dtype=torch.float64)
+    ones = torch.ones(B, dtype=torch.bool)
+    rule = rules.make(name, net, sigma=1e-2, samples=2, **kw)
+    state = rule.init(params, B, 3)
+    for t in range(6):
+        state = rule.step(params, state, xs[t], ys[t], ones).state
+    assert _plain(state)
+    io.save_checkpoint(tmp_path / "rule.pt", state)
+    loaded = io.load_checkpoint(tmp_path / "rule.pt")
+    assert type(loaded) is type(state)
+
+    def rest(s):
+        outs, total = [], rules.zeros_like_params(params)
+        for t in range(6, 2 * T):
+            out = rule.step(params, s, xs[t], ys[t], ones)
+            s = out.state
+            outs.append(out.y)
+            rules.add_into(total, out.grad)
+        rules.add_into(total, rule.finish(params, s)[1])
+        return outs, total
+
+    (ya, ga), (yb, gb) = rest(state), rest(loaded)
+    assert all(torch.equal(a, b) for a, b in zip(ya, yb))
+    assert float(flat(ga).abs().sum()) > 0
+    for k in params:
+        assert torch.equal(ga[k], gb[k]), k
