@@ -40,7 +40,6 @@ class Trace:
 
 
 _BACKENDS: Registry[Callable[..., Trace]] = Registry("backend")
-_REGISTRY = _BACKENDS.entries  # name -> simulator or its "module:attr" path
 available = _BACKENDS.available
 
 

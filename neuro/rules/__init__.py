@@ -12,7 +12,6 @@ from typing import Any
 from neuro.contract import AbstractNetwork
 from neuro.registry import Registry
 
-from .node import AbstractNodeRule
 from .anp import ANP
 from .anp_time import ANPTime
 from .base import AbstractRule, Needs, StepOutput, add_into, zeros_like_params
@@ -23,6 +22,7 @@ from .eprop import EProp
 from .kf_rtrl import KFRTRL
 from .nobacktrack import NoBackTrack
 from .nobacktrack_kalman import NoBackTrackKalman
+from .node import AbstractNodeRule
 from .node_perturbation import NodePerturbation
 from .ottt import OTTT
 from .rflo import RFLO

@@ -152,5 +152,5 @@ def test_a_registered_backend_runs_through_simulate():
         assert "test-echo" in backends.available()
         neuro.simulate(net, params, torch.zeros(4, 2), backend="test-echo")
     finally:
-        del backends._REGISTRY["test-echo"]
+        del backends._BACKENDS.entries["test-echo"]
     assert calls == [(4, 1, 2)]
