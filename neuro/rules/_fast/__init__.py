@@ -30,6 +30,7 @@ PATHS: dict[str, str] = {
     "rtrl": "neuro.rules._fast.rtrl:build",
     "snap1": "neuro.rules._fast.snap:build",
     "snap2": "neuro.rules._fast.snap:build",
+    "eprop": "neuro.rules._fast.eprop:build",
 }
 
 

@@ -12,6 +12,9 @@ copy of the state (and, for the spiking nets, checked equal to the mask).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import NamedTuple
+
 import pytest
 import torch
 from torch.func import jacrev, vmap
@@ -19,6 +22,7 @@ from torch.func import jacrev, vmap
 import models
 import neuro
 from neuro import losses, rules
+from neuro.contract import AbstractNetwork
 from neuro.rules._onestep import FlatStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -203,8 +207,8 @@ def _flushed(rule, params, xs, ys, mask, every: int | None):
 @pytest.mark.parametrize("window", [1, 3, 7])
 @pytest.mark.parametrize("model,kw", WINDOWED, ids=_ids(WINDOWED))
 def test_windowed_path_equals_the_per_step_path(model, kw, window):
-    """The windowed matrix products (module docstring; closed-form LIF/ALIF derivatives) equal the per-step
-    path, with windows cut across the sequence, flushes at odd steps (every 5: inside windows of 7, across
+    """The windowed matrix products (neuro.rules._fast.eprop; shared rows for LIF/ALIF's current) equal the
+    per-step path, with windows cut across the sequence, flushes at odd steps (every 5: inside windows of 7, across
     windows of 3) and a batch of 2 whose samples have their own traces."""
     net = _net(model, **kw)
     params = net.init_params(0, F64)
@@ -214,7 +218,7 @@ def test_windowed_path_equals_the_per_step_path(model, kw, window):
         assert _spikes(net, params, xs) > 0
     ref = neuro.grad_estimate(net, params, "eprop", xs, ys, mask=mask, fast=False)
     fast = rules.make("eprop", net, window=window)
-    assert fast.uses_fast_path and not rules.make("eprop", net, fast=False).uses_fast_path
+    assert fast.fast_path is not None and rules.make("eprop", net, fast=False).fast_path is None
     for every in (None, 5):
         g, given = _flushed(fast, params, xs, ys, mask, every)
         _close(g, ref, atol=1e-12)
@@ -245,40 +249,9 @@ def test_windowed_path_with_other_losses(loss):
     _close(neuro.grad_estimate(net, params, "eprop", xs, ys, mask=mask, window=4, loss=name), ref, atol=1e-12)
 
 
-CLOSED = [("lif", {}), ("lif", {"reset": "zero", "v_reset": -0.3}), ("lif", {"detach_reset": True}),
-          ("lif", {"refractory": 2, "dynamics": "euler"}), ("lif", {"dynamics": "lava", "surrogate": "fast-sigmoid"}),
-          ("alif", {"refractory": 1, "reset": "zero", "beta_a": 1.5}), ("alif", {"dynamics": "euler"})]
-
-
-@pytest.mark.parametrize("model,kw", CLOSED, ids=_ids(CLOSED))
-def test_closed_form_derivatives_equal_autograd(model, kw):
-    """``_closed_local`` (no autograd) equals ``_local`` (one reverse pass through the model's own ``neuron``) at
-    random states: near and across the threshold, refractory counters on and off, and gives the same state."""
-    from neuro.rules import eprop
-    net = _spiking_net(model, **kw)
-    params = net.init_params(0, F64)
-    rule = rules.make("eprop", net)
-    assert rule._closed
-    lay = eprop._layout(net)
-    g = torch.Generator().manual_seed(1)
-    s0 = net.init_state(params, 64)
-    s = type(s0)(*(torch.randn(f.shape, generator=g, dtype=F64) for f in s0))
-    s = s._replace(v=0.6 + 0.4 * s.v, r=(torch.rand(s.r.shape, generator=g) < 0.3).to(F64) * 2.0)
-    i = 0.5 * torch.randn(s.v.shape, generator=g, dtype=F64)
-    names = rule._names
-    fields = tuple(lay.fields.index(f) for f in names)
-    s1, z1, J1 = eprop._closed_local(net, params, s, i, names, lay.vectors)
-    s2, _, _, z2, J2, _ = eprop._local(net, params, s, i, fields, lay.vectors, eprop._no_head)
-    torch.testing.assert_close(J1, J2, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(z1, z2, rtol=0, atol=0)
-    for a, b in zip(s1, s2):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert float(z1.sum()) > 0 and float(J1[-1].abs().sum()) > 0, "no spike or no pseudo-derivative: vacuous"
-
-
 def test_a_step_from_an_older_state_does_not_disturb_it():
-    """The window's buffers are written in place; a second step from the same (older) state copies them, so
-    the first branch's estimate is unchanged (a state is a snapshot)."""
+    """A second step from the same (older) state starts its own branch: the first branch's estimate is
+    unchanged (a state is a snapshot)."""
     net = _spiking_net("lif")
     params = net.init_params(0, F64)
     xs, ys, mask = _data(net)
@@ -306,7 +279,7 @@ def test_window_buffers_are_bounded_by_the_window():
     xs, ys, mask = _data(net)
     for t in range(T):
         state = rule.step(params, state, xs[t], ys[t], mask[t]).state
-        assert [tuple(b.shape) for b in state.buf] == shapes
+        assert [tuple(b.shape) for b in state.buf] == shapes and state.t == (t + 1) % 5
     assert shapes[0][0] == 5 and state.eps.shape == (B, 6, 3, net.n_in + 6)  # [bar e; eps_v, eps_a]
     assert state.shared.shape == (B, 1, net.n_in + 6)  # eps_i: the same for every neuron
 
@@ -370,14 +343,96 @@ def test_adaptive_feedback_mirrors_the_readout(fast):
     assert float(gap0.abs().max()) > 0.1
 
 
-def test_bad_input_names_the_rule_the_model_and_the_supported_ones():
-    with pytest.raises(ValueError, match=r"adaptive_eligibility.*'alif'.*'lif'.*rate, lif, alif"):
+def test_bad_input_names_the_bad_value_and_what_is_valid():
+    with pytest.raises(ValueError, match=r"adaptive_eligibility=True.*'lif'.*'a'.*\('v', 'i'\)"):
         rules.make("eprop", _spiking_net("lif"), adaptive_eligibility=True)
-    with pytest.raises(ValueError, match=r"adaptive_eligibility.*'rate'"):
+    with pytest.raises(ValueError, match=r"adaptive_eligibility=False.*'rate'"):
         rules.make("eprop", models.make("rate", n_in=2, n_hidden=3, n_out=1), adaptive_eligibility=False)
-    with pytest.raises(ValueError, match=r"'eprop'.*'lstm'.*rate, lif, alif"):
+    with pytest.raises(ValueError, match=r"'eprop'.*'lstm'.*element-wise trace fields"):
         rules.make("eprop", models.make("lstm", n_in=2, n_hidden=3, n_out=1))
+    with pytest.raises(ValueError, match=r"'eprop'.*'columnar'.*local form"):
+        rules.make("eprop", models.make("columnar", n_in=2, n_hidden=3, n_out=1))
     with pytest.raises(ValueError, match=r"feedback='mirror'.*'symmetric'"):
         rules.make("eprop", _spiking_net("lif"), feedback="mirror")
     with pytest.raises(ValueError, match="window"):
         rules.make("eprop", _spiking_net("lif"), window=0)
+    with pytest.raises(ValueError, match=r"fast=None is invalid: expected True or False"):
+        rules.make("eprop", _spiking_net("lif"), fast=None)
+
+
+# -- a model defined here: e-prop reads it through the cell contract only ----------------------------------
+
+
+class LeakyState(NamedTuple):
+    h: torch.Tensor  # [B, n]
+    y: torch.Tensor  # [B, n_out] the readout's memory
+
+
+@dataclasses.dataclass(frozen=True)
+class LeakySigmoid(AbstractNetwork):
+    """``I_t = W_in x_t + W_rec h_{t-1}``, ``h_t = (1 - leak) h_{t-1} + leak sigmoid(I_t + b)`` (the bias in
+    the neuron), ``y_t = decay y_{t-1} + W_out h_t + b_out``. No closed-form derivatives: the contract's
+    default (a reverse pass through ``neuron``) gives them."""
+
+    leak: float = 0.6
+    decay: float = 0.0
+
+    name = "leaky-sigmoid"
+    State = LeakyState
+    local_form = True
+    bias_in_current = False
+    trace_fields = ("h",)
+
+    def param_shapes(self):
+        n = self.n_hidden
+        return {"W_in": (n, self.n_in), "W_rec": (n, n), "b": (n,), "W_out": (self.n_out, n), "b_out": (self.n_out,)}
+
+    def init_params(self, seed=0, dtype=torch.float32, device=None):
+        g = torch.Generator().manual_seed(seed)
+        return {k: torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for k, s in self.param_shapes().items()}
+
+    def init_state(self, params, batch=1):
+        like = params["W_rec"]
+        return LeakyState(h=like.new_zeros(batch, self.n_hidden), y=like.new_zeros(batch, self.n_out))
+
+    def current(self, params, state, x):
+        return x @ params["W_in"].mT + state.h @ params["W_rec"].mT
+
+    def neuron(self, params, state, i):
+        h = (1 - self.leak) * state.h + self.leak * torch.sigmoid(i + params["b"])
+        return state._replace(h=h), h
+
+    def readout(self, params, state, z):
+        y = self.decay * state.y + z @ params["W_out"].mT + params["b_out"]
+        return state._replace(y=y), y
+
+    def presynaptic(self, state):
+        return state.h
+
+    @property
+    def readout_decay(self):
+        return self.decay
+
+    def with_output(self, state, y):
+        return state._replace(y=y)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.7])
+def test_a_model_of_the_contract_without_recurrence_gets_bptts_gradient(decay):
+    """On a model defined here (contract only, default derivatives), with ``W_rec = 0`` nothing couples two
+    neurons, so e-prop's neuron-local traces are exact: both paths equal BPTT's gradient for every parameter
+    (the readout's memory included). With ``W_rec != 0`` they do not (the test can tell)."""
+    net = LeakySigmoid(n_in=3, n_hidden=5, n_out=2, decay=decay)
+    params = net.init_params(0, F64)
+    xs, ys, mask = _data(net)
+    for recurrent in (False, True):
+        p = dict(params, W_rec=0.5 * params["W_rec"] if recurrent else torch.zeros_like(params["W_rec"]))
+        true = neuro.grad_estimate(net, p, "bptt", xs, ys, mask=mask)
+        definition = neuro.grad_estimate(net, p, "eprop", xs, ys, mask=mask, fast=False)
+        windowed = neuro.grad_estimate(net, p, "eprop", xs, ys, mask=mask, window=6)
+        _close(windowed, definition, atol=1e-12)
+        if recurrent:
+            assert float((definition["W_in"] - true["W_in"]).abs().max()) > 1e-4
+        else:
+            _close(definition, true)
+            assert all(float(true[k].abs().max()) > 1e-3 for k in true)
