@@ -18,6 +18,8 @@ from neuro import losses, rules
 from neuro.gradients import grad_estimate
 from neuro.surrogate import spike
 
+from _helpers import assert_params_close as _close
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 N_IN, N, N_OUT, T, B = 4, 10, 3, 30, 2
@@ -76,11 +78,6 @@ def reference(net, params, xs, ys, mask, detach_all: bool = False):
         total = total + losses.get("mse")(y, ys[t], mask[t])
     gs = torch.autograd.grad(total, list(p.values()))
     return dict(zip(p, gs)), torch.stack(outs), fired
-
-
-def _close(a, b, **kw):
-    for k in b:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-12, msg=lambda m: f"{k}: {m}", **kw)
 
 
 @pytest.mark.parametrize("model,opts", [("lif", {"dynamics": "exact"}), ("lif", {"dynamics": "euler"}),

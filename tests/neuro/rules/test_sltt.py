@@ -17,6 +17,8 @@ from neuro import losses, rules
 from neuro.gradients import grad_estimate
 from neuro.surrogate import spike
 
+from _helpers import assert_params_close as _close
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 N_IN, N, N_OUT, T, B = 4, 10, 3, 24, 2
@@ -70,11 +72,6 @@ def fully_detached_bptt(net, params, xs, ys, mask):
         total = total + l
     gs = torch.autograd.grad(total, list(p.values()))
     return dict(zip(p, gs)), terms, torch.stack(outs), fired
-
-
-def _close(a, b):
-    for k in b:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-12, msg=lambda m: f"{k}: {m}")
 
 
 def _run(rule, params, xs, ys, mask, seed=0):

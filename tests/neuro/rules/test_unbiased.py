@@ -46,6 +46,8 @@ import neuro
 from neuro import rules
 from neuro.rules.uoro import UORO, flat_step
 
+from _helpers import flat as _flat
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 #: (rule, options): estimators unbiased for fixed parameters, with the options that return that estimate
@@ -78,10 +80,6 @@ def _setup(model: str):
     mask = torch.rand(T, 1, generator=g) < 0.7
     mask[-1] = True
     return net, params, xs, ys, mask
-
-
-def _flat(g: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([g[k].reshape(-1) for k in sorted(g)])
 
 
 @dataclasses.dataclass
