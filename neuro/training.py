@@ -49,6 +49,7 @@ declares; only rules that need no more than the loss take another simulator (the
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -87,7 +88,7 @@ class Run:
     hooks: tuple[Hook, ...] = ()
 
     @property
-    def checkpoint_path(self) -> Any:
+    def checkpoint_path(self) -> Path | None:
         """Where the run's checkpoint is kept (``None`` without a run directory)."""
         return None if self.run_dir is None else self.run_dir.checkpoint
 
