@@ -8,7 +8,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["check_finite_grad", "feedback_matrix", "gaussian", "new_generator", "outer_sum", "random_signs"]
+__all__ = ["check_finite_grad", "check_rate", "feedback_matrix", "gaussian", "new_generator", "outer_sum", "random_signs",
+           "row_norms"]
 
 
 def new_generator(seed: int) -> torch.Generator:
@@ -58,3 +59,14 @@ def check_finite_grad(rule: str, step: int, grad: dict[str, Tensor]) -> None:
     if bad:
         raise FloatingPointError(f"{rule}: the estimate at step {step} (since init or reset) is not finite "
                                  f"for parameter(s) {', '.join(map(repr, bad))}")
+
+
+def row_norms(v: Tensor) -> Tensor:
+    """The Euclidean norm of each row of ``v`` [B, D]: [B, 1] (one per sample)."""
+    return torch.linalg.vector_norm(v, dim=1, keepdim=True)
+
+
+def check_rate(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` is a rate in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name}={value!r} is invalid: must be a number in (0, 1]")

@@ -3,7 +3,7 @@ and cached on disk beside this file).
 
 Several rules run two networks' recurrent products with the same ``W_rec`` at every step: the clean and
 the noisy copy of the node-perturbation rules (:mod:`neuro.rules._fast.node`), the network and the
-tangent ``J s~`` of UORO (:mod:`neuro.rules._uoro_rate`). At batch 1 and ``n = 1024`` a product is bound by
+tangent ``J s~`` of UORO (:mod:`neuro.rules._fast.uoro`). At batch 1 and ``n = 1024`` a product is bound by
 reading ``W`` (4 MB in float32, from the last-level cache), and BLAS's ``[2, n] @ W^T`` costs as much as
 two ``[1, n] @ W^T`` on the 2-core machine here (105 against 53 us); this loop reads each row of ``W``
 once for both vectors (about 49 us). The sums are reassociated (``reassoc``: vectorised) and may use
@@ -11,11 +11,14 @@ fused multiply-adds (``contract``), so they differ from BLAS's by rounding; NaN 
 (no ``nnan`` / ``ninf``).
 
 :func:`usable` says whether a product can take this path (CPU, float32 or float64, ``W`` contiguous,
-vectors of its width); :func:`mv2` falls back to torch otherwise, so callers need not check."""
+vectors of its width); :func:`mv2` falls back to torch otherwise, so callers need not check. numba is
+imported, and the loop compiled (or loaded from the cache), at the first product that takes the compiled
+path: importing this module does not import numba."""
 
 from __future__ import annotations
 
-import numba
+import functools
+
 import torch
 from torch import Tensor
 
@@ -26,8 +29,7 @@ __all__ = ["mv2", "usable"]
 FASTMATH = {"reassoc", "contract"}
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _mv2(W, a, b, oa, ob):
+def _mv2_loop(W, a, b, oa, ob):
     n, k = W.shape
     for i in range(n):
         sa = a.dtype.type(0.0)
@@ -38,6 +40,14 @@ def _mv2(W, a, b, oa, ob):
             sb += w * b[j]
         oa[i] = sa
         ob[i] = sb
+
+
+@functools.cache
+def _mv2():
+    """The compiled loop (numba is imported here, at the first compiled product)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True, fastmath=FASTMATH)(_mv2_loop)
 
 
 def usable(W: Tensor, *vs: Tensor) -> bool:
@@ -55,6 +65,6 @@ def mv2(W: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
             return torch.mv(W, a.reshape(-1)), torch.mv(W, b.reshape(-1))
     oa = torch.empty(W.shape[0], dtype=W.dtype)
     ob = torch.empty(W.shape[0], dtype=W.dtype)
-    _mv2(W.detach().numpy(), a.detach().reshape(-1).numpy(), b.detach().reshape(-1).numpy(), oa.numpy(), ob.numpy())
+    _mv2()(W.detach().numpy(), a.detach().reshape(-1).numpy(), b.detach().reshape(-1).numpy(), oa.numpy(), ob.numpy())
     return oa, ob
 

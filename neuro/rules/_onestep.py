@@ -18,6 +18,7 @@ matrix ``M_{t-1} = ds_{t-1}/dtheta`` is used:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple
 
 import torch
@@ -27,7 +28,7 @@ from torch.func import jacrev, jvp, vjp, vmap
 from neuro.contract import AbstractNetwork, Params
 from neuro.losses import per_sample
 
-__all__ = ["FlatStep"]
+__all__ = ["FlatStep", "flat_step"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,3 +148,14 @@ class FlatStep:
 def _grad_and_value(fn: Callable, th: Tensor, s: Tensor, x: Tensor, t: Tensor, m: Tensor):
     from torch.func import grad_and_value
     return grad_and_value(fn, argnums=(0, 1), has_aux=True)(th, s, x, t, m)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_flat_step(net: AbstractNetwork, loss: str, shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> FlatStep:
+    return FlatStep.build(net, {k: torch.zeros(s, dtype=torch.float64) for k, s in shapes}, loss)
+
+
+def flat_step(net: AbstractNetwork, loss: str, params: Params) -> FlatStep:
+    """The :class:`FlatStep` of ``net`` and ``loss`` for parameters shaped like ``params`` (built once per
+    network, loss and shapes)."""
+    return _cached_flat_step(net, loss, tuple((k, tuple(v.shape)) for k, v in sorted(params.items())))

@@ -55,6 +55,7 @@ from torch import Tensor
 
 from neuro.contract import AbstractNetwork, Params
 
+from ._common import new_generator
 from .base import AbstractRule, Needs, StepOutput
 
 
@@ -99,7 +100,7 @@ class KFRTRL(AbstractRule):
         n, m = self.net.n_hidden, self.net.n_in + self.net.n_hidden + 1
         return KFRTRLState(net=self.net.init_state(params, batch),
                            u=w.new_zeros(batch, m), A=w.new_zeros(batch, n, n),
-                           gen=torch.Generator().manual_seed(seed), t=0)
+                           gen=new_generator(seed), t=0)
 
     def _signs(self, state: KFRTRLState, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """``c1, c2`` [B], independent uniform signs in {-1, +1} for each sample."""

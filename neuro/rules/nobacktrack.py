@@ -67,9 +67,9 @@ from torch import Tensor
 
 from neuro.contract import Params, check_positive
 
-from ._onestep import FlatStep
+from ._common import check_finite_grad, check_rate, new_generator, random_signs, row_norms
+from ._onestep import FlatStep, flat_step
 from .base import AbstractRule, Needs, StepOutput
-from .uoro import check_finite, flat_step, new_generator, norm, random_signs
 
 __all__ = ["NoBackTrack", "NoBackTrackState", "propagate"]
 
@@ -81,12 +81,6 @@ class NoBackTrackState(NamedTuple):
     q: Tensor  # [B, S]  running estimate of the squared row norms ||partial f_i/partial theta||^2
     gen: torch.Generator  # the noise (seeded by init, kept across reset)
     t: int  # steps since init or reset
-
-
-def check_rate(name: str, value: float) -> None:
-    check_positive(name, value)
-    if value > 1:
-        raise ValueError(f"{name}={value!r} is invalid: must be in (0, 1]")
 
 
 def propagate(fs: FlatStep, theta: Tensor, s: Tensor, x: Tensor, v: Tensor, w: Tensor, q: Tensor,
@@ -111,8 +105,8 @@ def propagate(fs: FlatStep, theta: Tensor, s: Tensor, x: Tensor, v: Tensor, w: T
     Jv, Jz = out[:B], out[B:]
     q = q + gamma_t * (Jz ** 2 - q)
 
-    w_norm = norm(w) if P_theta is None else norm(w * P_theta.sqrt())
-    Jv_norm = norm(Jv) if J_h is None else norm(Jv * J_h.sqrt())
+    w_norm = row_norms(w) if P_theta is None else row_norms(w * P_theta.sqrt())
+    Jv_norm = row_norms(Jv) if J_h is None else row_norms(Jv * J_h.sqrt())
     e_norm = 1.0 if J_h is None else J_h.sqrt()  # ||e_i||
     rho0 = torch.sqrt(w_norm / (Jv_norm + eps)) + eps  # [B, 1]
     rho = torch.sqrt(q.sqrt() / (e_norm + eps)) + eps  # [B, S]
@@ -160,10 +154,9 @@ class NoBackTrack(AbstractRule):
 
         l, dl_ds, dl_dtheta, s_new, y_hat = fs.loss_grads(theta, s, x, y, mask)
         # g_t = (dl_t/ds_{t-1} . v_{t-1}) w_{t-1} + partial l_t/partial theta, averaged over the batch
-        g = ((dl_ds * state.v).sum(1, keepdim=True) * state.w + dl_dtheta).mean(0)
-        check_finite(self.name, t, fs.keys, g, fs)
+        g = fs.unflat_params(((dl_ds * state.v).sum(1, keepdim=True) * state.w + dl_dtheta).mean(0))
+        check_finite_grad(self.name, t, g)
 
         v, w, q = propagate(fs, theta, s, x, state.v, state.w, state.q, state.gen, max(1.0 / t, self.gamma), self.eps)
-        grad = fs.unflat_params(g)
         out = NoBackTrackState(net=fs.unflat_state(s_new), v=v, w=w, q=q, gen=state.gen, t=t)
-        return StepOutput(out, y_hat.detach(), (l.sum() / B).detach(), {k: grad[k].detach() for k in params})
+        return StepOutput(out, y_hat.detach(), (l.sum() / B).detach(), {k: g[k].detach() for k in params})

@@ -80,10 +80,10 @@ from torch.func import vjp, vmap
 
 from neuro.contract import Params, check_positive
 
+from ._common import check_finite_grad, check_rate, new_generator
 from ._onestep import FlatStep
 from .base import StepOutput
-from .nobacktrack import NoBackTrack, check_rate, propagate
-from .uoro import check_finite, new_generator
+from .nobacktrack import NoBackTrack, propagate
 
 __all__ = ["NoBackTrackKalman", "NoBackTrackKalmanState"]
 
@@ -174,13 +174,12 @@ class NoBackTrackKalman(NoBackTrack):
         J_theta = state.J_theta + rate * (g_u ** 2 - state.J_theta)
         P_theta = 1.0 / (J_theta + self.damping)
 
-        d = (P_theta * g if self.precondition else g).mean(0)
-        check_finite(self.name, t, fs.keys, d, fs)
+        d = fs.unflat_params((P_theta * g if self.precondition else g).mean(0))
+        check_finite_grad(self.name, t, d)
 
         H = J_h + self.floor * J_h.mean(1, keepdim=True) + self.eps
         v, w, q = propagate(fs, theta, s, x, v, w, state.q, state.gen, max(1.0 / t, self.gamma), self.eps,
                             P_theta=P_theta, J_h=H)
-        grad = fs.unflat_params(d)
         out = NoBackTrackKalmanState(net=fs.unflat_state(s_new), v=v, w=w, q=q, J_h=J_h, J_theta=J_theta, n=n,
                                      gen=state.gen, t=t)
-        return StepOutput(out, y_hat.detach(), (l.sum() / B).detach(), {k: grad[k].detach() for k in params})
+        return StepOutput(out, y_hat.detach(), (l.sum() / B).detach(), {k: d[k].detach() for k in params})
