@@ -31,6 +31,7 @@ PATHS: dict[str, str] = {
     "snap1": "neuro.rules._fast.snap:build",
     "snap2": "neuro.rules._fast.snap:build",
     "eprop": "neuro.rules._fast.eprop:build",
+    "uoro": "neuro.rules._fast.uoro:build",
 }
 
 

@@ -6,11 +6,14 @@
 * The rank-one pair is an unbiased estimate of RTRL's influence matrix: the mean of ``s~_t theta~_t^T`` over
   a batch of independent samples is within 3 standard errors (in Frobenius norm) of ``M_t``.
 * O(n + p): no Jacobian is ever formed (the Jacobian functions are patched to raise), the state holds
-  O(S + P) numbers per sample; the noise differs across the samples of a batch; reset keeps the generator.
+  O(S + P) numbers per sample (and the fast path's window of held steps, O(S) numbers a step); the noise
+  differs across the samples of a batch; reset keeps the generator.
 * Long float32 runs stay finite with balanced factors; a non-finite estimate raises, naming the step.
+* A checkpoint (``neuro.io``) of the state taken mid-sequence, restored and continued, gives the estimates
+  and the state of the uninterrupted run to the last bit (the rate fast path's checkpoints: test_uoro_rate.py).
 
-Each runs the generic path (``fast=False``) and, on the rate RNN, the analytic path too (its own oracle
-tests, equality with the generic path, are in test_uoro_rate.py); ``rule.pair`` reads the current pair.
+Each runs the definition (``fast=False``) and, on the rate RNN, the fast path too (its own oracle tests,
+equality with the definition, are in test_uoro_rate.py); ``rule.pair`` reads the current pair.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import pytest
 import torch
 
 import models
-from neuro import rules
+from neuro import io, rules
 from neuro.rules import _onestep
-from neuro.rules.uoro import flat_step, random_signs
+from neuro.rules._common import random_signs
+from neuro.rules._onestep import flat_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -129,8 +133,13 @@ def test_no_jacobian_is_formed_and_the_state_is_linear_in_size(model, fast):
         state, out = _run(rules.make("uoro", net, fast=fast), params, xs, ys, mask, 5)
     fs = flat_step(net, "mse", params)
     B, S, P = xs.shape[1], fs.n_state, fs.n_params
-    numel = sum(t.numel() for t in state if isinstance(t, torch.Tensor)) + sum(t.numel() for t in state.net)
+    rows = getattr(state, "rows", None)  # the fast path's window: ``window`` held steps of O(S) numbers each
+    numel = sum(t.numel() for t in state if isinstance(t, torch.Tensor) and t is not rows)
+    numel += sum(t.numel() for t in state.net)
     assert numel <= 2 * B * (S + P), f"the state holds {numel} numbers for B={B}, S={S}, P={P}"
+    if rows is not None:
+        window = rules.make("uoro", net).window
+        assert rows.numel() <= window * B * (3 * S + 8), f"the window holds {rows.numel()} numbers"
     assert S * P > 10 * (S + P)  # a Jacobian would have been noticed
 
 
@@ -230,3 +239,58 @@ def test_samples_average_independent_pairs_and_reduce_the_variance():
     assert (four.mean(0) - true).norm() < 3 * se
     with pytest.raises(ValueError, match="samples=0 is invalid"):
         neuro.rules.make("uoro", net, samples=0)
+
+
+def _equal(a, b, path="state") -> None:
+    """``a`` and ``b`` (states, estimates) are equal to the last bit: the same structure, tensors with the same
+    dtype, shape and bits, generators in the same state."""
+    assert type(a) is type(b), f"{path}: {type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, torch.Generator):
+        assert torch.equal(a.get_state(), b.get_state()), f"{path}: the generators differ"
+    elif isinstance(a, dict):
+        assert list(a) == list(b), path
+        for k in a:
+            _equal(a[k], b[k], f"{path}[{k!r}]")
+    elif isinstance(a, (tuple, list)):
+        assert len(a) == len(b), path
+        for i, (u, v) in enumerate(zip(a, b)):
+            _equal(u, v, f"{path}.{getattr(a, '_fields', range(len(a)))[i]}")
+    else:
+        assert a == b, f"{path}: {a!r} vs {b!r}"
+
+
+def resume_equals_uninterrupted(rule, params, xs, ys, mask, at: int, path) -> None:
+    """Run ``xs`` through ``rule`` once without a break and once saved to ``path`` after step ``at`` with
+    :func:`neuro.io.save_checkpoint`, loaded back and continued: every estimate and the final state (after
+    ``finish``) are equal to the last bit."""
+    def run(state, start):
+        given = []
+        for t in range(start, xs.shape[0]):
+            out = rule.step(params, state, xs[t], ys[t], mask[t])
+            state = out.state
+            given.append(out.grad)
+        state, last = rule.finish(params, state)
+        return given + [last], state
+
+    state = rule.init(params, xs.shape[1], 3)
+    first = []
+    for t in range(at):
+        out = rule.step(params, state, xs[t], ys[t], mask[t])
+        state = out.state
+        first.append(out.grad)
+    io.save_checkpoint(path, {"rule_state": state})
+    plain, plain_state = run(state, at)
+    restored = io.load_checkpoint(path)["rule_state"]
+    assert restored is not state
+    resumed, resumed_state = run(restored, at)
+    _equal(resumed, plain, "estimates")
+    _equal(resumed_state, plain_state)
+
+
+@pytest.mark.parametrize("model", ["rate", "lif"])
+def test_a_checkpoint_resumes_the_definition_exactly(model, tmp_path):
+    net, params, xs, ys, mask = _case(model, T=8)
+    resume_equals_uninterrupted(rules.make("uoro", net, fast=False, samples=2), params, xs, ys, mask, 3,
+                                tmp_path / "ckpt.pt")

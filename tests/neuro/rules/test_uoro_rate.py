@@ -1,8 +1,9 @@
-"""UORO's analytic path on the rate RNN (neuro/rules/_uoro_rate.py) against the generic path (torch.func jvp/vjp
-over flat vectors, ``fast=False``), which test_uoro.py checks against Algorithm 1 and test_unbiased.py against BPTT.
+"""UORO's fast path on the rate RNN (neuro/rules/_fast/uoro.py) against the definition (neuro/rules/uoro.py,
+``fast=False``: torch.func jvp/vjp over flat vectors), which test_uoro.py checks against Algorithm 1 and
+test_unbiased.py against BPTT.
 
 * Oracle: in float64, with the same seed, the estimate summed up to every point where the fast path hands one
-  over (window ends, ``flush`` at odd steps, ``finish``) equals the generic path's sum of its per-step
+  over (window ends, ``flush`` at odd steps, ``finish``) equals the definition's sum of its per-step
   estimates up to that step, to 1e-10 relative: alpha 1 and < 1, batch 1 and 2, windows 1, 3 and 7, one
   and two rank-one pairs per sample, the mse and ce losses, masked steps. So are the rank-one pairs.
 * ``window = 1`` hands over every step's estimate; otherwise only window ends, ``flush`` and ``finish`` do,
@@ -10,7 +11,11 @@ over flat vectors, ``fast=False``), which test_uoro.py checks against Algorithm 
 * The network outputs and losses are those of ``net.step`` and the loss function.
 * No torch.func transform is called; the state does not grow with the number of steps.
 * A saturated network (``tanh`` = +-1 exactly, every ``nu^T dF/dtheta`` = 0) stays finite and equal.
-* The path is chosen as documented: rate (exactly) and a known loss, ``fast=True``, ``step`` not overridden.
+* A state is a snapshot: stepping it twice, or stepping a copy, leaves it as it was.
+* Checkpoints: a state saved with ``neuro.io.save_checkpoint`` after any step (a window held, in flight,
+  just closed, after a flush), loaded back and continued, gives the estimates and the final state of the
+  uninterrupted run to the last bit; batch 1 (in flight) and 2, one and two pairs, float32 and float64.
+* The path is chosen as documented: rate (exactly) and a known loss, ``fast=True``, the steps not overridden.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ import pytest
 import torch
 
 import models
-from neuro import losses, rules
-from neuro.rules import _uoro_rate
+from neuro import io, losses, rules
+from neuro.rules._fast import uoro as fast_uoro
 from neuro.rules.uoro import UORO, UOROState
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -110,7 +115,7 @@ def _handed_over(T: int, window: int, flush_after, in_flight: bool) -> dict[int,
 def test_fast_path_equals_the_generic_path(alpha, batch, samples, window):
     net, params, xs, ys, mask = _case(alpha=alpha, batch=batch)
     fast = rules.make("uoro", net, window=window, samples=samples)
-    assert fast._fast
+    assert isinstance(fast.fast_path, fast_uoro.RateUORO)
     given, outs, state = _cumulative(fast, params, xs, ys, mask, flush_after=FLUSH_AFTER)
     sums, generic = _generic_prefix_sums(net, params, xs, ys, mask, samples=samples)
     T = xs.shape[0]
@@ -137,8 +142,9 @@ def test_fast_path_equals_the_generic_path(alpha, batch, samples, window):
 def test_windows_in_flight_equal_the_generic_path_step_by_step(alpha, window):
     """One pair: each window's sequential part runs during the next window's steps (fused with their recurrent
     products). Over several windows in a row and flushes mid-window, the sums handed over and the rank-one
-    pair after every step equal the generic path's. A state is a snapshot: a step leaves the arrays of the
-    state it started from as they were, and stepping a pickled copy of that state gives the same numbers."""
+    pair after every step equal the definition's. A state is a snapshot: a step leaves the arrays of the
+    state it started from as they were, and stepping a pickled copy of that state gives the same numbers. The
+    state has one structure (the shapes of its arrays) at every step, a window in flight or not."""
     import pickle
 
     net, params, xs, ys, mask = _case(alpha=alpha, batch=1, T=30, n_hidden=6)
@@ -147,7 +153,7 @@ def test_windows_in_flight_equal_the_generic_path_step_by_step(alpha, window):
     generic = rules.make("uoro", net, fast=False)
     state, gstate = rule.init(params, 1, 0), generic.init(params, 1, 0)
     total = torch.zeros(sum(v.numel() for v in params.values()), dtype=F64)
-    given, landed, ref = {}, 0, [0]
+    given, landed, ref, shapes = {}, 0, [0], set()
     for t in range(xs.shape[0]):
         copy = pickle.loads(pickle.dumps(state))  # its own generator too
         out = rule.step(params, state, xs[t], ys[t], mask[t])
@@ -157,7 +163,9 @@ def test_windows_in_flight_equal_the_generic_path_step_by_step(alpha, window):
         if out.grad is not None:
             assert torch.equal(_flat(out.grad), _flat(again.grad))
         if state.flight is not None:  # the arrays of the state the step started from are unchanged
-            assert torch.equal(state.flight.s_t, copy.flight.s_t) and (state.flight.acc == copy.flight.acc).all()
+            assert torch.equal(state.flight.s_tilde, copy.flight.s_tilde)
+            assert torch.equal(state.flight.acc, copy.flight.acc)
+        assert torch.equal(state.rows[:state.held], copy.rows[:copy.held])
         state = out.state
         gout = generic.step(params, gstate, xs[t], ys[t], mask[t])
         gstate = gout.state
@@ -174,6 +182,8 @@ def test_windows_in_flight_equal_the_generic_path_step_by_step(alpha, window):
         st, tt = rule.pair(params, state)
         torch.testing.assert_close(st, gstate.s_tilde, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(tt, gstate.theta_tilde, rtol=1e-10, atol=1e-12)
+        shapes.add(tuple((b[0], b[1], b[2]) for b in _bits(state) if len(b) == 4))  # (path, dtype, shape) of arrays
+    assert len(shapes) == 1, "the state's structure changed"
     assert landed >= 3  # windows landed at window ends, their sequence run in flight
     covered = _handed_over(xs.shape[0], window, flush_after, in_flight=True)
     assert set(given) == set(covered)
@@ -206,9 +216,9 @@ def test_window_one_hands_over_every_step_and_windows_hold_steps_back():
         out = rule.step(params, state, xs[t], ys[t], mask[t])
         state = out.state
         assert (out.grad is not None) == (t == 4)
-        assert len(state.pending) == (t + 1) % 5
+        assert state.held == (t + 1) % 5
     state, g = rule.flush(params, state)
-    assert g is not None and len(state.pending) == 0
+    assert g is not None and state.held == 0
     assert rule.flush(params, state) == (state, None) and rule.finish(params, state) == (state, None)
 
 
@@ -242,7 +252,7 @@ def test_no_torch_func_and_bounded_state():
         for t in range(xs.shape[0]):
             state = rule.step(params, state, xs[t], ys[t], mask[t]).state
             sizes.add(tuple(v.numel() for v in state if isinstance(v, torch.Tensor)))
-            assert len(state.pending) < 6
+            assert state.held < 6
         rule.finish(params, state)
     assert len(sizes) == 1, sizes
 
@@ -270,9 +280,13 @@ def test_float32_follows_the_generic_path(batch):
 def test_the_path_is_chosen_as_documented():
     rate = models.make("rate", n_in=2, n_hidden=3, n_out=1)
     p = rate.init_params()
-    assert isinstance(rules.make("uoro", rate).init(p), _uoro_rate.RateUOROState)
+    assert isinstance(rules.make("uoro", rate).fast_path, fast_uoro.RateUORO)
+    assert isinstance(rules.make("uoro", rate).init(p), fast_uoro.RateUOROState)
+    assert isinstance(rules.make("uoro", rate, loss="ce").init(p), fast_uoro.RateUOROState)
+    assert rules.make("uoro", rate, fast=False).fast_path is None
     assert isinstance(rules.make("uoro", rate, fast=False).init(p), UOROState)
     lif = models.make("lif", n_in=2, n_hidden=3, n_out=1)
+    assert rules.make("uoro", lif).fast_path is None
     assert isinstance(rules.make("uoro", lif).init(lif.init_params()), UOROState)
 
     @dataclasses.dataclass(frozen=True)
@@ -282,4 +296,99 @@ def test_the_path_is_chosen_as_documented():
         def step(self, params, state, x, y, mask):
             return super().step(params, state, x, y, mask)
 
+    assert Changed(net=rate).fast_path is None
     assert isinstance(Changed(net=rate).init(p), UOROState)
+
+
+def test_a_state_stepped_twice_is_left_as_it_was():
+    """Two different steps from one state (mid-window, no signs drawn): continuing from the first equals the run
+    in which the second never happened."""
+    net, params, xs, ys, mask = _case(batch=1, T=12)
+    rule = rules.make("uoro", net, window=5)
+    plain, _, _ = _cumulative(rule, params, xs, ys, mask)
+    state = rule.init(params, 1, 0)
+    total = torch.zeros(sum(v.numel() for v in params.values()), dtype=F64)
+    for t in range(xs.shape[0]):
+        out = rule.step(params, state, xs[t], ys[t], mask[t])
+        if t % 5 not in (3, 4):  # a second step from the same state writes the same row of the window
+            rule.step(params, state, -xs[t], ys[t], mask[t])
+        state = out.state
+        total = total + (_flat(out.grad) if out.grad is not None else 0)
+    total = total + _flat(rule.finish(params, state)[1])
+    assert torch.equal(total, plain[xs.shape[0]])
+
+
+def _bits(obj, path="state") -> list:
+    """Every leaf of ``obj`` as ``(path, comparable value)``: a tensor's dtype, shape and bytes, a generator's
+    state, a number or None; through tuples, lists and dicts."""
+    if isinstance(obj, torch.Tensor):
+        raw = obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        return [(path, obj.dtype, tuple(obj.shape), raw)]
+    if isinstance(obj, torch.Generator):
+        return [(path, obj.get_state().numpy().tobytes())]
+    if isinstance(obj, dict):
+        return [b for k in obj for b in _bits(obj[k], f"{path}[{k!r}]")]
+    if isinstance(obj, (tuple, list)):
+        names = getattr(obj, "_fields", range(len(obj)))
+        return [(path, type(obj).__name__, len(obj))] + [b for n, v in zip(names, obj) for b in _bits(v, f"{path}.{n}")]
+    assert obj is None or isinstance(obj, (bool, int, float)), f"{path} is a {type(obj).__name__}"
+    return [(path, obj)]
+
+
+def _run_from(rule, params, state, xs, ys, mask, start, flush_after=()):
+    given = []
+    for t in range(start, xs.shape[0]):
+        out = rule.step(params, state, xs[t], ys[t], mask[t])
+        state = out.state
+        given.append(out.grad)
+        if t in flush_after:
+            state, g = rule.flush(params, state)
+            given.append(g)
+    state, last = rule.finish(params, state)
+    return given + [last], state
+
+
+@pytest.mark.parametrize("batch,samples,window,dtype", [(1, 1, 4, F64), (1, 1, 4, torch.float32), (2, 1, 4, F64),
+                                                        (1, 2, 3, F64), (1, 1, 1, F64)])
+def test_a_checkpoint_resumes_exactly(batch, samples, window, dtype, tmp_path):
+    """Saved after each step of a run (held steps only, a window in flight at every stage of its sequence, a
+    window just closed, just after a flush), loaded back and continued: the same numbers as the run that never
+    stopped, to the last bit."""
+    net, params, xs, ys, mask = _case(alpha=0.6, batch=batch, T=19, dtype=dtype)
+    rule = rules.make("uoro", net, window=window, samples=samples)
+    flush_after = (10,)
+    plain, plain_state = _run_from(rule, params, rule.init(params, batch, 5), xs, ys, mask, 0, flush_after)
+    state, flights = rule.init(params, batch, 5), 0
+    for t in range(xs.shape[0]):
+        state = rule.step(params, state, xs[t], ys[t], mask[t]).state
+        if t in flush_after:
+            state = rule.flush(params, state)[0]
+        flights += state.flight is not None and state.flight.active
+        io.save_checkpoint(tmp_path / "ckpt.pt", {"rule_state": state})
+        loaded = io.load_checkpoint(tmp_path / "ckpt.pt")["rule_state"]
+        assert loaded is not state and _bits(loaded) == _bits(state)
+        resumed, resumed_state = _run_from(rule, params, loaded, xs, ys, mask, t + 1, flush_after)
+        n_given = t + 1 + sum(u <= t for u in flush_after)  # the estimates given before the checkpoint
+        assert _bits(resumed) == _bits(plain[n_given:]), f"the estimates after a checkpoint at step {t + 1} differ"
+        assert _bits(resumed_state) == _bits(plain_state), f"the final state after a checkpoint at step {t + 1} differs"
+    assert (flights > 0) == (batch * samples == 1 and window > 1)
+
+
+def test_training_with_a_run_directory_resumes_to_the_uninterrupted_run(tmp_path):
+    """``neuro.train`` with a run directory checkpoints the fast path's state; resumed, it ends where the run that
+    never stopped ends (parameters equal to the last bit)."""
+    import neuro
+    from neuro import tasks
+
+    net = models.make("rate", n_in=1, n_hidden=8, n_out=1)
+
+    def train(steps, run_dir, resume=False):
+        rule = rules.make("uoro", net, window=16)
+        return neuro.train(net, rule, tasks.make("sine"), steps, run_dir=run_dir, resume=resume, update_every=20,
+                           progress=False)
+
+    train(60, tmp_path / "a")
+    resumed = train(120, tmp_path / "a", resume=True)
+    plain = train(120, tmp_path / "b")
+    for k, v in plain.params.items():
+        assert torch.equal(resumed.params[k], v), k
