@@ -36,6 +36,7 @@ class ALIFState(NamedTuple):
 class ALIF(LIF):
     tau_adapt: float = 200.0
     beta_a: float = 1.0
+    bias_mean: float = 1.4  # higher than LIF's: adaptation holds a tonic neuron's rate down
 
     name = "alif"
     State = ALIFState

@@ -25,7 +25,7 @@ F64 = torch.float64
 
 def network(dynamics: str, seed: int = 0, bias: float = 0.01):
     net = models.make("lif", n_in=10, n_hidden=30, n_out=2, dynamics=dynamics, reset="zero", rec_scale=1.0,
-                      tau_out=15.0, surrogate="fast-sigmoid")
+                      tau_out=15.0, surrogate="fast-sigmoid", bias_mean=0.0, bias_std=0.0)  # b is set below
     p = net.init_params(seed=seed, dtype=F64)
     p["W_in"] = p["W_in"] * 40.0
     p["b"] = p["b"] + bias

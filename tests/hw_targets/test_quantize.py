@@ -18,7 +18,8 @@ F64 = torch.float64
 
 
 def network(seed=0, n_in=20, n=40, **kw):
-    net = models.make("lif", n_in=n_in, n_hidden=n, n_out=2, dynamics="lava", reset="zero", rec_scale=1.0, **kw)
+    net = models.make("lif", n_in=n_in, n_hidden=n, n_out=2, dynamics="lava", reset="zero", rec_scale=1.0,
+                      bias_mean=0.0, bias_std=0.0, **kw)  # b is set below
     p = net.init_params(seed=seed, dtype=F64)
     p["W_in"] = p["W_in"] * 40.0
     p["b"] = p["b"] + 0.8 * (1.0 - net.alpha)

@@ -300,7 +300,8 @@ def test_euler_surrogate_gradient_equals_norse():
     rng = np.random.default_rng(4)
     n_in, n, B, T, v_th = 10, 20, 2, 200, 0.8
     net = models.make("lif", n_in=n_in, n_hidden=n, n_out=1, dynamics="euler", reset="zero", v_th=v_th,
-                      surrogate="fast-sigmoid", surrogate_width=1 / v_th, surrogate_scale=v_th, detach_reset=True)
+                      surrogate="fast-sigmoid", surrogate_width=1 / v_th, surrogate_scale=v_th, detach_reset=True,
+                      bias_mean=0.0, bias_std=0.0)  # b = 0: norse's parameters below have no bias
     W_in, W_rec = random_network(rng, n_in, n, net.v_th / net.gain(), 2.0, 1.5, 3.0)
     xs = torch.tensor((rng.random((T, B, n_in)) < 0.05).astype(float))
     cz, cv = torch.tensor(rng.normal(size=(T, B, n))), torch.tensor(rng.normal(size=(T, B, n)))

@@ -270,7 +270,7 @@ def test_perturbation_estimates_through_brian2_equal_torch(name, rule, kw):
 def test_training_through_brian2_learns_and_equals_torch_training():
     """Node perturbation, forward passes in Brian2: the parameters after training are those of training with
     torch forward passes, and the loss falls."""
-    net = models.make("lif", n_in=2, n_hidden=10, n_out=1, input_scale=4.0)
+    net = models.make("lif", n_in=2, n_hidden=10, n_out=1, input_scale=4.0, bias_mean=0.0, bias_std=0.0)
     p = net.init_params(seed=0, dtype=F64)
     p["W_in"] = p["W_in"].abs()
     g = torch.Generator().manual_seed(0)
