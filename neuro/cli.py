@@ -385,6 +385,10 @@ def _simulate(args: argparse.Namespace) -> int:
         plt.close(fig)
         line += f", {int(s.sum())} spikes ({hz:.1f} Hz)"
     print(line)
+    if tr.spikes is not None and not bool(tr.spikes.any()):  # a silent network: say so, keep the exit status
+        hint = "" if args.from_run else ": raise --rate or the drive (--model-opt input_scale=, bias_mean=)"
+        print(f"{PROG}: warning: the network is silent, no spike in {args.steps} steps of {net.n_hidden} neurons"
+              + hint, file=sys.stderr)
     print(f"wrote {out / 'trace.npz'}" + (f" and {out / 'raster.png'}" if tr.spikes is not None else ""))
     if args.check and args.backend != "torch":
         ref = neuro.simulate(net, params, xs)

@@ -119,3 +119,32 @@ def test_unknown_backend_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"backend='nest' is invalid: valid choices are .*'torch'"):
         neuro.simulate(net, params, torch.zeros(5, 1, 3), backend="nest")
     assert "torch" in neuro.backends.available()
+
+
+# -- neuro simulate (the command) warns when a spiking network stays silent -----------------------------------
+def _simulate_cli(tmp_path, capsys, *args):
+    from neuro.cli import main
+
+    rc = main(["simulate", "--hidden", "8", "--inputs", "4", "--steps", "50", "--run-dir", str(tmp_path), *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_simulate_warns_on_stderr_when_no_neuron_spikes(tmp_path, capsys):
+    """No input and no bias: not one spike. One warning line on stderr; the exit status and outputs as usual."""
+    rc, out, err = _simulate_cli(tmp_path, capsys, "--rate", "0", "--model-opt", "bias_mean=0", "--model-opt",
+                                 "bias_std=0")
+    assert rc == 0 and "0 spikes (0.0 Hz)" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("neuro: warning: the network is silent"), err
+    assert "50 steps of 8 neurons" in lines[0] and "--rate" in lines[0]
+    assert np.load(tmp_path / "trace.npz")["spikes"].sum() == 0
+
+
+@pytest.mark.parametrize("args", [("--model", "lif"), ("--model", "alif"), ("--model", "rate")])
+def test_cli_simulate_says_nothing_when_the_network_fires_or_does_not_spike_at_all(tmp_path, capsys, args):
+    """A firing lif/alif (the defaults) and a rate network (no spikes to count) print no warning."""
+    rc, out, err = _simulate_cli(tmp_path, capsys, *args)
+    assert rc == 0 and err == "", err
+    if args[1] != "rate":
+        assert np.load(tmp_path / "trace.npz")["spikes"].sum() > 0
