@@ -1,4 +1,5 @@
-# neuro: `make demo` runs the main job, `make test` installs then runs the whole suite.
+# neuro: `make demo` runs the main job, `make test` installs then runs the whole suite (what CI runs),
+# `make test-fast` the suite without the tests marked slow, `make lint` ruff (configured in pyproject.toml).
 # `make install` builds .venv/ at the repository root (Python 3.11, about a minute the first time) and
 # does nothing while pyproject.toml, constraints.txt and this Makefile are unchanged.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || echo python3)
@@ -12,7 +13,7 @@ CHECK_311 := 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else sys
   + sys.version.split()[0] + "; neuro needs 3.11 (torch 2.13.0 CPU wheel, lava-nc 0.10.0): rm -rf .venv and run \
   make install PYTHON=python3.11")'
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -36,8 +37,17 @@ demo: install
 	$(VENV)/bin/neuro demo
 
 # pytest's status 5 means no test was collected: a failure, said plainly.
+PYTEST = $(PY) -m pytest -q --durations=15 $(1) || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit $$status; }
+
 test: install
-	$(PY) -m pytest -q --durations=15 || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit $$status; }
+	$(call PYTEST,)
+
+# Leaves out the tests marked slow (compiling, Lava, Brian2, Ray, the notebooks, the CLI in subprocesses).
+test-fast: install
+	$(call PYTEST,-m "not slow")
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 bench: install
 	$(VENV)/bin/neuro bench sim

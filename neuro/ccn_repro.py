@@ -225,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
         plot(cfg, chosen, seeds, out, args.plot)
     if args.json:
         from neuro import io
-
         from neuro.comparison.harness import _json_roundtrip  # NaN (one seed: no s.e.) -> null
 
         io.write_json(args.json, _json_roundtrip({"config": cfg, "rows": rows, "table": table}))

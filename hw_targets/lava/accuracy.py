@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
+    import hw_targets.lava as hl
     import models
     import neuro
-    import hw_targets.lava as hl
 
     task = neuro.tasks.make("cue-accumulation", **TASK)
     net = models.make("lif", n_in=task.n_in, n_hidden=args.hidden, n_out=task.n_out, dynamics="lava", reset="zero",

@@ -107,6 +107,7 @@ def sequence_estimate(rule, params: Params, xs: Tensor, ys: Tensor, mask: Tensor
     zn_prev = torch.zeros(M, n, dtype=like.dtype)
     grad = {k: torch.zeros_like(v) for k, v in params.items()}
     total = 0.0
+    prev_state = None  # the clean state before step t (anp)
     for t in range(T):
         z = tr.spikes[t, :B].to(like.dtype)
         h = net.current(params, clean_s._replace(z=z_prev), xs[t])

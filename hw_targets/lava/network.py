@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from hw_targets.lava._check import check_lava_lif
-from models.lif_loihi import B_RANGE, LIFLoihi, W_RANGE
+from models.lif_loihi import B_RANGE, W_RANGE, LIFLoihi
 from neuro.backends import Trace
 from neuro.contract import AbstractNetwork, Params
 
@@ -110,7 +110,7 @@ class LavaNetwork:
         if self.fixed_point and not np.array_equal(x, np.round(x)):
             raise ValueError("fixed-point Lava takes integer inputs (spikes or graded spikes): xs has non-integer "
                              "values; binarise or scale the inputs first")
-        T, B, n = x.shape[0], x.shape[1], self.net.n_hidden
+        B, n = x.shape[1], self.net.n_hidden
         group = max(1, min(B, self.max_neurons // n))
         parts = [self._run_group(x[:, g:g + group]) for g in range(0, B, group)]
         spikes, v, u = (torch.from_numpy(np.concatenate([part[i] for part in parts], axis=1)).to(self.dtype)

@@ -223,7 +223,6 @@ def measure_bandwidth(nbytes: int, repeats: int = 10) -> dict[str, float]:
         reads1, _ = measure()
     finally:
         torch.set_num_threads(threads)
-    del a, b
     return {"limit_GBps": nbytes / min(reads) / 1e9,
             "read_GBps": nbytes / statistics.median(reads) / 1e9,
             "copy_GBps": 2 * nbytes / statistics.median(copies) / 1e9,

@@ -154,10 +154,9 @@ def run_group(specs: list[dict[str, Any]], mode: str = "auto") -> list[dict[str,
     import neuro
     import neuro.rules
     import neuro.tasks
+    from neuro import _rss
     from neuro.ensemble import Ensemble, stack_params, unstack_params
     from neuro.training import History, TrainingDiverged, derive_seed
-
-    from neuro import _rss
 
     from .worker import _alignment, _evaluate
 

@@ -9,12 +9,9 @@ import torch
 
 import models
 import neuro
-from neuro.gradients import grad_estimate
-
-
 from hw_targets.lava import _compat
-from hw_targets.lava.learning import (export_learning, literal, loihi_form, reference,
-                                      third_factor_error, train_on_chip)
+from hw_targets.lava.learning import export_learning, literal, loihi_form, reference, third_factor_error, train_on_chip
+from neuro.gradients import grad_estimate
 
 pytestmark = pytest.mark.skipif(_compat.lava_version() is None, reason="lava-nc is not installed")
 

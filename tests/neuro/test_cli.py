@@ -126,7 +126,7 @@ def test_a_tiny_run_writes_its_directory_and_resumes(tmp_path, capsys):
     ref = tmp_path / "ref"
     assert main([a if a != str(run_dir) else str(ref) for a in longer]) == 0
     capsys.readouterr()
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("steps_per_s", "elapsed_s")} for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("steps_per_s", "elapsed_s")} for r in rows]  # noqa: E731
     assert strip(io.read_csv(run_dir / "metrics.csv")) == strip(io.read_csv(ref / "metrics.csv"))
     assert [r["step"] for r in io.read_csv(run_dir / "metrics.csv")] == [10, 20, 30, 40, 50]
 

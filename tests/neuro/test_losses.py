@@ -9,7 +9,6 @@ import torch
 
 from neuro import losses
 
-
 DTYPES = [torch.float32, torch.float64]
 
 

@@ -21,8 +21,6 @@ import neuro
 from neuro import rules, tasks
 from neuro.training import derive_seed
 
-
-
 F64 = torch.float64
 N, CHUNK, LR = 200, 100, 3e-3  # steps per stage, sequence length, Adam's step size
 TASK = tasks.make("trace-patterning")

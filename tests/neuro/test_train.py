@@ -24,7 +24,6 @@ from neuro.rules.bptt import BPTTState
 from neuro.tasks.base import AbstractTask, Sequence
 from neuro.training import TIMING_COLUMNS, History, TrainingDiverged, derive_seed, train
 
-
 # -- tiny tasks written here (independent of neuro.tasks) ---------------------------------------------
 
 def _chunks(seed: int, batch: int, chunk: int, n_in: int) -> Iterator[tuple[torch.Tensor, int]]:

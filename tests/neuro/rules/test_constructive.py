@@ -160,7 +160,6 @@ def test_fast_path_equals_the_torch_func_path_at_every_step(cell, per_stage, sta
             torch.testing.assert_close(of.grad[k], os_.grad[k], rtol=1e-10, atol=1e-12)
     assert max(float(g.abs().max()) for g in of.grad.values()) > 0
     # the traces themselves: the same numbers in another layout ([B, S_c, m, G, F] vs [B, m, S_c, q])
-    G = net.n_gates
     F = sf.M.shape[-1]
     lo = net.stage_columns(stage).start
     perm = sf.M.permute(0, 2, 1, 3, 4)  # [B, m, S_c, G, F]
