@@ -22,6 +22,7 @@ def _net(**kw):
 
 
 @pytest.mark.parametrize("name", ["np", "anp-time", "anp"])
+@pytest.mark.slow
 def test_lava_estimate_equals_torch_rule(name):
     """Oracle: on the same noise (same seed), the estimate formed from one Lava run equals the torch rule's
     grad_estimate (float64), every parameter; the clean loss equals neuro.gradients' sequence loss."""
@@ -47,6 +48,7 @@ def test_lava_estimate_equals_torch_rule(name):
 
 
 @pytest.mark.parametrize("name,lr", [("np", 1e-4), ("anp", 1e-4)])
+@pytest.mark.slow
 def test_tiny_task_loss_decreases(name, lr):
     """A student LIF net (6 neurons) learns a teacher's output on fixed input spikes: 4 updates, each from
     one Lava run of the clean and 8 noisy copies, bring the loss well down."""

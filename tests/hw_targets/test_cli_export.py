@@ -41,6 +41,7 @@ def test_export_nir_writes_the_trained_network(run_dir, capsys):
 
 
 @pytest.mark.skipif(_compat.lava_version() is None, reason="lava-nc is not installed")
+@pytest.mark.slow
 def test_export_lava_fixed_point_writes_the_quantized_network_and_verifies(run_dir, tmp_path, capsys):
     import hw_targets.lava as hl
 

@@ -4,10 +4,12 @@ line and its spike trains equal the torch model's (``--check``)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from neuro.cli import main
 
 
+@pytest.mark.slow
 def test_simulate_on_lava_matches_torch(tmp_path, capsys):
     rc = main(["simulate", "--backend", "lava", "--model-opt", "dynamics=lava", "--model-opt", "reset=zero",
                "--hidden", "20", "--steps", "100", "--check", "--run-dir", str(tmp_path)])

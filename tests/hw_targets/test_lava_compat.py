@@ -30,6 +30,7 @@ def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.Comple
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_plain_import_fails_and_hook_fixes_it() -> None:
     plain = run_python("import lava.magma.compiler.var_model")
     hooked = run_python("""
@@ -208,6 +209,7 @@ def lif_fixed(T: int, u: int, du: int, v: int, dv: int, bias_mant: int, bias_exp
     return vs, spikes
 
 
+@pytest.mark.slow
 def test_bias_driven_lif_matches_the_lava_equations() -> None:
     proc = run_python(LIF_RUN, json.dumps(LIF_PARAMS), timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]

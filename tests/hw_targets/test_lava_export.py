@@ -75,6 +75,7 @@ def test_fixed_point_lava_is_the_integer_model_bit_for_bit(seed):
 
 
 @needs_lava
+@pytest.mark.slow
 def test_batch_split_over_several_runs_gives_the_same_trace():
     """Copies of the network in one run (block-diagonal weights) and one run per sequence agree."""
     import hw_targets.lava as hl

@@ -51,6 +51,7 @@ def test_literal_rounds_to_loihi_constants():
 
 
 @pytest.mark.parametrize("case", ["eprop-error", "reward-activity"])
+@pytest.mark.slow
 def test_lava_run_equals_loihi_equations(case):
     """Oracle: Lava (floating_pt LearningDense + ThreeFactorLIF) = a torch loop of Loihi's float learning
     equations, with weights changing online (large eta) and rounded constants (tau_out=20)."""
@@ -80,6 +81,7 @@ def test_lava_run_equals_loihi_equations(case):
         assert torch.equal(new[k], params[k])
 
 
+@pytest.mark.slow
 def test_lava_weight_change_equals_three_factor_rule():
     """Oracle: at a tiny eta the chip's weight change / (-eta) is the torch three-factor (e-prop form) estimate
     of grad_estimate, with the third factor M = eps W_out from the forward pass (feedback='readout')."""
@@ -104,6 +106,7 @@ def test_lava_weight_change_equals_three_factor_rule():
         assert err < 1e-4, (k, err)
 
 
+@pytest.mark.slow
 def test_task_improves_under_the_chips_rule():
     """A student LIF net learns a teacher's output (same W_out, fixed input spikes): the loss after 3 trials
     of on-chip e-prop (W_in, W_rec learning in Lava) is well below the initial loss."""
@@ -119,6 +122,7 @@ def test_task_improves_under_the_chips_rule():
     assert losses[-1] < 0.6 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_rstdp_lava_run_equals_loihi_equations():
     """Oracle: reward-modulated STDP (Lava's RewardModulatedSTDP form, global reward) in Lava = the torch loop
     of Loihi's float equations; 1/tau_e = 0.05 is rounded to 3*2^-6 on both."""
@@ -140,6 +144,7 @@ def test_rstdp_lava_run_equals_loihi_equations():
         rstdp_form(net, tau_e=0.0)
 
 
+@pytest.mark.slow
 def test_rstdp_task_improves():
     """Reward-modulated STDP on the chip: reward +1 for each spike of a target neuron, -1 for each spike of the
     others (computed from a Lava forward pass of the current weights); after 3 trials the target's share of

@@ -190,6 +190,7 @@ def test_divergence_exits_1_with_one_line(tmp_path, capsys):
     assert f"(step {step})" in err
 
 
+@pytest.mark.slow
 def test_demo_quick_compares_the_rules_and_deploys_to_lava(capsys, tmp_path, monkeypatch):
     """``neuro demo --quick``: both comparisons print a row per rule (finite losses, BPTT aligned with itself),
     and the best spiking network runs on Lava with the accuracy torch gives it (Lava floating point is
@@ -229,6 +230,7 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_python_dash_m_neuro_reports_errors_in_one_line(tmp_path):
     cmd = [sys.executable, "-m", "neuro", "train", "--model", "nope", "--run-dir", str(tmp_path / "r")]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
@@ -242,6 +244,7 @@ def test_python_dash_m_neuro_reports_errors_in_one_line(tmp_path):
         assert p.returncode == 2 and p.stderr.startswith("neuro: error: task 'nope'")
 
 
+@pytest.mark.slow
 def test_python_dash_m_neuro_trains(tmp_path):
     cmd = [sys.executable, "-m", "neuro", "train", *TINY, "--steps", "20", "--run-dir", str(tmp_path / "r")]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)

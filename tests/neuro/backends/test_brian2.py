@@ -70,6 +70,7 @@ def test_numpy_target_equals_torch_for_each_option(name, kw):
 
 
 @pytest.mark.parametrize("name,kw", [("lif", {}), ("alif", dict(tau_syn=20.0, refractory=2))])
+@pytest.mark.slow
 def test_cython_target_equals_torch(name, kw):
     for seed in (4, 5):  # the second run reuses the network built for the first, with new weights and inputs
         net, p, xs = random_net(name, 100, seed, B=2, **kw)
@@ -139,6 +140,7 @@ def test_rate_numpy_target_equals_torch(alpha, seed, n, B):
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.3])
+@pytest.mark.slow
 def test_rate_cython_target_equals_torch(alpha):
     for seed in (3, 4):  # the second run reuses the network built for the first, with new weights and inputs
         net, p, xs = random_rate(100, seed, alpha, B=2)
@@ -267,6 +269,7 @@ def test_perturbation_estimates_through_brian2_equal_torch(name, rule, kw):
         assert float((g_b2[k] - g_torch[k]).abs().max()) <= 1e-9 * max(scale, 1e-300), k
 
 
+@pytest.mark.slow
 def test_training_through_brian2_learns_and_equals_torch_training():
     """Node perturbation, forward passes in Brian2: the parameters after training are those of training with
     torch forward passes, and the loss falls."""
@@ -367,6 +370,7 @@ def test_cli_simulate_writes_raster_and_trace_and_checks_against_torch(tmp_path,
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+@pytest.mark.slow
 def test_bench_brian2_quick(tmp_path):
     import json
 

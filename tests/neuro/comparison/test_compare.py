@@ -36,6 +36,7 @@ def swept(tmp_path_factory) -> tuple[Results, Path]:
     return neuro.compare(**SMALL, out=out, workers=2), out
 
 
+@pytest.mark.slow
 def test_every_rule_and_seed_runs_and_is_summarised(swept):
     res, _ = swept
     assert [(r["spec"]["rule"], r["spec"]["seed"]) for r in res.runs] == [("bptt", 0), ("bptt", 1), ("tbptt", 0), ("tbptt", 1)]
@@ -55,6 +56,7 @@ def test_every_rule_and_seed_runs_and_is_summarised(swept):
     assert rows["bptt"]["time_vs_bptt"] == 1.0
 
 
+@pytest.mark.slow
 def test_files_and_plots_are_written_and_hold_the_data(swept):
     res, out = swept
     for name in ("runs.csv", "curves.csv", "summary.csv", "summary.md", "curves.png", "alignment.png", "cost.png"):
@@ -80,6 +82,7 @@ def test_files_and_plots_are_written_and_hold_the_data(swept):
     assert "| tbptt |" in (out / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_in_process_runs_equal_the_worker_processes(swept):
     res, _ = swept
     again = neuro.compare(**{**SMALL, "seeds": [1]}, workers=0)
@@ -88,6 +91,7 @@ def test_in_process_runs_equal_the_worker_processes(swept):
         assert _strip(a) == _strip(b)
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "neuro", "compare", "--task", "sine", "--rules", "bptt,tbptt", "--seeds", "2",
@@ -193,6 +197,7 @@ def test_the_ray_executor_on_a_local_cluster_equals_the_local_run(swept, tmp_pat
     assert [_strip(r) for r in res.runs] == [_strip(r) for r in local.runs]
 
 
+@pytest.mark.slow
 def test_vectorised_seeds_equal_separate_runs():
     """The seeds of tbptt trained as one ensemble give each seed's own run, to rounding (float64)."""
     kw = {**SMALL, "rules": ["tbptt", "rtrl"], "seeds": 3, "dtype": "float64", "rule_options": {"tbptt": {"k": 3}}}

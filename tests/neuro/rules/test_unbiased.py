@@ -167,6 +167,7 @@ CASES = [pytest.param(r, m, id=f"{r}-{m}") for r, _ in UNBIASED for m in MODELS
 
 
 @pytest.mark.parametrize("rule_name,model", CASES)
+@pytest.mark.slow
 def test_mean_of_estimates_converges_to_bptt(rule_name, model):
     check_unbiased(_stats(rule_name, model))
 
@@ -202,6 +203,7 @@ class _LateUORO(UORO):
         return out._replace(grad={k: g[k] for k in params})
 
 
+@pytest.mark.slow
 def test_the_oracle_catches_a_biased_rule():
     st = collect(_LateUORO(net=_setup("rate")[0], loss="mse"), "rate", singles=0)
     with pytest.raises(AssertionError, match="SE"):
