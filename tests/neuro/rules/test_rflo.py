@@ -1,7 +1,9 @@
-"""RFLO (Murray 2019): its definition against a direct loop, and the truncated-RTRL identity."""
+"""RFLO (Murray 2019): its definition against a direct loop, on the rate RNN and on a model that only implements
+the cell contract, and the truncated-RTRL identity."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,7 +11,9 @@ import torch
 
 import models
 import neuro
+from models.rate import RateRNN, RateState
 from neuro import rules
+from neuro.contract import AbstractNetwork
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,8 +31,13 @@ def _setup(seed: int = 0):
     return net, params, xs, ys, mask
 
 
-def _direct_loop(params, xs, ys, mask, B):
-    """RFLO written literally with Python numbers: loops over t, samples, i, j (module docstring of rflo)."""
+def _tanh_prime(u: float) -> float:
+    return 1.0 - math.tanh(u) ** 2
+
+
+def _direct_loop(params, xs, ys, mask, B, phi=math.tanh, phi_prime=_tanh_prime):
+    """RFLO written literally with Python numbers: loops over t, samples, i, j (module docstring of rflo), for the
+    leaky rate network with the nonlinearity ``phi``."""
     W_in, W_rec, b = params["W_in"].tolist(), params["W_rec"].tolist(), params["b"].tolist()
     W_out, b_out = params["W_out"].tolist(), params["b_out"].tolist()
     Bm = B.tolist()
@@ -44,14 +53,14 @@ def _direct_loop(params, xs, ys, mask, B):
             x = xs[t, s].tolist()
             u = [sum(W_in[i][j] * x[j] for j in range(N_IN)) + sum(W_rec[i][j] * h[j] for j in range(N)) + b[i]
                  for i in range(N)]
-            dphi = [1.0 - math.tanh(u[i]) ** 2 for i in range(N)]
+            dphi = [phi_prime(u[i]) for i in range(N)]
             for i in range(N):
                 for j in range(N):
                     P_rec[i][j] = (1 - ALPHA) * P_rec[i][j] + ALPHA * dphi[i] * h[j]
                 for j in range(N_IN):
                     P_in[i][j] = (1 - ALPHA) * P_in[i][j] + ALPHA * dphi[i] * x[j]
                 P_b[i] = (1 - ALPHA) * P_b[i] + ALPHA * dphi[i]
-            h = [(1 - ALPHA) * h[i] + ALPHA * math.tanh(u[i]) for i in range(N)]
+            h = [(1 - ALPHA) * h[i] + ALPHA * phi(u[i]) for i in range(N)]
             yh = [sum(W_out[k][i] * h[i] for i in range(N)) + b_out[k] for k in range(N_OUT)]
             m = float(mask[t, s])
             eps = [m * (yh[k] - float(ys[t, s, k])) / nb for k in range(N_OUT)]
@@ -80,6 +89,39 @@ def test_rflo_equals_its_definition_in_a_direct_loop(feedback):
     for k in params:
         torch.testing.assert_close(got[k], want[k], rtol=1e-10, atol=1e-12, msg=k)
         assert want[k].abs().max() > 1e-6, k  # every parameter gets a signal
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftsignRNN(RateRNN):
+    """A leaky rate network with ``phi(u) = u / (1 + |u|)``, known to the rules only through the cell contract: its
+    ``neuron_derivatives`` is the contract's default (one reverse pass through ``neuron``), and no fast path knows
+    it."""
+
+    name = "softsign"
+
+    def neuron(self, params, state, i):
+        h = (1.0 - self.alpha) * state.h + self.alpha * (i / (1.0 + i.abs()))
+        return RateState(h=h), h
+
+    neuron_derivatives = AbstractNetwork.neuron_derivatives
+
+
+@pytest.mark.parametrize("feedback", ["random", "readout"])
+def test_a_model_of_the_contract_gets_rflo(feedback):
+    """A one-field model that no fast path knows runs RFLO's definition, read through the contract: the same numbers
+    as the direct loop with its nonlinearity."""
+    net = SoftsignRNN(n_in=N_IN, n_hidden=N, n_out=N_OUT, alpha=ALPHA)
+    _, params, xs, ys, mask = _setup()
+    rule = rules.make("rflo", net, feedback=feedback)
+    assert rule.fast_path is None
+    got = neuro.grad_estimate(net, params, rule, xs, ys, seed=3, mask=mask)
+    B = rule.init(params, BATCH, seed=3).B if feedback == "random" else params["W_out"].T
+    want = _direct_loop(params, xs, ys, mask, B, phi=lambda u: u / (1 + abs(u)),
+                        phi_prime=lambda u: 1 / (1 + abs(u)) ** 2)
+    tanh = _direct_loop(params, xs, ys, mask, B)
+    for k in params:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-10, atol=1e-12, msg=k)
+        assert not torch.allclose(want[k], tanh[k]), k  # the nonlinearity is really the model's
 
 
 def _truncated_rtrl(net, params, xs, ys, mask):
@@ -153,10 +195,25 @@ def test_random_feedback_has_murrays_scale():
     torch.testing.assert_close(B2, 2 * B)
 
 
+@dataclasses.dataclass(frozen=True)
+class LeakyReadoutRNN(RateRNN):
+    """The rate network with a readout that the contract says is leaky (RFLO's readout is linear)."""
+
+    @property
+    def readout_decay(self) -> float:
+        return 0.5
+
+
 def test_errors_name_the_value_and_the_alternatives():
     lif = models.make("lif", n_in=2, n_hidden=4, n_out=1)
-    with pytest.raises(ValueError, match="eprop"):
+    with pytest.raises(ValueError, match=r"model 'lif'.*\('v', 'i'\).*'eprop'"):
         rules.make("rflo", lif)
+    with pytest.raises(ValueError, match="model 'lstm'.*one state field per unit"):
+        rules.make("rflo", models.make("lstm", n_in=2, n_hidden=4, n_out=1))
+    with pytest.raises(ValueError, match="model 'columnar'.*local form"):
+        rules.make("rflo", models.make("columnar", n_in=2, n_hidden=4, n_out=1))
+    with pytest.raises(ValueError, match="readout_decay 0.*0.5"):
+        rules.make("rflo", LeakyReadoutRNN(n_in=2, n_hidden=4, n_out=1))
     rate = models.make("rate", n_in=2, n_hidden=4, n_out=1)
     with pytest.raises(ValueError, match="feedback='sym'.*'random'"):
         rules.make("rflo", rate, feedback="sym")
@@ -235,50 +292,6 @@ def test_windowed_rflo_equals_its_definition_in_a_direct_loop(feedback):
         torch.testing.assert_close(ref[k], want[k], rtol=1e-10, atol=1e-12, msg=k)
 
 
-def _lif_cases():
-    yield "rate", {"alpha": 0.4}
-    yield "rate", {"alpha": 1.0}
-    for dynamics in ("exact", "euler", "lava"):
-        yield "lif", {"dynamics": dynamics}
-    yield "lif", {"reset": "zero", "refractory": 2, "surrogate": "fast-sigmoid", "v_leak": 0.1}
-    yield "lif", {"refractory": 1, "detach_reset": True, "tau_syn": 20.0}
-
-
-@pytest.mark.parametrize("loss", ["mse", "ce", "value"])
-@pytest.mark.parametrize("model,kw", list(_lif_cases()))
-def test_closed_form_derivatives_equal_the_reverse_pass(model, kw, loss):
-    """closed_form_step (no autograd) against local_step (one reverse pass of the model's own neuron and loss)."""
-    from neuro.rules.rflo import closed_form_step, local_step
-
-    net = models.make(model, n_in=N_IN, n_hidden=N, n_out=N_OUT, **kw)
-    params = net.init_params(seed=4, dtype=torch.float64)
-    params["b"] = 0.3 * torch.rand(N, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    if net.spiking:
-        params["W_in"] = params["W_in"].abs() * 4.0
-    g = torch.Generator().manual_seed(6)
-    state = net.init_state(params, BATCH)
-    spikes = 0.0
-    for t in range(25):
-        x = (torch.rand(BATCH, N_IN, generator=g) < 0.5).double() * 3 if net.spiking else \
-            torch.randn(BATCH, N_IN, generator=g, dtype=torch.float64)
-        y = torch.softmax(torch.randn(BATCH, N_OUT, generator=g, dtype=torch.float64), -1)
-        mask = torch.rand(BATCH, generator=g) < 0.7
-        a = closed_form_step(net, params, state, x, y, mask, loss, bias=True)
-        b = local_step(net, params, state, x, y, mask, neuro.losses.get(loss), bias=True)
-        for name in ("z", "y", "loss", "eps", "dz_di", "dz_db"):
-            torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-12, atol=1e-14, msg=name)
-        for fa, fb in zip(a.net, b.net):
-            torch.testing.assert_close(fa, fb, rtol=1e-12, atol=1e-14)
-        assert a.dz_di.abs().max() > 0
-        state = a.net
-        spikes += float(a.z.sum()) if net.spiking else 0.0
-    if net.spiking:
-        assert spikes > 10  # the units fire: the surrogate, the reset and the refractory hold are exercised
-    alif = models.make("alif", n_in=N_IN, n_hidden=N, n_out=N_OUT)
-    assert closed_form_step(alif, alif.init_params(), alif.init_state(alif.init_params()), x.float(), y.float(),
-                            mask, loss) is None  # no closed form here: the reverse pass is used
-
-
 def test_window_options_are_checked():
     rate = models.make("rate", n_in=2, n_hidden=4, n_out=1)
     with pytest.raises(ValueError, match="window=0"):
@@ -288,21 +301,27 @@ def test_window_options_are_checked():
 
 
 def test_fast_path_on_rate_and_lif_calls_no_autograd():
-    """The per-step overhead of the windowed path: no reverse pass (closed forms) on the models that have them."""
+    """The per-step overhead of the windowed path: on the rate RNN and LIF the derivatives are computed in place, with
+    neither a reverse pass nor the model's neuron_derivatives (which the definitions read)."""
     from unittest import mock
 
     def forbid(*_a, **_k):
-        raise AssertionError("autograd called")
+        raise AssertionError("called")
 
     _, params, xs, ys, mask = _setup()
     net = models.make("rate", n_in=N_IN, n_hidden=N, n_out=N_OUT, alpha=ALPHA)
     lif = models.make("lif", n_in=N_IN, n_hidden=N, n_out=N_OUT)
     lif_params = lif.init_params(dtype=torch.float64)
-    with mock.patch.object(torch.autograd, "grad", forbid), mock.patch.object(torch.Tensor, "backward", forbid):
+    softsign = SoftsignRNN(n_in=N_IN, n_hidden=N, n_out=N_OUT, alpha=ALPHA)
+    with mock.patch.object(torch.autograd, "grad", forbid), mock.patch.object(torch.Tensor, "backward", forbid), \
+            mock.patch.object(RateRNN, "neuron_derivatives", forbid), \
+            mock.patch.object(models.lif.LIF, "neuron_derivatives", forbid):
         neuro.grad_estimate(net, params, rules.make("rflo", net, window=4), xs, ys, mask=mask)
         neuro.grad_estimate(lif, lif_params, rules.make("three-factor", lif, window=4), xs.abs(), ys, mask=mask)
-        with pytest.raises(AssertionError, match="autograd called"):  # the reference path does use it
+        with pytest.raises(AssertionError, match="called"):  # the definition reads neuron_derivatives
             neuro.grad_estimate(net, params, rules.make("rflo", net, fast=False), xs, ys, mask=mask)
+        with pytest.raises(AssertionError, match="called"):  # the contract's default is a reverse pass
+            neuro.grad_estimate(softsign, params, rules.make("rflo", softsign), xs, ys, mask=mask)
 
 
 def test_training_with_the_windowed_sum_follows_the_per_step_path():

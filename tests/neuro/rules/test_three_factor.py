@@ -115,7 +115,7 @@ def test_three_factor_reproduces_eprop_on_lif(feedback):
     for k in params:
         assert want[k].abs().max() > 1e-6, k
         torch.testing.assert_close(got[k], want[k], rtol=1e-10, atol=1e-12, msg=k)
-    assert rule.init(params, 1).kappa == pytest.approx(net.kappa_out)  # the readout leak read off the contract
+    assert rule.init(params, 1).ebar[0].shape == (1, N, N_IN)  # the readout's leak (kappa_out) filters e: ebar
 
 
 @pytest.mark.parametrize("model", ["lif", "lif-lava", "lif-euler", "rate"])
@@ -225,6 +225,54 @@ def test_alif_without_adaptation_is_lif():
     adapt = models.make("alif", n_in=N_IN, n_hidden=N, n_out=N_OUT, detach_reset=True, beta_a=1.0)
     c = neuro.grad_estimate(adapt, params, "three-factor", xs, ys, mask=mask, **kw)
     assert not torch.allclose(c["W_rec"], a["W_rec"])
+
+
+def _neuron_cases():
+    yield "rate", {"alpha": 0.4}
+    yield "rate", {"alpha": 1.0}
+    for dynamics in ("exact", "euler", "lava"):
+        yield "lif", {"dynamics": dynamics}
+    yield "lif", {"reset": "zero", "refractory": 2, "surrogate": "fast-sigmoid", "v_leak": 0.1}
+    yield "lif", {"refractory": 1, "detach_reset": True, "tau_syn": 20.0, "v_leak": -0.2}
+    yield "alif", {"refractory": 1}
+
+
+@pytest.mark.parametrize("model,kw", list(_neuron_cases()))
+def test_the_fast_paths_neuron_step_equals_the_models(model, kw):
+    """The fast paths' neuron step (neuro.rules._fast._local: in place on the rate RNN and LIF, the contract's
+    neuron_derivatives otherwise) against the model's own neuron (state, z) and neuron_derivatives (dz/dI, and
+    dz/db through the current too where bias_in_current), over a run where the units fire and are refractory."""
+    from neuro.rules._fast import _local
+
+    net = models.make(model, n_in=N_IN, n_hidden=N, n_out=N_OUT, **kw)
+    params = net.init_params(seed=4, dtype=torch.float64)
+    params["b"] = 0.3 * torch.rand(N, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if net.spiking:
+        params["W_in"] = params["W_in"].abs() * 4.0
+    g = torch.Generator().manual_seed(6)
+    state = net.init_state(params, BATCH)
+    spikes, derivative = 0.0, 0.0
+    for t in range(25):
+        x = (torch.rand(BATCH, N_IN, generator=g) < 0.5).double() * 3 if net.spiking else \
+            torch.randn(BATCH, N_IN, generator=g, dtype=torch.float64)
+        i = net.current(params, state, x)
+        got = _local.step(net, params, state, i, bias=True)
+        with torch.no_grad():
+            s_want, z_want = net.neuron(params, state, i)
+        d = net.neuron_derivatives(params, state, i)
+        torch.testing.assert_close(got.z, z_want, rtol=0, atol=0)
+        for a, b in zip(got.state, s_want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(got.dz_dI, d.dz_dI, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(got.dz_db, d.dz_db + d.dz_dI if net.bias_in_current else d.dz_db,
+                                   rtol=1e-12, atol=1e-14)
+        assert _local.step(net, params, state, i).dz_db is None
+        state = s_want
+        spikes += float(z_want.sum()) if net.spiking else 0.0
+        derivative += float(got.dz_dI.abs().sum())
+    assert derivative > 0
+    if net.spiking:
+        assert spikes > 10  # the units fire: the surrogate, the reset and the refractory hold are exercised
 
 
 def test_errors_name_the_value_and_what_is_valid():

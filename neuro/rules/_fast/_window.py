@@ -1,8 +1,9 @@
-"""Decayed outer-product windows: the summed estimate of an eligibility rule, one matrix product per window.
+"""Decayed outer-product windows: the summed estimate of an eligibility rule, one matrix product per window
+(the fast paths of RFLO and of the three-factor rule, :mod:`neuro.rules._fast.rflo`, ``.three_factor``).
 
-Local rules (RFLO, the three-factor rule, e-prop's LIF form) keep, per sample ``b`` and synapse ``i <- j``,
-an eligibility ``o_t`` [B, n, m] that a small linear filter, the same for every synapse, drives with
-rank-one terms, and sum its row-scaled product with a third factor ``M_t`` [B, n]::
+The rules keep, per sample ``b`` and synapse ``i <- j``, an eligibility ``o_t`` [B, n, m] that a small linear
+filter, the same for every synapse, drives with rank-one terms, and sum its row-scaled product with a third
+factor ``M_t`` [B, n]::
 
     q_t = A q_{t-1} + beta (u_t v_t^T)        o_t = C q_t        (q_t = (q_t,1 .. q_t,S), A [S, S], beta [S], C [S])
     G   = sum_t sum_b M_t,b (.) o_t,b                            ((M (.) o)_ij = M_i o_ij)
