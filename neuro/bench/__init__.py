@@ -7,9 +7,9 @@ RTRL family and BPTT, fitted exponents; :mod:`neuro.bench.cost`), ``gpu`` (a 16k
 backward pass and the rules on a CUDA device, skipped with a note without one; :mod:`neuro.bench.gpu`).
 ``main(["sim", ...])`` runs a section with its own options; nothing here is a timed test.
 
-The performance issue's names are aliases: ``batch`` is ``seeds`` and ``rtrl`` is ``cost``. ``neuro bench
-all --quick [--out DIR]`` runs its five sections (sim, rules, memory, batch, rtrl) on tiny settings, one
-after the other, and checks only that each wrote its figures (a smoke test for CI, well under a minute).
+Two aliases: ``batch`` is ``seeds`` and ``rtrl`` is ``cost``. ``neuro bench all --quick [--out DIR]`` runs
+the five performance sections (sim, rules, memory, batch, rtrl) on tiny settings, one after the other, and
+checks only that each wrote its figures (a smoke test for CI, well under a minute).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``neuro bench cost``: time per step against the network size n for exact and approximate online
-gradients, and the fitted scaling exponents (issue 3, "Cost").
+gradients, and the fitted scaling exponents.
 
 Cases (batch 1, ``n_in`` inputs, one output, float32, one thread unless ``--threads``):
 

@@ -1,5 +1,5 @@
-"""``neuro bench gpu``: the GPU part of the performance issue (never in CI; skipped with a note where no CUDA
-device is present).
+"""``neuro bench gpu``: a 16k-neuron LIF layer, and the online rules, on a CUDA device (never in CI; skipped
+with a note where no CUDA device is present).
 
 1. *LIF layer*, the Open Neuromorphic SNN library benchmark's setting (Lenz et al., "SNN library
    benchmarks", open-neuromorphic.org 2023/2024): one fully connected layer and one layer of LIF neurons,

@@ -1,4 +1,4 @@
-"""``neuro bench local``: the local rules (issue 5) against BPTT: gradient alignment, and RFLO's own example.
+"""``neuro bench local``: the local rules against BPTT: gradient alignment, and RFLO's own example.
 
 **(1) Alignment.** For every rule in ``neuro.rules.available()`` whose ``needs`` is ``Needs.LOCAL`` and that
 supports the model (found through the registry; absent rules are skipped), the cosine of its summed estimate
@@ -6,8 +6,9 @@ over one sequence with the BPTT gradient, parameters frozen (``neuro.alignment(n
 at fresh parameters (``net.init_params(seed)``) on a fresh sequence (``task.sample(seed=seed)``), over
 ``--seeds`` seeds: mean, standard deviation, min and max. Cases: the cue-accumulation task of e-prop
 (:mod:`neuro.tasks.cue_accumulation`, 2250-step trials, recall-only cross-entropy) on ``lif`` and ``alif``
-(``--hidden`` units, ``detach_reset=True`` as in e-prop, ``input_scale=--input-scale`` so that the units
-fire: ~10 Hz for LIF at 60; the default initialisation leaves them silent on this sparse input), and the
+(``--hidden`` units, ``detach_reset=True`` as in e-prop, ``input_scale=--input-scale`` so that the cue spikes
+drive the units: about 19 Hz for LIF at 60 with the default resting offset ``bias_mean``, 8.5 Hz without it,
+as in the runs of ``docs/results/local.md``, made before that default existed), and the
 sine task of RFLO (:mod:`neuro.tasks.sine`, ``--sine-steps`` steps) on the leaky rate RNN (alpha 0.1,
 g 1.5). Rules with a ``feedback`` option run with symmetric feedback (``readout``/``symmetric``) and with
 random feedback. ``three-factor`` runs in its e-prop form on spiking models (presynaptic traces from the

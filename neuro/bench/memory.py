@@ -1,9 +1,9 @@
 """``neuro bench memory``: peak memory and time per step of the local rules against BPTT as the sequence
-length T grows, and OTTT / SLTT against BPTT on cue accumulation (issue 5, "Memory").
+length T grows, and OTTT / SLTT against BPTT on cue accumulation.
 
 The claim tested: the local rules (every rule of ``neuro.rules.available()`` that needs LOCAL
 information: eprop, ottt, sltt, sltt-k, rflo, three-factor, those present) and the other O(p) online
-rules of the performance issue (uoro, np, anp-time on ``rate``; columnar RTRL on ``columnar``) keep O(1)
+rules (uoro, np, anp-time on ``rate``; columnar RTRL on ``columnar``) keep O(1)
 memory in T while BPTT's grows linearly. SLTT's paper (Meng et al. 2023, ICCV) reports > 70% less memory and > 50% less
 training time than BPTT on ImageNet (GPU, deep convolutional SNNs, T = 6); here we measure a single
 recurrent layer on one CPU thread, batch 1, float32, which is a different regime (see the report).

@@ -1,4 +1,4 @@
-"""``neuro bench perturbation``: perturbation learning against BPTT (issue 6, "Reproduction").
+"""``neuro bench perturbation``: perturbation learning against BPTT, a reproduction of ANP in time's claim.
 
 The claim tested (Garcia Fernandez, Keemink & van Gerven 2024, arXiv:2405.08967): activity-based node
 perturbation in time (``anp-time``) has "similar performance, convergence time and scalability compared

@@ -1,6 +1,6 @@
 """``neuro bench rules``: time per step of each online rule against the forward step of the same network.
 
-Issue goal (performance): the O(p) online rules (rflo, eprop, ottt, sltt, uoro, np, anp-time, columnar)
+The goal: the O(p) online rules (rflo, eprop, ottt, sltt, uoro, np, anp-time, columnar)
 at most 3x the forward step of the same network at N = 1024. For each rule, on its model (``lif`` for
 the spiking rules, ``rate`` for the others, ``columnar`` for columnar RTRL; ``--n`` units, batch 1,
 float32, ``--threads`` threads): the mean time of ``rule.step`` over ``--steps`` steps (after a

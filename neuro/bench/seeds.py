@@ -1,6 +1,6 @@
 """``neuro bench seeds``: seeds trained as one batched computation against the same seeds run one by one.
 
-Issue goal (performance): 16 small networks (n = 64) trained as one batched computation at least 8x the
+The goal: 16 small networks (n = 64) trained as one batched computation at least 8x the
 throughput of 16 sequential runs. Each case trains ``--members`` seeds of ``bptt`` on the add task (BPTT
 over chunks of 100 steps, Adam) for ``--steps`` steps, once as an :class:`neuro.ensemble.Ensemble`
 (:func:`neuro.comparison.vectorised.run_group`) and once as separate runs

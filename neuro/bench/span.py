@@ -1,4 +1,4 @@
-"""``neuro bench span``: dependency length against truncation span (issue 4, "Reproduction").
+"""``neuro bench span``: dependency length against truncation span, a reproduction of NoBackTrack's claim.
 
 The claim tested (Ollivier, Tallec & Charpiat 2015, arXiv:1507.07680): "The Kalman-like version of
 NoBackTrack is superior to BPTT when the time span of dependencies in the data is longer than the
