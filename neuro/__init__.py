@@ -1,6 +1,6 @@
 """neuro: online and local learning in recurrent networks, spiking and rate.
 
-The public API (DESIGN.md)::
+The public API (how the code is organised and read: ``docs/design.md``)::
 
     import models, neuro
     net = models.make("lif", n_in=2, n_hidden=64, n_out=1)
