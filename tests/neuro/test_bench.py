@@ -22,6 +22,7 @@ def _positive(x):
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow
 def test_files_and_keys(quick):
     out, res, md = quick
     assert sorted(p.name for p in out.iterdir()) == ["bench_sim.json", "bench_sim.md"]  # no temp files left
@@ -44,6 +45,7 @@ def test_files_and_keys(quick):
     assert "reference, measured earlier, not in this run" in md
 
 
+@pytest.mark.slow
 def test_every_figure(quick):
     _, res, _ = quick
     keys = {(r["key"], r["n"]) for r in res["results"]}
@@ -68,6 +70,7 @@ def test_every_figure(quick):
             assert _positive(r["vs_norse"])
 
 
+@pytest.mark.slow
 def test_firing_rates_in_band(quick):
     _, res, _ = quick
     lo, hi = sim.TARGET_HZ
@@ -80,6 +83,7 @@ def test_firing_rates_in_band(quick):
             assert r["rate_hz"] is None
 
 
+@pytest.mark.slow
 def test_norse_recorded_not_raised(quick):
     _, res, _ = quick
     if "norse" in res["errors"]:  # peers are optional: the error is written down, the run goes on
@@ -106,6 +110,7 @@ def test_write_atomic_replaces(tmp_path):
     assert [q.name for q in p.parent.iterdir()] == ["x.json"]
 
 
+@pytest.mark.slow
 def test_all_quick_runs_the_five_performance_sections(tmp_path, capsys):
     """``neuro bench all --quick``: sim, rules, memory, batch (seeds) and rtrl (cost) each write figures."""
     from neuro.cli import main as cli_main

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from neuro.bench import memory
 
 
+@pytest.mark.slow
 def test_memory_section_tiny(tmp_path):
     import numpy as np
 

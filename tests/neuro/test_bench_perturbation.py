@@ -18,6 +18,7 @@ def quick(tmp_path_factory):
     return out, json.loads((out / "perturbation.json").read_text()), (out / "perturbation.md").read_text()
 
 
+@pytest.mark.slow
 def test_files(quick):
     out, res, md = quick
     assert sorted(p.name for p in out.iterdir()) == ["perturbation.json", "perturbation.md", "perturbation.png"]
@@ -29,6 +30,7 @@ def test_files(quick):
     assert math.isclose(res["references"]["copy"]["chance"], math.log(10))
 
 
+@pytest.mark.slow
 def test_every_row_present(quick):
     _, res, md = quick
     st = res["settings"]

@@ -18,6 +18,7 @@ def quick(tmp_path_factory):
     return out, json.loads((out / "bench_span.json").read_text()), (out / "bench_span.md").read_text()
 
 
+@pytest.mark.slow
 def test_files(quick):
     out, res, md = quick
     assert sorted(p.name for p in out.iterdir()) == ["bench_span.json", "bench_span.md", "bench_span.png"]
@@ -28,6 +29,7 @@ def test_files(quick):
     assert set(res["floors"]) == {"none", "t1", "both"}
 
 
+@pytest.mark.slow
 def test_every_row_present(quick):
     _, res, md = quick
     st = res["settings"]

@@ -29,6 +29,7 @@ def test_truncated_bptt_moves_away_from_the_optimum(k):
     assert distance("tbptt", {"k": k}, 1e-4) > START
 
 
+@pytest.mark.slow
 def test_rtrl_converges_to_the_optimum():
     assert distance("rtrl", {}, 1e-4) < 1e-3
 

@@ -19,6 +19,7 @@ def quick(tmp_path_factory):
     return out, json.loads((out / "bench_patterns.json").read_text()), (out / "bench_patterns.md").read_text()
 
 
+@pytest.mark.slow
 def test_files_and_contents(quick):
     out, res, md = quick
     assert sorted(p.name for p in out.iterdir()) == ["bench_patterns.json", "bench_patterns.md"]

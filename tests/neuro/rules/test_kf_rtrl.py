@@ -174,6 +174,7 @@ def _cosines(G: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (G @ g) / (G.norm(dim=1) * g.norm())
 
 
+@pytest.mark.slow
 def test_the_mean_over_seeds_converges_to_bptt_like_one_over_sqrt_n(capsys):
     net, params, xs, ys = _setup()
     N = 2000
@@ -203,6 +204,7 @@ def test_the_mean_over_seeds_converges_to_bptt_like_one_over_sqrt_n(capsys):
               f"single-sample cosine {float(cos.mean()):.3f} (median {float(cos.median()):.3f})")
 
 
+@pytest.mark.slow
 def test_alpha_below_one_is_unbiased_and_the_exact_immediate_term_lowers_the_variance(capsys):
     net, params, xs, ys = _setup(alpha=0.5)
     N = 500

@@ -172,6 +172,7 @@ def test_reset_keeps_the_generator_and_clears_the_pair(fast):
 
 
 @pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.slow
 def test_long_float32_run_stays_finite_and_balanced(fast):
     T = 2000
     net, params, xs, ys, mask = _case("rate", n_hidden=16, T=T, batch=2, dtype=torch.float32)
