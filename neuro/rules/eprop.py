@@ -128,7 +128,8 @@ class EProp(AbstractRule):
         if not isinstance(self.fast, bool):
             raise ValueError(f"fast={self.fast!r} is invalid: expected True or False")
         if self.adaptive_eligibility not in (None, True, False):
-            raise ValueError(f"adaptive_eligibility={self.adaptive_eligibility!r} is invalid: expected None, True or False")
+            raise ValueError(f"adaptive_eligibility={self.adaptive_eligibility!r} is invalid: "
+                             "expected None, True or False")
         net = self.net
         if not net.local_form:
             raise _refuse(net, "it needs a network of local form (current W_in x + W_rec p (+ b), readout "

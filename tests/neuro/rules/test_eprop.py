@@ -179,7 +179,11 @@ def _ids(cases):
 
 
 WINDOWED = [("lif", {}), ("lif", {"refractory": 2}), ("lif", {"reset": "zero"}), ("lif", {"detach_reset": True}),
-            ("alif", {}), ("rate", {"alpha": 0.5}), ("rate", {})]
+            ("lif", {"reset": "zero", "v_reset": -0.3, "v_leak": 0.2}), ("lif", {"refractory": 2, "dynamics": "euler"}),
+            ("lif", {"dynamics": "lava", "surrogate": "fast-sigmoid"}), ("alif", {}),
+            ("alif", {"refractory": 1, "reset": "zero", "beta_a": 1.5}),
+            ("alif", {"dynamics": "euler", "detach_reset": True}),
+            ("rate", {"alpha": 0.5}), ("rate", {})]
 
 
 def _net(model: str, **kw):
@@ -207,11 +211,14 @@ def _flushed(rule, params, xs, ys, mask, every: int | None):
 @pytest.mark.parametrize("window", [1, 3, 7])
 @pytest.mark.parametrize("model,kw", WINDOWED, ids=_ids(WINDOWED))
 def test_windowed_path_equals_the_per_step_path(model, kw, window):
-    """The windowed matrix products (neuro.rules._fast.eprop; shared rows for LIF/ALIF's current) equal the
-    per-step path, with windows cut across the sequence, flushes at odd steps (every 5: inside windows of 7, across
-    windows of 3) and a batch of 2 whose samples have their own traces."""
+    """The windowed matrix products (neuro.rules._fast.eprop; LIF/ALIF's Jacobians built for the whole window,
+    shared rows for their current) equal the per-step path, over LIF's and ALIF's dynamics, resets, refractory
+    periods and surrogates, with a bias, with windows cut across the sequence, flushes at odd steps (every 5:
+    inside windows of 7, across windows of 3) and a batch of 2 whose samples have their own traces."""
     net = _net(model, **kw)
     params = net.init_params(0, F64)
+    g = torch.Generator().manual_seed(1)
+    params["b"] = params["b"] + 0.2 * torch.randn(params["b"].shape, generator=g, dtype=F64)
     xs, ys, mask = _data(net)
     assert xs.shape[1] == 2
     if net.spiking:
@@ -251,7 +258,7 @@ def test_windowed_path_with_other_losses(loss):
 
 def test_a_step_from_an_older_state_does_not_disturb_it():
     """A second step from the same (older) state starts its own branch: the first branch's estimate is
-    unchanged (a state is a snapshot)."""
+    unchanged (a state is a snapshot, its steps are not overwritten)."""
     net = _spiking_net("lif")
     params = net.init_params(0, F64)
     xs, ys, mask = _data(net)
@@ -270,18 +277,22 @@ def test_a_step_from_an_older_state_does_not_disturb_it():
     _close(ga, gb, atol=0)
 
 
-def test_window_buffers_are_bounded_by_the_window():
+def test_a_window_holds_window_steps_of_fixed_shapes():
     net = _spiking_net("alif")
     params = net.init_params(0, F64)
     rule = rules.make("eprop", net, window=5)
     state = rule.init(params, B)
-    shapes = [tuple(b.shape) for b in state.buf]
+    shapes = [tuple(t.shape) for t in _tensors(state.steps)]
     xs, ys, mask = _data(net)
     for t in range(T):
         state = rule.step(params, state, xs[t], ys[t], mask[t]).state
-        assert [tuple(b.shape) for b in state.buf] == shapes and state.t == (t + 1) % 5
-    assert shapes[0][0] == 5 and state.eps.shape == (B, 6, 3, net.n_in + 6)  # [bar e; eps_v, eps_a]
+        assert [tuple(t.shape) for t in _tensors(state.steps)] == shapes and state.t == (t + 1) % 5
+    assert len(state.steps) == 5 and state.eps.shape == (B, 6, 3, net.n_in + 6)  # [bar e; eps_v, eps_a]
     assert state.shared.shape == (B, 1, net.n_in + 6)  # eps_i: the same for every neuron
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    return [obj] if isinstance(obj, torch.Tensor) else [t for v in obj for t in _tensors(v)]
 
 
 def _run(rule, params, xs, ys, mask, B_override=None, seed=0):
