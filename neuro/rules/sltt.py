@@ -1,22 +1,43 @@
 """Spatial learning through time (SLTT) and SLTT-K: Meng, Xiao, Yan, Wang, Lin & Luo 2023, "Towards
-Memory- and Time-Efficient Backpropagation for Training Spiking Neural Networks", ICCV (arXiv:2302.14311).
+Memory- and Time-Efficient Backpropagation for Training Spiking Neural Networks", ICCV (arXiv:2302.14311),
+Sec. 4.
 
 BPTT of a spiking network splits the gradient of the loss into a *spatial* part (through the spikes and
 the readout of the same step) and a *temporal* part (through the membrane, the synaptic current, the
-recurrent spikes and the readout's leak to later steps). SLTT keeps the spatial part only (with ``u`` the
-membrane before firing, ``s`` the presynaptic activity)::
+recurrent spikes and the readout's leak to later steps). SLTT keeps the spatial part only (``u`` the
+membrane, ``s`` the spikes, ``s_pre`` the presynaptic activity)::
 
-    d L / d W  ~=  sum_t  (d l_t / d u_t)^{inst}  s_t^T
+    d L / d W  ~=  sum_t  (d l_t / d s[t]) (d s[t] / d u[t])  s_pre[t]^T
 
-where ``(d l_t / d u_t)^{inst}`` is the gradient of the loss of step ``t`` through the spike and the
-readout of step ``t`` only. Here that is *exactly* backpropagation through the **fully-detached
-network**: every state carried from one step to the next (``v, i, z, r`` of the neuron, ALIF's ``a``,
-the readout ``y``) is detached, so the per-step estimate is ``d l_t / d theta`` through one step from
-the detached state. For our LIF that means: ``W_in`` gets ``g_I x_t^T`` and ``W_rec`` gets
-``g_I z_{t-1}^T`` (``g_I = d l_t / d I_t``, one step of the sub-threshold update deep, e.g. ``kappa
-d l_t / d v~_t`` for ``dynamics="exact"``), ``b`` its instantaneous gradient, ``W_out`` and ``b_out``
-``(d l_t / d y_t) z_t^T`` and ``d l_t / d y_t`` (the readout's leak is a temporal path too). Memory and
-time per step are O(1) in T: nothing but the network state (and the window below) is kept.
+the gradient of the loss of step ``t`` through the spike and the readout of step ``t`` only. That is exactly
+backpropagation through the **fully-detached network**: every state carried from one step to the next (the
+neuron's fields, the previous spikes, the readout ``y``) is detached, so the estimate of step ``t`` is
+``d l_t / d theta`` through one step from the detached state. Memory and time per step are O(1) in T.
+
+*Read through the cell contract.* One step of a network of local form is ``I_t = W_in x_t + W_rec p_{t-1}
+(+ b)`` (``p = net.presynaptic``: the previous spikes), the neuron (whose element-wise derivatives the model
+gives: ``net.neuron_derivatives``, surrogate spike, reset and refractory period included) and the readout
+``y_t = kappa y_{t-1} + W_out z_t + b_out``. With the previous state detached, the only paths from the
+parameters to ``l_t`` are those of this step, so with ``g_y = d l_t / d y_t`` (:func:`neuro.losses.grad`)::
+
+    d l_t / d z_t = g_y W_out                                        [B, n]   (the paper's d l_t / d s[t])
+    g_I           = (d l_t / d z_t) * dz_dI                          [B, n]   (d l_t / d I_t)
+    W_in:  g_I^T x_t           W_rec: g_I^T p_{t-1}
+    b:     sum_B (d l_t / d z_t) * (dz_db (+ dz_dI where net.bias_in_current))
+    W_out: g_y^T z_t           b_out: sum_B g_y
+
+(``dz_db`` holds the current fixed, so a bias that is a term of the current adds ``dz_dI``.) For LIF
+``dz_dI = psi vI`` (``psi`` the surrogate derivative at the membrane before firing, 0 while refractory, ``vI``
+the membrane's response to the current in one step): ``g_I = vI (d l_t / d u[t])^{inst}``, the paper's term.
+
+The equations above, step by step, are this file (``fast=False``). By default a faster computation of the same
+numbers runs (:mod:`neuro.rules._fast.sltt`: ``window`` steps' outer products summed as one matrix product,
+LIF's step written out), which hands over each window's sum (when ``window`` steps are pending, at ``flush``
+and at ``finish``) instead of each step's term.
+
+SLTT reads spiking networks only (``net.spiking``): on a network without spikes the same equations are
+truncated BPTT with a truncation of one step (``tbptt``, ``k=1``), and the paper's case for dropping the
+temporal part (it is small next to the spatial part in a spiking network, Sec. 4) does not carry over.
 
 SLTT-K (the paper's variant for long sequences; ``train_SLTTK.py`` of qymeng94/SLTT) computes that backward pass only at
 ``k`` time steps per sequence drawn uniformly without replacement from the ``T`` steps of the sequence
@@ -26,18 +47,8 @@ does not rescale: its loss is ``l_t / T`` at every step and the chosen ones are 
 chosen terms by ``T / k`` so that ``E[SLTT-K] = SLTT``. With ``k = T`` it is SLTT. The chosen steps are
 drawn at ``init`` from a ``torch.Generator`` seeded by ``init``'s seed, then again at each ``finish`` and
 ``reset`` (a new sequence) from the same generator, which survives ``reset``. A sequence longer than
-``T`` steps is an error (set ``T`` to the sequence length).
-
-*The window* (SLTT). Every step's ``W_in``/``W_rec`` term is an outer product ``g_I [x_t, z_{t-1}]^T``; written
-out at every step (as autograd does) it costs more than the forward pass. With ``window = W > 1`` the rule
-keeps each step's factors (``g_I`` [B, n], ``x_t``, ``z_{t-1}``, the small bias and readout terms) and sums the
-window as one matrix product ``[n, W B] @ [W B, n_in + n]``, returned when ``W`` steps are pending and at
-:meth:`SLTT.flush` (an update is due) and :meth:`SLTT.finish`. The local errors are then written out
-(:func:`local_errors`: ``g_I = vI (g_y W_out) psi``, the surrogate derivative ``psi``, no autograd). Summed,
-the estimates equal those of ``window=1`` (autograd through each step, the reference path) up to rounding.
-
-Both rules need LOCAL information: one step's element-wise derivatives (taken by autograd through one
-step, no graph is kept between steps). Supported models: ``lif`` and ``alif``.
+``T`` steps is an error (set ``T`` to the sequence length). SLTT-K takes its steps' terms by autograd
+through the step (:func:`spatial_step`).
 """
 
 from __future__ import annotations
@@ -51,19 +62,15 @@ from torch import Tensor
 from neuro import losses
 from neuro.contract import AbstractNetwork, Params, check_positive
 
-from ._common import outer_sum
-from ._spiking import fire
-from .base import AbstractRule, Needs, StepOutput
+from .base import AbstractRule, Needs, StepOutput, accelerated
 
-__all__ = ["SLTT", "SLTTK", "SLTTKState", "SLTTState", "local_errors", "spatial_step"]
+__all__ = ["SLTT", "SLTTK", "SLTTKState", "SLTTState", "spatial_step"]
 
 SPIKING = ("lif", "alif")
 
 
 class SLTTState(NamedTuple):
     net: NamedTuple  # the network state (detached)
-    buf: tuple = ()  # window > 1: ``window`` entries (g_I, x, z_prev, g_b, g_y, z); the first ``k`` are pending
-    k: int = 0  # steps pending in the window
 
 
 class SLTTKState(NamedTuple):
@@ -77,17 +84,20 @@ def _detach_state(state: NamedTuple) -> NamedTuple:
     return type(state)(*(s.detach() for s in state))
 
 
-def _check_spiking(rule: AbstractRule) -> None:
+def _refuse(rule: str, net: AbstractNetwork, why: str) -> ValueError:
+    return ValueError(f"rule {rule!r} does not support model {net.name!r}: {why}")
+
+
+def _require_spikes(rule: AbstractRule) -> None:
     if not getattr(rule.net, "spiking", True):  # not a network at all: the base class says so
-        raise ValueError(f"rule {rule.name!r} does not support model {rule.net.name!r}: {rule.name.upper()} trains "
-                         f"spiking networks (a membrane and spikes; a rate net has no spikes); it supports "
-                         f"{', '.join(SPIKING)}")
+        raise _refuse(rule.name, rule.net, f"{rule.name.upper()} trains spiking networks (net.spiking; on one with "
+                                           f"no spikes its estimate is tbptt's with k=1), such as {', '.join(SPIKING)}")
 
 
 def spatial_step(rule: AbstractRule, params: Params, net_state: NamedTuple, x: Tensor, y: Tensor,
                  mask: Tensor) -> tuple[NamedTuple, Tensor, Tensor, Params]:
-    """One step from the detached ``net_state`` and the gradient of its loss through that step alone:
-    (next state detached, y_hat, loss, grad), all detached."""
+    """One step from the detached ``net_state`` and the gradient of its loss through that step alone, by
+    autograd: (next state detached, y_hat, loss, grad), all detached."""
     p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     with torch.enable_grad():
         net_state, y_hat, l = rule._forward(p, net_state, x, y, mask)
@@ -96,86 +106,48 @@ def spatial_step(rule: AbstractRule, params: Params, net_state: NamedTuple, x: T
     return _detach_state(net_state), y_hat.detach(), l.detach(), grad
 
 
-def local_errors(net: AbstractNetwork, loss: str, params: Params, state: NamedTuple, I: Tensor, y: Tensor,
-                 mask: Tensor) -> tuple[NamedTuple, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One step of ``lif``/``alif`` from the detached ``state`` driven by the synaptic input ``I`` [B, n], and the
-    instantaneous errors of its loss through this step alone, written out (no autograd)::
-
-        g_y = d l_t / d y_t                                              [B, n_out]
-        g_v = d l_t / d v~_t = (g_y W_out) psi(v~_t; A_t) [r_{t-1} = 0]   [B, n]
-
-    (``psi``: the surrogate derivative of the spike at the membrane before firing ``v~_t``, held at ``v_reset``
-    during a refractory period, and the threshold ``A_t``: ``v_th``, ALIF's ``v_th + beta_a a_{t-1}``).
-    ``d l_t / d I_t = vI g_v`` and ``d l_t / d b = vb sum_B g_v`` (``net.subthreshold()``). Returns
-    (state, z_t, y_t, l_t, g_v, g_y), all detached. The tests check it against autograd through the step."""
-    with torch.no_grad():
-        new, z, _, _, psi, _ = fire(net, params, state, I)
-        new, y_hat = net.readout(params, new, z)
-        l = losses.get(loss)(y_hat, y, mask)
-        g_y = losses.grad(loss, y_hat, y, mask)
-        g_v = (g_y @ params["W_out"]) * psi
-    return new, z, y_hat, l, g_v, g_y
-
-
+@accelerated
 @dataclasses.dataclass(frozen=True)
 class SLTT(AbstractRule):
-    """The spatial gradient of every step (the BPTT gradient of the fully-detached network). ``window``: steps
-    whose outer products are summed as one matrix product (module docstring; ``1``: every step's gradient by
-    autograd through the step, the reference path)."""
+    """The spatial gradient of every step (the BPTT gradient of the fully-detached network; module docstring).
+    ``fast``: the faster computation of :mod:`neuro.rules._fast.sltt` (the same numbers) or the equations
+    (``False``); ``window``: its steps per window (``1``: every step's term)."""
 
+    fast: bool = True
     window: int = 64
 
     name = "sltt"
     needs = Needs.LOCAL
-    supports = SPIKING
 
     def __post_init__(self) -> None:
-        _check_spiking(self)
+        _require_spikes(self)
         super().__post_init__()
         check_positive("window", self.window, integer=True)
+        if not isinstance(self.fast, bool):
+            raise ValueError(f"fast={self.fast!r} is invalid: expected True or False")
+        if not self.net.local_form or not self.net.trace_fields:
+            raise _refuse(self.name, self.net, "it needs a network of local form (current W_in x + W_rec p (+ b), "
+                                               "readout y_t = kappa y_(t-1) + W_out z_t + b_out) whose neuron has "
+                                               "element-wise trace fields (neuro.contract)")
 
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> SLTTState:
-        net_state = self.net.init_state(params, batch)
-        buf = ()
-        if self.window > 1:  # placeholders (never read), so that the state's structure does not change
-            z = net_state.z
-            x0 = z.new_zeros(batch, self.net.n_in)
-            buf = ((z, x0, z, z.new_zeros(z.shape[1]), net_state.y, z),) * self.window
-        return SLTTState(net=net_state, buf=buf, k=0)
+        check_positive("batch", batch, integer=True)
+        return SLTTState(net=self.net.init_state(params, batch))
 
     def step(self, params: Params, state: SLTTState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
-        if self.window == 1:
-            net_state, y_hat, l, grad = spatial_step(self, params, state.net, x, y, mask)
-            return StepOutput(state._replace(net=net_state), y_hat, l, grad)
-        c = self.net.subthreshold()
-        ns = state.net
-        with torch.no_grad():  # params are only read: no graph, no detached copies needed
-            x = x.to(ns.z.dtype, copy=True)  # kept in the window: a copy, whatever the caller does with x
-            I = self.net.current(params, ns, x)
-        new, z, y_hat, l, g_v, g_y = local_errors(self.net, self.loss or "mse", params, ns, I, y, mask)
-        entry = (g_v * c.vI, x, ns.z, g_v.sum(0) * c.vb, g_y, z)
-        buf, k = state.buf[:state.k] + (entry,) + state.buf[state.k + 1:], state.k + 1
-        state = SLTTState(net=new, buf=buf, k=k)
-        grad = None
-        if k == self.window:
-            state, grad = self.flush(params, state)
-        return StepOutput(state, y_hat, l, grad)
-
-    def flush(self, params: Params, state: SLTTState) -> tuple[SLTTState, Params | None]:
-        """The pending window's estimate: ``W_in: G^T X``, ``W_rec: G^T Z_prev`` (``G`` the window's ``g_I``
-        stacked [W B, n]), the biases and the readout likewise."""
-        if state.k == 0:
-            return state, None
-        with torch.no_grad():
-            G, X, Zp, Gb, Gy, Z = (torch.cat(col) if state.k > 1 else col[0]
-                                   for col in zip(*state.buf[:state.k]))
-            g = {"W_in": G.T @ X, "W_rec": outer_sum(G, Zp), "b": Gb.reshape(state.k, -1).sum(0), "W_out": Gy.T @ Z,
-                 "b_out": Gy.sum(0)}
-            grad = {k: g[k].to(v.dtype) for k, v in params.items()}
-        return state._replace(k=0), grad
-
-    def finish(self, params: Params, state: SLTTState) -> tuple[SLTTState, Params | None]:
-        return self.flush(params, state)
+        net = self.net
+        p = {k: v.detach() for k, v in params.items()}
+        x = x.detach().to(p["W_in"].dtype)
+        p_prev = net.presynaptic(state.net)  # what W_rec multiplies: p_{t-1}
+        d = net.neuron_derivatives(p, state.net, net.current(p, state.net, x))
+        ns, y_hat = net.readout(p, d.state, d.z)
+        g_y = losses.grad(self.loss or "mse", y_hat, y, mask)  # d l_t / d y_t [B, n_out]
+        dl_dz = g_y @ p["W_out"]  # d l_t / d z_t [B, n]
+        g_I = dl_dz * d.dz_dI  # d l_t / d I_t
+        dz_db = d.dz_db + d.dz_dI if net.bias_in_current else d.dz_db
+        g = {"W_in": g_I.T @ x, "W_rec": g_I.T @ p_prev, "b": (dl_dz * dz_db).sum(0), "W_out": g_y.T @ d.z,
+             "b_out": g_y.sum(0)}
+        return StepOutput(SLTTState(net=ns), y_hat, self.loss_fn(y_hat, y, mask), {k: g[k] for k in params})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +165,7 @@ class SLTTK(AbstractRule):
     _kept_on_reset = ("gen",)
 
     def __post_init__(self) -> None:
-        _check_spiking(self)
+        _require_spikes(self)
         super().__post_init__()
         check_positive("k", self.k, integer=True)
         check_positive("T", self.T, integer=True)

@@ -32,6 +32,8 @@ PATHS: dict[str, str] = {
     "snap2": "neuro.rules._fast.snap:build",
     "eprop": "neuro.rules._fast.eprop:build",
     "uoro": "neuro.rules._fast.uoro:build",
+    "ottt": "neuro.rules._fast.ottt:build",
+    "sltt": "neuro.rules._fast.sltt:build",
     "rflo": "neuro.rules._fast.rflo:build",
     "three-factor": "neuro.rules._fast.three_factor:build",
 }

@@ -1,4 +1,4 @@
-"""OTTT (neuro.rules.ottt): oracle tests in float64.
+"""OTTT (neuro.rules.ottt): oracle tests in float64, of the definition (``fast=False``) and of the fast path.
 
 The oracle is BPTT (torch.autograd) of the network OTTT_A is exact for, written here as a direct loop
 from the LIF equations (not from the model's code): the spikes' temporal paths detached (recurrent input,
@@ -19,6 +19,7 @@ from neuro.gradients import grad_estimate
 from neuro.surrogate import spike
 
 from _helpers import assert_params_close as _close
+from _helpers import load_state, save_state, tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,15 +81,19 @@ def reference(net, params, xs, ys, mask, detach_all: bool = False):
     return dict(zip(p, gs)), torch.stack(outs), fired
 
 
+FAST = [pytest.param(True, id="fast"), pytest.param(False, id="definition")]
+
+
+@pytest.mark.parametrize("fast", FAST)
 @pytest.mark.parametrize("model,opts", [("lif", {"dynamics": "exact"}), ("lif", {"dynamics": "euler"}),
                                         ("lif", {"dynamics": "lava"}), ("alif", {}),
                                         ("lif", {"surrogate": "fast-sigmoid", "tau_syn": 2.0})])
-def test_ottt_a_equals_bptt_of_the_network_with_spike_paths_detached(model, opts):
+def test_ottt_a_equals_bptt_of_the_network_with_spike_paths_detached(model, opts, fast):
     net, params, xs, ys, mask = _case(model, **opts)
     ref, outs, fired = reference(net, params, xs, ys, mask)
     assert fired > 20, f"too few spikes ({fired}) for a meaningful test"
     torch.testing.assert_close(outs, neuro.simulate(net, params, xs).y)  # the loop is the model
-    got = grad_estimate(net, params, "ottt", xs, ys, mask=mask)
+    got = grad_estimate(net, params, "ottt", xs, ys, mask=mask, fast=fast)
     _close(got, ref)
     # the trace matters: the membrane-detached network (SLTT's) has another gradient
     sltt, _, _ = reference(net, params, xs, ys, mask, detach_all=True)
@@ -97,7 +102,7 @@ def test_ottt_a_equals_bptt_of_the_network_with_spike_paths_detached(model, opts
 
 def test_mode_o_gives_the_per_step_terms_whose_sum_is_mode_a():
     net, params, xs, ys, mask = _case("alif", seed=1)
-    ra, ro = rules.make("ottt", net, mode="A"), rules.make("ottt", net, mode="O", window=1)
+    ra, ro = rules.make("ottt", net, mode="A", fast=False), rules.make("ottt", net, mode="O", fast=False)
     sa, so = ra.init(params, B), ro.init(params, B)
     total = rules.zeros_like_params(params)
     for t in range(T):
@@ -110,66 +115,56 @@ def test_mode_o_gives_the_per_step_terms_whose_sum_is_mode_a():
     sa, g = ra.finish(params, sa)
     _close(total, g)
     _close(grad_estimate(net, params, "ottt", xs, ys, mask=mask), g)
-    assert all(float(v.abs().sum()) == 0 for v in sa.acc.values())  # the sum restarts with the next sequence
+    assert all(float(v.abs().sum()) == 0 for v in sa.acc)  # the sum restarts with the next sequence
 
 
-def test_first_step_term_is_the_instantaneous_gradient():
+@pytest.mark.parametrize("fast", FAST)
+def test_first_step_term_is_the_instantaneous_gradient(fast):
     """At step 1 the traces hold only this step's input: OTTT's term is the gradient of l_1 itself."""
     net, params, xs, ys, mask = _case("lif")
     mask[0] = True
     xs[0] = 4.0
-    rule = rules.make("ottt", net, mode="O", window=1)
+    rule = rules.make("ottt", net, mode="O", fast=fast, window=1)
     out = rule.step(params, rule.init(params, B), xs[0], ys[0], mask[0])
     ref, _, _ = reference(net, params, xs[:1], ys[:1], mask[:1])
     _close(out.grad, ref)
 
 
-@pytest.mark.parametrize("dynamics", ["exact", "euler", "lava"])
-def test_subthreshold_coefficients_are_the_model_update(dynamics):
-    """``LIF.subthreshold()`` (used by OTTT's traces) is the Jacobian of the model's sub-threshold update."""
-    net = models.make("lif", n_in=2, n_hidden=3, n_out=1, dynamics=dynamics, tau_syn=3.0)
-    params = net.init_params(dtype=torch.float64)
-    state = net.init_state(params, 1)
-    c = net.subthreshold()
-    f = lambda v, i, I, b: net._integrate({**params, "b": b}, state._replace(v=v, i=i), I)  # noqa: E731
-    args = (torch.rand(1, 3, dtype=torch.float64), torch.rand(1, 3, dtype=torch.float64),
-            torch.rand(1, 3, dtype=torch.float64), torch.rand(3, dtype=torch.float64))
-    for k, (name_v, name_i) in enumerate([("vv", "iv"), ("vi", "ii"), ("vI", "iI"), ("vb", "ib")]):
-        tangent = [torch.zeros_like(x) for x in args]
-        tangent[k] = torch.ones_like(args[k])
-        _, (dv, di) = torch.func.jvp(f, args, tuple(tangent))
-        torch.testing.assert_close(dv, torch.full_like(dv, getattr(c, name_v)))
-        expect_i = getattr(c, name_i) if hasattr(c, name_i) else 0.0  # v and b do not enter i
-        torch.testing.assert_close(di, torch.full_like(di, expect_i))
-
-
-def test_rate_net_and_bad_mode_are_rejected():
+def test_models_without_a_linear_filter_and_bad_options_are_rejected():
     rate = models.make("rate", n_in=2, n_hidden=3, n_out=1)
-    with pytest.raises(ValueError, match="OTTT on a rate net with no spikes.*lif, alif"):
+    with pytest.raises(ValueError, match="model 'rate'.*no linear filter.*lif, alif"):
         rules.make("ottt", rate)
-    with pytest.raises(ValueError, match="'rate'"):
-        rules.make("ottt", rate)
+    loihi = models.make("lif-loihi", n_in=2, n_hidden=3, n_out=1)
+    with pytest.raises(ValueError, match="model 'lif-loihi'.*local form"):
+        rules.make("ottt", loihi)
     net = models.make("lif", n_in=2, n_hidden=3, n_out=1)
     with pytest.raises(ValueError, match="mode='B'.*'A', 'O'"):
         rules.make("ottt", net, mode="B")
+    with pytest.raises(ValueError, match="fast=1"):
+        rules.make("ottt", net, fast=1)
+    for w in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="window"):
+            rules.make("ottt", net, window=w)
 
 
-def test_memory_is_constant_in_t():
+@pytest.mark.parametrize("fast", FAST)
+def test_memory_is_constant_in_t(fast):
     """The state holds traces of fixed size: no tensor grows with the number of steps."""
     net, params, xs, ys, mask = _case("lif")
-    rule = rules.make("ottt", net)
+    rule = rules.make("ottt", net, fast=fast, window=7)
     state = rule.init(params, B)
-    sizes = []
+    sizes = set()
     for t in range(T):
         state = rule.step(params, state, xs[t], ys[t], mask[t]).state
-        sizes.append(sum(x.numel() for x in state if isinstance(x, torch.Tensor)))
-    assert len(set(sizes)) == 1
+        sizes.add(sum(x.numel() for x in tensors(state)))
+    assert len(sizes) == 1
 
 
-# -- the window (outer products summed as one matrix product) and the written-out local errors -------------------
-def _sums_at_flushes(rule, params, xs, ys, mask, flush_at):
-    """Run one sequence, calling ``flush`` after the steps in ``flush_at``: the running sum of every estimate
-    handed over, recorded at each flush and after ``finish``, and the outputs."""
+# -- the fast path (a window of outer products summed as one matrix product) against the definition ----------------
+def _sums_at_flushes(rule, params, xs, ys, mask, flush_at, save_at=None):
+    """Run one sequence, calling ``flush`` after the steps in ``flush_at`` (and saving the state through a
+    checkpoint and loading it back after step ``save_at``): the running sum of every estimate handed over,
+    recorded at each flush and after ``finish``, and the outputs."""
     state = rule.init(params, xs.shape[1])
     total = rules.zeros_like_params(params)
     sums, ys_hat = [], []
@@ -182,6 +177,8 @@ def _sums_at_flushes(rule, params, xs, ys, mask, flush_at):
             state, g = rule.flush(params, state)
             rules.add_into(total, g)
             sums.append({k: v.clone() for k, v in total.items()})
+        if t == save_at:
+            state = load_state(save_state(state))
     state, g = rule.finish(params, state)
     rules.add_into(total, g)
     sums.append(total)
@@ -190,16 +187,17 @@ def _sums_at_flushes(rule, params, xs, ys, mask, flush_at):
 
 @pytest.mark.parametrize("model,opts", [("lif", {}), ("lif", {"dynamics": "euler", "refractory": 2}),
                                         ("lif", {"dynamics": "lava", "reset": "zero"}), ("alif", {})])
-@pytest.mark.parametrize("window", [3, 7])
+@pytest.mark.parametrize("window", [1, 3, 7])
 @pytest.mark.parametrize("mode", ["A", "O"])
-def test_window_equals_the_per_step_path(model, opts, window, mode):
-    """float64, batch 2, flushes at odd steps: every sum handed over up to each flush (mode "O"; mode "A"
-    hands over nothing before finish) and the final sum equal the per-step path's (autograd, window=1)."""
+def test_fast_path_equals_the_definition(model, opts, window, mode):
+    """float64, batch 2, flushes at odd steps and a checkpoint mid-window: every sum handed over up to each
+    flush (mode "O"; mode "A" hands over nothing before finish) and the final sum equal the definition's."""
     net, params, xs, ys, mask = _case(model, **opts)
     flush_at = {4, 9, 10, 17}
-    ref_rule, rule = rules.make("ottt", net, mode=mode, window=1), rules.make("ottt", net, mode=mode, window=window)
-    ref, y_ref = _sums_at_flushes(ref_rule, params, xs, ys, mask, flush_at)
-    got, y_got = _sums_at_flushes(rule, params, xs, ys, mask, flush_at)
+    ref_rule, rule = rules.make("ottt", net, mode=mode, fast=False), rules.make("ottt", net, mode=mode, window=window)
+    assert ref_rule.fast_path is None and rule.fast_path is not None
+    ref, y_ref = _sums_at_flushes(ref_rule, params, xs, ys, mask, flush_at, save_at=12)
+    got, y_got = _sums_at_flushes(rule, params, xs, ys, mask, flush_at, save_at=12)
     assert int((neuro.simulate(net, params, xs).spikes > 0).sum()) > 20, "the network must spike"
     torch.testing.assert_close(y_got, y_ref, rtol=0, atol=0)
     for a, b in zip(got, ref):
@@ -210,41 +208,3 @@ def test_window_equals_the_per_step_path(model, opts, window, mode):
     else:
         assert float(got[0]["W_in"].abs().sum()) > 0
 
-
-@pytest.mark.parametrize("model,opts", [("lif", {}), ("lif", {"dynamics": "euler", "refractory": 2}),
-                                        ("lif", {"dynamics": "lava", "surrogate": "fast-sigmoid"}), ("alif", {})])
-@pytest.mark.parametrize("loss", ["mse", "ce", "value"])
-def test_written_out_local_errors_equal_autograd(model, opts, loss):
-    """``local_errors`` (no autograd): g_v = dl/dv~ and g_y = dl/dy equal autograd through the step (d l / d I
-    = vI g_v), with some units refractory and some near threshold."""
-    from neuro.rules.sltt import local_errors
-
-    net, params, xs, ys, mask = _case(model, **opts)
-    if loss == "ce":
-        ys = torch.softmax(ys, -1)
-    state = net.init_state(params, B)
-    checked = 0
-    for t in range(12):
-        I = net.current(params, state, xs[t])
-        new, z, y_hat, l, g_v, g_y = local_errors(net, loss, params, state, I, ys[t], mask[t])
-        Ig = I.clone().requires_grad_(True)
-        s2, z2 = net.neuron(params, state, Ig)
-        s2, y2 = net.readout(params, s2, z2)
-        l2 = losses.get(loss)(y2, ys[t], mask[t])
-        gI, gy = torch.autograd.grad(l2, [Ig, y2])
-        torch.testing.assert_close(y_hat, y2.detach(), rtol=0, atol=0)
-        torch.testing.assert_close(l, l2.detach())
-        torch.testing.assert_close(g_y, gy, rtol=1e-12, atol=1e-15)
-        torch.testing.assert_close(g_v * net.subthreshold().vI, gI, rtol=1e-12, atol=1e-15)
-        for a, b in zip(new, s2):
-            assert torch.equal(a, b.detach())
-        checked += int((gI != 0).sum())
-        state = new
-    assert checked > 20, "too few non-zero local errors for a meaningful test"
-
-
-def test_window_must_be_a_positive_integer():
-    net = models.make("lif", n_in=2, n_hidden=3, n_out=1)
-    for w in (0, -1, 1.5):
-        with pytest.raises(ValueError, match="window"):
-            rules.make("ottt", net, window=w)

@@ -1,7 +1,9 @@
-"""SLTT and SLTT-K (neuro.rules.sltt): oracle tests in float64.
+"""SLTT and SLTT-K (neuro.rules.sltt): oracle tests in float64, of SLTT's definition (``fast=False``) and of its
+fast path.
 
-SLTT's oracle is BPTT (torch.autograd) of the fully-detached network (every state detached between
-steps), written here as a direct loop from the LIF equations, not from the model's code.
+SLTT's oracles are BPTT (torch.autograd) of the fully-detached network (every state detached between
+steps), written here as a direct loop from the LIF equations, not from the model's code, and autograd through
+one step of the model from its detached state.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from neuro.gradients import grad_estimate
 from neuro.surrogate import spike
 
 from _helpers import assert_params_close as _close
+from _helpers import load_state, no_autograd, save_state, tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,9 +99,9 @@ def test_sltt_equals_bptt_of_the_fully_detached_network(model, opts):
     ref, terms, outs, fired = fully_detached_bptt(net, params, xs, ys, mask)
     assert fired > 20, f"too few spikes ({fired}) for a meaningful test"
     torch.testing.assert_close(outs, neuro.simulate(net, params, xs).y)  # the loop is the model
-    _, _, total = _run(rules.make("sltt", net), params, xs, ys, mask)  # windows of 64 steps
+    _, _, total = _run(rules.make("sltt", net), params, xs, ys, mask)  # the fast path, windows of 64 steps
     _close(total, ref)
-    grads, _, total = _run(rules.make("sltt", net, window=1), params, xs, ys, mask)  # autograd, every step
+    grads, _, total = _run(rules.make("sltt", net, fast=False), params, xs, ys, mask)  # the definition
     _close(total, ref)
     for g, term in zip(grads, terms):  # and every step's term is that step's spatial gradient
         _close(g, term)
@@ -191,23 +194,69 @@ def test_errors():
         rules.make("sltt-k", net, k=0)
     rate = models.make("rate", n_in=2, n_hidden=3, n_out=1)
     for name in ("sltt", "sltt-k"):
-        with pytest.raises(ValueError, match="'rate'.*no spikes.*lif, alif"):
+        with pytest.raises(ValueError, match="model 'rate'.*no spikes.*tbptt.*lif, alif"):
             rules.make(name, rate)
+    loihi = models.make("lif-loihi", n_in=2, n_hidden=3, n_out=1)
+    with pytest.raises(ValueError, match="model 'lif-loihi'.*local form"):
+        rules.make("sltt", loihi)
+    with pytest.raises(ValueError, match="fast='yes'"):
+        rules.make("sltt", net, fast="yes")
 
 
-# -- the window (outer products summed as one matrix product) -----------------------------------------------------
+# -- the definition against autograd through one step ------------------------------------------------------------
+def _autograd_term(net, loss, params, state, x, y, mask):
+    """The oracle of one step: autograd of the step's loss through one step of the model from the detached
+    ``state`` (the gradient of the fully-detached network at that step), and the next state."""
+    p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    new, y_hat = net.step(p, type(state)(*(f.detach() for f in state)), x)
+    l = losses.get(loss)(y_hat, y, mask)
+    return dict(zip(p, torch.autograd.grad(l, list(p.values())))), type(new)(*(f.detach() for f in new)), y_hat
+
+
+@pytest.mark.parametrize("model,opts", [("lif", {}), ("lif", {"dynamics": "euler", "refractory": 2}),
+                                        ("lif", {"dynamics": "lava", "surrogate": "fast-sigmoid"}),
+                                        ("lif", {"reset": "zero", "detach_reset": True}), ("alif", {})])
+@pytest.mark.parametrize("loss", ["mse", "ce", "value"])
+def test_every_term_of_the_definition_is_autograd_through_the_detached_step(model, opts, loss):
+    """Each step's term of the definition (read through the contract: neuron_derivatives, presynaptic, the loss's
+    written-out gradient, no autograd) equals autograd through one step of the model from the detached state,
+    with some units refractory and some near threshold; the fast path's window sums them."""
+    net, params, xs, ys, mask = _case(model, **opts)
+    if loss == "ce":
+        ys = torch.softmax(ys, -1)
+    rule = rules.make("sltt", net, loss=loss, fast=False)
+    state, ref_state = rule.init(params, B), net.init_state(params, B)
+    nonzero = rec = 0
+    for t in range(12):
+        with no_autograd("SLTT's definition"):
+            out = rule.step(params, state, xs[t], ys[t], mask[t])
+        ref, ref_state, y_ref = _autograd_term(net, loss, params, ref_state, xs[t], ys[t], mask[t])
+        torch.testing.assert_close(out.y, y_ref.detach(), rtol=0, atol=0)
+        _close(out.grad, ref, rtol=1e-12, atol=1e-15)
+        for a, b in zip(out.state.net, ref_state):
+            assert torch.equal(a, b)
+        nonzero += int((ref["b"] != 0).sum())
+        rec += int((ref["W_rec"] != 0).sum())
+        state = out.state
+    assert nonzero > 20 and rec > 0, "too few units with a nonzero term for a meaningful test"
+
+
+# -- the fast path (a window of outer products summed as one matrix product) against the definition ----------------
 @pytest.mark.parametrize("model,opts", [("lif", {}), ("lif", {"dynamics": "euler", "refractory": 2}),
                                         ("lif", {"dynamics": "lava", "reset": "zero"}), ("alif", {})])
-@pytest.mark.parametrize("window", [3, 7])
-def test_window_equals_the_per_step_path(model, opts, window):
-    """float64, batch 2, flushes at odd steps: the sum handed over up to each flush, and the final sum, equal
-    those of the per-step path (autograd through each step, window=1); steps between hand over nothing."""
+@pytest.mark.parametrize("window", [1, 3, 7])
+def test_fast_path_equals_the_definition(model, opts, window):
+    """float64, batch 2, flushes at odd steps and a checkpoint mid-window: the sum handed over up to each flush,
+    and the final sum, equal the definition's (which hands over every step's term); the fast path hands over
+    a window's sum exactly when ``window`` steps are pending, and nothing in between."""
     net, params, xs, ys, mask = _case(model, **opts)
     assert int((neuro.simulate(net, params, xs).spikes > 0).sum()) > 20, "the network must spike"
     flush_at = {4, 9, 10, 17}
     sums = {}
-    for w in (1, window):
-        rule = rules.make("sltt", net, window=w)
+    for fast in (False, True):
+        rule = rules.make("sltt", net, fast=fast, window=window)
+        assert (rule.fast_path is not None) == fast
+        w = window if fast else 1
         state = rule.init(params, B)
         total = rules.zeros_like_params(params)
         got, outs, pending = [], [], 0
@@ -225,10 +274,12 @@ def test_window_equals_the_per_step_path(model, opts, window):
                 pending = 0
                 rules.add_into(total, g)
                 got.append({k: v.clone() for k, v in total.items()})
+            if t == 12:
+                state = load_state(save_state(state))
         rules.add_into(total, rule.finish(params, state)[1])
         got.append(total)
-        sums[w] = (got, outs)
-    (ref, ref_outs), (win, win_outs) = sums[1], sums[window]
+        sums[fast] = (got, outs)
+    (ref, ref_outs), (win, win_outs) = sums[False], sums[True]
     for (ya, la), (yb, lb) in zip(win_outs, ref_outs):
         torch.testing.assert_close(ya, yb, rtol=0, atol=0)
         torch.testing.assert_close(la, lb)
@@ -245,8 +296,21 @@ def test_window_must_be_a_positive_integer():
             rules.make("sltt", net, window=w)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_memory_is_constant_in_t(fast):
+    """The state holds the network's state (and the fast path's window): no tensor grows with the steps."""
+    net, params, xs, ys, mask = _case("lif")
+    rule = rules.make("sltt", net, fast=fast, window=7)
+    state = rule.init(params, B)
+    sizes = set()
+    for t in range(T):
+        state = rule.step(params, state, xs[t], ys[t], mask[t]).state
+        sizes.add(sum(x.numel() for x in tensors(state)))
+    assert len(sizes) == 1
+
+
 def test_window_in_float32_at_n_256():
-    """n = 256 in float32 (one BLAS product per window): the windowed sum equals the per-step path's to float32
+    """n = 256 in float32 (one BLAS product per window): the windowed sum equals the definition's to float32
     rounding."""
     net = models.make("lif", n_in=8, n_hidden=256, n_out=2, input_scale=8.0)
     params = net.init_params(seed=0)
@@ -255,7 +319,7 @@ def test_window_in_float32_at_n_256():
     ys = torch.randn(12, 1, 2, generator=g)
     mask = torch.ones(12, 1, dtype=torch.bool)
     assert int((neuro.simulate(net, params, xs).spikes > 0).sum()) > 20, "the network must spike"
-    ref = grad_estimate(net, params, "sltt", xs, ys, mask=mask, window=1)
+    ref = grad_estimate(net, params, "sltt", xs, ys, mask=mask, fast=False)
     got = grad_estimate(net, params, "sltt", xs, ys, mask=mask, window=5)
     for k in params:
         assert got[k].dtype == torch.float32
