@@ -25,8 +25,9 @@ only the neuron-local part of the recurrent Jacobian is kept; ``z^t`` is compute
     bar e^t  = kappa bar e^{t-1} + e^t
 
 For ALIF the threshold adaptation ``a`` is one of the fields, which gives the paper's adaptive component
-``eps^a``. The bias ``b`` gets the same recursions with ``pre = 1`` and its own derivatives (``dh/db``,
-``dz/db``, plus ``c``, ``zi`` where ``b`` is a term of the current: ``net.bias_in_current``).
+``eps^a`` (``adaptive_eligibility=False`` drops it: :attr:`EProp.adaptation`). The bias ``b`` gets the same
+recursions with ``pre = 1`` and its own derivatives (``dh/db``, ``dz/db``, plus ``c``, ``zi`` where ``b`` is a
+term of the current: ``net.bias_in_current``).
 
 Readout ``y^t = kappa y^{t-1} + W_out z^t + b_out`` (``kappa = net.readout_decay``: 0 for a linear readout,
 the leaky readout's decay for spiking models, the paper's ``F_kappa``): the trace is filtered by it (above),
@@ -57,6 +58,7 @@ Shapes: ``eps`` [B, n, K, n_in + n], ``bar e`` [B, n, n_in + n]; the feedback is
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import torch
@@ -73,9 +75,6 @@ __all__ = ["EProp", "EPropState"]
 FEEDBACKS = ("symmetric", "random", "adaptive")
 #: the parameters of a network of local form (neuro.contract): synapses, bias, readout
 LOCAL_PARAMS = ("W_in", "W_rec", "b", "W_out", "b_out")
-#: the trace field of the threshold adaptation (the paper's ``a``, ALIF's field), whose component
-#: ``adaptive_eligibility=False`` drops
-ADAPTATION = "a"
 
 
 class EPropState(NamedTuple):
@@ -100,9 +99,9 @@ class EProp(AbstractRule):
 
     ``feedback``: ``"symmetric"`` (B = W_out^T), ``"random"`` (fixed, drawn from ``init``'s seed, N(0, 1/n)),
     ``"adaptive"`` (random, then ``B <- B - feedback_lr (g_Wout^T + feedback_decay B)``).
-    ``adaptive_eligibility``: ``None`` or ``True`` keep every component; ``False`` drops the component of the
-    threshold adaptation (the trace field ``a``: ALIF's), so ``eps^a`` stays 0; on a model without that field
-    only ``None`` is valid. ``fast``: run the windowed path (:mod:`neuro.rules._fast.eprop`, the same numbers)
+    ``adaptive_eligibility``: ``None`` or ``True`` keep every component; ``False`` drops the components of the
+    threshold adaptation (:attr:`adaptation`: ALIF's ``a``), so ``eps^a`` stays 0; on a model without one only
+    ``None`` is valid. ``fast``: run the windowed path (:mod:`neuro.rules._fast.eprop`, the same numbers)
     or the equations (``False``). ``window``: steps per window of the windowed path. The rule is declared
     deterministic (its default feedback is); with random or adaptive feedback the estimate depends on
     ``init``'s seed.
@@ -142,15 +141,27 @@ class EProp(AbstractRule):
         if extra or shapes.get("b", (net.n_hidden,)) != (net.n_hidden,):
             raise _refuse(net, f"its parameters {sorted(shapes)} are not those of local form "
                                f"({', '.join(LOCAL_PARAMS)}, with b of shape ({net.n_hidden},))")
-        if self.adaptive_eligibility is not None and ADAPTATION not in net.trace_fields:
+        if self.adaptive_eligibility is not None and not self.adaptation:
             raise ValueError(f"adaptive_eligibility={self.adaptive_eligibility!r} is invalid for model {net.name!r}: "
-                             f"it selects the component of the threshold adaptation {ADAPTATION!r}, and the model's "
-                             f"trace fields are {net.trace_fields} (leave it None)")
+                             "it selects the eligibility of a threshold adaptation (a trace field driven only by the "
+                             f"neuron's spikes), and none of its trace fields {net.trace_fields} is one "
+                             "(leave it None)")
+
+    @functools.cached_property
+    def adaptation(self) -> tuple[str, ...]:
+        """The trace fields of the neuron's threshold adaptation: those driven only by its own spikes, i.e. whose
+        update with the spikes held fixed (``net.linear_filter``) reads neither the current, nor the bias, nor
+        another field (ALIF's ``a_t = rho a_{t-1} + z_t``: the paper's adaptive component ``eps^a``)."""
+        f, K = self.net.linear_filter(), len(self.net.trace_fields)
+        if f is None:
+            return ()
+        return tuple(name for k, name in enumerate(self.net.trace_fields)
+                     if f.dh_dI[k] == 0 and f.dh_db[k] == 0 and all(f.dh_dh[k][g] == 0 for g in range(K) if g != k))
 
     @property
     def dropped(self) -> tuple[str, ...]:
         """The trace fields whose eligibility component is dropped (``adaptive_eligibility=False``)."""
-        return (ADAPTATION,) if self.adaptive_eligibility is False else ()
+        return self.adaptation if self.adaptive_eligibility is False else ()
 
     def feedback_init(self, params: Params, seed: int) -> Tensor | None:
         """The feedback ``B^T`` [n_out, n] at the start: None (symmetric), else N(0, 1/n) from ``seed``."""

@@ -355,7 +355,7 @@ def test_adaptive_feedback_mirrors_the_readout(fast):
 
 
 def test_bad_input_names_the_bad_value_and_what_is_valid():
-    with pytest.raises(ValueError, match=r"adaptive_eligibility=True.*'lif'.*'a'.*\('v', 'i'\)"):
+    with pytest.raises(ValueError, match=r"adaptive_eligibility=True.*'lif'.*threshold adaptation.*\('v', 'i'\)"):
         rules.make("eprop", _spiking_net("lif"), adaptive_eligibility=True)
     with pytest.raises(ValueError, match=r"adaptive_eligibility=False.*'rate'"):
         rules.make("eprop", models.make("rate", n_in=2, n_hidden=3, n_out=1), adaptive_eligibility=False)
