@@ -84,7 +84,8 @@ def build_lif(n: int, steps: int, seed: int = SEED):
     """The ``lif`` network, its parameters (benchmark weights) and the Poisson input ``xs`` [T, 1, N_IN]."""
     import models
 
-    net = models.make("lif", n_in=N_IN, n_hidden=n, n_out=1, dt=DT, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+    net = models.make("lif", n_in=N_IN, n_hidden=n, n_out=1, dt=DT, tau_mem=TAU_MEM, tau_syn=TAU_SYN,
+                      bias_mean=0.0, bias_std=0.0)  # b = 0: the benchmark sets its own weights below
     g = torch.Generator().manual_seed(seed)
     unit = net.v_th / net.gain()
     params = net.init_params(seed=seed)
