@@ -24,6 +24,7 @@ Every other model: ``net.neuron_derivatives``. Nothing here builds a graph.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -59,10 +60,16 @@ def step(net: AbstractNetwork, p: Params, s: NamedTuple, I: Tensor, bias: bool =
     return Local(d.state, d.z, d.dz_dI, dz_db)
 
 
-def _lif(net: LIF, p: Params, s: NamedTuple, I: Tensor, bias: bool) -> Local:
+@functools.lru_cache(maxsize=32)
+def _coefficients(net: LIF) -> tuple[float, ...]:
+    """``(vv, vi, vI, vb, ii, iI)`` of ``net.linear_filter()`` (module docstring), once per network."""
     f = net.linear_filter()
     (vv, vi), (_, ii) = f.dh_dh
-    (vI, iI), vb = f.dh_dI, f.dh_db[0]
+    return vv, vi, f.dh_dI[0], f.dh_db[0], ii, f.dh_dI[1]
+
+
+def _lif(net: LIF, p: Params, s: NamedTuple, I: Tensor, bias: bool) -> Local:
+    vv, vi, vI, vb, ii, iI = _coefficients(net)
     vt = torch.add(s.v * vv, s.i, alpha=vi).add_(I, alpha=vI).add_(p["b"] + net.v_leak, alpha=vb)
     i_new = torch.add(s.i * ii, I, alpha=iI)
     active = None

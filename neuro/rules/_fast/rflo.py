@@ -78,7 +78,7 @@ class Windowed(FastPath):
         grad = None
         if new.t >= rule.window:
             new, grad = self._flush(params, new)
-        return StepOutput(new, y_hat.detach(), rule.loss_fn(y_hat, y, mask).detach(), grad)
+        return StepOutput(new, y_hat, rule.loss_fn(y_hat, y, mask), grad)
 
     def flush(self, params: Params, state: RFLOWindowState) -> tuple[RFLOWindowState, Params | None]:
         return self._flush(params, state)
