@@ -7,7 +7,9 @@ the entries that couple fields of the SAME neuron, with every entry of the recur
 and ``dy_t/ds_{t-1}`` through ``z_t``). ``M_t = J_cut M_{t-1} + ds_t/dtheta``; the estimate of step t is
 ``(dl_t/ds_t) M_t`` (plus the direct readout term of a rate net). For the rate net, whose ``h`` is both
 the state and the recurrent output, the cut is built from a step whose current reads a second, frozen
-copy of the state (and, for the spiking nets, checked equal to the mask).
+copy of the state (and, for the spiking nets, checked equal to the mask). A model defined here, known to
+e-prop only through the cell contract, gets BPTT's gradient where nothing couples two neurons. The windowed
+path against the definition: test_eprop_windowed.py.
 """
 
 from __future__ import annotations
@@ -172,127 +174,6 @@ def test_rate_net_equals_its_definition(alpha):
     xs, ys, mask = _data(net)
     g = neuro.grad_estimate(net, params, "eprop", xs, ys, mask=mask)
     _close(g, oracle(net, params, xs, ys, mask))
-
-
-def _ids(cases):
-    return [f"{m}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for m, kw in cases]
-
-
-WINDOWED = [("lif", {}), ("lif", {"refractory": 2}), ("lif", {"reset": "zero"}), ("lif", {"detach_reset": True}),
-            ("lif", {"reset": "zero", "v_reset": -0.3, "v_leak": 0.2}), ("lif", {"refractory": 2, "dynamics": "euler"}),
-            ("lif", {"dynamics": "lava", "surrogate": "fast-sigmoid"}), ("alif", {}),
-            ("alif", {"refractory": 1, "reset": "zero", "beta_a": 1.5}),
-            ("alif", {"dynamics": "euler", "detach_reset": True}),
-            ("rate", {"alpha": 0.5}), ("rate", {})]
-
-
-def _net(model: str, **kw):
-    if model == "rate":
-        return models.make("rate", n_in=3, n_hidden=5, n_out=2, **kw)
-    return _spiking_net(model, **kw)
-
-
-def _flushed(rule, params, xs, ys, mask, every: int | None):
-    """The summed estimate with ``flush`` after steps every-1, 2 every-1, ... (None: never); which steps gave one."""
-    state = rule.init(params, xs.shape[1], 0)
-    total, given = rules.zeros_like_params(params), []
-    for t, (x, y, m) in enumerate(zip(xs, ys, mask)):
-        out = rule.step(params, state, x, y, m)
-        state = out.state
-        given.append(out.grad is not None)
-        rules.add_into(total, out.grad)
-        if every and t % every == every - 1:
-            state, g = rule.flush(params, state)
-            rules.add_into(total, g)
-    state, g = rule.finish(params, state)
-    return rules.add_into(total, g), given
-
-
-@pytest.mark.parametrize("window", [1, 3, 7])
-@pytest.mark.parametrize("model,kw", WINDOWED, ids=_ids(WINDOWED))
-def test_windowed_path_equals_the_per_step_path(model, kw, window):
-    """The windowed matrix products (neuro.rules._fast.eprop; LIF/ALIF's Jacobians built for the whole window,
-    shared rows for their current) equal the per-step path, over LIF's and ALIF's dynamics, resets, refractory
-    periods and surrogates, with a bias, with windows cut across the sequence, flushes at odd steps (every 5:
-    inside windows of 7, across windows of 3) and a batch of 2 whose samples have their own traces."""
-    net = _net(model, **kw)
-    params = net.init_params(0, F64)
-    g = torch.Generator().manual_seed(1)
-    params["b"] = params["b"] + 0.2 * torch.randn(params["b"].shape, generator=g, dtype=F64)
-    xs, ys, mask = _data(net)
-    assert xs.shape[1] == 2
-    if net.spiking:
-        assert _spikes(net, params, xs) > 0
-    ref = neuro.grad_estimate(net, params, "eprop", xs, ys, mask=mask, fast=False)
-    fast = rules.make("eprop", net, window=window)
-    assert fast.fast_path is not None and rules.make("eprop", net, fast=False).fast_path is None
-    for every in (None, 5):
-        g, given = _flushed(fast, params, xs, ys, mask, every)
-        _close(g, ref, atol=1e-12)
-        if every is None:  # estimates come at window ends only
-            assert given == [(t + 1) % window == 0 for t in range(T)]
-    assert float(ref["W_rec"].abs().max()) > 1e-6 and float(ref["W_in"].abs().max()) > 1e-6
-
-
-def test_windowed_alif_without_the_adaptive_component():
-    net = _spiking_net("alif", beta_a=2.0)
-    params = net.init_params(0, F64)
-    xs, ys, mask = _data(net)
-    assert _spikes(net, params, xs) > 0
-    ref = neuro.grad_estimate(net, params, "eprop", xs, ys, mask=mask, fast=False, adaptive_eligibility=False)
-    g, _ = _flushed(rules.make("eprop", net, window=7, adaptive_eligibility=False), params, xs, ys, mask, 3)
-    _close(g, ref, atol=1e-12)
-
-
-@pytest.mark.parametrize("loss", ["ce", "value"])
-def test_windowed_path_with_other_losses(loss):
-    """The written-out dE/dy of the other losses (``neuro.losses.grad``) on the windowed path."""
-    name = loss
-    net = _spiking_net("lif")
-    params = net.init_params(0, F64)
-    xs, ys, mask = _data(net)
-    ys = torch.softmax(ys, -1)
-    ref = neuro.grad_estimate(net, params, "eprop", xs, ys, mask=mask, fast=False, loss=name)
-    _close(neuro.grad_estimate(net, params, "eprop", xs, ys, mask=mask, window=4, loss=name), ref, atol=1e-12)
-
-
-def test_a_step_from_an_older_state_does_not_disturb_it():
-    """A second step from the same (older) state starts its own branch: the first branch's estimate is
-    unchanged (a state is a snapshot, its steps are not overwritten)."""
-    net = _spiking_net("lif")
-    params = net.init_params(0, F64)
-    xs, ys, mask = _data(net)
-    rule = rules.make("eprop", net, window=8)
-    state = rule.init(params, B)
-    for t in range(3):
-        state = rule.step(params, state, xs[t], ys[t], mask[t]).state
-    a = rule.step(params, state, xs[3], ys[3], mask[3]).state
-    rule.step(params, state, xs[5], ys[5], mask[5])  # a branch from the same state
-    _, ga = rule.flush(params, a)
-    # the same four steps without the branch
-    s2 = rule.init(params, B)
-    for t in range(4):
-        s2 = rule.step(params, s2, xs[t], ys[t], mask[t]).state
-    _, gb = rule.flush(params, s2)
-    _close(ga, gb, atol=0)
-
-
-def test_a_window_holds_window_steps_of_fixed_shapes():
-    net = _spiking_net("alif")
-    params = net.init_params(0, F64)
-    rule = rules.make("eprop", net, window=5)
-    state = rule.init(params, B)
-    shapes = [tuple(t.shape) for t in _tensors(state.steps)]
-    xs, ys, mask = _data(net)
-    for t in range(T):
-        state = rule.step(params, state, xs[t], ys[t], mask[t]).state
-        assert [tuple(t.shape) for t in _tensors(state.steps)] == shapes and state.t == (t + 1) % 5
-    assert len(state.steps) == 5 and state.eps.shape == (B, 6, 3, net.n_in + 6)  # [bar e; eps_v, eps_a]
-    assert state.shared.shape == (B, 1, net.n_in + 6)  # eps_i: the same for every neuron
-
-
-def _tensors(obj) -> list[torch.Tensor]:
-    return [obj] if isinstance(obj, torch.Tensor) else [t for v in obj for t in _tensors(v)]
 
 
 def _run(rule, params, xs, ys, mask, B_override=None, seed=0):
