@@ -333,7 +333,7 @@ def test_bad_target_and_missing_compiler(monkeypatch):
     with pytest.raises(ValueError, match="target='gpu' is invalid.*'numpy', 'cython', 'cpp_standalone'"):
         neuro.simulate(net, p, xs[:5], backend="brian2", target="gpu")
     b2b._compiler_problem.cache_clear()
-    monkeypatch.setattr(b2b.shutil, "which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
     try:
         with pytest.raises(RuntimeError, match="cpp_standalone.*not found on PATH.*target='numpy' works"):
             neuro.simulate(net, p, xs[:5], backend="brian2", target="cpp_standalone")
