@@ -50,6 +50,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from models.alif import ALIF
 from models.lif import LIF
 from neuro import losses
 from neuro.contract import Params, check_positive
@@ -293,5 +294,6 @@ class LIFWindowed(Windowed):
 
 
 def build(rule: EProp) -> Windowed:
-    """The windowed path: LIF's and ALIF's Jacobians built in bulk, every other network's from the model."""
-    return LIFWindowed(rule) if isinstance(rule.net, LIF) else Windowed(rule)
+    """The windowed path: LIF's and ALIF's Jacobians built in bulk (those two classes: a subclass may step
+    otherwise), every other network's from the model."""
+    return LIFWindowed(rule) if type(rule.net) in (LIF, ALIF) else Windowed(rule)
