@@ -1,14 +1,15 @@
 """The rule contract, one test over every registered rule (optax's alias_test pattern).
 
 Every rule in ``neuro.rules.available()`` runs on every model in ``models.available()`` that it
-supports, in float32 and float64 (and on CUDA when there is one), through the same checks: the
-estimate has the params' keys, shapes, dtypes and devices; the state's structure is stable and holds
-only tensors, numbers, None, generators and (named) tuples of them; the outputs are detached; params
-are never modified; seeded runs repeat; ``reset``; ``flush``; a state saved mid-sequence through
-``neuro.io`` and loaded back continues with the same numbers; the batch mean; the declared ``needs``;
-the declaration (``name``, ``needs``, frozen dataclass); and ``rules.make``'s errors.
+supports, in float32 and float64 (and on CUDA when there is one), and at batch 1 in float64, through the same
+checks: the estimate has the params' keys, shapes, dtypes and devices; the state's structure is stable and
+holds only tensors, numbers, None, generators, and tuples, NamedTuples and str-keyed dicts of them (what
+``neuro.io`` saves); the outputs are detached; params are never modified; seeded runs repeat; ``reset``;
+``flush``; a state saved mid-sequence through ``neuro.io`` and loaded back continues with the same numbers;
+the batch mean; the declared ``needs``; the declaration (``name``, ``needs``, frozen dataclass); and
+``rules.make``'s errors.
 
-A case (rule x model x dtype x device) is run once: :class:`Runs` makes each run that the checks read on
+A case (rule x model x dtype x device x batch) is run once: :class:`Runs` makes each run that the checks read on
 first use and keeps it, and the checks of one case are consecutive tests that share it.
 
 Each check is a function of :class:`Runs` so that it can also be run on small rules written here (a weight
@@ -297,8 +298,8 @@ def check_checkpoint_round_trip(runs: Runs) -> None:
     if graph and plain.saved_at is None:  # one window, the whole sequence: saved at the sequence's end
         assert isinstance(plain.saved, ValueError) and "autograd graph" in str(plain.saved), \
             f"{name}: saving its state inside its window did not fail with neuro.io's error: {plain.saved!r}"
+        saved = save_state(plain.final)  # before the reference run draws from the state's generators
         ref, at, where = run(case, state=plain.final), 0, "after finish"
-        saved = save_state(plain.final)
     else:
         assert plain.saved_at is not None, f"{name}: its state after step {SAVE_AT} cannot be saved: " \
             f"{type(plain.saved).__name__}: {plain.saved}"
