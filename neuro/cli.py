@@ -159,7 +159,7 @@ def _parser() -> _Parser:
                    help="the network and parameters of a neuro train run (config.json, checkpoint.pt) instead")
     s.add_argument("--model-opt", action="append", metavar="KEY=VALUE", default=None,
                    help="a model option (repeatable), e.g. refractory=2; spiking models get excitatory input "
-                        "weights |W_in| and input_scale=8 unless given")
+                        "weights |W_in|")
     s.add_argument("--check", action="store_true", help="also run the torch backend and compare the spike trains")
     s.add_argument("--run-dir", default="runs/simulate", help="output directory (default runs/simulate)")
     return p
@@ -342,8 +342,6 @@ def _simulate(args: argparse.Namespace) -> int:
             for key in ("n_in", "n_hidden", "n_out"):
                 if key in model_opt:
                     raise ValueError(f"--model-opt {key} is not allowed: use --inputs / --hidden")
-            if models.get(args.model).spiking:  # Poisson input must excite: |W_in| at 8 v_th-gains by default
-                model_opt.setdefault("input_scale", 8.0)
             net = models.make(args.model, n_in=args.inputs, n_hidden=args.hidden, n_out=1, **model_opt)
             params = net.init_params(seed=args.seed, dtype=torch.float64)
             if net.spiking:

@@ -143,8 +143,9 @@ def test_cli_simulate_warns_on_stderr_when_no_neuron_spikes(tmp_path, capsys):
 
 @pytest.mark.parametrize("args", [("--model", "lif"), ("--model", "alif"), ("--model", "rate")])
 def test_cli_simulate_says_nothing_when_the_network_fires_or_does_not_spike_at_all(tmp_path, capsys, args):
-    """A firing lif/alif (the defaults) and a rate network (no spikes to count) print no warning."""
-    rc, out, err = _simulate_cli(tmp_path, capsys, *args)
+    """A firing lif/alif (the defaults; 500 steps, about 4 Hz) and a rate network (no spikes to count) print no
+    warning."""
+    rc, out, err = _simulate_cli(tmp_path, capsys, *args, "--steps", "500")
     assert rc == 0 and err == "", err
     if args[1] != "rate":
         assert np.load(tmp_path / "trace.npz")["spikes"].sum() > 0
