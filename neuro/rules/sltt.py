@@ -160,13 +160,15 @@ class SLTTK(AbstractRule):
 
     name = "sltt-k"
     needs = Needs.LOCAL
-    supports = SPIKING
     stochastic = True
     _kept_on_reset = ("gen",)
 
     def __post_init__(self) -> None:
         _require_spikes(self)
         super().__post_init__()
+        if not self.net.local_form:
+            raise _refuse(self.name, self.net, "it needs a network of local form (current W_in x + W_rec p (+ b), "
+                                               "readout y_t = kappa y_(t-1) + W_out z_t + b_out; neuro.contract)")
         check_positive("k", self.k, integer=True)
         check_positive("T", self.T, integer=True)
         if self.k > self.T:
