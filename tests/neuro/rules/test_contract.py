@@ -354,8 +354,10 @@ def _checks_for(rule_name: str, dtype: torch.dtype, batch: int) -> list[Callable
         + ([check_needs] if cls.needs < Needs.GRAPH else [])
 
 
-#: every (check, case), the checks of a case consecutive (so that they share its runs)
-CHECK_CASES = [pytest.param(check, *c, id=f"{check.__name__[len('check_'):]}-{_case_id(*c)}")
+#: every (check, case), the checks of a case consecutive (so that they share its runs); the float32 cases, which
+#: repeat the float64 ones for the dtype's sake, are marked slow (``make test`` runs them, ``make test-fast`` not)
+CHECK_CASES = [pytest.param(check, *c, id=f"{check.__name__[len('check_'):]}-{_case_id(*c)}",
+                            marks=[pytest.mark.slow] if c[2] == torch.float32 else [])
                for c in CASES for check in _checks_for(c[0], c[2], c[4])]
 
 

@@ -173,11 +173,13 @@ def test_mean_of_estimates_converges_to_bptt(rule_name, model):
 
 
 @pytest.mark.parametrize("rule_name,model", CASES)
+@pytest.mark.slow
 def test_error_shrinks_like_one_over_sqrt_n(rule_name, model):
     check_rate(_stats(rule_name, model))
 
 
 @pytest.mark.parametrize("rule_name,model", CASES)
+@pytest.mark.slow
 def test_single_sample_cosine(rule_name, model):
     st = _stats(rule_name, model)
     print(st.summary())  # pytest -s shows the numbers
