@@ -124,9 +124,7 @@ def alignment(args) -> list[dict[str, Any]]:
     for task_name, model, task in _cases(args):
         net = _net(model, task, args.hidden, args.input_scale)
         T = task.trial_steps if task.episodic else args.sine_steps
-        names = [r for r in local if rules.get(r).supports is None or model in rules.get(r).supports]
-        if rules.get("tbptt").supports is None or model in rules.get("tbptt").supports:
-            names.append("tbptt")
+        names = [r for r in local + ["tbptt"] if rules.refusal(r, net) is None]
         variants = [v for r in names for v in _variants(r, net, T)]
         cos: dict[str, list[tuple[float, float, float]]] = {label: [] for label, _ in variants}
         secs: dict[str, float] = {label: 0.0 for label, _ in variants}

@@ -58,6 +58,7 @@ def local_rules(only: list[str] | None = None) -> tuple[list[tuple[str, str]], d
     """(rule, model) for every registered LOCAL rule (on ``lif`` if supported, else ``rate``) and the
     :data:`OTHER_ONLINE` rules on their model, and the
     rules left out with the reason."""
+    import models
     from neuro import rules
     from neuro.rules import Needs
 
@@ -75,9 +76,10 @@ def local_rules(only: list[str] | None = None) -> tuple[list[tuple[str, str]], d
             continue
         if cls.needs != Needs.LOCAL:
             continue
-        model = next((m for m in ("lif", "rate") if cls.supports is None or m in cls.supports), None)
+        refusals = {m: rules.refusal(name, models.make(m, n_in=N_IN, n_hidden=4, n_out=N_OUT)) for m in ("lif", "rate")}
+        model = next((m for m, why in refusals.items() if why is None), None)
         if model is None:
-            skipped[name] = f"supports neither lif nor rate ({cls.supports})"
+            skipped[name] = f"runs on neither lif nor rate ({refusals['rate']})"
             continue
         chosen.append((name, model))
     return chosen, skipped

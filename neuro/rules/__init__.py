@@ -46,7 +46,7 @@ __all__ = [
     # perturbation rules: forward passes and a scalar loss
     "ANP", "ANPTime", "NodePerturbation", "WeightPerturbation",
     # the registry
-    "available", "get", "make", "register",
+    "available", "get", "make", "refusal", "register",
 ]
 
 _RULES: Registry[type[AbstractRule]] = Registry("rule")
@@ -62,3 +62,13 @@ for _cls in (BPTT, TBPTT, RTRL, ColumnarRTRL, ConstructiveRTRL, KFRTRL, UORO, No
 def make(name: str, net: AbstractNetwork, **kw: Any) -> AbstractRule:
     """Build the rule ``name`` on ``net`` with hyper-parameters ``kw``."""
     return _RULES.make(name, net, **kw)
+
+
+def refusal(name: str, net: AbstractNetwork, **kw: Any) -> str | None:
+    """Why the rule ``name`` (with options ``kw``) refuses ``net``, or None where it runs on it. A rule decides
+    from the cell contract when it is built; this asks it, so callers need no list of models per rule."""
+    try:
+        make(name, net, **kw)
+    except ValueError as e:
+        return str(e)
+    return None
