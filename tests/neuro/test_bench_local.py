@@ -9,7 +9,6 @@ import math
 import pytest
 
 import models
-
 from neuro import rules
 from neuro.bench import local
 from neuro.rules import Needs
