@@ -46,14 +46,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from neuro.contract import Params
-
-from neuro.contract import check_positive
+from neuro.contract import Params, check_positive
 
 from .base import AbstractRule, Needs, StepOutput
 
@@ -143,7 +141,7 @@ class TDLambda(AbstractRule):
             raise ValueError(f"cumulant_input={ci!r} is invalid: must be None or an input index in [0, {self.net.n_in})")
         if self.rule == self.name:
             raise ValueError("rule='td-lambda' is invalid: the inner rule must be a gradient rule (e.g. 'rtrl', 'columnar')")
-        self.inner  # build it now: unknown names, options and unsupported models fail here
+        _ = self.inner  # build it now: unknown names, options and unsupported models fail here
 
     @functools.cached_property
     def inner(self) -> AbstractRule:

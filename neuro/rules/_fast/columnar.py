@@ -29,8 +29,6 @@ the written-out traces in torch.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
 from torch import Tensor
