@@ -27,7 +27,7 @@ scale-free. For isotropic ``dh`` in ``n_l`` dimensions, to first order ``E[dW_l]
 dL_t/dh_l x^T``: it points along the gradient, scaled by ``sqrt(N)/n_l`` (not the gradient's scale).
 
 The difference from ANP in time (this module's ``"anp"`` against ``"anp-time"``, our reading of the paper's
-distinction; the seed text available here is its abstract only): here the noisy copies restart from the
+distinction, made from the paper's abstract): here the noisy copies restart from the
 clean state at every step, so ``dh`` holds only this step's noise, propagated from the hidden layer to the
 output within the step (``dh_hidden = xi_h``, ``dh_out = W_out (z~_t - z_t) + xi_y``), and ``L~_t - L_t`` only
 this step's effect. In ANP in time the noisy copy keeps its own state, so ``dh`` also carries the noise of

@@ -60,5 +60,5 @@ def test_local_rules_are_discovered_from_the_registry():
     names = {r for r, _ in pairs}
     assert {"ottt", "sltt", "sltt-k"} <= names and "bptt" not in names and "rtrl" not in names
     assert dict(pairs)["ottt"] == "lif"
-    # the performance issue's other O(p) online rules, on their own models
+    # the other O(p) online rules (uoro, np, anp-time, columnar RTRL), on their own models
     assert {k: dict(pairs)[k] for k in ("uoro", "np", "anp-time", "columnar")} == memory.OTHER_ONLINE
