@@ -25,7 +25,7 @@ T = 500
 def network(seed: int, n_in: int = 20, n: int = 40, **kw):
     """A random recurrent ``lif`` in Lava's form, driven to fire at ~10-40 Hz by a bias and Poisson inputs."""
     net = models.make("lif", n_in=n_in, n_hidden=n, n_out=2, dynamics="lava", reset="zero", v_reset=0.0,
-                      rec_scale=1.0, **kw)
+                      rec_scale=1.0, bias_mean=0.0, bias_std=0.0, **kw)  # its own bias below
     p = net.init_params(seed=seed, dtype=F64)
     p["W_in"] = p["W_in"] * 40.0
     p["b"] = p["b"] + 0.8 * (1.0 - net.alpha)  # rests at 0.8 thresholds
