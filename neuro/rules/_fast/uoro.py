@@ -125,6 +125,10 @@ class RateUORO(FastPath):
 
     rule: UORO
 
+    def __init__(self, rule: UORO) -> None:
+        super().__init__(rule)
+        self._views = _Views()
+
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> RateUOROState:
         check_positive("batch", batch, integer=True)
         net, K = self.rule.net, self.rule.samples
@@ -151,15 +155,17 @@ class RateUORO(FastPath):
             h, W_rec, fl = state.net.h, params["W_rec"], state.flight
             i = _linear(x, params["W_in"], params["b"])
             if fl is not None and fl.active:
-                fl, Wh = _advance(W_rec, fl, h)
+                fl, Wh = _advance(W_rec, fl, h, self._views)
                 i.add_(Wh)
             else:
                 i.addmm_(h, W_rec.t())
             th = i.tanh_()
             h_new = th if alpha == 1.0 else torch.add(h * (1.0 - alpha), th, alpha=alpha)
             y_hat = _linear(h_new, params["W_out"], params["b_out"])
-            loss = _loss(rule.loss or "mse", y_hat, y, mask)
-            rows, written = _hold(rule, state, (x, y, h, th, y_hat, mask[:, None].to(th.dtype)))
+            m = float(mask) if mask.shape[0] == 1 and mask.device.type == "cpu" else None
+            loss = _loss(rule.loss or "mse", y_hat, y, mask, m)
+            rows, written = _hold(rule, state, (x, y, h, th, y_hat, _mask_column(self._views, mask, m, th)),
+                                  self._views)
             new = RateUOROState(RateState(h_new), state.s_tilde, state.theta_mat, state.theta_sq, rows, written,
                                 state.held + 1, state.gen, state.t + 1, fl)
             grad = None
@@ -202,25 +208,45 @@ def _counter(value: int) -> Tensor:
     return torch.full((1,), value, dtype=torch.int64)
 
 
-def _hold(rule: UORO, state: RateUOROState, parts: tuple) -> tuple[Tensor, Tensor]:
-    """The window's rows with this step's ``parts`` written to row ``held``: a new buffer at a window's first
-    step, or where that row was written already by another step from ``state``; then the counter."""
+def _hold(rule: UORO, state: RateUOROState, parts: tuple, views: _Views) -> tuple[Tensor, Tensor]:
+    """The window's rows with this step's ``parts`` written to row ``held`` (cast to the rows' dtype): a new buffer at
+    a window's first step, or where that row was written already by another step from ``state``; then the
+    counter (read and written through its cached array where there is one)."""
     j, rows, written = state.held, state.rows, state.written
-    if j == 0 or int(written) != j:
+    wv = views.counter
+    cnt = wv[1] if wv is not None and wv[0] is written else None
+    if j == 0 or (int(written) if cnt is None else int(cnt[0])) != j:
         fresh = torch.zeros(rule.window, *rows.shape[1:], dtype=rows.dtype, device=rows.device)
         fresh[:j] = rows[:j]
         rows, written = fresh, _counter(j)
+        cnt = written.numpy()
+        views.counter = (written, cnt)
     torch.cat(parts, 1, out=rows[j])
-    written.fill_(j + 1)
+    if cnt is None:
+        written.fill_(j + 1)
+    else:
+        cnt[0] = j + 1
     return rows, written
 
 
-def _loss(loss: str, y_hat: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-    """``mean_b m_b l_b`` for the per-sample loss ``l`` of :mod:`neuro.losses` (the step's reported loss)."""
+def _mask_column(views: _Views, mask: Tensor, m: float | None, like: Tensor) -> Tensor:
+    """``mask`` [B] as a column [B, 1] of ``like``'s dtype; for one sample of value ``m`` a kept constant."""
+    if m is None:
+        return mask[:, None].to(like.dtype)
+    col = views.column
+    if col is None or col[0] != m or col[1].dtype != like.dtype:
+        col = (m, torch.full((1, 1), m, dtype=like.dtype))
+        views.column = col
+    return col[1]
+
+
+def _loss(loss: str, y_hat: Tensor, y: Tensor, mask: Tensor, m: float | None = None) -> Tensor:
+    """``mean_b m_b l_b`` for the per-sample loss ``l`` of :mod:`neuro.losses` (the step's reported loss); ``m``:
+    ``float(mask)`` where already read."""
     B = y_hat.shape[0]
     if loss == "mse":
         if B == 1:
-            return (y_hat - y).square_().sum().mul_(0.5 * float(mask))
+            return (y_hat - y).square_().sum().mul_(0.5 * (float(mask) if m is None else m))
         d = y_hat - y
         return torch.dot(torch.linalg.vecdot(d, d), mask.to(d.dtype)).mul_(0.5 / B)
     if loss == "ce":
@@ -276,19 +302,56 @@ def _take_off(factors: _win.Factors, state: RateUOROState) -> Flight:
 
 def _run_rest(W_rec: Tensor, fl: Flight) -> Flight:
     """The flight with the rest of its sequence run (no network step to share the products with)."""
+    views = _Views()
     while fl.j < fl.factors.L:
-        fl, _ = _advance(W_rec, fl, None)
+        fl, _ = _advance(W_rec, fl, None, views)
     return fl
 
 
-def _advance(W_rec: Tensor, fl: Flight, h: Tensor | None) -> tuple[Flight, Tensor | None]:
+class _Views:
+    """numpy views of tensors that the steps pass to the kernel again and again (``W_rec``, the window's factors,
+    the previous step's ``s~`` and scalars, the window's row counter), each kept with the tensor it views and used
+    only while that tensor is the one passed (and its storage has not moved); and the mask column of the last
+    value of a one-sample mask. Not part of any state: a state loaded from a checkpoint finds none and its
+    tensors are converted."""
+
+    __slots__ = ("w", "kernel", "out", "counter", "column")
+
+    def __init__(self) -> None:
+        self.w = self.kernel = self.out = self.counter = self.column = None
+
+
+def _array(cached, t: Tensor):
+    """``t.numpy()``, from ``cached = (tensor, data_ptr, array)`` where it views ``t``."""
+    if cached is not None and cached[0] is t and cached[1] == t.data_ptr():
+        return cached[2]
+    return None
+
+
+def _advance(W_rec: Tensor, fl: Flight, h: Tensor | None, views: _Views) -> tuple[Flight, Tensor | None]:
     """One step of the flight's sequence (:func:`uoro_sequence.seq_step`); with ``h`` [1, n] also ``W_rec h`` [n]
-    from the same pass over ``W_rec``."""
+    from the same pass over ``W_rec``. The arrays come from ``views`` where it holds them (and go into it)."""
+    Wn = _array(views.w, W_rec)
+    if Wn is None:
+        Wn = W_rec.detach().numpy()
+        views.w = (W_rec, W_rec.data_ptr(), Wn)
     FNR, S64 = fl.factors.kernel
+    kv = views.kernel
+    if kv is not None and kv[0] is FNR and kv[1] is S64 and kv[2] == FNR.data_ptr() and kv[3] == S64.data_ptr():
+        Fn, Sn = kv[4], kv[5]
+    else:
+        Fn, Sn = FNR.numpy(), S64.numpy()
+        views.kernel = (FNR, S64, FNR.data_ptr(), S64.data_ptr(), Fn, Sn)
+    ov = views.out
+    if ov is not None and ov[0] is fl.s_tilde and ov[1] is fl.acc:
+        sv, av = ov[2], ov[3]
+    else:
+        sv, av = fl.s_tilde.numpy(), fl.acc.numpy()
     s_new, Wh, acc = torch.empty_like(fl.s_tilde), torch.empty_like(fl.s_tilde), torch.empty_like(fl.acc)
-    sv = fl.s_tilde.numpy()
-    _seq.seq_step(W_rec.detach().numpy(), h.reshape(-1).numpy() if h is not None else sv, sv, FNR.numpy(),
-                  S64.numpy(), fl.acc.numpy(), acc.numpy(), Wh.numpy(), s_new.numpy(), fl.j)  # without h: W s~ twice
+    s_np, acc_np = s_new.numpy(), acc.numpy()
+    _seq.seq_step(Wn, h.numpy()[0] if h is not None else sv, sv, Fn, Sn, av, acc_np, Wh.numpy(), s_np,
+                  fl.j)  # without h: W s~ twice
+    views.out = (s_new, acc, s_np, acc_np)
     return Flight(fl.factors, fl.j + 1, s_new, acc, True), (Wh if h is not None else None)
 
 
