@@ -190,6 +190,48 @@ def tensors(obj: Any) -> list[torch.Tensor]:
     return []
 
 
+def bits(obj: Any, path: str = "state") -> list:
+    """Every leaf of ``obj`` as ``(path, comparable value)``: a tensor's dtype, shape and bytes, a generator's
+    state, a number or None; through tuples, lists and dicts. Two objects with equal ``bits`` are equal to the
+    last bit."""
+    if isinstance(obj, torch.Tensor):
+        raw = obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        return [(path, obj.dtype, tuple(obj.shape), raw)]
+    if isinstance(obj, torch.Generator):
+        return [(path, obj.get_state().numpy().tobytes())]
+    if isinstance(obj, dict):
+        return [b for k in obj for b in bits(obj[k], f"{path}[{k!r}]")]
+    if isinstance(obj, (tuple, list)):
+        names = getattr(obj, "_fields", range(len(obj)))
+        return [(path, type(obj).__name__, len(obj))] + [b for n, v in zip(names, obj) for b in bits(v, f"{path}.{n}")]
+    assert obj is None or isinstance(obj, (bool, int, float)), f"{path} is a {type(obj).__name__}"
+    return [(path, obj)]
+
+
+def assert_resumes_exactly(rule: AbstractRule, params: dict, xs: torch.Tensor, ys: torch.Tensor, mask: torch.Tensor,
+                           at: int, path, seed: int = 4) -> None:
+    """The state saved after step ``at`` (``neuro.io.save_checkpoint``), loaded back and continued gives the
+    estimates and the final state of the run that never stopped, to the last bit."""
+    from neuro import io as nio
+
+    def rest(state):
+        outs = []
+        for t in range(at, xs.shape[0]):
+            outs.append(rule.step(params, state, xs[t], ys[t], mask[t]))
+            state = outs[-1].state
+        state, last = rule.finish(params, state)
+        return [(o.grad, o.y, o.loss) for o in outs] + [last], state
+
+    state = rule.init(params, xs.shape[1], seed)
+    for t in range(at):
+        state = rule.step(params, state, xs[t], ys[t], mask[t]).state
+    nio.save_checkpoint(path, {"rule_state": state})
+    plain = rest(state)
+    loaded = nio.load_checkpoint(path)["rule_state"]
+    assert loaded is not state
+    assert bits(rest(loaded)) == bits(plain)
+
+
 def save_state(obj: Any) -> bytes:
     """``obj`` as checkpoint bytes, through ``neuro.io.to_saveable`` and ``torch.save``."""
     buf = io.BytesIO()

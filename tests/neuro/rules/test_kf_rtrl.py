@@ -31,8 +31,10 @@ from torch.autograd.functional import jacobian
 
 import models
 import neuro
-from neuro import io, losses, rules
+from neuro import losses, rules
 from neuro.rules.kf_rtrl import KFRTRL
+
+from _helpers import assert_resumes_exactly
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -253,47 +255,9 @@ def test_bad_options_and_a_non_finite_estimate_are_reported():
         neuro.grad_estimate(net, params, "kf-rtrl", xs, ys)
 
 
-def _bits(obj, path="state") -> list:
-    """Every leaf of ``obj`` as ``(path, comparable value)``: a tensor's dtype, shape and bytes, a generator's
-    state, a number or None; through tuples, lists and dicts."""
-    if isinstance(obj, torch.Tensor):
-        raw = obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        return [(path, obj.dtype, tuple(obj.shape), raw)]
-    if isinstance(obj, torch.Generator):
-        return [(path, obj.get_state().numpy().tobytes())]
-    if isinstance(obj, dict):
-        return [b for k in obj for b in _bits(obj[k], f"{path}[{k!r}]")]
-    if isinstance(obj, (tuple, list)):
-        names = getattr(obj, "_fields", range(len(obj)))
-        return [(path, type(obj).__name__, len(obj))] + [b for n, v in zip(names, obj) for b in _bits(v, f"{path}.{n}")]
-    assert obj is None or isinstance(obj, (bool, int, float)), f"{path} is a {type(obj).__name__}"
-    return [(path, obj)]
-
-
-def _resume_matches(rule, params, xs, ys, mask, at: int, path) -> None:
-    """The state saved after step ``at`` (``neuro.io.save_checkpoint``), loaded back and continued gives the
-    estimates and the final state of the run that never stopped, to the last bit."""
-    def rest(state):
-        outs = []
-        for t in range(at, xs.shape[0]):
-            outs.append(rule.step(params, state, xs[t], ys[t], mask[t]))
-            state = outs[-1].state
-        state, last = rule.finish(params, state)
-        return [(o.grad, o.y, o.loss) for o in outs] + [last], state
-
-    state = rule.init(params, xs.shape[1], 4)
-    for t in range(at):
-        state = rule.step(params, state, xs[t], ys[t], mask[t]).state
-    io.save_checkpoint(path, {"rule_state": state})
-    plain = rest(state)
-    loaded = io.load_checkpoint(path)["rule_state"]
-    assert loaded is not state
-    assert _bits(rest(loaded)) == _bits(plain)
-
-
 @pytest.mark.parametrize("exact_immediate", [True, False])
 def test_a_checkpoint_resumes_exactly(exact_immediate, tmp_path):
     net, params, xs, ys = _setup(alpha=0.5, batch=2)
     mask = torch.ones(T, 2, dtype=torch.bool)
-    _resume_matches(rules.make("kf-rtrl", net, exact_immediate=exact_immediate), params, xs, ys, mask, 4,
+    assert_resumes_exactly(rules.make("kf-rtrl", net, exact_immediate=exact_immediate), params, xs, ys, mask, 4,
                     tmp_path / "ckpt.pt")

@@ -26,11 +26,13 @@ from torch.func import jacrev, vmap
 
 import models
 from models.rate import RateRNN
-from neuro import io, rules
+from neuro import rules
 from neuro.rules._common import random_signs
 from neuro.rules._onestep import flat_step
 from neuro.rules.nobacktrack import propagate
 from neuro.rules.nobacktrack_kalman import fisher_sample
+
+from _helpers import assert_resumes_exactly
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -251,47 +253,9 @@ def test_cross_entropy_runs():
     assert bool((state.J_theta > 0).any())
 
 
-def _bits(obj, path="state") -> list:
-    """Every leaf of ``obj`` as ``(path, comparable value)``: a tensor's dtype, shape and bytes, a generator's
-    state, a number or None; through tuples, lists and dicts."""
-    if isinstance(obj, torch.Tensor):
-        raw = obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        return [(path, obj.dtype, tuple(obj.shape), raw)]
-    if isinstance(obj, torch.Generator):
-        return [(path, obj.get_state().numpy().tobytes())]
-    if isinstance(obj, dict):
-        return [b for k in obj for b in _bits(obj[k], f"{path}[{k!r}]")]
-    if isinstance(obj, (tuple, list)):
-        names = getattr(obj, "_fields", range(len(obj)))
-        return [(path, type(obj).__name__, len(obj))] + [b for n, v in zip(names, obj) for b in _bits(v, f"{path}.{n}")]
-    assert obj is None or isinstance(obj, (bool, int, float)), f"{path} is a {type(obj).__name__}"
-    return [(path, obj)]
-
-
-def _resume_matches(rule, params, xs, ys, mask, at: int, path) -> None:
-    """The state saved after step ``at`` (``neuro.io.save_checkpoint``), loaded back and continued gives the
-    estimates and the final state of the run that never stopped, to the last bit."""
-    def rest(state):
-        outs = []
-        for t in range(at, xs.shape[0]):
-            outs.append(rule.step(params, state, xs[t], ys[t], mask[t]))
-            state = outs[-1].state
-        state, last = rule.finish(params, state)
-        return [(o.grad, o.y, o.loss) for o in outs] + [last], state
-
-    state = rule.init(params, xs.shape[1], 4)
-    for t in range(at):
-        state = rule.step(params, state, xs[t], ys[t], mask[t]).state
-    io.save_checkpoint(path, {"rule_state": state})
-    plain = rest(state)
-    loaded = io.load_checkpoint(path)["rule_state"]
-    assert loaded is not state
-    assert _bits(rest(loaded)) == _bits(plain)
-
-
 @pytest.mark.parametrize("name", ["nobacktrack", "nobacktrack-kalman"])
 @pytest.mark.parametrize("model", ["rate", "lif"])
 def test_a_checkpoint_resumes_exactly(name, model, tmp_path):
     net, params, xs, ys, mask = _case(model, T=7, batch=2)
     mask[2, 0] = False
-    _resume_matches(rules.make(name, net), params, xs, ys, mask, 3, tmp_path / "ckpt.pt")
+    assert_resumes_exactly(rules.make(name, net), params, xs, ys, mask, 3, tmp_path / "ckpt.pt")

@@ -31,6 +31,8 @@ from neuro import io, losses, rules
 from neuro.rules._fast import uoro as fast_uoro
 from neuro.rules.uoro import UORO, UOROState
 
+from _helpers import bits
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 F64 = torch.float64
@@ -182,7 +184,7 @@ def test_windows_in_flight_equal_the_generic_path_step_by_step(alpha, window):
         st, tt = rule.pair(params, state)
         torch.testing.assert_close(st, gstate.s_tilde, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(tt, gstate.theta_tilde, rtol=1e-10, atol=1e-12)
-        shapes.add(tuple((b[0], b[1], b[2]) for b in _bits(state) if len(b) == 4))  # (path, dtype, shape) of arrays
+        shapes.add(tuple((b[0], b[1], b[2]) for b in bits(state) if len(b) == 4))  # (path, dtype, shape) of arrays
     assert len(shapes) == 1, "the state's structure changed"
     assert landed >= 3  # windows landed at window ends, their sequence run in flight
     covered = _handed_over(xs.shape[0], window, flush_after, in_flight=True)
@@ -318,23 +320,6 @@ def test_a_state_stepped_twice_is_left_as_it_was():
     assert torch.equal(total, plain[xs.shape[0]])
 
 
-def _bits(obj, path="state") -> list:
-    """Every leaf of ``obj`` as ``(path, comparable value)``: a tensor's dtype, shape and bytes, a generator's
-    state, a number or None; through tuples, lists and dicts."""
-    if isinstance(obj, torch.Tensor):
-        raw = obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        return [(path, obj.dtype, tuple(obj.shape), raw)]
-    if isinstance(obj, torch.Generator):
-        return [(path, obj.get_state().numpy().tobytes())]
-    if isinstance(obj, dict):
-        return [b for k in obj for b in _bits(obj[k], f"{path}[{k!r}]")]
-    if isinstance(obj, (tuple, list)):
-        names = getattr(obj, "_fields", range(len(obj)))
-        return [(path, type(obj).__name__, len(obj))] + [b for n, v in zip(names, obj) for b in _bits(v, f"{path}.{n}")]
-    assert obj is None or isinstance(obj, (bool, int, float)), f"{path} is a {type(obj).__name__}"
-    return [(path, obj)]
-
-
 def _run_from(rule, params, state, xs, ys, mask, start, flush_after=()):
     given = []
     for t in range(start, xs.shape[0]):
@@ -366,11 +351,11 @@ def test_a_checkpoint_resumes_exactly(batch, samples, window, dtype, tmp_path):
         flights += state.flight is not None and state.flight.active
         io.save_checkpoint(tmp_path / "ckpt.pt", {"rule_state": state})
         loaded = io.load_checkpoint(tmp_path / "ckpt.pt")["rule_state"]
-        assert loaded is not state and _bits(loaded) == _bits(state)
+        assert loaded is not state and bits(loaded) == bits(state)
         resumed, resumed_state = _run_from(rule, params, loaded, xs, ys, mask, t + 1, flush_after)
         n_given = t + 1 + sum(u <= t for u in flush_after)  # the estimates given before the checkpoint
-        assert _bits(resumed) == _bits(plain[n_given:]), f"the estimates after a checkpoint at step {t + 1} differ"
-        assert _bits(resumed_state) == _bits(plain_state), f"the final state after a checkpoint at step {t + 1} differs"
+        assert bits(resumed) == bits(plain[n_given:]), f"the estimates after a checkpoint at step {t + 1} differ"
+        assert bits(resumed_state) == bits(plain_state), f"the final state after a checkpoint at step {t + 1} differs"
     assert (flights > 0) == (batch * samples == 1 and window > 1)
 
 
