@@ -88,8 +88,19 @@ class AbstractRule(abc.ABC):
         if self.loss is not None:
             losses.per_sample(self.loss)
         if self.supports is not None and self.net.name not in self.supports:
-            raise ValueError(f"rule {self.name!r} does not support model {self.net.name!r}: "
-                             f"it supports {', '.join(self.supports)}")
+            raise self._refuse(f"it supports {', '.join(self.supports)}")
+        if "fast" in self.__dataclass_fields__ and not isinstance(self.fast, bool):
+            raise ValueError(f"fast={self.fast!r} is invalid: expected True or False")
+
+    def _refuse(self, why: str) -> ValueError:
+        """The one-line error of a rule that does not support its network, saying ``why``."""
+        return ValueError(f"rule {self.name!r} does not support model {self.net.name!r}: {why}")
+
+    def _require_local_form(self) -> None:
+        """Refuse a network whose current and readout are not of the form local rules read (``local_form``)."""
+        if not self.net.local_form:
+            raise self._refuse("it needs a network of local form: current W_in x + W_rec p (+ b), readout "
+                               "y_t = kappa y_(t-1) + W_out z_t + b_out (local_form)")
 
     @property
     def loss_fn(self) -> losses.LossFn:

@@ -65,7 +65,7 @@ import torch
 from torch import Tensor
 
 from neuro import losses
-from neuro.contract import AbstractNetwork, Derivatives, Params, check_choice, check_positive
+from neuro.contract import Derivatives, Params, check_choice, check_positive
 
 from ._common import feedback_matrix
 from .base import AbstractRule, Needs, StepOutput, accelerated
@@ -87,9 +87,6 @@ class EPropState(NamedTuple):
     bbar: Tensor  # [] filtered 1 (b_out gradient)
     B: Tensor | None  # [n_out, n] feedback matrix (None: symmetric, W_out itself)
 
-
-def _refuse(net: AbstractNetwork, why: str) -> ValueError:
-    return ValueError(f"rule 'eprop' cannot run on model {net.name!r}: {why}")
 
 
 @accelerated
@@ -124,22 +121,18 @@ class EProp(AbstractRule):
         check_positive("feedback_lr", self.feedback_lr, allow_zero=True)
         check_positive("feedback_decay", self.feedback_decay, allow_zero=True)
         check_positive("window", self.window, integer=True)
-        if not isinstance(self.fast, bool):
-            raise ValueError(f"fast={self.fast!r} is invalid: expected True or False")
         if self.adaptive_eligibility not in (None, True, False):
             raise ValueError(f"adaptive_eligibility={self.adaptive_eligibility!r} is invalid: "
                              "expected None, True or False")
         net = self.net
-        if not net.local_form:
-            raise _refuse(net, "it needs a network of local form (current W_in x + W_rec p (+ b), readout "
-                               "y_t = kappa y_(t-1) + W_out z_t + b_out)")
+        self._require_local_form()
         if not net.trace_fields:
-            raise _refuse(net, "its neuron has no element-wise trace fields (e-prop needs one state per unit, "
+            raise self._refuse("its neuron has no element-wise trace fields (e-prop needs one state per unit, "
                                "driven by one entry of the current)")
         shapes = net.param_shapes()
         extra = sorted(set(shapes) - set(LOCAL_PARAMS))
         if extra or shapes.get("b", (net.n_hidden,)) != (net.n_hidden,):
-            raise _refuse(net, f"its parameters {sorted(shapes)} are not those of local form "
+            raise self._refuse(f"its parameters {sorted(shapes)} are not those of local form "
                                f"({', '.join(LOCAL_PARAMS)}, with b of shape ({net.n_hidden},))")
         if self.adaptive_eligibility is not None and not self.adaptation:
             raise ValueError(f"adaptive_eligibility={self.adaptive_eligibility!r} is invalid for model {net.name!r}: "

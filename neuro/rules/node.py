@@ -201,9 +201,7 @@ class AbstractNodeRule(AbstractRule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.net.local_form:
-            raise ValueError(f"rule {self.name!r} does not support model {self.net.name!r}: it needs a model whose "
-                             "current is W_in x + W_rec p (+ b) and readout W_out z + b_out (local_form)")
+        self._require_local_form()
         check_sigma(self.sigma)
         check_samples(self.samples)
         check_forward(self.forward)

@@ -78,7 +78,7 @@ import torch
 from torch import Tensor
 
 from neuro import losses
-from neuro.contract import AbstractNetwork, Params, check_choice, check_positive
+from neuro.contract import Params, check_choice, check_positive
 
 from .base import AbstractRule, Needs, StepOutput, accelerated
 
@@ -95,9 +95,6 @@ class OTTTState(NamedTuple):
     obar: Tensor  # [] kappa-filtered ones (b_out trace)
     acc: tuple | None  # mode "A": the sum of the per-step estimates so far, in the params' order; mode "O": None
 
-
-def _refuse(net: AbstractNetwork, why: str) -> ValueError:
-    return ValueError(f"rule 'ottt' cannot run on model {net.name!r}: {why}")
 
 
 @accelerated
@@ -119,14 +116,10 @@ class OTTT(AbstractRule):
         super().__post_init__()
         check_choice("mode", self.mode, MODES)
         check_positive("window", self.window, integer=True)
-        if not isinstance(self.fast, bool):
-            raise ValueError(f"fast={self.fast!r} is invalid: expected True or False")
         net = self.net
-        if not net.local_form:
-            raise _refuse(net, "it needs a network of local form (current W_in x + W_rec p (+ b), readout "
-                               "y_t = kappa y_(t-1) + W_out z_t + b_out)")
+        self._require_local_form()
         if not net.trace_fields or net.linear_filter() is None:
-            raise _refuse(net, "its trace fields have no linear filter of the current (linear_filter() is None: a "
+            raise self._refuse("its trace fields have no linear filter of the current (linear_filter() is None: a "
                                "rate net has no membrane filtering spikes), and OTTT's presynaptic traces are that "
                                "filter (models with one: lif, alif)")
 

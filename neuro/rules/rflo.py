@@ -62,7 +62,7 @@ import torch
 from torch import Tensor
 
 from neuro import losses
-from neuro.contract import AbstractNetwork, Params, check_choice, check_positive
+from neuro.contract import Params, check_choice, check_positive
 
 from ._common import feedback_matrix
 from .base import AbstractRule, Needs, StepOutput, accelerated
@@ -79,9 +79,6 @@ class RFLOState(NamedTuple):
     P_b: Tensor  # [B, n]          eligibility of b
     B: Tensor  # [n, n_out] the random feedback (feedback="random"), size 0 with feedback="readout"
 
-
-def _refuse(net: AbstractNetwork, why: str) -> ValueError:
-    return ValueError(f"rule 'rflo' does not support model {net.name!r}: {why}")
 
 
 @accelerated
@@ -108,17 +105,13 @@ class RFLO(AbstractRule):
         check_choice("feedback", self.feedback, FEEDBACKS)
         check_positive("feedback_scale", self.feedback_scale)
         check_positive("window", self.window, integer=True)
-        if not isinstance(self.fast, bool):
-            raise ValueError(f"fast={self.fast!r} is invalid: expected True or False")
         net = self.net
-        if not net.local_form:
-            raise _refuse(net, "it needs a network of local form (current W_in x + W_rec p + b, readout "
-                               "W_out z + b_out)")
+        self._require_local_form()
         if len(net.trace_fields) != 1:
-            raise _refuse(net, f"RFLO decays its traces by the unit's own leak and needs one state field per unit, "
+            raise self._refuse(f"RFLO decays its traces by the unit's own leak and needs one state field per unit, "
                                f"the model has {net.trace_fields} (for spiking models use 'eprop' or 'three-factor')")
         if net.readout_decay != 0.0:
-            raise _refuse(net, f"RFLO needs a linear readout (readout_decay 0), the model's is {net.readout_decay!r} "
+            raise self._refuse(f"RFLO needs a linear readout (readout_decay 0), the model's is {net.readout_decay!r} "
                                "(use 'eprop' or 'three-factor')")
 
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> RFLOState:

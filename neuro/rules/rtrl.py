@@ -72,8 +72,6 @@ class RTRL(AbstractRule):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive("max_bytes", self.max_bytes, integer=True)
-        if not isinstance(self.fast, bool):
-            raise ValueError(f"fast={self.fast!r} is invalid: expected True or False")
 
     # -- helpers -------------------------------------------------------------------------------------
     def _flat(self, params: Params) -> FlatStep:

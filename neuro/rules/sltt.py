@@ -60,7 +60,7 @@ import torch
 from torch import Tensor
 
 from neuro import losses
-from neuro.contract import AbstractNetwork, Params, check_positive
+from neuro.contract import Params, check_positive
 
 from .base import AbstractRule, Needs, StepOutput, accelerated
 
@@ -84,14 +84,10 @@ def _detach_state(state: NamedTuple) -> NamedTuple:
     return type(state)(*(s.detach() for s in state))
 
 
-def _refuse(rule: str, net: AbstractNetwork, why: str) -> ValueError:
-    return ValueError(f"rule {rule!r} does not support model {net.name!r}: {why}")
-
-
 def _require_spikes(rule: AbstractRule) -> None:
     if not getattr(rule.net, "spiking", True):  # not a network at all: the base class says so
-        raise _refuse(rule.name, rule.net, f"{rule.name.upper()} trains spiking networks (net.spiking; on one with "
-                                           f"no spikes its estimate is tbptt's with k=1), such as {', '.join(SPIKING)}")
+        raise rule._refuse(f"{rule.name.upper()} trains spiking networks (net.spiking; on one with no spikes its "
+                           f"estimate is tbptt's with k=1), such as {', '.join(SPIKING)}")
 
 
 def spatial_step(rule: AbstractRule, params: Params, net_state: NamedTuple, x: Tensor, y: Tensor,
@@ -123,12 +119,9 @@ class SLTT(AbstractRule):
         _require_spikes(self)
         super().__post_init__()
         check_positive("window", self.window, integer=True)
-        if not isinstance(self.fast, bool):
-            raise ValueError(f"fast={self.fast!r} is invalid: expected True or False")
-        if not self.net.local_form or not self.net.trace_fields:
-            raise _refuse(self.name, self.net, "it needs a network of local form (current W_in x + W_rec p (+ b), "
-                                               "readout y_t = kappa y_(t-1) + W_out z_t + b_out) whose neuron has "
-                                               "element-wise trace fields (neuro.contract)")
+        self._require_local_form()
+        if not self.net.trace_fields:
+            raise self._refuse("its neuron has no element-wise trace fields (neuro.contract)")
 
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> SLTTState:
         check_positive("batch", batch, integer=True)
@@ -166,9 +159,7 @@ class SLTTK(AbstractRule):
     def __post_init__(self) -> None:
         _require_spikes(self)
         super().__post_init__()
-        if not self.net.local_form:
-            raise _refuse(self.name, self.net, "it needs a network of local form (current W_in x + W_rec p (+ b), "
-                                               "readout y_t = kappa y_(t-1) + W_out z_t + b_out; neuro.contract)")
+        self._require_local_form()
         check_positive("k", self.k, integer=True)
         check_positive("T", self.T, integer=True)
         if self.k > self.T:

@@ -81,7 +81,7 @@ import torch
 from torch import Tensor
 
 from neuro import losses
-from neuro.contract import AbstractNetwork, Params, check_choice, check_positive
+from neuro.contract import Params, check_choice, check_positive
 
 from ._common import feedback_matrix
 from .base import AbstractRule, Needs, StepOutput, accelerated
@@ -110,9 +110,6 @@ def _unit(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name}={value!r} is invalid: expected a decay per step in [0, 1)")
 
-
-def _refuse(net: AbstractNetwork, why: str) -> ValueError:
-    return ValueError(f"rule 'three-factor' does not support model {net.name!r}: {why}")
 
 
 @accelerated
@@ -166,14 +163,10 @@ class ThreeFactor(AbstractRule):
         check_choice("feedback", self.feedback, FEEDBACKS)
         check_positive("feedback_scale", self.feedback_scale)
         check_positive("window", self.window, integer=True)
-        if not isinstance(self.fast, bool):
-            raise ValueError(f"fast={self.fast!r} is invalid: expected True or False")
         net = self.net
-        if not net.local_form:
-            raise _refuse(net, "it needs a network of local form (current W_in x + W_rec p (+ b), readout "
-                               "y_t = kappa y_(t-1) + W_out z_t + b_out)")
+        self._require_local_form()
         if not net.trace_fields:
-            raise _refuse(net, "its neuron has no element-wise trace fields (the postsynaptic factor is one "
+            raise self._refuse("its neuron has no element-wise trace fields (the postsynaptic factor is one "
                                "unit's dz/dI)")
 
     # -- the pieces of one step, shared with the fast path ---------------------------------------------------

@@ -94,8 +94,6 @@ class UORO(AbstractRule):
         check_positive("eps", self.eps)
         check_positive("samples", self.samples, integer=True)
         check_positive("window", self.window, integer=True)
-        if not isinstance(self.fast, bool):
-            raise ValueError(f"fast={self.fast!r} is invalid: expected True or False")
 
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> UOROState:
         check_positive("batch", batch, integer=True)
