@@ -32,6 +32,8 @@ from neuro.losses import grad as output_error
 from neuro.rules import Needs
 from neuro.rules._fast.columnar import ColumnarKernel, ColumnarTraces
 
+from _helpers import rel_err as _rel
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 N_IN, N_HID, N_OUT = 3, 5, 2
@@ -51,16 +53,6 @@ def _case(cell: str, T: int = 25, B: int = 2, loss: str = "mse", seed: int = 0):
         ys = torch.nn.functional.one_hot(torch.randint(0, N_OUT, (T, B), generator=gen), N_OUT).to(F64)
     mask = torch.rand(T, B, generator=gen) < 0.7
     return net, params, xs, ys, mask
-
-
-def _rel(got: dict, ref: dict) -> float:
-    """Largest relative error over the parameters (max-abs difference / max-abs of the reference)."""
-    errs = []
-    for k in ref:
-        scale = ref[k].abs().max().item()
-        assert scale > 0, f"reference gradient of {k} is zero: the comparison would be vacuous"
-        errs.append((got[k] - ref[k]).abs().max().item() / scale)
-    return max(errs)
 
 
 @pytest.mark.parametrize("loss", ["mse", "ce"])

@@ -26,6 +26,8 @@ from neuro.rules._fast.rtrl import RateRTRL
 from neuro.rules._onestep import FlatStep
 from neuro.rules.rtrl import RTRL
 
+from _helpers import rel_err as _rel
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 N_IN, N_HID, N_OUT = 4, 10, 2
@@ -60,16 +62,6 @@ def _case(name: str, T: int = 30, B: int = 2, loss: str = "mse", seed: int = 0, 
         rate = neuro.simulate(net, params, xs).spikes.mean().item()
         assert 0.02 < rate < 0.5, f"spike fraction {rate:.3f}: the gradient test needs a network that fires"
     return net, params, xs, ys, mask
-
-
-def _rel(got: dict, ref: dict) -> float:
-    """Largest relative error over the parameters (max-abs difference / max-abs of the reference)."""
-    errs = []
-    for k in ref:
-        scale = ref[k].abs().max().item()
-        assert scale > 0, f"reference gradient of {k} is zero: the comparison would be vacuous"
-        errs.append((got[k] - ref[k]).abs().max().item() / scale)
-    return max(errs)
 
 
 def _steps(rule, params, xs, ys, mask, state=None):

@@ -24,6 +24,8 @@ from neuro.rules._fast.snap import DenseRateSnAp, SparseRateSnAp1
 from neuro.rules._onestep import FlatStep
 from neuro.rules.snap import snap_pattern
 
+from _helpers import rel_err as _rel
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 N_IN, N_HID, N_OUT = 3, 5, 2
@@ -55,15 +57,6 @@ def _case(name: str, T: int = 15, B: int = 2, seed: int = 0, chain: bool = False
 
 def _chain_mask() -> torch.Tensor:
     return (torch.eye(N_HID, dtype=F64) + torch.diag(torch.ones(N_HID - 1, dtype=F64), -1))
-
-
-def _rel(got: dict, ref: dict) -> float:
-    errs = []
-    for k in ref:
-        scale = ref[k].abs().max().item()
-        assert scale > 0, f"reference gradient of {k} is zero"
-        errs.append((got[k] - ref[k]).abs().max().item() / scale)
-    return max(errs)
 
 
 def _flat(net, params) -> FlatStep:
