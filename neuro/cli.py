@@ -406,8 +406,22 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _on_sigterm(signum, frame) -> NoReturn:  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``neuro`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    """Run the ``neuro`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Every failure ends here as one line on stderr (:mod:`neuro.errors`): 2 for a usage or data error,
+    1 for a run that failed after it started (the line says where its last good state is), 130 when
+    interrupted (Ctrl-C or SIGTERM). ``NEURO_TRACEBACK=1`` also prints the traceback."""
+    import os
+    import signal
+    import threading
+
+    from neuro import errors
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parser().parse_args(argv)
@@ -415,5 +429,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(e)
     except SystemExit as e:  # --help
         return int(e.code or 0) if not isinstance(e.code, str) else 2
-    return {"train": _train, "compare": _compare, "demo": _demo, "bench": _bench, "export": _export,
-            "simulate": _simulate}[args.command](args)
+    command = {"train": _train, "compare": _compare, "demo": _demo, "bench": _bench, "export": _export,
+               "simulate": _simulate}[args.command]
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return command(args)
+    except SystemExit as e:  # a benchmark's own argparse
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except BaseException as e:
+        if os.environ.get("NEURO_TRACEBACK"):
+            import traceback
+
+            traceback.print_exc()
+        status = errors.exit_status(e)
+        print(f"{PROG}: {'' if status == errors.INTERRUPTED else 'error: '}{errors.describe(e)}", file=sys.stderr)
+        return status
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
