@@ -172,44 +172,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from neuro.comparison import compare
-    from neuro.comparison.config import load, validate
+    from neuro import cli_compare
 
-    try:
-        cfg = load(args.config) if args.config else {}
-        flags = {k: getattr(args, k) for k in ("task", "seeds", "steps", "model", "hidden", "lr", "optimizer", "batch",
-                                               "chunk", "update_every", "log_every", "align_every", "align_steps", "eval_steps",
-                                               "dtype", "executor", "address", "workers", "out", "vectorise",
-                                               "schedule")}
-        cfg.update({k: v for k, v in flags.items() if v is not None})
-        if args.rules is not None:
-            cfg["rules"] = [r.strip() for r in args.rules.split(",") if r.strip()]
-        for what in ("model", "task"):
-            opts = _options(f"--{what}-opt", getattr(args, f"{what}_opt"))
-            if opts:
-                cfg[f"{what}_options"] = {**cfg.get(f"{what}_options", {}), **opts}
-        for item in args.rule_opt or []:
-            rule, sep, rest = item.partition(":")
-            if not sep or not rule.strip():
-                raise ValueError(f"--rule-opt {item!r} is invalid: expected RULE:KEY=VALUE (e.g. tbptt:k=10)")
-            opts = cfg.setdefault("rule_options", {}).setdefault(rule.strip(), {})
-            opts.update(_options("--rule-opt", [rest]))
-        cfg = validate(cfg, "settings")
-        cfg.setdefault("task", "add")
-        cfg.setdefault("rules", ["bptt", "tbptt"])
-        task, rules = cfg.pop("task"), cfg.pop("rules")
-        results = compare(task, rules, **cfg)
-    except (ValueError, TypeError, FileNotFoundError, ConnectionError, ImportError) as e:
-        return _error(e)
-    except KeyboardInterrupt:
-        where = f"; run the same command again to resume (finished runs are kept in {cfg.get('out')})" \
-            if cfg.get("out") else ""
-        print(f"{PROG}: interrupted{where}", file=sys.stderr)
-        return 130
-    print(results.markdown())
-    if cfg.get("out"):
-        print(f"tables and plots in {cfg['out']}")
-    return 0
+    return cli_compare.main(args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from neuro import cli_export
+
+    return cli_export.main(args)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from neuro import cli_simulate
+
+    return cli_simulate.main(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -241,169 +218,6 @@ def _bench(args: argparse.Namespace) -> int:
     if not callable(getattr(module, "main", None)):
         return _error(f"bench {name!r} has no main(argv) function")
     return int(module.main(list(args.args)) or 0)
-
-
-def _export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import torch
-
-    import models
-    from neuro import io
-
-    targets = ("lava", "nir")
-    run_dir = Path(args.run_dir)
-    try:
-        if args.target not in targets:
-            raise ValueError(f"export target {args.target!r} is invalid: valid choices are {', '.join(targets)}")
-        if args.target == "nir" and (args.fixed_point or args.vth is not None or args.saturate or args.verify):
-            raise ValueError("--fixed-point, --vth, --saturate and --verify apply to lava only")
-        if args.verify < 0:
-            raise ValueError(f"--verify {args.verify} is invalid: must be >= 0")
-        config_path = run_dir / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{str(config_path)!r} does not exist: RUN_DIR must be a directory written by "
-                                    "neuro train --run-dir")
-        config = io.read_json(config_path)
-        net = models.make(config["net"]["name"], **config["net"]["fields"])
-        params = io.load_checkpoint(run_dir / "checkpoint.pt", map_location="cpu")["params"]
-        params = {k: v.detach().to(torch.float64) for k, v in params.items()}
-        if args.target == "nir":
-            from hw_targets.nir import export as to_nir
-
-            out = Path(args.out or run_dir / "network.nir")
-            to_nir(net, params, out)
-            print(f"{net.name} network ({net.n_in} in, {net.n_hidden} neurons, {net.n_out} out) written to {out} (NIR)")
-            return 0
-        import hw_targets.lava as hl
-
-        kw = {k: v for k, v in (("vth", args.vth), ("saturate", args.saturate or None)) if v is not None}
-        if kw and not args.fixed_point:
-            raise ValueError("--vth and --saturate need --fixed-point")
-        report = None
-        if args.fixed_point:
-            qnet, qparams, report = hl.quantize(net, params, report=True, **kw)
-            lava_net = hl.export(qnet, qparams, fixed_point=True)
-        else:
-            lava_net = hl.export(net, params)
-        out = lava_net.save(args.out or run_dir / "lava.npz")
-    except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as e:
-        return _error(e)
-    kind = "fixed point (Loihi's integer model)" if args.fixed_point else "floating point"
-    print(f"{lava_net.net.name} network for Lava, {kind}, written to {out}")
-    if report is not None:
-        print(report)
-    if args.verify:
-        import neuro
-
-        g = torch.Generator().manual_seed(0)
-        xs = (torch.rand(args.verify, 1, net.n_in, generator=g, dtype=torch.float64) < 0.05).to(torch.float64)
-        got = lava_net.run(xs)
-        ref = neuro.simulate(lava_net.net, lava_net.params, xs)
-        same = bool(torch.equal(got.spikes, ref.spikes))
-        print(f"verify: {args.verify} steps of random spikes (p=0.05): Lava and torch spikes "
-              f"{'identical' if same else 'DIFFER'}; {int(ref.spikes.sum())} spikes; "
-              f"max |y difference| {float((got.y - ref.y).abs().max()):.3g}")
-        if not same:
-            return 1
-    return 0
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    import time
-    from pathlib import Path
-
-    import numpy as np
-    import torch
-
-    import models
-    import neuro
-    from neuro import io
-
-    try:
-        for flag in ("hidden", "inputs", "steps"):
-            if getattr(args, flag) <= 0:
-                raise ValueError(f"--{flag} {getattr(args, flag)} is invalid: must be a positive integer")
-        if not 0.0 <= args.rate <= 1000.0:
-            raise ValueError(f"--rate {args.rate} is invalid: spikes per second, between 0 and 1000 (dt = 1 ms)")
-        if args.target is not None and args.backend != "brian2":
-            raise ValueError(f"--target applies to --backend brian2 only (got --backend {args.backend})")
-        model_opt = _options("--model-opt", args.model_opt)
-        if args.from_run is not None:
-            run = Path(args.from_run)
-            if not (run / "config.json").is_file():
-                raise FileNotFoundError(f"{str(run / 'config.json')!r} does not exist: --from-run must be a "
-                                        "directory written by neuro train --run-dir")
-            config = io.read_json(run / "config.json")
-            net = models.make(config["net"]["name"], **{**config["net"]["fields"], **model_opt})
-            params = io.load_checkpoint(run / "checkpoint.pt", map_location="cpu")["params"]
-            params = {k: v.detach().to(torch.float64) for k, v in params.items()}
-        else:
-            for key in ("n_in", "n_hidden", "n_out"):
-                if key in model_opt:
-                    raise ValueError(f"--model-opt {key} is not allowed: use --inputs / --hidden")
-            net = models.make(args.model, n_in=args.inputs, n_hidden=args.hidden, n_out=1, **model_opt)
-            params = net.init_params(seed=args.seed, dtype=torch.float64)
-            if net.spiking:
-                params["W_in"] = params["W_in"].abs()
-        g = torch.Generator().manual_seed(args.seed)
-        dt = float(getattr(net, "dt", 1.0))
-        xs = (torch.rand(args.steps, 1, net.n_in, generator=g, dtype=torch.float64)
-              < args.rate * dt * 1e-3).to(torch.float64)
-        kw = {"target": args.target} if args.target is not None else {}
-        t0 = time.perf_counter()
-        tr = neuro.simulate(net, params, xs, backend=args.backend, **kw)
-        wall = time.perf_counter() - t0
-    except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError, RuntimeError) as e:
-        return _error(e)
-    out = Path(args.run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    arrays = {"xs": xs[:, 0].numpy(), "y": tr.y[:, 0].numpy()}
-    for name, value in (("spikes", tr.spikes), ("v", tr.v), ("h", tr.h), *tr.extra.items()):
-        if value is not None:
-            arrays[name] = value[:, 0].numpy()
-    np.savez_compressed(out / "trace.npz", **arrays, dt_ms=np.float64(dt))
-    where = f"{args.backend}" + (f" ({args.target or 'numpy'})" if args.backend == "brian2" else "")
-    line = f"{net.name}, {net.n_hidden} neurons, {args.steps} steps in {wall:.2f} s on {where}"
-    if tr.spikes is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        s = tr.spikes[:, 0]
-        hz = float(s.mean()) / (dt * 1e-3)
-        t_idx, n_idx = torch.nonzero(s, as_tuple=True)
-        fig, ax = plt.subplots(figsize=(8, 4))
-        ax.scatter((t_idx.double() * dt).numpy(), n_idx.numpy(), s=1.5, c="k", marker="|")
-        ax.set(xlabel="time (ms)", ylabel="neuron", xlim=(0, args.steps * dt), ylim=(-0.5, net.n_hidden - 0.5),
-               title=f"{line}: {hz:.1f} Hz")
-        fig.tight_layout()
-        fig.savefig(out / "raster.png", dpi=120)
-        plt.close(fig)
-        line += f", {int(s.sum())} spikes ({hz:.1f} Hz)"
-    print(line)
-    if tr.spikes is not None and not bool(tr.spikes.any()):  # a silent network: say so, keep the exit status
-        hint = "" if args.from_run else ": raise --rate or the drive (--model-opt input_scale=, bias_mean=)"
-        print(f"{PROG}: warning: the network is silent, no spike in {args.steps} steps of {net.n_hidden} neurons"
-              + hint, file=sys.stderr)
-    print(f"wrote {out / 'trace.npz'}" + (f" and {out / 'raster.png'}" if tr.spikes is not None else ""))
-    if args.check and args.backend != "torch":
-        ref = neuro.simulate(net, params, xs)
-        if ref.spikes is not None:
-            same = bool(torch.equal(ref.spikes, tr.spikes))
-            dv = float(((tr.v - ref.v).abs().max() / ref.v.abs().max().clamp_min(1e-300))) if ref.v is not None else None
-            print(f"check against torch (float64): spike trains {'identical' if same else 'DIFFER'}"
-                  + (f", max relative voltage difference {dv:.2e}" if dv is not None else ""))
-        else:  # a rate model: its activity and readout, to rounding
-            dh = float((tr.h - ref.h).abs().max())
-            dy = float((tr.y - ref.y).abs().max())
-            same = dh <= 1e-9 and dy <= 1e-9
-            print(f"check against torch (float64): h and y {'agree' if same else 'DIFFER'} (max |difference| "
-                  f"{dh:.2e} and {dy:.2e})")
-        if not same:
-            return 1
-    return 0
 
 
 def _on_sigterm(signum, frame) -> NoReturn:  # noqa: ARG001

@@ -1,0 +1,51 @@
+"""``neuro compare``: a sweep of rules x seeds on one task (:func:`neuro.comparison.compare`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from neuro.cli import PROG, _error, _options
+
+__all__ = ["main"]
+
+
+def main(args: argparse.Namespace) -> int:
+    from neuro.comparison import compare
+    from neuro.comparison.config import load, validate
+
+    try:
+        cfg = load(args.config) if args.config else {}
+        flags = {k: getattr(args, k) for k in ("task", "seeds", "steps", "model", "hidden", "lr", "optimizer", "batch",
+                                               "chunk", "update_every", "log_every", "align_every", "align_steps", "eval_steps",
+                                               "dtype", "executor", "address", "workers", "out", "vectorise",
+                                               "schedule")}
+        cfg.update({k: v for k, v in flags.items() if v is not None})
+        if args.rules is not None:
+            cfg["rules"] = [r.strip() for r in args.rules.split(",") if r.strip()]
+        for what in ("model", "task"):
+            opts = _options(f"--{what}-opt", getattr(args, f"{what}_opt"))
+            if opts:
+                cfg[f"{what}_options"] = {**cfg.get(f"{what}_options", {}), **opts}
+        for item in args.rule_opt or []:
+            rule, sep, rest = item.partition(":")
+            if not sep or not rule.strip():
+                raise ValueError(f"--rule-opt {item!r} is invalid: expected RULE:KEY=VALUE (e.g. tbptt:k=10)")
+            opts = cfg.setdefault("rule_options", {}).setdefault(rule.strip(), {})
+            opts.update(_options("--rule-opt", [rest]))
+        cfg = validate(cfg, "settings")
+        cfg.setdefault("task", "add")
+        cfg.setdefault("rules", ["bptt", "tbptt"])
+        task, rules = cfg.pop("task"), cfg.pop("rules")
+        results = compare(task, rules, **cfg)
+    except (ValueError, TypeError, FileNotFoundError, ConnectionError, ImportError) as e:
+        return _error(e)
+    except KeyboardInterrupt:
+        where = f"; run the same command again to resume (finished runs are kept in {cfg.get('out')})" \
+            if cfg.get("out") else ""
+        print(f"{PROG}: interrupted{where}", file=sys.stderr)
+        return 130
+    print(results.markdown())
+    if cfg.get("out"):
+        print(f"tables and plots in {cfg['out']}")
+    return 0
