@@ -6,6 +6,13 @@ takes every setting from ``D/config.json`` (model, rule, task and their options,
 must agree with the saved run, or it is refused naming it; the flags that may change on resume are
 ``--steps``, ``--checkpoint-every``, ``--device`` and ``--no-progress``. Every flag's default is ``None``
 here, so that a flag the user gave is told apart from a default.
+
+A run directory is never a dead end. It gets a checkpoint at the end, at the first sequence end after every
+``--checkpoint-every`` steps, or (without that flag) after every minute of wall clock; a run killed before
+its first checkpoint leaves ``config.json``, and ``--resume`` restarts it from step 0 (saying so on
+stderr). The directory is checked to be writable before the run starts (exit 2 if not). A failure after
+the run started (a full disk, a file-size limit, memory, an error inside the loop) exits 1 with one line
+naming the cause, the last good checkpoint (step and path) and the command that continues the run.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,10 +56,13 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--dtype", help=f"float32 or float64 (default {d['dtype']})")
     t.add_argument("--device", help="cpu (default) or cuda[:i]")
     t.add_argument("--log-every", type=int, help=f"default {d['log_every']}")
-    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: only at the end)")
+    t.add_argument("--checkpoint-every", type=int,
+                   help="steps between checkpoints, each at the next sequence end (default: one every minute of "
+                        "wall clock); one is always written at the end")
     t.add_argument("--run-dir", help="write config.json, metrics.csv, checkpoint.pt here")
     t.add_argument("--resume", action="store_true",
-                   help="continue the run in --run-dir from its checkpoint, with the settings of its config.json")
+                   help="continue the run in --run-dir from its checkpoint, with the settings of its config.json "
+                        "(a run without a checkpoint yet restarts from step 0)")
     for what in ("model", "task", "rule"):
         t.add_argument(f"--{what}-opt", action="append", metavar="KEY=VALUE",
                        help=f"a {what} option (repeatable); values parse as int, float, bool, none, "
@@ -143,11 +154,12 @@ def _clashes(args: argparse.Namespace, saved: dict[str, Any]) -> list[str]:
 def spec_from_run(args: argparse.Namespace) -> Spec:
     """A resumed run: every setting from ``--run-dir``'s config.json; a ``ValueError`` names each flag the
     user gave that contradicts it."""
-    from neuro.rundir import CHECKPOINT, read_config
+    from neuro.rundir import CHECKPOINT, CONFIG, read_config
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / CHECKPOINT).is_file():
-        raise FileNotFoundError(f"cannot resume: no checkpoint {str(run_dir / CHECKPOINT)!r}")
+    if not (run_dir / CHECKPOINT).is_file() and not (run_dir / CONFIG).is_file():
+        raise FileNotFoundError(f"cannot resume --run-dir {str(run_dir)!r}: it holds no run (no checkpoint "
+                                f"{str(run_dir / CHECKPOINT)!r}, no {CONFIG}); start one without --resume")
     saved = read_config(run_dir)
     clashes = _clashes(args, saved)
     if clashes:
@@ -165,28 +177,53 @@ def spec_from_run(args: argparse.Namespace) -> Spec:
                 settings={**settings, "run_dir": run_dir, "resume": True, "progress": not args.no_progress})
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """The flag combinations that need ``--run-dir``, and a fresh run into a directory that holds one."""
+    from neuro.rundir import CHECKPOINT, CONFIG
+
+    if args.run_dir is None:
+        for flag, given in (("--resume", args.resume), ("--checkpoint-every", args.checkpoint_every is not None)):
+            if given:
+                raise ValueError(f"{flag} needs --run-dir (the directory that keeps the checkpoint)")
+    elif not args.resume and any((Path(args.run_dir) / f).exists() for f in (CONFIG, CHECKPOINT)):
+        raise FileExistsError(f"--run-dir {args.run_dir} already holds a run ({CONFIG} or {CHECKPOINT}): continue it "
+                              "with --resume, or choose another --run-dir")
+
+
 def main(args: argparse.Namespace) -> int:
-    """Build and run the training ``args`` describe; the exit status (2: usage, 1: diverged, 130: interrupted)."""
-    from neuro.cli import PROG, _error
+    """Build and run the training ``args`` describe; the exit status 0. A failure raises (:func:`neuro.cli.main`
+    prints one line): before the run starts the error itself (exit 2), after it :class:`~neuro.errors.RunFailed`
+    or :class:`~neuro.training.TrainingDiverged` naming the last good checkpoint (exit 1)."""
+    from neuro.cli import PROG
+    from neuro.errors import RunFailed, describe
+    from neuro.rundir import CHECKPOINT, CONFIG
     from neuro.training import TrainingDiverged, prepare
 
+    _check_flags(args)
+    spec = spec_from_run(args) if args.resume else spec_from_flags(args)
+    net, rule, task, config = spec.build()
+    run = prepare(net, rule, task, spec.steps, config)
+    again = None if config.run_dir is None else f"neuro train --resume --run-dir {shlex.quote(str(config.run_dir))}"
+    if run.restarts:
+        print(f"{PROG}: {str(config.run_dir)!r} holds no checkpoint yet: restarting the run from step 0 with its "
+              f"{CONFIG}", file=sys.stderr)
     try:
-        spec = spec_from_run(args) if args.resume and args.run_dir is not None else spec_from_flags(args)
-        net, rule, task, config = spec.build()
-        run = prepare(net, rule, task, spec.steps, config)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
-        return _error(e)
-    try:
-        history = run.execute()
-    except TrainingDiverged as e:
-        _error(e)
-        return 1
+        history = run.execute(continue_with=again)
     except KeyboardInterrupt:
-        ckpt = run.checkpoint_path
-        where = (f"; continue from its last checkpoint with --resume --run-dir {config.run_dir}"
-                 if ckpt is not None and ckpt.is_file() else "")
+        where = ""
+        if again is not None and (config.run_dir / CHECKPOINT).is_file():
+            where = f"; continue from its last checkpoint with: {again}"
+        elif again is not None and (config.run_dir / CONFIG).is_file():
+            where = f"; no checkpoint yet: {again} restarts it"
         print(f"{PROG}: interrupted{where}", file=sys.stderr)
         return 130
+    except (TrainingDiverged, RunFailed):
+        raise
+    except Exception as e:
+        if config.run_dir is not None:  # the run directory was not written: nothing started
+            raise
+        raise RunFailed(f"the run failed: {describe(e)}; without --run-dir nothing was kept: run it again, with "
+                        "--run-dir DIR to keep checkpoints") from e
     last = history.metrics[-1]
     msg = f"{net.name}/{rule.name}/{task.name}: {history.steps} steps, loss {last['loss']:.4f} over the last " \
           f"{last['step'] - (history.metrics[-2]['step'] if len(history.metrics) > 1 else 0)} steps, " \

@@ -4,32 +4,42 @@
   derived from them, the versions (:func:`describe_run`); written when a run starts or resumes;
 * ``metrics.csv``: :attr:`neuro.training.History.metrics`, rewritten at every metrics row;
 * ``checkpoint.pt``: everything a resumed run needs to continue bit for bit (parameters, optimizer and
-  rule state, stream position, metrics, random state, and the config it was made with).
+  rule state, stream position, metrics, random state, and the config it was made with); written at the
+  end, at the first sequence end after every ``checkpoint_every`` steps, or (by default) after every
+  :data:`neuro.train_loop.CHECKPOINT_SECONDS` of wall clock.
 
-Every file is written atomically (:mod:`neuro.io`): a crash mid-write keeps the previous file. To
-resume, the saved config is compared with the one of the run being prepared; the differences are
-named field by field (:func:`differences`), except the settings that may change (:data:`CHANGEABLE`).
+Every file is written atomically (:mod:`neuro.io`): a crash or a kill mid-write keeps the previous file.
+A directory is never a dead end: with a checkpoint a resume continues from it; with ``config.json`` but
+no checkpoint yet (a run killed before its first one) a resume restarts the run from its config
+(:meth:`RunDir.load_resume` returns ``None``). To resume, the saved config is compared with the one of the
+run being prepared; the differences are named field by field (:func:`differences`), except the settings
+that may change (:data:`CHANGEABLE`). :func:`read_config` is the one reader of ``config.json``: it names the
+file and what is wrong with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from neuro import io
+from neuro import errors, io
 from neuro.contract import AbstractNetwork
 from neuro.rules.base import AbstractRule
 from neuro.tasks.base import AbstractTask
 from neuro.train_config import RESUMABLE, TrainConfig
 
-__all__ = ["CHANGEABLE", "CHECKPOINT", "COLUMNS", "CONFIG", "FORMAT", "METRICS", "RunDir", "TIMING_COLUMNS",
-           "describe_run", "differences", "read_config"]
+__all__ = ["CHANGEABLE", "CHECKPOINT", "CHECKPOINT_KEYS", "COLUMNS", "CONFIG", "FORMAT", "METRICS", "RunDir",
+           "TIMING_COLUMNS", "check_config", "describe_run", "differences", "read_config"]
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
 FORMAT = 1
@@ -38,6 +48,11 @@ COLUMNS = ["step", "loss", "loss_counted", "updates", "sequences", "steps_per_s"
 TIMING_COLUMNS = ("steps_per_s", "elapsed_s")
 #: ``train`` entries of config.json that may differ between a run and its resume
 CHANGEABLE = ("steps", "params", *RESUMABLE)
+#: the entries of a checkpoint (besides ``format``)
+CHECKPOINT_KEYS = ("step", "position", "params", "optimizer", "rule_state", "updates", "sequences", "interval",
+                   "metrics", "elapsed_s", "rng", "config")
+#: the ``train`` entries of config.json a run needs to be rebuilt from it
+_TRAIN_KEYS = ("steps", "seed", "optimizer", "lr", "update_every", "batch", "log_every", "dtype", "chunk")
 
 
 def _jsonable(v: Any) -> Any:
@@ -100,12 +115,92 @@ def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return out
 
 
+def check_config(config: Any, where: str) -> dict[str, Any]:
+    """``config`` if it has the parts of a run config (:func:`describe_run`), else a ``ValueError`` naming
+    ``where`` it came from and the missing or malformed entry."""
+    tail = "not a run directory written by neuro train"
+    if not isinstance(config, dict):
+        raise ValueError(f"{where} holds a JSON {type(config).__name__}, not an object: {tail}")
+    for part in ("net", "rule", "task", "train"):
+        if part not in config:
+            raise ValueError(f"{where} has no {part!r} entry: {tail}")
+        if not isinstance(config[part], dict):
+            raise ValueError(f"{where} has a {part!r} entry that is not an object: {tail}")
+    for part in ("net", "rule", "task"):
+        for key, kind in (("name", str), ("class", str), ("fields", dict)):
+            if not isinstance(config[part].get(key), kind):
+                raise ValueError(f"{where} has no valid {part}.{key} entry: {tail}")
+    missing = [k for k in _TRAIN_KEYS if k not in config["train"]]
+    if missing:
+        raise ValueError(f"{where} has no train.{missing[0]} entry: {tail}")
+    return config
+
+
 def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """``run_dir``'s ``config.json`` (``FileNotFoundError`` naming it if absent)."""
+    """``run_dir``'s ``config.json``, checked (:func:`check_config`): ``FileNotFoundError`` if absent, a
+    ``ValueError`` naming the file if it is not JSON or not a run config."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist: not a run directory written by neuro train")
-    return io.read_json(path)
+    try:
+        config = io.read_json(path)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON (line {e.lineno} column {e.colno}): truncated or not "
+                         "written by neuro train") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{str(path)!r} is not valid JSON (not UTF-8 text): not written by neuro train") from None
+    return check_config(config, repr(str(path)))
+
+
+def _shape(t: Any) -> str:
+    return f"({', '.join(map(str, t.shape))}) {str(t.dtype).replace('torch.', '')}"
+
+
+def _check_checkpoint(ckpt: Any, path: Path, params: dict[str, torch.Tensor]) -> None:
+    """A ``ValueError`` naming ``path`` and the entry, unless ``ckpt`` has every entry of a checkpoint, and
+    parameters (and optimizer state) of the shapes and dtypes of ``params`` (the network's)."""
+    where = repr(str(path))
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{where} is not a neuro.train checkpoint of format {FORMAT}")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"{where} has no {missing[0]!r} entry (a checkpoint holds {', '.join(CHECKPOINT_KEYS)}): "
+                         "damaged, or not written by this version of neuro train")
+    bad = lambda key, what: ValueError(f"{where} has an invalid {key!r} entry: expected {what}")  # noqa: E731
+    for key in ("step", "updates", "sequences"):
+        if isinstance(ckpt[key], bool) or not isinstance(ckpt[key], int) or ckpt[key] < 0:
+            raise bad(key, "an integer >= 0")
+    pos = ckpt["position"]
+    if not (isinstance(pos, (list, tuple)) and len(pos) == 2 and all(isinstance(x, int) and x >= 0 for x in pos)):
+        raise bad("position", "[sequence, offset], two integers >= 0")
+    if not isinstance(ckpt["metrics"], list):
+        raise bad("metrics", "a list of rows")
+    interval = ckpt["interval"]
+    if not isinstance(interval, dict) or set(interval) != {"loss_sum", "frac_sum", "steps", "start_elapsed"}:
+        raise bad("interval", "loss_sum, frac_sum, steps, start_elapsed")
+    rng, now = ckpt["rng"], torch.get_rng_state()
+    if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == now.dtype
+            and rng["torch"].shape == now.shape):
+        raise bad("rng", f"a dict whose 'torch' entry is a generator state {_shape(now)}")
+    got = ckpt["params"]
+    if not isinstance(got, dict) or set(got) != set(params) or not all(isinstance(v, torch.Tensor) for v in got.values()):
+        names = sorted(got) if isinstance(got, dict) else type(got).__name__
+        raise ValueError(f"{where} has parameters {names} but the network has {sorted(params)}")
+    for k, want in params.items():
+        if got[k].shape != want.shape or got[k].dtype != want.dtype:
+            raise ValueError(f"{where} has parameter {k!r} of {_shape(got[k])} but the network needs {_shape(want)}")
+    opt = ckpt["optimizer"]
+    groups = opt.get("param_groups") if isinstance(opt, dict) else None
+    if not (isinstance(groups, list) and len(groups) == 1 and isinstance(opt.get("state"), dict)
+            and list(groups[0].get("params", ())) == list(range(len(params)))):
+        raise bad("optimizer", f"a torch.optim state over the {len(params)} parameters")
+    shapes = list(params.values())
+    for i, entry in opt["state"].items():
+        for name, v in entry.items() if isinstance(entry, dict) and isinstance(i, int) and 0 <= i < len(shapes) else ():
+            if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape != shapes[i].shape:
+                raise ValueError(f"{where} has optimizer state {name!r} of {_shape(v)} for parameter "
+                                 f"{list(params)[i]!r}, which needs {_shape(shapes[i])}")
+    check_config(ckpt["config"], f"{where} (its 'config' entry)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,27 +223,73 @@ class RunDir:
             raise FileExistsError(f"run_dir={str(self.path)!r} already holds a run ({CONFIG} or {CHECKPOINT}): "
                                   f"pass resume=True to continue it, or choose another directory")
 
-    def load_resume(self, description: dict[str, Any], device: torch.device) -> dict[str, Any]:
-        """The checkpoint to continue the run described by ``description`` (:func:`describe_run`) from; a
-        ``ValueError`` names the saved settings it contradicts, or a step count the checkpoint has passed."""
+    def check_writable(self) -> None:
+        """An ``OSError`` naming the directory and the cause unless it can be created and written (a probe
+        file is written and removed, and the directories created for it removed again)."""
+        created: list[Path] = []
+        try:
+            for d in reversed([self.path, *self.path.parents]):
+                if not d.exists():
+                    d.mkdir()
+                    created.insert(0, d)
+            fd, probe = tempfile.mkstemp(prefix=".neuro-probe.", suffix=".tmp", dir=self.path)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise type(e)(f"run directory {str(self.path)!r} cannot be created or written: {self._cause(e)}") \
+                from None
+        finally:
+            for d in created:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+
+    def _cause(self, e: OSError) -> str:
+        if e.errno == errno.ENOTDIR or isinstance(e, NotADirectoryError):
+            for d in self.path.parents:
+                if d.exists() and not d.is_dir():
+                    return f"{str(d)!r} is a file, not a directory"
+        if isinstance(e, FileExistsError) and self.path.exists() and not self.path.is_dir():
+            return "it is a file, not a directory"
+        return errors.os_error(OSError(e.errno, e.strerror)) if e.errno or e.strerror else str(e)
+
+    def load_resume(self, description: dict[str, Any], device: torch.device,
+                    params: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+        """The checkpoint to continue the run described by ``description`` (:func:`describe_run`) from, checked
+        against the network's ``params`` (their names, shapes and dtypes); ``None`` when the directory holds
+        ``config.json`` but no checkpoint yet (the run restarts from step 0). A ``ValueError`` names the saved
+        settings it contradicts, a step count the checkpoint has passed, or what is wrong with the files."""
         if not self.checkpoint.is_file():
-            raise FileNotFoundError(f"cannot resume: no checkpoint {str(self.checkpoint)!r}")
+            if not (self.path / CONFIG).is_file():
+                raise FileNotFoundError(f"cannot resume: no checkpoint {str(self.checkpoint)!r} and no {CONFIG}: "
+                                        "not a run directory written by neuro train")
+            self._check_same(read_config(self.path), description)
+            return None
         ckpt = io.load_checkpoint(self.checkpoint, map_location=device)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-            raise ValueError(f"{str(self.checkpoint)!r} is not a neuro.train checkpoint of format {FORMAT}")
-        diffs = differences(ckpt["config"], description)
-        if diffs:
-            raise ValueError(f"cannot resume {str(self.path)!r}: the run was made with other settings: "
-                             f"{'; '.join(diffs)}")
+        _check_checkpoint(ckpt, self.checkpoint, params)
+        self._check_same(ckpt["config"], description)
         steps = description["train"]["steps"]
         if ckpt["step"] > steps:
             raise ValueError(f"steps={steps} is invalid for resuming {str(self.path)!r}: its checkpoint is "
                              f"already at step {ckpt['step']}")
         return ckpt
 
-    def start(self, description: dict[str, Any]) -> None:
-        """Create the directory and write ``config.json``."""
+    def _check_same(self, saved: dict[str, Any], description: dict[str, Any]) -> None:
+        diffs = differences(saved, description)
+        if diffs:
+            raise ValueError(f"cannot resume {str(self.path)!r}: the run was made with other settings: "
+                             f"{'; '.join(diffs)}")
+
+    def start(self, description: dict[str, Any], fresh: bool) -> None:
+        """Create the directory and write ``config.json``; remove what a killed write left (temporary files)
+        and, for a ``fresh`` run (or a restart), the metrics of an earlier attempt."""
         self.path.mkdir(parents=True, exist_ok=True)
+        for name in (CONFIG, METRICS, CHECKPOINT):
+            for tmp in self.path.glob(f".{name}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        if fresh:
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / METRICS).unlink()
         io.write_json(self.path / CONFIG, description)
 
     def write_metrics(self, metrics: list[dict[str, Any]]) -> None:

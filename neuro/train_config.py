@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import numbers
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,10 +34,18 @@ def derive_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def check_int(name: str, value: Any, lowest: int) -> None:
-    """``ValueError`` unless ``value`` is an integer (not a bool) ``>= lowest``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-        raise ValueError(f"{name}={value!r} is invalid: must be an integer >= {lowest}")
+def check_int(name: str, value: Any, lowest: int) -> int:
+    """``value`` as an ``int`` if it is an integer ``>= lowest`` (a Python, numpy or 0-d torch integer; not a
+    bool), else a ``ValueError`` naming it (and its type, when that is what is wrong)."""
+    is_tensor = isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point() \
+        and not value.is_complex() and value.dtype != torch.bool
+    if isinstance(value, bool) or not (isinstance(value, numbers.Integral) or is_tensor):
+        cls = type(value)
+        kind = cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__name__}"
+        raise ValueError(f"{name}={value!r} is invalid: must be an integer >= {lowest}, not a {kind}")
+    if int(value) < lowest:
+        raise ValueError(f"{name}={int(value)} is invalid: must be an integer >= {lowest}")
+    return int(value)
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -86,10 +95,12 @@ class TrainConfig:
         batch: independent streams run side by side (the per-step loss is their mean).
         run_dir: where to write config.json, metrics.csv, checkpoint.pt (``None``: nothing is written).
         log_every: steps per metrics row.
-        checkpoint_every: steps between checkpoints (taken at the next sequence end); one is always
-            written at the end when ``run_dir`` is given. Needs ``run_dir``.
-        resume: continue the run in ``run_dir`` from its checkpoint (the settings must match its config
-            but for :data:`RESUMABLE` ones; the step count may grow).
+        checkpoint_every: steps between checkpoints (taken at the next sequence end); ``None``: one at the
+            first sequence end after every :data:`neuro.train_loop.CHECKPOINT_SECONDS` (60) of wall clock.
+            One is always written at the end when ``run_dir`` is given. Needs ``run_dir``.
+        resume: continue the run in ``run_dir`` from its checkpoint, or restart it from step 0 if it has a
+            config but no checkpoint yet (the settings must match its config but for :data:`RESUMABLE`
+            ones; the step count may grow).
         progress: a progress bar on stderr (only when stderr is a terminal).
         dtype, device: of the parameters (``None``: those of the given parameters, else float32 on the
             CPU); held as ``torch.dtype`` / ``torch.device``.
@@ -116,13 +127,13 @@ class TrainConfig:
     probe: Callable[[int, Params], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
-        check_int("seed", self.seed, 0)
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_positive("lr", self.lr)
         for name in ("update_every", "batch", "log_every", "chunk"):
-            check_int(name, getattr(self, name), 1)
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
         if self.checkpoint_every is not None:
-            check_int("checkpoint_every", self.checkpoint_every, 1)
+            object.__setattr__(self, "checkpoint_every", check_int("checkpoint_every", self.checkpoint_every, 1))
         _check_bool("resume", self.resume)
         _check_bool("progress", self.progress)
         if self.probe is not None and not callable(self.probe):

@@ -6,12 +6,22 @@ sequence, a step, an update, a metrics row, a checkpoint. :class:`Hook` objects 
 (a run's start, a whole sequence's end) and may replace the rule, its state and the optimizer there
 (:class:`neuro.staged.StageHook` switches stages so). The schedule itself is described in
 :mod:`neuro.training`.
+
+Checkpoints (with a run directory) are taken at sequence ends: at the run's end, at the first sequence end
+after every ``checkpoint_every`` steps when that is given, else at the first one after every
+:data:`CHECKPOINT_SECONDS` of wall clock. Which sequence end a checkpoint lands on changes nothing a resume
+computes (every sequence end holds the whole state), so a resumed run is bit-identical either way. Once the
+run directory is written, any failure (a file that cannot be written, memory, a rule's error) raises
+:class:`neuro.errors.RunFailed` naming the cause, the last good checkpoint and how to continue; the
+checkpoint on disk is always the last good one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,17 +29,21 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
+from neuro import errors
 from neuro.contract import Params, check_positive
+from neuro.errors import RunFailed
 from neuro.rules.base import AbstractRule, add_into, zeros_like_params
-from neuro.rundir import COLUMNS
+from neuro.rundir import COLUMNS, CONFIG
 from neuro.tasks.base import Sequence
 
 if TYPE_CHECKING:
     from neuro.training import Run
 
-__all__ = ["Counters", "History", "Hook", "Loop", "TrainingDiverged"]
+__all__ = ["CHECKPOINT_SECONDS", "Counters", "History", "Hook", "Loop", "TrainingDiverged"]
 
 DRAIN = 256  # steps between reads of the per-step losses (progress bar, early divergence check)
+#: without ``checkpoint_every``, a checkpoint at the first sequence end after this many seconds of wall clock
+CHECKPOINT_SECONDS = 60.0
 
 
 class TrainingDiverged(RuntimeError):
@@ -135,8 +149,10 @@ def _progress_bar(run: Run, initial: int):
 class Loop:
     """One execution of a prepared run, fresh or resumed from ``run.resume_from`` (see the module docstring)."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, continue_with: str | None = None) -> None:
         self.run, self.config = run, run.config
+        self.continue_with = continue_with or f"train(..., run_dir={str(run.config.run_dir)!r}, resume=True)"
+        self.writing: Path | None = None  # the file being written, while it is
         self.rule, ck = run.rule, run.resume_from
         if ck is None:
             torch.default_generator.manual_seed(self.config.seed_for("torch"))
@@ -162,11 +178,10 @@ class Loop:
             self.opt.load_state_dict(ck["optimizer"])
         self.acc, self.acc_full = zeros_like_params(self.params), False
         if run.run_dir is not None:
-            run.run_dir.start(run.description)
-        for hook in run.hooks:
-            hook.start(self)
+            run.run_dir.start(run.description, fresh=ck is None)
         step = self.counters.step
         self.t_start = time.perf_counter()
+        self.ckpt_time = time.monotonic()
         self.bar, self.bar_step = _progress_bar(run, step), step
         self.losses: list[torch.Tensor] = []  # per-step losses not yet read
         self.fracs: list[float] = []  # the fraction of the batch that counts, per unread step
@@ -182,8 +197,23 @@ class Loop:
     # -- the run --------------------------------------------------------------------------------------
 
     def execute(self) -> History:
+        """The run; with a run directory, a failure (but a divergence) raises :class:`RunFailed` (from it)."""
+        try:
+            return self._execute()
+        except (TrainingDiverged, RunFailed):
+            raise
+        except Exception as e:
+            if self.run.run_dir is None:
+                raise
+            raise self.failed(e) from e
+
+    def _execute(self) -> History:
         c, steps = self.counters, self.run.steps
         try:
+            t0 = time.perf_counter()
+            for hook in self.run.hooks:
+                hook.start(self)
+            self.t_start += time.perf_counter() - t0
             stream = self._stream() if c.step < steps else iter(())
             first = self.run.resume_from is None
             while c.step < steps:
@@ -234,8 +264,9 @@ class Loop:
             for hook in self.run.hooks:
                 hook.sequence_end(self)
         self.drain()  # the sequence's losses are checked before any checkpoint
-        if self.run.run_dir is not None and (c.step == self.run.steps or
-                                              (self.next_ckpt is not None and c.step >= self.next_ckpt)):
+        due = c.step == self.run.steps or (self.next_ckpt is not None and c.step >= self.next_ckpt) or \
+            (self.next_ckpt is None and time.monotonic() - self.ckpt_time >= CHECKPOINT_SECONDS)
+        if self.run.run_dir is not None and due:
             self.checkpoint()
             if self.next_ckpt is not None:
                 every = self.config.checkpoint_every
@@ -331,20 +362,24 @@ class Loop:
         })
         iv.update(loss_sum=0.0, frac_sum=0.0, steps=0, start_elapsed=now)
         if self.run.run_dir is not None:
+            self.writing = self.run.run_dir.path / "metrics.csv"
             self.run.run_dir.write_metrics(self.metrics)
+            self.writing = None
 
     def checkpoint(self) -> None:
         """Save everything a resume needs, once the losses and the parameters are checked finite."""
         self.drain()
         self._check_params()
         c = self.counters
+        self.writing = self.run.run_dir.checkpoint
         self.run.run_dir.save_checkpoint({
             "step": c.step, "position": [c.seq_index, c.offset], "params": self.params,
             "optimizer": self.opt.state_dict(), "rule_state": self.state, "updates": c.updates,
             "sequences": c.sequences, "interval": dict(self.interval), "metrics": self.metrics,
             "elapsed_s": self.elapsed(), "rng": _rng_state(self.run.device), "config": self.run.description,
         })
-        self.last_ckpt_step = c.step
+        self.writing = None
+        self.last_ckpt_step, self.ckpt_time = c.step, time.monotonic()
 
     def _check_params(self) -> None:
         for k, p in self.params.items():
@@ -362,3 +397,46 @@ class Loop:
         return TrainingDiverged(f"{what} at step {at}; {where}", step=at,
                                 checkpoint=path if self.last_ckpt_step is not None else None,
                                 checkpoint_step=self.last_ckpt_step)
+
+    # -- failures --------------------------------------------------------------------------------------
+
+    def failed(self, e: Exception) -> RunFailed:
+        """``e``, raised after the run directory was written, as a :class:`RunFailed` naming its cause, the
+        last good checkpoint (the one on disk) and how to continue."""
+        rd = self.run.run_dir
+        if self.last_ckpt_step is None:
+            kept, last_good = f"no checkpoint was written before it (resuming restarts the run from its {CONFIG})", rd.path
+        else:
+            kept, last_good = f"last good checkpoint: {rd.checkpoint} (step {self.last_ckpt_step})", rd.checkpoint
+        return RunFailed(f"the run failed at step {self.counters.step}: {_cause(e, self.writing)}; {kept}; "
+                         f"continue with: {self.continue_with}", last_good)
+
+
+def _cause(e: BaseException, writing: Path | None) -> str:
+    """``e`` in one line; for a failed write, naming the file (and a full disk or a file-size limit)."""
+    if isinstance(e, getattr(torch, "OutOfMemoryError", ())):
+        return f"out of memory on the device ({' '.join(str(e).split())[:200]}): choose smaller sizes"
+    if writing is None:
+        return errors.describe(e)
+    name = repr(str(writing))
+    if isinstance(e, OSError) and (e.errno or e.strerror):
+        return f"cannot write {name}: {errors.os_error(OSError(e.errno, e.strerror))}"
+    text = " ".join(str(e).split())
+    if str(writing) in text:  # the error names the file itself
+        return errors.describe(e) if isinstance(e, OSError) else text
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text) or type(e).__name__
+    hints = []
+    try:
+        if shutil.disk_usage(writing.parent).free < 1 << 20:
+            hints.append("the disk is full")
+    except OSError:
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            hints.append(f"files are limited to {errors.format_bytes(soft)} (ulimit -f)")
+    except (ImportError, ValueError, OSError):
+        pass
+    return f"cannot write {name}: {text}{' (' + '; '.join(hints) + ')' if hints else ''}"

@@ -28,15 +28,23 @@ caller's generator is left as it was). ``derive_seed`` hashes ``(seed, purpose)`
 63-bit integer. Two runs with the same arguments give bit-identical parameters and metrics.
 
 *Run directory* (:mod:`neuro.rundir`). ``config.json`` (network, rule and task fields, the training
-settings, versions), ``metrics.csv`` (rewritten at every log) and ``checkpoint.pt`` (at the first sequence
-end after every ``checkpoint_every`` steps, and at the end), all written atomically (:mod:`neuro.io`).
-A checkpoint holds the parameters, the optimizer and rule state, the stream position, the metrics and the
-RNG state, so ``resume=True`` continues a run to the same final parameters and metrics (the wall-clock columns
-aside) as an uninterrupted run. Checkpoints are taken at sequence ends because a rule's state there is
-free of autograd graphs. The stream is repositioned by regenerating it from its seed.
+settings, versions; written when the run starts), ``metrics.csv`` (rewritten at every log) and
+``checkpoint.pt`` (at the end, and periodically: at the first sequence end after every
+``checkpoint_every`` steps, or by default after every
+:data:`~neuro.train_loop.CHECKPOINT_SECONDS` of wall clock), all written atomically (:mod:`neuro.io`).
+Before anything runs, the directory is checked to be creatable and writable. A checkpoint holds the
+parameters, the optimizer and rule state, the stream position, the metrics and the RNG state, so
+``resume=True`` continues a run to the same final parameters and metrics (the wall-clock columns aside) as
+an uninterrupted run, whichever sequence ends its checkpoints fell on. Checkpoints are taken at sequence
+ends because a rule's state there is free of autograd graphs. The stream is repositioned by regenerating it
+from its seed. A run killed before its first checkpoint leaves ``config.json`` alone: ``resume=True``
+restarts it from step 0 (and says so in a log line).
 
-*Divergence.* A NaN or infinite loss (or parameters, checked before each checkpoint) raises
-:class:`TrainingDiverged`; the last good checkpoint is never overwritten.
+*Failures.* A NaN or infinite loss (or parameters, checked before each checkpoint) raises
+:class:`TrainingDiverged`. With a run directory, any other failure once the run started (a full disk, a
+file-size limit, memory, a rule's error) raises :class:`neuro.errors.RunFailed` naming the cause, the last
+good checkpoint (step and path) and how to continue. The last good checkpoint is never overwritten by a
+bad one.
 
 *Parts.* The settings are a :class:`~neuro.train_config.TrainConfig`; :func:`prepare` checks them against
 the network, rule and task and loads the checkpoint to resume (writing nothing), and
@@ -49,6 +57,7 @@ declares; only rules that need no more than the loss take another simulator (the
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +73,8 @@ from neuro.train_loop import History, Hook, Loop, TrainingDiverged, fork_rng
 
 __all__ = ["History", "Hook", "OPTIMIZERS", "Run", "TIMING_COLUMNS", "TrainConfig", "TrainingDiverged", "derive_seed",
            "prepare", "train"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +103,16 @@ class Run:
         """Where the run's checkpoint is kept (``None`` without a run directory)."""
         return None if self.run_dir is None else self.run_dir.checkpoint
 
-    def execute(self) -> History:
-        """Run it (with the global random state forked: the caller's is left as it was)."""
+    @property
+    def restarts(self) -> bool:
+        """``resume=True`` on a directory with a config but no checkpoint yet: the run starts from step 0."""
+        return self.config.resume and self.resume_from is None
+
+    def execute(self, continue_with: str | None = None) -> History:
+        """Run it (with the global random state forked: the caller's is left as it was). ``continue_with``
+        is how a :class:`~neuro.errors.RunFailed` tells to continue (default ``train(..., resume=True)``)."""
         with fork_rng(self.device):
-            return Loop(self).execute()
+            return Loop(self, continue_with).execute()
 
 
 def _check_parts(net: Any, rule: Any, task: Any, steps: Any) -> AbstractRule:
@@ -106,7 +123,6 @@ def _check_parts(net: Any, rule: Any, task: Any, steps: Any) -> AbstractRule:
         raise TypeError(f"rule={rule!r} is invalid: expected a rule from neuro.rules.make")
     if not isinstance(task, AbstractTask):
         raise TypeError(f"task={task!r} is invalid: expected a task from neuro.tasks.make")
-    check_int("steps", steps, 1)
     if rule.net != net:
         raise ValueError(f"the rule was built on a different network ({rule.net!r}) than the one to train ({net!r})")
     if (task.n_in, task.n_out) != (net.n_in, net.n_out):
@@ -144,6 +160,7 @@ def prepare(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps:
             *, params: Params | None = None, **settings: Any) -> Run:
     """Check a run of :func:`train` (same arguments) and load the checkpoint to resume; write nothing."""
     c = TrainConfig.build(config, **settings)
+    steps = check_int("steps", steps, 1)
     rule = _check_parts(net, rule, task, steps)
     hooks: tuple[Hook, ...] = ()
     if c.schedule is not None:  # a constructive network learnt stage by stage
@@ -156,9 +173,11 @@ def prepare(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps:
     description = describe_run(net, rule, task, steps, c, dtype, device, source)
     resume_from = None
     if c.resume:
-        resume_from = run_dir.load_resume(description, device)
+        resume_from = run_dir.load_resume(description, device, params)
     elif run_dir is not None:
         run_dir.check_new()
+    if run_dir is not None:
+        run_dir.check_writable()
     return Run(net=net, rule=rule, task=task, steps=steps, config=c, params=params, dtype=dtype, device=device,
                description=description, run_dir=run_dir, resume_from=resume_from, hooks=hooks)
 
@@ -177,9 +196,10 @@ def train(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps: i
         **settings: fields of :class:`~neuro.train_config.TrainConfig` (``seed``, ``optimizer``, ``lr``,
             ``update_every``, ``batch``, ``run_dir``, ``log_every``, ``checkpoint_every``, ``resume``,
             ``progress``, ``dtype``, ``device``, ``chunk``, ``schedule``, ``probe``), replacing ``config``'s.
-            ``resume=True`` continues the run in ``run_dir`` from its checkpoint: every setting but
-            ``steps`` (which may grow), ``progress``, ``checkpoint_every`` and ``device`` must match its
-            config, and a mismatch is named field by field.
+            ``resume=True`` continues the run in ``run_dir`` from its checkpoint (or restarts it from step 0
+            when it has a config but no checkpoint yet): every setting but ``steps`` (which may grow),
+            ``progress``, ``checkpoint_every`` and ``device`` must match its config, and a mismatch is
+            named field by field.
             ``probe`` is called as ``probe(step, params)`` (a detached copy, under ``no_grad``; it may enable
             grad) at every metrics row; the dict it returns is added to the row (e.g. the alignment of the
             rule's estimate with BPTT's gradient, measured on the side). Its time is not counted in
@@ -192,8 +212,16 @@ def train(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps: i
             last stage's network).
 
     Raises:
-        ValueError, TypeError: an invalid argument (before anything is written).
-        FileNotFoundError: ``resume=True`` without a checkpoint. FileExistsError: ``run_dir`` holds a run.
+        ValueError, TypeError: an invalid argument, or a damaged run directory (before anything is written).
+        OSError: ``run_dir`` cannot be created or written (checked before anything runs).
+        FileNotFoundError: ``resume=True`` on a directory with neither a checkpoint nor a config.
+        FileExistsError: ``run_dir`` holds a run (and ``resume`` is not set).
         TrainingDiverged: the loss or the parameters became NaN or infinite.
+        RunFailed: with a ``run_dir``, any other failure after the run started (its ``__cause__``); the
+            message names the last good checkpoint.
     """
-    return prepare(net, rule, task, steps, config, params=params, **settings).execute()
+    run = prepare(net, rule, task, steps, config, params=params, **settings)
+    if run.restarts:
+        log.warning("run directory %r holds no checkpoint yet: the run restarts from step 0 with its config",
+                    str(run.run_dir.path))
+    return run.execute()

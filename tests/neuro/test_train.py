@@ -19,6 +19,7 @@ import torch
 import models
 import neuro
 from neuro import io
+from neuro.errors import RunFailed
 from neuro.rules import TBPTT, AbstractRule, Needs, StepOutput
 from neuro.rules.bptt import BPTTState
 from neuro.tasks.base import AbstractTask, Sequence
@@ -477,8 +478,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch,
 
     with monkeypatch.context() as m:
         _crash_after(m, NoisyTBPTT, 73)
-        with pytest.raises(_Crash):
+        with pytest.raises(RunFailed, match=r"at step 73: .*_Crash.*checkpoint.pt \(step 60\)") as e:
             train(net, rule, task, run_dir=tmp_path / "cut", optimizer=optimizer, **RESUME)
+        assert isinstance(e.value.__cause__, _Crash) and e.value.last_good == tmp_path / "cut" / "checkpoint.pt"
     ck = io.load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert ck["step"] == 60 and ck["position"] == [3, 0]
     assert ck["interval"]["steps"] == 10  # the checkpoint falls inside a metrics interval (50, 75]
@@ -510,7 +512,7 @@ def test_resume_of_an_episodic_run_and_extension_of_a_finished_run(tmp_path, mon
     full = train(net, rule, task, steps=48, run_dir=tmp_path / "full", **kw)
     with monkeypatch.context() as m:
         _crash_after(m, NoisyTBPTT, 40)
-        with pytest.raises(_Crash):
+        with pytest.raises(RunFailed):
             train(net, rule, task, steps=48, run_dir=tmp_path / "cut", **kw)
     resumed = train(net, rule, task, steps=48, run_dir=tmp_path / "cut", resume=True, **kw)
     assert _same(resumed.params, full.params) and _untimed(resumed.metrics) == _untimed(full.metrics)
