@@ -42,23 +42,29 @@ import torch
 
 from neuro.contract import AbstractNetwork, Params
 
-__all__ = ["export", "import_"]
+__all__ = ["export", "import_", "write"]
 
 _MS = 1e-3  # NIR times in seconds, ours in ms
 
 
-def _check(net: AbstractNetwork) -> None:
+def _check(net: AbstractNetwork, params: Params) -> None:
+    """Raise ``ValueError`` naming every option of ``net`` (or non-finite parameter) that NIR cannot hold."""
+    from hw_targets.lava._check import check_finite
     from models.lif import LIF
 
     if type(net) is not LIF:
         raise ValueError(f"model {getattr(net, 'name', type(net).__name__)!r} cannot be exported to NIR: only 'lif' "
                          "(NIR's CubaLIF) can")
+    bad = []
     if net.reset != "zero":
-        raise ValueError(f"reset={net.reset!r} cannot be exported to NIR: CubaLIF resets v to v_reset; "
-                         "use reset='zero'")
+        bad.append((f"reset={net.reset!r} cannot be exported to NIR: CubaLIF resets v to v_reset", "reset='zero'"))
     if net.refractory != 0:
-        raise ValueError(f"refractory={net.refractory!r} cannot be exported to NIR: CubaLIF has no refractory period; "
-                         "use refractory=0")
+        bad.append((f"refractory={net.refractory!r} cannot be exported to NIR: CubaLIF has no refractory period",
+                    "refractory=0"))
+    if bad:
+        raise ValueError(f"{'; '.join(b for b, _ in bad)}; use {', '.join(u for _, u in bad)}")
+    net.check_params(params)
+    check_finite(params, "NIR")
 
 
 def _coefficients(net) -> dict[str, float]:
@@ -71,11 +77,10 @@ def _coefficients(net) -> dict[str, float]:
 
 
 def export(net: AbstractNetwork, params: Params, path: str | Path | None = None, readout: bool = True):
-    """``net`` and ``params`` as a ``nir.NIRGraph`` (written to ``path`` too when given, with ``nir.write``)."""
+    """``net`` and ``params`` as a ``nir.NIRGraph`` (written to ``path`` too when given: :func:`write`)."""
     import nir
 
-    _check(net)
-    net.check_params(params)
+    _check(net, params)
     p = {k: v.detach().to(device="cpu", dtype=torch.float64).numpy() for k, v in params.items()}
     n, c = net.n_hidden, _coefficients(net)
 
@@ -109,8 +114,24 @@ def export(net: AbstractNetwork, params: Params, path: str | Path | None = None,
     meta = {"neuro": json.dumps({"model": net.name, "fields": fields})}
     graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
     if path is not None:
-        nir.write(str(path), graph)
+        write(graph, path)
     return graph
+
+
+def write(graph, path: str | Path) -> Path:
+    """``nir.write`` of ``graph`` to ``path``, atomically: a failed write keeps the previous file."""
+    import io
+
+    import nir
+
+    from neuro.io import atomic_open
+
+    buf = io.BytesIO()
+    nir.write(buf, graph)
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        f.write(buf.getvalue())
+    return path
 
 
 def _uniform(node, field: str) -> float:

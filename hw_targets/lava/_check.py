@@ -1,8 +1,11 @@
-"""Which ``lif`` networks Lava's LIF process runs exactly, and the error naming the option when it cannot."""
+"""Which networks Lava runs: a ``lif`` network whose options Lava's LIF process computes exactly, with finite
+parameters; the errors name every option (or parameter) that stands in the way, in one line."""
 
 from __future__ import annotations
 
-from neuro.contract import AbstractNetwork
+import torch
+
+from neuro.contract import AbstractNetwork, Params
 
 #: option -> the value Lava's LIF (lava-nc 0.10.0, ``lava/proc/lif/models.py``) needs, and why
 LAVA_NEEDS = {
@@ -15,7 +18,8 @@ LAVA_NEEDS = {
 
 
 def check_lava_lif(net: AbstractNetwork) -> None:
-    """Raise ``ValueError`` unless ``net`` is a ``lif`` network that Lava's LIF process runs exactly.
+    """Raise ``ValueError`` unless ``net`` is a ``lif`` network that Lava's LIF process runs exactly; the
+    message names every option Lava cannot run and the value each needs.
 
     The spike condition needs nothing: both spike when v > threshold strictly (``neuro.surrogate.spike``
     is ``H(v - v_th)`` with ``H(0) = 0``, Lava's ``v > vth``).
@@ -25,7 +29,19 @@ def check_lava_lif(net: AbstractNetwork) -> None:
     if type(net) is not LIF:
         raise ValueError(f"model {getattr(net, 'name', type(net).__name__)!r} cannot be exported to Lava: "
                          "only 'lif' (Lava's LIF process) can")
-    for option, (value, why) in LAVA_NEEDS.items():
-        if getattr(net, option) != value:
-            raise ValueError(f"{option}={getattr(net, option)!r} cannot be exported to Lava: {why}; "
-                             f"build the network with {option}={value!r}")
+    bad = [(option, value, why) for option, (value, why) in LAVA_NEEDS.items() if getattr(net, option) != value]
+    if bad:
+        what = "; ".join(f"{o}={getattr(net, o)!r} cannot be exported to Lava: {why}" for o, _, why in bad)
+        raise ValueError(f"{what}; build the network with {', '.join(f'{o}={v!r}' for o, v, _ in bad)}")
+
+
+def check_finite(params: Params, where: str) -> None:
+    """Raise ``ValueError`` naming every parameter of ``params`` that holds NaN or an infinity."""
+    bad = []
+    for k, v in params.items():
+        n = int((~torch.isfinite(v.detach())).sum()) if v.is_floating_point() else 0
+        if n:
+            bad.append(f"params[{k!r}] has {n} NaN or infinite value{'s' if n > 1 else ''} (of {v.numel()})")
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: a network with them cannot be exported to {where}; export the "
+                         "parameters of a run that did not diverge")

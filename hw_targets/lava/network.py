@@ -37,12 +37,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hw_targets.lava._check import check_lava_lif
+from hw_targets.lava._check import check_finite, check_lava_lif
 from models.lif_loihi import B_RANGE, W_RANGE, LIFLoihi
 from neuro.backends import Trace
 from neuro.contract import AbstractNetwork, Params
 
-__all__ = ["LavaNetwork", "export", "simulate_lava", "simulate_lava_fixed"]
+__all__ = ["LavaNetwork", "export", "loihi_params", "simulate_lava", "simulate_lava_fixed"]
 
 
 def _check_integer_params(qnet: LIFLoihi, qparams: Params) -> None:
@@ -75,9 +75,11 @@ class LavaNetwork:
         fields = {f.name: getattr(self.net, f.name) for f in dataclasses.fields(self.net)}
         meta = json.dumps({"model": self.net.name, "fields": fields, "fixed_point": self.fixed_point,
                            "dtype": str(self.dtype).replace("torch.", "")})
+        from neuro import io
+
         path = Path(path)
-        with open(path, "wb") as f:  # np.savez would append .npz to a name without it
-            np.savez(f, meta=np.array(meta), **{k: v.double().numpy() for k, v in self.params.items()})
+        with io.atomic_open(path, "wb") as f:  # a failed write keeps the previous file; and np.savez would
+            np.savez(f, meta=np.array(meta), **{k: v.double().numpy() for k, v in self.params.items()})  # add .npz
         return path
 
     @classmethod
@@ -110,18 +112,22 @@ class LavaNetwork:
         if self.fixed_point and not np.array_equal(x, np.round(x)):
             raise ValueError("fixed-point Lava takes integer inputs (spikes or graded spikes): xs has non-integer "
                              "values; binarise or scale the inputs first")
-        B, n = x.shape[1], self.net.n_hidden
-        group = max(1, min(B, self.max_neurons // n))
-        parts = [self._run_group(x[:, g:g + group]) for g in range(0, B, group)]
-        spikes, v, u = (torch.from_numpy(np.concatenate([part[i] for part in parts], axis=1)).to(self.dtype)
-                        for i in range(3))
+        T, B, n = x.shape[0], x.shape[1], self.net.n_hidden
+        if T == 0:  # no step to run (Lava cannot run 0 steps): an empty trace of the same shapes
+            spikes = v = u = torch.zeros(0, B, n, dtype=self.dtype)
+        else:
+            group = max(1, min(B, self.max_neurons // n))
+            parts = [self._run_group(x[:, g:g + group]) for g in range(0, B, group)]
+            spikes, v, u = (torch.from_numpy(np.concatenate([part[i] for part in parts], axis=1)).to(self.dtype)
+                            for i in range(3))
         p = self.params
         y = torch.zeros(B, self.net.n_out, dtype=self.dtype)
         ys = []
         for z in spikes:  # the readout, on the host: the torch model's own expression
             y = self.net.kappa_out * y + z @ p["W_out"].T + p["b_out"]
             ys.append(y)
-        return Trace(y=torch.stack(ys), spikes=spikes, v=v, extra={"u" if self.fixed_point else "i": u})
+        y = torch.stack(ys) if ys else torch.zeros(0, B, self.net.n_out, dtype=self.dtype)
+        return Trace(y=y, spikes=spikes, v=v, extra={"u" if self.fixed_point else "i": u})
 
     def _run_group(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run ``x`` [T, G, n_in] as G copies; returns spikes, v, u each [T, G, n]."""
@@ -175,16 +181,32 @@ class LavaNetwork:
         return tuple(out[k].reshape(T, G, n) for k in ("s", "v", "u"))
 
 
+def loihi_params(params: Params) -> Params:
+    """The integers a ``lif-loihi`` network computes with, for parameters that may hold other values (trained
+    ones): the Dense weights ``dense_weights(W)`` (even, in [-256, 254]) and the bias mantissa ``round(b)``,
+    as :mod:`models.lif_loihi` takes them; the same network, step for step, in the params' dtype."""
+    from models.lif_loihi import dense_weights
+
+    dtype = next(iter(params.values())).dtype
+    out = dict(params)
+    for k in ("W_in", "W_rec"):
+        out[k] = dense_weights(params[k]).to(device=params[k].device, dtype=dtype)
+    out["b"] = torch.round(params["b"].detach())
+    return out
+
+
 def export(net: AbstractNetwork, params: Params, fixed_point: bool = False, **quantize_kw) -> LavaNetwork:
-    """``net`` (a ``lif`` network with ``dynamics="lava"``, ``reset="zero"``, ``v_reset=0``, no refractory
-    period; or a ``lif-loihi`` network for fixed point) as Lava processes. ``fixed_point=True`` quantizes
-    a float network first (``quantize_kw`` go to :func:`hw_targets.lava.quantize`)."""
+    """``net`` as Lava processes: a ``lif`` network (``dynamics="lava"``, ``reset="zero"``, ``v_reset=0``, no
+    refractory period) in floating point, or quantized first with ``fixed_point=True`` (``quantize_kw`` go to
+    :func:`hw_targets.lava.quantize`); a ``lif-loihi`` network is Loihi's integer model already and runs in
+    fixed point as it is (``fixed_point`` changes nothing for it; quantization options are refused), with the
+    integers it computes with (:func:`loihi_params`; a bias beyond 13 bits is refused)."""
     net.check_params(params)
+    check_finite(params, "Lava")
     if isinstance(net, LIFLoihi):
-        if not fixed_point:
-            raise ValueError("model 'lif-loihi' is Loihi's integer model: export it with fixed_point=True")
         if quantize_kw:
             raise ValueError(f"{', '.join(quantize_kw)}: a 'lif-loihi' network is already quantized")
+        params = loihi_params(params)
         _check_integer_params(net, params)
         return LavaNetwork(net, params, fixed_point=True)
     check_lava_lif(net)
@@ -199,7 +221,11 @@ def export(net: AbstractNetwork, params: Params, fixed_point: bool = False, **qu
 
 
 def simulate_lava(net: AbstractNetwork, params: Params, xs: Tensor) -> Trace:
-    """``neuro.simulate(..., backend="lava")``: Lava's floating-point LIF."""
+    """``neuro.simulate(..., backend="lava")``: Lava's floating-point LIF (a ``lif-loihi`` network is refused:
+    it is Loihi's integer model, which ``backend="lava-fixed"`` runs)."""
+    if isinstance(net, LIFLoihi):
+        raise ValueError("model 'lif-loihi' is Loihi's integer model: backend='lava-fixed' runs it, "
+                         "backend='lava' runs Lava's floating-point LIF")
     return export(net, params).run(xs)
 
 

@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-from hw_targets.lava._check import check_lava_lif
+from hw_targets.lava._check import check_finite, check_lava_lif
 from models.lif_loihi import LIMITS, LIFLoihi
 from neuro.contract import AbstractNetwork, Params
 
@@ -107,6 +107,7 @@ def quantize(net: AbstractNetwork, params: Params, *, vth: int = 4096, scale: fl
     bit (the same as ``backend="lava-fixed"``); qparams have the dtype of ``params``."""
     check_lava_lif(net)
     net.check_params(params)
+    check_finite(params, "Loihi's integer model")
     dtype = next(iter(params.values())).dtype
     p = {k: v.detach().to(device="cpu", dtype=torch.float64) for k, v in params.items()}
     saturated: list[str] = []

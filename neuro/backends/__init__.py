@@ -55,7 +55,10 @@ def get(name: str) -> Callable[..., Trace]:
 
 
 def simulate(net: AbstractNetwork, params: Params, xs: Tensor, backend: str = "torch", **kw: Any) -> Trace:
-    """Run ``net`` forward on ``xs`` [T, B, n_in] (or [T, n_in] for one sequence) from rest."""
+    """Run ``net`` forward on ``xs`` [T, B, n_in] (or [T, n_in] for one sequence) from rest.
+
+    ``T = 0`` gives an empty trace on every backend: the fields and shapes the backend records, with no step
+    (found by running one step of zero input and keeping none of it)."""
     if not isinstance(xs, Tensor):
         raise TypeError(f"xs must be a torch.Tensor [T, B, n_in], got {type(xs).__name__}")
     if xs.dim() == 2:
@@ -63,7 +66,13 @@ def simulate(net: AbstractNetwork, params: Params, xs: Tensor, backend: str = "t
     if xs.dim() != 3 or xs.shape[-1] != net.n_in:
         raise ValueError(f"xs has shape {tuple(xs.shape)}: expected [T, B, n_in={net.n_in}]")
     net.check_params(params)
-    return get(backend)(net, params, xs, **kw)
+    fn = get(backend)
+    if xs.shape[0] == 0:
+        tr = fn(net, params, xs.new_zeros(1, *xs.shape[1:]), **kw)
+        return Trace(y=tr.y[:0], **{k: None if v is None else v[:0] for k, v in
+                                    (("spikes", tr.spikes), ("v", tr.v), ("h", tr.h))},
+                     extra={k: v[:0] for k, v in tr.extra.items()})
+    return fn(net, params, xs, **kw)
 
 
 def _simulate_torch(net: AbstractNetwork, params: Params, xs: Tensor) -> Trace:

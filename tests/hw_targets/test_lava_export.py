@@ -117,13 +117,98 @@ def test_other_bad_exports_are_refused():
     with pytest.raises(ValueError, match="need fixed_point=True"):
         hl.export(net, p, vth=100)
     qnet, qp = hl.quantize(net, p)
-    with pytest.raises(ValueError, match="export it with fixed_point=True"):
-        hl.export(qnet, qp)
-    with pytest.raises(ValueError, match=r"params\['W_rec'\] .* must be even integers"):
-        hl.export(qnet, {**qp, "W_rec": qp["W_rec"] + 1.0}, fixed_point=True)
+    with pytest.raises(ValueError, match=r"params\['b'\] of 'lif-loihi' must be integers \(13-bit bias mantissa\)"):
+        hl.export(qnet, {**qp, "b": qp["b"] + 5000.0}, fixed_point=True)
+    with pytest.raises(ValueError, match="vth: a 'lif-loihi' network is already quantized"):
+        hl.export(qnet, qp, vth=100)
+    with pytest.raises(ValueError, match="backend='lava-fixed' runs it"):
+        neuro.simulate(qnet, qp, xs[:3, :, :2], backend="lava")
     with pytest.raises(ValueError, match="integer inputs"):
         hl.export(qnet, qp, fixed_point=True).run(xs[:5, :, :2] * 0.5)
 
 
 def test_backends_are_registered():
     assert {"lava", "lava-fixed"} <= set(neuro.backends.available())
+
+
+def test_every_option_lava_cannot_run_is_named_in_one_error():
+    import hw_targets.lava as hl
+
+    net = models.make("lif", n_in=2, n_hidden=3, n_out=1, refractory=2)  # dynamics='exact', reset='subtract'
+    with pytest.raises(ValueError) as e:
+        hl.export(net, net.init_params())
+    msg = str(e.value)
+    assert "\n" not in msg
+    for bad in ("dynamics='exact'", "reset='subtract'", "refractory=2"):
+        assert f"{bad} cannot be exported to Lava" in msg, msg
+    assert msg.endswith("build the network with dynamics='lava', reset='zero', refractory=0")
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_parameters_are_refused_by_name(bad, fixed):
+    import hw_targets.lava as hl
+
+    net, p, _ = network(0, n_in=2, n=3)
+    W_rec = p["W_rec"].clone()
+    W_rec[0, 1] = bad
+    b = p["b"].clone()
+    b[:] = bad
+    with pytest.raises(ValueError, match=r"^params\['W_rec'\] has 1 NaN or infinite value \(of 9\), params\['b'\] "
+                                         r"has 3 NaN or infinite values \(of 3\): a network with them cannot be "
+                                         r"exported to Lava"):
+        hl.export(net, {**p, "W_rec": W_rec, "b": b}, fixed_point=fixed)
+    qnet, qp = hl.quantize(net, p)
+    with pytest.raises(ValueError, match=r"^params\['W_out'\] has 2 NaN"):
+        hl.export(qnet, {**qp, "W_out": qp["W_out"].index_fill(1, torch.tensor([0]), bad)})
+
+
+def test_a_lif_loihi_network_exports_as_it_is_with_the_integers_it_computes_with():
+    """Trained ``lif-loihi`` parameters are not integers (the model rounds them as it runs): the export holds
+    the integers the model computes with, and the torch model on them is the same network, step for step."""
+    import hw_targets.lava as hl
+
+    net, p, xs = network(5, n_in=6, n=10)
+    qnet, qp = hl.quantize(net, p)
+    g = torch.Generator().manual_seed(0)
+    latent = {k: v + (torch.rand(v.shape, generator=g, dtype=F64) - 0.5) * (1.9 if k != "b" else 0.9)
+              for k, v in qp.items()}  # what training leaves: near the integers, not on them
+    latent["W_rec"][0, 0] = 300.7  # beyond 8 bits: the model clips it
+    assert not torch.equal(latent["W_in"], torch.round(latent["W_in"]))
+    for fixed in (False, True):  # a lif-loihi network is fixed point either way
+        ln = hl.export(qnet, latent, fixed_point=fixed)
+        assert ln.fixed_point and ln.net is qnet
+        for k in ("W_in", "W_rec"):
+            v = ln.params[k]
+            assert torch.equal(v, torch.round(v)) and torch.all(v.remainder(2) == 0)
+            assert -256 <= float(v.min()) and float(v.max()) <= 254
+        assert torch.equal(ln.params["b"], torch.round(latent["b"]))
+        assert torch.equal(ln.params["W_out"], latent["W_out"])
+    xs = xs[:200, :, :6]
+    ref, got = neuro.simulate(qnet, latent, xs), neuro.simulate(qnet, ln.params, xs)
+    assert ref.spikes.sum() > 0
+    for field in ("spikes", "v", "y"):
+        assert torch.equal(getattr(got, field), getattr(ref, field)), field
+
+
+def test_an_empty_input_gives_an_empty_trace_without_running_lava():
+    import hw_targets.lava as hl
+
+    net, p, xs = network(0, n_in=3, n=4)
+    qnet, qp = hl.quantize(net, p)
+    for ln, current in ((hl.export(net, p), "i"), (hl.export(qnet, qp), "u")):
+        tr = ln.run(xs[:0, :, :3])
+        assert tr.y.shape == (0, 2, 2) and tr.spikes.shape == tr.v.shape == tr.extra[current].shape == (0, 2, 4)
+
+
+@needs_lava
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["lava", "lava-fixed"])
+def test_an_empty_input_gives_the_fields_of_a_one_step_trace(backend):
+    net, p, xs = network(0, n_in=3, n=4)
+    one = neuro.simulate(net, p, xs[:1, :, :3], backend=backend)
+    empty = neuro.simulate(net, p, xs[:0, :, :3], backend=backend)
+    assert set(empty.extra) == set(one.extra)
+    for a, b in [(empty.y, one.y), (empty.spikes, one.spikes), (empty.v, one.v),
+                 *((empty.extra[k], one.extra[k]) for k in one.extra)]:
+        assert a.shape == (0, *b.shape[1:]) and a.dtype == b.dtype

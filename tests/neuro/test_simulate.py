@@ -73,6 +73,35 @@ def test_simulate_equals_a_manual_loop_of_step(name):
         assert float(tr.spikes.mean()) > 0.01
 
 
+def _backends_for(name):
+    """The built-in backends that run ``name`` here: torch always, compiled for lif/alif where numba is."""
+    import importlib.util
+
+    from neuro.backends import compiled
+
+    have_numba = importlib.util.find_spec("numba") is not None
+    return ["torch"] + (["compiled"] if have_numba and name in compiled.SUPPORTED else [])
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_zero_steps_give_an_empty_trace_of_the_right_shapes_on_every_backend(name):
+    """T = 0: every backend returns the fields it records for T > 0, each with no step ([0, B, ...])."""
+    net = models.make(name, **NETS[name])
+    params = params_for(net, 0)
+    for backend in _backends_for(name):
+        some = neuro.simulate(net, params, xs_for(net, T=3, B=2), backend=backend)
+        empty = neuro.simulate(net, params, xs_for(net, T=3, B=2)[:0], backend=backend)
+        assert set(empty.extra) == set(some.extra), backend
+        pairs = [(empty.y, some.y), *((empty.extra[k], some.extra[k]) for k in some.extra)]
+        for field in ("spikes", "v", "h"):
+            a, b = getattr(empty, field), getattr(some, field)
+            assert (a is None) == (b is None), (backend, field)
+            if b is not None:
+                pairs.append((a, b))
+        for a, b in pairs:
+            assert a.shape == (0, *b.shape[1:]) and a.dtype == b.dtype, backend
+
+
 def test_two_dimensional_xs_is_one_sequence():
     net = models.make("lif", **NETS["lif"])
     params = params_for(net, 0)
