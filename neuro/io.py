@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import glob
 import hashlib
 import importlib
 import io
@@ -117,8 +118,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     exception it is removed and ``path`` keeps its previous content.
 
     The temporary name ends with ``path``'s suffix (for writers that choose a format by it); a writer that
-    writes somewhere else (``np.savez`` appends ``.npz`` to a name without it) raises ``FileNotFoundError``.
-    A replaced file keeps its mode.
+    writes somewhere else (``np.savez`` appends ``.npz`` to a name without it) raises ``FileNotFoundError``,
+    and what it wrote beside the temporary name is removed. A replaced file keeps its mode.
     """
     path = Path(path)
     tmp = _temporary(path, path.suffix)
@@ -133,11 +134,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException as e:
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        for p in path.parent.glob(glob.escape(tmp.name) + "*"):  # and what a writer made beside it (tmp.npz)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
         if isinstance(e, OSError) and (named := _named(e, path)) is not e:
             raise named from e
         raise
@@ -179,11 +181,16 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def save_npz(path: str | os.PathLike, /, **arrays: Any) -> Path:
-    """``np.savez_compressed`` of ``arrays`` to ``path`` exactly (no ``.npz`` is appended), atomically."""
+    """``arrays`` as ``np.savez_compressed`` writes them (``np.load`` reads them back), to ``path`` exactly
+    (no ``.npz`` is appended), atomically."""
+    import zipfile
+
     import numpy as np
 
-    with atomic_open(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
+    with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as z:
+        for name, value in arrays.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=True)
     return Path(path)
 
 
@@ -310,7 +317,7 @@ def _generator(obj: dict) -> torch.Generator:
         raise ValueError(f"a malformed generator entry (keys {sorted(map(str, obj))})")
     try:
         g = torch.Generator(device=device)
-        g.set_state(state.cpu() if g.device.type == "cpu" else state)
+        g.set_state(state.cpu())  # a CPU byte tensor for any device (map_location may have moved it)
     except (RuntimeError, ValueError, TypeError) as e:
         raise ValueError(f"a generator on {device!r} that cannot be restored here: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None

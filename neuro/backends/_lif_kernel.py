@@ -1,10 +1,11 @@
 """The compiled time loop of :mod:`neuro.backends.compiled` (numba, compiled once per dtype, cached on
-disk beside this file). Arguments: the inputs ``xs`` [T, B, n_in], ``W_in_T`` [n_in, n] and ``W_rec_T``
+disk: :mod:`neuro._numba`). Arguments: the inputs ``xs`` [T, B, n_in], ``W_in_T`` [n_in, n] and ``W_rec_T``
 [n, n] (row k: the outgoing weights of input k / neuron k: only the rows of nonzero inputs and of the
 neurons that spiked are read), the model's constants, and the output arrays it fills."""
 
-import numba
 import numpy as np
+
+from neuro._numba import numba
 
 __all__ = ["run"]
 

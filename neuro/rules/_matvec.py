@@ -1,5 +1,5 @@
 """``(W a, W b)``: one weight matrix times two vectors, reading the matrix once (numba, compiled once per dtype
-and cached on disk beside this file).
+and cached on disk: :mod:`neuro._numba`).
 
 Several rules run two networks' recurrent products with the same ``W_rec`` at every step: the clean and
 the noisy copy of the node-perturbation rules (:mod:`neuro.rules._fast.node`), the network and the
@@ -45,7 +45,7 @@ def _mv2_loop(W, a, b, oa, ob):
 @functools.cache
 def _mv2():
     """The compiled loop (numba is imported here, at the first compiled product)."""
-    import numba
+    from neuro._numba import numba
 
     return numba.njit(cache=True, nogil=True, fastmath=FASTMATH)(_mv2_loop)
 

@@ -1,5 +1,5 @@
 """The compiled step of columnar RTRL's fast path (:mod:`neuro.rules._fast.columnar`; numba, compiled once
-per dtype and cached on disk beside this file): :func:`lstm_full` / :func:`rate_full` do one whole step of
+per dtype and cached on disk: :mod:`neuro._numba`): :func:`lstm_full` / :func:`rate_full` do one whole step of
 the rule for every column and batch row in one call: the columns' forward step, the readout and the
 traces (:func:`lstm_step`, :func:`rate_step`: passes over the columns), ``e_t`` and the loss
 (:func:`output_error`), the estimate (:func:`estimate`: ``dl_t/dtheta_k = sum_b (e_t W_out)_{b,k}
@@ -17,8 +17,9 @@ previous step's arrays are left as they were (the rule's state stays a snapshot)
 
 import math
 
-import numba
 import numpy as np
+
+from neuro._numba import numba
 
 __all__ = ["estimate", "lstm_full", "lstm_step", "output_error", "rate_full", "rate_step"]
 

@@ -3,7 +3,7 @@
 say how ``theta~`` changed (``||theta~||^2``, its scale ``D``, the weight ``w_s`` of the step's rank-one term,
 ``k_s = r_s . J s~_{s-1}``). Two implementations of the same loop:
 
-* :func:`seq_step` (numba, compiled once per dtype and cached on disk beside this file): one step for one
+* :func:`seq_step` (numba, compiled once per dtype and cached on disk: :mod:`neuro._numba`): one step for one
   pair (batch 1, one sample) on the CPU, its ``W_rec s~`` formed in the same pass over ``W_rec`` as the
   network's ``W_rec h`` (:func:`products`), and :func:`add_shares`, which adds ``Theta``'s shares to the
   window's two matrix products and gives ``||Theta||^2`` in one pass;
@@ -17,11 +17,11 @@ from __future__ import annotations
 import math
 import operator
 
-import numba
 import numpy as np
 import torch
 from torch import Tensor
 
+from neuro._numba import numba
 from neuro.rules._matvec import FASTMATH
 
 __all__ = ["add_shares", "products", "seq_step", "sequence"]
