@@ -9,5 +9,6 @@ from __future__ import annotations
 
 from .harness import EXECUTORS, RunSpec, compare, plan
 from .report import Results
+from .sweep import SweepFailed
 
-__all__ = ["EXECUTORS", "Results", "RunSpec", "compare", "plan"]
+__all__ = ["EXECUTORS", "Results", "RunSpec", "SweepFailed", "compare", "plan"]

@@ -37,9 +37,13 @@ def validate(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ValueError(f"{source}: expected a table of settings, got {type(cfg).__name__}")
     problems = []
-    unknown = sorted(set(cfg) - set(KEYS))
+    unknown = sorted(set(cfg) - set(KEYS), key=str)
     if unknown:
-        problems.append(f"unknown key(s) {', '.join(map(repr, unknown))}: valid keys are {', '.join(KEYS)}")
+        import difflib
+
+        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+            str(k).replace("-", "_"), KEYS, n=1)) else repr(k) for k in unknown]
+        problems.append(f"unknown key(s) {', '.join(hints)}: valid keys are {', '.join(KEYS)}")
     for k, v in cfg.items():
         types = KEYS.get(k)
         if types is None:
@@ -49,6 +53,19 @@ def validate(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
             problems.append(f"{k}={v!r} is invalid: expected {names}")
     if isinstance(cfg.get("rules"), list) and not all(isinstance(r, str) for r in cfg["rules"]):
         problems.append(f"rules={cfg['rules']!r} is invalid: expected a list of rule names")
+    if isinstance(cfg.get("seeds"), list) and not all(isinstance(x, int) and not isinstance(x, bool)
+                                                     for x in cfg["seeds"]):
+        problems.append(f"seeds={cfg['seeds']!r} is invalid: expected a list of integers")
+    for key, types, what in (("lr", (int, float), "a number"), ("schedule", (str,), "a schedule string")):
+        if isinstance(cfg.get(key), dict):
+            for r, v in cfg[key].items():
+                if isinstance(v, bool) or not isinstance(v, types):
+                    problems.append(f"{key}.{r}={v!r} is invalid: expected {what}")
+    for key in ("task_options", "model_options"):
+        if isinstance(cfg.get(key), dict):
+            for k, v in cfg[key].items():
+                if isinstance(v, dict):
+                    problems.append(f"{key}.{k}={v!r} is invalid: expected a value, not a table")
     if isinstance(cfg.get("rule_options"), dict):
         for r, opts in cfg["rule_options"].items():
             if not isinstance(opts, dict):
@@ -61,10 +78,18 @@ def validate(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
 def load(path: str | Path) -> dict[str, Any]:
     """Read and validate a ``.toml``, ``.yaml`` or ``.yml`` sweep file."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise IsADirectoryError(f"config file {str(path)!r} is a directory: expected a .toml, .yaml or .yml file")
+    if not path.exists():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ValueError(f"config file {str(path)!r} is invalid: expected a .toml, .yaml or .yml file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {str(path)!r} is not a text file (byte {e.start} is not UTF-8): expected "
+                         f"{'TOML' if suffix == '.toml' else 'YAML'} text") from None
     if suffix == ".toml":
         import tomllib
 
@@ -72,7 +97,7 @@ def load(path: str | Path) -> dict[str, Any]:
             cfg = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{path}: not valid TOML: {e}") from None
-    elif suffix in (".yaml", ".yml"):
+    else:
         try:
             import yaml
         except ImportError:
@@ -81,6 +106,4 @@ def load(path: str | Path) -> dict[str, Any]:
             cfg = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: not valid YAML: {e}") from None
-    else:
-        raise ValueError(f"config file {str(path)!r} is invalid: expected a .toml, .yaml or .yml file")
     return validate(cfg or {}, str(path))

@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from neuro.contract import check_choice, check_positive
 
+from . import outdir
 from .report import Results
+from .sweep import Sweep, SweepFailed
 from .vectorised import VECTORISABLE
-from .worker import run_job
 
-__all__ = ["EXECUTORS", "RunSpec", "compare", "plan"]
+__all__ = ["EXECUTORS", "RunSpec", "SweepFailed", "compare", "plan"]
 
 EXECUTORS = ("local", "ray")
 DTYPES = ("float32", "float64")
@@ -104,7 +106,9 @@ def plan(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, steps:
     if isinstance(seeds, bool):
         raise ValueError(f"seeds={seeds!r} is invalid: expected a count or a list of seeds")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    if not seed_list:
+    if isinstance(seeds, int) and seeds < 1:
+        problems.append(f"seeds={seeds!r} is invalid: must be an integer >= 1 (the number of seeds) or a list of seeds")
+    elif not seed_list:
         problems.append(f"seeds={seeds!r} is empty: give a positive count or a non-empty list")
     elif any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seed_list) or len(set(seed_list)) != len(seed_list):
         problems.append(f"seeds={seeds!r} is invalid: expected distinct non-negative integers")
@@ -204,88 +208,11 @@ def _json_roundtrip(obj: Any) -> Any:
     return json.loads(json.dumps(clean(obj)))
 
 
-def _load_done(specs: list[RunSpec], out: Path | None) -> dict[int, dict[str, Any]]:
-    from neuro import io
-
-    done: dict[int, dict[str, Any]] = {}
-    if out is None:
-        return done
-    for i, spec in enumerate(specs):
-        path = spec.path(out)
-        if path.is_file():
-            try:
-                result = io.read_json(path)
-            except ValueError:  # unreadable: run it again (atomic writes make this unlikely)
-                continue
-            if result.get("spec") == _json_roundtrip(spec.asdict()):
-                done[i] = result
-    return done
-
-
 Job = tuple[list[int], Any]  # (indices of the runs, a spec dict or a list of spec dicts)
 
 
-def _execute_local(jobs: list[Job], workers: int, on_done: Callable[[int, dict], None]) -> None:
-    """Each job in a fresh ``python -m neuro.comparison.worker`` process, ``workers`` at a time (0: in this
-    process). A subprocess rather than a multiprocessing pool: nothing of the caller's ``__main__`` is
-    re-imported (scripts need no ``if __name__ == "__main__"`` guard), and every run's memory is its own."""
-    if workers == 0:
-        for idx, payload in jobs:
-            for i, result in zip(idx, run_job(payload)):
-                on_done(i, result)
-        return
-    import json
-    import subprocess
-    import sys
-    import tempfile
-
-    queue = list(jobs)
-    running: dict[subprocess.Popen, tuple[Job, Path, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="neuro-compare-") as tmp:
-        try:
-            n = 0
-            while queue or running:
-                while queue and len(running) < workers:
-                    job = queue.pop(0)
-                    n += 1
-                    result_path = Path(tmp) / f"job-{n}.json"
-                    log = open(Path(tmp) / f"job-{n}.log", "w+b")
-                    proc = subprocess.Popen([sys.executable, "-m", "neuro.comparison.worker", str(result_path)],
-                                            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
-                    proc.stdin.write(json.dumps(job[1]).encode())
-                    proc.stdin.close()
-                    running[proc] = (job, result_path, log)
-                done = _wait_any(list(running))
-                job, result_path, log = running.pop(done)
-                log.seek(0)
-                text = log.read().decode(errors="replace")
-                log.close()
-                if done.returncode != 0 or not result_path.is_file():
-                    tail = "\n".join(text.strip().splitlines()[-15:])
-                    raise RuntimeError(f"{_label(job)} failed with exit status {done.returncode}:\n{tail}")
-                for i, result in zip(job[0], json.loads(result_path.read_text())):
-                    on_done(i, result)
-        finally:
-            for proc, (_job, _path, log) in running.items():
-                proc.kill()
-                proc.wait()
-                log.close()
-
-
-def _label(job: Job) -> str:
-    specs = job[1] if isinstance(job[1], list) else [job[1]]
-    return f"the run of rule {specs[0]['rule']!r}, seed(s) {', '.join(str(s['seed']) for s in specs)}"
-
-
-def _wait_any(procs: list) -> Any:
-    """The first of ``procs`` to finish (polled: portable, and a finished run is seen within 50 ms)."""
-    import time
-
-    while True:
-        for p in procs:
-            if p.poll() is not None:
-                return p
-        time.sleep(0.05)
+def _label(specs: list[RunSpec], idx: list[int]) -> str:
+    return f"rule {specs[idx[0]].rule!r}, seed{'s' if len(idx) > 1 else ''} {', '.join(str(specs[i].seed) for i in idx)}"
 
 
 def _jobs(specs: list[RunSpec], todo: list[int], vectorise: bool) -> list[Job]:
@@ -303,10 +230,10 @@ def _jobs(specs: list[RunSpec], todo: list[int], vectorise: bool) -> list[Job]:
 
 
 def _execute_ray(jobs: list[Job], address: str, on_done: Callable[[int, dict], None],
-                 connect_timeout_s: float) -> None:
+                 on_failed: Callable[[list[int], str], None], connect_timeout_s: float) -> None:
     from . import ray_executor
 
-    ray_executor.execute(jobs, address, on_done, connect_timeout_s)
+    ray_executor.execute(jobs, address, on_done, connect_timeout_s, on_failed=on_failed)
 
 
 def compare(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, steps: int = 2000, model: str = "rate",
@@ -323,59 +250,70 @@ def compare(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, ste
     rule of :data:`~neuro.comparison.vectorised.VECTORISABLE` run as one batched computation
     (:mod:`neuro.comparison.vectorised`); the others as usual.
     """
-    from neuro import io
-
     check_choice("executor", executor, EXECUTORS)
     if executor == "ray" and not address:
         raise ValueError("executor='ray' needs address='auto' or 'HOST:PORT' (the cluster to run on)")
     if executor == "local" and address is not None:
         raise ValueError(f"address={address!r} is only for executor='ray'")
-    specs = plan(task, rules, seeds, steps, model, hidden, **settings)
-    out_path = None if out is None else Path(out)
-    if out_path is not None and out_path.exists() and not out_path.is_dir():
-        raise ValueError(f"out={str(out_path)!r} is invalid: it exists and is not a directory")
-    results: dict[int, dict[str, Any]] = _load_done(specs, out_path)
     if not isinstance(vectorise, bool):
         raise ValueError(f"vectorise={vectorise!r} is invalid: expected True or False")
-    jobs = _jobs(specs, [i for i in range(len(specs)) if i not in results], vectorise)
+    if workers is not None:
+        check_positive("workers", workers, integer=True, allow_zero=True)
+    specs = plan(task, rules, seeds, steps, model, hidden, **settings)
+    _preflight(specs)
+    out_path = None if out is None else Path(out)
+    done: dict[int, dict[str, Any]] = {}
+    if out_path is not None:  # every check before anything is written; then the settings, before any run
+        if out_path.exists() and not out_path.is_dir():
+            raise ValueError(f"out={str(out_path)!r} is invalid: it exists and is not a directory")
+        saved = outdir.check_settings(out_path, specs) if out_path.is_dir() else None
+        done = outdir.load_done(out_path, specs) if out_path.is_dir() else {}
+        outdir.check_writable(out_path)
+        outdir.write_settings(out_path, specs, saved)
+    jobs = _jobs(specs, [i for i in range(len(specs)) if i not in done], vectorise)
     if workers is None:
         workers = max(1, min(os.cpu_count() or 1, len(jobs)))
-    check_positive("workers", workers, integer=True, allow_zero=True)
-
-    trained: dict[int, dict[str, Any]] = {}
-
-    def on_done(i: int, result: dict[str, Any]) -> None:
-        import torch
-
-        params = result.pop("params", None)
-        dtype = torch.float64 if specs[i].dtype == "float64" else torch.float32
-        if params is not None:
-            trained[i] = {k: torch.as_tensor(v, dtype=dtype) for k, v in params.items()}
-        result = _json_roundtrip(result)  # what a resumed sweep would read back
-        results[i] = result
-        if out_path is not None:
-            path = specs[i].path(out_path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if i in trained:  # first the parameters, then the result that marks the run done
-                io.save_checkpoint(path.with_suffix(".pt"), trained[i])
-            io.write_json(path, result)
-        if progress:
-            s = specs[i]
-            what = "diverged" if result.get("diverged") else f"final loss {result['final_loss']:.4g}"
-            print(f"[{len(results)}/{len(specs)}] {s.rule} seed {s.seed}: {what}", flush=True)
-
-    if progress and len(results):
-        print(f"resuming: {len(results)} of {len(specs)} runs already done in {out_path}", flush=True)
+    sweep = Sweep(specs, out_path, done, progress)
+    if progress and done:
+        print(f"resuming: {len(done)} of {len(specs)} runs already done in {out_path}", flush=True)
     if jobs:
         if executor == "local":
-            _execute_local(jobs, workers, on_done)
+            from . import local
+
+            work = None if out_path is None else outdir.work_dir(out_path)
+            try:
+                local.execute(jobs, workers, sweep.on_done, sweep.on_failed, sweep.stopping, work)
+            finally:
+                if work is not None:
+                    shutil.rmtree(work, ignore_errors=True)
         else:
-            _execute_ray(jobs, address, on_done, connect_timeout_s)
-    for i in range(len(specs)):
-        if i not in trained and out_path is not None and specs[i].path(out_path).with_suffix(".pt").is_file():
-            trained[i] = io.load_checkpoint(specs[i].path(out_path).with_suffix(".pt"))
-    res = Results(runs=[results[i] for i in range(len(specs))],
-                  params={(specs[i].rule, specs[i].seed): trained[i] for i in trained})
-    if out_path is not None:
-        res.write(out_path)
-    return res
+            _execute_ray(jobs, address, sweep.on_done, sweep.on_failed, connect_timeout_s)
+    return sweep.finish()
+
+
+def _preflight(specs: list[RunSpec]) -> None:
+    """Check every run before any starts (the memory it needs, the sequence lengths its rule requires:
+    :func:`neuro.preflight.check_run`); every problem at once, in one ``ValueError`` (a ``SizeError`` when
+    a run cannot fit in memory)."""
+    from neuro.errors import SizeError
+
+    from .worker import _build
+
+    check_run = None  # the checks of neuro.preflight, once it exists
+    if check_run is None:
+        return
+    problems: list[str] = []
+    size = False
+    for s in specs:
+        task, net, rule = _build(s.asdict())
+        try:
+            check_run(net, rule, task, s.steps, dict(seed=s.seed, optimizer=s.optimizer, lr=s.lr, batch=s.batch,
+                                                     chunk=s.chunk, update_every=s.update_every, dtype=s.dtype,
+                                                     schedule=s.schedule))
+        except ValueError as e:
+            size = size or isinstance(e, SizeError)
+            msg = f"rule {s.rule!r}: {e}"
+            if msg not in problems:
+                problems.append(msg)
+    if problems:
+        raise (SizeError if size else ValueError)("; ".join(problems))

@@ -28,7 +28,9 @@ def _check_reachable(address: str, timeout_s: float) -> None:
 
 
 def execute(jobs: list[tuple[list[int], Any]], address: str, on_done: Callable[[int, dict], None],
-            connect_timeout_s: float = 15.0) -> None:
+            connect_timeout_s: float = 15.0, on_failed: Callable[[list[int], str], None] | None = None) -> None:
+    """Run ``jobs`` on the cluster; each result goes to ``on_done(index, result)``, each failed job to
+    ``on_failed(indices, why)`` (one line; the other jobs go on), or raises when ``on_failed`` is None."""
     if address != "auto":
         _check_reachable(address, connect_timeout_s)
     try:
@@ -50,8 +52,27 @@ def execute(jobs: list[tuple[list[int], Any]], address: str, on_done: Callable[[
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                for i, result in zip(pending.pop(ref), ray.get(ref)):
+                idx = pending.pop(ref)
+                try:
+                    results = ray.get(ref)
+                except ray.exceptions.RayError as e:
+                    if on_failed is None:
+                        raise
+                    on_failed(idx, _why(e))
+                    continue
+                for i, result in zip(idx, results):
                     on_done(i, result)
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _why(e: BaseException) -> str:
+    """One line for a failed Ray task: the run's own error where Ray kept it, else the last line of Ray's."""
+    from neuro.errors import describe
+
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        return describe(cause)
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__

@@ -165,23 +165,36 @@ def run_job(payload: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, An
     return [run_one(payload)]
 
 
-def _main(argv: list[str]) -> int:
-    """``python -m neuro.comparison.worker RESULT.json`` with a job (a spec, or a list of specs) as JSON on
-    stdin: run it and write the list of results to RESULT.json (atomically); the local executor of
-    :func:`neuro.compare` runs each job this way."""
+def serve(result_path: str, text: str | bytes) -> int:
+    """Run the job ``text`` (JSON: a spec, or a list of specs) and write the list of results to
+    ``result_path`` (atomically); a run that fails writes ``{"error": "<one line>"}`` there instead (its
+    traceback goes to stderr) and returns 1."""
     import json
+    import traceback
 
     from neuro import io
+    from neuro.errors import describe
 
+    payload = json.loads(text)
+    try:
+        results = run_job(payload)
+    except Exception as e:  # noqa: BLE001 -- reported to the caller on one line
+        traceback.print_exc()
+        io.write_json(result_path, {"error": describe(e)})
+        return 1
+    from .harness import _json_roundtrip
+
+    io.write_json(result_path, _json_roundtrip(results))
+    return 0
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m neuro.comparison.worker RESULT.json < job.json``: :func:`serve` (the local executor starts
+    its workers with :mod:`neuro.comparison._boot`, which then calls :func:`serve`)."""
     if len(argv) != 1:
         print("usage: python -m neuro.comparison.worker RESULT.json < spec.json", file=sys.stderr)
         return 2
-    payload = json.loads(sys.stdin.read())
-    results = run_job(payload)
-    from .harness import _json_roundtrip
-
-    io.write_json(argv[0], _json_roundtrip(results))
-    return 0
+    return serve(argv[0], sys.stdin.read())
 
 
 if __name__ == "__main__":
