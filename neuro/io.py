@@ -90,6 +90,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             break
         except FileExistsError:
             continue
+        except OSError as e:  # no such directory, no permission, a read-only file system: name the target
+            raise OSError(e.errno, e.strerror, str(path)) from None
     else:
         raise FileExistsError(errno.EEXIST, "no free temporary name", str(tmp))
     try:
@@ -162,17 +164,13 @@ def _fsync(path: Path) -> None:
 
 
 def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened or synced."""
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
