@@ -82,6 +82,7 @@ def test_a_flipped_bit_anywhere_in_a_checkpoint_is_refused(tmp_path):
     assert io.load_checkpoint(path)["W_rec"].equal(torch.linspace(-1, 1, 16).reshape(4, 4))
 
 
+@pytest.mark.slow  # the command line / a subprocess importing torch
 def test_resuming_from_a_damaged_checkpoint_is_refused(tmp_path, capsys):
     from neuro.cli import main
 
@@ -284,6 +285,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # the command line / a subprocess importing torch
 def test_a_file_size_limit_leaves_the_previous_files(tmp_path):
     names = ["a.txt", "b.pt", "c.npz", "d.bin"]
     for name in names:
