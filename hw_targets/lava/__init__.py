@@ -20,9 +20,9 @@ install()
 import_lava = ensure_lava  # alias: installs the hook, imports lava, returns the lava-nc version
 
 __all__ = ["LavaCompatError", "LavaLearningNetwork", "LavaNetwork", "QuantizationReport", "ensure_lava", "export",
-           "export_learning", "import_lava", "loihi_form", "quantize"]
+           "export_learning", "import_lava", "loihi_form", "loihi_params", "quantize"]
 
-_LAZY = {"export": "network", "LavaNetwork": "network", "quantize": "quantization",
+_LAZY = {"export": "network", "LavaNetwork": "network", "loihi_params": "network", "quantize": "quantization",
          "QuantizationReport": "quantization", "quantization_error": "quantization",
          "export_learning": "learning", "LavaLearningNetwork": "learning", "loihi_form": "learning"}
 

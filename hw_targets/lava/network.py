@@ -68,18 +68,22 @@ class LavaNetwork:
         self._np = {k: v.double().numpy() for k, v in self.params.items()}
 
     def save(self, path: str | Path) -> Path:
-        """Write the network to ``path`` (``.npz``: the model's name and fields as JSON, the parameters)."""
+        """Write the network to ``path`` atomically (``.npz``: the model's name and fields as JSON, the parameters)."""
         import dataclasses
         import json
 
         fields = {f.name: getattr(self.net, f.name) for f in dataclasses.fields(self.net)}
         meta = json.dumps({"model": self.net.name, "fields": fields, "fixed_point": self.fixed_point,
                            "dtype": str(self.dtype).replace("torch.", "")})
-        from neuro import io
+        import io
 
+        from neuro.io import atomic_open
+
+        buf = io.BytesIO()  # the whole file first (np.savez to a path would also append .npz to a name without it)
+        np.savez(buf, meta=np.array(meta), **{k: v.double().numpy() for k, v in self.params.items()})
         path = Path(path)
-        with io.atomic_open(path, "wb") as f:  # a failed write keeps the previous file; and np.savez would
-            np.savez(f, meta=np.array(meta), **{k: v.double().numpy() for k, v in self.params.items()})  # add .npz
+        with atomic_open(path, "wb") as f:  # a failed write keeps the previous file
+            f.write(buf.getvalue())
         return path
 
     @classmethod
