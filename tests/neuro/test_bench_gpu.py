@@ -1,6 +1,6 @@
 """``neuro bench gpu`` (and ``neuro bench rules --device``): the code runs on the CPU on tiny settings and writes
-its figures; without a CUDA device the GPU runs are skipped with a note (exit status 0); a bad device is an
-error naming it. The GPU figures themselves need a GPU (never in CI)."""
+its figures; without a CUDA device ``bench gpu`` says so and writes nothing (``bench rules --device cuda``
+writes a note), exit status 0; a bad device is an error naming it. The GPU figures themselves need a GPU (never in CI)."""
 
 from __future__ import annotations
 
@@ -52,10 +52,16 @@ def test_the_timed_loss_is_the_lif_networks_spike_count_and_its_gradient():
 
 
 @no_cuda
-def test_without_a_gpu_the_sections_are_skipped_with_a_note(tmp_path, capsys):
-    assert gpu.main(["--out", str(tmp_path / "g")]) == 0
-    assert "no CUDA device" in json.loads((tmp_path / "g" / "bench_gpu.json").read_text())["skipped"]
-    assert "Skipped: no CUDA device" in (tmp_path / "g" / "bench_gpu.md").read_text()
+def test_without_a_gpu_nothing_is_measured_and_nothing_written(tmp_path, capsys):
+    assert gpu.main(["--out", str(tmp_path / "g"), "--rules"]) == 0
+    assert not (tmp_path / "g").exists()  # no file that says only "skipped" where figures are expected
+    err = capsys.readouterr().err
+    assert err.startswith("neuro bench gpu: skipped: no CUDA device") and err.endswith("; no file written\n")
+    assert err.count("\n") == 1
+
+
+@no_cuda
+def test_without_a_gpu_the_rules_section_is_skipped_with_a_note(tmp_path, capsys):
     assert rules.main(["--quick", "--device", "cuda", "--out", str(tmp_path / "r")]) == 0
     assert "no CUDA device" in json.loads((tmp_path / "r" / "bench_rules.json").read_text())["skipped"]
     assert "skipped" in capsys.readouterr().err
