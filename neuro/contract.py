@@ -39,6 +39,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import numbers
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -220,7 +221,17 @@ class AbstractNetwork(abc.ABC):
         return sum(p.numel() for p in params.values())
 
     def check_params(self, params: Params) -> None:
-        """Raise ``ValueError`` if ``params`` lacks a key or has a wrong shape or mixed dtypes."""
+        """Raise ``TypeError`` unless ``params`` is a dict of float tensors, ``ValueError`` if it lacks a key or
+        has a wrong shape or mixed dtypes."""
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be a dict[str, Tensor] from net.init_params, got {type(params).__name__}")
+        for k, v in params.items():
+            if not isinstance(v, Tensor):
+                cls = type(v)
+                kind = cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__name__}"
+                raise TypeError(f"params[{k!r}] is invalid: got a {kind}, expected a torch.Tensor (as net.init_params gives)")
+            if v.dtype not in (torch.float32, torch.float64):
+                raise TypeError(f"params[{k!r}] is invalid: got dtype {v.dtype}, expected torch.float32 or torch.float64")
         expected = self.param_shapes()
         missing = sorted(set(expected) - set(params))
         extra = sorted(set(params) - set(expected))
@@ -238,8 +249,8 @@ class AbstractNetwork(abc.ABC):
         """The shape of every parameter, by name."""
 
     def _generator(self, seed: int) -> torch.Generator:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed={seed!r} is invalid: expected an integer")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed={seed!r} is invalid: must be an integer >= 0")
         g = torch.Generator()
-        g.manual_seed(seed)
+        g.manual_seed(int(seed))
         return g

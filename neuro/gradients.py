@@ -17,8 +17,14 @@ __all__ = ["alignment", "grad_estimate", "sequence_loss"]
 
 
 def _prepare(net: AbstractNetwork, params: Params, xs: Tensor, ys: Tensor, mask: Tensor | None):
+    """``(xs, ys, mask)`` as [T, B, ...] in the parameters' dtype and device, once every argument is checked."""
+    if not isinstance(net, AbstractNetwork):
+        raise TypeError(f"net={net!r} is invalid: expected a network from models.make, not a {type(net).__name__}")
     net.check_params(params)
     p = next(iter(params.values()))
+    for name, value in (("xs", xs), ("ys", ys), ("mask", mask)):
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if ys.dim() != xs.dim():
         raise ValueError(f"xs has shape {tuple(xs.shape)} and ys {tuple(ys.shape)}: expected [T, B, n_in] and "
                          f"[T, B, n_out] (or [T, n_in] and [T, n_out] for one sequence)")
@@ -29,6 +35,9 @@ def _prepare(net: AbstractNetwork, params: Params, xs: Tensor, ys: Tensor, mask:
         raise ValueError(f"xs has shape {tuple(xs.shape)}: expected [T, B, n_in={net.n_in}]")
     if ys.shape[:2] != xs.shape[:2] or ys.shape[-1] != net.n_out:
         raise ValueError(f"ys has shape {tuple(ys.shape)}: expected [T={xs.shape[0]}, B={xs.shape[1]}, n_out={net.n_out}]")
+    if xs.shape[0] == 0 or xs.shape[1] == 0:
+        raise ValueError(f"xs has shape {tuple(xs.shape)}: expected at least one step and one sequence "
+                         f"([T >= 1, B >= 1, n_in={net.n_in}])")
     if mask is None:
         mask = torch.ones(xs.shape[:2], dtype=torch.bool)
     if tuple(mask.shape) != tuple(xs.shape[:2]):

@@ -232,7 +232,7 @@ class Loop:
     def _stream(self) -> Iterator[Sequence]:
         run, seed = self.run, self.config.seed_for("task")
         it = run.task.stream(seed=seed, batch=self.config.batch) if run.task.episodic else \
-            run.task.stream(seed=seed, batch=self.config.batch, chunk=self.config.chunk)
+            run.task.stream(seed=seed, batch=self.config.batch, chunk=self.config.chunk, steps=run.steps)
         for _ in range(self.counters.seq_index):  # reposition a resumed run: regenerate the sequences consumed
             next(it)
         return it
@@ -246,12 +246,14 @@ class Loop:
         if reset:
             self.state = self.rule.reset(self.params, self.state)
         n = min(seq.steps, self.run.steps - c.step)
+        # the sequence's whole length (the stream cuts its last chunk at the run's end: nothing more is generated)
+        whole = c.offset + n == (self.run.task.trial_steps if self.run.task.episodic else self.config.chunk)
         xs, ys, mask = seq.xs, seq.ys, seq.mask
         frac = mask[:n].to(torch.float64).mean(1).tolist()
         for t in range(n):
             self.step(xs[t], ys[t], mask[t], frac[t])
             if t == n - 1:  # the sequence ends (or the run does): pending estimate, then one update
-                self._end_sequence(n, whole=n == seq.steps)
+                self._end_sequence(n, whole=whole)
             elif (t + 1) % k == 0:
                 self.state, g = self.rule.flush(self.params, self.state)
                 self._accumulate(g)
@@ -260,7 +262,7 @@ class Loop:
                 self.log()
             elif len(self.losses) >= DRAIN:
                 self.drain()
-        if n == seq.steps:
+        if whole:
             for hook in self.run.hooks:
                 hook.sequence_end(self)
         self.drain()  # the sequence's losses are checked before any checkpoint

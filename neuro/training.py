@@ -63,7 +63,7 @@ from typing import Any
 
 import torch
 
-from neuro import staged
+from neuro import preflight, staged
 from neuro.contract import AbstractNetwork, Params
 from neuro.rules.base import AbstractRule
 from neuro.rundir import TIMING_COLUMNS, RunDir, describe_run
@@ -162,6 +162,7 @@ def prepare(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps:
     c = TrainConfig.build(config, **settings)
     steps = check_int("steps", steps, 1)
     rule = _check_parts(net, rule, task, steps)
+    preflight.check_run(net, rule, task, steps, c, params=params)  # sizes and the rule's limits, nothing allocated
     hooks: tuple[Hook, ...] = ()
     if c.schedule is not None:  # a constructive network learnt stage by stage
         hooks = (staged.StageHook(staged.check(net, rule, task, steps, c.chunk, c.schedule)),)

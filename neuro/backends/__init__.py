@@ -59,6 +59,8 @@ def simulate(net: AbstractNetwork, params: Params, xs: Tensor, backend: str = "t
 
     ``T = 0`` gives an empty trace on every backend: the fields and shapes the backend records, with no step
     (found by running one step of zero input and keeping none of it)."""
+    if not isinstance(net, AbstractNetwork):
+        raise TypeError(f"net={net!r} is invalid: expected a network from models.make, not a {type(net).__name__}")
     if not isinstance(xs, Tensor):
         raise TypeError(f"xs must be a torch.Tensor [T, B, n_in], got {type(xs).__name__}")
     if xs.dim() == 2:

@@ -72,14 +72,17 @@ class _MemberStreams(AbstractTask):
     def trial_steps(self) -> int | None:
         return self.task.trial_steps
 
-    def stream(self, seed: int = 0, batch: int = 1, chunk: int = 1000) -> Iterator[Sequence]:
+    def stream(self, seed: int = 0, batch: int = 1, chunk: int = 1000, steps: int | None = None) -> Iterator[Sequence]:
         from neuro.training import derive_seed
 
         S = len(self.seeds)
-        kw = {} if self.task.episodic else {"chunk": chunk}
+        kw = {} if self.task.episodic else {"chunk": chunk, "steps": steps}
         its = [self.task.stream(seed=derive_seed(s, "task"), batch=batch // S, **kw) for s in self.seeds]
         while True:
-            parts = [next(it) for it in its]
+            try:
+                parts = [next(it) for it in its]
+            except StopIteration:  # the members' streams end together (``steps`` steps in all)
+                return
             yield Sequence(torch.cat([p.xs for p in parts], 1), torch.cat([p.ys for p in parts], 1),
                            torch.cat([p.mask for p in parts], 1))
 

@@ -126,6 +126,19 @@ class AbstractRule(abc.ABC):
         window) is cut. Summed over a sequence, estimates with and without flushes are equal."""
         return state, None
 
+    def check_run(self, params: Params, batch: int, sequence: int, where: str = "") -> None:
+        """Refuse, before a run starts, what this rule cannot run: ``params`` (read for their shapes and dtype
+        only; they may be ``meta`` tensors), ``batch`` streams, sequences of up to ``sequence`` steps (``where``
+        says what sets that length, e.g. ``"chunk=100"``). A ``ValueError`` (:class:`neuro.errors.SizeError` for
+        memory) names the setting and what to set. The default refuses nothing."""
+        return None
+
+    def run_bytes(self, params: Params, batch: int, sequence: int) -> int | None:
+        """Bytes this rule holds during a run beyond the parameters and the network state (its state, working
+        buffers, graphs), for the same arguments as :meth:`check_run`; ``None`` (the default): the size of the
+        state ``init`` builds, measured on shape-only tensors (:mod:`neuro.preflight`)."""
+        return None
+
     def reset(self, params: Params, state: NamedTuple) -> NamedTuple:
         """A new independent sequence starts: the network state returns to rest, traces are cleared."""
         batch = state.net[0].shape[0]

@@ -4,7 +4,8 @@ summed loss over the whole sequence, computed when the sequence ends (``finish``
     dL/dtheta = sum_t dl_t/dtheta,  L = sum_t l_t,  by reverse-mode autodiff of the unrolled graph.
 
 Memory grows as O(n T). The graph is built on a detached copy of the parameters taken at the start
-of the sequence, so an optimizer may change the live parameters without corrupting it.
+of the sequence, so an optimizer may change the live parameters without corrupting it. A run whose
+graph cannot fit is refused before it starts (:meth:`BPTT.check_run`, from :func:`graph_bytes`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,23 @@ import torch
 from torch import Tensor
 
 from neuro.contract import Params
+from neuro.errors import check_fits, format_bytes
 
 from .base import AbstractRule, Needs, StepOutput
+
+#: what the graph of one step keeps, per value of the network's state, input and output (measured: 1 to 7
+#: times the step's values, by model), and per step whatever the size (autograd's nodes and their records)
+GRAPH_FACTOR, GRAPH_STEP_BYTES = 8, 32 * 2 ** 10
+
+
+def graph_bytes(rule: AbstractRule, params: Params, batch: int, steps: int) -> int:
+    """An upper estimate of the memory of the autograd graph of ``steps`` steps of ``rule.net`` on ``batch``
+    streams (``params`` read for their dtype only): ``steps x (batch x values x GRAPH_FACTOR x dtype size +
+    GRAPH_STEP_BYTES)``, the values being the network state's, the input's and the output's."""
+    net, p = rule.net, next(iter(params.values()))
+    state = net.init_state({k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in params.items()}, 1)
+    values = sum(f.numel() for f in state) + net.n_in + net.n_out
+    return steps * (batch * values * GRAPH_FACTOR * p.element_size() + GRAPH_STEP_BYTES)
 
 
 class BPTTState(NamedTuple):
@@ -39,6 +55,22 @@ def _detach_state(state: NamedTuple) -> NamedTuple:
 class BPTT(AbstractRule):
     name = "bptt"
     needs = Needs.GRAPH
+
+    def window(self, sequence: int) -> int:
+        """The most steps one graph holds on sequences of ``sequence`` steps."""
+        return sequence
+
+    def check_run(self, params: Params, batch: int, sequence: int, where: str = "") -> None:
+        """Refuse a run whose graph (:func:`graph_bytes` of a window) cannot fit in memory."""
+        T = self.window(sequence)
+        need = graph_bytes(self, params, batch, T)
+        per = format_bytes(need / T)
+        check_fits(f"rule {self.name!r} on sequences of {sequence} steps{f' ({where})' if where else ''}", need,
+                   f"its graph holds {T} steps of about {per} each; use "
+                   f"{'a smaller k' if T < sequence else 'tbptt (rule option k)'} or shorter sequences (a smaller chunk)")
+
+    def run_bytes(self, params: Params, batch: int, sequence: int) -> int | None:
+        return graph_bytes(self, params, batch, self.window(sequence))
 
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> BPTTState:
         return BPTTState(net=self.net.init_state(params, batch), window=None, total=None, t=0)

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from neuro.contract import AbstractNetwork, Params, check_positive
+from neuro.errors import format_bytes
 
 from ._onestep import FlatStep
 from .base import AbstractRule, Needs, StepOutput, accelerated
@@ -49,17 +50,10 @@ def _flat_step(net: AbstractNetwork, loss: str, shapes: tuple[tuple[str, tuple[i
     return FlatStep.build(net, {k: torch.zeros(s, dtype=torch.float64) for k, s in shapes}, loss)
 
 
-def _bytes(n: float) -> str:
-    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
-
-
 @accelerated
 @dataclasses.dataclass(frozen=True)
 class RTRL(AbstractRule):
-    """Exact RTRL. ``max_bytes``: refuse (in ``init``) a network whose influence matrix and one-step
+    """Exact RTRL. ``max_bytes``: refuse (in ``check_run``, before a run, and in ``init``) a network whose influence matrix and one-step
     Jacobians need more memory; ``fast``: the fast path of :mod:`neuro.rules._fast.rtrl` where it applies
     (default) or this definition."""
 
@@ -87,18 +81,26 @@ class RTRL(AbstractRule):
         S, P = fs.n_state, fs.n_params
         return next(iter(params.values())).element_size() * batch * S * (2 * P + S)
 
-    def _influence(self, params: Params, batch: int) -> Tensor:
-        """``M_0 = 0`` [B, S, P], after the memory guard (``max_bytes``, :meth:`memory_bytes`)."""
+    def check_run(self, params: Params, batch: int, sequence: int, where: str = "") -> None:
+        """The memory guard: ``ValueError`` where :meth:`memory_bytes` exceed ``max_bytes``."""
         check_positive("batch", batch, integer=True)
-        fs = self._flat(params)
         need = self.memory_bytes(params, batch)
-        p = next(iter(params.values()))
         if need > self.max_bytes:
+            fs, p = self._flat(params), next(iter(params.values()))
+            others = ", ".join(r for r in ("snap1", "uoro") if r != self.name)
             raise ValueError(
-                f"rtrl needs {_bytes(need)} for the influence matrix of n_state={fs.n_state}, "
+                f"{self.name} needs {format_bytes(need)} for the influence matrix of n_state={fs.n_state}, "
                 f"n_params={fs.n_params} (batch {batch}, {p.dtype}), more than max_bytes={self.max_bytes} "
-                f"({_bytes(self.max_bytes)}): use snap1, uoro, or a smaller network (or raise max_bytes)")
-        return p.new_zeros(batch, fs.n_state, fs.n_params)
+                f"({format_bytes(self.max_bytes)}): use {others}, or a smaller network (or raise max_bytes)")
+
+    def run_bytes(self, params: Params, batch: int, sequence: int) -> int | None:
+        return self.memory_bytes(params, batch)
+
+    def _influence(self, params: Params, batch: int) -> Tensor:
+        """``M_0 = 0`` [B, S, P], after the memory guard (``max_bytes``, :meth:`check_run`)."""
+        self.check_run(params, batch, 1)
+        fs = self._flat(params)
+        return next(iter(params.values())).new_zeros(batch, fs.n_state, fs.n_params)
 
     def _exact_step(self, params: Params, state: RTRLState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
         """One step of the equations in the module docstring (the estimate from ``M_{t-1}``, then ``M_t``)."""

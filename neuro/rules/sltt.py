@@ -167,6 +167,13 @@ class SLTTK(AbstractRule):
         if not isinstance(self.scale, bool):
             raise ValueError(f"scale={self.scale!r} is invalid: expected True or False")
 
+    def check_run(self, params: Params, batch: int, sequence: int, where: str = "") -> None:
+        """Refuse sequences longer than ``T`` (the steps are drawn among ``T`` per sequence)."""
+        if sequence > self.T:
+            raise ValueError(f"rule 'sltt-k' option T={self.T} is shorter than the sequences of this run ({sequence} "
+                             f"steps{f': {where}' if where else ''}): set T={sequence} (rule option T; k={self.k} of "
+                             f"its steps are drawn per sequence)")
+
     def _draw(self, gen: torch.Generator) -> Tensor:
         chosen = torch.zeros(self.T, dtype=torch.bool)
         chosen[torch.randperm(self.T, generator=gen)[: self.k]] = True

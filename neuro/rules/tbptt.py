@@ -29,6 +29,9 @@ class TBPTT(BPTT):
         super().__post_init__()
         check_positive("k", self.k, integer=True)
 
+    def window(self, sequence: int) -> int:
+        return min(self.k, sequence)
+
     def _maybe_flush(self, state: BPTTState, y_hat: Tensor, l: Tensor) -> StepOutput:
         grad = None
         if state.t >= self.k:

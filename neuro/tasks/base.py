@@ -9,21 +9,29 @@ same realisation::
 
 Episodic tasks write ``_trial(rng, batch)`` instead (one trial of ``trial_steps`` steps); their process is
 the trials back to back, and ``stream`` yields one trial per chunk.
+
+Only what is asked for is generated: ``stream(..., steps=N)`` ends after ``N`` steps in all (its last chunk cut
+there), so a chunk longer than a run is never built whole. Sizes are checked before anything is generated:
+counts must be integers (Python, numpy or torch) of the valid range, and a sequence whose memory
+(:meth:`AbstractTask.sequence_bytes`) cannot be had is refused with the figure (:class:`neuro.errors.SizeError`).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
+import inspect
+import operator
 from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from neuro.contract import check_positive
+from neuro.errors import check_fits
 
-__all__ = ["AbstractTask", "Block", "Sequence", "check_range"]
+__all__ = ["AbstractTask", "Block", "Sequence", "as_count", "check_range"]
 
 #: one block of a task's process: xs [L, B, n_in], ys [L, B, n_out], mask [L, B] (numpy)
 Block = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -51,6 +59,22 @@ class Sequence:
 
     def __getitem__(self, s: slice) -> "Sequence":
         return Sequence(self.xs[s], self.ys[s], self.mask[s])
+
+
+def as_count(name: str, value: object, allow_zero: bool = False) -> int:
+    """``value`` as a Python ``int`` if it is an integer (``int``, a numpy integer or a one-element integer
+    tensor; not a bool) that is ``> 0`` (``>= 0`` with ``allow_zero``); ``ValueError`` naming it otherwise."""
+    n = None
+    if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        try:
+            n = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    if n is None:
+        raise ValueError(f"{name}={value!r} is invalid: expected an integer")
+    if n < 0 or (n == 0 and not allow_zero):
+        raise ValueError(f"{name}={value!r} is invalid: must be {'>= 0' if allow_zero else '> 0'}")
+    return n
 
 
 def check_range(name: str, value: object, lowest: int) -> None:
@@ -84,6 +108,29 @@ class _Reader:
                         torch.from_numpy(np.ascontiguousarray(mask[:steps], dtype=bool)))
 
 
+def _cut_after(stream):
+    """``stream(self, seed, batch, chunk)`` with the ``steps`` keyword of :meth:`AbstractTask.stream`."""
+
+    @functools.wraps(stream)
+    def with_steps(self, seed: int = 0, batch: int = 1, chunk: int = 1000, steps: int | None = None):
+        chunks = stream(self, seed, batch, chunk)
+        if steps is None:
+            return chunks
+        left = as_count("steps", steps)
+
+        def cut():
+            nonlocal left
+            for seq in chunks:
+                if left <= 0:
+                    return
+                yield seq[:left] if seq.steps > left else seq
+                left -= seq.steps
+
+        return cut()
+
+    return with_steps
+
+
 @dataclasses.dataclass(frozen=True)
 class AbstractTask(abc.ABC):
     """A task: a frozen dataclass of its settings.
@@ -95,6 +142,13 @@ class AbstractTask(abc.ABC):
     name: ClassVar[str] = ""
     loss: ClassVar[str] = "mse"  # "mse" or "ce" (see neuro.losses)
     episodic: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kw) -> None:
+        """A subclass whose own ``stream`` takes no ``steps`` gets it: its chunks are cut there."""
+        super().__init_subclass__(**kw)
+        own = cls.__dict__.get("stream")
+        if callable(own) and "steps" not in inspect.signature(own).parameters:
+            cls.stream = _cut_after(own)  # type: ignore[method-assign]
 
     @property
     @abc.abstractmethod
@@ -115,22 +169,47 @@ class AbstractTask(abc.ABC):
         For an episodic task ``steps`` must cover one trial; longer samples hold trials back to back
         (the last one cut at ``steps``), the same trials ``stream(seed, batch)`` yields one by one.
         """
-        self._check_call(steps=steps, batch=batch, seed=seed)
+        steps, batch, seed = self._check_call(steps=steps, batch=batch, seed=seed)
+        self._check_memory("steps", steps, batch)
         return _Reader(self._process(seed, batch)).take(steps)
 
-    def stream(self, seed: int = 0, batch: int = 1, chunk: int = 1000) -> Iterator[Sequence]:
-        """An endless stream of consecutive chunks of ``chunk`` steps (continuing across chunks).
+    def stream(self, seed: int = 0, batch: int = 1, chunk: int = 1000, steps: int | None = None) -> Iterator[Sequence]:
+        """Consecutive chunks of ``chunk`` steps (continuing across chunks): endless, or ``steps`` steps in all
+        (the last chunk cut there; nothing past it is generated).
 
         Episodic tasks ignore ``chunk``: each chunk is one trial of ``trial_steps`` steps.
         """
+        if not self.episodic:
+            chunk = as_count("chunk", chunk)
         size = self.trial_steps if self.episodic else chunk
-        self._check_call(steps=size, batch=batch, seed=seed, what="chunk")  # now, not at the first next()
-        return self._chunks(_Reader(self._process(seed, batch)), size)
+        size, batch, seed = self._check_call(steps=size, batch=batch, seed=seed, what="chunk")  # now, not at next()
+        if steps is not None:
+            steps = as_count("steps", steps)
+        longest = size if steps is None else min(size, steps)
+        self._check_memory("chunk" if longest == size else "steps", longest, batch)
+        return self._chunks(_Reader(self._process(seed, batch)), size, steps)
 
     @staticmethod
-    def _chunks(reader: _Reader, size: int) -> Iterator[Sequence]:
-        while True:
-            yield reader.take(size)
+    def _chunks(reader: _Reader, size: int, steps: int | None) -> Iterator[Sequence]:
+        left = steps
+        while left is None or left > 0:
+            n = size if left is None else min(size, left)
+            yield reader.take(n)
+            if left is not None:
+                left -= n
+
+    def sequence_bytes(self, steps: int, batch: int) -> int:
+        """An upper estimate of the memory one sequence of ``steps`` x ``batch`` takes while it is generated
+        and handed over: its values (inputs and targets) held as the blocks, their concatenation, the float32
+        copy and a float64 copy in the run's dtype (28 bytes each), and its mask (3 bytes a step and stream)."""
+        return steps * batch * (28 * (self.n_in + self.n_out) + 3)
+
+    def _check_memory(self, name: str, steps: int, batch: int) -> None:
+        """:func:`neuro.errors.check_fits` for a sequence of ``steps`` x ``batch``, naming the larger of the two."""
+        what = f"batch={batch}" if batch > steps else f"{name}={steps}"
+        check_fits(what, self.sequence_bytes(steps, batch),
+                   f"a sequence of {steps} steps x {batch} streams x {self.n_in + self.n_out} values of task "
+                   f"{self.name!r}; choose a smaller {'batch' if batch > steps else name}")
 
     # -- what a task writes ------------------------------------------------------------------------
     def _blocks(self, rng: np.random.Generator, batch: int) -> Iterator[Block]:
@@ -148,10 +227,11 @@ class AbstractTask(abc.ABC):
     def _process(self, seed: int, batch: int) -> Iterator[Block]:
         return self._blocks(np.random.default_rng(seed), batch)
 
-    def _check_call(self, steps: int, batch: int, seed: int, what: str = "steps") -> None:
-        check_positive(what, steps, integer=True)
-        check_positive("batch", batch, integer=True)
-        check_positive("seed", seed, allow_zero=True, integer=True)
+    def _check_call(self, steps: int, batch: int, seed: int, what: str = "steps") -> tuple[int, int, int]:
+        """``(steps, batch, seed)`` as Python ints, once each is checked (``ValueError`` naming a bad one)."""
+        steps, batch = as_count(what, steps), as_count("batch", batch)
+        seed = as_count("seed", seed, allow_zero=True)
         if self.episodic and steps < self.trial_steps:
             raise ValueError(f"{what}={steps} is shorter than one trial ({self.trial_steps} steps of "
                              f"{self.name!r}): use {what} >= {self.trial_steps}")
+        return steps, batch, seed
