@@ -2,10 +2,11 @@
 
 Every writer goes through :func:`atomic_open` (or :func:`atomic_path`, for writers that need a path): the
 bytes go to a temporary file in the target's own directory, are flushed and ``fsync``-ed, and only then
-``os.replace``-d onto the target (an atomic rename on POSIX and Windows). A crash, an exception, a full disk
-or a file-size limit mid-write leaves the previous file untouched and no temporary file behind; a write
-that fails for want of space raises ``OSError`` (``ENOSPC``, ``EFBIG``, ...) naming the target. A new file
-gets the mode ``open(path, "w")`` would give it (``0o666`` less the umask); a replaced file keeps its mode.
+``os.replace``-d onto the target (an atomic rename on POSIX and Windows). A crash mid-write leaves the
+previous file untouched (and at most a hidden ``.<name>.<random>.tmp`` beside it); an exception, a full disk
+or a file-size limit leaves it untouched and no temporary file behind, and a write that fails for want of
+space raises ``OSError`` (``ENOSPC``, ``EFBIG``, ...) naming the target. A new file gets the mode
+``open(path, "w")`` would give it (``0o666`` less the umask); a replaced file keeps its mode.
 
 Checkpoints hold what ``torch.save`` cannot pickle safely in a portable form: a ``torch.Generator``
 becomes its ``get_state()`` and a ``NamedTuple`` a tagged dict naming its class, so that
@@ -13,8 +14,8 @@ becomes its ``get_state()`` and a ``NamedTuple`` a tagged dict naming its class,
 :func:`from_saveable` rebuilds the objects. A checkpoint file is the ``torch.save`` bytes followed by one
 line, ``neuro checkpoint sha256 <hex digest of those bytes>``: :func:`load_checkpoint` refuses a file whose
 bytes do not match it (a flipped bit anywhere, a truncated file) with a ``ValueError`` naming the file, and
-every other failure to read a file (not a checkpoint, a payload ``save_checkpoint`` does not write) is that
-``ValueError`` too. ``torch.load`` ignores the line, so other tools read the file as before. A file without
+every other failure to read an existing file as a checkpoint (not a checkpoint, a payload
+``save_checkpoint`` does not write) is that ``ValueError`` too. ``torch.load`` ignores the line, so other tools read the file as before. A file without
 the line (written before checkpoints carried one) is read with a warning that it cannot be verified; it
 gets a checksum the next time it is saved.
 """
