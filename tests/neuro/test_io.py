@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _fs import small_tmpfs
 
 from neuro import io
 from neuro.rules.bptt import BPTTState
@@ -300,25 +301,8 @@ def test_a_file_size_limit_leaves_the_previous_files(tmp_path):
     assert io.load_checkpoint(tmp_path / "b.pt") == {"step": 1}
 
 
-@contextlib.contextmanager
-def _small_tmpfs(where: Path, size_kib: int):
-    """A tmpfs of ``size_kib`` KiB at ``where``; skips where it cannot be mounted (not root, a container)."""
-    where.mkdir()
-    try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(where)],
-                           capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"cannot mount a tmpfs ({e}); test_a_file_size_limit_leaves_the_previous_files covers EFBIG")
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs ({r.stderr.strip()}); the file-size limit test covers EFBIG")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
-
-
 def test_a_full_disk_mid_checkpoint_keeps_the_previous_checkpoint(tmp_path):
-    with _small_tmpfs(tmp_path / "small", 256) as d:
+    with small_tmpfs(tmp_path / "small", 256) as d:
         path = d / "checkpoint.pt"
         io.save_checkpoint(path, {"step": 1, "w": torch.ones(1000)})
         before = path.read_bytes()
