@@ -224,6 +224,12 @@ def _on_sigterm(signum, frame) -> NoReturn:  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    """A warning as one line ``neuro: warning: ...`` (not Python's two lines with a source path)."""
+    text = " ".join(str(message).split())
+    print(f"{PROG}: warning: {text}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``neuro`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
@@ -245,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     command = {"train": _train, "compare": _compare, "demo": _demo, "bench": _bench, "export": _export,
                "simulate": _simulate}[args.command]
+    import warnings
+
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -261,5 +271,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {'' if status == errors.INTERRUPTED else 'error: '}{errors.describe(e)}", file=sys.stderr)
         return status
     finally:
+        warnings.showwarning = shown
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
