@@ -12,6 +12,7 @@ __all__ = ["main"]
 
 def main(args: argparse.Namespace) -> int:
     import io as _bytes
+    import math
     import time
 
     import numpy as np
@@ -20,7 +21,7 @@ def main(args: argparse.Namespace) -> int:
     import models
     import neuro
     from neuro.cli_files import check_output_dir, load_run, os_cause, write_files
-    from neuro.errors import RunFailed
+    from neuro.errors import RunFailed, check_fits
 
     for flag in ("hidden", "inputs", "steps"):
         if getattr(args, flag) <= 0:
@@ -39,9 +40,15 @@ def main(args: argparse.Namespace) -> int:
             if key in model_opt:
                 raise ValueError(f"--model-opt {key} is not allowed: use --inputs / --hidden")
         net = models.make(args.model, n_in=args.inputs, n_hidden=args.hidden, n_out=1, **model_opt)
+        n_params = sum(math.prod(shape) for shape in net.param_shapes().values())
+        check_fits(f"--hidden {args.hidden} with --inputs {args.inputs}", 8 * n_params,
+                   "choose fewer --hidden or --inputs")
         params = net.init_params(seed=args.seed, dtype=torch.float64)
         if net.spiking:
             params["W_in"] = params["W_in"].abs()
+    # the trace: inputs, and about five recorded [steps, hidden] variables in float64, kept twice while written
+    check_fits(f"--steps {args.steps} with --hidden {net.n_hidden}", 8 * args.steps * (net.n_in + 10 * net.n_hidden),
+               "choose fewer --steps or --hidden")
     g = torch.Generator().manual_seed(args.seed)
     dt = float(getattr(net, "dt", 1.0))
     xs = (torch.rand(args.steps, 1, net.n_in, generator=g, dtype=torch.float64)

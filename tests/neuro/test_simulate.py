@@ -178,3 +178,12 @@ def test_cli_simulate_says_nothing_when_the_network_fires_or_does_not_spike_at_a
     assert rc == 0 and err == "", err
     if args[1] != "rate":
         assert np.load(tmp_path / "trace.npz")["spikes"].sum() > 0
+
+
+@pytest.mark.parametrize("args,phrase", [(("--hidden", "10000000"), "--hidden 10000000 with --inputs 4 is invalid: "),
+                                         (("--steps", "100000000"), "--steps 100000000 with --hidden 8 is invalid: ")])
+def test_cli_simulate_refuses_sizes_that_cannot_fit_before_allocating(tmp_path, capsys, args, phrase):
+    """One line naming the sizes and the memory they need (a torch allocation error was an internal error)."""
+    rc, out, err = _simulate_cli(tmp_path, capsys, *args)
+    assert rc == 2 and out == "" and err.startswith(f"neuro: error: {phrase}it needs ") and err.count("\n") == 1, err
+    assert "of memory" in err and not tmp_path.joinpath("trace.npz").exists()
