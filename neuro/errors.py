@@ -106,6 +106,16 @@ _USAGE_TYPES: tuple[type[BaseException], ...] = (ValueError, TypeError, LookupEr
                                                   ImportError, ConnectionError, UnicodeError)
 
 
+def _is_allocation_failure(e: BaseException) -> bool:
+    """torch's allocators report an allocation that failed as a RuntimeError (``DefaultCPUAllocator: can't
+    allocate memory``, ``CUDA out of memory``): that is a size that does not fit, not a defect."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        s in text for s in ("can't allocate memory", "Cannot allocate memory", "out of memory"))
+
+
 def exit_status(e: BaseException) -> int:
     """The exit status for ``e``: 130 interrupted, 1 a failed run or an internal error, 2 a usage or data error."""
     from neuro.train_loop import TrainingDiverged
@@ -114,7 +124,7 @@ def exit_status(e: BaseException) -> int:
         return INTERRUPTED
     if isinstance(e, (RunFailed, TrainingDiverged)):
         return FAILED
-    if isinstance(e, (SizeError, *_USAGE_TYPES)):
+    if isinstance(e, (SizeError, *_USAGE_TYPES)) or _is_allocation_failure(e):
         return USAGE
     return FAILED
 
@@ -131,8 +141,9 @@ def describe(e: BaseException) -> str:
         text = f"missing entry {e.args[0]!r}" if e.args else "missing entry"
     elif isinstance(e, OSError) and (e.strerror or e.errno):
         text = os_error(e)
-    elif isinstance(e, MemoryError):
-        text = f"out of memory{': ' + str(e) if str(e) else ''}: choose smaller sizes"
+    elif _is_allocation_failure(e):
+        detail = str(e).split("DefaultCPUAllocator:")[-1].strip() if not isinstance(e, MemoryError) else str(e)
+        text = f"out of memory{': ' + detail if detail else ''}: choose smaller sizes"
     elif isinstance(e, _USAGE_TYPES):
         text = str(e) or type(e).__name__
     else:

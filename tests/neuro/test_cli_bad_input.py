@@ -87,7 +87,7 @@ def _spoil(kind: str) -> Callable[[Path], None]:
 # placeholders: {tmp} a fresh directory, {afile} a plain file, {ro} a read-only directory, {rate}/{lif} a copy of a
 # finished run, {rate-KIND}/{lif-KIND} a copy spoiled as _spoil(KIND), {binary} a file of binary bytes
 TABLE: list[tuple[str, list[str], list[str]]] = [
-    ("no command", [], ["command"]),
+    ("no command", [], ["train,compare"]),
     ("unknown command", ["fly"], ["fly"]),
     # train
     ("train run-dir under a file", ["train", *RATE, "--run-dir", "{afile}/sub"], ["afile"]),
