@@ -118,3 +118,23 @@ def test_hooks_are_called_at_the_start_and_after_each_whole_sequence(tmp_path):
     dataclasses.replace(run, hooks=(rec,)).execute()
     # resumed at step 35, 5 steps into sequence 4: that sequence ends at 40
     assert rec.seen == [("start", 35), ("end", 40, 4), ("end", 50, 5)]
+
+
+def test_numpy_and_torch_integers_are_integers_and_a_wrong_type_is_named(tmp_path):
+    import numpy as np
+
+    c = TrainConfig(seed=np.int64(3), batch=np.int32(2), log_every=torch.tensor(5), chunk=np.uint8(7),
+                    checkpoint_every=np.int64(4), run_dir=tmp_path)
+    assert (c.seed, c.batch, c.log_every, c.chunk, c.checkpoint_every) == (3, 2, 5, 7, 4)
+    assert all(type(v) is int for v in (c.seed, c.batch, c.log_every, c.chunk, c.checkpoint_every))
+    net = _rate()
+    a = train(net, TBPTT(net), TASK, np.int64(20), chunk=np.int64(10), run_dir=tmp_path / "a", **KW)
+    b = train(net, TBPTT(net), TASK, 20, chunk=10, **KW)
+    assert _untimed(a.metrics) == _untimed(b.metrics) and all(torch.equal(a.params[k], b.params[k]) for k in b.params)
+    assert (tmp_path / "a" / "config.json").read_text().count('"steps": 20') == 1  # stored as a JSON number
+    for value, match in [(np.float64(2.0), r"steps=(np.float64\()?2.0\)? is invalid: must be an integer >= 1, not a "
+                                           r"numpy.float64"), ("20", "steps='20' is invalid: .*, not a str"),
+                         (np.int64(0), "steps=0 is invalid: must be an integer >= 1$"), (True, "not a bool"),
+                         (torch.tensor(2.0), "not a torch.Tensor")]:
+        with pytest.raises(ValueError, match=match):
+            train(net, TBPTT(net), TASK, value, **KW)
