@@ -126,6 +126,8 @@ def write(graph, path: str | Path) -> Path:
 
     from neuro.io import atomic_open
 
+    # HDF5 is written in memory, then the bytes by Python: HDF5 writing to a file that hits a file-size limit
+    # (EFBIG) crashed the process (a segmentation fault, h5py 3.16 / HDF5 2.0), where Python raises OSError
     buf = io.BytesIO()
     nir.write(buf, graph)
     path = Path(path)

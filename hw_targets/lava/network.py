@@ -75,16 +75,10 @@ class LavaNetwork:
         fields = {f.name: getattr(self.net, f.name) for f in dataclasses.fields(self.net)}
         meta = json.dumps({"model": self.net.name, "fields": fields, "fixed_point": self.fixed_point,
                            "dtype": str(self.dtype).replace("torch.", "")})
-        import io
+        from neuro import io
 
-        from neuro.io import atomic_open
-
-        buf = io.BytesIO()  # the whole file first (np.savez to a path would also append .npz to a name without it)
-        np.savez(buf, meta=np.array(meta), **{k: v.double().numpy() for k, v in self.params.items()})
-        path = Path(path)
-        with atomic_open(path, "wb") as f:  # a failed write keeps the previous file
-            f.write(buf.getvalue())
-        return path
+        # to ``path`` exactly (np.savez would append .npz to a name without it); a failed write keeps the old file
+        return io.save_npz(path, meta=np.array(meta), **{k: v.double().numpy() for k, v in self.params.items()})
 
     @classmethod
     def load(cls, path: str | Path) -> "LavaNetwork":
