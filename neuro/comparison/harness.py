@@ -6,18 +6,26 @@ executor (with ``vectorise=True``, the seeds of a rule that allows it run togeth
 
 * ``"local"`` (default): a pool of ``workers`` processes on this machine (default: the number of CPU
   cores, at most the number of runs), one fresh process per run (so its peak memory is its own), no
-  server. ``workers=0`` runs everything in this process, one after the other (no isolation: peak
-  memory then includes earlier runs').
+  server; a worker exits as soon as the process that started it ends (:mod:`neuro.comparison.local`).
+  ``workers=0`` runs everything in this process, one after the other (no isolation: peak memory then
+  includes earlier runs').
 * ``"ray"``: the same runs as Ray tasks on the cluster at ``address`` (``"auto"`` or ``HOST:PORT``);
   each task runs the same function on the same spec, so the results equal the local ones for the
   same seeds (wall-clock figures aside).
 
-With ``out`` given, each finished run is written at once (atomically) to
-``out/runs/<rule>/seed-<seed>.json``; a sweep started again with the same ``out`` loads the runs whose
-spec matches and runs only the rest, so an interrupted sweep resumes and no finished run is redone or
-lost. The summary (``summary.csv``, ``summary.md``, ``runs.csv``, ``curves.csv``) and the plots
-(``curves.png``, ``alignment.png``, ``cost.png``) are written into ``out`` at the end (see
-:mod:`neuro.comparison.report`).
+Before any run starts, every run is checked (:func:`neuro.preflight.check_run`: the memory it needs,
+the sequence lengths its rule requires) and, with ``out``, the directory is checked against the settings
+saved there and for being writable (:mod:`neuro.comparison.outdir`); each refusal is a ``ValueError``
+and nothing is written.
+
+With ``out`` given, the sweep's settings are saved in ``out/sweep.json`` and each finished run is
+written at once (atomically) to ``out/runs/<rule>/seed-<seed>.json``; a sweep started again with the same
+``out`` and settings (rules and seeds may be added) loads the finished runs and runs only the rest, so
+an interrupted sweep resumes and no finished run is redone or lost. A run that fails does not stop the
+others: they finish and are saved, and :class:`~neuro.comparison.sweep.SweepFailed` (a
+:class:`neuro.errors.RunFailed`) names each failed run and where the finished ones are kept. The summary
+(``summary.csv``, ``summary.md``, ``runs.csv``, ``curves.csv``) and the plots (``curves.png``,
+``alignment.png``, ``cost.png``) are written into ``out`` at the end (see :mod:`neuro.comparison.report`).
 """
 
 from __future__ import annotations
@@ -296,12 +304,10 @@ def _preflight(specs: list[RunSpec]) -> None:
     :func:`neuro.preflight.check_run`); every problem at once, in one ``ValueError`` (a ``SizeError`` when
     a run cannot fit in memory)."""
     from neuro.errors import SizeError
+    from neuro.preflight import check_run
 
     from .worker import _build
 
-    check_run = None  # the checks of neuro.preflight, once it exists
-    if check_run is None:
-        return
     problems: list[str] = []
     size = False
     for s in specs:
@@ -312,7 +318,7 @@ def _preflight(specs: list[RunSpec]) -> None:
                                                      schedule=s.schedule))
         except ValueError as e:
             size = size or isinstance(e, SizeError)
-            msg = f"rule {s.rule!r}: {e}"
+            msg = str(e) if repr(s.rule) in str(e) else f"rule {s.rule!r}: {e}"
             if msg not in problems:
                 problems.append(msg)
     if problems:

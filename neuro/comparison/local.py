@@ -2,15 +2,15 @@
 
 A job is one run, or the seeds of one rule run as one ensemble (:mod:`neuro.comparison.vectorised`).
 Each runs as ``python neuro/comparison/_boot.py RESULT.json`` (:mod:`neuro.comparison._boot`, then
-:func:`neuro.comparison.worker.serve`), ``workers`` at a time (0: in this process, one after the other). A subprocess rather than a multiprocessing pool: nothing of the
-caller's ``__main__`` is re-imported (scripts need no ``if __name__ == "__main__"`` guard), and every
-run's memory is its own.
+:func:`neuro.comparison.worker.serve`), ``workers`` at a time (0: in this process, one after the
+other). A subprocess rather than a multiprocessing pool: nothing of the caller's ``__main__`` is
+re-imported (scripts need no ``if __name__ == "__main__"`` guard), and every run's memory is its own.
 
 Nothing is left behind: the job goes to the worker as one line on its standard input, which this process
 keeps open while it lives; a worker whose standard input closes (this process ended, even by SIGKILL)
-removes its files and exits at once, from its first moments on. A job that fails (an error in the run, or a worker that died) is
-reported to ``on_failed`` with one line saying why, and the other jobs go on; the worker's traceback
-stays in its log.
+removes its files and exits at once, from its first moments on. A job that fails (an error in the run,
+or a worker that died) is reported to ``on_failed`` with one line saying why, and the other jobs go on;
+the worker's traceback stays in its log.
 """
 
 from __future__ import annotations
