@@ -25,6 +25,8 @@ import errno
 import json
 import math
 import os
+import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +41,7 @@ from neuro.tasks.base import AbstractTask
 from neuro.train_config import RESUMABLE, TrainConfig
 
 __all__ = ["CHANGEABLE", "CHECKPOINT", "CHECKPOINT_KEYS", "COLUMNS", "CONFIG", "FORMAT", "METRICS", "RunDir",
-           "TIMING_COLUMNS", "check_config", "describe_run", "differences", "read_config"]
+           "TIMING_COLUMNS", "check_config", "describe_run", "differences", "read_config", "write_failure"]
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.pt"
 FORMAT = 1
@@ -201,6 +203,31 @@ def _check_checkpoint(ckpt: Any, path: Path, params: dict[str, torch.Tensor]) ->
                 raise ValueError(f"{where} has optimizer state {name!r} of {_shape(v)} for parameter "
                                  f"{list(params)[i]!r}, which needs {_shape(shapes[i])}")
     check_config(ckpt["config"], f"{where} (its 'config' entry)")
+
+
+def write_failure(e: BaseException, path: Path) -> str:
+    """A failed write of ``path`` in one line: the file and the cause (torch's own wording of a failed write
+    without its C++ location, and a full disk or a file-size limit where one is found)."""
+    name = repr(str(path))
+    if isinstance(e, OSError) and (e.errno or e.strerror):
+        return f"cannot write {name}: {errors.os_error(OSError(e.errno, e.strerror))}"
+    text = " ".join(str(e).split())
+    if str(path) in text:  # the error names the file itself
+        return errors.describe(e) if isinstance(e, OSError) else text
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text) or type(e).__name__
+    hints = []
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(path.parent).free < 1 << 20:
+            hints.append("the disk is full")
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            hints.append(f"files are limited to {errors.format_bytes(soft)} (ulimit -f)")
+    except (ImportError, ValueError, OSError):
+        pass
+    return f"cannot write {name}: {text}{' (' + '; '.join(hints) + ')' if hints else ''}"
 
 
 @dataclasses.dataclass(frozen=True)

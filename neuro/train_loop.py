@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ from neuro import errors
 from neuro.contract import Params, check_positive
 from neuro.errors import RunFailed
 from neuro.rules.base import AbstractRule, add_into, zeros_like_params
-from neuro.rundir import COLUMNS, CONFIG
+from neuro.rundir import COLUMNS, CONFIG, write_failure
 from neuro.tasks.base import Sequence
 
 if TYPE_CHECKING:
@@ -414,31 +412,7 @@ class Loop:
                          f"continue with: {self.continue_with}", last_good)
 
 
-def _cause(e: BaseException, writing: Path | None) -> str:
-    """``e`` in one line; for a failed write, naming the file (and a full disk or a file-size limit)."""
-    if isinstance(e, getattr(torch, "OutOfMemoryError", ())):
-        return f"out of memory on the device ({' '.join(str(e).split())[:200]}): choose smaller sizes"
-    if writing is None:
-        return errors.describe(e)
-    name = repr(str(writing))
-    if isinstance(e, OSError) and (e.errno or e.strerror):
-        return f"cannot write {name}: {errors.os_error(OSError(e.errno, e.strerror))}"
-    text = " ".join(str(e).split())
-    if str(writing) in text:  # the error names the file itself
-        return errors.describe(e) if isinstance(e, OSError) else text
-    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text) or type(e).__name__
-    hints = []
-    try:
-        if shutil.disk_usage(writing.parent).free < 1 << 20:
-            hints.append("the disk is full")
-    except OSError:
-        pass
-    try:
-        import resource
 
-        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
-        if soft != resource.RLIM_INFINITY:
-            hints.append(f"files are limited to {errors.format_bytes(soft)} (ulimit -f)")
-    except (ImportError, ValueError, OSError):
-        pass
-    return f"cannot write {name}: {text}{' (' + '; '.join(hints) + ')' if hints else ''}"
+def _cause(e: BaseException, writing: Path | None) -> str:
+    """``e`` in one line; a failed write names the file (:func:`neuro.rundir.write_failure`)."""
+    return errors.describe(e) if writing is None else write_failure(e, writing)
