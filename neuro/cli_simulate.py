@@ -1,4 +1,10 @@
-"""``neuro simulate``: a network run forward on Poisson input (torch, compiled or Brian2); a raster and the trace."""
+"""``neuro simulate``: a network run forward on Poisson input (torch, compiled, Brian2 or Lava); a raster and the trace.
+
+The sizes and the output directory are checked before anything runs; ``trace.npz`` and ``raster.png`` are
+written together and atomically (a failed write keeps both previous files). ``--check`` compares with the
+torch model of the network the backend ran: for ``lava-fixed`` that is the quantized ``lif-loihi`` network
+(Loihi's integer model, bit-exact), not the float network it was quantized from.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ __all__ = ["main"]
 
 
 def main(args: argparse.Namespace) -> int:
+    import contextlib
     import io as _bytes
     import math
     import time
@@ -72,15 +79,21 @@ def main(args: argparse.Namespace) -> int:
         hz = float(s.mean()) / (dt * 1e-3)
         files[out / "raster.png"] = _raster(s, dt, net.n_hidden, f"{line}: {hz:.1f} Hz")
         line += f", {int(s.sum())} spikes ({hz:.1f} Hz)"
+    new_dirs = [d for d in (out, *out.parents) if not d.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_files(files)
     except OSError as e:
+        for d in new_dirs:  # no empty directory left behind
+            with contextlib.suppress(OSError):
+                d.rmdir()
         kept = [p.name for p in files if p.exists()]
-        raise RunFailed(f"the simulation ran, but writing to {str(out)!r} failed: {os_cause(e)}; "
-                        + (f"{' and '.join(kept)} there keep{'s' if len(kept) == 1 else ''} their previous content" if kept else "nothing was written")
-                        + ": free space (or lift the limit) or choose another --run-dir, and run it again",
-                        out if kept else None) from e
+        if not kept:
+            what = "nothing was written"
+        else:
+            what = f"{' and '.join(kept)} there keep{'s its' if len(kept) == 1 else ' their'} previous content"
+        raise RunFailed(f"the simulation ran, but writing to {str(out)!r} failed: {os_cause(e)}; {what}: free space "
+                        "(or lift the limit) or choose another --run-dir, and run it again", out if kept else None) from e
     print(line)
     if tr.spikes is not None and not bool(tr.spikes.any()):  # a silent network: say so, keep the exit status
         hint = "" if args.from_run else ": raise --rate or the drive (--model-opt input_scale=, bias_mean=)"

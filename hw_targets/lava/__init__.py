@@ -6,8 +6,9 @@ this package may ``import lava...`` at their top. :func:`ensure_lava` imports la
 version, with a clear error when lava-nc is missing.
 
 ``export(net, params, fixed_point=False) -> LavaNetwork`` (:mod:`.network`) runs a ``lif`` network as
-Lava processes (``neuro.simulate(..., backend="lava" | "lava-fixed")``); ``quantize(net, params)``
-(:mod:`.quantization`) maps it to Loihi's integer model (``models.lif_loihi``);
+Lava processes (``neuro.simulate(..., backend="lava" | "lava-fixed")``), and a ``lif-loihi`` network as it
+is in fixed point; ``quantize(net, params)`` (:mod:`.quantization`) maps a ``lif`` network to Loihi's
+integer model (``models.lif_loihi``);
 ``export_learning(net, params, rule)`` (:mod:`.learning`) runs the ``three-factor`` rule on the chip's
 learning engine; :mod:`.chip_in_the_loop` trains with perturbation rules whose forward passes run in
 Lava. All are imported on first use.

@@ -79,18 +79,26 @@ def test_the_run_dir_is_checked_before_the_simulation_runs(tmp_path, capsys, mon
 @pytest.mark.slow
 def test_a_failed_write_keeps_the_previous_trace_and_raster(tmp_path, capsys):
     """A file-size limit (RLIMIT_FSIZE; Python ignores SIGXFSZ, so the write fails with EFBIG) stops the write
-    of trace.npz: one line, exit 1, the previous trace.npz and raster.png intact, no temporary file left."""
-    argv = ["simulate", "--hidden", "50", "--steps", "300", "--run-dir", str(tmp_path)]
-    assert main(argv) == 0
+    of trace.npz: one line, exit 1, the previous trace.npz and raster.png intact, no temporary file left; a
+    run directory made for the run is removed again."""
+    d = tmp_path / "run"
+    argv = ["simulate", "--hidden", "50", "--steps", "300", "--seed", "1", "--run-dir"]
+    assert main([*argv, str(d)]) == 0
     capsys.readouterr()
-    previous = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    previous = {p.name: p.read_bytes() for p in d.iterdir()}
     assert sorted(previous) == ["raster.png", "trace.npz"] and len(previous["trace.npz"]) > 100_000
     script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000)); "
-              "from neuro.cli import main; sys.exit(main(sys.argv[1:]))")
-    r = subprocess.run([sys.executable, "-W", "ignore", "-c", script, *argv, "--seed", "1"], capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 1 and r.stdout == "", (r.stdout, r.stderr)
-    assert r.stderr == (f"neuro: error: the simulation ran, but writing to {str(tmp_path)!r} failed: file too large "
-                        "(a file-size limit or the file system's); trace.npz and raster.png there keep their previous "
-                        "content: free space (or lift the limit) or choose another --run-dir, and run it again\n")
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == previous
+              "from neuro.cli import main; argv = sys.argv[1:-2]; "
+              "print([main([*argv, '--seed', '2', '--run-dir', d]) for d in sys.argv[-2:]])")
+    new = tmp_path / "new" / "dir"
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", script, *argv[:-3], str(d), str(new)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout == "[1, 1]\n", (r.stdout, r.stderr)
+    tail = ": free space (or lift the limit) or choose another --run-dir, and run it again"
+    assert r.stderr.splitlines() == [
+        f"neuro: error: the simulation ran, but writing to {str(d)!r} failed: file too large (a file-size limit or "
+        f"the file system's); trace.npz and raster.png there keep their previous content{tail}",
+        f"neuro: error: the simulation ran, but writing to {str(new)!r} failed: file too large (a file-size limit "
+        f"or the file system's); nothing was written{tail}"]
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
