@@ -238,7 +238,7 @@ class RunDir:
 
     def __post_init__(self) -> None:
         if self.path.exists() and not self.path.is_dir():
-            raise ValueError(f"run_dir={str(self.path)!r} is invalid: it exists and is not a directory")
+            raise ValueError(f"run directory {str(self.path)!r} is invalid: it exists and is not a directory")
 
     @property
     def checkpoint(self) -> Path:
@@ -310,7 +310,7 @@ class RunDir:
         """Create the directory and write ``config.json``; remove what a killed write left (temporary files)
         and, for a ``fresh`` run (or a restart), the metrics of an earlier attempt."""
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in (CONFIG, METRICS, CHECKPOINT):
+        for name in (CONFIG, METRICS, CHECKPOINT, "neuro-probe"):
             for tmp in self.path.glob(f".{name}.*.tmp"):
                 with contextlib.suppress(OSError):
                     tmp.unlink()

@@ -180,7 +180,20 @@ def test_a_run_dir_under_a_file_is_one_line_exit_2(tmp_path, capsys):
     line = _one_line(capsys, main(["train", *RUN, "--run-dir", str(tmp_path / "afile" / "sub")]), 2,
                      ["afile", "is a file, not a directory"])
     assert str(tmp_path / "afile" / "sub") in line
+    line = _one_line(capsys, main(["train", *RUN, "--run-dir", str(tmp_path / "afile")]), 2,
+                     ["it exists and is not a directory"])
+    assert "run_dir=" not in line
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_what_a_killed_write_left_is_removed_when_the_run_goes_on(tmp_path, reference):
+    d = tmp_path / "r"
+    assert main(["train", *RUN, "--steps", "30", "--run-dir", str(d)]) == 0
+    for name in (".checkpoint.pt.1a2b3c4d.tmp", ".metrics.csv.5e6f7a8b.tmp", ".neuro-probe.x1y2.tmp"):
+        (d / name).write_bytes(b"half")
+    assert main(["train", "--resume", "--run-dir", str(d), "--steps", "60", "--no-progress"]) == 0
+    assert sorted(p.name for p in d.iterdir()) == ["checkpoint.pt", "config.json", "metrics.csv"]
+    _same_run(d, reference)
 
 
 def test_a_read_only_run_dir_is_one_line_exit_2_and_leaves_nothing(tmp_path, capsys, monkeypatch):
