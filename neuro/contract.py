@@ -229,7 +229,9 @@ class AbstractNetwork(abc.ABC):
             if not isinstance(v, Tensor):
                 cls = type(v)
                 kind = cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__name__}"
-                raise TypeError(f"params[{k!r}] is invalid: got a {kind}, expected a torch.Tensor (as net.init_params gives)")
+                article = "an" if kind[0] in "aeiou" else "a"
+                raise TypeError(f"params[{k!r}] is invalid: got {article} {kind}, expected a torch.Tensor (as "
+                                "net.init_params gives)")
             if v.dtype not in (torch.float32, torch.float64):
                 raise TypeError(f"params[{k!r}] is invalid: got dtype {v.dtype}, expected torch.float32 or torch.float64")
         expected = self.param_shapes()

@@ -11,7 +11,7 @@ graph cannot fit is refused before it starts (:meth:`BPTT.check_run`, from :func
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -55,6 +55,7 @@ def _detach_state(state: NamedTuple) -> NamedTuple:
 class BPTT(AbstractRule):
     name = "bptt"
     needs = Needs.GRAPH
+    _shorter_graph: ClassVar[str] = "tbptt (rule option k)"  # how to hold fewer steps in one graph
 
     def window(self, sequence: int) -> int:
         """The most steps one graph holds on sequences of ``sequence`` steps."""
@@ -66,8 +67,8 @@ class BPTT(AbstractRule):
         need = graph_bytes(self, params, batch, T)
         per = format_bytes(need / T)
         check_fits(f"rule {self.name!r} on sequences of {sequence} steps{f' ({where})' if where else ''}", need,
-                   f"its graph holds {T} steps of about {per} each; use "
-                   f"{'a smaller k' if T < sequence else 'tbptt (rule option k)'} or shorter sequences (a smaller chunk)")
+                   f"its graph holds {T} steps of about {per} each; use {self._shorter_graph} or shorter sequences "
+                   "(a smaller chunk)")
 
     def run_bytes(self, params: Params, batch: int, sequence: int) -> int | None:
         return graph_bytes(self, params, batch, self.window(sequence))

@@ -24,6 +24,7 @@ class TBPTT(BPTT):
 
     name = "tbptt"
     needs = Needs.GRAPH
+    _shorter_graph = "a smaller k (rule option)"
 
     def __post_init__(self) -> None:
         super().__post_init__()

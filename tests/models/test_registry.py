@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch.func import jvp, vjp, vmap
 
 import models
+from neuro.train_config import TrainConfig
 
 F32, F64 = torch.float32, torch.float64
 SIZES = dict(n_in=3, n_hidden=7, n_out=2)
@@ -148,6 +150,19 @@ def test_init_params_rejects_a_bad_dtype_or_seed(name):
             net.init_params(seed=seed)
 
 
+@pytest.mark.parametrize("name", models.available())
+def test_every_model_refuses_a_negative_seed_as_train_does(name):
+    """``init_params(seed=-1)`` is refused with the message ``train`` and ``sample`` give; numpy integers are
+    integers (the same parameters as the int)."""
+    net = models.make(name, **{**SIZES, "n_hidden": 23, "n_out": FIXED_OUT.get(name, SIZES["n_out"])})
+    with pytest.raises(ValueError, match=r"^seed=-1 is invalid: must be an integer >= 0$"):
+        net.init_params(seed=-1)
+    with pytest.raises(ValueError, match=r"^seed=-1 is invalid: must be an integer >= 0$"):
+        TrainConfig(seed=-1)
+    p, q = net.init_params(seed=np.int64(3)), net.init_params(seed=3)
+    assert all(torch.equal(p[k], q[k]) for k in p)
+
+
 @pytest.mark.parametrize("name,kw", cases())
 def test_check_params_rejects_wrong_keys_shapes_and_mixed_dtypes(name, kw):
     net = make(name, kw)
@@ -162,6 +177,18 @@ def test_check_params_rejects_wrong_keys_shapes_and_mixed_dtypes(name, kw):
         net.check_params({**p, key: torch.zeros(bad)})
     with pytest.raises(ValueError, match="mix dtypes"):
         net.check_params({**p, key: p[key].to(F64)})
+
+
+@pytest.mark.parametrize("name,kw", cases())
+def test_check_params_refuses_what_is_not_a_float_tensor_by_name(name, kw):
+    net = make(name, kw)
+    p = net.init_params(seed=0)
+    key = next(iter(p))
+    for bad, got in ((p[key].numpy(), "a numpy.ndarray"), (1, "an? int"), (p[key].long(), "dtype torch.int64")):
+        with pytest.raises(TypeError, match=rf"^params\[{key!r}\] is invalid: got {got}, expected"):
+            net.check_params({**p, key: bad})
+    with pytest.raises(TypeError, match=r"^params must be a dict\[str, Tensor\] from net.init_params, got list$"):
+        net.check_params(list(p.values()))
 
 
 # -- running ---------------------------------------------------------------------------------------------

@@ -156,6 +156,33 @@ def test_sequence_loss_rejects_wrong_shapes_naming_them():
         neuro.sequence_loss(net, bad, xs, ys)
 
 
+def test_empty_sequences_and_wrong_types_are_refused_on_one_line():
+    """An empty sequence (T = 0) or batch (B = 0) has no gradient to estimate: refused, not a silent zero; a name
+    where a network is expected, or parameters that are not tensors, are TypeErrors naming the argument."""
+    net = models.make("rate", n_in=N_IN, n_hidden=N_HID, n_out=N_OUT)
+    params = net.init_params(seed=0)
+    for shape in ((0, B), (T, 0)):
+        xs, ys = torch.zeros(*shape, N_IN), torch.zeros(*shape, N_OUT)
+        with pytest.raises(ValueError, match=rf"^xs has shape \({shape[0]}, {shape[1]}, {N_IN}\): expected at least "
+                                             r"one step and one sequence"):
+            neuro.grad_estimate(net, params, "bptt", xs, ys)
+        with pytest.raises(ValueError, match=r"at least one step and one sequence"):
+            neuro.sequence_loss(net, params, xs, ys)
+    xs, ys, _ = _seq("mse", dtype=torch.float32)
+    for call in (neuro.grad_estimate, neuro.sequence_loss):
+        args = ("bptt",) if call is neuro.grad_estimate else ()
+        with pytest.raises(TypeError, match=r"^net='lif' is invalid: expected a network from models.make, not a str$"):
+            call("lif", params, *args, xs, ys)
+        with pytest.raises(TypeError, match=r"^params\['\w+'\] is invalid: got a numpy.ndarray, expected a torch.Tensor"):
+            call(net, {k: v.numpy() for k, v in params.items()}, *args, xs, ys)
+        with pytest.raises(TypeError, match=r"^xs must be a torch.Tensor, got ndarray$"):
+            call(net, params, *args, xs.numpy(), ys)
+    with pytest.raises(TypeError, match=r"^net='lif' is invalid: expected a network from models.make, not a str$"):
+        neuro.simulate("lif", params, xs)
+    with pytest.raises(TypeError, match=r"^params\['\w+'\] is invalid: got an? int, expected a torch.Tensor"):
+        neuro.simulate(net, {k: 1 for k in params}, xs)
+
+
 # -- grad_estimate ------------------------------------------------------------------------------------
 def test_grad_estimate_freezes_params_and_returns_plain_tensors():
     net = models.make("lstm", n_in=N_IN, n_hidden=N_HID, n_out=N_OUT)

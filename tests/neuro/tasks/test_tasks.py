@@ -168,3 +168,64 @@ def test_tasks_are_frozen_and_hashable():
         task.delay = 3  # type: ignore[misc]
     assert hash(task) == hash(tasks.make("copy")) and task == tasks.make("copy", length=100)
     assert "delay=10" in repr(task)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("chunk, steps", [(7, 30), (1000, 50), (10 ** 12, 40), (5, 5)])
+def test_stream_with_steps_is_the_same_realisation_cut_there(name, chunk, steps):
+    """``stream(..., steps=N)`` ends after N steps (its last chunk cut) and is the prefix of the endless stream;
+    a chunk far longer than N is never built (10**12 steps would not fit in any memory)."""
+    task = tasks.make(name)
+    size = task.trial_steps if task.episodic else chunk
+    steps = max(steps, size) if task.episodic else steps
+    chunks = list(task.stream(seed=3, batch=2, chunk=chunk, steps=steps))
+    assert sum(c.steps for c in chunks) == steps
+    assert all(c.steps == size for c in chunks[:-1]) and 0 < chunks[-1].steps <= size
+    assert _equal(_cat(chunks), task.sample(steps, batch=2, seed=3))
+
+
+@pytest.mark.parametrize("kind", [np.int64, np.int32, torch.tensor, int])
+def test_numpy_and_torch_integers_are_integers(kind):
+    task = tasks.make("add")
+    assert _equal(task.sample(kind(12), batch=kind(2), seed=kind(5)), task.sample(12, batch=2, seed=5))
+    chunks = task.stream(seed=kind(5), batch=kind(2), chunk=kind(4), steps=kind(12))
+    assert _equal(_cat(list(chunks)), task.sample(12, batch=2, seed=5))
+
+
+@pytest.mark.parametrize("name", ["add", "copy"])
+@pytest.mark.parametrize("call, message", [
+    (dict(steps=-2), r"^steps=-2 is invalid: must be > 0$"),
+    (dict(steps=10, batch=-1), r"^batch=-1 is invalid: must be > 0$"),
+    (dict(steps=10.0), r"^steps=10.0 is invalid: expected an integer$"),
+    (dict(steps=10, batch=2.0), r"^batch=2.0 is invalid: expected an integer$"),
+    (dict(steps=10, batch=True), r"^batch=True is invalid: expected an integer$"),
+    (dict(steps=np.float64(10)), r"^steps=.*10.* is invalid: expected an integer$"),
+    (dict(steps=10, seed=np.int64(-2)), r"^seed=.*-2.* is invalid: must be >= 0$"),
+])
+def test_sample_and_stream_refuse_sizes_that_are_not_positive_integers(name, call, message):
+    task = tasks.make(name)
+    call = {**call, "steps": call["steps"] if name == "add" or not isinstance(call["steps"], int)
+            or call["steps"] < 0 else 10 * task.trial_steps}
+    with pytest.raises(ValueError, match=message):
+        task.sample(**call)
+    stream_call = {k: v for k, v in call.items() if k != "steps"}
+    with pytest.raises(ValueError, match=message.replace("steps", "chunk") if name == "add" else message):
+        if name == "add":
+            task.stream(chunk=call["steps"], **stream_call)
+        else:
+            task.stream(steps=call["steps"], **stream_call)
+
+
+def test_a_sample_that_cannot_fit_is_refused_with_the_figure(monkeypatch):
+    from neuro import errors
+
+    monkeypatch.setattr(errors, "_available_memory", lambda: 2 ** 30)
+    task = tasks.make("add")
+    need = errors.format_bytes(task.sequence_bytes(10 ** 9, 1))
+    with pytest.raises(errors.SizeError, match=rf"^steps=1000000000 is invalid: it needs {need} of memory and 1.0 GiB"):
+        task.sample(10 ** 9)
+    with pytest.raises(errors.SizeError, match=r"^batch=100000000 is invalid: .*choose a smaller batch$"):
+        task.stream(batch=10 ** 8, chunk=10)
+    with pytest.raises(errors.SizeError, match=r"^chunk=1000000000 is invalid"):
+        task.stream(chunk=10 ** 9)
+    next(task.stream(chunk=10 ** 9, steps=100))  # only 100 steps are made
