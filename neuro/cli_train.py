@@ -152,8 +152,8 @@ def _clashes(args: argparse.Namespace, saved: dict[str, Any]) -> list[str]:
 
 
 def spec_from_run(args: argparse.Namespace) -> Spec:
-    """A resumed run: every setting from ``--run-dir``'s config.json; a ``ValueError`` names each flag the
-    user gave that contradicts it."""
+    """A resumed run (or a restart, where the directory has no checkpoint yet): every setting from
+    ``--run-dir``'s config.json; a ``ValueError`` names each flag the user gave that contradicts it."""
     from neuro.rundir import CHECKPOINT, CONFIG, read_config
 
     run_dir = Path(args.run_dir)

@@ -158,7 +158,8 @@ def _initial_params(net: AbstractNetwork, params: Params | None, c: TrainConfig
 
 def prepare(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps: int, config: TrainConfig | None = None,
             *, params: Params | None = None, **settings: Any) -> Run:
-    """Check a run of :func:`train` (same arguments) and load the checkpoint to resume; write nothing."""
+    """Check a run of :func:`train` (same arguments) and load the checkpoint to resume; write nothing (a probe
+    file, removed again, checks that the run directory can be created and written)."""
     c = TrainConfig.build(config, **settings)
     steps = check_int("steps", steps, 1)
     rule = _check_parts(net, rule, task, steps)
