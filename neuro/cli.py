@@ -11,9 +11,12 @@
     neuro bench NAME [args ...]        # neuro.bench.NAME.main(args)
     neuro export lava|nir RUN_DIR [--out FILE] [--fixed-point [--vth N] [--saturate]] [--verify STEPS]
 
-Usage errors (a wrong name, an invalid size or option, a missing checkpoint) print one line
-``neuro: error: ...`` naming the value and the valid choices, exit with status 2 and write nothing.
-A run that diverges exits with status 1.
+Every failure is one line on stderr, ``neuro: error: ...`` (:mod:`neuro.errors`), never a traceback:
+a usage or data error (a wrong name, an invalid size or option, a size that does not fit in memory, a
+missing, corrupt or read-only file or directory) names the value and the valid choices, exits with status
+2 and writes nothing; a run that fails after it started (it diverged, the disk filled) exits with status
+1 and says where its last good checkpoint is and how to continue; Ctrl-C or SIGTERM exits with 130.
+``NEURO_TRACEBACK=1`` also prints the traceback.
 """
 
 from __future__ import annotations
