@@ -83,12 +83,10 @@ def _backends_for(name):
     return ["torch"] + (["compiled"] if have_numba and name in compiled.SUPPORTED else [])
 
 
-@pytest.mark.parametrize("name", sorted(NETS))
-def test_zero_steps_give_an_empty_trace_of_the_right_shapes_on_every_backend(name):
-    """T = 0: every backend returns the fields it records for T > 0, each with no step ([0, B, ...])."""
+def assert_empty_trace_like_a_full_one(name, backends):
     net = models.make(name, **NETS[name])
     params = params_for(net, 0)
-    for backend in _backends_for(name):
+    for backend in backends:
         some = neuro.simulate(net, params, xs_for(net, T=3, B=2), backend=backend)
         empty = neuro.simulate(net, params, xs_for(net, T=3, B=2)[:0], backend=backend)
         assert set(empty.extra) == set(some.extra), backend
@@ -100,6 +98,19 @@ def test_zero_steps_give_an_empty_trace_of_the_right_shapes_on_every_backend(nam
                 pairs.append((a, b))
         for a, b in pairs:
             assert a.shape == (0, *b.shape[1:]) and a.dtype == b.dtype, backend
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_zero_steps_give_an_empty_trace_of_the_right_shapes_on_every_backend(name):
+    """T = 0: every backend returns the fields it records for T > 0, each with no step ([0, B, ...])."""
+    assert_empty_trace_like_a_full_one(name, _backends_for(name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lif", "alif", "rate"])
+def test_zero_steps_give_an_empty_trace_on_brian2(name):
+    pytest.importorskip("brian2")
+    assert_empty_trace_like_a_full_one(name, ["brian2"])
 
 
 def test_two_dimensional_xs_is_one_sequence():
