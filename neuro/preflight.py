@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import torch
 
 from neuro.contract import AbstractNetwork, Params
-from neuro.errors import check_fits, format_bytes
+from neuro.errors import SizeError, check_fits, format_bytes
 from neuro.rules.base import AbstractRule
 from neuro.tasks.base import AbstractTask, as_count
 from neuro.train_config import TrainConfig
@@ -55,6 +55,17 @@ class RunSize:
     @property
     def total(self) -> int:
         return self.params + self.state + self.sequence + self.rule
+
+
+def _fits(device: torch.device, what: str, nbytes: float, hint: str) -> None:
+    """:func:`neuro.errors.check_fits` for memory on ``device``: the host's, or a CUDA device's free memory."""
+    if device.type != "cuda":
+        check_fits(what, nbytes, hint)
+        return
+    free, _ = torch.cuda.mem_get_info(device)
+    if nbytes > 0.8 * free:
+        raise SizeError(f"{what} is invalid: it needs {format_bytes(nbytes)} of memory on {device} and "
+                        f"{format_bytes(free)} is free there: {hint}")
 
 
 def _check_types(net: Any, rule: Any, task: Any) -> None:
@@ -135,26 +146,27 @@ def check_run(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, step
     _check_types(net, rule, task)
     steps = as_count("steps", steps)
     c = _config(config, settings)
-    dtype = c.dtype
+    dtype, device = c.dtype, c.device
     if params is not None:
         net.check_params(params)
-        dtype = dtype or next(iter(params.values())).dtype
-    dtype = dtype or torch.float32
+        p0 = next(iter(params.values()))
+        dtype, device = dtype or p0.dtype, device or p0.device
+    dtype, device = dtype or torch.float32, device or torch.device("cpu")
     size = torch.empty((), dtype=dtype).element_size()
     batch, kind = c.batch, str(dtype).replace("torch.", "")
 
     meta = shape_params(net, dtype)
     n_params = sum(p.numel() for p in meta.values())
     p_bytes = n_params * size * (2 + _MOMENTS.get(c.optimizer, 2))
-    check_fits(f"n_hidden={net.n_hidden}", p_bytes,
-               f"the {n_params:,} parameters of model {net.name!r} ({kind}) with the summed estimate and the "
-               f"{c.optimizer} optimizer's state; choose a smaller n_hidden")
+    _fits(device, f"n_hidden={net.n_hidden}", p_bytes,
+          f"the {n_params:,} parameters of model {net.name!r} ({kind}) with the summed estimate and the "
+          f"{c.optimizer} optimizer's state; choose a smaller n_hidden")
 
     per_sample = _nbytes(net.init_state(meta, 1))
     s_bytes = batch * per_sample * _STEP_COPIES
-    check_fits(f"batch={batch}" if batch > 1 else f"n_hidden={net.n_hidden}", s_bytes,
-               f"the state of model {net.name!r} ({format_bytes(per_sample)} per stream) and a step's intermediate "
-               f"values for {batch} streams; choose a smaller {'batch' if batch > 1 else 'n_hidden'}")
+    _fits(device, f"batch={batch}" if batch > 1 else f"n_hidden={net.n_hidden}", s_bytes,
+          f"the state of model {net.name!r} ({format_bytes(per_sample)} per stream) and a step's intermediate "
+          f"values for {batch} streams; choose a smaller {'batch' if batch > 1 else 'n_hidden'}")
 
     T, where = sequence_length(task, steps, c.chunk)
     seq_bytes = task.sequence_bytes(T, batch)
@@ -171,13 +183,15 @@ def check_run(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, step
 
     rule.check_run(meta, batch, T, where)
     r_bytes = _rule_bytes(rule, meta, batch, T)
-    check_fits(f"rule {rule.name!r} with n_hidden={net.n_hidden}, batch={batch}", r_bytes,
-               f"its state and working memory for {batch} streams of model {net.name!r}; choose a smaller "
-               "n_hidden or batch, or another rule")
+    _fits(device, f"rule {rule.name!r} with n_hidden={net.n_hidden}, batch={batch}", r_bytes,
+          f"its state and working memory for {batch} streams of model {net.name!r}; choose a smaller "
+          "n_hidden or batch, or another rule")
 
     sizes = RunSize(params=p_bytes, state=s_bytes, sequence=seq_bytes, rule=r_bytes, steps_per_sequence=T)
-    check_fits(f"n_hidden={net.n_hidden}, batch={batch}, sequences of {T} steps ({where}) with rule {rule.name!r}",
-               sizes.total,
-               f"together: parameters {format_bytes(p_bytes)}, network state {format_bytes(s_bytes)}, task "
-               f"sequence {format_bytes(seq_bytes)}, rule {format_bytes(r_bytes)}; choose smaller sizes")
+    on_device = sizes.total  # on a GPU: the sequence is generated on the host and moved there in the run's dtype
+    if device.type == "cuda":
+        on_device += T * batch * (task.n_in + task.n_out + 1) * size - seq_bytes
+    _fits(device, f"n_hidden={net.n_hidden}, batch={batch}, sequences of {T} steps ({where}) with rule {rule.name!r}",
+          on_device, f"together: parameters {format_bytes(p_bytes)}, network state {format_bytes(s_bytes)}, task "
+          f"sequence {format_bytes(seq_bytes)}, rule {format_bytes(r_bytes)}; choose smaller sizes")
     return sizes

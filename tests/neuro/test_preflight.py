@@ -199,3 +199,12 @@ def test_check_run_refuses_wrong_types_on_one_line():
     params = {k: v.numpy() for k, v in net.init_params(0).items()}
     with pytest.raises(TypeError, match=r"^params\['\w+'\] is invalid: got a numpy.ndarray, expected a torch.Tensor"):
         neuro.train(net, rule, task, 10, params=params, progress=False)
+
+
+def test_on_a_gpu_the_gpu_memory_is_what_counts(memory, monkeypatch):
+    """Parameters, states and graphs live on the run's device: on a CUDA device its free memory decides."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (GiB, 80 * GiB))
+    with pytest.raises(SizeError, match=r"^n_hidden=100000 is invalid: it needs 149.0 GiB of memory on cuda:0 and "
+                                        r"1.0 GiB is free there: the 10,000,300,002 parameters"):
+        preflight._fits(torch.device("cuda:0"), "n_hidden=100000", 10_000_300_002 * 16, "the 10,000,300,002 parameters")
+    preflight._fits(torch.device("cpu"), "n_hidden=100000", 10 * GiB, "")  # the host's 20 GiB
