@@ -284,18 +284,17 @@ def compare(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, ste
     sweep = Sweep(specs, out_path, done, progress)
     if progress and done:
         print(f"resuming: {len(done)} of {len(specs)} runs already done in {out_path}", flush=True)
-    if jobs:
-        if executor == "local":
+    try:
+        if jobs and executor == "local":
             from . import local
 
-            work = None if out_path is None else outdir.work_dir(out_path)
-            try:
-                local.execute(jobs, workers, sweep.on_done, sweep.on_failed, sweep.stopping, work)
-            finally:
-                if work is not None:
-                    shutil.rmtree(work, ignore_errors=True)
-        else:
+            work = None if out_path is None or workers == 0 else outdir.work_dir(out_path)
+            local.execute(jobs, workers, sweep.on_done, sweep.on_failed, sweep.stopping, work)
+        elif jobs:
             _execute_ray(jobs, address, sweep.on_done, sweep.on_failed, connect_timeout_s)
+    finally:
+        if out_path is not None:  # the workers' files, and what a killed sweep left there
+            shutil.rmtree(out_path / outdir.WORK, ignore_errors=True)
     return sweep.finish()
 
 

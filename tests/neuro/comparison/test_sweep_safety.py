@@ -339,3 +339,12 @@ def test_a_sweep_killed_at_any_time_resumes_to_the_same_results(uninterrupted, t
             assert _rows(out / rel) == _rows(uninterrupted / rel), rel
         elif rel.name == outdir.SETTINGS:
             assert (out / rel).read_bytes() == (uninterrupted / rel).read_bytes()
+
+
+def test_what_a_killed_sweep_left_in_its_work_area_is_removed_by_the_next(tmp_path):
+    out = tmp_path / "sweep"
+    neuro.compare(**TINY, out=out)
+    (out / outdir.WORK).mkdir()
+    (out / outdir.WORK / "job-1.log").write_text("left by a killed sweep")
+    neuro.compare(**TINY, out=out)  # nothing to run
+    assert not (out / outdir.WORK).exists()
