@@ -116,7 +116,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``path`` for a writer that needs a path (``nir.write``, a saver): on a clean
+    """A temporary path beside ``path`` for a writer that needs a path (a saver that takes a file name): on a clean
     exit the file (or directory) the writer made there is ``fsync``-ed and renamed onto ``path``; on an
     exception it is removed and ``path`` keeps its previous content.
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 __all__ = ["cache_bytes", "device_missing", "device_name", "fmt_rate", "fmt_ratio", "loadavg", "machine_info",
-           "md_table", "summarize", "sync", "write_atomic", "write_json", "write_skipped"]
+           "md_table", "report_skipped", "summarize", "sync", "write_atomic", "write_json"]
 
 
 def _version(dist: str) -> str | None:
@@ -118,15 +118,12 @@ def device_name(device: str) -> str:
     return f", GPU {torch.cuda.get_device_name(d)}" if d.type == "cuda" else ""
 
 
-def write_skipped(out: Path, stem: str, reason: str, settings: dict[str, Any]) -> int:
-    """A section that cannot run here (a missing device): ``OUT/<stem>.json`` and ``.md`` say why, the reason
-    goes to stderr, and the exit status is 0 (a skipped section is not a failure)."""
+def report_skipped(stem: str, reason: str) -> int:
+    """A section that cannot run here (a missing device): the reason on stderr, no file written (a file saying
+    only "skipped" would stand where figures are expected), exit status 0 (a skipped section is not a failure)."""
     import sys
 
-    write_json(out / f"{stem}.json", {"skipped": reason, "machine": machine_info(int(settings.get("threads") or 1)),
-                                      "settings": settings})
-    write_atomic(out / f"{stem}.md", f"# neuro {stem.replace('_', ' ')}\n\nSkipped: {reason}.\n")
-    print(f"neuro {stem.replace('_', ' ')}: skipped: {reason}", file=sys.stderr)
+    print(f"neuro {stem.replace('_', ' ')}: skipped: {reason}; no file written", file=sys.stderr)
     return 0
 
 

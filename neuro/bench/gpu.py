@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -142,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     out = Path(args.out)
     if skipped:  # nothing measured, nothing written
-        print(f"neuro bench gpu: skipped: {skipped}; no file written", file=sys.stderr)
-        return 0
+        return _report.report_skipped("bench_gpu", skipped)
     rows = []
     for n in args.n:
         for comp in ([False, True] if args.compile else [False]):

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         ap.error(str(e))
     if skipped:
-        return _report.write_skipped(Path(args.out), "bench_rules", skipped, vars(args))
+        return _report.report_skipped("bench_rules", skipped)
     load = _report.loadavg()
     rows = []
     for r in args.rules:
