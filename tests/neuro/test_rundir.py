@@ -1,18 +1,12 @@
 """Run directories are never dead ends: a run killed before its first checkpoint restarts on resume, checkpoints
 are periodic by default (and a resume is bit-identical whichever sequence end they land on), the directory is
 checked writable before a run, any failure after the start is one line naming the last good checkpoint and the
-command that continues, and damaged files are named on read. Through ``neuro.cli.main`` where a user meets them,
-and one real ``kill -9`` of ``python -m neuro train``."""
+command that continues, and damaged files are named on read. Through ``neuro.cli.main`` where a user meets them.
+A real ``kill -9`` of ``python -m neuro train`` is in ``test_faults.py``."""
 
 from __future__ import annotations
 
 import errno
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -354,32 +348,3 @@ def test_a_damaged_config_is_named(finished, capsys, text, needles):
               [repr(str(finished / "config.json")), *needles])
     with pytest.raises(ValueError, match="config.json"):
         rundir.read_config(finished)
-
-
-# -- a real kill -9 -------------------------------------------------------------------------------------------------
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
-@pytest.mark.slow
-def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_path):
-    steps = ["--steps", "1500", "--chunk", "50", "--log-every", "100", "--checkpoint-every", "200"]
-    d, ref = tmp_path / "killed", tmp_path / "ref"
-    p = subprocess.Popen([sys.executable, "-m", "neuro", "train", *TINY, *steps, "--run-dir", str(d)], cwd=tmp_path,
-                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not (d / "checkpoint.pt").exists() and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    os.kill(p.pid, signal.SIGKILL)
-    p.communicate(timeout=60)
-    assert p.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    killed_at = io.load_checkpoint(d / "checkpoint.pt")["step"]
-    assert 0 < killed_at < 1500
-    assert main(["train", "--resume", "--run-dir", str(d), "--no-progress"]) == 0
-    assert main(["train", *TINY, *steps, "--run-dir", str(ref)]) == 0
-    _same_run(d, ref)
-    assert json.loads((d / "config.json").read_text())["train"]["steps"] == 1500
-    assert not [q for q in d.iterdir() if q.name.endswith(".tmp")]
