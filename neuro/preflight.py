@@ -162,8 +162,9 @@ def check_run(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, step
           f"the {n_params:,} parameters of model {net.name!r} ({kind}) with the summed estimate and the "
           f"{c.optimizer} optimizer's state; choose a smaller n_hidden")
 
-    per_sample = _nbytes(net.init_state(meta, 1))
-    s_bytes = batch * per_sample * _STEP_COPIES
+    state_bytes = _nbytes(net.init_state(meta, batch))  # shape-only: nothing allocated (an ensemble needs its batch)
+    per_sample = state_bytes / batch
+    s_bytes = state_bytes * _STEP_COPIES
     _fits(device, f"batch={batch}" if batch > 1 else f"n_hidden={net.n_hidden}", s_bytes,
           f"the state of model {net.name!r} ({format_bytes(per_sample)} per stream) and a step's intermediate "
           f"values for {batch} streams; choose a smaller {'batch' if batch > 1 else 'n_hidden'}")
