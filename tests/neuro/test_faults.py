@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -21,10 +22,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _fs import fill, small_tmpfs
+
 from neuro import io
 from neuro.cli import main
+from neuro.comparison import outdir
 from neuro.rundir import TIMING_COLUMNS
 
 pytestmark = pytest.mark.slow
@@ -41,9 +43,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _neuro(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "neuro", *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def _neuro(*args: str, cwd: Path, capture: bool = True) -> subprocess.Popen:
+    """``python -m neuro ARGS`` started in ``cwd``; its output captured, or dropped (a process killed unread)."""
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "neuro", *args], cwd=cwd, env=_env(), stdout=out, stderr=out,
+                            text=True)
 
 
 def _last_step(run_dir: Path) -> int:
@@ -139,3 +143,92 @@ def test_a_checkpoint_with_flipped_bits_is_refused_and_left_as_it_was(seed, refe
     assert rc == 2, err
     assert err.startswith("neuro: error: ") and len(err.strip().splitlines()) == 1 and str(path) in err, err
     assert path.read_bytes() == bytes(raw)
+
+
+# -- neuro compare killed ------------------------------------------------------------------------------------
+
+SWEEP_TIMING = ("time_per_step_s", "peak_mem_bytes", "wall_s")
+SWEEP_TIMING_COLUMNS = ("time_per_step_ms", "time_vs_bptt", "peak_mem_mb", *SWEEP_TIMING)
+
+
+def _strip_timing(run: dict) -> dict:
+    return {k: v for k, v in run.items() if k not in SWEEP_TIMING}
+
+
+def _rows(path: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in SWEEP_TIMING_COLUMNS} for r in io.read_csv(path)]
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+KILL_CMD = ["--task", "sine", "--rules", "bptt,tbptt", "--seeds", "2", "--steps", "40", "--hidden", "4",
+            "--log-every", "10", "--align-steps", "20", "--eval-steps", "20", "--rule-opt", "tbptt:k=3"]
+
+
+@pytest.fixture(scope="module")
+def sweep_reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("whole")
+    assert main(["compare", *KILL_CMD, "--workers", "0", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers in /proc")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_sweep_killed_at_any_time_resumes_to_the_same_results(sweep_reference, tmp_path, seed):
+    out = tmp_path / "sweep"
+    proc = _neuro("compare", *KILL_CMD, "--workers", "2", "--out", str(out), cwd=tmp_path, capture=False)
+    try:
+        deadline = time.monotonic() + 180
+        while not list((out / "runs").rglob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert list((out / "runs").rglob("*.json")), "no run finished"
+        end = time.monotonic() + random.Random(seed).uniform(0.0, 1.5)
+        workers: set[int] = set()
+        while time.monotonic() < end and proc.poll() is None:
+            workers |= _children(proc.pid)
+            time.sleep(0.02)
+        workers |= _children(proc.pid)
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and workers, "the sweep ended before it was killed"
+    time.sleep(2.0)
+    assert not [p for p in workers if _alive(p)], "a worker outlived the sweep"
+    for p in (out / "runs").rglob("*.json"):
+        json.loads(p.read_text())  # nothing half-written
+    assert main(["compare", *KILL_CMD, "--workers", "2", "--out", str(out)]) == 0
+    whole = {p.relative_to(sweep_reference) for p in sweep_reference.rglob("*") if p.is_file()}
+    resumed = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
+    assert resumed == whole, resumed ^ whole  # no temporary file, probe or work directory left
+    for rel in sorted(whole):
+        if rel.suffix == ".json" and rel.parts[0] == "runs":
+            assert _strip_timing(json.loads((out / rel).read_text())) == _strip_timing(json.loads((sweep_reference / rel).read_text()))
+        elif rel.suffix == ".pt":
+            a, b = io.load_checkpoint(out / rel), io.load_checkpoint(sweep_reference / rel)
+            assert all(torch.equal(a[k], b[k]) for k in a) and set(a) == set(b)
+        elif rel.name in ("summary.csv", "runs.csv", "curves.csv"):
+            assert _rows(out / rel) == _rows(sweep_reference / rel), rel
+        elif rel.name == outdir.SETTINGS:
+            assert (out / rel).read_bytes() == (sweep_reference / rel).read_bytes()

@@ -5,17 +5,11 @@ line."""
 from __future__ import annotations
 
 import errno
-import json
 import os
-import random
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import neuro
 from neuro import errors, io
@@ -263,82 +257,6 @@ def test_config_and_seed_errors_name_the_file_and_the_key(tmp_path, capsys):
     msg = error("--config", str(bad))
     assert msg.startswith(f"neuro: error: {bad}: ") and "'update-every' (did you mean 'update_every'?)" in msg, msg
     assert "seeds=[0, 'one'] is invalid" in msg and "lr.bptt='fast' is invalid: expected a number" in msg
-
-
-def _children(pid: int) -> set[int]:
-    """The processes whose parent is ``pid`` (Linux /proc)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(entry))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-KILL_CMD = ["--task", "sine", "--rules", "bptt,tbptt", "--seeds", "2", "--steps", "40", "--hidden", "4",
-            "--log-every", "10", "--align-steps", "20", "--eval-steps", "20", "--rule-opt", "tbptt:k=3"]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("whole")
-    assert cli(["compare", *KILL_CMD, "--workers", "0", "--out", str(out)]) == 0
-    return out
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers in /proc")
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_a_sweep_killed_at_any_time_resumes_to_the_same_results(uninterrupted, tmp_path, seed):
-    out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "neuro", "compare", *KILL_CMD, "--workers", "2", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while not list((out / "runs").rglob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        assert list((out / "runs").rglob("*.json")), "no run finished"
-        end = time.monotonic() + random.Random(seed).uniform(0.0, 1.5)
-        workers: set[int] = set()
-        while time.monotonic() < end and proc.poll() is None:
-            workers |= _children(proc.pid)
-            time.sleep(0.02)
-        workers |= _children(proc.pid)
-        proc.kill()
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL and workers, "the sweep ended before it was killed"
-    time.sleep(2.0)
-    assert not [p for p in workers if _alive(p)], "a worker outlived the sweep"
-    for p in (out / "runs").rglob("*.json"):
-        json.loads(p.read_text())  # nothing half-written
-    assert cli(["compare", *KILL_CMD, "--workers", "2", "--out", str(out)]) == 0
-    whole = {p.relative_to(uninterrupted) for p in uninterrupted.rglob("*") if p.is_file()}
-    resumed = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
-    assert resumed == whole, resumed ^ whole  # no temporary file, probe or work directory left
-    for rel in sorted(whole):
-        if rel.suffix == ".json" and rel.parts[0] == "runs":
-            assert _strip(json.loads((out / rel).read_text())) == _strip(json.loads((uninterrupted / rel).read_text()))
-        elif rel.suffix == ".pt":
-            a, b = io.load_checkpoint(out / rel), io.load_checkpoint(uninterrupted / rel)
-            assert all(torch.equal(a[k], b[k]) for k in a) and set(a) == set(b)
-        elif rel.name in ("summary.csv", "runs.csv", "curves.csv"):
-            assert _rows(out / rel) == _rows(uninterrupted / rel), rel
-        elif rel.name == outdir.SETTINGS:
-            assert (out / rel).read_bytes() == (uninterrupted / rel).read_bytes()
 
 
 def test_what_a_killed_sweep_left_in_its_work_area_is_removed_by_the_next(tmp_path):
