@@ -20,7 +20,7 @@ import torch
 
 from neuro.contract import Params, check_choice, check_positive
 
-__all__ = ["DTYPES", "OPTIMIZERS", "RESUMABLE", "TrainConfig", "derive_seed"]
+__all__ = ["DTYPES", "OPTIMIZERS", "RESUMABLE", "TrainConfig", "derive_seed", "fork_rng", "rng_state", "set_rng_state"]
 
 OPTIMIZERS = ("adam", "sgd")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -169,3 +169,24 @@ class TrainConfig:
     def seed_for(self, purpose: str) -> int:
         """:func:`derive_seed` of this run's seed."""
         return derive_seed(self.seed, purpose)
+
+
+def fork_rng(device: torch.device):
+    """``torch.random.fork_rng`` over the CPU generator and ``device``'s (a CUDA device)."""
+    devices = [] if device.type != "cuda" else [device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.random.fork_rng(devices=devices)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The global torch generators' states (CPU, and ``device``'s where it is a CUDA device), as a checkpoint keeps them."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """The inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)

@@ -33,6 +33,7 @@ from neuro.errors import RunFailed
 from neuro.rules.base import AbstractRule, add_into, zeros_like_params
 from neuro.rundir import COLUMNS, CONFIG, write_failure
 from neuro.tasks.base import Sequence
+from neuro.train_config import rng_state, set_rng_state
 
 if TYPE_CHECKING:
     from neuro.training import Run
@@ -114,25 +115,6 @@ class Counters:
     elapsed0: float = 0.0
 
 
-def fork_rng(device: torch.device):
-    """``torch.random.fork_rng`` over the CPU generator and ``device``'s (a CUDA device)."""
-    devices = [] if device.type != "cuda" else [device.index if device.index is not None else torch.cuda.current_device()]
-    return torch.random.fork_rng(devices=devices)
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-
-
 def _progress_bar(run: Run, initial: int):
     if not (run.config.progress and sys.stderr.isatty()):
         return None
@@ -169,7 +151,7 @@ class Loop:
             (seq_index, offset) = ck["position"]
             self.counters = Counters(ck["step"], seq_index, offset, ck["updates"], ck["sequences"], ck["elapsed_s"])
             self.metrics, self.interval = list(ck["metrics"]), dict(ck["interval"])
-            _set_rng_state(ck["rng"], run.device)
+            set_rng_state(ck["rng"], run.device)
             self.last_ckpt_step = ck["step"]
         self.opt = self.new_optimizer()
         if ck is not None:
@@ -376,7 +358,7 @@ class Loop:
             "step": c.step, "position": [c.seq_index, c.offset], "params": self.params,
             "optimizer": self.opt.state_dict(), "rule_state": self.state, "updates": c.updates,
             "sequences": c.sequences, "interval": dict(self.interval), "metrics": self.metrics,
-            "elapsed_s": self.elapsed(), "rng": _rng_state(self.run.device), "config": self.run.description,
+            "elapsed_s": self.elapsed(), "rng": rng_state(self.run.device), "config": self.run.description,
         })
         self.writing = None
         self.last_ckpt_step, self.ckpt_time = c.step, time.monotonic()
@@ -410,7 +392,6 @@ class Loop:
             kept, last_good = f"last good checkpoint: {rd.checkpoint} (step {self.last_ckpt_step})", rd.checkpoint
         return RunFailed(f"the run failed at step {self.counters.step}: {_cause(e, self.writing)}; {kept}; "
                          f"continue with: {self.continue_with}", last_good)
-
 
 
 def _cause(e: BaseException, writing: Path | None) -> str:

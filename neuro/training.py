@@ -68,8 +68,8 @@ from neuro.contract import AbstractNetwork, Params
 from neuro.rules.base import AbstractRule
 from neuro.rundir import TIMING_COLUMNS, RunDir, describe_run
 from neuro.tasks.base import AbstractTask
-from neuro.train_config import OPTIMIZERS, TrainConfig, check_int, derive_seed, resolve_dtype
-from neuro.train_loop import History, Hook, Loop, TrainingDiverged, fork_rng
+from neuro.train_config import OPTIMIZERS, TrainConfig, check_int, derive_seed, fork_rng, resolve_dtype
+from neuro.train_loop import History, Hook, Loop, TrainingDiverged
 
 __all__ = ["History", "Hook", "OPTIMIZERS", "Run", "TIMING_COLUMNS", "TrainConfig", "TrainingDiverged", "derive_seed",
            "prepare", "train"]
