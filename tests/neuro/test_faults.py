@@ -4,6 +4,8 @@
   parameters and metrics (wall-clock columns aside) as a run never interrupted;
 * ``neuro compare`` killed with SIGKILL at a random point of its sweep (three seeds), then run again: the same
   run files and table as a sweep never interrupted, and no worker left running;
+* ``neuro train`` stopped by SIGTERM or SIGINT: exit status 130 and the command that continues it, which
+  ends where an uninterrupted run ends;
 * the disk filling up while ``neuro train`` runs: exit status 1, one line naming the cause and the last good
   checkpoint, which is intact; once space is freed ``--resume`` ends where an uninterrupted run ends;
 * a checkpoint with bits flipped anywhere is refused by its checksum (exit 2), and left as it was.
@@ -104,6 +106,22 @@ def test_train_killed_at_a_random_step_resumes_to_the_same_run(seed, reference, 
     assert proc.returncode == 0, err
     _assert_same_run(run, reference)
     assert not list(run.glob(".*.tmp")), "temporary files of the killed run are left behind"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_train_stopped_by_a_signal_exits_130_naming_how_to_continue(sig, reference, tmp_path):
+    run = tmp_path / "run"
+    proc = _neuro("train", *RATE, "--steps", str(STEPS), "--run-dir", str(run), cwd=tmp_path)
+    _wait_until(lambda: (run / "checkpoint.pt").is_file() and _last_step(run) >= 100, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [f"neuro: interrupted; continue from its last checkpoint with: neuro train "
+                                        f"--resume --run-dir {run}"], err
+    proc = _neuro("train", "--resume", "--run-dir", str(run), cwd=tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    _assert_same_run(run, reference)
 
 
 def test_a_full_disk_mid_run_exits_1_keeps_the_last_checkpoint_and_resumes(reference, tmp_path):
