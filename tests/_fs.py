@@ -28,38 +28,37 @@ def _mount(*args: str) -> str | None:
 
 
 @contextlib.contextmanager
-def small_tmpfs(where: Path, size_kib: int) -> Iterator[Path]:
-    """A tmpfs of ``size_kib`` KiB mounted at ``where`` (created); unmounted afterwards. Skips the test
-    where it cannot be mounted."""
+def _tmpfs(where: Path, options: str, why_needed: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``where`` (created) with ``options``, unmounted afterwards; skips where it cannot be."""
     where.mkdir(parents=True, exist_ok=True)
-    why = _mount("mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(where))
+    why = _mount("mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where))
     if why is not None:
-        pytest.skip(f"cannot mount a tmpfs here ({why})")
+        pytest.skip(f"{why_needed} ({why})")
     try:
         yield where
     finally:
         _mount("umount", "-l", str(where))
+
+
+def small_tmpfs(where: Path, size_kib: int) -> contextlib.AbstractContextManager[Path]:
+    """A tmpfs of ``size_kib`` KiB mounted at ``where``. Skips the test where it cannot be mounted."""
+    return _tmpfs(where, f"size={size_kib}k", "cannot mount a tmpfs here")
 
 
 @contextlib.contextmanager
 def readonly_dir(where: Path) -> Iterator[Path]:
     """An empty directory that cannot be written: ``chmod 555`` for a normal user, a read-only tmpfs for
     root. Skips the test where neither works."""
-    where.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
+        where.mkdir(parents=True, exist_ok=True)
         where.chmod(0o555)
         try:
             yield where
         finally:
             where.chmod(0o755)
         return
-    why = _mount("mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(where))
-    if why is not None:
-        pytest.skip(f"running as root and cannot mount a read-only tmpfs ({why})")
-    try:
-        yield where
-    finally:
-        _mount("umount", "-l", str(where))
+    with _tmpfs(where, "ro,size=64k", "running as root and cannot mount a read-only tmpfs") as d:
+        yield d
 
 
 def fill(directory: Path, name: str = "filler") -> Path:
