@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -89,34 +88,6 @@ def test_in_process_runs_equal_the_worker_processes(swept):
     for a in again.runs:
         b = next(r for r in res.runs if r["spec"] == a["spec"])
         assert _strip(a) == _strip(b)
-
-
-@pytest.mark.slow
-def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
-    out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "neuro", "compare", "--task", "sine", "--rules", "bptt,tbptt", "--seeds", "2",
-           "--steps", "300", "--hidden", "6", "--log-every", "100", "--rule-opt", "tbptt:k=3", "--align-steps", "50",
-           "--eval-steps", "200", "--workers", "1", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    first = out / "runs" / "bptt" / "seed-0.json"
-    deadline = time.monotonic() + 120
-    while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert first.is_file(), "the first run never finished"
-    done = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")}
-    assert 1 <= len(done) < 4, "the sweep was not interrupted part-way"
-    for p in done:
-        json.loads(p.read_text())  # nothing half-written
-    assert cli(cmd[3:]) == 0
-    for p, mtime in done.items():
-        assert p.stat().st_mtime_ns == mtime, f"{p.name} was redone"
-    resumed = [json.loads(p.read_text()) for p in sorted((out / "runs").rglob("*.json"))]
-    assert len(resumed) == 4
-    fresh = neuro.compare(**SMALL, workers=0)
-    key = lambda r: (r["spec"]["rule"], r["spec"]["seed"])  # noqa: E731
-    assert sorted(map(_strip, resumed), key=key) == sorted(map(_strip, fresh.runs), key=key)
 
 
 def test_rtrl_is_aligned_with_bptt_along_training():
