@@ -77,8 +77,9 @@ def _describe(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 def describe_run(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps: int, config: TrainConfig,
-                 dtype: torch.dtype, device: torch.device, params_source: str) -> dict[str, Any]:
-    """The content of ``config.json`` (also kept in every checkpoint)."""
+                 dtype: torch.dtype, device: torch.device, params_source: str, engine: str = "torch") -> dict[str, Any]:
+    """The content of ``config.json`` (also kept in every checkpoint). ``engine``: the one the run uses
+    (``"compiled"`` or ``"torch"``, :mod:`neuro.engine`), kept as ``train.engine``."""
     import neuro
 
     c = config
@@ -92,7 +93,7 @@ def describe_run(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, s
                   "checkpoint_every": c.checkpoint_every, "progress": c.progress,
                   "dtype": str(dtype).replace("torch.", ""), "device": str(device), "chunk": c.chunk,
                   "episodic": task.episodic, "task_seed": c.seed_for("task"), "rule_seed": c.seed_for("rule"),
-                  "torch_seed": c.seed_for("torch"), "schedule": c.schedule},
+                  "torch_seed": c.seed_for("torch"), "schedule": c.schedule, "engine": engine},
         "versions": {"neuro": getattr(neuro, "__version__", "?"), "torch": str(torch.__version__),
                      "python": sys.version.split()[0]},
     }
@@ -102,6 +103,7 @@ def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The settings of two run configs that must match to resume and differ, one ``"what: saved (saved) vs
     now (now)"`` each. A network, rule or task of another kind is one entry (not each of its fields)."""
     then, now = json.loads(json.dumps(saved)), json.loads(json.dumps(now))
+    then["train"].setdefault("engine", "torch")  # a run saved before the compiled engine ran in torch
     out = []
     for part in ("net", "rule", "task"):
         a, b = then[part], now[part]

@@ -20,9 +20,11 @@ import torch
 
 from neuro.contract import Params, check_choice, check_positive
 
-__all__ = ["DTYPES", "OPTIMIZERS", "RESUMABLE", "TrainConfig", "derive_seed", "fork_rng", "rng_state", "set_rng_state"]
+__all__ = ["DTYPES", "ENGINES", "OPTIMIZERS", "RESUMABLE", "TrainConfig", "derive_seed", "fork_rng", "rng_state", "set_rng_state"]
 
 OPTIMIZERS = ("adam", "sgd")
+#: how the steps run (:mod:`neuro.engine`): compiled where the run has a compiled engine, compiled, or torch
+ENGINES = ("auto", "compiled", "torch")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: settings that may change when a run is resumed (every other one must equal the saved run's)
 RESUMABLE = ("progress", "checkpoint_every", "device")
@@ -108,6 +110,10 @@ class TrainConfig:
         schedule: ``"total:per-stage:steps-per-stage"``: train a constructive network stage by stage
             (:mod:`neuro.staged`); ``None``: no stages.
         probe: ``probe(step, params) -> dict`` at every metrics row (see :func:`neuro.train`), or ``None``.
+        engine: ``"auto"`` (the compiled engine of :mod:`neuro.engine` where the run's network, rule, optimizer,
+            loss, device and dtype have one, else the torch path), ``"compiled"`` (refuse a run without one) or
+            ``"torch"`` (every step in torch). The engine used is recorded in config.json; a resume uses the
+            saved run's.
     """
 
     seed: int = 0
@@ -125,10 +131,12 @@ class TrainConfig:
     chunk: int = 100
     schedule: str | None = None
     probe: Callable[[int, Params], dict[str, Any]] | None = None
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("engine", self.engine, ENGINES)
         check_positive("lr", self.lr)
         for name in ("update_every", "batch", "log_every", "chunk"):
             object.__setattr__(self, name, check_int(name, getattr(self, name), 1))

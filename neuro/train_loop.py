@@ -29,6 +29,7 @@ import torch
 
 from neuro import errors
 from neuro.contract import Params, check_positive
+from neuro.engine.base import Engine, SequenceArrays
 from neuro.errors import RunFailed
 from neuro.rules.base import AbstractRule, add_into, zeros_like_params
 from neuro.rundir import COLUMNS, CONFIG, write_failure
@@ -230,14 +231,25 @@ class Loop:
         whole = c.offset + n == (self.run.task.trial_steps if self.run.task.episodic else self.config.chunk)
         xs, ys, mask = seq.xs, seq.ys, seq.mask
         frac = mask[:n].to(torch.float64).mean(1).tolist()
-        for t in range(n):
-            self.step(xs[t], ys[t], mask[t], frac[t])
-            if t == n - 1:  # the sequence ends (or the run does): pending estimate, then one update
-                self._end_sequence(n, whole=whole)
-            elif (t + 1) % k == 0:
-                self.state, g = self.rule.flush(self.params, self.state)
-                self._accumulate(g)
-                self.apply()
+        engine = self.run.engine if self.rule is getattr(self.run.engine, "rule", None) else None
+        arrays = None if engine is None else SequenceArrays.of(seq, self.run.dtype)
+        t = 0
+        while t < n:
+            if engine is not None:  # steps t .. b - 1 in one compiled call, up to the next log point or the end
+                b = min(n, t + self.config.log_every - c.step % self.config.log_every)
+                self._compiled(engine, arrays, t, b, n, frac)
+                t = b
+                if t == n:
+                    self._advance(n, whole)
+            else:
+                self.step(xs[t], ys[t], mask[t], frac[t])
+                if t == n - 1:  # the sequence ends (or the run does): pending estimate, then one update
+                    self._end_sequence(n, whole=whole)
+                elif (t + 1) % k == 0:
+                    self.state, g = self.rule.flush(self.params, self.state)
+                    self._accumulate(g)
+                    self.apply()
+                t += 1
             if c.step % self.config.log_every == 0 or c.step == self.run.steps:
                 self.log()
             elif len(self.losses) >= DRAIN:
@@ -263,11 +275,27 @@ class Loop:
         self.fracs.append(frac)
         self.counters.step += 1
 
+    def _compiled(self, engine: Engine, arrays: SequenceArrays, t0: int, t1: int, n: int, frac: list[float]) -> None:
+        """Steps ``t0 .. t1 - 1`` of the sequence (``n`` steps) in one call of the compiled ``engine``: the same
+        steps, updates (:meth:`Engine.run`) and losses as :meth:`step`, :meth:`apply` and the schedule make."""
+        self.drain()
+        c, first = self.counters, self.counters.step + 1
+        r = engine.run(self.params, self.state, self.acc, self.opt, arrays, t0, t1, n, self.config.update_every)
+        self.state, self.acc_full = r.state, r.pending
+        c.step += t1 - t0
+        c.updates += r.updates
+        self._count(r.losses.tolist(), frac[t0:t1], first)
+        self.drain()
+
     def _end_sequence(self, n: int, whole: bool) -> None:
-        c = self.counters
         self.state, g = self.rule.finish(self.params, self.state)
         self._accumulate(g)
         self.apply()
+        self._advance(n, whole)
+
+    def _advance(self, n: int, whole: bool) -> None:
+        """The stream's position after ``n`` more steps of the sequence, which ended if ``whole``."""
+        c = self.counters
         if whole:
             c.seq_index, c.offset = c.seq_index + 1, 0
             c.sequences += 1
@@ -303,13 +331,7 @@ class Loop:
         """Read the losses not yet read into the interval's sums (``TrainingDiverged`` at a non-finite one)."""
         step, iv = self.counters.step, self.interval
         if self.losses:
-            values = torch.stack(self.losses).double().tolist()
-            for j, (v, f) in enumerate(zip(values, self.fracs)):
-                if not math.isfinite(v):
-                    raise self._diverged(f"loss became {v}", self.losses_first + j)
-                iv["loss_sum"] += v
-                iv["frac_sum"] += f
-            iv["steps"] += len(values)
+            self._count(torch.stack(self.losses).double().tolist(), self.fracs, self.losses_first)
             self.losses.clear()
             self.fracs.clear()
         self.losses_first = step + 1
@@ -318,6 +340,16 @@ class Loop:
             self.bar_step = step
             if iv["steps"]:
                 self.bar.set_postfix_str(f"loss={iv['loss_sum'] / iv['steps']:.4f}", refresh=False)
+
+    def _count(self, values: list[float], fracs: list[float], first: int) -> None:
+        """Add the per-step losses of steps ``first, first + 1, ...`` to the interval's sums."""
+        iv = self.interval
+        for j, (v, f) in enumerate(zip(values, fracs)):
+            if not math.isfinite(v):
+                raise self._diverged(f"loss became {v}", first + j)
+            iv["loss_sum"] += v
+            iv["frac_sum"] += f
+        iv["steps"] += len(values)
 
     def log(self) -> None:
         """A metrics row for the interval since the last (and ``metrics.csv`` rewritten)."""

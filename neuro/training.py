@@ -63,10 +63,11 @@ from typing import Any
 
 import torch
 
+from neuro import engine as engines
 from neuro import preflight, staged
 from neuro.contract import AbstractNetwork, Params
 from neuro.rules.base import AbstractRule
-from neuro.rundir import TIMING_COLUMNS, RunDir, describe_run
+from neuro.rundir import TIMING_COLUMNS, RunDir, describe_run, read_config
 from neuro.tasks.base import AbstractTask
 from neuro.train_config import OPTIMIZERS, TrainConfig, check_int, derive_seed, fork_rng, resolve_dtype
 from neuro.train_loop import History, Hook, Loop, TrainingDiverged
@@ -83,7 +84,8 @@ class Run:
 
     ``params`` are the initial parameters (a copy; replaced by the checkpoint's when resuming),
     ``dtype``/``device`` theirs, ``description`` the content of ``config.json``, ``resume_from`` the
-    checkpoint to continue (or ``None``), ``hooks`` what the loop calls at its fixed points."""
+    checkpoint to continue (or ``None``), ``hooks`` what the loop calls at its fixed points, ``engine`` the
+    compiled engine that runs the steps (:mod:`neuro.engine`; ``None``: the torch path)."""
 
     net: AbstractNetwork
     rule: AbstractRule
@@ -97,6 +99,7 @@ class Run:
     run_dir: RunDir | None = None
     resume_from: dict[str, Any] | None = None
     hooks: tuple[Hook, ...] = ()
+    engine: Any = None
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -172,7 +175,11 @@ def prepare(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps:
         raise ValueError(f"lr={c.lr!r} is invalid: it overflows {str(dtype).replace('torch.', '')} "
                          f"(max {torch.finfo(dtype).max:.3g})")
     run_dir = None if c.run_dir is None else RunDir(c.run_dir)
-    description = describe_run(net, rule, task, steps, c, dtype, device, source)
+    setting = c.engine
+    if c.resume and setting == "auto" and _saved_engine(c.run_dir) == "torch":
+        setting = "torch"  # a resume runs on the engine of the saved run
+    engine_name, engine = engines.select(net, rule, setting, c.optimizer, dtype, device, c.schedule)
+    description = describe_run(net, rule, task, steps, c, dtype, device, source, engine=engine_name)
     resume_from = None
     if c.resume:
         resume_from = run_dir.load_resume(description, device, params)
@@ -181,7 +188,16 @@ def prepare(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps:
     if run_dir is not None:
         run_dir.check_writable()
     return Run(net=net, rule=rule, task=task, steps=steps, config=c, params=params, dtype=dtype, device=device,
-               description=description, run_dir=run_dir, resume_from=resume_from, hooks=hooks)
+               description=description, run_dir=run_dir, resume_from=resume_from, hooks=hooks, engine=engine)
+
+
+def _saved_engine(run_dir: Path) -> str | None:
+    """The engine recorded in ``run_dir``'s config.json (``"torch"`` for a run saved before it was recorded), or
+    ``None`` where none can be read (:meth:`RunDir.load_resume` then says what is wrong)."""
+    try:
+        return read_config(run_dir)["train"].get("engine", "torch")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def train(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps: int, config: TrainConfig | None = None,

@@ -1,0 +1,95 @@
+"""The compiled online-training engine: a range of steps of :func:`neuro.train` (the network step, the rule's
+traces and estimate, the loss and its error, the summed estimate and the optimizer's update at the loop's
+schedule) in one numba call, with the per-step losses written into an array; Python runs once per range
+(logging, checkpoints, progress). :class:`neuro.train_loop.Loop` calls it in place of its inner step loop.
+
+``TrainConfig.engine`` chooses: ``"auto"`` (the compiled engine where the run's combination has one, else the
+torch path), ``"compiled"`` (refuse a combination without one), ``"torch"`` (the reference path). The
+combinations are :data:`REGISTRY`; each entry's builder returns an :class:`~neuro.engine.base.Engine` for a
+concrete ``(net, rule)``, or ``None`` where it does not apply. ``tests/neuro/test_engine.py`` holds every
+entry to the torch path. Importing this package does not import numba (the builders do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+import torch
+
+from neuro.contract import AbstractNetwork
+from neuro.rules.base import AbstractRule
+from neuro.train_config import ENGINES
+
+__all__ = ["ENGINES", "REGISTRY", "Combination", "select", "supported"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Combination:
+    """One supported ``(model, rule, optimizer, loss, device, dtype)`` family: the model and rule by name (their
+    registered classes, not subclasses), the optimizers, losses, device types and dtypes it runs, and its builder
+    ``"module:function"`` (``build(net, rule) -> Engine | None``)."""
+
+    model: str
+    rule: str
+    optimizers: tuple[str, ...]
+    losses: tuple[str, ...]
+    devices: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    builder: str
+
+    def describe(self) -> str:
+        return (f"model {self.model!r} with rule {self.rule!r} (optimizer {' or '.join(self.optimizers)}, loss "
+                f"{' or '.join(self.losses)}, device {' or '.join(self.devices)}, dtype {' or '.join(self.dtypes)})")
+
+    def build(self, net: AbstractNetwork, rule: AbstractRule) -> Any:
+        module, name = self.builder.split(":")
+        fn: Callable[[AbstractNetwork, AbstractRule], Any] = getattr(importlib.import_module(module), name)
+        return fn(net, rule)
+
+
+#: every combination the compiled engine runs
+REGISTRY: tuple[Combination, ...] = (
+    Combination(model="rate", rule="rflo", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
+                dtypes=("float32", "float64"), builder="neuro.engine.rflo:build"),
+)
+
+
+def supported() -> str:
+    """The supported combinations, in words (one phrase each, joined by ``"; "``)."""
+    return "; ".join(c.describe() for c in REGISTRY) + " (without a stage schedule)"
+
+
+def _find(net: AbstractNetwork, rule: AbstractRule, optimizer: str, dtype: torch.dtype, device: torch.device,
+          schedule: str | None) -> Any:
+    if schedule is not None:
+        return None
+    dtype_name = str(dtype).replace("torch.", "")
+    for c in REGISTRY:
+        if (net.name, rule.name) == (c.model, c.rule) and optimizer in c.optimizers and rule.loss in c.losses \
+                and device.type in c.devices and dtype_name in c.dtypes:
+            engine = c.build(net, rule)
+            if engine is not None:
+                return engine
+    return None
+
+
+def select(net: AbstractNetwork, rule: AbstractRule, engine: str, optimizer: str, dtype: torch.dtype,
+           device: torch.device, schedule: str | None = None) -> tuple[str, Any]:
+    """The engine a run uses, ``("compiled", Engine)`` or ``("torch", None)``, for the setting ``engine``
+    (:data:`ENGINES`); ``engine="compiled"`` on a combination without one raises a ``ValueError`` naming the
+    supported ones."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} is invalid: valid choices are {', '.join(map(repr, ENGINES))}")
+    if engine == "torch":
+        return "torch", None
+    found = _find(net, rule, optimizer, dtype, device, schedule)
+    if found is not None:
+        return "compiled", found
+    if engine == "compiled":
+        run = (f"model {net.name!r} with rule {rule.name!r}, optimizer {optimizer}, loss {rule.loss}, device "
+               f"{device.type}, dtype {str(dtype).replace('torch.', '')}" + ("" if schedule is None else ", a schedule"))
+        raise ValueError(f"engine='compiled' is invalid for {run}: the compiled engine runs {supported()}; "
+                         "use engine='auto' or 'torch'")
+    return "torch", None

@@ -1,0 +1,167 @@
+"""The compiled pieces every engine shares (numba, ``cache=True``; module-level functions over arrays and
+scalars, so the on-disk cache holds them): the rate neuron's step, the per-step losses and their errors, and
+the optimizers ``torch.optim.SGD`` / ``torch.optim.Adam`` with torch's own arithmetic.
+
+Scalars that torch applies in the tensors' dtype (``alpha``, ``lr``, Adam's ``1 - beta1``, ...) are cast to
+the arrays' dtype first (:func:`cast`), so that a float32 run computes in float32 as torch does. The arrays a
+function changes are changed in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from neuro._numba import numba
+
+__all__ = ["ADAM", "CE", "MSE", "SGD", "adam", "apply_update", "cast", "loss_and_error", "rate_step", "readout", "sgd"]
+
+SGD, ADAM = 0, 1  # optimizer codes (apply_update)
+MSE, CE = 0, 1  # loss codes (loss_and_error)
+
+
+@numba.njit(cache=True)
+def cast(x, like):  # noqa: ANN001, ANN201
+    """The float ``x`` in the dtype of the array ``like`` (a scalar)."""
+    a = np.empty(1, like.dtype)
+    a[0] = x
+    return a[0]
+
+
+@numba.njit(cache=True)
+def rate_step(W_in, W_rec, b, alpha, x, h, h_new, D):  # noqa: ANN001, ANN201
+    """One step of the leaky tanh rate RNN (:mod:`models.rate`) for a batch, as its ``current``, ``neuron`` and
+    ``neuron_derivatives`` state it::
+
+        u = W_in x + W_rec h + b        h_new = (1 - alpha) h + alpha tanh(u)      (alpha = 1: tanh(u))
+        D = dh_new/du = alpha (1 - tanh(u)^2)
+
+    ``x`` [B, n_in], ``h`` [B, n] (read), ``h_new``, ``D`` [B, n] (written)."""
+    nb, n = h.shape
+    n_in = x.shape[1]
+    a = cast(alpha, h)
+    leak = cast(1.0 - alpha, h)
+    one = cast(1.0, h)
+    for s in range(nb):
+        for i in range(n):
+            ux = cast(0.0, h)
+            for j in range(n_in):
+                ux += x[s, j] * W_in[i, j]
+            uh = cast(0.0, h)
+            for j in range(n):
+                uh += h[s, j] * W_rec[i, j]
+            th = np.tanh(ux + uh + b[i])
+            if alpha == 1.0:
+                h_new[s, i] = th
+                D[s, i] = one - th * th
+            else:
+                h_new[s, i] = leak * h[s, i] + a * th
+                D[s, i] = (one - th * th) * a
+
+
+@numba.njit(cache=True)
+def readout(W_out, b_out, h, y_hat):  # noqa: ANN001, ANN201
+    """The linear readout ``y_hat = W_out h + b_out``: ``h`` [B, n] -> ``y_hat`` [B, n_out] (written)."""
+    nb, n = h.shape
+    for s in range(nb):
+        for k in range(W_out.shape[0]):
+            acc = cast(0.0, h)
+            for j in range(n):
+                acc += h[s, j] * W_out[k, j]
+            y_hat[s, k] = acc + b_out[k]
+
+
+@numba.njit(cache=True)
+def loss_and_error(kind, y_hat, y, mask, eps):  # noqa: ANN001, ANN201
+    """The per-step loss of :mod:`neuro.losses` (returned) and its error ``d loss / d y_hat`` (``eps`` [B, n_out],
+    written): masked per sample and divided by the batch size ``B``.
+
+    ``MSE``: ``loss = sum_s m_s 1/2 sum_k (y_hat - y)^2 / B``, ``eps = (y_hat - y) m_s / B``;
+    ``CE``: ``loss = -sum_s m_s sum_k y_k log softmax(y_hat)_k / B``, ``eps = (softmax(y_hat) sum_k y_k - y) m_s / B``.
+    ``mask`` [B] in the arrays' dtype (1 where the step counts)."""
+    nb, n_out = y_hat.shape
+    fb = cast(nb, y_hat)
+    half = cast(0.5, y_hat)
+    total = cast(0.0, y_hat)
+    for s in range(nb):
+        m = mask[s] / fb
+        ls = cast(0.0, y_hat)
+        if kind == MSE:
+            for k in range(n_out):
+                e = y_hat[s, k] - y[s, k]
+                ls += e * e
+                eps[s, k] = e * m
+            ls = half * ls
+        else:
+            top = y_hat[s, 0]
+            for k in range(1, n_out):
+                top = max(top, y_hat[s, k])
+            z = cast(0.0, y_hat)
+            for k in range(n_out):
+                z += np.exp(y_hat[s, k] - top)
+            logz = np.log(z)
+            ysum = cast(0.0, y_hat)
+            for k in range(n_out):
+                ysum += y[s, k]
+                ls += y[s, k] * (y_hat[s, k] - top - logz)
+            ls = -ls
+            for k in range(n_out):
+                eps[s, k] = (np.exp(y_hat[s, k] - top) / z * ysum - y[s, k]) * m
+        total += ls * mask[s]
+    return total / fb
+
+
+@numba.njit(cache=True)
+def sgd(ps, gs, lr):  # noqa: ANN001, ANN201
+    """``torch.optim.SGD`` without momentum or weight decay: ``p <- p + (-lr) g`` for each pair of flat arrays."""
+    for i in range(len(ps)):
+        p, g = ps[i], gs[i]
+        step = cast(-lr, p)
+        for j in range(p.size):
+            p[j] = p[j] + step * g[j]
+
+
+@numba.njit(cache=True)
+def adam(ps, gs, ms, vs, steps, lr, beta1, beta2, eps):  # noqa: ANN001, ANN201
+    """``torch.optim.Adam`` (no weight decay, amsgrad or maximize) as ``_single_tensor_adam`` computes it, for
+    each parameter ``p`` with gradient ``g``, moments ``m`` (``exp_avg``), ``v`` (``exp_avg_sq``) and its step
+    count (a one-element array, ``state["step"]``)::
+
+        step += 1;   m <- m.lerp(g, 1 - beta1);   v <- v beta2 + (1 - beta2) g g
+        bc1 = 1 - beta1^step;   bc2 = 1 - beta2^step          (in double precision, as Python floats)
+        p <- p + (-lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
+
+    ``lerp(a, b, w) = a + w (b - a)`` for ``w < 0.5``, else ``b - (b - a)(1 - w)`` (torch's formula)."""
+    for i in range(len(ps)):
+        p, g, m, v, st = ps[i], gs[i], ms[i], vs[i], steps[i]
+        st[0] += 1
+        step = float(st[0])
+        bc1 = 1.0 - beta1 ** step
+        bc2 = 1.0 - beta2 ** step
+        w = 1.0 - beta1
+        wd, wc = cast(w, p), cast(1.0 - w, p)
+        b2, c2 = cast(beta2, p), cast(1.0 - beta2, p)
+        root = cast(bc2 ** 0.5, p)
+        e = cast(eps, p)
+        step_size = cast(-(lr / bc1), p)
+        for j in range(p.size):
+            gj = g[j]
+            if w < 0.5:
+                m[j] = m[j] + wd * (gj - m[j])
+            else:
+                m[j] = gj - (gj - m[j]) * wc
+            v[j] = v[j] * b2 + c2 * gj * gj
+            p[j] = p[j] + step_size * (m[j] / (np.sqrt(v[j]) / root + e))
+
+
+@numba.njit(cache=True)
+def apply_update(kind, ps, gs, ms, vs, steps, hyper):  # noqa: ANN001, ANN201
+    """One optimizer step (``SGD`` or ``ADAM``; ``hyper`` = ``[lr, beta1, beta2, eps]`` as float64) with the summed
+    estimates ``gs``, which are then zeroed (the loop's accumulator)."""
+    if kind == SGD:
+        sgd(ps, gs, hyper[0])
+    else:
+        adam(ps, gs, ms, vs, steps, hyper[0], hyper[1], hyper[2], hyper[3])
+    for i in range(len(gs)):
+        g = gs[i]
+        for j in range(g.size):
+            g[j] = 0.0
