@@ -31,10 +31,10 @@ __all__ = ["DEFAULTS", "Spec", "add_arguments", "main", "spec_from_flags", "spec
 DEFAULTS: dict[str, Any] = {"model": "lif", "task": "add", "rule": "tbptt", "steps": 2000, "hidden": 32,
                             "optimizer": "adam", "lr": 1e-3, "seed": 0, "batch": 1, "update_every": 1, "chunk": 100,
                             "dtype": "float32", "device": None, "log_every": 100, "checkpoint_every": None,
-                            "schedule": None}
+                            "schedule": None, "engine": "auto"}
 #: training settings that are flags of the same name (``--update-every`` is ``update_every``)
 _SETTINGS = ("seed", "optimizer", "lr", "update_every", "batch", "log_every", "checkpoint_every", "dtype",
-             "device", "chunk", "schedule")
+             "device", "chunk", "schedule", "engine")
 #: flags that may differ from the saved run on resume
 _CHANGEABLE = ("steps", "checkpoint_every", "device")
 
@@ -55,6 +55,9 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--chunk", type=int, help=f"steps per sequence of a continuing task (default {d['chunk']})")
     t.add_argument("--dtype", help=f"float32 or float64 (default {d['dtype']})")
     t.add_argument("--device", help="cpu (default) or cuda[:i]")
+    t.add_argument("--engine", help="auto (default: compiled where the model, rule, optimizer, loss, device and dtype "
+                                    "have a compiled engine, else torch), compiled (refuse a run without one) or torch "
+                                    "(every step in torch); see neuro.engine")
     t.add_argument("--log-every", type=int, help=f"default {d['log_every']}")
     t.add_argument("--checkpoint-every", type=int,
                    help="steps between checkpoints, each at the next sequence end (default: one every minute of "
@@ -169,6 +172,7 @@ def spec_from_run(args: argparse.Namespace) -> Spec:
     net, task, rule, train = (saved[k] for k in ("net", "task", "rule", "train"))
     fields = lambda part: {k: _tuples(v) for k, v in part["fields"].items()}  # noqa: E731
     settings = {k: train.get(k) for k in _SETTINGS}
+    settings["engine"] = train.get("engine", "torch")  # a run saved before the engine was recorded ran in torch
     for k in ("checkpoint_every", "device"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)

@@ -67,6 +67,7 @@ class History:
     the summed fraction of the batch whose mask is on; ``None`` if none did), ``updates`` (optimizer
     steps so far), ``sequences`` (trials or chunks finished), ``steps_per_s`` (over the interval) and
     ``elapsed_s`` (training time so far, excluding time between an interruption and its resume).
+    ``engine``: the one that ran the steps (``"compiled"`` or ``"torch"``, :mod:`neuro.engine`).
     """
 
     params: Params
@@ -76,6 +77,7 @@ class History:
     steps: int = 0
     updates: int = 0
     elapsed_s: float = 0.0
+    engine: str = "torch"
 
     def mean_loss(self, last: int) -> float:
         """Mean per-step loss over (at least) the last ``last`` steps, from whole metric rows."""
@@ -208,7 +210,8 @@ class Loop:
                 self.bar.close()
         return History(params=self.params, metrics=self.metrics, run_dir=self.config.run_dir, rule=self.rule,
                        steps=c.step, updates=c.updates,
-                       elapsed_s=self.metrics[-1]["elapsed_s"] if self.metrics else c.elapsed0)
+                       elapsed_s=self.metrics[-1]["elapsed_s"] if self.metrics else c.elapsed0,
+                       engine=self.run.description["train"]["engine"])
 
     def _stream(self) -> Iterator[Sequence]:
         run, seed = self.run, self.config.seed_for("task")

@@ -1,0 +1,207 @@
+"""The compiled engine (neuro.engine) against the torch path.
+
+Oracle: for every combination of ``neuro.engine.REGISTRY`` (and its model variants), training with
+``engine="compiled"`` gives, in float64, the parameters, the optimizer state, the rule state and the per-step
+losses and metrics of ``engine="torch"`` to 1e-10 relative: on a continuing task whose updates fall inside
+chunks, mid-chunk and at chunk ends (``update_every=7``, ``chunk=20``), and on an episodic one (a masked trial
+cut at the run's end), with SGD and Adam, batch 1 and 2. A resume between chunks equals the uninterrupted run
+bit for bit. The selection (refusal, fallback, the engine recorded) and the divergence check are tested too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, ClassVar, Iterator
+
+import pytest
+import torch
+
+import models
+from neuro import io, rules, tasks
+from neuro.cli import main
+from neuro.engine import REGISTRY
+from neuro.tasks.base import AbstractTask, Sequence
+from neuro.train_loop import Loop
+from neuro.training import TIMING_COLUMNS, TrainingDiverged, prepare, train
+
+RTOL, ATOL = 1e-10, 1e-13
+#: the runs each combination is held to: (task, its settings, train settings)
+RUNS = {"continuing": ("sine", {}, {"steps": 60, "chunk": 20, "update_every": 7}),
+        "episodic": ("copy", {"length": 5, "delay": 3, "symbols": 4}, {"steps": 60, "update_every": 4})}
+#: model options each combination is run with (the rate RNN: a vanilla RNN, alpha = 1, and a leaky one)
+VARIANTS = {"rate": ({}, {"alpha": 0.5})}
+
+
+def _cases() -> list[Any]:
+    out = []
+    for c in REGISTRY:
+        for variant in VARIANTS.get(c.model, ({},)):
+            for run in RUNS:
+                if tasks.make(RUNS[run][0], **RUNS[run][1]).loss not in c.losses:
+                    continue
+                for opt in c.optimizers:
+                    for batch in (1, 2):
+                        name = f"{c.model}-{c.rule}-{'-'.join(f'{k}{v}' for k, v in variant.items())}-{run}-{opt}-b{batch}"
+                        out.append(pytest.param(c, variant, run, opt, batch, id=name))
+    return out
+
+
+def _setup(c: Any, variant: dict[str, Any], run: str, **rule_opts: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
+    name, task_opts, settings = RUNS[run]
+    task = tasks.make(name, **task_opts)
+    net = models.make(c.model, n_in=task.n_in, n_hidden=6, n_out=task.n_out, **variant)
+    return net, rules.make(c.rule, net, **rule_opts), task, dict(settings)
+
+
+def _train(net: Any, rule: Any, task: Any, run_dir: Any, **settings: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """History, loop and final checkpoint of a float64 run."""
+    steps = settings.pop("steps")
+    settings = {"log_every": 9, **settings}
+    run = prepare(net, rule, task, steps, dtype="float64", lr=0.05, progress=False, run_dir=run_dir, **settings)
+    loop = Loop(run)
+    history = loop.execute()
+    return history, loop, io.load_checkpoint(run_dir / "checkpoint.pt")
+
+
+def _close(a: Any, b: Any, what: str) -> None:
+    """Nested checkpoint content equal: tensors to RTOL, numbers to RTOL, the rest exactly."""
+    if isinstance(a, torch.Tensor):
+        torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL, msg=lambda m: f"{what}: {m}")
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), what
+        for k in a:
+            _close(a[k], b[k], f"{what}.{k}")
+    elif isinstance(a, (tuple, list)):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{what}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=RTOL, abs=ATOL), what
+    else:
+        assert a == b, what
+
+
+def _metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+
+
+@pytest.mark.parametrize("c,variant,run,opt,batch", _cases())
+def test_compiled_equals_torch(tmp_path, c, variant, run, opt, batch):
+    net, rule, task, settings = _setup(c, variant, run)
+    got = {}
+    for engine in ("torch", "compiled"):
+        got[engine] = _train(net, rule, task, tmp_path / engine, optimizer=opt, batch=batch, engine=engine,
+                             checkpoint_every=20, **settings)
+        assert got[engine][0].engine == engine
+    (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = got["torch"], got["compiled"]
+    assert h_c.steps == h_t.steps == settings["steps"] and h_c.updates == h_t.updates > 3
+    _close(h_t.params, h_c.params, "params")
+    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
+    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
+    _close(_metrics(ck_t["metrics"]), _metrics(ck_c["metrics"]), "checkpoint metrics")
+    assert ck_t["interval"]["steps"] == ck_c["interval"]["steps"]
+    assert ck_c["config"]["train"]["engine"] == "compiled" and ck_t["config"]["train"]["engine"] == "torch"
+    if opt == "adam":
+        assert all(float(s["step"]) == h_t.updates for s in ck_c["optimizer"]["state"].values())
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_resume_between_chunks_equals_the_uninterrupted_run(tmp_path, fast):
+    """Both forms of the rule state (the windowed path's and the definition's); bit for bit."""
+    c = REGISTRY[0]
+    net, rule, task, settings = _setup(c, {"alpha": 0.5}, "continuing", fast=fast)
+    settings.update(optimizer="adam", batch=2, engine="compiled", checkpoint_every=20, log_every=10)
+    whole = _train(net, rule, task, tmp_path / "whole", **settings)
+    _train(net, rule, task, tmp_path / "cut", **{**settings, "steps": 40})
+    resumed = _train(net, rule, task, tmp_path / "cut", **settings, resume=True)
+    for k in whole[0].params:
+        assert torch.equal(whole[0].params[k], resumed[0].params[k]), k
+    assert _metrics(whole[0].metrics) == _metrics(resumed[0].metrics)
+    _close(whole[2]["optimizer"], resumed[2]["optimizer"], "optimizer")
+
+
+def test_compiled_on_an_unsupported_combination_is_refused_naming_the_supported_ones():
+    task = tasks.make("sine")
+    net = models.make("rate", n_in=1, n_hidden=4, n_out=1)
+    with pytest.raises(ValueError, match=r"engine='compiled' is invalid for model 'rate' with rule 'bptt'.*"
+                                         r"runs model 'rate' with rule 'rflo'") as e:
+        train(net, rules.make("bptt", net), task, 10, engine="compiled", progress=False)
+    assert "\n" not in str(e.value)
+    lif = models.make("lif", n_in=1, n_hidden=4, n_out=1)
+    with pytest.raises(ValueError, match="engine='compiled' is invalid for model 'lif' with rule 'eprop', optimizer "
+                                         "adam, loss mse, device cpu, dtype float32: the compiled engine runs"):
+        train(lif, rules.make("eprop", lif), task, 10, engine="compiled", progress=False)
+    with pytest.raises(ValueError, match="engine='fast' is invalid: valid choices are 'auto', 'compiled', 'torch'"):
+        train(net, rules.make("rflo", net), task, 10, engine="fast")
+
+
+def test_auto_runs_the_torch_path_where_there_is_no_compiled_engine(tmp_path):
+    task = tasks.make("sine")
+    net = models.make("rate", n_in=1, n_hidden=4, n_out=1)
+    rule = rules.make("bptt", net)
+    a = train(net, rule, task, 30, chunk=10, progress=False, run_dir=tmp_path / "auto")
+    b = train(net, rule, task, 30, chunk=10, progress=False, engine="torch")
+    assert a.engine == "torch" and all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["train"]["engine"] == "torch"
+    c = train(net, rules.make("rflo", net), task, 30, chunk=10, progress=False, run_dir=tmp_path / "rflo")
+    assert c.engine == "compiled"
+    assert json.loads((tmp_path / "rflo" / "config.json").read_text())["train"]["engine"] == "compiled"
+
+
+def test_a_resume_keeps_the_engine_of_the_saved_run(tmp_path):
+    task = tasks.make("sine")
+    net = models.make("rate", n_in=1, n_hidden=4, n_out=1)
+    rule = rules.make("rflo", net)
+    train(net, rule, task, 20, chunk=10, progress=False, run_dir=tmp_path, engine="torch")
+    assert train(net, rule, task, 30, chunk=10, progress=False, run_dir=tmp_path, resume=True).engine == "torch"
+    with pytest.raises(ValueError, match=r"train.engine: 'torch' \(saved\) vs 'compiled' \(now\)"):
+        train(net, rule, task, 40, chunk=10, progress=False, run_dir=tmp_path, resume=True, engine="compiled")
+
+
+@dataclasses.dataclass(frozen=True)
+class NaNTask(AbstractTask):
+    """Continuing, mse: x_t ~ N(0, 1), target x_t; the target of (1-based) step ``nan_at`` is NaN."""
+
+    nan_at: int = 13
+
+    name: ClassVar[str] = "nan-at"
+    loss: ClassVar[str] = "mse"
+    episodic: ClassVar[bool] = False
+    n_in: ClassVar[int] = 1
+    n_out: ClassVar[int] = 1
+
+    def stream(self, seed: int = 0, batch: int = 1, chunk: int = 1000, steps: int | None = None) -> Iterator[Sequence]:
+        g, t0 = torch.Generator().manual_seed(seed), 0
+        while True:
+            xs = torch.randn(chunk, batch, 1, generator=g)
+            ys = xs.clone()
+            if t0 < self.nan_at <= t0 + chunk:
+                ys[self.nan_at - t0 - 1] = float("nan")
+            yield Sequence(xs, ys, torch.ones(chunk, batch, dtype=torch.bool))
+            t0 += chunk
+
+    def sample(self, steps: int, batch: int = 1, seed: int = 0) -> Sequence:
+        return next(self.stream(seed, batch, steps))
+
+
+@pytest.mark.parametrize("engine", ["torch", "compiled"])
+def test_nan_inside_a_range_raises_training_diverged_naming_the_step(tmp_path, engine):
+    net = models.make("rate", n_in=1, n_hidden=4, n_out=1)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 23; last good checkpoint: .* \(step 20\)") as e:
+        train(net, rules.make("rflo", net), NaNTask(nan_at=23), 60, chunk=10, log_every=50, checkpoint_every=10,
+              run_dir=tmp_path, progress=False, engine=engine)
+    assert e.value.step == 23 and e.value.checkpoint_step == 20
+
+
+def test_cli_engine_flag(tmp_path, capsys):
+    base = ["train", "--model", "rate", "--rule", "rflo", "--task", "sine", "--hidden", "4", "--steps", "20",
+            "--chunk", "10", "--no-progress"]
+    assert main([*base, "--engine", "compiled", "--run-dir", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["train"]["engine"] == "compiled"
+    assert main(["train", "--resume", "--run-dir", str(tmp_path / "a"), "--steps", "30", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--rule", "bptt", "--engine", "compiled"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neuro: error: engine='compiled' is invalid") and len(err.strip().splitlines()) == 1
