@@ -8,7 +8,7 @@ backward pass and the rules on a CUDA device, skipped with a note without one; :
 ``main(["sim", ...])`` runs a section with its own options; nothing here is a timed test.
 
 Two aliases: ``batch`` is ``seeds`` and ``rtrl`` is ``cost``. ``neuro bench all --quick [--out DIR]`` runs
-the five performance sections (sim, rules, memory, batch, rtrl) on tiny settings, one after the other, and
+the six performance sections (sim, rules, memory, batch, rtrl, train) on tiny settings, one after the other, and
 checks only that each wrote its figures (a smoke test for CI, well under a minute).
 """
 
@@ -29,7 +29,7 @@ SECTIONS = {"sim": "neuro.bench.sim", "influence": "neuro.bench.influence", "spa
             "patterns": "neuro.bench.patterns",
             "perturbation": "neuro.bench.perturbation",
             "brian2": "neuro.bench.brian2", "rules": "neuro.bench.rules",
-            "gpu": "neuro.bench.gpu",
+            "gpu": "neuro.bench.gpu", "train": "neuro.bench.train",
             }
 ALIASES = {"batch": "seeds", "rtrl": "cost"}
 #: ``neuro bench all --quick``: section -> (tiny options, the JSON file it writes)
@@ -39,6 +39,7 @@ QUICK = {
     "memory": (["--ts", "50", "100", "--n", "16", "--seeds", "0", "--rules", "eprop"], "bench_memory.json"),
     "batch": (["--quick"], "bench_seeds.json"),
     "rtrl": (["--quick"], "bench_cost.json"),
+    "train": (["--quick"], "train.json"),
 }
 
 

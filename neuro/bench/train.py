@@ -138,7 +138,10 @@ def measure_group(model: str, n: int, rule_names: list[str], engines: list[str],
     cases: list[_Case] = []
     base = {"model": model, "task": task_name, "n": n}
     for rule in rule_names:
-        for engine in engines:
+        mine = engines
+        if rule in REFERENCES and not {"torch", "auto"} & set(engines):  # the references also on torch
+            mine = [*engines, "torch"]
+        for engine in mine:
             head = {**base, "rule": rule, "options": OPTIONS.get(rule, {}), "engine": engine}
             try:
                 case = _build(model, rule, n, engine, steps, capped)
@@ -181,11 +184,13 @@ def measure_group(model: str, n: int, rule_names: list[str], engines: list[str],
                     "steps_per_s": _report.summarize(rates),
                     "loop_steps_per_s": _report.summarize(case.loop_rates)["median"],
                     "updates_per_block": case.updates, "n_params": case.n_params})
-    for engine in engines:  # the ratio to bptt of the same model, n and engine
-        ref = next((r for r in rows if r["rule"] == "bptt" and r["engine"] == engine and "steps_per_s" in r), None)
-        for r in rows:
-            if r["engine"] == engine and "steps_per_s" in r:
-                r["vs_bptt"] = r["steps_per_s"]["median"] / ref["steps_per_s"]["median"] if ref else None
+    refs = [r for r in rows if r["rule"] == "bptt" and "steps_per_s" in r]
+    for r in rows:  # the ratio to bptt of the same model and n: on the same engine, else on torch (or auto)
+        if "steps_per_s" in r:
+            ref = next((q for q in refs if q["engine"] == r["engine"]), None) or next(
+                (q for q in refs if q["engine"] in ("torch", "auto")), None)
+            r["vs_bptt"] = r["steps_per_s"]["median"] / ref["steps_per_s"]["median"] if ref else None
+            r["vs_bptt_engine"] = ref["engine"] if ref else None
     if "torch" in engines and "compiled" in engines:  # --engine both: compiled against torch
         for r in rows:
             if r["engine"] == "compiled" and "steps_per_s" in r:
@@ -205,7 +210,8 @@ def _cell(r: dict[str, Any]) -> tuple[str, str]:
 
 def _markdown(report: dict[str, Any], command: str) -> str:
     rows, settings = report["rows"], report["settings"]
-    ns, engines = settings["n"], settings["engines"]
+    ns = settings["n"]
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
     parts = [f"# neuro bench train\n\n{__doc__.split(chr(10) + chr(10))[1]}\n\nCommand: `{command}`\n"]
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
@@ -219,7 +225,7 @@ def _markdown(report: dict[str, Any], command: str) -> str:
             for engine in engines:
                 line: list[Any] = [rule, *([engine] if len(engines) > 1 else [])]
                 cells = {r["n"]: r for r in mine if r["rule"] == rule and r["engine"] == engine}
-                if not cells:
+                if not any("steps_per_s" in r for r in cells.values()):  # nothing measured: a note below
                     continue
                 for n in ns:
                     line += list(_cell(cells[n])) if n in cells else ["–", "–"]
@@ -231,14 +237,13 @@ def _markdown(report: dict[str, Any], command: str) -> str:
         parts.append(f"## {model} (task `{task}`)\n\n{_report.md_table(header, body)}\n")
     used = sorted({str(r.get("engine_used")) for r in rows if "steps_per_s" in r})
     updates = sorted({(r["rule"], r["updates_per_block"]) for r in rows if "updates_per_block" in r})
-    notes = [f"- {r['model']} {r['rule']} n={r['n']}: skipped: {r['skipped']}" for r in rows if "skipped" in r]
-    notes += [f"- {r['model']} {r['rule']} n={r['n']}: error: {r['error']}" for r in rows if "error" in r]
+    notes = _notes(rows, len(engines) > 1)
     m = report["machine"]
     text = "\n".join(parts)
     text += (f"\nMeasured: steps/s of whole `neuro.train` calls of {settings['steps']} steps (batch 1, float32, "
              f"update_every=1), median (min-max) of {settings['blocks']} alternating blocks per rule after one "
-             f"warm-up run; x bptt: the rule's median over bptt's median, same model, n and engine. Engine(s) "
-             f"requested: {', '.join(engines)}; used (as the runs report it): {', '.join(used) or '–'}. Optimizer "
+             f"warm-up run; x bptt: the rule's median over bptt's median, same model and n, on the same engine "
+             f"where bptt runs on it, else on torch. Engine(s) requested: {', '.join(settings['engines'])}; used (as the runs report it): {', '.join(used) or '–'}. Optimizer "
              f"updates per block: {', '.join(sorted({f'{r} {u}' for r, u in updates}))}.\n\n"
              f"Machine: {m['cpu_model']}, {m['cores']} cores shared with other work, {m['threads']} torch "
              f"thread(s); load average (1 min) before/after {report['loadavg_before']}/{report['loadavg_after']}; "
@@ -246,6 +251,35 @@ def _markdown(report: dict[str, Any], command: str) -> str:
     if notes:
         text += "\nNot measured:\n\n" + "\n".join(notes) + "\n"
     return text
+
+
+def _notes(rows: list[dict[str, Any]], engines: bool) -> list[str]:
+    """One line per (model, rule, engine, reason) not measured, with its sizes; the rules the compiled engine
+    does not run, in one line."""
+    groups: dict[tuple[str, str, str, str], list[int]] = {}
+    no_compiled: dict[str, list[str]] = {}
+    for r in rows:
+        why = r.get("skipped") or (f"error: {r['error']}" if "error" in r else None)
+        if why is None:
+            continue
+        if r["engine"] == "compiled" and "engine='compiled' is invalid" in why:
+            no_compiled.setdefault(r["model"], [])
+            if r["rule"] not in no_compiled[r["model"]]:
+                no_compiled[r["model"]].append(r["rule"])
+            continue
+        groups.setdefault((r["model"], r["rule"], r["engine"], why), []).append(r["n"])
+    notes = [f"- {model} {rule}{f' [{engine}]' if engines else ''}, n = {', '.join(map(str, ns))}: {why}"
+             for (model, rule, engine, why), ns in groups.items()]
+    if no_compiled:
+        try:
+            from neuro.engine import supported
+
+            runs = f" (the compiled engine runs {supported()})"
+        except ImportError:
+            runs = ""
+        notes.append("- no compiled engine for: " + "; ".join(f"{m} {', '.join(rs)}" for m, rs in no_compiled.items())
+                     + runs)
+    return notes
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

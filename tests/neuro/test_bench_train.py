@@ -1,0 +1,92 @@
+"""``neuro bench train`` on tiny settings: a row per (model, rule, n, engine) with consistent statistics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from neuro.bench import train
+
+
+def _rows(tmp_path):
+    data = json.loads((tmp_path / "train.json").read_text())
+    return data, {(r["model"], r["rule"], r["engine"]): r for r in data["rows"]}
+
+
+def _check_stats(r, bptt):
+    s = r["steps_per_s"]
+    assert len(r["blocks"]) == s["n"] == 2 and all(b > 0 for b in r["blocks"])
+    assert s["min"] == min(r["blocks"]) <= s["median"] <= s["max"] == max(r["blocks"])
+    assert s["spread"] == pytest.approx((s["max"] - s["min"]) / s["median"])
+    assert r["vs_bptt"] == pytest.approx(s["median"] / bptt["steps_per_s"]["median"])
+
+
+def test_quick_run_writes_a_row_per_model_rule_and_size(tmp_path):
+    threads = torch.get_num_threads()
+    argv = ["--quick", "--models", "rate", "lif", "--rules", "rflo", "--out", str(tmp_path)]
+    assert train.main(argv) == 0
+    assert torch.get_num_threads() == threads  # the caller's setting is restored
+    data, by = _rows(tmp_path)
+    assert set(by) == {(m, r, "auto") for m in ("rate", "lif") for r in ("bptt", "tbptt", "rflo")}
+    assert all(r["n"] == 32 for r in data["rows"]) and not [r for r in data["rows"] if "error" in r]
+    assert "does not support model 'lif'" in by["lif", "rflo", "auto"]["skipped"]
+    for (model, rule, _), r in by.items():
+        if "skipped" in r:
+            continue
+        _check_stats(r, by[model, "bptt", "auto"])
+        assert r["steps"] == 50 and r["task"] == train.TASKS[model] and r["engine_used"]
+    assert by["rate", "bptt", "auto"]["vs_bptt"] == 1.0
+    assert by["rate", "rflo", "auto"]["updates_per_block"] == 50  # an update at every step
+    assert by["rate", "tbptt", "auto"]["options"] == {"k": 20}
+    assert data["settings"]["steps"] == 50 and data["settings"]["blocks"] == 2 and data["settings"]["n"] == [32]
+    assert data["machine"]["threads"] == 1 and "loadavg_before" in data and "loadavg_after" in data
+    md = (tmp_path / "train.md").read_text()
+    assert "## rate (task `sine`)" in md and "## lif (task `add`)" in md
+    assert "| rule | n=32 steps/s (min-max) | n=32 x bptt |" in md
+    assert "| bptt | " in md and "| 1.00x |" in md and f"`neuro bench train {' '.join(argv)}`" in md
+    assert "load average" in md and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.skipif(not train.has_engine(), reason="neuro.train has no engine setting")
+def test_both_engines_report_the_speed_up(tmp_path):
+    """``--engine both`` runs torch and compiled side by side: compiled / torch is the ratio of their medians, the
+    engine each row used is the run's own, and a rule without a compiled engine is a note, not a row of figures."""
+    assert train.main(["--quick", "--models", "rate", "--rules", "rflo", "--engine", "both", "--out", str(tmp_path)]) == 0
+    _, by = _rows(tmp_path)
+    assert set(by) == {("rate", r, e) for r in ("bptt", "tbptt", "rflo") for e in ("torch", "compiled")}
+    assert "engine='compiled' is invalid" in by["rate", "bptt", "compiled"]["skipped"]
+    assert by["rate", "rflo", "compiled"]["engine_used"] == "compiled"
+    assert by["rate", "rflo", "torch"]["engine_used"] == by["rate", "bptt", "torch"]["engine_used"] == "torch"
+    for r in by.values():
+        if "steps_per_s" in r:  # compiled rflo against torch bptt (bptt has no compiled engine)
+            _check_stats(r, by["rate", "bptt", "torch"])
+    c, t = by["rate", "rflo", "compiled"], by["rate", "rflo", "torch"]
+    assert c["speedup_vs_torch"] == pytest.approx(c["steps_per_s"]["median"] / t["steps_per_s"]["median"])
+    md = (tmp_path / "train.md").read_text()
+    assert "n=32 compiled / torch" in md and "| rflo | compiled | " in md and "| bptt | compiled |" not in md
+    assert "no compiled engine for: rate bptt, tbptt" in md
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--rules", "nosuch"], "--rules nosuch: unknown"),
+    (["--models", "nosuch"], "--models nosuch: unknown"),
+    (["--n", "0"], "must be an integer >= 1"),
+    (["--steps", "x"], "invalid int value"),
+    (["--engine", "jit"], "--engine 'jit' is invalid"),
+    (["--bogus"], "unrecognized arguments"),
+])
+def test_bad_options_are_one_line_and_exit_2(argv, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main([*argv, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err and err.count("\n") == 1 and err.startswith("neuro bench train: error:")
+    assert not list(tmp_path.iterdir())
+
+
+def test_compiled_without_an_engine_setting_is_an_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "has_engine", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--engine", "compiled", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "no engine setting" in capsys.readouterr().err
