@@ -14,6 +14,11 @@ computes (every sequence end holds the whole state), so a resumed run is bit-ide
 run directory is written, any failure (a file that cannot be written, memory, a rule's error) raises
 :class:`neuro.errors.RunFailed` naming the cause, the last good checkpoint and how to continue; the
 checkpoint on disk is always the last good one.
+
+With a compiled engine (``run.engine``, :mod:`neuro.engine`), :meth:`Loop.sequence` runs the steps in ranges
+that end at the log points and the sequence's end, one engine call each, in place of its step-by-step loop:
+the same schedule, accumulator, optimizer (its state changed in place) and losses, so everything else here
+(metrics, checkpoints, the divergence check naming the step) is shared.
 """
 
 from __future__ import annotations

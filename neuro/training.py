@@ -49,8 +49,10 @@ bad one.
 *Parts.* The settings are a :class:`~neuro.train_config.TrainConfig`; :func:`prepare` checks them against
 the network, rule and task and loads the checkpoint to resume (writing nothing), and
 :meth:`Run.execute` runs the loop (:mod:`neuro.train_loop`). A stage schedule (:mod:`neuro.staged`) enters
-the loop as a hook. The network always runs in torch here, which gives every rule what its ``needs``
-declares; only rules that need no more than the loss take another simulator (the perturbation rules'
+the loop as a hook. The network runs in torch here, which gives every rule what its ``needs``
+declares, or, for the combinations of :data:`neuro.engine.REGISTRY` (``engine="auto"`` or ``"compiled"``), in
+a compiled engine that runs a range of steps (network, rule, loss, updates) in one call, to the same numbers
+(``tests/neuro/test_engine.py``); config.json's ``train.engine`` says which ran. Only rules that need no more than the loss take another simulator (the perturbation rules'
 ``forward=`` option, e.g. :class:`neuro.backends.brian2.Brian2Forward`).
 """
 
@@ -213,7 +215,8 @@ def train(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps: i
             ignored when resuming (the checkpoint's are used).
         **settings: fields of :class:`~neuro.train_config.TrainConfig` (``seed``, ``optimizer``, ``lr``,
             ``update_every``, ``batch``, ``run_dir``, ``log_every``, ``checkpoint_every``, ``resume``,
-            ``progress``, ``dtype``, ``device``, ``chunk``, ``schedule``, ``probe``), replacing ``config``'s.
+            ``progress``, ``dtype``, ``device``, ``chunk``, ``schedule``, ``probe``, ``engine``), replacing
+            ``config``'s.
             ``resume=True`` continues the run in ``run_dir`` from its checkpoint (or restarts it from step 0
             when it has a config but no checkpoint yet): every setting but ``steps`` (which may grow),
             ``progress``, ``checkpoint_every`` and ``device`` must match its config, and a mismatch is

@@ -100,6 +100,8 @@ def test_compiled_equals_torch(tmp_path, c, variant, run, opt, batch):
     _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
     _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
     _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
+    _close(loop_t.state, loop_c.state, "the loop's rule state")
+    _close(loop_t.opt.state_dict(), loop_c.opt.state_dict(), "the loop's optimizer")
     _close(_metrics(ck_t["metrics"]), _metrics(ck_c["metrics"]), "checkpoint metrics")
     assert ck_t["interval"]["steps"] == ck_c["interval"]["steps"]
     assert ck_c["config"]["train"]["engine"] == "compiled" and ck_t["config"]["train"]["engine"] == "torch"
@@ -205,3 +207,17 @@ def test_cli_engine_flag(tmp_path, capsys):
     assert main([*base, "--rule", "bptt", "--engine", "compiled"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("neuro: error: engine='compiled' is invalid") and len(err.strip().splitlines()) == 1
+
+
+def test_float32_runs_compiled_close_to_torch():
+    """float32 (its own compiled specialisation): the torch path's numbers to float32 rounding, over 40 steps."""
+    task = tasks.make("sine")
+    net = models.make("rate", n_in=1, n_hidden=8, n_out=1, alpha=0.5)
+    rule = rules.make("rflo", net)
+    h = {e: train(net, rule, task, 40, chunk=20, update_every=3, dtype="float32", progress=False, engine=e)
+         for e in ("torch", "compiled")}
+    assert h["compiled"].engine == "compiled"
+    for k, p in h["torch"].params.items():
+        assert h["compiled"].params[k].dtype == torch.float32
+        torch.testing.assert_close(h["compiled"].params[k], p, rtol=1e-4, atol=1e-5)
+    assert h["compiled"].metrics[-1]["loss"] == pytest.approx(h["torch"].metrics[-1]["loss"], rel=1e-4)
