@@ -180,7 +180,7 @@ def measure_group(model: str, n: int, rule_names: list[str], engines: list[str],
             row["error"] = " ".join(failed[id(case)].split())
             continue
         rates = [steps / s for s in case.seconds]
-        row.update({"engine_used": case.engine_used, "steps": steps, "blocks": rates,
+        row.update({"engine_used": case.engine_used, "steps": steps, "seconds": case.seconds, "blocks": rates,
                     "steps_per_s": _report.summarize(rates),
                     "loop_steps_per_s": _report.summarize(case.loop_rates)["median"],
                     "updates_per_block": case.updates, "n_params": case.n_params})

@@ -18,6 +18,8 @@ def _rows(tmp_path):
 def _check_stats(r, bptt):
     s = r["steps_per_s"]
     assert len(r["blocks"]) == s["n"] == 2 and all(b > 0 for b in r["blocks"])
+    assert r["blocks"] == [r["steps"] / t for t in r["seconds"]]  # steps per second of each timed call
+    assert r["loop_steps_per_s"] >= s["median"]  # the loop alone is part of each timed call
     assert s["min"] == min(r["blocks"]) <= s["median"] <= s["max"] == max(r["blocks"])
     assert s["spread"] == pytest.approx((s["max"] - s["min"]) / s["median"])
     assert r["vs_bptt"] == pytest.approx(s["median"] / bptt["steps_per_s"]["median"])
