@@ -39,7 +39,7 @@ QUICK = {
     "memory": (["--ts", "50", "100", "--n", "16", "--seeds", "0", "--rules", "eprop"], "bench_memory.json"),
     "batch": (["--quick"], "bench_seeds.json"),
     "rtrl": (["--quick"], "bench_cost.json"),
-    "train": (["--quick"], "train.json"),
+    "train": (["--quick", "--models", "rate", "--rules", "rflo"], "train.json"),
 }
 
 

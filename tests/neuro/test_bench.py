@@ -111,14 +111,14 @@ def test_write_atomic_replaces(tmp_path):
 
 
 @pytest.mark.slow
-def test_all_quick_runs_the_five_performance_sections(tmp_path, capsys):
-    """``neuro bench all --quick``: sim, rules, memory, batch (seeds) and rtrl (cost) each write figures."""
+def test_all_quick_runs_the_six_performance_sections(tmp_path, capsys):
+    """``neuro bench all --quick``: sim, rules, memory, batch (seeds), rtrl (cost) and train each write figures."""
     from neuro.cli import main as cli_main
 
     assert cli_main(["bench", "all", "--quick", "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     for name, fname in (("sim", "bench_sim.json"), ("rules", "bench_rules.json"), ("memory", "bench_memory.json"),
-                        ("batch", "bench_seeds.json"), ("rtrl", "bench_cost.json")):
+                        ("batch", "bench_seeds.json"), ("rtrl", "bench_cost.json"), ("train", "train.json")):
         assert f"neuro bench all: {name}: ok" in err
         assert json.loads((tmp_path / name / fname).read_text())
 
