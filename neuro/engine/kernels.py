@@ -13,7 +13,8 @@ import numpy as np
 
 from neuro._numba import numba
 
-__all__ = ["ADAM", "CE", "MSE", "SGD", "adam", "apply_update", "cast", "loss_and_error", "rate_step", "readout", "sgd"]
+__all__ = ["ADAM", "CE", "MSE", "SGD", "adam", "apply_update", "cast", "dot", "loss_and_error", "rate_step", "readout",
+           "sgd"]
 
 SGD, ADAM = 0, 1  # optimizer codes (apply_update)
 MSE, CE = 0, 1  # loss codes (loss_and_error)
@@ -27,6 +28,17 @@ def cast(x, like):  # noqa: ANN001, ANN201
     return a[0]
 
 
+@numba.njit(cache=True, fastmath={"reassoc"})
+def dot(a, b):  # noqa: ANN001, ANN201
+    """``sum_j a_j b_j`` of two contiguous 1-D arrays of one dtype, summed in whatever order vectorizes (the
+    partial sums in SIMD lanes; ``reassoc`` only, so NaN and inf propagate as in any order): a matrix product's
+    row, as BLAS sums it in an order of its own."""
+    s = cast(0.0, a)
+    for j in range(a.size):
+        s += a[j] * b[j]
+    return s
+
+
 @numba.njit(cache=True)
 def rate_step(W_in, W_rec, b, alpha, x, h, h_new, D):  # noqa: ANN001, ANN201
     """One step of the leaky tanh rate RNN (:mod:`models.rate`) for a batch, as its ``current``, ``neuron`` and
@@ -37,19 +49,12 @@ def rate_step(W_in, W_rec, b, alpha, x, h, h_new, D):  # noqa: ANN001, ANN201
 
     ``x`` [B, n_in], ``h`` [B, n] (read), ``h_new``, ``D`` [B, n] (written)."""
     nb, n = h.shape
-    n_in = x.shape[1]
     a = cast(alpha, h)
     leak = cast(1.0 - alpha, h)
     one = cast(1.0, h)
     for s in range(nb):
         for i in range(n):
-            ux = cast(0.0, h)
-            for j in range(n_in):
-                ux += x[s, j] * W_in[i, j]
-            uh = cast(0.0, h)
-            for j in range(n):
-                uh += h[s, j] * W_rec[i, j]
-            th = np.tanh(ux + uh + b[i])
+            th = np.tanh(dot(x[s], W_in[i]) + dot(h[s], W_rec[i]) + b[i])
             if alpha == 1.0:
                 h_new[s, i] = th
                 D[s, i] = one - th * th
@@ -64,10 +69,7 @@ def readout(W_out, b_out, h, y_hat):  # noqa: ANN001, ANN201
     nb, n = h.shape
     for s in range(nb):
         for k in range(W_out.shape[0]):
-            acc = cast(0.0, h)
-            for j in range(n):
-                acc += h[s, j] * W_out[k, j]
-            y_hat[s, k] = acc + b_out[k]
+            y_hat[s, k] = dot(h[s], W_out[k]) + b_out[k]
 
 
 @numba.njit(cache=True)
@@ -110,7 +112,7 @@ def loss_and_error(kind, y_hat, y, mask, eps):  # noqa: ANN001, ANN201
     return total / fb
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def sgd(ps, gs, lr):  # noqa: ANN001, ANN201
     """``torch.optim.SGD`` without momentum or weight decay: ``p <- p + (-lr) g`` for each pair of flat arrays."""
     for i in range(len(ps)):
@@ -120,7 +122,7 @@ def sgd(ps, gs, lr):  # noqa: ANN001, ANN201
             p[j] = p[j] + step * g[j]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def adam(ps, gs, ms, vs, steps, lr, beta1, beta2, eps):  # noqa: ANN001, ANN201
     """``torch.optim.Adam`` (no weight decay, amsgrad or maximize) as ``_single_tensor_adam`` computes it, for
     each parameter ``p`` with gradient ``g``, moments ``m`` (``exp_avg``), ``v`` (``exp_avg_sq``) and its step
@@ -143,14 +145,20 @@ def adam(ps, gs, ms, vs, steps, lr, beta1, beta2, eps):  # noqa: ANN001, ANN201
         root = cast(bc2 ** 0.5, p)
         e = cast(eps, p)
         step_size = cast(-(lr / bc1), p)
-        for j in range(p.size):
-            gj = g[j]
-            if w < 0.5:
-                m[j] = m[j] + wd * (gj - m[j])
-            else:
-                m[j] = gj - (gj - m[j]) * wc
-            v[j] = v[j] * b2 + c2 * gj * gj
-            p[j] = p[j] + step_size * (m[j] / (np.sqrt(v[j]) / root + e))
+        if w < 0.5:  # the branch outside the loops, each of which vectorizes
+            for j in range(p.size):
+                gj = g[j]
+                mj = m[j] + wd * (gj - m[j])
+                vj = v[j] * b2 + c2 * gj * gj
+                m[j], v[j] = mj, vj
+                p[j] = p[j] + step_size * (mj / (np.sqrt(vj) / root + e))
+        else:
+            for j in range(p.size):
+                gj = g[j]
+                mj = gj - (gj - m[j]) * wc
+                vj = v[j] * b2 + c2 * gj * gj
+                m[j], v[j] = mj, vj
+                p[j] = p[j] + step_size * (mj / (np.sqrt(vj) / root + e))
 
 
 @numba.njit(cache=True)
