@@ -53,6 +53,10 @@ class Combination:
 REGISTRY: tuple[Combination, ...] = (
     Combination(model="rate", rule="rflo", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
                 dtypes=("float32", "float64"), builder="neuro.engine.rflo:build"),
+    Combination(model="rate", rule="bptt", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
+                dtypes=("float32", "float64"), builder="neuro.engine.bptt:build"),
+    Combination(model="rate", rule="tbptt", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
+                dtypes=("float32", "float64"), builder="neuro.engine.bptt:build"),
 )
 
 
