@@ -221,3 +221,35 @@ def test_float32_runs_compiled_close_to_torch():
         assert h["compiled"].params[k].dtype == torch.float32
         torch.testing.assert_close(h["compiled"].params[k], p, rtol=1e-4, atol=1e-5)
     assert h["compiled"].metrics[-1]["loss"] == pytest.approx(h["torch"].metrics[-1]["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_tbptt_windows_cut_at_chunk_ends_and_updates_inside_them(tmp_path, opt):
+    """k = 7 on chunks of 20 (the last window of each chunk cut short by its end) with updates every 3 steps,
+    inside windows and between emissions, and ranges of 9 steps that end inside windows: the torch path's
+    numbers to 1e-10 in float64."""
+    c = next(c for c in REGISTRY if c.rule == "tbptt")
+    net, rule, task, settings = _setup(c, {"alpha": 0.5}, "continuing", k=7)
+    settings.update(update_every=3, optimizer=opt, batch=2, checkpoint_every=20)
+    (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = (_train(net, rule, task, tmp_path / e, engine=e, **settings)
+                                                 for e in ("torch", "compiled"))
+    assert h_c.engine == "compiled" and h_c.updates == h_t.updates == 9
+    _close(h_t.params, h_c.params, "params")
+    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
+    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
+    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+
+
+@pytest.mark.parametrize("name", ["bptt", "tbptt"])
+def test_float32_bptt_runs_compiled_close_to_torch(name):
+    """float32: the torch path's numbers to float32 rounding, over 40 steps."""
+    task = tasks.make("sine")
+    net = models.make("rate", n_in=1, n_hidden=8, n_out=1, alpha=0.5)
+    rule = rules.make(name, net)
+    h = {e: train(net, rule, task, 40, chunk=20, update_every=3, dtype="float32", progress=False, engine=e)
+         for e in ("torch", "compiled")}
+    assert h["compiled"].engine == "compiled"
+    for k, p in h["torch"].params.items():
+        assert h["compiled"].params[k].dtype == torch.float32
+        torch.testing.assert_close(h["compiled"].params[k], p, rtol=1e-4, atol=1e-5)
+    assert h["compiled"].metrics[-1]["loss"] == pytest.approx(h["torch"].metrics[-1]["loss"], rel=1e-4)
