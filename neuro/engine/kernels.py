@@ -13,8 +13,8 @@ import numpy as np
 
 from neuro._numba import numba
 
-__all__ = ["ADAM", "CE", "MSE", "SGD", "adam", "apply_update", "cast", "dot", "loss_and_error", "rate_step", "readout",
-           "sgd"]
+__all__ = ["ADAM", "CE", "MSE", "SGD", "adam", "adam_span", "adam_step", "apply_update", "cast", "dot", "loss_and_error",
+           "rate_step", "readout", "sgd"]
 
 SGD, ADAM = 0, 1  # optimizer codes (apply_update)
 MSE, CE = 0, 1  # loss codes (loss_and_error)
@@ -134,31 +134,41 @@ def adam(ps, gs, ms, vs, steps, lr, beta1, beta2, eps):  # noqa: ANN001, ANN201
 
     ``lerp(a, b, w) = a + w (b - a)`` for ``w < 0.5``, else ``b - (b - a)(1 - w)`` (torch's formula)."""
     for i in range(len(ps)):
-        p, g, m, v, st = ps[i], gs[i], ms[i], vs[i], steps[i]
-        st[0] += 1
-        step = float(st[0])
-        bc1 = 1.0 - beta1 ** step
-        bc2 = 1.0 - beta2 ** step
-        w = 1.0 - beta1
-        wd, wc = cast(w, p), cast(1.0 - w, p)
-        b2, c2 = cast(beta2, p), cast(1.0 - beta2, p)
-        root = cast(bc2 ** 0.5, p)
-        e = cast(eps, p)
-        step_size = cast(-(lr / bc1), p)
-        if w < 0.5:  # the branch outside the loops, each of which vectorizes
-            for j in range(p.size):
-                gj = g[j]
-                mj = m[j] + wd * (gj - m[j])
-                vj = v[j] * b2 + c2 * gj * gj
-                m[j], v[j] = mj, vj
-                p[j] = p[j] + step_size * (mj / (np.sqrt(vj) / root + e))
-        else:
-            for j in range(p.size):
-                gj = g[j]
-                mj = gj - (gj - m[j]) * wc
-                vj = v[j] * b2 + c2 * gj * gj
-                m[j], v[j] = mj, vj
-                p[j] = p[j] + step_size * (mj / (np.sqrt(vj) / root + e))
+        adam_span(ps[i], gs[i], ms[i], vs[i], adam_step(steps[i], lr, beta1, beta2, eps, ps[i]))
+
+
+@numba.njit(cache=True)
+def adam_step(st, lr, beta1, beta2, eps, like):  # noqa: ANN001, ANN201
+    """One parameter's Adam step begun: its count ``st`` (a one-element array) incremented, and the step's
+    scalars for :func:`adam_span` (in the dtype of ``like``; ``w = 1 - beta1`` as float64 for lerp's branch)."""
+    st[0] += 1
+    step = float(st[0])
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    w = 1.0 - beta1
+    return (w, cast(w, like), cast(1.0 - w, like), cast(beta2, like), cast(1.0 - beta2, like),
+            cast(bc2 ** 0.5, like), cast(eps, like), cast(-(lr / bc1), like))
+
+
+@numba.njit(cache=True, error_model="numpy")
+def adam_span(p, g, m, v, c):  # noqa: ANN001, ANN201
+    """Adam's update (:func:`adam`) of the elements of ``p``, ``m``, ``v`` (any span of a parameter: the whole,
+    a row) with the gradient ``g``, the step's scalars ``c`` from :func:`adam_step`."""
+    w, wd, wc, b2, c2, root, e, step_size = c
+    if w < 0.5:  # the branch outside the loops, each of which vectorizes
+        for j in range(p.size):
+            gj = g[j]
+            mj = m[j] + wd * (gj - m[j])
+            vj = v[j] * b2 + c2 * gj * gj
+            m[j], v[j] = mj, vj
+            p[j] = p[j] + step_size * (mj / (np.sqrt(vj) / root + e))
+    else:
+        for j in range(p.size):
+            gj = g[j]
+            mj = gj - (gj - m[j]) * wc
+            vj = v[j] * b2 + c2 * gj * gj
+            m[j], v[j] = mj, vj
+            p[j] = p[j] + step_size * (mj / (np.sqrt(vj) / root + e))
 
 
 @numba.njit(cache=True)

@@ -6,7 +6,10 @@ The rule is :mod:`neuro.rules.rflo` (Murray 2019; its module docstring states th
 :class:`models.rate.RateRNN` (not a subclass). Per step, :func:`rflo_range`: the network step
 (:func:`neuro.engine.kernels.rate_step`), the readout, the loss and its error, the traces, the step's estimate
 added to the loop's accumulator, and at the loop's schedule (``(t + 1) % update_every == 0`` or the sequence's
-last step) the optimizer's update with the sum, which zeroes it.
+last step) the optimizer's update with the sum, which zeroes it. The traces, the estimate and (with Adam, at an
+update) ``W_rec``'s update are one pass over the rows of ``P_rec``: each row of ``W_rec`` is updated as soon as
+its sum is complete (the network step of this step has already read it), the same arithmetic as the whole
+update after the pass.
 
 Both forms of the rule's state are run: the definition's :class:`~neuro.rules.rflo.RFLOState` (``P`` the
 current traces) and the windowed path's :class:`~neuro.rules._fast.rflo.RFLOWindowState` (``P`` the traces at
@@ -54,6 +57,8 @@ def rflo_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
     W_out, b_out = ps[3].reshape((n_out, n)), ps[4]
     g_in, g_rec, g_b = acc[0].reshape((n, n_in)), acc[1].reshape((n, n)), acc[2]
     g_out, g_bout = acc[3].reshape((n_out, n)), acc[4]
+    rows = n if opt_kind == K.ADAM else 0  # SGD: no moments (empty arrays)
+    m_rec, v_rec = ms[1].reshape((rows, n)), vs[1].reshape((rows, n))
     nb = h.shape[0]
     h_new = np.empty_like(h)
     D = np.empty_like(h)
@@ -73,26 +78,41 @@ def rflo_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
                 for k in range(n_out):
                     la += eps[s, k] * (W_out[k, a] if readout_fb else fb[a, k])
                 L[s, a] = la
-        for s in range(nb):  # the traces, and the estimate L_a P_ab summed over the batch
-            for a in range(n):
-                Da, La = D[s, a], L[s, a]
-                for j in range(n):
-                    P_rec[s, a, j] = d * P_rec[s, a, j] + Da * h[s, j]
-                    g_rec[a, j] += La * P_rec[s, a, j]
-                for j in range(n_in):
-                    P_in[s, a, j] = d * P_in[s, a, j] + Da * x[s, j]
-                    g_in[a, j] += La * P_in[s, a, j]
-                P_b[s, a] = d * P_b[s, a] + Da
-                g_b[a] += La * P_b[s, a]
         for k in range(n_out):  # the readout's exact gradient
             for s in range(nb):
                 e = eps[s, k]
                 for j in range(n):
                     g_out[k, j] += e * h_new[s, j]
                 g_bout[k] += e
+        update = t == n_seq - 1 or (t + 1) % every == 0
+        fused = update and opt_kind == K.ADAM
+        if fused:  # W_rec's Adam step begun; its rows are updated in the pass below, as each row's sum is done
+            c = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
+        for a in range(n):  # one pass over the rows: the traces, the estimate L_a P_ab summed over the batch
+            g_row = g_rec[a]
+            for s in range(nb):
+                Da, La = D[s, a], L[s, a]
+                P_row, h_s = P_rec[s, a], h[s]
+                for j in range(n):
+                    p = d * P_row[j] + Da * h_s[j]
+                    P_row[j] = p
+                    g_row[j] += La * p
+                for j in range(n_in):
+                    P_in[s, a, j] = d * P_in[s, a, j] + Da * x[s, j]
+                    g_in[a, j] += La * P_in[s, a, j]
+                P_b[s, a] = d * P_b[s, a] + Da
+                g_b[a] += La * P_b[s, a]
+            if fused:  # and W_rec's row updated with it, the row's sum zeroed
+                K.adam_span(W_rec[a], g_row, m_rec[a], v_rec[a], c)
+                g_row[:] = 0.0
         h[:, :] = h_new
-        if t == n_seq - 1 or (t + 1) % every == 0:
-            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+        if update:
+            if fused:
+                K.apply_update(opt_kind, (ps[0], ps[2], ps[3], ps[4]), (acc[0], acc[2], acc[3], acc[4]),
+                               (ms[0], ms[2], ms[3], ms[4]), (vs[0], vs[2], vs[3], vs[4]),
+                               (steps[0], steps[2], steps[3], steps[4]), hyper)
+            else:
+                K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
             updates += 1
             full = False
         else:
