@@ -66,7 +66,8 @@ def rflo_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
     y_hat = np.empty((nb, n_out), h.dtype)
     eps = np.empty((nb, n_out), h.dtype)
     d = K.cast(1.0 - alpha, h)
-    updates, full = 0, False
+    scratch = np.empty(n, h.dtype)  # a row's sum where W_rec's accumulator is known to be zero
+    updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
         x = xs[t]
         K.rate_step(W_in, W_rec, b, alpha, x, h, h_new, D)
@@ -88,8 +89,11 @@ def rflo_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
         fused = update and opt_kind == K.ADAM
         if fused:  # W_rec's Adam step begun; its rows are updated in the pass below, as each row's sum is done
             c = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
+        direct = fused and clean  # the row's sum is the step's estimate alone: summed in a scratch row instead
         for a in range(n):  # one pass over the rows: the traces, the estimate L_a P_ab summed over the batch
-            g_row = g_rec[a]
+            g_row = scratch if direct else g_rec[a]
+            if direct:
+                g_row[:] = 0.0
             for s in range(nb):
                 Da, La = D[s, a], L[s, a]
                 P_row, h_s = P_rec[s, a], h[s]
@@ -104,7 +108,8 @@ def rflo_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
                 g_b[a] += La * P_b[s, a]
             if fused:  # and W_rec's row updated with it, the row's sum zeroed
                 K.adam_span(W_rec[a], g_row, m_rec[a], v_rec[a], c)
-                g_row[:] = 0.0
+                if not direct:
+                    g_row[:] = 0.0
         h[:, :] = h_new
         if update:
             if fused:
@@ -114,9 +119,9 @@ def rflo_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
             else:
                 K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
             updates += 1
-            full = False
+            full, clean = False, True
         else:
-            full = True
+            full, clean = True, False
     return updates, full
 
 

@@ -109,6 +109,24 @@ def test_compiled_equals_torch(tmp_path, c, variant, run, opt, batch):
         assert all(float(s["step"]) == h_t.updates for s in ck_c["optimizer"]["state"].values())
 
 
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_rflo_updating_at_every_step_equals_torch(tmp_path, opt, batch):
+    """``update_every=1``: every step's estimate applied at once (the compiled RFLO sums W_rec's estimate in a
+    scratch row and updates W_rec row by row within the traces' pass), held to the torch path."""
+    c = next(c for c in REGISTRY if (c.model, c.rule) == ("rate", "rflo"))
+    net, rule, task, settings = _setup(c, {"alpha": 0.5}, "continuing")
+    settings["update_every"] = 1
+    got = {e: _train(net, rule, task, tmp_path / e, optimizer=opt, batch=batch, engine=e, **settings)
+           for e in ("torch", "compiled")}
+    (h_t, loop_t, _), (h_c, loop_c, _) = got["torch"], got["compiled"]
+    assert h_c.engine == "compiled" and h_c.updates == h_t.updates == settings["steps"]
+    _close(h_t.params, h_c.params, "params")
+    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
+    _close(loop_t.opt.state_dict(), loop_c.opt.state_dict(), "the loop's optimizer")
+    _close(loop_t.state, loop_c.state, "the loop's rule state")
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_a_resume_between_chunks_equals_the_uninterrupted_run(tmp_path, fast):
     """Both forms of the rule state (the windowed path's and the definition's); bit for bit."""
