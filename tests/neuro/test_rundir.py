@@ -271,20 +271,21 @@ def test_memory_and_loop_errors_after_the_start_are_run_failed(tmp_path, capsys,
     from neuro.rules import TBPTT
 
     d = tmp_path / "r"
+    torch_path = [*RUN, "--engine", "torch"]  # the failure is injected into the rule's Python step
     _fail_on_call(monkeypatch, TBPTT, "step", 25, MemoryError())
-    _one_line(capsys, main(["train", *RUN, "--checkpoint-every", "20", "--run-dir", str(d)]), 1,
+    _one_line(capsys, main(["train", *torch_path, "--checkpoint-every", "20", "--run-dir", str(d)]), 1,
               ["at step 24: out of memory", "(step 20)", "neuro train --resume --run-dir"])
     # an error inside the loop (a rule's, here), before any checkpoint: resume restarts the run
     monkeypatch.undo()
     _fail_on_call(monkeypatch, TBPTT, "step", 5, ValueError("got step 7 of a sequence but T=6"))
-    line = _one_line(capsys, main(["train", *RUN, "--run-dir", str(tmp_path / "s")]), 1,
+    line = _one_line(capsys, main(["train", *torch_path, "--run-dir", str(tmp_path / "s")]), 1,
                      ["at step 4: got step 7 of a sequence but T=6", "no checkpoint was written before it",
                       "neuro train --resume --run-dir"])
     assert "restarts the run" in line
     # without a run directory nothing was kept, and it says so
     monkeypatch.undo()
     _fail_on_call(monkeypatch, TBPTT, "step", 5, ValueError("got step 7 of a sequence but T=6"))
-    _one_line(capsys, main(["train", *RUN]), 1, ["the run failed: got step 7", "without --run-dir nothing was kept"])
+    _one_line(capsys, main(["train", *torch_path]), 1, ["the run failed: got step 7", "without --run-dir nothing was kept"])
 
 
 def test_library_failures_with_a_run_dir_are_run_failed_naming_resume_true(tmp_path, monkeypatch):

@@ -80,7 +80,7 @@ def test_a_config_and_keyword_settings_give_the_same_run():
 
 def test_resume_names_only_the_settings_that_differ(tmp_path):
     net = _rate()
-    run = dict(run_dir=tmp_path, chunk=10, **KW)
+    run = dict(run_dir=tmp_path, chunk=10, engine="torch", **KW)  # one engine whatever the network
     train(net, TBPTT(net, k=5), TASK, 20, lr=1e-2, **run)
     with pytest.raises(ValueError) as e:  # two settings differ: two entries, nothing else
         train(net, TBPTT(net, k=3), TASK, 40, lr=2e-2, resume=True, **run)
