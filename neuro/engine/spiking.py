@@ -1,0 +1,209 @@
+"""The LIF and ALIF neurons compiled (:mod:`models.lif`, :mod:`models.alif`), shared by every spiking engine: the
+network step (current, sub-threshold update, refractory hold, spike, reset, adaptation), the surrogate
+derivative, the leaky readout, and the element-wise derivatives of the step that the local rules read (the
+closed form of the models' ``neuron_derivatives``).
+
+A network is described to the kernels by two arrays (:func:`cell`): ``cf``, its coefficients in the
+parameters' dtype (each computed in double precision as the model computes it, then cast, as torch casts a
+Python number that multiplies a tensor), and ``ci``, its integer codes (dynamics, reset, surrogate, refractory
+period, adaptation). One step of a unit, for each ``dynamics`` of the model (``j = i_{t-1} + I_t``)::
+
+    exact:  v~ = rest + (v - rest) alpha + kappa j,   i_t = beta j,      rest = v_leak + b
+    euler:  v~ = v + dt/tau_mem (v_leak + b - v + j),  i_t = j (1 - dt/tau_syn)
+    lava:   i_t = beta i + I_t,   v~ = alpha v + i_t + b
+
+    v~    = v_reset where r_{t-1} > 0;   A = [r_{t-1} = 0]
+    theta = v_th (+ beta_a a_{t-1}, ALIF)
+    z_t   = [v~ > theta] A
+    psi   = scale / v_th * sigma'((v~ - theta) / (v_th width)) A          (triangle: max(0, 1 - |u|);
+                                                                           fast-sigmoid: 1 / (1 + |u|)^2)
+    v_t   = v~ - z_t v_th  (subtract)   or   v~ (1 - z_t) + z_t v_reset  (zero)
+    r_t   = refractory if z_t else max(r_{t-1} - 1, 0)
+    a_t   = rho a_{t-1} + z_t                                              (ALIF)
+
+and the readout ``y_t = kappa_out y_{t-1} + W_out z_t + b_out``. The derivatives (:func:`jacobian`), with
+``u = (vv, vi, vI, vb)`` the sub-threshold row of ``v`` (``net.subthreshold()``), ``w_a = beta_a`` and ``delta
+= 0`` where the reset is detached::
+
+    dz/dx = psi (u_x - w_x)
+    dv/dx = A u_x - delta v_th dz/dx                        (reset="subtract")
+          = (1 - z) A u_x + delta (v_reset - v~) dz/dx      (reset="zero")
+    di/di = ii,  di/dI = iI                                  da/dx = dz/dx (+ rho on a)
+
+All kernels are numba functions (``cache=True``) over arrays; a unit's step returns scalars, so a rule's loop
+over the units keeps everything in registers.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from models.alif import ALIF
+from models.lif import LIF
+from neuro._numba import numba
+from neuro.engine import kernels as K
+from neuro.engine.base import view
+
+__all__ = ["Cell", "DYNAMICS", "NetArrays", "cell", "jacobian", "layer", "leaky_readout", "net_arrays",
+           "net_state", "unit"]
+
+EXACT, EULER, LAVA = 0, 1, 2
+DYNAMICS = {"exact": EXACT, "euler": EULER, "lava": LAVA}
+SUBTRACT, ZERO = 0, 1
+TRIANGLE, FAST_SIGMOID = 0, 1
+SURROGATES = {"triangle": TRIANGLE, "fast-sigmoid": FAST_SIGMOID}
+
+# positions in ``cf``
+(P0, P1, P2, V_LEAK, V_TH, V_RESET, BETA_A, RHO, S_SCALE, S_DEN, REFRACTORY, VV, VI, VII, VB, II, III, DVTH, DELTA,
+ KAPPA_OUT, N_CF) = range(21)
+# positions in ``ci``
+DYN, RESET, SURR, REFRACT, ADAPT = range(5)
+
+
+class Cell(NamedTuple):
+    """A network's coefficients ``cf`` (its dtype) and codes ``ci`` (int64), as the kernels read them."""
+
+    cf: np.ndarray
+    ci: np.ndarray
+
+
+def cell(net: LIF, dtype: np.dtype) -> Cell:
+    """The kernels' description of ``net`` (LIF or ALIF, exact types) for arrays of ``dtype``."""
+    if type(net) not in (LIF, ALIF):
+        raise ValueError(f"model {type(net).__name__} is invalid for the compiled spiking cell: valid are LIF and ALIF")
+    cf = np.zeros(N_CF, np.float64)
+    if net.dynamics == "exact":
+        cf[P0], cf[P1], cf[P2] = net.alpha, net.kappa, net.beta
+    elif net.dynamics == "euler":
+        cf[P0], cf[P1] = net.dt / net.tau_mem, 1.0 - net.dt / net.tau_syn
+    else:
+        cf[P0], cf[P1] = net.alpha, net.beta
+    adapt = type(net) is ALIF
+    cf[V_LEAK], cf[V_TH], cf[V_RESET] = net.v_leak, net.v_th, net.v_reset
+    cf[BETA_A], cf[RHO] = (net.beta_a, net.rho) if adapt else (0.0, 0.0)
+    cf[S_SCALE], cf[S_DEN] = net.surrogate_scale / net.v_th, net.v_th * net.surrogate_width
+    cf[REFRACTORY] = float(net.refractory)
+    c = net.subthreshold()
+    cf[VV], cf[VI], cf[VII], cf[VB], cf[II], cf[III] = c.vv, c.vi, c.vI, c.vb, c.ii, c.iI
+    delta = 0.0 if net.detach_reset else 1.0
+    cf[DVTH], cf[DELTA] = delta * net.v_th, delta
+    cf[KAPPA_OUT] = net.kappa_out
+    ci = np.array([DYNAMICS[net.dynamics], SUBTRACT if net.reset == "subtract" else ZERO,
+                   SURROGATES[net.surrogate], int(net.refractory > 0), int(adapt)], np.int64)
+    return Cell(cf.astype(dtype), ci)
+
+
+@numba.njit(cache=True)
+def unit(cf, ci, b, I, v, i, r, a):  # noqa: ANN001, ANN201
+    """One unit's step (module docstring) from its state ``v, i, r, a`` (``a`` read only for ALIF), bias ``b`` and
+    current ``I``: ``(v_t, i_t, z_t, r_t, a_t, v~, psi, A)``."""
+    dyn = ci[DYN]
+    if dyn == EXACT:
+        j = i + I
+        rest = cf[V_LEAK] + b
+        vt = rest + (v - rest) * cf[P0] + cf[P1] * j
+        i_new = cf[P2] * j
+    elif dyn == EULER:
+        j = i + I
+        vt = v + cf[P0] * (cf[V_LEAK] + b - v + j)
+        i_new = j * cf[P1]
+    else:
+        i_new = i * cf[P1] + I
+        vt = v * cf[P0] + i_new + b
+    theta = cf[V_TH] + cf[BETA_A] * a if ci[ADAPT] else cf[V_TH]
+    one = cf[DELTA] * 0 + 1  # 1 in the dtype
+    act = one
+    if ci[REFRACT] and r > 0:
+        vt, act = cf[V_RESET], one * 0
+    z = one if (vt > theta and act > 0) else one * 0
+    u = (vt - theta) / cf[S_DEN]
+    if ci[SURR] == TRIANGLE:
+        sig = max(one - abs(u), one * 0)
+    else:
+        sig = one / ((one + abs(u)) * (one + abs(u)))
+    psi = cf[S_SCALE] * sig * act
+    if ci[RESET] == SUBTRACT:
+        v_new = vt - z * cf[V_TH]
+    else:
+        v_new = vt * (one - z) + z * cf[V_RESET]
+    r_new = r
+    if ci[REFRACT]:
+        r_new = cf[REFRACTORY] if z > 0 else max(r - one, one * 0)
+    a_new = cf[RHO] * a + z if ci[ADAPT] else a
+    return v_new, i_new, z, r_new, a_new, vt, psi, act
+
+
+@numba.njit(cache=True)
+def jacobian(cf, ci, vt, z, psi, act):  # noqa: ANN001, ANN201
+    """The step's derivatives of a unit (module docstring) at ``(v~, z, psi, A)`` from :func:`unit`:
+    ``(dz/dv, dz/di, dz/da, dz/dI, dz/db, dv/dv, dv/di, dv/da, dv/dI, dv/db)`` (``dz/da``, ``dv/da``: 0 without
+    adaptation). ``di/di = cf[II]``, ``di/dI = cf[III]``, ``da/dx = dz/dx`` plus ``cf[RHO]`` on ``a``."""
+    zv, zi, za = psi * cf[VV], psi * cf[VI], -(psi * cf[BETA_A])
+    zI, zb = psi * cf[VII], psi * cf[VB]
+    uv, ui, uI, ub = cf[VV], cf[VI], cf[VII], cf[VB]
+    if ci[REFRACT]:
+        uv, ui, uI, ub = uv * act, ui * act, uI * act, ub * act
+    if ci[RESET] == SUBTRACT:
+        d = cf[DVTH]
+        return zv, zi, za, zI, zb, uv - d * zv, ui - d * zi, -(d * za), uI - d * zI, ub - d * zb
+    one = cf[DELTA] * 0 + 1
+    keep, d = one - z, cf[DELTA] * (cf[V_RESET] - vt)
+    return zv, zi, za, zI, zb, keep * uv + d * zv, keep * ui + d * zi, d * za, keep * uI + d * zI, keep * ub + d * zb
+
+
+@numba.njit(cache=True)
+def layer(W_in, W_rec, b, cf, ci, x, v, i, z, r, a, I, vt, psi, act):  # noqa: ANN001, ANN201
+    """One step of the network's units for a batch: ``I = W_in x + W_rec z_{t-1}`` [B, n] and :func:`unit` per
+    unit, the state ``v, i, z, r, a`` [B, n] changed in place (``a``: ALIF, else left alone), ``I``, ``v~``, ``psi``
+    and ``A`` [B, n] written."""
+    nb, n = v.shape
+    for s in range(nb):
+        for j in range(n):
+            I[s, j] = K.dot(x[s], W_in[j]) + K.dot(z[s], W_rec[j])
+    for s in range(nb):
+        for j in range(n):
+            v[s, j], i[s, j], z[s, j], r[s, j], a[s, j], vt[s, j], psi[s, j], act[s, j] = unit(
+                cf, ci, b[j], I[s, j], v[s, j], i[s, j], r[s, j], a[s, j])
+
+
+@numba.njit(cache=True)
+def leaky_readout(W_out, b_out, kappa, z, y, y_hat):  # noqa: ANN001, ANN201
+    """``y_hat = kappa y + W_out z + b_out`` (``y`` [B, n_out], the readout's memory, set to ``y_hat`` too), the
+    linear part by :func:`neuro.engine.kernels.readout`."""
+    K.readout(W_out, b_out, z, y_hat)
+    nb, n_out = y_hat.shape
+    for s in range(nb):
+        for k in range(n_out):
+            y_hat[s, k] = kappa * y[s, k] + y_hat[s, k]
+            y[s, k] = y_hat[s, k]
+
+
+class NetArrays(NamedTuple):
+    """A LIF/ALIF state's arrays, fresh copies (the engines write them in place): ``v, i, z, r, a`` [B, n]
+    (``a`` zeros for LIF), ``y`` [B, n_out]."""
+
+    v: np.ndarray
+    i: np.ndarray
+    z: np.ndarray
+    r: np.ndarray
+    a: np.ndarray
+    y: np.ndarray
+
+
+def net_arrays(state: NamedTuple) -> NetArrays:
+    """Fresh contiguous copies of a LIF or ALIF state's tensors, as arrays (torch's tensors are left alone:
+    a rule's older state may share them)."""
+    a = state.a if hasattr(state, "a") else torch.zeros_like(state.v)
+    return NetArrays(*(view(t.detach().clone(memory_format=torch.contiguous_format)) for t in
+                       (state.v, state.i, state.z, state.r, a, state.y)))
+
+
+def net_state(state: NamedTuple, arrays: NetArrays) -> NamedTuple:
+    """``state`` (LIF's or ALIF's) with its tensors replaced by ``arrays``'."""
+    new = {f: torch.from_numpy(getattr(arrays, f)) for f in ("v", "i", "z", "r", "y")}
+    if hasattr(state, "a"):
+        new["a"] = torch.from_numpy(arrays.a)
+    return state._replace(**new)
