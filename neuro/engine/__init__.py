@@ -57,6 +57,10 @@ REGISTRY: tuple[Combination, ...] = (
                 dtypes=("float32", "float64"), builder="neuro.engine.bptt:build"),
     Combination(model="rate", rule="tbptt", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
                 dtypes=("float32", "float64"), builder="neuro.engine.bptt:build"),
+    Combination(model="lstm", rule="bptt", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
+                dtypes=("float32", "float64"), builder="neuro.engine.lstm_bptt:build"),
+    Combination(model="lstm", rule="tbptt", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
+                dtypes=("float32", "float64"), builder="neuro.engine.lstm_bptt:build"),
 )
 
 
