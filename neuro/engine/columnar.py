@@ -1,0 +1,269 @@
+"""Columnar and constructive RTRL on networks of single-unit columns, compiled: a range of steps of online
+training in one numba call.
+
+The rules are :mod:`neuro.rules.columnar` and :mod:`neuro.rules.constructive` (Javed, Shah, Sutton & White
+2023; their module docstrings state the equations), on :class:`models.columnar.Columnar` and
+:class:`models.constructive.Constructive` (not subclasses); TD(lambda) over either is
+:mod:`neuro.engine.td`. The columnar network is the constructive one with a single stage and no
+feed-forward weights, so one kernel, :func:`columns_range`, runs both: the columns ``0 .. lo - 1`` are
+frozen (computed in stage order, each reading the current ``h_t`` of the stages before it), ``lo .. hi - 1``
+learn, the later ones are inactive (``h = c = 0``). A learning column ``k`` has the features
+``z_{t,k} = (x_t, u_t, h_{t-1,k}, 1)`` (``u_t = h_t[:lo]``) and the traces ``M_{t,k} = d(h, c)_{t,k} /
+dtheta_k``, stored as the rules' fast paths store them (``[B, S_c, m, G, F]``); per step, for the LSTM cell
+(gates ``i, f, g, o``, ``'`` their derivatives)::
+
+    kc = (i' g, f' c_{t-1}, i g', 0)        alpha = sum_G kc_G w_rec[G]
+    Mc_t = f Mc_{t-1} + alpha Mh_{t-1} + kc (x) z
+    Mh_t = o' tanh(c_t) w_rec[o] Mh_{t-1} + o (1 - tanh^2 c_t) Mc_t + (0, 0, 0, o' tanh c_t) (x) z
+
+and for the rate cell ``Mh_t = (1 - h_t^2) (w_rec Mh_{t-1} + 1 (x) z)``. The estimate of step ``t``, with
+``e_t = dl_t/dy_t`` (:func:`neuro.engine.kernels.loss_and_error`)::
+
+    dl_t/dtheta_k = sum_b (e_t W_out)_{b,k} Mh_{t,k}      dl_t/dW_out = e_t^T h_t      dl_t/db_out = sum_b e_t
+
+is added to the loop's accumulator, and at the loop's schedule (``(t + 1) % update_every == 0`` or the
+sequence's last step) the optimizer applies the sum (:func:`neuro.engine.kernels.apply_update`). Every other
+parameter's estimate is zero; its accumulator stays zero and, with its optimizer moments zero (a fresh stage's
+optimizer, :mod:`neuro.staged`), an update leaves it exactly unchanged, so the update runs over the learning
+columns' rows and the readout only (over every row where the moments outside are not zero).
+
+The rule state is the fast path's (``fast=True``; a rule built with ``fast=False`` runs on the torch path):
+the engine works on copies of its tensors and returns a new state holding them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from models.columnar import Columnar
+from models.constructive import Constructive
+from neuro._numba import numba
+from neuro.contract import Params
+from neuro.engine import kernels as K
+from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat, view
+from neuro.engine.optim import OptimizerArrays
+from neuro.rules.columnar import ColumnarRTRL
+from neuro.rules.constructive import ConstructiveRTRL
+
+__all__ = ["ColumnsEngine", "Layout", "build", "column_step", "columns_range"]
+
+LOSSES = {"mse": K.MSE, "ce": K.CE}
+
+
+@numba.njit(cache=True)
+def _sigmoid(a):  # noqa: ANN001, ANN201
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+@numba.njit(cache=True)
+def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn, cn, M):  # noqa: ANN001, ANN201
+    """One sample's network step and the learning columns' traces (module docstring): ``x`` [n_in], ``h``,
+    ``c`` [n] the state before the step (read), ``hn``, ``cn`` [n] after it (written), ``M`` [S_c, m, G F] the
+    traces (updated in place)."""
+    n = h.shape[0]
+    F = n_in + lo + 2
+    one = K.cast(1.0, h)
+    for k in range(hi):
+        nff = min((k // per_stage) * per_stage, lo)  # the columns it reads: the earlier stages (at most lo)
+        learning = k >= lo
+        i = k - lo
+        if lstm:
+            a0 = K.dot(x, W_in[k, 0]) + h[k] * w_rec[k, 0] + b[k, 0]
+            a1 = K.dot(x, W_in[k, 1]) + h[k] * w_rec[k, 1] + b[k, 1]
+            a2 = K.dot(x, W_in[k, 2]) + h[k] * w_rec[k, 2] + b[k, 2]
+            a3 = K.dot(x, W_in[k, 3]) + h[k] * w_rec[k, 3] + b[k, 3]
+            if nff > 0:
+                a0 += K.dot(hn[:nff], W_ff[k, 0, :nff])
+                a1 += K.dot(hn[:nff], W_ff[k, 1, :nff])
+                a2 += K.dot(hn[:nff], W_ff[k, 2, :nff])
+                a3 += K.dot(hn[:nff], W_ff[k, 3, :nff])
+            si, sf, gg, so = _sigmoid(a0), _sigmoid(a1), np.tanh(a2), _sigmoid(a3)
+            cp = c[k]
+            ct = sf * cp + si * gg
+            tc = np.tanh(ct)
+            hn[k] = so * tc
+            cn[k] = ct
+            if not learning:
+                continue
+            kc0 = si * (one - si) * gg
+            kc1 = sf * (one - sf) * cp
+            kc2 = si * (one - gg * gg)
+            do_tc = so * (one - so) * tc
+            alpha = kc0 * w_rec[k, 0] + kc1 * w_rec[k, 1] + kc2 * w_rec[k, 2]
+            ch = do_tc * w_rec[k, 3]
+            cc = so * (one - tc * tc)
+            Mh, Mc = M[0, i], M[1, i]
+            for g in range(4):
+                kg = kc0 if g == 0 else (kc1 if g == 1 else (kc2 if g == 2 else K.cast(0.0, h)))
+                dz = do_tc if g == 3 else K.cast(0.0, h)
+                base = g * F
+                for f in range(F):
+                    zf = x[f] if f < n_in else (hn[f - n_in] if f < n_in + lo else (h[k] if f == n_in + lo else one))
+                    q = base + f
+                    mh = Mh[q]
+                    mc = Mc[q] * sf + mh * alpha + kg * zf
+                    Mc[q] = mc
+                    Mh[q] = mh * ch + mc * cc + dz * zf
+        else:
+            a = K.dot(x, W_in[k, 0]) + h[k] * w_rec[k, 0] + b[k, 0]
+            if nff > 0:
+                a += K.dot(hn[:nff], W_ff[k, 0, :nff])
+            ht = np.tanh(a)
+            hn[k] = ht
+            if not learning:
+                continue
+            d = one - ht * ht
+            cw = d * w_rec[k, 0]
+            Mh = M[0, i]
+            for f in range(F):
+                zf = x[f] if f < n_in else (hn[f - n_in] if f < n_in + lo else (h[k] if f == n_in + lo else one))
+                Mh[f] = Mh[f] * cw + d * zf
+    for k in range(hi, n):  # inactive: held at zero
+        hn[k] = 0.0
+        cn[k] = 0.0
+    return 0
+
+
+@numba.njit(cache=True)
+def columns_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_out,  # noqa: ANN001, ANN201
+                  g_in, g_ff, g_rec, g_b, g_out, g_bout, ups, ugs, ums, uvs, usteps, opt_kind, hyper, loss_kind,
+                  h, c, M, xs, ys, mask, t0, t1, n_seq, every, losses):
+    """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps of columnar / constructive RTRL (module
+    docstring). ``W_in`` [n, G, n_in], ``W_ff`` [n, G, n or 0], ``w_rec``, ``b`` [n, G], ``W_out`` [n_out, n],
+    ``b_out``: the parameters, ``g_*`` the accumulator in the same shapes; ``ups``, ``ugs``, ``ums``, ``uvs``,
+    ``usteps``: the flat spans the optimizer updates (the learning columns' rows and the readout), ``opt_kind``,
+    ``hyper`` (:func:`neuro.engine.kernels.apply_update`); ``h``, ``c`` [B, n], ``M`` [B, S_c, m, G F] the rule
+    state; ``xs`` [T, B, n_in], ``ys`` [T, B, n_out], ``mask`` [T, B]; ``losses`` [t1 - t0] (written).
+    Returns the updates applied and whether the accumulator holds estimates not yet applied."""
+    nb, n = h.shape
+    n_out = W_out.shape[0]
+    G = 4 if lstm else 1
+    F = n_in + lo + 2
+    hn = np.empty_like(h)
+    cn = np.empty_like(c)
+    y_hat = np.empty((nb, n_out), h.dtype)
+    eps = np.empty((nb, n_out), h.dtype)
+    updates, full = 0, False
+    for t in range(t0, t1):
+        x = xs[t]
+        for s in range(nb):
+            column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x[s], h[s], c[s], hn[s], cn[s], M[s])
+        K.readout(W_out, b_out, hn, y_hat)
+        losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
+        for s in range(nb):
+            for k in range(lo, hi):
+                eh = K.cast(0.0, h)
+                for o in range(n_out):
+                    eh += eps[s, o] * W_out[o, k]
+                Mh = M[s, 0, k - lo]
+                for g in range(G):
+                    base = g * F
+                    for j in range(n_in):
+                        g_in[k, g, j] += eh * Mh[base + j]
+                    for j in range(lo):
+                        g_ff[k, g, j] += eh * Mh[base + n_in + j]
+                    g_rec[k, g] += eh * Mh[base + n_in + lo]
+                    g_b[k, g] += eh * Mh[base + n_in + lo + 1]
+        for o in range(n_out):
+            for s in range(nb):
+                e = eps[s, o]
+                for k in range(n):
+                    g_out[o, k] += e * hn[s, k]
+                g_bout[o] += e
+        h[:, :] = hn
+        c[:, :] = cn
+        if t == n_seq - 1 or (t + 1) % every == 0:
+            K.apply_update(opt_kind, ups, ugs, ums, uvs, usteps, hyper)
+            updates += 1
+            full = False
+        else:
+            full = True
+    return updates, full
+
+
+class Layout(NamedTuple):
+    """Where a columns network's parameters sit for :func:`columns_range`: the model's parameter names in the
+    kernel's order, the learning columns ``lo .. hi - 1``, the columns per stage, and whether it is LSTM."""
+
+    names: tuple[str, ...]
+    lo: int
+    hi: int
+    per_stage: int
+    lstm: bool
+
+    @classmethod
+    def of(cls, net: Columnar | Constructive) -> Layout:
+        if isinstance(net, Constructive):
+            sl = net.stage_columns(net.stage)
+            return cls(("W_in", "W_ff", "w_rec", "b", "W_out", "b_out"), sl.start, sl.stop, net.per_stage,
+                       net.cell == "lstm")
+        return cls(("W_in", "w_rec", "b", "W_out", "b_out"), 0, net.n_hidden, net.n_hidden, net.cell == "lstm")
+
+    def arrays(self, tensors: Params) -> tuple[np.ndarray, ...]:
+        """``W_in``, ``W_ff`` (an empty [n, G, 0] for the columnar network), ``w_rec``, ``b``, ``W_out``,
+        ``b_out`` of ``tensors`` (parameters or an accumulator) as arrays sharing their memory."""
+        W_in = view(tensors["W_in"])
+        W_ff = view(tensors["W_ff"]) if "W_ff" in tensors else np.zeros((*W_in.shape[:2], 0), W_in.dtype)
+        return (W_in, W_ff, view(tensors["w_rec"]), view(tensors["b"]), view(tensors["W_out"]), view(tensors["b_out"]))
+
+    def spans(self, params: Params, acc: Params, opt: torch.optim.Optimizer) -> tuple:
+        """The flat spans the optimizer updates (module docstring): ``ps, gs, ms, vs, steps, kind, hyper``."""
+        o = OptimizerArrays.of(opt, [params[k] for k in self.names])
+        ps = [flat(params[k]) for k in self.names]
+        gs = [flat(acc[k]) for k in self.names]
+        ms, vs = list(o.ms), list(o.vs)
+        n = params["W_in"].shape[0]
+        if (self.lo, self.hi) != (0, n):
+            cols = [i for i, k in enumerate(self.names) if k not in ("W_out", "b_out")]
+            per_row = [ps[i].size // n for i in cols]
+            outside = o.kind == K.ADAM and any(
+                np.any(a[:self.lo * r]) or np.any(a[self.hi * r:]) for i, r in zip(cols, per_row) for a in (ms[i], vs[i]))
+            if not outside:  # the rows outside are left exactly as they are: not visited
+                for i, r in zip(cols, per_row):
+                    sl = slice(self.lo * r, self.hi * r)
+                    ps[i], gs[i] = ps[i][sl], gs[i][sl]
+                    if o.kind == K.ADAM:
+                        ms[i], vs[i] = ms[i][sl], vs[i][sl]
+        return tuple(ps), tuple(gs), tuple(ms), tuple(vs), o.steps, o.kind, o.hyper
+
+
+def net_state(net: Columnar | Constructive, h: torch.Tensor, c: torch.Tensor) -> NamedTuple:
+    """The network state holding ``h`` (and ``c`` for the LSTM cell)."""
+    return net.State(h=h, c=c) if net.cell == "lstm" else net.State(h=h)
+
+
+class ColumnsEngine(Engine):
+    """:func:`columns_range` for one columnar or constructive RTRL rule on its network (module docstring)."""
+
+    def __init__(self, net: Columnar | Constructive, rule: ColumnarRTRL | ConstructiveRTRL) -> None:
+        self.net, self.rule = net, rule
+        self.layout = Layout.of(net)
+        self.loss_kind = LOSSES[rule.loss]
+
+    def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
+            t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
+        lay, net = self.layout, self.net
+        h = state.net.h.clone(memory_format=torch.contiguous_format)
+        c = state.net.c.clone(memory_format=torch.contiguous_format) if lay.lstm else torch.zeros_like(h)
+        M = state.M.clone(memory_format=torch.contiguous_format)
+        Mv = view(M).reshape(M.shape[0], M.shape[1], M.shape[2], -1)
+        losses = np.empty(t1 - t0, view(h).dtype)
+        updates, full = columns_range(lay.lstm, net.n_in, lay.per_stage, lay.lo, lay.hi, *lay.arrays(params),
+                                      *lay.arrays(acc), *lay.spans(params, acc, opt), self.loss_kind, view(h), view(c),
+                                      Mv, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
+        new = state._replace(net=net_state(net, h, c), M=M)
+        return RangeResult(state=new, losses=losses, updates=int(updates), pending=bool(full))
+
+
+def build(net: object, rule: object) -> ColumnsEngine | None:
+    """The engine for ``rule`` on ``net``: columnar RTRL on the columnar network or constructive RTRL on the
+    constructive one (neither a subclass), on the fast path's state, with the loss mse or ce; ``None``
+    otherwise."""
+    pair = (type(net), type(rule))
+    if pair not in ((Columnar, ColumnarRTRL), (Constructive, ConstructiveRTRL)) or not rule.fast \
+            or rule.loss not in LOSSES:
+        return None
+    return ColumnsEngine(net, rule)

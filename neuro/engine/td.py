@@ -1,0 +1,185 @@
+"""TD(lambda) over columnar or constructive RTRL, compiled: a range of steps of online training in one numba
+call.
+
+The rule is :mod:`neuro.rules.td` (Sutton 1988; Javed, Shah, Sutton & White 2023; its module docstring
+states the equations) with the inner rule ``columnar`` on :class:`models.columnar.Columnar` or
+``constructive`` on :class:`models.constructive.Constructive` (:mod:`neuro.engine.columnar`: the network
+step and the learning columns' traces, :func:`neuro.engine.columnar.column_step`). The inner rule's loss is
+``value`` (``v_t = sum_k y_hat_{t,k}``, error 1 at every output), so its per-sample estimate is
+``grad v_t``: ``(1 W_out)_k Mh_{t,k}`` for a learning column's ``theta_k``, ``h_t`` for ``W_out``, 1 for
+``b_out``. Per step and sample ``b`` (each sample its own TD process)::
+
+    delta_t = c_t + gamma v_t - v_{t-1}              (c_t = x_t[cumulant_input], or sum_k y_t)
+    estimate_t += -[mask_t] delta_t e_{t-1} / B      e_t = gamma lam e_{t-1} + grad v_t
+
+the estimate added to the loop's accumulator and applied at the loop's schedule as in
+:mod:`neuro.engine.columnar` (the learning columns' rows and the readout). The per-step loss reported is the
+rule's own (``mse`` or ``ce`` of ``y_hat_t`` against ``y_t``, :func:`neuro.engine.kernels.loss_and_error`).
+The eligibility traces of the frozen and inactive columns are zero (the rule's ``init`` makes them so and
+their ``grad v_t`` is zero) and are not visited.
+
+The rule state is :class:`~neuro.rules.td.TDLambdaState` with the inner rule's fast-path states (batch 1
+each, side by side in the kernel); the engine works on copies and returns a new state holding them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from models.columnar import Columnar
+from models.constructive import Constructive
+from neuro._numba import numba
+from neuro.contract import Params
+from neuro.engine import kernels as K
+from neuro.engine.base import Engine, RangeResult, SequenceArrays, view
+from neuro.engine.columnar import LOSSES, Layout, column_step, net_state
+from neuro.rules.columnar import ColumnarRTRL
+from neuro.rules.constructive import ConstructiveRTRL
+from neuro.rules.td import TDLambda
+
+__all__ = ["TDEngine", "build", "td_range"]
+
+
+@numba.njit(cache=True)
+def td_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_out,  # noqa: ANN001, ANN201
+             g_in, g_ff, g_rec, g_b, g_out, g_bout, ups, ugs, ums, uvs, usteps, opt_kind, hyper, loss_kind,
+             h, c, M, E_in, E_ff, E_rec, E_b, E_out, E_bout, v_prev, delta, gamma, decay, ci,
+             xs, ys, mask, t0, t1, n_seq, every, losses):
+    """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps of TD(lambda) (module docstring). The arguments
+    as :func:`neuro.engine.columnar.columns_range`'s, and ``E_*`` the eligibility traces [B, *shape] of the
+    parameters, ``v_prev``, ``delta`` [B], ``gamma``, ``decay = gamma lam``, ``ci`` the cumulant's input (-1:
+    the target summed over outputs). All changed in place. Returns the updates applied and whether the
+    accumulator holds estimates not yet applied."""
+    nb, n = h.shape
+    n_out = W_out.shape[0]
+    G = 4 if lstm else 1
+    F = n_in + lo + 2
+    hn = np.empty_like(h)
+    cn = np.empty_like(c)
+    y_hat = np.empty((nb, n_out), h.dtype)
+    eps = np.empty((nb, n_out), h.dtype)
+    d = K.cast(decay, h)
+    gm = K.cast(gamma, h)
+    one = K.cast(1.0, h)
+    fb = K.cast(nb, h)
+    eh = np.empty(n, h.dtype)
+    for k in range(lo, hi):  # dv/dh_k = sum_o W_out[o, k], fixed between updates
+        eh[k] = 0.0
+    updates, full = 0, False
+    for t in range(t0, t1):
+        x = xs[t]
+        for s in range(nb):
+            column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x[s], h[s], c[s], hn[s], cn[s], M[s])
+        K.readout(W_out, b_out, hn, y_hat)
+        losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
+        for k in range(lo, hi):
+            e = K.cast(0.0, h)
+            for o in range(n_out):
+                e += W_out[o, k]
+            eh[k] = e
+        for s in range(nb):
+            v = K.cast(0.0, h)
+            for o in range(n_out):
+                v += y_hat[s, o]
+            if ci >= 0:
+                cum = x[s, ci]
+            else:
+                cum = K.cast(0.0, h)
+                for o in range(n_out):
+                    cum += ys[t, s, o]
+            dl = cum + gm * v - v_prev[s]
+            w = (-dl if mask[t, s] != 0 else K.cast(0.0, h)) / fb
+            for k in range(lo, hi):
+                ek = eh[k]
+                Mh = M[s, 0, k - lo]
+                for g in range(G):
+                    base = g * F
+                    ei, gi = E_in[s, k, g], g_in[k, g]
+                    for j in range(n_in):
+                        gi[j] += w * ei[j]
+                        ei[j] = d * ei[j] + ek * Mh[base + j]
+                    ef, gf = E_ff[s, k, g], g_ff[k, g]
+                    for j in range(lo):
+                        gf[j] += w * ef[j]
+                        ef[j] = d * ef[j] + ek * Mh[base + n_in + j]
+                    g_rec[k, g] += w * E_rec[s, k, g]
+                    E_rec[s, k, g] = d * E_rec[s, k, g] + ek * Mh[base + n_in + lo]
+                    g_b[k, g] += w * E_b[s, k, g]
+                    E_b[s, k, g] = d * E_b[s, k, g] + ek * Mh[base + n_in + lo + 1]
+            for o in range(n_out):
+                eo, go = E_out[s, o], g_out[o]
+                for k in range(n):
+                    go[k] += w * eo[k]
+                    eo[k] = d * eo[k] + hn[s, k]
+                g_bout[o] += w * E_bout[s, o]
+                E_bout[s, o] = d * E_bout[s, o] + one
+            v_prev[s] = v
+            delta[s] = dl
+        h[:, :] = hn
+        c[:, :] = cn
+        if t == n_seq - 1 or (t + 1) % every == 0:
+            K.apply_update(opt_kind, ups, ugs, ums, uvs, usteps, hyper)
+            updates += 1
+            full = False
+        else:
+            full = True
+    return updates, full
+
+
+def _copy(t: torch.Tensor) -> torch.Tensor:
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+class TDEngine(Engine):
+    """:func:`td_range` for one TD(lambda) rule over columnar or constructive RTRL (module docstring)."""
+
+    def __init__(self, net: Columnar | Constructive, rule: TDLambda) -> None:
+        self.net, self.rule = net, rule
+        self.layout = Layout.of(net)
+        self.loss_kind = LOSSES[rule.loss]
+        self.ci = -1 if rule.cumulant_input is None else int(rule.cumulant_input)
+
+    def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
+            t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
+        lay, net, rule = self.layout, self.net, self.rule
+        inner = state.inner
+        h = torch.cat([s.net.h for s in inner])
+        c = torch.cat([s.net.c for s in inner]) if lay.lstm else torch.zeros_like(h)
+        M = torch.cat([s.M for s in inner])
+        e = {k: _copy(v) for k, v in state.e.items()}
+        if "W_ff" not in e:
+            e["W_ff"] = torch.zeros((h.shape[0], *params["W_in"].shape[:2], 0), dtype=h.dtype)
+        n = h.shape[1]
+        if (lay.lo, lay.hi) != (0, n) and any(bool(e[k][:, :lay.lo].any() or e[k][:, lay.hi:].any())
+                                              for k in ("W_in", "W_ff", "w_rec", "b")):
+            raise ValueError(f"the eligibility traces of columns outside the learning stage {net.stage} are not zero: "
+                             "valid is a state of this stage's rule (its init)")
+        v_prev, delta = _copy(state.v_prev), _copy(state.delta)
+        Mv = view(M).reshape(M.shape[0], M.shape[1], M.shape[2], -1)
+        losses = np.empty(t1 - t0, view(h).dtype)
+        updates, full = td_range(lay.lstm, net.n_in, lay.per_stage, lay.lo, lay.hi, *lay.arrays(params),
+                                 *lay.arrays(acc), *lay.spans(params, acc, opt), self.loss_kind, view(h), view(c), Mv,
+                                 *lay.arrays(e), view(v_prev), view(delta), float(rule.gamma),
+                                 float(rule.gamma * rule.lam), self.ci, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every,
+                                 losses)
+        new_inner = tuple(s._replace(net=net_state(net, h[b:b + 1], c[b:b + 1]), M=M[b:b + 1])
+                          for b, s in enumerate(inner))
+        e = {k: e[k] for k in state.e}
+        new = state._replace(net=net_state(net, h, c), inner=new_inner, e=e, v_prev=v_prev, delta=delta)
+        return RangeResult(state=new, losses=losses, updates=int(updates), pending=bool(full))
+
+
+def build(net: object, rule: object) -> TDEngine | None:
+    """The engine for ``rule`` on ``net``: TD(lambda) (not a subclass) over ``columnar`` on the columnar network
+    or ``constructive`` on the constructive one, the inner rule on its fast path, the rule's loss mse or ce;
+    ``None`` otherwise."""
+    if type(rule) is not TDLambda or rule.loss not in LOSSES:
+        return None
+    inner = rule.inner
+    pair = (type(net), type(inner))
+    if pair not in ((Columnar, ColumnarRTRL), (Constructive, ConstructiveRTRL)) or not inner.fast:
+        return None
+    return TDEngine(net, rule)
