@@ -96,6 +96,7 @@ class Loop:
         self.continue_with = continue_with or f"train(..., run_dir={str(run.config.run_dir)!r}, resume=True)"
         self.writing: Path | None = None  # the file being written, while it is
         self.rule, ck = run.rule, run.resume_from
+        self.engine: Engine | None = run.engine  # rebuilt when a hook puts in a new rule
         if ck is None:
             torch.default_generator.manual_seed(self.config.seed_for("torch"))
             if run.device.type == "cuda":
@@ -193,7 +194,10 @@ class Loop:
         whole = c.offset + n == (self.run.task.trial_steps if self.run.task.episodic else self.config.chunk)
         xs, ys, mask = seq.xs, seq.ys, seq.mask
         frac = mask[:n].to(torch.float64).mean(1).tolist()
-        engine = self.run.engine if self.rule is getattr(self.run.engine, "rule", None) else None
+        if self.engine is not None and self.rule is not self.engine.rule:  # a hook (a stage schedule) put in a new rule
+            rebuild = getattr(self.engine, "rebuild", None)  # the same combination's builder (neuro.engine.select)
+            self.engine = None if rebuild is None else rebuild(self.rule.net, self.rule)
+        engine = self.engine
         arrays = None if engine is None else SequenceArrays.of(seq, self.run.dtype)
         t = 0
         while t < n:

@@ -61,24 +61,38 @@ REGISTRY: tuple[Combination, ...] = (
                 dtypes=("float32", "float64"), builder="neuro.engine.lstm_bptt:build"),
     Combination(model="lstm", rule="tbptt", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
                 dtypes=("float32", "float64"), builder="neuro.engine.lstm_bptt:build"),
+    Combination(model="columnar", rule="columnar", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
+                dtypes=("float32", "float64"), builder="neuro.engine.columnar:build"),
+    Combination(model="constructive", rule="constructive", optimizers=("adam", "sgd"), losses=("mse", "ce"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.columnar:build"),
+    Combination(model="columnar", rule="td-lambda", optimizers=("adam", "sgd"), losses=("value",), devices=("cpu",),
+                dtypes=("float32", "float64"), builder="neuro.engine.td:build"),
+    Combination(model="constructive", rule="td-lambda", optimizers=("adam", "sgd"), losses=("value",),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.td:build"),
 )
 
 
 def supported() -> str:
     """The supported combinations, in words (one phrase each, joined by ``"; "``)."""
-    return "; ".join(c.describe() for c in REGISTRY) + " (without a stage schedule)"
+    return "; ".join(c.describe() for c in REGISTRY)
+
+
+def estimated_loss(rule: AbstractRule) -> str | None:
+    """The loss whose gradient ``rule`` estimates (a :class:`Combination`'s ``losses``): the rule's own, or the
+    inner rule's of a rule built over one (TD(lambda): ``"value"``)."""
+    inner = getattr(rule, "inner", None)
+    return inner.loss if isinstance(inner, AbstractRule) else rule.loss
 
 
 def _find(net: AbstractNetwork, rule: AbstractRule, optimizer: str, dtype: torch.dtype, device: torch.device,
           schedule: str | None) -> Any:
-    if schedule is not None:
-        return None
     dtype_name = str(dtype).replace("torch.", "")
     for c in REGISTRY:
-        if (net.name, rule.name) == (c.model, c.rule) and optimizer in c.optimizers and rule.loss in c.losses \
+        if (net.name, rule.name) == (c.model, c.rule) and optimizer in c.optimizers and estimated_loss(rule) in c.losses \
                 and device.type in c.devices and dtype_name in c.dtypes:
             engine = c.build(net, rule)
             if engine is not None:
+                engine.rebuild = c.build  # a stage schedule's next rule: the same combination's builder
                 return engine
     return None
 
