@@ -69,6 +69,10 @@ REGISTRY: tuple[Combination, ...] = (
                 dtypes=("float32", "float64"), builder="neuro.engine.td:build"),
     Combination(model="constructive", rule="td-lambda", optimizers=("adam", "sgd"), losses=("value",),
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.td:build"),
+    Combination(model="lif", rule="eprop", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_eprop:build"),
+    Combination(model="alif", rule="eprop", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_eprop:build"),
 )
 
 

@@ -30,7 +30,11 @@ RTOL, ATOL = 1e-10, 1e-13
 RUNS = {"continuing": ("sine", {}, {"steps": 60, "chunk": 20, "update_every": 7}),
         "episodic": ("copy", {"length": 5, "delay": 3, "symbols": 4}, {"steps": 60, "update_every": 4})}
 #: model options each combination is run with (the rate RNN: a vanilla RNN, alpha = 1, and a leaky one)
-VARIANTS = {"rate": ({}, {"alpha": 0.5})}
+VARIANTS = {"rate": ({}, {"alpha": 0.5}),
+            # spiking: a bias that makes the 6 units fire on both tasks; the other dynamics, resets, refractory
+            # periods and surrogates
+            "lif": ({"bias_mean": 1.0}, {"bias_mean": 1.0, "reset": "zero", "refractory": 2, "dynamics": "lava"}),
+            "alif": ({}, {"dynamics": "euler", "refractory": 1, "surrogate": "fast-sigmoid"})}
 
 
 def _cases() -> list[Any]:

@@ -1,0 +1,52 @@
+"""What the engines on LIF and ALIF share in Python (:mod:`neuro.engine.spiking_eprop`, ``spiking_ottt``, ...):
+the cell's arrays per dtype (:func:`neuro.engine.spiking.cell`), the parameters and the accumulator as flat
+arrays in the kernels' order, the optimizer's arrays and the losses' array of a range. The compiled pieces they
+share (the network step, the leaky readout, the step's derivatives) are :mod:`neuro.engine.spiking`'s, the loss,
+its error and the optimizers :mod:`neuro.engine.kernels`'.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.lif import LIF
+from neuro.contract import Params
+from neuro.engine import kernels as K
+from neuro.engine import spiking as S
+from neuro.engine.base import Engine, flat
+from neuro.engine.optim import OptimizerArrays
+from neuro.rules.base import AbstractRule
+
+__all__ = ["LOSSES", "ORDER", "SpikingEngine"]
+
+ORDER = ("W_in", "W_rec", "b", "W_out", "b_out")  # the parameters, in the kernels' order
+LOSSES = {"mse": K.MSE, "ce": K.CE}
+
+
+class SpikingEngine(Engine):
+    """The part of an engine on LIF / ALIF that does not depend on the rule."""
+
+    def __init__(self, net: LIF, rule: AbstractRule) -> None:
+        self.net, self.rule = net, rule
+        self.loss_kind = LOSSES[rule.loss]
+        self._cells: dict[np.dtype, S.Cell] = {}
+
+    @staticmethod
+    def supports(rule: AbstractRule) -> bool:
+        """Whether the rule's loss is one the kernels compute."""
+        return rule.loss in LOSSES
+
+    def cell(self, dtype: np.dtype) -> S.Cell:
+        """The network's cell for arrays of ``dtype`` (made once)."""
+        if dtype not in self._cells:
+            self._cells[dtype] = S.cell(self.net, dtype)
+        return self._cells[dtype]
+
+    def arrays(self, params: Params, acc: Params, opt: torch.optim.Optimizer, steps: int,
+               dtype: np.dtype) -> tuple[OptimizerArrays, tuple, tuple, np.ndarray]:
+        """The optimizer's arrays, the parameters and the accumulator flat in :data:`ORDER`, and the losses
+        array of a range of ``steps`` steps."""
+        o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
+        return (o, tuple(flat(params[k]) for k in ORDER), tuple(flat(acc[k]) for k in ORDER),
+                np.empty(steps, dtype))

@@ -1,0 +1,259 @@
+"""e-prop on LIF and ALIF, compiled: a range of steps of online training in one numba call.
+
+The rule is :mod:`neuro.rules.eprop` (Bellec et al. 2020, "A solution to the learning dilemma for recurrent
+networks of spiking neurons", Nat. Commun. 11:3625, Methods; its module docstring states the equations); the
+networks :class:`models.lif.LIF` and :class:`models.alif.ALIF` (exact types), whose step and derivatives are
+:mod:`neuro.engine.spiking`'s. Per step :func:`eprop_range` runs the network step, the leaky readout, the loss
+and its error ``dE/dy``, the learning signal ``L = dE/dy B^T`` (``B^T = W_out``: symmetric feedback; the fixed
+random matrix otherwise) and, per unit ``j`` and presynaptic source ``k`` (``pre = [x_t, z_{t-1}]``), with the
+step's derivatives ``D`` (rows ``v, i, a``), ``c = dh/dI``, ``Z = dz/dh``, ``zi = dz/dI``::
+
+    e_jk     = Z . eps_jk + zi pre_k
+    eps_jk  <- D eps_jk + c pre_k
+    ebar_jk <- kappa ebar_jk + e_jk;             g_jk += L_j ebar_jk
+    zbar    <- kappa zbar + z;   bbar <- kappa bbar + 1;   g_out += dE/dy^T zbar,   g_bout += dE/dy bbar
+
+the bias the same with ``pre = 1`` and ``dh/db``, ``dz/db``. The synaptic current's component ``eps^i_jk``
+(``i_t = ii i_{t-1} + iI I_t``, the same for every ``j``) is carried once per source, as the windowed path
+carries it. The step's estimate is added to the loop's accumulator and at the loop's schedule the optimizer
+applies it (:func:`neuro.engine.kernels.apply_update`).
+
+Both forms of the rule state are run: the definition's :class:`~neuro.rules.eprop.EPropState` and the windowed
+path's :class:`~neuro.rules._fast.eprop.EPropWindowState`, left with no pending window (``t = 0``, the traces
+current, every step's estimate already summed) and with its window's slots holding what the torch path's hold
+(the steps since the last window start, at their positions), so that at every update and sequence end the
+state equals the torch path's.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from models.alif import ALIF
+from models.lif import LIF
+from neuro._numba import numba
+from neuro.contract import Params
+from neuro.engine import kernels as K
+from neuro.engine import spiking as S
+from neuro.engine.base import RangeResult, SequenceArrays, view
+from neuro.engine.spiking_engine import SpikingEngine
+from neuro.rules._fast.eprop import EPropWindowState, Step
+from neuro.rules.base import add_into
+from neuro.rules.eprop import EProp
+
+__all__ = ["EPropEngine", "build", "eprop_range"]
+
+
+@numba.njit(cache=True)
+def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa, n_in,  # noqa: ANN001, ANN201
+                v, i, z, r, a, y, F, el, shared, eb, zbar, bbar, slot_pre, slot_L, slot_zbar, slot_dE, slot_loc,
+                n_reads, window, xs, ys, mask, t0, t1, n_seq, every, losses):
+    """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps (module docstring).
+
+    ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`~neuro.engine.spiking_engine.ORDER`;
+    ``ms, vs, steps, opt_kind, hyper``: the optimizer; ``cf, ci``: the cell (:func:`neuro.engine.spiking.cell`);
+    ``v, i, z, r, a`` [B, n], ``y`` [B, n_out] the network; ``F`` [n_out, n] the feedback ``B^T``; ``el`` [B, n,
+    1 + R, n_pre] ``[ebar; eps_v; (eps_a)]``, ``shared`` [B, 1, n_pre] ``eps_i``, ``eb`` [B, n, 2 + R, 1] the bias's
+    ``[ebar; v; (a); i]``, ``zbar`` [B, n], ``bbar`` [1]; the window's slots (``window`` of them, none for the
+    definition's state): ``slot_pre`` [W, B, n_pre], ``slot_L``, ``slot_zbar`` [W, B, n], ``slot_dE`` [W, B,
+    n_out], ``slot_loc`` [W, n_reads + 2, B, n] (the fields read, then ``I``, ``z``); ``losses`` [t1 - t0]
+    written. Returns the updates applied and whether the accumulator holds estimates not yet applied."""
+    nb, n = v.shape
+    n_out = y.shape[1]
+    n_pre = n_in + n
+    W_in, W_rec, b = ps[0].reshape((n, n_in)), ps[1].reshape((n, n)), ps[2]
+    W_out, b_out = ps[3].reshape((n_out, n)), ps[4]
+    g_in, g_rec, g_b = acc[0].reshape((n, n_in)), acc[1].reshape((n, n)), acc[2]
+    g_out, g_bout = acc[3].reshape((n_out, n)), acc[4]
+    adapt = ci[S.ADAPT] == 1
+    kc = K.cast(kappa, v)
+    kout = cf[S.KAPPA_OUT]
+    ii, iI, rho = cf[S.II], cf[S.III], cf[S.RHO]
+    one = K.cast(1.0, v)
+    pre = np.empty((nb, n_pre), v.dtype)
+    I = np.empty_like(v)
+    vt = np.empty_like(v)
+    psi = np.empty_like(v)
+    act = np.empty_like(v)
+    L = np.empty_like(v)
+    y_hat = np.empty((nb, n_out), v.dtype)
+    eps = np.empty((nb, n_out), v.dtype)
+    updates, full = 0, False
+    for t in range(t0, t1):
+        x = xs[t]
+        pos = (t % every) % window if window > 0 else 0
+        for s in range(nb):
+            pre[s, :n_in] = x[s]
+            pre[s, n_in:] = z[s]
+        if window > 0:
+            slot_pre[pos] = pre
+            slot_loc[pos, 0] = v
+            slot_loc[pos, 1] = i
+            if n_reads > 2:
+                slot_loc[pos, 2] = r if ci[S.REFRACT] else a
+            if n_reads > 3:
+                slot_loc[pos, 3] = a
+        S.layer(W_in, W_rec, b, cf, ci, x, v, i, z, r, a, I, vt, psi, act)
+        S.leaky_readout(W_out, b_out, kout, z, y, y_hat)
+        losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
+        for s in range(nb):  # the learning signal L = dE/dy B^T
+            for j in range(n):
+                la = K.cast(0.0, v)
+                for k in range(n_out):
+                    la += eps[s, k] * F[k, j]
+                L[s, j] = la
+        bbar[0] = kc * bbar[0] + one
+        for s in range(nb):  # the readout's exact gradient
+            for j in range(n):
+                zbar[s, j] = kc * zbar[s, j] + z[s, j]
+            for k in range(n_out):
+                e = eps[s, k]
+                for j in range(n):
+                    g_out[k, j] += e * zbar[s, j]
+                g_bout[k] += e * bbar[0]
+        for s in range(nb):
+            p_s, sh = pre[s], shared[s, 0]
+            for j in range(n):
+                zv, zi, za, zI, zb, dvv, dvi, dva, dvI, dvb = S.jacobian(cf, ci, vt[s, j], z[s, j], psi[s, j],
+                                                                         act[s, j])
+                Lj = L[s, j]
+                ebar, ev = el[s, j, 0], el[s, j, 1]
+                if adapt:
+                    ea = el[s, j, 2]
+                    zar = za + rho
+                    for k in range(n_pre):
+                        eI, p, evk, eak = sh[k], p_s[k], ev[k], ea[k]
+                        e = zv * evk + zi * eI + za * eak + zI * p
+                        ev[k] = dvv * evk + dvi * eI + dva * eak + dvI * p
+                        ea[k] = zv * evk + zi * eI + zar * eak + zI * p
+                        ebar[k] = kc * ebar[k] + e
+                else:
+                    for k in range(n_pre):
+                        eI, p, evk = sh[k], p_s[k], ev[k]
+                        e = zv * evk + zi * eI + zI * p
+                        ev[k] = dvv * evk + dvi * eI + dvI * p
+                        ebar[k] = kc * ebar[k] + e
+                gi, gr = g_in[j], g_rec[j]
+                for k in range(n_in):
+                    gi[k] += Lj * ebar[k]
+                for k in range(n):
+                    gr[k] += Lj * ebar[n_in + k]
+                # the bias: [ebar; v; (a); i], pre = 1, c_b = (dv/db, (dz/db), 0)
+                q = eb[s, j]
+                bv, bi = q[1, 0], q[q.shape[0] - 1, 0]
+                ba = q[2, 0] if adapt else K.cast(0.0, v)
+                e = zv * bv + zi * bi + za * ba + zb
+                q[1, 0] = dvv * bv + dvi * bi + dva * ba + dvb
+                if adapt:
+                    q[2, 0] = zv * bv + zi * bi + (za + rho) * ba + zb
+                q[q.shape[0] - 1, 0] = ii * bi
+                q[0, 0] = kc * q[0, 0] + e
+                g_b[j] += Lj * q[0, 0]
+            for k in range(n_pre):  # the synaptic current's component, the same for every unit
+                sh[k] = ii * sh[k] + iI * p_s[k]
+        if window > 0:
+            slot_L[pos] = L
+            slot_zbar[pos] = zbar
+            slot_dE[pos] = eps
+            slot_loc[pos, n_reads] = I
+            slot_loc[pos, n_reads + 1] = z
+        if t == n_seq - 1 or (t + 1) % every == 0:
+            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+            updates += 1
+            full = False
+        else:
+            full = True
+    return updates, full
+
+
+class EPropEngine(SpikingEngine):
+    """:func:`eprop_range` for one e-prop rule on one LIF or ALIF network (module docstring)."""
+
+    def __init__(self, net: LIF, rule: EProp) -> None:
+        super().__init__(net, rule)
+        adapt = type(net) is ALIF
+        self.n_own = 2 if adapt else 1  # per-unit rows: v (and a)
+        self.reads = ("v", "i") + (("r",) if net.refractory > 0 else ()) + (("a",) if adapt else ())
+        self.slots: tuple | None = None  # (the window's steps as returned, their arrays)
+
+    def _window(self, state: EPropWindowState, dtype: np.dtype) -> tuple:
+        """The window's slots as arrays whose views are ``state.steps`` (those returned last, or copies)."""
+        if self.slots is not None and self.slots[0] is state.steps:
+            return self.slots[1]
+        W, (nb, n_pre) = len(state.steps), state.steps[0].pre.shape
+        n, n_out, R = self.net.n_hidden, self.net.n_out, len(self.reads)
+        arrays = (np.empty((W, nb, n_pre), dtype), np.empty((W, nb, n), dtype), np.empty((W, nb, n), dtype),
+                  np.empty((W, nb, n_out), dtype), np.empty((W, R + 2, nb, n), dtype))
+        for w, st in enumerate(state.steps):
+            for arr, tensor in zip(arrays[:4], st[:4]):
+                arr[w] = view(tensor)
+            for f, tensor in enumerate(st.local):
+                arrays[4][w, f] = view(tensor)
+        t = [torch.from_numpy(x) for x in arrays]
+        steps = tuple(Step(t[0][w], t[1][w], t[2][w], t[3][w], tuple(t[4][w].unbind(0))) for w in range(W))
+        self.slots = (steps, arrays)
+        return arrays
+
+    def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
+            t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
+        net, n_in, n = self.net, self.net.n_in, self.net.n_hidden
+        windowed = isinstance(state, EPropWindowState)
+        if windowed and state.t > 0:  # a window left pending by the torch path: its estimate to the sum first
+            state, g = self.rule.flush(params, state)
+            add_into(acc, g)
+        nets = S.net_arrays(state.net)
+        dtype = nets.v.dtype
+        nb = nets.v.shape[0]
+        if windowed:
+            el, shared = _copy(state.eps), _copy(state.shared)
+            eb, bbar = _copy(state.eps_b), _copy(state.bbar).reshape(1)
+            slots, window = self._window(state, dtype), self.rule.window
+        else:  # the definition's eps [B, n, K, n_pre] (fields v, i, (a)) in the windowed layout
+            eps, eps_b = view(state.eps), view(state.eps_b)
+            own = [0] + ([2] if self.n_own == 2 else [])
+            el = np.concatenate([view(state.ebar)[:, :, None], eps[:, :, own]], 2)
+            shared = eps[:, :1, 1].copy()
+            eb = np.concatenate([view(state.ebar_b)[:, :, None], eps_b[:, :, own], eps_b[:, :, 1:2]], 2)[..., None]
+            bbar = _copy(state.bbar).reshape(1)
+            empty = np.zeros((0, nb, 0), dtype)
+            slots, window = (empty, empty, empty, empty, np.zeros((0, 0, nb, n), dtype)), 0
+        zbar = _copy(state.zbar)
+        F = view(params["W_out"]) if state.B is None else view(state.B)
+        o, ps, gs, losses = self.arrays(params, acc, opt, t1 - t0, dtype)
+        cell = self.cell(dtype)
+        updates, full = eprop_range(ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci,
+                                    float(net.readout_decay), n_in, *nets, np.ascontiguousarray(F), el,
+                                    shared, eb, zbar, bbar, *slots, len(self.reads), window, seq.xs, seq.ys, seq.mask,
+                                    t0, t1, n_seq, every, losses)
+        T = torch.from_numpy
+        net_state = S.net_state(state.net, nets)
+        if windowed:
+            state = state._replace(net=net_state, eps=T(el), shared=T(shared), eps_b=T(eb), zbar=T(zbar),
+                                   bbar=T(bbar.reshape(())), steps=self.slots[0], t=0)
+        else:
+            K_ = len(net.trace_fields)
+            eps = np.empty((nb, n, K_, n_in + n), dtype)
+            eps[:, :, 0], eps[:, :, 1] = el[:, :, 1], shared[:, None, 0]
+            eps_b = np.empty((nb, n, K_), dtype)
+            eps_b[:, :, 0], eps_b[:, :, 1] = eb[:, :, 1, 0], eb[:, :, -1, 0]
+            if self.n_own == 2:
+                eps[:, :, 2], eps_b[:, :, 2] = el[:, :, 2], eb[:, :, 2, 0]
+            state = state._replace(net=net_state, eps=T(eps), eps_b=T(eps_b), ebar=T(el[:, :, 0].copy()),
+                                   ebar_b=T(eb[:, :, 0, 0].copy()), zbar=T(zbar), bbar=T(bbar.reshape(())))
+        return RangeResult(state=state, losses=losses, updates=int(updates), pending=bool(full))
+
+
+def _copy(t: torch.Tensor) -> np.ndarray:
+    return view(t.detach().clone(memory_format=torch.contiguous_format))
+
+
+def build(net: object, rule: object) -> EPropEngine | None:
+    """The engine for ``rule`` on ``net``: e-prop (not a subclass) with symmetric or random feedback and every
+    eligibility component on LIF or ALIF (exact types), loss mse or ce; ``None`` otherwise."""
+    if type(net) not in (LIF, ALIF) or type(rule) is not EProp or rule.feedback == "adaptive" \
+            or rule.adaptive_eligibility is False or not SpikingEngine.supports(rule):
+        return None
+    return EPropEngine(net, rule)
