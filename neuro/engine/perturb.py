@@ -1,0 +1,399 @@
+"""The perturbation rules on the rate RNN, compiled: a range of steps of online training in one numba call.
+
+The rules (each module docstring states its paper's equations) are node perturbation ``np``
+(:mod:`neuro.rules.node_perturbation`: Williams 1992; Fiete & Seung 2006; as in Garcia Fernandez, Keemink & van
+Gerven 2024, arXiv:2405.08967), activity-based node perturbation ``anp`` (:mod:`neuro.rules.anp`: Dalm, van
+Gerven & Ahmad 2023, arXiv:2310.00965) and in time ``anp-time`` (:mod:`neuro.rules.anp_time`: Garcia
+Fernandez et al. 2024), and weight perturbation ``wp`` (:mod:`neuro.rules.wp`: Jabri & Flower 1992,
+Cauwenberghs 1993; Garcia Fernandez et al. 2024); the network :class:`models.rate.RateRNN` (not a subclass).
+
+*Node rules* (:func:`node_range`; the step of :mod:`neuro.rules.node`). A clean network and ``K`` noisy copies
+per sequence (rows ``m = s K + k``) run on the same input; the noisy currents get ``xi_h ~ N(0, sigma^2)``, the
+noisy outputs ``xi_y``::
+
+    I_t = W_in x_t + W_rec h_{t-1} + b                I~_t = W_in x_t + W_rec h~_{t-1} + b + xi_h
+    a_t = W_out h_t + b_out                           a~_t = W_out h~_t + b_out + xi_y
+    dL_t = L(a~_t) - L(a_t)                           (per row; the clean loss of the row's sequence)
+    np:   e_h = dL_t / sigma^2 xi_h,                  e_y = dL_t / sigma^2 xi_y
+    anp:  e_h = sqrt(N) dL_t dh / ||dh||^2,           e_y = sqrt(N) dL_t da / ||da||^2
+          dh = I~_t - I_t = xi_h + W_rec (h~_{t-1} - h_{t-1}),   da = a~_t - a_t,   N = n_in + n + n_out
+          (norm "global": ||dh||^2 + ||da||^2 for both)
+    dW_in += e_h x_t^T / M,   dW_rec += e_h h_{t-1}^T / M,   db += e_h / M,   dW_out += e_y h_t^T / M,   db_out += e_y / M
+
+(``M = B K`` rows). The noisy copies keep their own state ``h~`` (np, anp-time) or start every step from the
+clean one (anp: ``h~_{t-1} = h_{t-1}``, ``dh = xi_h``). The network steps are
+:func:`neuro.engine.kernels.rate_step`, a noisy row's with the bias ``b + xi_h``.
+
+*Weight perturbation* (:func:`wp_range`). The clean network runs with ``theta``, ``K`` perturbed copies with
+``theta + xi_k`` (each its own state), and ``g_t = sum_k (L~_{k,t} - L_t) / (sigma^2 K) xi_k`` (the losses the
+batch means); ``xi`` is redrawn every step after the first (``resample="step"``) or held from the sequence's
+start (``"sequence"``, drawn by the rule's ``reset`` in Python).
+
+Per step: the passes, the losses, the estimate added to the loop's accumulator, and at the loop's schedule
+(``(t + 1) % update_every == 0`` or the sequence's last step) the optimizer's update with the sum, which zeroes
+it. The noise is the torch path's: drawn per range from the rule's generator by
+:func:`neuro.engine.noise.gaussian_rows` (one draw per step, as the torch path draws them) and read by the
+kernel.
+
+Both forms of the node rules' state are run: the definition's :class:`~neuro.rules.node.NodeState` and the
+windowed path's :class:`~neuro.rules._fast.node.WindowState` (the steps of the pending window held as
+:class:`~neuro.rules._fast.node.Entry` slots, their estimate made at the window's end). The engine leaves the
+latter with no pending window (``k = 0``, every step's estimate already in the accumulator) and its slots as
+the torch path fills them: the last step at each window position, recorded by the kernel.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from models.rate import RateRNN, RateState
+from neuro._numba import numba
+from neuro.contract import Params
+from neuro.engine import kernels as K
+from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat, view
+from neuro.engine.noise import gaussian_rows
+from neuro.engine.optim import OptimizerArrays
+from neuro.rules._fast.node import Entry, WindowState
+from neuro.rules.anp import ANP
+from neuro.rules.anp_time import ANPTime
+from neuro.rules.base import add_into
+from neuro.rules.node import AbstractNodeRule, NodeState
+from neuro.rules.node_perturbation import NodePerturbation
+from neuro.rules.wp import WeightPerturbation, WPState
+
+__all__ = ["NodeEngine", "WPEngine", "build", "node_range", "wp_range"]
+
+ORDER = ("W_in", "W_rec", "b", "W_out", "b_out")  # the parameters, in the kernels' order
+LOSSES = {"mse": K.MSE, "ce": K.CE}
+NP, ANP_LAYER, ANP_GLOBAL = 0, 1, 2  # the node signals
+
+
+@numba.njit(cache=True)
+def current(W_in, W_rec, b, x, h, u):  # noqa: ANN001, ANN201
+    """The rate RNN's current ``u = W_in x + W_rec h + b`` of one row (``u`` [n] written): what a window slot
+    holds (the network steps compute it inside :func:`~neuro.engine.kernels.rate_step`)."""
+    for a in range(u.size):
+        u[a] = K.dot(x, W_in[a]) + K.dot(h, W_rec[a]) + b[a]
+
+
+@numba.njit(cache=True)
+def positions(W, vk, t0, t1, n_seq, every):  # noqa: ANN001, ANN201
+    """The window position of each step ``t0 .. t1 - 1`` as the windowed path assigns it (``vk`` pending
+    before ``t0``; a full window and every update start a new one): ``(last [W], vk after)``, ``last[p]`` the
+    range's last step at position ``p`` (-1: none)."""
+    last = np.full(W, -1)
+    for t in range(t0, t1):
+        last[vk] = t
+        vk += 1
+        if vk == W or t == n_seq - 1 or (t + 1) % every == 0:
+            vk = 0
+    return last, vk
+
+
+@numba.njit(cache=True)
+def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal, keep, sigma2,  # noqa: ANN001, ANN201
+               root_n, tiny, h, hn, xi, xs, ys, mask, t0, t1, n_seq, every, last, rec_l, rec_yn, rec_p, rec_z,
+               rec_i, rec_in, rec_a, losses):
+    """Steps ``t0 .. t1 - 1`` of a node rule (module docstring) on a sequence of ``n_seq`` steps.
+
+    ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`ORDER`; ``ms``, ``vs``, ``steps``,
+    ``opt_kind``, ``hyper``: the optimizer (:func:`neuro.engine.kernels.apply_update`); ``signal``: :data:`NP`,
+    :data:`ANP_LAYER` or :data:`ANP_GLOBAL`; ``keep``: the noisy copies keep their state; ``h`` [B, n], ``hn``
+    [M, n] the clean and noisy states (``hn`` scratch unless ``keep``); ``xi`` [t1 - t0, M, n + n_out] the
+    steps' noise; ``xs`` [T, B, n_in], ``ys`` [T, B, n_out], ``mask`` [T, B]; ``last`` [W] (:func:`positions`):
+    the step whose slot the ``rec_*`` arrays [W, ...] get (the clean losses, noisy outputs, ``h_{t-1}``,
+    ``h_t``, the clean and noisy currents and the clean output; the currents where ``signal != NP``);
+    ``losses`` [t1 - t0] (written). Returns the updates applied and whether the accumulator holds estimates."""
+    nb, n = h.shape
+    M = hn.shape[0]
+    kk = M // nb
+    n_in, n_out = xs.shape[2], ys.shape[2]
+    W_in, W_rec, b = ps[0].reshape((n, n_in)), ps[1].reshape((n, n)), ps[2]
+    W_out, b_out = ps[3].reshape((n_out, n)), ps[4]
+    g_in, g_rec, g_b = acc[0].reshape((n, n_in)), acc[1].reshape((n, n)), acc[2]
+    g_out, g_bout = acc[3].reshape((n_out, n)), acc[4]
+    h_new, D = np.empty_like(h), np.empty_like(h)
+    hn_new, Dn = np.empty_like(hn), np.empty_like(hn)
+    yc, yn = np.empty((nb, n_out), h.dtype), np.empty((M, n_out), h.dtype)
+    Lc, Ln = np.empty(nb, h.dtype), np.empty(M, h.dtype)
+    eps = np.empty((1, n_out), h.dtype)
+    bn, dh, diff, Eh = np.empty(n, h.dtype), np.empty(n, h.dtype), np.empty(n, h.dtype), np.empty(n, h.dtype)
+    da, Ey = np.empty(n_out, h.dtype), np.empty(n_out, h.dtype)
+    s2, rn, tn = K.cast(sigma2, h), K.cast(root_n, h), K.cast(tiny, h)
+    fb, fm = K.cast(nb, h), K.cast(M, h)
+    updates, full = 0, False
+    for t in range(t0, t1):
+        x, y, mk, noise = xs[t], ys[t], mask[t], xi[t - t0]
+        K.rate_step(W_in, W_rec, b, alpha, x, h, h_new, D)  # the clean pass
+        K.readout(W_out, b_out, h_new, yc)
+        total = K.cast(0.0, h)
+        for s in range(nb):
+            Lc[s] = K.loss_and_error(loss_kind, yc[s:s + 1], y[s:s + 1], mk[s:s + 1], eps)
+            total += Lc[s]
+        losses[t - t0] = total / fb
+        for m in range(M):  # the noisy passes: the current's noise through the bias
+            s = m // kk
+            src = hn[m:m + 1] if keep else h[s:s + 1]
+            for a in range(n):
+                bn[a] = b[a] + noise[m, a]
+            K.rate_step(W_in, W_rec, bn, alpha, x[s:s + 1], src, hn_new[m:m + 1], Dn[m:m + 1])
+            K.readout(W_out, b_out, hn_new[m:m + 1], yn[m:m + 1])
+            for k in range(n_out):
+                yn[m, k] += noise[m, n + k]
+            Ln[m] = K.loss_and_error(loss_kind, yn[m:m + 1], y[s:s + 1], mk[s:s + 1], eps)
+        for s in range(nb):  # the signals summed over the sequence's rows, the estimate
+            Eh[:] = 0.0
+            Ey[:] = 0.0
+            for m in range(s * kk, s * kk + kk):
+                dl = Ln[m] - Lc[s]
+                if signal == NP:
+                    c = dl / s2
+                    for a in range(n):
+                        Eh[a] += c * noise[m, a]
+                    for k in range(n_out):
+                        Ey[k] += c * noise[m, n + k]
+                    continue
+                if keep:  # dh = I~ - I: this step's noise and the earlier noise through W_rec
+                    for j in range(n):
+                        diff[j] = hn[m, j] - h[s, j]
+                    for a in range(n):
+                        dh[a] = noise[m, a] + K.dot(W_rec[a], diff)
+                else:
+                    dh[:] = noise[m, :n]
+                for k in range(n_out):
+                    da[k] = yn[m, k] - yc[s, k]
+                sq_h, sq_y = K.dot(dh, dh), K.dot(da, da)
+                if signal == ANP_GLOBAL:
+                    sq_h = sq_y = sq_h + sq_y
+                c = rn * dl
+                ch, cy = c / max(sq_h, tn), c / max(sq_y, tn)
+                for a in range(n):
+                    Eh[a] += ch * dh[a]
+                for k in range(n_out):
+                    Ey[k] += cy * da[k]
+            for a in range(n):
+                f = Eh[a] / fm
+                g_b[a] += f
+                row, hp = g_rec[a], h[s]
+                for j in range(n):
+                    row[j] += f * hp[j]
+                for j in range(n_in):
+                    g_in[a, j] += f * x[s, j]
+            for k in range(n_out):
+                f = Ey[k] / fm
+                g_bout[k] += f
+                for j in range(n):
+                    g_out[k, j] += f * h_new[s, j]
+        pos = -1
+        for p in range(last.size):
+            if last[p] == t:
+                pos = p
+        if pos >= 0:  # the step a window slot holds at the end
+            rec_l[pos] = Lc
+            rec_yn[pos] = yn
+            rec_p[pos] = h
+            rec_z[pos] = h_new
+            if signal != NP:
+                rec_a[pos] = yc
+                for m in range(M):
+                    s = m // kk
+                    current(W_in, W_rec, b, x[s], h[s], rec_i[pos, s])
+                    current(W_in, W_rec, b, x[s], hn[m] if keep else h[s], rec_in[pos, m])
+                    for a in range(n):
+                        rec_in[pos, m, a] += noise[m, a]
+        h[:, :] = h_new
+        if keep:
+            hn[:, :] = hn_new
+        if t == n_seq - 1 or (t + 1) % every == 0:
+            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+            updates += 1
+            full = False
+        else:
+            full = True
+    return updates, full
+
+
+@numba.njit(cache=True)
+def wp_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, denom, h, hk, xi, offs,  # noqa: ANN001, ANN201
+             redraw, tr0, xs, ys, mask, t0, t1, n_seq, every, losses):
+    """Steps ``t0 .. t1 - 1`` of weight perturbation (module docstring) on a sequence of ``n_seq`` steps.
+
+    ``ps``, ``acc``, ``ms``, ``vs``, ``steps``, ``opt_kind``, ``hyper``: as :func:`node_range`; ``denom`` =
+    ``sigma^2 K``; ``h`` [B, n], ``hk`` [K, B, n] the clean and perturbed states; ``xi`` [R, K, P] the
+    perturbations, ``xi[0]`` the state's, then one per step drawn (``redraw``: each step whose count since the
+    sequence's start, ``tr0`` at ``t0``, is > 0); ``offs`` [6] the parameters' offsets in ``P`` (:data:`ORDER`).
+    Returns the updates applied, whether the accumulator holds estimates, and the row of ``xi`` last used."""
+    nb, n = h.shape
+    nk, P = xi.shape[1], xi.shape[2]
+    n_in, n_out = xs.shape[2], ys.shape[2]
+    pert = np.empty((nk, P), h.dtype)
+    g = np.empty(P, h.dtype)
+    h_new, D = np.empty_like(h), np.empty_like(h)
+    hk_new = np.empty_like(hk)
+    y_hat, eps = np.empty((nb, n_out), h.dtype), np.empty((nb, n_out), h.dtype)
+    den = K.cast(denom, h)
+    r, stale, updates, full = 0, True, 0, False
+    for t in range(t0, t1):
+        if redraw and tr0 + t - t0 > 0:
+            r += 1
+            stale = True
+        if stale:  # theta + xi_k, as the step's parameters after an update or a new draw
+            for k in range(nk):
+                for i in range(5):
+                    p, a0 = ps[i], offs[i]
+                    for j in range(p.size):
+                        pert[k, a0 + j] = p[j] + xi[r, k, a0 + j]
+            stale = False
+        x, y, mk = xs[t], ys[t], mask[t]
+        K.rate_step(ps[0].reshape((n, n_in)), ps[1].reshape((n, n)), ps[2], alpha, x, h, h_new, D)
+        K.readout(ps[3].reshape((n_out, n)), ps[4], h_new, y_hat)
+        l = K.loss_and_error(loss_kind, y_hat, y, mk, eps)
+        losses[t - t0] = l
+        for k in range(nk):
+            q = pert[k]
+            K.rate_step(q[offs[0]:offs[1]].reshape((n, n_in)), q[offs[1]:offs[2]].reshape((n, n)),
+                        q[offs[2]:offs[3]], alpha, x, hk[k], hk_new[k], D)
+            K.readout(q[offs[3]:offs[4]].reshape((n_out, n)), q[offs[4]:offs[5]], hk_new[k], y_hat)
+            c = (K.loss_and_error(loss_kind, y_hat, y, mk, eps) - l) / den
+            e = xi[r, k]
+            if k == 0:
+                for j in range(P):
+                    g[j] = c * e[j]
+            else:
+                for j in range(P):
+                    g[j] += c * e[j]
+        for i in range(5):
+            gi, a0 = acc[i], offs[i]
+            for j in range(gi.size):
+                gi[j] += g[a0 + j]
+        h[:, :] = h_new
+        hk[:, :, :] = hk_new
+        if t == n_seq - 1 or (t + 1) % every == 0:
+            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+            updates += 1
+            full, stale = False, True
+        else:
+            full = True
+    return updates, full, r
+
+
+def _arrays(params: Params, acc: Params, opt: torch.optim.Optimizer) -> tuple:
+    o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
+    return (tuple(flat(params[k]) for k in ORDER), tuple(flat(acc[k]) for k in ORDER), o.ms, o.vs, o.steps, o.kind,
+            o.hyper)
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a))  # a copy: the engine's buffers are reused
+
+
+class NodeEngine(Engine):
+    """:func:`node_range` for one ``np``, ``anp`` or ``anp-time`` rule on one rate RNN (module docstring)."""
+
+    def __init__(self, net: RateRNN, rule: AbstractNodeRule) -> None:
+        self.net, self.rule = net, rule
+        self.loss_kind = LOSSES[rule.loss]
+        self.signal = NP if not rule.uses_activity else ANP_LAYER if rule.norm == "layer" else ANP_GLOBAL
+        self._left: tuple[NamedTuple, int] | None = None  # the state handed out mid-sequence, its window position
+
+    def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
+            t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
+        net, rule = self.net, self.rule
+        n, n_out, keep = net.n_hidden, net.n_out, rule.keep_noisy_state
+        windowed = isinstance(state, WindowState)
+        W = len(state.buf) if windowed else 0
+        vk = 0
+        if windowed:
+            vk = self._left[1] if self._left is not None and self._left[0] is state else state.k
+            if state.k > 0:  # a window left pending by the torch path: its estimate to the sum first
+                state, g = rule.flush(params, state)
+                add_into(acc, g)
+        h = state.net.h.detach().clone().contiguous()
+        nb, dtype = h.shape[0], h.dtype
+        M = nb * rule.samples
+        hn = state.noisy.h.detach().clone().contiguous() if keep else torch.empty(M, n, dtype=dtype)
+        xi = gaussian_rows(state.gen, t1 - t0, (M * (n + n_out),), rule.sigma, dtype).reshape(t1 - t0, M, n + n_out)
+        if W > 1:
+            last, vk_end = positions(W, vk, t0, t1, n_seq, every)
+        else:
+            last, vk_end = np.full(0, -1), 0
+        act, w = self.signal != NP, (len(last),)
+        rec = [np.empty(w + s, view(h).dtype) for s in
+               ((nb,), (M, n_out), (nb, n), (nb, n), (nb, n) if act else (0, 0), (M, n) if act else (0, 0),
+                (nb, n_out) if act else (0, 0))]
+        losses = np.empty(t1 - t0, view(h).dtype)
+        updates, full = node_range(*_arrays(params, acc, opt), self.loss_kind, float(net.alpha), self.signal, keep,
+                                   float(rule.sigma) ** 2, float(net.n_in + n + n_out) ** 0.5,
+                                   float(torch.finfo(dtype).tiny), view(h), view(hn), view(xi), seq.xs, seq.ys,
+                                   seq.mask, t0, t1, n_seq, every, last, *rec, losses)
+        s_net, steps = RateState(h=h), state.t + t1 - t0
+        if not windowed:
+            out = NodeState(net=s_net, noisy=RateState(h=hn) if keep else None, gen=state.gen, t=steps)
+        else:
+            buf = list(state.buf)
+            for p, t in enumerate(last):
+                if t >= 0:
+                    buf[p] = self._entry(rec, p, int(t), t0, xi, seq)
+            out = WindowState(net=s_net, noisy=RateState(h=hn) if keep else None, gen=state.gen, t=steps,
+                              buf=tuple(buf), k=0)
+        self._left = (out, int(vk_end)) if t1 < n_seq else None
+        return RangeResult(state=out, losses=losses, updates=int(updates), pending=bool(full))
+
+    def _entry(self, rec: list, p: int, t: int, t0: int, xi: torch.Tensor, seq: SequenceArrays) -> Entry:
+        """The window slot of step ``t``, as the windowed path holds it."""
+        l, yn, hp, z, i_c, i_n, a = (r[p] for r in rec)
+        n = self.net.n_hidden
+        act = self.signal != NP
+        return Entry(l=_tensor(l), y_noisy=_tensor(yn), y=_tensor(seq.ys[t]), mask=torch.from_numpy(seq.mask[t] != 0),
+                     xi_h=xi[t - t0, :, :n].clone(), xi_y=xi[t - t0, :, n:].clone(),
+                     h_noisy=_tensor(i_n) if act else None, h=_tensor(i_c) if act else None,
+                     a_noisy=_tensor(yn) if act else None, a=_tensor(a) if act else None, x=_tensor(seq.xs[t]),
+                     p=_tensor(hp), z=_tensor(z))
+
+
+class WPEngine(Engine):
+    """:func:`wp_range` for one ``wp`` rule on one rate RNN (module docstring)."""
+
+    def __init__(self, net: RateRNN, rule: WeightPerturbation) -> None:
+        self.net, self.rule = net, rule
+        self.loss_kind = LOSSES[rule.loss]
+
+    def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
+            t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
+        net, rule, nk = self.net, self.rule, self.rule.samples
+        if tuple(params) != ORDER:
+            raise ValueError(f"parameters {tuple(params)} are invalid for the compiled wp engine: expected {ORDER}")
+        shapes = [tuple(params[k].shape) for k in ORDER]
+        sizes = [int(np.prod(s)) for s in shapes]
+        offs = np.cumsum([0, *sizes])
+        h = state.net.h.detach().clone().contiguous()
+        hk = torch.stack([s.h.detach() for s in state.noisy]).contiguous()
+        dtype = h.dtype
+        drawn = sum(1 for t in range(state.t, state.t + t1 - t0) if t > 0) if rule.resample == "step" else 0
+        xi0 = torch.stack([torch.cat([e.reshape(-1) for e in xi_k]) for xi_k in state.xi])[None].to(dtype)
+        new = gaussian_rows(state.gen, drawn, sizes * nk, rule.sigma, dtype).reshape(drawn, nk, int(offs[-1]))
+        xi = torch.cat([xi0, new]).contiguous()
+        losses = np.empty(t1 - t0, view(h).dtype)
+        updates, full, r = wp_range(*_arrays(params, acc, opt), self.loss_kind, float(net.alpha),
+                                    float(rule.sigma) ** 2 * nk, view(h), view(hk), view(xi), offs, drawn > 0,
+                                    state.t, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
+        xi_out = state.xi if r == 0 else tuple(
+            tuple(xi[r, k, offs[i]:offs[i + 1]].reshape(shapes[i]).clone() for i in range(5)) for k in range(nk))
+        out = WPState(net=RateState(h=h), noisy=tuple(RateState(h=hk[k].clone()) for k in range(nk)), xi=xi_out,
+                      gen=state.gen, t=state.t + t1 - t0)
+        return RangeResult(state=out, losses=losses, updates=int(updates), pending=bool(full))
+
+
+def build(net: object, rule: object) -> Engine | None:
+    """The engine for ``rule`` on ``net``: ``np``, ``anp``, ``anp-time`` or ``wp`` (not a subclass) with the torch
+    forward (no ``forward=``) on the rate RNN (not a subclass) with the loss mse or ce; ``None`` otherwise."""
+    if type(net) is not RateRNN or getattr(rule, "loss", None) not in LOSSES or rule.forward is not None:
+        return None
+    if type(rule) in (NodePerturbation, ANP, ANPTime):
+        return NodeEngine(net, rule)
+    if type(rule) is WeightPerturbation:
+        return WPEngine(net, rule)
+    return None
