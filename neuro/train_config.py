@@ -22,7 +22,7 @@ from neuro.contract import Params, check_choice, check_positive
 
 __all__ = ["DTYPES", "ENGINES", "OPTIMIZERS", "RESUMABLE", "TrainConfig", "derive_seed", "fork_rng", "rng_state", "set_rng_state"]
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
 #: how the steps run (:mod:`neuro.engine`): compiled where the run has a compiled engine, compiled, or torch
 ENGINES = ("auto", "compiled", "torch")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -91,7 +91,8 @@ class TrainConfig:
 
     Attributes:
         seed: decides the initial parameters, the task stream, the rule's randomness (:func:`derive_seed`).
-        optimizer: ``"adam"`` or ``"sgd"`` (``torch.optim``, learning rate ``lr`` > 0).
+        optimizer: ``"adam"``, ``"sgd"`` or ``"rmsprop"`` (``torch.optim``, learning rate ``lr`` > 0, every other
+            setting torch's default: RMSprop's ``alpha=0.99``, ``eps=1e-8``, no momentum, not centered).
         update_every: apply the summed estimates every this many steps (1: fully online) and at every
             sequence end.
         batch: independent streams run side by side (the per-step loss is their mean).

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 __all__ = ["CHECKPOINT_SECONDS", "Counters", "History", "Hook", "Loop", "TrainingDiverged"]
 
 DRAIN = 256  # steps between reads of the per-step losses (progress bar, early divergence check)
+#: the ``torch.optim`` class of each :data:`~neuro.train_config.OPTIMIZERS` name (torch's defaults but ``lr``)
+OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
 #: without ``checkpoint_every``, a checkpoint at the first sequence end after this many seconds of wall clock
 CHECKPOINT_SECONDS = 60.0
 
@@ -135,7 +137,7 @@ class Loop:
     def new_optimizer(self) -> torch.optim.Optimizer:
         """A fresh ``torch.optim`` optimizer of the run's kind over the parameters."""
         tensors, lr = list(self.params.values()), self.config.lr
-        return torch.optim.Adam(tensors, lr=lr) if self.config.optimizer == "adam" else torch.optim.SGD(tensors, lr=lr)
+        return OPTIMIZER_CLASSES[self.config.optimizer](tensors, lr=lr)
 
     # -- the run --------------------------------------------------------------------------------------
 

@@ -51,11 +51,11 @@ class Combination:
 
 #: every combination the compiled engine runs
 REGISTRY: tuple[Combination, ...] = (
-    Combination(model="rate", rule="rflo", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
+    Combination(model="rate", rule="rflo", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"), devices=("cpu",),
                 dtypes=("float32", "float64"), builder="neuro.engine.rflo:build"),
-    Combination(model="rate", rule="bptt", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
+    Combination(model="rate", rule="bptt", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"), devices=("cpu",),
                 dtypes=("float32", "float64"), builder="neuro.engine.bptt:build"),
-    Combination(model="rate", rule="tbptt", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
+    Combination(model="rate", rule="tbptt", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"), devices=("cpu",),
                 dtypes=("float32", "float64"), builder="neuro.engine.bptt:build"),
     Combination(model="lstm", rule="bptt", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
                 dtypes=("float32", "float64"), builder="neuro.engine.lstm_bptt:build"),

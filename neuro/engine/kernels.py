@@ -1,6 +1,8 @@
 """The compiled pieces every engine shares (numba, ``cache=True``; module-level functions over arrays and
 scalars, so the on-disk cache holds them): the rate neuron's step, the per-step losses and their errors, and
-the optimizers ``torch.optim.SGD`` / ``torch.optim.Adam`` with torch's own arithmetic.
+the optimizers ``torch.optim.SGD`` / ``Adam`` / ``RMSprop`` with torch's own arithmetic (its formulas, in its
+order of operations; torch's vectorised CPU kernels fuse some multiply-adds and compute ``sqrt`` to within an
+ulp, so the last bit of an element may differ).
 
 Scalars that torch applies in the tensors' dtype (``alpha``, ``lr``, Adam's ``1 - beta1``, ...) are cast to
 the arrays' dtype first (:func:`cast`), so that a float32 run computes in float32 as torch does. The arrays a
@@ -13,10 +15,10 @@ import numpy as np
 
 from neuro._numba import numba
 
-__all__ = ["ADAM", "CE", "MSE", "SGD", "adam", "adam_span", "adam_step", "apply_update", "cast", "dot", "loss_and_error",
-           "rate_step", "readout", "sgd"]
+__all__ = ["ADAM", "CE", "MSE", "RMSPROP", "SGD", "adam", "adam_span", "adam_step", "apply_update", "cast", "dot",
+           "loss_and_error", "rate_step", "readout", "rmsprop", "rmsprop_span", "rmsprop_step", "sgd"]
 
-SGD, ADAM = 0, 1  # optimizer codes (apply_update)
+SGD, ADAM, RMSPROP = 0, 1, 2  # optimizer codes (apply_update)
 MSE, CE = 0, 1  # loss codes (loss_and_error)
 
 
@@ -171,14 +173,50 @@ def adam_span(p, g, m, v, c):  # noqa: ANN001, ANN201
             p[j] = p[j] + step_size * (mj / (np.sqrt(vj) / root + e))
 
 
+@numba.njit(cache=True, error_model="numpy")
+def rmsprop(ps, gs, sqs, steps, lr, alpha, eps):  # noqa: ANN001, ANN201
+    """``torch.optim.RMSprop`` (no momentum, centering, weight decay or maximize) as ``_single_tensor_rmsprop``
+    computes it, for each parameter ``p`` with gradient ``g``, its ``square_avg`` ``s`` and step count (a
+    one-element array, ``state["step"]``)::
+
+        step += 1;   s <- s alpha + (1 - alpha) g g;   p <- p + (-lr) g / (sqrt(s) + eps)
+
+    (``s.mul_(alpha).addcmul_(g, g, value=1 - alpha)``; ``p.addcdiv_(g, sqrt(s).add_(eps), value=-lr)``)."""
+    for i in range(len(ps)):
+        rmsprop_span(ps[i], gs[i], sqs[i], rmsprop_step(steps[i], lr, alpha, eps, ps[i]))
+
+
+@numba.njit(cache=True)
+def rmsprop_step(st, lr, alpha, eps, like):  # noqa: ANN001, ANN201
+    """One parameter's RMSprop step begun: its count ``st`` (a one-element array) incremented, and the step's
+    scalars for :func:`rmsprop_span` in the dtype of ``like``: ``alpha``, ``1 - alpha``, ``eps``, ``-lr``."""
+    st[0] += 1
+    return cast(alpha, like), cast(1.0 - alpha, like), cast(eps, like), cast(-lr, like)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def rmsprop_span(p, g, sq, c):  # noqa: ANN001, ANN201
+    """RMSprop's update (:func:`rmsprop`) of the elements of ``p``, ``sq`` (any span of a parameter) with the
+    gradient ``g``, the step's scalars ``c`` from :func:`rmsprop_step`."""
+    a, ca, e, step = c
+    for j in range(p.size):
+        gj = g[j]
+        sj = sq[j] * a + ca * gj * gj
+        sq[j] = sj
+        p[j] = p[j] + step * gj / (np.sqrt(sj) + e)
+
+
 @numba.njit(cache=True)
 def apply_update(kind, ps, gs, ms, vs, steps, hyper):  # noqa: ANN001, ANN201
-    """One optimizer step (``SGD`` or ``ADAM``; ``hyper`` = ``[lr, beta1, beta2, eps]`` as float64) with the summed
-    estimates ``gs``, which are then zeroed (the loop's accumulator)."""
+    """One optimizer step with the summed estimates ``gs``, which are then zeroed (the loop's accumulator):
+    ``SGD`` (``hyper`` = ``[lr, ...]``), ``ADAM`` (``ms``, ``vs`` the moments; ``hyper`` = ``[lr, beta1, beta2,
+    eps]``) or ``RMSPROP`` (``ms`` the ``square_avg``; ``hyper`` = ``[lr, alpha, 0, eps]``); ``hyper`` float64."""
     if kind == SGD:
         sgd(ps, gs, hyper[0])
-    else:
+    elif kind == ADAM:
         adam(ps, gs, ms, vs, steps, hyper[0], hyper[1], hyper[2], hyper[3])
+    else:
+        rmsprop(ps, gs, ms, steps, hyper[0], hyper[1], hyper[3])
     for i in range(len(gs)):
         g = gs[i]
         for j in range(g.size):

@@ -1,8 +1,8 @@
 """``torch.optim``'s optimizers as arrays for :func:`neuro.engine.kernels.apply_update`: their state tensors
-(Adam's ``exp_avg``, ``exp_avg_sq``, ``step``; SGD has none) seen through numpy views, so that the compiled
+(Adam's ``exp_avg``, ``exp_avg_sq``, ``step``; RMSprop's ``square_avg``, ``step``; SGD has none) seen through numpy views, so that the compiled
 update changes ``torch.optim``'s own state in place, and a checkpoint, a resume or a later torch step sees
 what the torch path would have made. State missing before an optimizer's first step is created as torch creates
-it (``Adam._init_group``).
+it (``Adam._init_group``, ``RMSprop._init_group``).
 """
 
 from __future__ import annotations
@@ -21,16 +21,18 @@ __all__ = ["OptimizerArrays", "check"]
 #: the settings the kernels compute, per optimizer (torch's defaults but lr)
 _DEFAULTS = {torch.optim.SGD: {"momentum": 0, "dampening": 0, "weight_decay": 0, "nesterov": False, "maximize": False},
              torch.optim.Adam: {"weight_decay": 0, "amsgrad": False, "maximize": False, "capturable": False,
-                                "differentiable": False, "fused": None, "decoupled_weight_decay": False}}
+                                "differentiable": False, "fused": None, "decoupled_weight_decay": False},
+             torch.optim.RMSprop: {"momentum": 0, "centered": False, "weight_decay": 0, "maximize": False,
+                                   "capturable": False, "differentiable": False}}
 
 
 def check(opt: torch.optim.Optimizer) -> None:
-    """``ValueError`` unless ``opt`` is a ``torch.optim.SGD`` or ``Adam`` with one parameter group and the
-    settings the kernels compute (no momentum, weight decay, amsgrad, ...)."""
+    """``ValueError`` unless ``opt`` is a ``torch.optim.SGD``, ``Adam`` or ``RMSprop`` with one parameter group
+    and the settings the kernels compute (no momentum, weight decay, amsgrad, centering, ...)."""
     settings = _DEFAULTS.get(type(opt))
     if settings is None or len(opt.param_groups) != 1:
         raise ValueError(f"optimizer {type(opt).__name__} is invalid for the compiled engine: valid are "
-                         "torch.optim.SGD and torch.optim.Adam over one parameter group")
+                         "torch.optim.SGD, torch.optim.Adam and torch.optim.RMSprop over one parameter group")
     group = opt.param_groups[0]
     bad = {k: group.get(k) for k, v in settings.items() if group.get(k, v) != v}
     if bad or isinstance(group["lr"], torch.Tensor):
@@ -40,8 +42,9 @@ def check(opt: torch.optim.Optimizer) -> None:
 
 class OptimizerArrays(NamedTuple):
     """The arguments of :func:`~neuro.engine.kernels.apply_update` for one optimizer over parameters in a fixed
-    order: ``kind``, the moments ``ms``, ``vs`` (flat views; empty arrays for SGD), the step counts ``steps``
-    (one-element views of ``state["step"]``) and ``hyper`` = ``[lr, beta1, beta2, eps]``."""
+    order: ``kind``, the moments ``ms``, ``vs`` (flat views of Adam's ``exp_avg``, ``exp_avg_sq``; RMSprop's
+    ``square_avg`` and empty arrays; empty arrays for SGD), the step counts ``steps`` (one-element views of
+    ``state["step"]``) and ``hyper`` = ``[lr, beta1, beta2, eps]`` (RMSprop: ``[lr, alpha, 0, eps]``)."""
 
     kind: int
     ms: tuple[np.ndarray, ...]
@@ -57,6 +60,17 @@ class OptimizerArrays(NamedTuple):
             none = tuple(np.zeros(0, view(p).dtype) for p in params)
             return cls(K.SGD, none, none, tuple(np.zeros(1) for _ in params),
                        np.array([group["lr"], 0.0, 0.0, 0.0]))
+        if isinstance(opt, torch.optim.RMSprop):
+            for p in params:
+                state = opt.state[p]
+                if len(state) == 0:  # as RMSprop._init_group makes it before its first step
+                    state["step"] = torch.zeros((), dtype=_get_scalar_dtype())
+                    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st = [opt.state[p] for p in params]
+            none = tuple(np.zeros(0, view(p).dtype) for p in params)
+            return cls(K.RMSPROP, tuple(flat(s["square_avg"]) for s in st), none,
+                       tuple(view(s["step"]).reshape(1) for s in st),
+                       np.array([group["lr"], group["alpha"], 0.0, group["eps"]], dtype=np.float64))
         for p in params:
             state = opt.state[p]
             if len(state) == 0:  # as Adam._init_group makes it before its first step

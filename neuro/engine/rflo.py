@@ -57,8 +57,8 @@ def rflo_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
     W_out, b_out = ps[3].reshape((n_out, n)), ps[4]
     g_in, g_rec, g_b = acc[0].reshape((n, n_in)), acc[1].reshape((n, n)), acc[2]
     g_out, g_bout = acc[3].reshape((n_out, n)), acc[4]
-    rows = n if opt_kind == K.ADAM else 0  # SGD: no moments (empty arrays)
-    m_rec, v_rec = ms[1].reshape((rows, n)), vs[1].reshape((rows, n))
+    m_rec = ms[1].reshape((ms[1].size // n, n))  # Adam's moments (rows of W_rec; no rows where there are none)
+    v_rec = vs[1].reshape((vs[1].size // n, n))
     nb = h.shape[0]
     h_new = np.empty_like(h)
     D = np.empty_like(h)

@@ -29,7 +29,7 @@ ERRORS = [
     (["--lr", "-1"], ["lr=-1.0"]),
     (["--batch", "0"], ["batch=0"]),
     (["--update-every", "0"], ["update_every=0"]),
-    (["--optimizer", "rmsprop"], ["'rmsprop'", "'adam', 'sgd'"]),
+    (["--optimizer", "foo"], ["'foo'", "'adam', 'sgd', 'rmsprop'"]),
     (["--dtype", "float16"], ["'float16'", "float32", "float64"]),
     (["--task", "copy", "--task-opt", "delay=-1"], ["delay=-1"]),
     (["--task", "copy", "--task-opt", "delay=500", "--steps", "300"], ["steps=300", "700"]),

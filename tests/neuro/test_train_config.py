@@ -29,7 +29,7 @@ def _untimed(metrics):
 
 
 BAD = [
-    (dict(seed=-1), "seed=-1"), (dict(seed=1.5), "seed=1.5"), (dict(optimizer="rmsprop"), "optimizer='rmsprop'.*'adam', 'sgd'"),
+    (dict(seed=-1), "seed=-1"), (dict(seed=1.5), "seed=1.5"), (dict(optimizer="foo"), "optimizer='foo'.*'adam', 'sgd', 'rmsprop'"),
     (dict(lr=0), "lr=0"), (dict(lr=float("inf")), "lr=inf"), (dict(lr="1e-3"), "lr='1e-3'"),
     (dict(update_every=0), "update_every=0"), (dict(batch=True), "batch=True"), (dict(log_every=-2), "log_every=-2"),
     (dict(checkpoint_every=0, run_dir="r"), "checkpoint_every=0"), (dict(chunk=2.0), "chunk=2.0"),
