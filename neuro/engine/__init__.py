@@ -73,6 +73,9 @@ REGISTRY: tuple[Combination, ...] = (
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_eprop:build"),
     Combination(model="alif", rule="eprop", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_eprop:build"),
+    *(Combination(model=m, rule=r, optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"), devices=("cpu",),
+                  dtypes=("float32", "float64"), builder="neuro.engine.spiking_bptt:build")
+      for m in ("lif", "alif") for r in ("bptt", "tbptt")),
     Combination(model="rate", rule="eprop", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
                 dtypes=("float32", "float64"), builder="neuro.engine.eprop_rate:build"),
 )
