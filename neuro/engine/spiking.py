@@ -48,7 +48,7 @@ from neuro.engine import kernels as K
 from neuro.engine.base import view
 
 __all__ = ["Cell", "DYNAMICS", "NetArrays", "cell", "jacobian", "layer", "leaky_readout", "net_arrays",
-           "net_state", "unit"]
+           "net_state", "network_step", "readout_grad", "signal", "unit"]
 
 EXACT, EULER, LAVA = 0, 1, 2
 DYNAMICS = {"exact": EXACT, "euler": EULER, "lava": LAVA}
@@ -179,6 +179,45 @@ def leaky_readout(W_out, b_out, kappa, z, y, y_hat):  # noqa: ANN001, ANN201
         for k in range(n_out):
             y_hat[s, k] = kappa * y[s, k] + y_hat[s, k]
             y[s, k] = y_hat[s, k]
+
+
+@numba.njit(cache=True)
+def network_step(W_in, W_rec, b, W_out, b_out, cf, ci, x, v, i, z, r, a, y, pre, I, vt, psi, act, y_hat):  # noqa: ANN001, ANN201
+    """One step of the network and its readout for a batch: ``pre = [x_t, z_{t-1}]`` [B, n_in + n] (the
+    presynaptic sources, written), :func:`layer` and :func:`leaky_readout` (``y_hat`` [B, n_out] written)."""
+    nb, n_in = x.shape
+    for s in range(nb):
+        pre[s, :n_in] = x[s]
+        pre[s, n_in:] = z[s]
+    layer(W_in, W_rec, b, cf, ci, x, v, i, z, r, a, I, vt, psi, act)
+    leaky_readout(W_out, b_out, cf[KAPPA_OUT], z, y, y_hat)
+
+
+@numba.njit(cache=True)
+def signal(eps, F, L):  # noqa: ANN001, ANN201
+    """``L = eps F`` [B, n]: the error ``eps = dE/dy`` [B, n_out] sent to the units through ``F`` [n_out, n]
+    (``W_out``: ``dE/dz`` through this step's readout; a feedback matrix ``B^T``)."""
+    nb, n_out = eps.shape
+    for s in range(nb):
+        for j in range(L.shape[1]):
+            la = eps[s, 0] * 0
+            for k in range(n_out):
+                la += eps[s, k] * F[k, j]
+            L[s, j] = la
+
+
+@numba.njit(cache=True)
+def readout_grad(eps, zb, bb, g_out, g_bout):  # noqa: ANN001, ANN201
+    """The readout's gradient added: ``g_out += eps^T zb`` (summed over the batch), ``g_bout += bb sum_B eps``
+    (``zb`` [B, n] the hidden output or its filtered trace, ``bb`` the number that ``b_out`` multiplies)."""
+    nb, n_out = eps.shape
+    for s in range(nb):
+        for k in range(n_out):
+            e = eps[s, k]
+            row = g_out[k]
+            for j in range(zb.shape[1]):
+                row[j] += e * zb[s, j]
+            g_bout[k] += e * bb
 
 
 class NetArrays(NamedTuple):

@@ -50,3 +50,40 @@ class SpikingEngine(Engine):
         o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
         return (o, tuple(flat(params[k]) for k in ORDER), tuple(flat(acc[k]) for k in ORDER),
                 np.empty(steps, dtype))
+
+
+class Slots:
+    """A windowed path's buffer (a tuple of ``window`` entries, each a tuple of tensors and numbers: the steps of
+    the window so far at their positions, stale ones after them) as arrays the kernels write, one per field
+    ``[window, *shape]``, and back. The entries returned are views of the arrays; the buffer returned last is
+    recognised and its arrays reused, so that a run of ranges copies nothing."""
+
+    def __init__(self) -> None:
+        self.last: tuple | None = None
+        self.arrays: list[np.ndarray] = []
+        self.views: list = []
+        self.numbers: list[bool] = []
+
+    def of(self, buf: tuple, dtype: np.dtype) -> list[np.ndarray]:
+        """The arrays of ``buf`` (copies, unless ``buf`` is the one :meth:`entries` gave last)."""
+        if buf is self.last:
+            return self.arrays
+        first = buf[0]
+        self.numbers = [not isinstance(f, torch.Tensor) for f in first]
+        self.arrays = [np.empty((len(buf), *(() if num else tuple(f.shape))), dtype)
+                       for f, num in zip(first, self.numbers)]
+        for w, entry in enumerate(buf):
+            for f, value in enumerate(entry):
+                self.arrays[f][w] = value if self.numbers[f] else value.detach().numpy()
+        tensors = [torch.from_numpy(a) for a in self.arrays]
+        self.views = [tuple(t.unbind(0)) for t in tensors]
+        self.last = None
+        return self.arrays
+
+    def entries(self) -> tuple:
+        """The buffer as entries (tensors: views of the arrays; numbers: Python floats)."""
+        if self.last is not None and not any(self.numbers):
+            return self.last
+        cols = [[float(x) for x in a] if num else v for a, v, num in zip(self.arrays, self.views, self.numbers)]
+        self.last = tuple(zip(*cols))
+        return self.last

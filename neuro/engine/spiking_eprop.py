@@ -70,7 +70,6 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
     g_out, g_bout = acc[3].reshape((n_out, n)), acc[4]
     adapt = ci[S.ADAPT] == 1
     kc = K.cast(kappa, v)
-    kout = cf[S.KAPPA_OUT]
     ii, iI, rho = cf[S.II], cf[S.III], cf[S.RHO]
     one = K.cast(1.0, v)
     pre = np.empty((nb, n_pre), v.dtype)
@@ -85,35 +84,21 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
     for t in range(t0, t1):
         x = xs[t]
         pos = (t % every) % window if window > 0 else 0
-        for s in range(nb):
-            pre[s, :n_in] = x[s]
-            pre[s, n_in:] = z[s]
         if window > 0:
-            slot_pre[pos] = pre
             slot_loc[pos, 0] = v
             slot_loc[pos, 1] = i
             if n_reads > 2:
                 slot_loc[pos, 2] = r if ci[S.REFRACT] else a
             if n_reads > 3:
                 slot_loc[pos, 3] = a
-        S.layer(W_in, W_rec, b, cf, ci, x, v, i, z, r, a, I, vt, psi, act)
-        S.leaky_readout(W_out, b_out, kout, z, y, y_hat)
+        S.network_step(W_in, W_rec, b, W_out, b_out, cf, ci, x, v, i, z, r, a, y, pre, I, vt, psi, act, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
-        for s in range(nb):  # the learning signal L = dE/dy B^T
-            for j in range(n):
-                la = K.cast(0.0, v)
-                for k in range(n_out):
-                    la += eps[s, k] * F[k, j]
-                L[s, j] = la
+        S.signal(eps, F, L)
         bbar[0] = kc * bbar[0] + one
-        for s in range(nb):  # the readout's exact gradient
+        for s in range(nb):
             for j in range(n):
                 zbar[s, j] = kc * zbar[s, j] + z[s, j]
-            for k in range(n_out):
-                e = eps[s, k]
-                for j in range(n):
-                    g_out[k, j] += e * zbar[s, j]
-                g_bout[k] += e * bbar[0]
+        S.readout_grad(eps, zbar, bbar[0], g_out, g_bout)
         for s in range(nb):
             p_s, sh = pre[s], shared[s, 0]
             for j in range(n):
@@ -155,6 +140,7 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
             for k in range(n_pre):  # the synaptic current's component, the same for every unit
                 sh[k] = ii * sh[k] + iI * p_s[k]
         if window > 0:
+            slot_pre[pos] = pre
             slot_L[pos] = L
             slot_zbar[pos] = zbar
             slot_dE[pos] = eps
