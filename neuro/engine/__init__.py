@@ -82,6 +82,10 @@ REGISTRY: tuple[Combination, ...] = (
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_sltt:build"),
     Combination(model="alif", rule="sltt", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_sltt:build"),
+    Combination(model="lif", rule="ottt", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_ottt:build"),
+    Combination(model="alif", rule="ottt", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_ottt:build"),
 )
 
 
