@@ -1,6 +1,6 @@
 """The compiled engine on the LSTM: its cell (neuro.engine.lstm) against the model's torch step and autograd, and
-what the REGISTRY oracle (test_engine.py) leaves out for the LSTM engines: float32, and TBPTT windows cut at
-chunk ends with updates inside them."""
+what the REGISTRY oracle (test_engine.py) leaves out for the LSTM engines: float32, TBPTT windows cut at chunk
+ends with updates inside them, and RTRL's influence matrix wider than one column block."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _both(rule: object, net: object, task: object, steps: int, **settings: objec
     return {e: train(net, rule, task, steps, progress=False, engine=e, **settings) for e in ("torch", "compiled")}
 
 
-@pytest.mark.parametrize("name", ["bptt", "tbptt"])
+@pytest.mark.parametrize("name", ["bptt", "tbptt", "rtrl"])
 def test_float32_runs_compiled_close_to_torch(name):
     task = tasks.make("sine")
     net = models.make("lstm", n_in=1, n_hidden=8, n_out=1)
@@ -71,6 +71,21 @@ def test_tbptt_windows_cut_at_chunk_ends_and_updates_inside_them(opt):
     h = _both(rules.make("tbptt", net, k=7), net, task, 60, chunk=20, update_every=3, log_every=9, batch=2,
               optimizer=opt, dtype="float64", lr=0.05)
     assert h["compiled"].engine == "compiled" and h["compiled"].updates == h["torch"].updates == 9
+    for k, p in h["torch"].params.items():
+        torch.testing.assert_close(h["compiled"].params[k], p, rtol=1e-10, atol=1e-13)
+    for a, b in zip(h["torch"].metrics, h["compiled"].metrics):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-10, abs=1e-13)
+
+
+def test_rtrl_with_an_influence_matrix_of_several_column_blocks_equals_torch():
+    """n = 10: P = 491 columns, two blocks of :data:`neuro.engine.lstm_rtrl.BLOCK`; batch 2, Adam, the rule state
+    (``M``, ``h``, ``c``) too."""
+    from neuro.engine.lstm_rtrl import BLOCK
+
+    task = tasks.make("sine")
+    net = models.make("lstm", n_in=1, n_hidden=10, n_out=1)
+    h = _both(rules.make("rtrl", net), net, task, 30, chunk=15, update_every=4, batch=2, dtype="float64", lr=0.05)
+    assert h["compiled"].engine == "compiled" and 2 * BLOCK > 491 > BLOCK
     for k, p in h["torch"].params.items():
         torch.testing.assert_close(h["compiled"].params[k], p, rtol=1e-10, atol=1e-13)
     for a, b in zip(h["torch"].metrics, h["compiled"].metrics):
