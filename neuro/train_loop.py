@@ -197,7 +197,7 @@ class Loop:
         xs, ys, mask = seq.xs, seq.ys, seq.mask
         frac = mask[:n].to(torch.float64).mean(1).tolist()
         if self.engine is not None and self.rule is not self.engine.rule:  # a hook (a stage schedule) put in a new rule
-            rebuild = getattr(self.engine, "rebuild", None)  # the same combination's builder (neuro.engine.select)
+            rebuild = getattr(self.engine, "rebuild", None)  # its combination's builder (neuro.engine.Combination)
             self.engine = None if rebuild is None else rebuild(self.rule.net, self.rule)
         engine = self.engine
         arrays = None if engine is None else SequenceArrays.of(seq, self.run.dtype)

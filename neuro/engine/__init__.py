@@ -46,7 +46,10 @@ class Combination:
     def build(self, net: AbstractNetwork, rule: AbstractRule) -> Any:
         module, name = self.builder.split(":")
         fn: Callable[[AbstractNetwork, AbstractRule], Any] = getattr(importlib.import_module(module), name)
-        return fn(net, rule)
+        engine = fn(net, rule)
+        if engine is not None:
+            engine.rebuild = self.build  # for a new rule of the run (a stage schedule's next stage)
+        return engine
 
 
 #: every combination the compiled engine runs
@@ -111,7 +114,6 @@ def _find(net: AbstractNetwork, rule: AbstractRule, optimizer: str, dtype: torch
                 and device.type in c.devices and dtype_name in c.dtypes:
             engine = c.build(net, rule)
             if engine is not None:
-                engine.rebuild = c.build  # a stage schedule's next rule: the same combination's builder
                 return engine
     return None
 

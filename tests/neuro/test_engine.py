@@ -30,7 +30,10 @@ from neuro.training import TIMING_COLUMNS, TrainingDiverged, prepare, train
 RTOL, ATOL = 1e-10, 1e-13
 #: the runs each combination is held to: (task, its settings, train settings)
 RUNS = {"continuing": ("sine", {}, {"steps": 60, "chunk": 20, "update_every": 7}),
-        "episodic": ("copy", {"length": 5, "delay": 3, "symbols": 4}, {"steps": 60, "update_every": 4})}
+        "episodic": ("copy", {"length": 5, "delay": 3, "symbols": 4}, {"steps": 60, "update_every": 4}),
+        "trace": ("trace-patterning", {"isi": (3, 5), "iti": (4, 8)}, {"steps": 60, "chunk": 20, "update_every": 7})}
+#: the loss a run holds a combination to where it is not the task's (trace patterning: TD(lambda)'s inner "value")
+RUN_LOSSES = {"trace": "value"}
 #: model options each combination is run with (the rate RNN: a vanilla RNN, alpha = 1, and a leaky one)
 VARIANTS = {"rate": ({}, {"alpha": 0.5}),
             # spiking: a bias that makes the 6 units fire on both tasks; the other dynamics, resets, refractory
@@ -45,6 +48,12 @@ def _optimizer_batches(optimizers: tuple[str, ...], run: str) -> list[tuple[str,
     main = "adam" if "adam" in optimizers else optimizers[0]
     every = [(opt, 1) for opt in optimizers] if run == "continuing" else [(main, 1)]
     return [*every, (main, 2)]
+#: the networks of single-unit columns: the LSTM and the rate cell; stages of frozen, learning and inactive columns
+VARIANTS.update({"columnar": ({}, {"cell": "rate"}),
+                 "constructive": ({"per_stage": 2, "stage": 1}, {"per_stage": 3, "stage": 1, "cell": "rate"})})
+#: rule options of a combination (TD(lambda): its inner rule, and the trace-patterning US as the cumulant)
+RULE_OPTIONS = {("columnar", "td-lambda"): {"rule": "columnar", "cumulant_input": 6},
+                ("constructive", "td-lambda"): {"rule": "constructive", "cumulant_input": 6}}
 
 
 def _cases() -> list[Any]:
@@ -52,7 +61,7 @@ def _cases() -> list[Any]:
     for c in REGISTRY:
         for variant in VARIANTS.get(c.model, ({},)):
             for run in RUNS:
-                if tasks.make(RUNS[run][0], **RUNS[run][1]).loss not in c.losses:
+                if RUN_LOSSES.get(run, tasks.make(RUNS[run][0], **RUNS[run][1]).loss) not in c.losses:
                     continue
                 for opt, batch in _optimizer_batches(c.optimizers, run):
                     name = f"{c.model}-{c.rule}-{'-'.join(f'{k}{v}' for k, v in variant.items())}-{run}-{opt}-b{batch}"
@@ -64,6 +73,7 @@ def _setup(c: Any, variant: dict[str, Any], run: str, **rule_opts: Any) -> tuple
     name, task_opts, settings = RUNS[run]
     task = tasks.make(name, **task_opts)
     net = models.make(c.model, n_in=task.n_in, n_hidden=6, n_out=task.n_out, **variant)
+    rule_opts = {**RULE_OPTIONS.get((c.model, c.rule), {}), **rule_opts}
     return net, rules.make(c.rule, net, **rule_opts), task, dict(settings)
 
 
@@ -191,6 +201,32 @@ def test_a_resume_keeps_the_engine_of_the_saved_run(tmp_path):
     assert train(net, rule, task, 30, chunk=10, progress=False, run_dir=tmp_path, resume=True).engine == "torch"
     with pytest.raises(ValueError, match=r"train.engine: 'torch' \(saved\) vs 'compiled' \(now\)"):
         train(net, rule, task, 40, chunk=10, progress=False, run_dir=tmp_path, resume=True, engine="compiled")
+
+
+@pytest.mark.parametrize("rule_name", ["constructive", "td-lambda"])
+def test_a_stage_schedule_runs_compiled_across_stage_changes(tmp_path, rule_name):
+    """``schedule="6:2:20"``: three stages of 20 steps (two stage changes inside the run, each a new rule, fresh
+    traces and a fresh optimizer but for the readout's state), the engine rebuilt for each stage's rule; the torch
+    path's numbers to 1e-10 in float64, and a resume inside the last stage (its rule rebuilt from the step count)
+    equals the uninterrupted run."""
+    task = tasks.make("trace-patterning", isi=(3, 5), iti=(4, 8))
+    net = models.make("constructive", n_in=task.n_in, n_hidden=6, n_out=task.n_out, per_stage=2)
+    opts = {"rule": "constructive", "cumulant_input": 6} if rule_name == "td-lambda" else {}
+    rule = rules.make(rule_name, net, **opts)
+    settings = {"steps": 70, "chunk": 10, "update_every": 3, "schedule": "6:2:20", "optimizer": "adam", "batch": 2,
+                "checkpoint_every": 10}
+    (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = (_train(net, rule, task, tmp_path / e, engine=e, **settings)
+                                                 for e in ("torch", "compiled"))
+    assert h_c.engine == "compiled" and loop_c.rule.net.stage == 2 and loop_c.engine.rule is loop_c.rule
+    _close(h_t.params, h_c.params, "params")
+    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
+    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
+    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+    _train(net, rule, task, tmp_path / "cut", engine="compiled", **{**settings, "steps": 50})
+    resumed = _train(net, rule, task, tmp_path / "cut", engine="compiled", **settings, resume=True)
+    for k in h_c.params:
+        assert torch.equal(h_c.params[k], resumed[0].params[k]), k
+    _close(ck_c["optimizer"], resumed[2]["optimizer"], "optimizer")
 
 
 @dataclasses.dataclass(frozen=True)
