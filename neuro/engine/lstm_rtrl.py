@@ -111,13 +111,12 @@ def lstm_rtrl_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, n_in, n,
                             Q[1, q] += w1 * mq
                             Q[2, q] += w2 * mq
                             Q[3, q] += w3 * mq
-                    d0, d1, d2, d3, d4, f = D[s, a, 0], D[s, a, 1], D[s, a, 2], D[s, a, 3], D[s, a, 4], D[s, a, 5]
-                    la = dl_dh[s, a]
+                    d = (D[s, a, 0], D[s, a, 1], D[s, a, 2], D[s, a, 3], D[s, a, 4])
+                    f, la = D[s, a, 5], dl_dh[s, a]
                     mc, mh = Ms[n + a, q0:q1], Mh[a, q0:q1]
                     gs = gsum[q0:q1]
                     for q in range(w):
-                        vc = d0 * Q[0, q] + d1 * Q[1, q] + d2 * Q[2, q] + f * mc[q]
-                        vh = d3 * Q[3, q] + d4 * vc
+                        vc, vh = L.tangent(d, f, Q[0, q], Q[1, q], Q[2, q], Q[3, q], mc[q])
                         mc[q] = vc
                         mh[q] = vh
                         gs[q] += la * vh
