@@ -16,7 +16,11 @@ runs T steps (inputs cycled from a pool of 1000 steps, so the data does not grow
 memory the T steps added, graph and traces included (the resolution is a 4 KiB page: the traces of
 the local rules, a few KiB, hardly show). Time per step is the CPU time of the process (``time.process_time``,
 robust to other processes sharing the cores; the wall time is in the JSON) of those T steps and
-``finish``, over T. ``sltt-k`` runs with ``k = max(1, T // 4)`` of ``T`` steps. A run predicted to take
+``finish``, over T. ``sltt-k`` runs with ``k = max(1, T // 4)`` of ``T`` steps. ``bptt (compiled)`` is BPTT
+on ``rate`` run by the compiled engine (:mod:`neuro.engine.bptt`: the T steps as one sequence in one call, the
+optimizer SGD, its inputs, T steps of the pool, made before the baseline): its peak RSS growth, measured as
+above, and the bytes per step of the window it stores (``stored B/step``, from the shapes of the arrays the
+engine allocates). A run predicted to take
 longer than ``--max-run-s`` (the rule's wall ms/step at the previous T times T) is skipped and listed.
 
 *Cue accumulation.* ``ottt``, ``sltt`` and ``bptt`` train an ALIF network (``--hidden`` units,
@@ -50,6 +54,7 @@ N_IN, N_OUT, POOL, WARMUP = 16, 2, 1000, 50
 CUE_TASK = {"n_cues": 3, "cue_ms": 50.0, "spacing_ms": 25.0, "delay_ms": 50.0, "recall_ms": 50.0}
 CUE_RULES = ("bptt", "ottt", "sltt")
 MIB = float(1 << 20)
+COMPILED = "bptt (compiled)"  # BPTT on rate run by the compiled engine
 #: O(p) online rules that are not LOCAL (they need the loss, or the columns' Jacobians) -> their model
 OTHER_ONLINE = {"uoro": "rate", "np": "rate", "anp-time": "rate", "columnar": "columnar"}
 
@@ -93,6 +98,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     from neuro import rules
 
     torch.set_num_threads(1)
+    if job.get("engine") == "compiled":
+        return _measure_compiled(job)
     T, n, model = job["T"], job["n"], job["model"]
     net = models.make(model, n_in=N_IN, n_hidden=n, n_out=N_OUT)
     params = net.init_params(seed=0)
@@ -127,6 +134,45 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     return {**job, "peak_mib": _rss.growth(base) / MIB, "base_mib": base / MIB, "ms_per_step": 1e3 * cpu / T,
             "wall_ms_per_step": 1e3 * wall / T, "wall_s": wall,
             "finite": bool(all(torch.isfinite(v).all() for v in acc.values()))}
+
+
+def _measure_compiled(job: dict[str, Any]) -> dict[str, Any]:
+    """:func:`measure` of BPTT on ``rate`` run by the compiled engine: the T steps as one sequence, one call."""
+    import numpy as np
+    import torch
+
+    import models
+    from neuro import rules
+    from neuro.engine import bptt
+    from neuro.engine.base import SequenceArrays
+
+    T, n = job["T"], job["n"]
+    net = models.make("rate", n_in=N_IN, n_hidden=n, n_out=N_OUT)
+    params = net.init_params(seed=0)
+    rule = rules.make("bptt", net, loss="mse")
+    engine = bptt.build(net, rule)
+    opt = torch.optim.SGD(list(params.values()), lr=1e-3)
+    acc = rules.zeros_like_params(params)
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(POOL, 1, N_IN, generator=g), torch.randn(POOL, 1, N_OUT, generator=g)
+
+    def run(steps: int) -> None:
+        engine.run(params, rule.init(params, 1, 0), acc, opt, data, 0, steps, steps, steps)
+
+    def sequence(steps: int) -> SequenceArrays:
+        i = torch.arange(steps) % POOL
+        return SequenceArrays(xs[i].numpy(), ys[i].numpy(), np.ones((steps, 1), np.float32))
+
+    data = sequence(WARMUP)
+    run(WARMUP)  # compiles or loads the kernels
+    data = sequence(T)
+    base = _rss.start()
+    t0, c0 = time.perf_counter(), time.process_time()
+    run(T)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {**job, "peak_mib": _rss.growth(base) / MIB, "base_mib": base / MIB, "ms_per_step": 1e3 * cpu / T,
+            "wall_ms_per_step": 1e3 * wall / T, "wall_s": wall, "stored_bytes_per_step": engine.stored_bytes(T, 1, 4) / T,
+            "finite": bool(all(torch.isfinite(v).all() for v in params.values()))}
 
 
 def train_cue(job: dict[str, Any]) -> dict[str, Any]:
@@ -238,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = _report.loadavg()
     pairs, skipped = local_rules(args.rules)
     models_used = sorted({m for _, m in pairs} or {"lif"})
-    pairs = [("bptt", m) for m in models_used] + pairs
-    chains = [[{"kind": "memory", "rule": r, "model": m, "T": T, "n": args.n} for T in ts] for r, m in pairs]
+    pairs = [("bptt", m) for m in models_used] + ([(COMPILED, "rate")] if "rate" in models_used else []) + pairs
+    chains = [[{"kind": "memory", "rule": r, "model": m, "T": T, "n": args.n,
+                **({"engine": "compiled"} if r == COMPILED else {})} for T in ts] for r, m in pairs]
     print(f"memory: {len(pairs) * len(ts)} runs ({', '.join(r for r, _ in pairs)}; T = {ts})", file=sys.stderr)
     mem = _run_all(chains, args.jobs, args.max_run_s)
     cue_jobs = [[{"kind": "cue", "rule": r, "seed": s, "trials": args.trials, "batch": args.batch,
@@ -263,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         summary[f"{rule}/{model}"] = {"peak_mib": {T: (c["peak_mib"] if c else None) for T, c in zip(ts, cells)},
                                       "ms_per_step": {T: (c["ms_per_step"] if c else None) for T, c in zip(ts, cells)},
                                       "kib_per_step": growth, "memory_saving_vs_bptt": mem_saving,
-                                      "time_saving_vs_bptt": time_saving}
+                                      "time_saving_vs_bptt": time_saving,
+                                      **({"stored_bytes_per_step": r["stored_bytes_per_step"]} if rule == COMPILED and r
+                                         else {})}
         rows.append([rule, model] + [_f(c["peak_mib"] if c else None) for c in cells]
                     + [_f(growth, ".3f"), _f(r["ms_per_step"] if r else None, ".3f"),
                        _pct(mem_saving, ".1f"), _pct(time_saving, ".0f")])
@@ -297,6 +346,14 @@ def main(argv: list[str] | None = None) -> int:
           f"n = {args.n} hidden units, batch 1, float32, one thread, each run in a fresh process. "
           f"\"KiB/step\": the growth between T = {ts[0]:g} and T = {tmax:g}. Savings are at T = {tmax:g} "
           f"against bptt on the same model.\n\n" + _report.md_table(header, rows) + "\n\n")
+    c, b = get(COMPILED, "rate", tmax), get("bptt", "rate", tmax)
+    if c and b:
+        kib = {k: summary[f"{k}/rate"]["kib_per_step"] for k in (COMPILED, "bptt")}
+        md += (f"BPTT on rate run by the compiled engine stores {c['stored_bytes_per_step']:.0f} B per step (the "
+               f"window's arrays: h, and dh/du where alpha != 1); its peak RSS grows by {_f(kib[COMPILED], '.3f')} "
+               f"KiB per step against the torch path's {_f(kib['bptt'], '.3f')} KiB ({c['peak_mib']:.1f} against "
+               f"{b['peak_mib']:.1f} MiB at T = {tmax:g}), at {c['ms_per_step']:.3f} against {b['ms_per_step']:.3f} "
+               "CPU ms per step.\n\n")
     if claims:
         md += ("SLTT's claim (> 70% less memory, > 50% less time than BPTT), as measured here: "
                + "; ".join(claims) + ".\n\n")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -199,16 +200,24 @@ class BPTTEngine(Engine):
         self._open: _Open | None = None
         self._buffers: dict[str, np.ndarray] = {}
 
-    def buffers(self, steps: int, nb: int, dtype: np.dtype) -> dict[str, np.ndarray]:
-        """The arrays a window of ``steps`` steps of ``nb`` samples uses (kept between sequences while their
-        shapes hold): its parameters ``snap``, the stored steps ``H`` [steps + 1, B, n] and ``D`` ([steps, B, n]
-        where ``alpha != 1``, else [1, B, n] scratch), the backward's scratch ``DU`` [min(BLOCK, steps) B, n] and
-        ``S`` [n, n]. The stored steps are ``H`` and ``D``: at most ``2 n`` values per step and sample."""
+    def shapes(self, steps: int, nb: int) -> dict[str, tuple[int, ...]]:
+        """The shapes of the arrays a window of ``steps`` steps of ``nb`` samples uses: its parameters (named as
+        in :data:`ORDER`), the stored steps ``H`` [steps + 1, B, n] and ``D`` ([steps, B, n] where ``alpha != 1``,
+        else [1, B, n] scratch), the backward's scratch ``DU`` [min(BLOCK, steps) B, n] and ``S`` [n, n]."""
         net, n = self.net, self.net.n_hidden
-        shapes = {"W_in": (n, net.n_in), "W_rec": (n, n), "b": (n,), "W_out": (net.n_out, n), "b_out": (net.n_out,),
-                  "H": (steps + 1, nb, n), "D": (steps if self.alpha != 1.0 else 1, nb, n),
-                  "DU": (min(BLOCK, steps) * nb, n), "S": (n, n)}
-        for name, shape in shapes.items():
+        return {"W_in": (n, net.n_in), "W_rec": (n, n), "b": (n,), "W_out": (net.n_out, n), "b_out": (net.n_out,),
+                "H": (steps + 1, nb, n), "D": (steps if self.alpha != 1.0 else 1, nb, n),
+                "DU": (min(BLOCK, steps) * nb, n), "S": (n, n)}
+
+    def stored_bytes(self, steps: int, nb: int, itemsize: int) -> int:
+        """The bytes of the stored steps (``H`` and ``D``) of a window of ``steps`` steps: ``n`` values per step
+        and sample where ``alpha = 1``, ``2 n`` otherwise (and one state more)."""
+        shapes = self.shapes(steps, nb)
+        return sum(math.prod(shapes[k]) for k in ("H", "D")) * itemsize
+
+    def buffers(self, steps: int, nb: int, dtype: np.dtype) -> dict[str, np.ndarray]:
+        """The arrays of :meth:`shapes`, kept between sequences while their shapes hold."""
+        for name, shape in self.shapes(steps, nb).items():
             a = self._buffers.get(name)
             if a is None or a.shape != shape or a.dtype != dtype:
                 self._buffers[name] = np.empty(shape, dtype)

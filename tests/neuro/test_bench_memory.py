@@ -62,3 +62,11 @@ def test_local_rules_are_discovered_from_the_registry():
     assert dict(pairs)["ottt"] == "lif"
     # the other O(p) online rules (uoro, np, anp-time, columnar RTRL), on their own models
     assert {k: dict(pairs)[k] for k in ("uoro", "np", "anp-time", "columnar")} == memory.OTHER_ONLINE
+
+
+def test_compiled_bptt_run_reports_the_bytes_it_stores_per_step():
+    """BPTT on rate run by the compiled engine: its window stores h, n float32 values per step (alpha = 1)."""
+    job = {"kind": "memory", "rule": memory.COMPILED, "model": "rate", "T": 400, "n": 24, "engine": "compiled"}
+    r = memory.measure(job)
+    assert r["stored_bytes_per_step"] == pytest.approx(24 * 4, rel=0.01) and r["finite"], r
+    assert r["peak_mib"] >= 0 and r["ms_per_step"] > 0

@@ -41,5 +41,5 @@ def test_stored_steps_hold_at_most_two_network_states(alpha, per_step):
     def values(steps: int) -> int:
         return sum(a.size for a in engine.buffers(steps, 2, np.dtype("float64")).values())
 
-    growth = (values(500) - values(100)) / 400
-    assert growth == per_step * 2 * 7
+    assert (values(500) - values(100)) / 400 == per_step * 2 * 7
+    assert engine.stored_bytes(500, 2, 8) - engine.stored_bytes(100, 2, 8) == 400 * per_step * 2 * 7 * 8
