@@ -81,6 +81,9 @@ REGISTRY: tuple[Combination, ...] = (
     *(Combination(model=m, rule=r, optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"), devices=("cpu",),
                   dtypes=("float32", "float64"), builder="neuro.engine.spiking_bptt:build")
       for m in ("lif", "alif") for r in ("bptt", "tbptt")),
+    *(Combination(model=m, rule="anp-time", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
+                  devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_anp:build")
+      for m in ("lif", "alif")),
     Combination(model="rate", rule="eprop", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
                 dtypes=("float32", "float64"), builder="neuro.engine.eprop_rate:build"),
     Combination(model="rate", rule="rtrl", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),

@@ -53,7 +53,9 @@ VARIANTS.update({"columnar": ({}, {"cell": "rate"}),
                  "constructive": ({"per_stage": 2, "stage": 1}, {"per_stage": 3, "stage": 1, "cell": "rate"})})
 #: rule options of a combination (TD(lambda): its inner rule, and the trace-patterning US as the cumulant)
 RULE_OPTIONS = {("columnar", "td-lambda"): {"rule": "columnar", "cumulant_input": 6},
-                ("constructive", "td-lambda"): {"rule": "constructive", "cumulant_input": 6}}
+                ("constructive", "td-lambda"): {"rule": "constructive", "cumulant_input": 6},
+                # spiking anp-time: two noise samples; the global norm, with which SGD at the runs' rate stays finite
+                **{(m, "anp-time"): {"norm": "global", "samples": 2} for m in ("lif", "alif")}}
 
 
 def _cases() -> list[Any]:
