@@ -96,6 +96,10 @@ REGISTRY: tuple[Combination, ...] = (
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_ottt:build"),
     Combination(model="alif", rule="ottt", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_ottt:build"),
+    Combination(model="lif", rule="three-factor", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_three_factor:build"),
+    Combination(model="alif", rule="three-factor", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_three_factor:build"),
 )
 
 

@@ -1,6 +1,6 @@
 """The compiled LIF/ALIF cell (neuro.engine.spiking) against the models' own step and derivatives, and the
 spiking engines' other forms of the rule state (the definitions, ``fast=False``; OTTT's mode "O"; e-prop's
-random feedback) against the torch path: parameters, optimizer, rule state and losses to 1e-10 in float64, and
+random feedback; the three-factor rule's other traces and factors) against the torch path: parameters, optimizer, rule state and losses to 1e-10 in float64, and
 the spikes (the network's and those the windowed buffers keep) equal. ``tests/neuro/test_engine.py`` holds the
 default forms of every registered combination."""
 
@@ -78,7 +78,10 @@ def _close(a: Any, b: Any, what: str) -> None:
 
 
 FORMS = [("eprop", {"fast": False}), ("eprop", {"feedback": "random"}), ("sltt", {"fast": False}),
-         ("ottt", {"fast": False}), ("ottt", {"mode": "O"}), ("ottt", {"mode": "O", "fast": False})]
+         ("ottt", {"fast": False}), ("ottt", {"mode": "O"}), ("ottt", {"mode": "O", "fast": False}),
+         ("three-factor", {"fast": False}), ("three-factor", {"post": "activity", "feedback": "readout"}),
+         ("three-factor", {"pre_decay": (0.8, 0.5), "pre_impulse": (1.0, -0.5), "post_decay": 0.5,
+                           "eligibility_decay": 0.7, "bias_pre_decay": 0.9, "fast": False})]
 
 
 @pytest.mark.parametrize("model,rule,options", [(m, r, o) for m, (r, o) in itertools.product(("lif", "alif"), FORMS)],
