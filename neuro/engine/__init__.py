@@ -66,6 +66,8 @@ REGISTRY: tuple[Combination, ...] = (
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.lstm_bptt:build"),
     Combination(model="lstm", rule="rtrl", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.lstm_rtrl:build"),
+    Combination(model="lstm", rule="uoro", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.lstm_uoro:build"),
     Combination(model="columnar", rule="columnar", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
                 dtypes=("float32", "float64"), builder="neuro.engine.columnar:build"),
     Combination(model="constructive", rule="constructive", optimizers=("adam", "sgd"), losses=("mse", "ce"),

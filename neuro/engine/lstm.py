@@ -32,7 +32,7 @@ from models.lstm import LSTM
 from neuro._numba import numba
 from neuro.engine import kernels as K
 
-__all__ = ["LSTM", "activate", "cotangent", "derivatives", "gates", "lstm_step", "sigmoid", "tangent"]
+__all__ = ["LSTM", "activate", "cotangent", "derivatives", "gates", "lstm_step", "sigmoid", "step_derivatives", "tangent"]
 
 
 @numba.njit(cache=True)
@@ -78,6 +78,24 @@ def derivatives(i, f, g, o, c_prev, tc, one):  # noqa: ANN001, ANN201
     """One unit's ``(dc/du_i, dc/du_f, dc/du_g, dh/du_o, dh/dc)`` (module docstring) from its gates, ``c_{t-1}``
     and ``tc = tanh(c_t)``; ``dc_t/dc_{t-1}`` is ``f`` (``one``: :func:`sigmoid`)."""
     return g * (i * (one - i)), c_prev * (f * (one - f)), i * (one - g * g), tc * (o * (one - o)), o * (one - tc * tc)
+
+
+@numba.njit(cache=True)
+def step_derivatives(W_in, W_rec, b, x, h, c, h_new, c_new, D):  # noqa: ANN001, ANN201
+    """:func:`lstm_step` with each unit's derivatives kept: ``D`` [B, n, 6] (written) holds :func:`derivatives`'
+    five and ``f`` (``dc_t/dc_{t-1}``), as :func:`tangent` and :func:`cotangent` read them (``D[s, a, :5]``,
+    ``D[s, a, 5]``)."""
+    nb, n = h.shape
+    one = K.cast(1.0, h)
+    for s in range(nb):
+        for a in range(n):
+            i, f, g, o = gates(W_in, W_rec, b, x[s], h[s], n, a, one)
+            cn = f * c[s, a] + i * g
+            tc = np.tanh(cn)
+            c_new[s, a], h_new[s, a] = cn, o * tc
+            d = derivatives(i, f, g, o, c[s, a], tc, one)
+            Ds = D[s, a]
+            Ds[0], Ds[1], Ds[2], Ds[3], Ds[4], Ds[5] = d[0], d[1], d[2], d[3], d[4], f
 
 
 @numba.njit(cache=True)

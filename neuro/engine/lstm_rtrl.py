@@ -64,7 +64,7 @@ def lstm_rtrl_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, n_in, n,
     nb, P = h.shape[0], M.shape[2]
     one = K.cast(1.0, h)
     h_new, c_new, dl_dh = np.empty_like(h), np.empty_like(h), np.empty_like(h)
-    D = np.empty((nb, n, 6), h.dtype)  # per unit: derivatives (5) and f
+    D = np.empty((nb, n, 6), h.dtype)  # per unit: the cell's derivatives and f
     y_hat, eps = np.empty((nb, n_out), h.dtype), np.empty((nb, n_out), h.dtype)
     Mh = np.empty((n, P), h.dtype)  # M^h_t while M^h_{t-1} is still read
     Q = np.empty((4, BLOCK), h.dtype)
@@ -72,15 +72,7 @@ def lstm_rtrl_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, n_in, n,
     updates, full = 0, False
     for t in range(t0, t1):
         x = xs[t]
-        for s in range(nb):  # the cell's step and derivatives
-            for a in range(n):
-                i, f, g, o = L.gates(W_in, W_rec, b, x[s], h[s], n, a, one)
-                cn = f * c[s, a] + i * g
-                tc = np.tanh(cn)
-                c_new[s, a], h_new[s, a] = cn, o * tc
-                d = L.derivatives(i, f, g, o, c[s, a], tc, one)
-                D[s, a, 0], D[s, a, 1], D[s, a, 2], D[s, a, 3], D[s, a, 4], D[s, a, 5] = d[0], d[1], d[2], d[3], \
-                    d[4], f
+        L.step_derivatives(W_in, W_rec, b, x, h, c, h_new, c_new, D)
         K.readout(W_out, b_out, h_new, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         for s in range(nb):  # dl/dh_t, and the readout's exact gradient

@@ -1,6 +1,7 @@
 """The compiled engine on the LSTM: its cell (neuro.engine.lstm) against the model's torch step and autograd, and
 what the REGISTRY oracle (test_engine.py) leaves out for the LSTM engines: float32, TBPTT windows cut at chunk
-ends with updates inside them, and RTRL's influence matrix wider than one column block."""
+ends with updates inside them, RTRL's influence matrix wider than one column block, UORO with several rank-one
+pairs per sample."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def _both(rule: object, net: object, task: object, steps: int, **settings: objec
     return {e: train(net, rule, task, steps, progress=False, engine=e, **settings) for e in ("torch", "compiled")}
 
 
-@pytest.mark.parametrize("name", ["bptt", "tbptt", "rtrl"])
+@pytest.mark.parametrize("name", ["bptt", "tbptt", "rtrl", "uoro"])
 def test_float32_runs_compiled_close_to_torch(name):
     task = tasks.make("sine")
     net = models.make("lstm", n_in=1, n_hidden=8, n_out=1)
@@ -86,6 +87,20 @@ def test_rtrl_with_an_influence_matrix_of_several_column_blocks_equals_torch():
     net = models.make("lstm", n_in=1, n_hidden=10, n_out=1)
     h = _both(rules.make("rtrl", net), net, task, 30, chunk=15, update_every=4, batch=2, dtype="float64", lr=0.05)
     assert h["compiled"].engine == "compiled" and 2 * BLOCK > 491 > BLOCK
+    for k, p in h["torch"].params.items():
+        torch.testing.assert_close(h["compiled"].params[k], p, rtol=1e-10, atol=1e-13)
+    for a, b in zip(h["torch"].metrics, h["compiled"].metrics):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-10, abs=1e-13)
+
+
+def test_uoro_with_two_pairs_a_sample_equals_torch():
+    """``samples=2``: the pairs sample-major, their estimates averaged, the signs drawn as the torch path draws
+    them; batch 2."""
+    task = tasks.make("sine")
+    net = models.make("lstm", n_in=1, n_hidden=5, n_out=1)
+    h = _both(rules.make("uoro", net, samples=2), net, task, 30, chunk=15, update_every=4, batch=2, dtype="float64",
+              lr=0.05)
+    assert h["compiled"].engine == "compiled"
     for k, p in h["torch"].params.items():
         torch.testing.assert_close(h["compiled"].params[k], p, rtol=1e-10, atol=1e-13)
     for a, b in zip(h["torch"].metrics, h["compiled"].metrics):
