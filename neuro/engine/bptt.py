@@ -20,10 +20,10 @@ h_t^2`` is recomputed from it): at most ``2 n`` values per step and sample. At t
     dW_rec += DU^T H_prev   (per block of BLOCK steps: DU the rows du_t, H_prev the rows h_{t-1})
 
 (``c`` zero after the window's last step; nothing flows to the window's first ``h_{t-1}``; ``W_rec^T du_t`` is
-summed by rows of ``W_rec``, and ``dW_rec``'s block one matrix product on the BLAS, run on torch's thread
-count), adding the window's gradient to the loop's accumulator. The optimizer's update falls at the loop's
-schedule (``(t + 1) % update_every == 0`` or the sequence's last step) when an estimate was emitted since the
-last one.
+summed by rows of ``W_rec``, and a block's ``dW_rec`` as one matrix product on the BLAS run on torch's thread
+count, or, where its threads cannot be set, step by step by rows: ``dW_rec += du_t h_{t-1}^T``), adding the
+window's gradient to the loop's accumulator. The optimizer's update falls at the loop's schedule (``(t + 1) %
+update_every == 0`` or the sequence's last step) when an estimate was emitted since the last one.
 
 The torch rule state holds an autograd graph mid-window; between the ranges of one sequence the engine keeps
 its own stored steps instead (the rule state it returns then carries the current ``h`` and the window's step
@@ -60,7 +60,7 @@ BLOCK = 32  # steps whose dW_rec terms one matrix product sums (the backward's s
 @functools.cache
 def _blas() -> object | None:
     """The thread-pool controller of the BLAS libraries loaded (numba's ``np.dot`` calls SciPy's), or ``None``
-    without ``threadpoolctl``."""
+    without ``threadpoolctl`` (then the engine does without the BLAS)."""
     try:
         import scipy.linalg.cython_blas  # noqa: F401  (loaded, so that the controller sees it)
         import threadpoolctl
@@ -82,10 +82,12 @@ def backward(W_rec, W_out, b_out, alpha, loss_kind, xs, ys, mask, t_start, H, Ds
     """The gradient of a window's summed loss (module docstring) added to ``g_*``: its ``m`` steps are steps
     ``t_start ..`` of ``xs`` [T, B, n_in], ``ys`` [T, B, n_out], ``mask`` [T, B]; ``H`` [>= m + 1, B, n] the
     state before the window and after each step; ``Dst`` [>= m, B, n] the steps' ``dh/du`` (``alpha != 1``; at
-    ``alpha = 1`` it is recomputed from ``h``). ``DU`` [BLOCK * B, n] and ``S`` [n, n]: scratch (written)."""
+    ``alpha = 1`` it is recomputed from ``h``). ``DU`` [BLOCK * B, n] and ``S`` [n, n]: scratch (written); ``S``
+    [0, 0]: ``dW_rec`` summed step by step by rows, without the BLAS."""
     nb, n = H.shape[1], H.shape[2]
     n_in, n_out = xs.shape[2], W_out.shape[0]
     blk = DU.shape[0] // nb
+    gemm = S.shape[0] > 0
     leak = K.cast(1.0 - alpha, H)
     one = K.cast(1.0, H)
     y_hat = np.empty((nb, n_out), H.dtype)
@@ -126,7 +128,11 @@ def backward(W_rec, W_out, b_out, alpha, loss_kind, xs, ys, mask, t_start, H, Ds
                 gi = g_in[a]
                 for i in range(n_in):
                     gi[i] += d * x[i]
-        if j == j0:  # the block's dW_rec terms: sum_t du_t h_{t-1}^T as one matrix product
+                if not gemm:
+                    ga, hp = g_rec[a], H[j, s]
+                    for i in range(n):
+                        ga[i] += d * hp[i]
+        if gemm and j == j0:  # the block's dW_rec terms: sum_t du_t h_{t-1}^T as one matrix product
             L = min(blk, m - j0) * nb
             np.dot(DU[:L].T, H[j0:j0 + L // nb].reshape((L, n)), S)
             for a in range(n):
@@ -203,11 +209,12 @@ class BPTTEngine(Engine):
     def shapes(self, steps: int, nb: int) -> dict[str, tuple[int, ...]]:
         """The shapes of the arrays a window of ``steps`` steps of ``nb`` samples uses: its parameters (named as
         in :data:`ORDER`), the stored steps ``H`` [steps + 1, B, n] and ``D`` ([steps, B, n] where ``alpha != 1``,
-        else [1, B, n] scratch), the backward's scratch ``DU`` [min(BLOCK, steps) B, n] and ``S`` [n, n]."""
+        else [1, B, n] scratch), the backward's scratch ``DU`` [min(BLOCK, steps) B, n] and ``S`` [n, n] ([0, 0]
+        where the BLAS's threads cannot be set: ``dW_rec`` is then summed step by step)."""
         net, n = self.net, self.net.n_hidden
         return {"W_in": (n, net.n_in), "W_rec": (n, n), "b": (n,), "W_out": (net.n_out, n), "b_out": (net.n_out,),
                 "H": (steps + 1, nb, n), "D": (steps if self.alpha != 1.0 else 1, nb, n),
-                "DU": (min(BLOCK, steps) * nb, n), "S": (n, n)}
+                "DU": (min(BLOCK, steps) * nb, n), "S": (n, n) if _blas() is not None else (0, 0)}
 
     def stored_bytes(self, steps: int, nb: int, itemsize: int) -> int:
         """The bytes of the stored steps (``H`` and ``D``) of a window of ``steps`` steps: ``n`` values per step

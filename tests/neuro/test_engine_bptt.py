@@ -15,11 +15,14 @@ from neuro.training import train
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.5])
-@pytest.mark.parametrize("rule,opts", [("bptt", {}), ("tbptt", {"k": 8})])
-def test_windows_of_several_blocks_equal_torch(monkeypatch, alpha, rule, opts):
+@pytest.mark.parametrize("rule,opts,blas", [("bptt", {}, True), ("tbptt", {"k": 8}, True), ("bptt", {}, False)])
+def test_windows_of_several_blocks_equal_torch(monkeypatch, alpha, rule, opts, blas):
     """Blocks of 3 steps: windows of 20 (bptt) and 8 (tbptt) steps cut into full and partial blocks, ranges of
-    9 steps ending inside windows, batch 2: the torch path's parameters and losses to 1e-10 in float64."""
+    9 steps ending inside windows, batch 2: the torch path's parameters and losses to 1e-10 in float64; and
+    ``dW_rec`` summed step by step where the BLAS's threads cannot be set."""
     monkeypatch.setattr(bptt, "BLOCK", 3)
+    if not blas:
+        monkeypatch.setattr(bptt, "_blas", lambda: None)
     net = models.make("rate", n_in=1, n_hidden=5, n_out=1, alpha=alpha)
     r = rules.make(rule, net, **opts)
     h = {e: train(net, r, tasks.make("sine"), 40, chunk=20, update_every=3, dtype="float64", lr=0.05, batch=2,
