@@ -24,12 +24,12 @@ the same schedule, accumulator, optimizer (its state changed in place) and losse
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+import numpy as np
 import torch
 
 from neuro import errors
@@ -195,7 +195,7 @@ class Loop:
         # the sequence's whole length (the stream cuts its last chunk at the run's end: nothing more is generated)
         whole = c.offset + n == (self.run.task.trial_steps if self.run.task.episodic else self.config.chunk)
         xs, ys, mask = seq.xs, seq.ys, seq.mask
-        frac = mask[:n].to(torch.float64).mean(1).tolist()
+        frac = mask[:n].to(torch.float64).mean(1).cpu().numpy()
         if self.engine is not None and self.rule is not self.engine.rule:  # a hook (a stage schedule) put in a new rule
             rebuild = getattr(self.engine, "rebuild", None)  # its combination's builder (neuro.engine.Combination)
             self.engine = None if rebuild is None else rebuild(self.rule.net, self.rule)
@@ -243,7 +243,7 @@ class Loop:
         self.fracs.append(frac)
         self.counters.step += 1
 
-    def _compiled(self, engine: Engine, arrays: SequenceArrays, t0: int, t1: int, n: int, frac: list[float]) -> None:
+    def _compiled(self, engine: Engine, arrays: SequenceArrays, t0: int, t1: int, n: int, frac: np.ndarray) -> None:
         """Steps ``t0 .. t1 - 1`` of the sequence (``n`` steps) in one call of the compiled ``engine``: the same
         steps, updates (:meth:`Engine.run`) and losses as :meth:`step`, :meth:`apply` and the schedule make."""
         self.drain()
@@ -252,7 +252,7 @@ class Loop:
         self.state, self.acc_full = r.state, r.pending
         c.step += t1 - t0
         c.updates += r.updates
-        self._count(r.losses.tolist(), frac[t0:t1], first)
+        self._count(r.losses, frac[t0:t1], first)
         self.drain()
 
     def _end_sequence(self, n: int, whole: bool) -> None:
@@ -299,7 +299,7 @@ class Loop:
         """Read the losses not yet read into the interval's sums (``TrainingDiverged`` at a non-finite one)."""
         step, iv = self.counters.step, self.interval
         if self.losses:
-            self._count(torch.stack(self.losses).double().tolist(), self.fracs, self.losses_first)
+            self._count(torch.stack(self.losses).double().cpu().numpy(), self.fracs, self.losses_first)
             self.losses.clear()
             self.fracs.clear()
         self.losses_first = step + 1
@@ -309,14 +309,16 @@ class Loop:
             if iv["steps"]:
                 self.bar.set_postfix_str(f"loss={iv['loss_sum'] / iv['steps']:.4f}", refresh=False)
 
-    def _count(self, values: list[float], fracs: list[float], first: int) -> None:
-        """Add the per-step losses of steps ``first, first + 1, ...`` to the interval's sums."""
-        iv = self.interval
-        for j, (v, f) in enumerate(zip(values, fracs)):
-            if not math.isfinite(v):
-                raise self._diverged(f"loss became {v}", first + j)
-            iv["loss_sum"] += v
-            iv["frac_sum"] += f
+    def _count(self, values: np.ndarray, fracs: np.ndarray | list[float], first: int) -> None:
+        """Add the per-step losses of steps ``first, first + 1, ...`` to the interval's sums (in step order, as
+        one float64 addition each)."""
+        iv, values = self.interval, np.asarray(values, dtype=np.float64)
+        finite = np.isfinite(values)
+        if not finite.all():
+            j = int(np.argmin(finite))
+            raise self._diverged(f"loss became {float(values[j])}", first + j)
+        iv["loss_sum"] = _sum_in_order(iv["loss_sum"], values)
+        iv["frac_sum"] = _sum_in_order(iv["frac_sum"], np.asarray(fracs, dtype=np.float64))
         iv["steps"] += len(values)
 
     def log(self) -> None:
@@ -392,6 +394,13 @@ class Loop:
             kept, last_good = f"last good checkpoint: {rd.checkpoint} (step {self.last_ckpt_step})", rd.checkpoint
         return RunFailed(f"the run failed at step {self.counters.step}: {_cause(e, self.writing)}; {kept}; "
                          f"continue with: {self.continue_with}", last_good)
+
+
+def _sum_in_order(start: float, values: np.ndarray) -> float:
+    """``start + values[0] + values[1] + ...``, added left to right (as a Python loop adds them)."""
+    if not len(values):
+        return start
+    return float(np.cumsum(np.concatenate(([start], values)))[-1])
 
 
 def _cause(e: BaseException, writing: Path | None) -> str:

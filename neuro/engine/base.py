@@ -5,7 +5,7 @@ sequence run in one call, and the arrays it reads (numpy views of the torch tens
 from __future__ import annotations
 
 import abc
-from typing import NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from neuro.contract import Params
 from neuro.rules.base import AbstractRule
 from neuro.tasks.base import Sequence
 
-__all__ = ["Engine", "RangeResult", "SequenceArrays", "flat", "view"]
+__all__ = ["Engine", "RangeResult", "SequenceArrays", "Views", "flat", "view"]
 
 
 def view(t: torch.Tensor) -> np.ndarray:
@@ -28,6 +28,29 @@ def flat(t: torch.Tensor) -> np.ndarray:
     if not t.is_contiguous():
         t.data = t.data.contiguous()
     return view(t).reshape(-1)
+
+
+class Views:
+    """Arrays made from tensors (by default each one's :func:`flat` view), made once and given again while the
+    tensors are the same objects with the same memory: an engine's per-range conversions paid once per run.
+    ``make(tensors) -> tuple`` makes them (``None`` may stand for a tensor)."""
+
+    def __init__(self, make: Callable[[tuple[torch.Tensor | None, ...]], tuple] | None = None) -> None:
+        self.make = make or (lambda ts: tuple(flat(t) for t in ts))
+        self.key: tuple = ()
+        self.tensors: tuple = ()  # held, so that the ids in the key stay theirs
+        self.arrays: tuple = ()
+
+    def __call__(self, tensors: Iterable[torch.Tensor | None]) -> tuple:
+        tensors = tuple(tensors)
+        if _identity(tensors) != self.key or not self.tensors:
+            self.arrays = self.make(tensors)
+            self.tensors, self.key = tensors, _identity(tensors)  # after make: flat may have moved a tensor's data
+        return self.arrays
+
+
+def _identity(tensors: tuple[torch.Tensor | None, ...]) -> tuple:
+    return tuple((id(t), 0 if t is None else t.data_ptr()) for t in tensors)
 
 
 class SequenceArrays(NamedTuple):

@@ -22,12 +22,19 @@ SGD, ADAM, RMSPROP = 0, 1, 2  # optimizer codes (apply_update)
 MSE, CE = 0, 1  # loss codes (loss_and_error)
 
 
-@numba.njit(cache=True)
 def cast(x, like):  # noqa: ANN001, ANN201
-    """The float ``x`` in the dtype of the array ``like`` (a scalar)."""
-    a = np.empty(1, like.dtype)
-    a[0] = x
-    return a[0]
+    """The float ``x`` in the dtype of the array ``like`` (or of the scalar ``like``): a conversion, compiled
+    inline (no array is made, so a kernel may cast in its inner loops)."""
+    return np.asarray(like).dtype.type(x)
+
+
+@numba.extending.overload(cast)
+def _cast(x, like):  # noqa: ANN001, ANN202
+    to = numba.np.numpy_support.as_dtype(like.dtype if isinstance(like, numba.types.Array) else like).type
+
+    def impl(x, like):  # noqa: ANN001, ANN202
+        return to(x)
+    return impl
 
 
 @numba.njit(cache=True, fastmath={"reassoc"})

@@ -2,11 +2,14 @@
 (Adam's ``exp_avg``, ``exp_avg_sq``, ``step``; RMSprop's ``square_avg``, ``step``; SGD has none) seen through numpy views, so that the compiled
 update changes ``torch.optim``'s own state in place, and a checkpoint, a resume or a later torch step sees
 what the torch path would have made. State missing before an optimizer's first step is created as torch creates
-it (``Adam._init_group``, ``RMSprop._init_group``).
+it (``Adam._init_group``, ``RMSprop._init_group``). The arrays of an optimizer are made once and given again
+while its settings, parameters and state tensors are the same (a loaded state dict or a new optimizer makes them
+anew), so that a range of steps pays no conversion.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -54,6 +57,17 @@ class OptimizerArrays(NamedTuple):
 
     @classmethod
     def of(cls, opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> OptimizerArrays:
+        """The arrays of ``opt`` over ``params`` (state made as torch makes it where there is none yet); the same
+        ones as the previous call's where nothing they are made from changed."""
+        made = _MADE.get(opt)
+        if made is not None and made[0] == _key(opt, params):
+            return made[1]
+        arrays = cls._arrays(opt, params)
+        _MADE[opt] = (_key(opt, params), arrays)
+        return arrays
+
+    @classmethod
+    def _arrays(cls, opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> OptimizerArrays:
         check(opt)
         group = opt.param_groups[0]
         if isinstance(opt, torch.optim.SGD):
@@ -83,3 +97,19 @@ class OptimizerArrays(NamedTuple):
                    tuple(flat(s["exp_avg_sq"]) for s in st),
                    tuple(view(s["step"]).reshape(1) for s in st),
                    np.array([group["lr"], beta1, beta2, group["eps"]], dtype=np.float64))
+
+
+#: optimizer -> (what its arrays were made from, the arrays) (:meth:`OptimizerArrays.of`)
+_MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _key(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> tuple:
+    """What :meth:`OptimizerArrays.of` makes its arrays from: the parameter groups' settings, the parameters and
+    the state tensors (the objects and their memory)."""
+    group, state = opt.param_groups[0], opt.state
+    return (len(opt.param_groups), tuple(v for k, v in group.items() if k != "params"), id(state),
+            tuple((id(p), p.data_ptr(), tuple(map(_identity, state[p].values())) if p in state else ()) for p in params))
+
+
+def _identity(v: object) -> tuple:
+    return id(v), v.data_ptr() if isinstance(v, torch.Tensor) else v

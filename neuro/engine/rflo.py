@@ -30,7 +30,7 @@ from models.rate import RateRNN
 from neuro._numba import numba
 from neuro.contract import Params
 from neuro.engine import kernels as K
-from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat, view
+from neuro.engine.base import Engine, RangeResult, SequenceArrays, Views, view
 from neuro.engine.optim import OptimizerArrays
 from neuro.rules._fast.rflo import RFLOWindowState
 from neuro.rules.base import add_into
@@ -132,6 +132,17 @@ class RFLOEngine(Engine):
         self.net, self.rule = net, rule
         self.alpha = float(net.alpha)
         self.loss_kind = LOSSES[rule.loss]
+        self._params, self._acc, self._state = Views(), Views(), Views(self._state_arrays)
+
+    def _state_arrays(self, tensors: tuple[torch.Tensor | None, ...]) -> tuple[np.ndarray, ...]:
+        """``h``, the traces ``P_rec``, ``P_in``, ``P_b`` and the feedback ``B`` as the kernel's arrays: a trace
+        the windowed form does not carry (alpha = 1) and the feedback of ``feedback="readout"`` as scratch."""
+        net, h = self.net, view(tensors[0])
+        nb, dtype = h.shape[0], h.dtype
+        traces = tuple(view(t) if t.numel() else np.zeros((nb, net.n_hidden, *shape), dtype)
+                       for t, shape in zip(tensors[1:4], ((net.n_hidden,), (net.n_in,), ())))
+        B = tensors[4]
+        return (h, *traces, view(B) if B is not None else np.zeros((net.n_hidden, net.n_out), dtype))
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
@@ -141,23 +152,21 @@ class RFLOEngine(Engine):
             state, g = self.rule.flush(params, state)
             add_into(acc, g)
         h, state = _contiguous(state.net.h, state, lambda s, v: s._replace(net=s.net._replace(h=v)))
-        traces = []
-        for name, shape in (("P_rec", (net.n_hidden,)), ("P_in", (net.n_in,)), ("P_b", ())):
-            tensor = getattr(state, name)
-            if tensor.numel() == 0:  # alpha = 1 in the windowed form: nothing is carried, a scratch buffer
-                traces.append(np.zeros((h.shape[0], net.n_hidden, *shape), view(h).dtype))
-                continue
-            tensor, state = _contiguous(tensor, state, lambda s, v, k=name: s._replace(**{k: v}))
-            traces.append(view(tensor))
+        for name in ("P_rec", "P_in", "P_b"):
+            _, state = _contiguous(getattr(state, name), state, lambda s, v, k=name: s._replace(**{k: v}))
         readout_fb = self.rule.feedback == "readout"
-        fb = view(state.B) if not readout_fb else np.zeros((net.n_hidden, net.n_out), view(h).dtype)
+        h_a, P_rec, P_in, P_b, fb = self._state((h, state.P_rec, state.P_in, state.P_b,
+                                                   None if readout_fb else state.B))
+        for trace, tensor in ((P_rec, state.P_rec), (P_in, state.P_in), (P_b, state.P_b)):
+            if tensor.numel() == 0:  # alpha = 1 in the windowed form: nothing is carried, a zeroed scratch buffer
+                trace[...] = 0.0
         o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
-        ps = tuple(flat(params[k]) for k in ORDER)
-        gs = tuple(flat(acc[k]) for k in ORDER)
-        losses = np.empty(t1 - t0, view(h).dtype)
+        ps = self._params([params[k] for k in ORDER])
+        gs = self._acc([acc[k] for k in ORDER])
+        losses = np.empty(t1 - t0, h_a.dtype)
         updates, full = rflo_range(ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, self.alpha,
-                                   net.n_in, net.n_hidden, net.n_out, view(h), *traces, fb, readout_fb, seq.xs, seq.ys,
-                                   seq.mask, t0, t1, n_seq, every, losses)
+                                   net.n_in, net.n_hidden, net.n_out, h_a, P_rec, P_in, P_b, fb, readout_fb, seq.xs,
+                                   seq.ys, seq.mask, t0, t1, n_seq, every, losses)
         if windowed:
             state = state._replace(t=0)
         return RangeResult(state=state, losses=losses, updates=int(updates), pending=bool(full))
