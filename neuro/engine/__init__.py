@@ -90,6 +90,8 @@ REGISTRY: tuple[Combination, ...] = (
                 dtypes=("float32", "float64"), builder="neuro.engine.eprop_rate:build"),
     Combination(model="rate", rule="rtrl", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
                 dtypes=("float32", "float64"), builder="neuro.engine.rtrl:build"),
+    Combination(model="rate", rule="uoro", optimizers=("adam", "sgd"), losses=("mse", "ce"), devices=("cpu",),
+                dtypes=("float32", "float64"), builder="neuro.engine.uoro:build"),
     Combination(model="lif", rule="sltt", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_sltt:build"),
     Combination(model="alif", rule="sltt", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),

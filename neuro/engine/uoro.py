@@ -1,0 +1,285 @@
+"""UORO on the rate RNN, compiled: a range of steps of online training in one numba call.
+
+The rule is :mod:`neuro.rules.uoro` (Tallec & Ollivier 2017, Algorithm 1; its module docstring states the
+equations); the network :class:`models.rate.RateRNN` (not a subclass). On the rate RNN, with ``D_t = alpha (1 -
+tanh(u_t)^2)``, ``z_t = [x_t; h_{t-1}; 1]`` and ``e_t = dl_t/dy_t`` (carrying the loss's ``1/B``), the step's
+Jacobian-vector products are closed form (``(partial F/partial s) v = (1 - alpha) v + D_t * (W_rec v)``,
+``nu^T partial F/partial theta = a_t z_t^T`` on ``[W_in | W_rec | b]`` with ``a_t = D_t * nu_t``), and
+:func:`uoro_range` computes, per step and per rank-one pair (``s~`` [n], ``theta~`` kept as the matrix ``Theta``
+[n, n_in + n + 1]; zero on the readout), in the rule's order::
+
+    J s~ = (1 - alpha) s~ + D_t * (W_rec s~);     k = (W_out^T e_t) . (J s~)           (= dl_t/ds_{t-1} . s~)
+    estimate += k Theta / samples + (D_t * W_out^T e_t) z_t^T,   e_t h_t^T and e_t on W_out, b_out
+    nu = the step's random signs;   ||delta|| = ||a_t|| ||z_t||
+    rho_0 = sqrt(||Theta|| / (||J s~|| + eps)) + eps;    rho_1 = sqrt(||delta|| / (sqrt(n) + eps)) + eps
+    s~ <- rho_0 J s~ + rho_1 nu;    Theta <- Theta / rho_0 + a_t z_t^T / rho_1
+
+(the scalars in float64, as the rule's fast path computes them), after the network step
+(:func:`neuro.engine.kernels.rate_step`), the readout and the loss's error; at the loop's schedule (``(t + 1) %
+update_every == 0`` or the sequence's last step) the optimizer's update with the sum, which zeroes it (with Adam,
+``W_rec``'s rows updated in the pass over ``Theta``, as each row's sum is complete). The signs are the torch
+path's: drawn from the state's generator per range, ``[steps, B samples, n]`` at once (the numbers, and the
+generator's state after them, of one draw per step, as the rule's fast path draws them).
+
+Both forms of the rule's state are run: the definition's :class:`~neuro.rules.uoro.UOROState` (``theta~`` flat
+in sorted key order) and the fast path's :class:`~neuro.rules._fast.uoro.RateUOROState`, which the engine leaves
+with every step folded in (``held = 0``, ``||Theta||^2`` in ``theta_sq``, no window in flight; the same future
+as the torch path's, and at every update and sequence end, where checkpoints are taken, the same state), each
+step written to the row of the window's buffer the torch path writes it to (``tanh(u_t)`` recovered from ``h_t``
+where ``alpha < 1``). A flight's buffers, read only while a window is in flight (one pair, windows that fill
+before an update), are left as they were.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from models.rate import RateRNN
+from neuro._numba import numba
+from neuro.contract import Params
+from neuro.engine import kernels as K
+from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat, view
+from neuro.engine.optim import OptimizerArrays
+from neuro.rules._fast.uoro import RateUOROState
+from neuro.rules._onestep import flat_step
+from neuro.rules.base import add_into
+from neuro.rules.uoro import UORO
+
+__all__ = ["UOROEngine", "build", "uoro_range"]
+
+ORDER = ("W_in", "W_rec", "b", "W_out", "b_out")  # the parameters, in the kernel's order
+LOSSES = {"mse": K.MSE, "ce": K.CE}
+
+
+@numba.njit(cache=True, error_model="numpy")
+def uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, eps_u, n_in, n, n_out,  # noqa: ANN001, ANN201
+               samples, h, S, Th, sq, NU, xs, ys, mask, t0, t1, n_seq, every, window, rows, hi, losses):
+    """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps (module docstring).
+
+    ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`ORDER`; ``ms``, ``vs``,
+    ``steps``, ``opt_kind``, ``hyper``: the optimizer (:func:`neuro.engine.kernels.apply_update`); ``h`` [B, n]
+    the network state; the pairs (``samples`` a sample, sample-major): ``S`` [BK, n] ``s~``, ``Th`` [BK, n, m]
+    ``Theta``, ``sq`` [BK] ``||Theta||^2`` (float64); ``NU`` [t1 - t0, BK, n] the signs; ``xs`` [T, B, n_in],
+    ``ys`` [T, B, n_out], ``mask`` [T, B]; ``window`` > 0: each step written to its row of ``rows`` [window, B,
+    width] (the rows from ``hi`` on are zero); ``losses`` [t1 - t0] (written). All changed in place. Returns the
+    updates applied, whether the accumulator holds estimates not yet applied, the rows written in the last
+    window and ``hi``."""
+    W_in, W_rec, b = ps[0].reshape((n, n_in)), ps[1].reshape((n, n)), ps[2]
+    W_out, b_out = ps[3].reshape((n_out, n)), ps[4]
+    g_in, g_rec, g_b = acc[0].reshape((n, n_in)), acc[1].reshape((n, n)), acc[2]
+    g_out, g_bout = acc[3].reshape((n_out, n)), acc[4]
+    m_rec = ms[1].reshape((ms[1].size // n, n))  # Adam's moments (rows of W_rec; no rows where there are none)
+    v_rec = vs[1].reshape((vs[1].size // n, n))
+    nb, BK = h.shape[0], S.shape[0]
+    h_new = np.empty_like(h)
+    D = np.empty_like(h)
+    R = np.empty_like(h)  # W_out^T e
+    y_hat = np.empty((nb, n_out), h.dtype)
+    eps = np.empty((nb, n_out), h.dtype)
+    Js = np.empty_like(S)
+    A = np.empty_like(S)  # a = D * nu, then a / rho_1
+    kg = np.empty(BK, h.dtype)  # k / samples
+    inv0 = np.empty(BK, h.dtype)  # 1 / rho_0
+    zz = np.empty(nb)  # ||z||^2
+    sq_new = np.zeros(BK)
+    leak = K.cast(1.0 - alpha, h)
+    a_ = K.cast(alpha, h)
+    root_n = math.sqrt(n)
+    scratch = np.empty(n, h.dtype)  # a row's sum where W_rec's accumulator is known to be zero
+    written = 0
+    updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
+    for t in range(t0, t1):
+        x, nu = xs[t], NU[t - t0]
+        K.rate_step(W_in, W_rec, b, alpha, x, h, h_new, D)
+        K.readout(W_out, b_out, h_new, y_hat)
+        losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
+        for s in range(nb):
+            for i in range(n):
+                ri = K.cast(0.0, h)
+                for k in range(n_out):
+                    ri += eps[s, k] * W_out[k, i]
+                R[s, i] = ri
+            z2 = 1.0
+            for j in range(n_in):
+                z2 += np.float64(x[s, j]) * np.float64(x[s, j])
+            for j in range(n):
+                z2 += np.float64(h[s, j]) * np.float64(h[s, j])
+            zz[s] = z2
+        if window > 0:  # the step in its row of the window's buffer (a window's first row: a zeroed buffer)
+            j = (t - (t // every) * every) % window
+            if j == 0:
+                for r in range(1, hi):
+                    rows[r] = 0.0
+                hi = 1
+            hi = max(hi, j + 1)
+            written = j + 1
+            for s in range(nb):
+                row = rows[j, s]
+                o = 0
+                for c in range(n_in):
+                    row[o + c] = x[s, c]
+                o += n_in
+                for c in range(n_out):
+                    row[o + c] = ys[t, s, c]
+                o += n_out
+                for c in range(n):
+                    row[o + c] = h[s, c]
+                    row[o + n + c] = h_new[s, c] if alpha == 1.0 else (h_new[s, c] - leak * h[s, c]) / a_
+                o += 2 * n
+                for c in range(n_out):
+                    row[o + c] = y_hat[s, c]
+                row[o + n_out] = mask[t, s]
+        for k in range(n_out):  # the readout's exact gradient
+            for s in range(nb):
+                e = eps[s, k]
+                for j in range(n):
+                    g_out[k, j] += e * h_new[s, j]
+                g_bout[k] += e
+        for p in range(BK):  # J s~, k, the factors rho_0 and rho_1, the new s~
+            s = p // samples
+            sp, Jp, Dp, Rp = S[p], Js[p], D[s], R[s]
+            nJ2, kd, na2 = 0.0, 0.0, 0.0
+            for i in range(n):
+                v = Dp[i] * K.dot(W_rec[i], sp)
+                if alpha != 1.0:
+                    v += leak * sp[i]
+                Jp[i] = v
+                nJ2 += np.float64(v) * np.float64(v)
+                kd += np.float64(Rp[i]) * np.float64(v)
+                ai = Dp[i] * nu[p, i]
+                A[p, i] = ai
+                na2 += np.float64(ai) * np.float64(ai)
+            r0 = math.sqrt(math.sqrt(sq[p]) / (math.sqrt(nJ2) + eps_u)) + eps_u
+            r1 = math.sqrt(math.sqrt(na2 * zz[s]) / (root_n + eps_u)) + eps_u
+            kg[p] = K.cast(kd / samples, h)
+            inv0[p] = K.cast(1.0 / r0, h)
+            c0, c1 = K.cast(r0, h), K.cast(r1, h)
+            inv1 = K.cast(1.0 / r1, h)
+            for i in range(n):
+                sp[i] = c0 * Jp[i] + c1 * nu[p, i]
+                A[p, i] = A[p, i] * inv1
+            sq_new[p] = 0.0
+        update = t == n_seq - 1 or (t + 1) % every == 0
+        fused = update and opt_kind == K.ADAM
+        if fused:  # W_rec's Adam step begun; its rows are updated in the pass below, as each row's sum is done
+            ca = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
+        direct = fused and clean  # the row's sum is the step's estimate alone: summed in a scratch row instead
+        for i in range(n):  # one pass over Theta's rows: the estimate k Theta + q z^T, then Theta's update
+            g_row = scratch if direct else g_rec[i]
+            if direct:
+                g_row[:] = 0.0
+            for p in range(BK):
+                s = p // samples
+                T_row, kk, i0, ai = Th[p, i], kg[p], inv0[p], A[p, i]
+                q = D[s, i] * R[s, i] if p % samples == 0 else K.cast(0.0, h)  # the direct term, once a sample
+                x_s, h_s = x[s], h[s]
+                sqp = 0.0
+                for j in range(n_in):
+                    old = T_row[j]
+                    g_in[i, j] += kk * old + q * x_s[j]
+                    v = old * i0 + ai * x_s[j]
+                    T_row[j] = v
+                    sqp += np.float64(v) * np.float64(v)
+                for j in range(n):
+                    old = T_row[n_in + j]
+                    g_row[j] += kk * old + q * h_s[j]
+                    v = old * i0 + ai * h_s[j]
+                    T_row[n_in + j] = v
+                    sqp += np.float64(v) * np.float64(v)
+                old = T_row[n_in + n]
+                g_b[i] += kk * old + q
+                v = old * i0 + ai
+                T_row[n_in + n] = v
+                sq_new[p] += sqp + np.float64(v) * np.float64(v)
+            if fused:  # and W_rec's row updated with it, the row's sum zeroed
+                K.adam_span(W_rec[i], g_row, m_rec[i], v_rec[i], ca)
+                if not direct:
+                    g_row[:] = 0.0
+        sq[:] = sq_new
+        h[:, :] = h_new
+        if update:
+            if fused:
+                K.apply_update(opt_kind, (ps[0], ps[2], ps[3], ps[4]), (acc[0], acc[2], acc[3], acc[4]),
+                               (ms[0], ms[2], ms[3], ms[4]), (vs[0], vs[2], vs[3], vs[4]),
+                               (steps[0], steps[2], steps[3], steps[4]), hyper)
+            else:
+                K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+            updates += 1
+            full, clean = False, True
+        else:
+            full, clean = True, False
+    return updates, full, written, hi
+
+
+class UOROEngine(Engine):
+    """:func:`uoro_range` for one UORO rule on one rate RNN (module docstring)."""
+
+    def __init__(self, net: RateRNN, rule: UORO) -> None:
+        self.net, self.rule = net, rule
+        self.alpha = float(net.alpha)
+        self.loss_kind = LOSSES[rule.loss]
+        self._rows: tuple[torch.Tensor, int] | None = None  # the window's buffer handed out, rows from hi on zero
+
+    def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
+            t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
+        net, rule = self.net, self.rule
+        n, n_in = net.n_hidden, net.n_in
+        fast = isinstance(state, RateUOROState)
+        if fast and (state.held > 0 or (state.flight is not None and state.flight.active)):
+            state, g = rule.flush(params, state)  # steps left pending by the torch path: their estimate first
+            add_into(acc, g)
+        h = state.net.h if state.net.h.is_contiguous() else state.net.h.contiguous()
+        S = state.s_tilde.contiguous().clone()
+        BK, dtype = S.shape[0], h.dtype
+        if fast:
+            Th = state.theta_mat.contiguous().clone()
+            sq = state.theta_sq.detach().clone()
+            rows, hi = self._rows_for(state.rows)
+        else:
+            sl = flat_step(net, rule.loss, params).param_slices()
+            tt = state.theta_tilde
+            Th = torch.cat([tt[:, sl["W_in"]].reshape(BK, n, n_in), tt[:, sl["W_rec"]].reshape(BK, n, n),
+                            tt[:, sl["b"]].reshape(BK, n, 1)], 2).contiguous()
+            sq = (Th.double() ** 2).sum((1, 2))
+            rows, hi = torch.zeros(0, h.shape[0], 0, dtype=dtype), 0
+        r = torch.randint(0, 2, (t1 - t0, BK, n), generator=state.gen, dtype=torch.int8)  # the torch path's draws
+        NU = (2 * r - 1).to(dtype)
+        o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
+        ps = tuple(flat(params[k]) for k in ORDER)
+        gs = tuple(flat(acc[k]) for k in ORDER)
+        losses = np.empty(t1 - t0, view(h).dtype)
+        updates, full, written, hi = uoro_range(
+            ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, self.alpha, float(rule.eps), n_in, n,
+            net.n_out, rule.samples, view(h), view(S), view(Th), view(sq), view(NU), seq.xs, seq.ys, seq.mask, t0, t1,
+            n_seq, every, rule.window if fast else 0, view(rows), hi, losses)
+        net_state = state.net._replace(h=h)
+        if fast:
+            self._rows = (rows, int(hi))
+            state = state._replace(net=net_state, s_tilde=S, theta_mat=Th, theta_sq=sq, rows=rows,
+                                   written=torch.full((1,), int(written), dtype=torch.int64), held=0,
+                                   t=state.t + t1 - t0)
+        else:
+            tt = torch.zeros_like(state.theta_tilde)
+            tt[:, sl["W_in"]] = Th[:, :, :n_in].reshape(BK, -1)
+            tt[:, sl["W_rec"]] = Th[:, :, n_in:n_in + n].reshape(BK, -1)
+            tt[:, sl["b"]] = Th[:, :, -1]
+            state = state._replace(net=net_state, s_tilde=S, theta_tilde=tt, t=state.t + t1 - t0)
+        return RangeResult(state=state, losses=losses, updates=int(updates), pending=bool(full))
+
+    def _rows_for(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The window's buffer the kernel writes, holding ``rows``, and the rows from which it is zero."""
+        if self._rows is not None and self._rows[0] is rows:
+            return self._rows
+        return rows.clone().contiguous(), rows.shape[0]
+
+
+def build(net: object, rule: object) -> UOROEngine | None:
+    """The engine for ``rule`` on ``net``: UORO (not a subclass) on the rate RNN (not a subclass) with the loss mse
+    or ce; ``None`` otherwise."""
+    if type(net) is not RateRNN or type(rule) is not UORO or rule.loss not in LOSSES:
+        return None
+    return UOROEngine(net, rule)
