@@ -48,46 +48,68 @@ from neuro.engine.optim import OptimizerArrays
 from neuro.rules.columnar import ColumnarRTRL
 from neuro.rules.constructive import ConstructiveRTRL
 
-__all__ = ["ColumnsEngine", "Layout", "build", "column_step", "columns_range"]
+__all__ = ["Arguments", "ColumnsEngine", "Layout", "build", "column_step", "columns_range"]
 
 LOSSES = {"mse": K.MSE, "ce": K.CE}
 
 
 @numba.njit(cache=True)
-def _sigmoid(a):  # noqa: ANN001, ANN201
-    return 1.0 / (1.0 + np.exp(-a))
+def _features(x, hn, lo, z):  # noqa: ANN001, ANN201
+    """The learning columns' shared features ``z = (x, u = hn[:lo], ., 1)`` (the column's ``h_{t-1,k}`` goes
+    at ``n_in + lo``)."""
+    n_in = x.shape[0]
+    for j in range(n_in):
+        z[j] = x[j]
+    for j in range(lo):
+        z[n_in + j] = hn[j]
+    z[n_in + lo + 1] = 1.0
+    return 0
 
 
 @numba.njit(cache=True)
-def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn, cn, M):  # noqa: ANN001, ANN201
+def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn, cn, M, z):  # noqa: ANN001, ANN201
     """One sample's network step and the learning columns' traces (module docstring): ``x`` [n_in], ``h``,
     ``c`` [n] the state before the step (read), ``hn``, ``cn`` [n] after it (written), ``M`` [S_c, m, G F] the
-    traces (updated in place)."""
+    traces (updated in place), ``z`` [F] scratch (a learning column's features)."""
     n = h.shape[0]
     F = n_in + lo + 2
     one = K.cast(1.0, h)
+    zero = one - one
     for k in range(hi):
         nff = min((k // per_stage) * per_stage, lo)  # the columns it reads: the earlier stages (at most lo)
-        learning = k >= lo
-        i = k - lo
+        hk = h[k]
         if lstm:
-            a0 = K.dot(x, W_in[k, 0]) + h[k] * w_rec[k, 0] + b[k, 0]
-            a1 = K.dot(x, W_in[k, 1]) + h[k] * w_rec[k, 1] + b[k, 1]
-            a2 = K.dot(x, W_in[k, 2]) + h[k] * w_rec[k, 2] + b[k, 2]
-            a3 = K.dot(x, W_in[k, 3]) + h[k] * w_rec[k, 3] + b[k, 3]
+            a0 = a1 = a2 = a3 = zero  # four independent sums
+            for j in range(n_in):
+                xj = x[j]
+                a0 += xj * W_in[k, 0, j]
+                a1 += xj * W_in[k, 1, j]
+                a2 += xj * W_in[k, 2, j]
+                a3 += xj * W_in[k, 3, j]
+            a0 = a0 + hk * w_rec[k, 0] + b[k, 0]
+            a1 = a1 + hk * w_rec[k, 1] + b[k, 1]
+            a2 = a2 + hk * w_rec[k, 2] + b[k, 2]
+            a3 = a3 + hk * w_rec[k, 3] + b[k, 3]
             if nff > 0:
-                a0 += K.dot(hn[:nff], W_ff[k, 0, :nff])
-                a1 += K.dot(hn[:nff], W_ff[k, 1, :nff])
-                a2 += K.dot(hn[:nff], W_ff[k, 2, :nff])
-                a3 += K.dot(hn[:nff], W_ff[k, 3, :nff])
-            si, sf, gg, so = _sigmoid(a0), _sigmoid(a1), np.tanh(a2), _sigmoid(a3)
+                f0 = f1 = f2 = f3 = zero
+                for j in range(nff):
+                    uj = hn[j]
+                    f0 += uj * W_ff[k, 0, j]
+                    f1 += uj * W_ff[k, 1, j]
+                    f2 += uj * W_ff[k, 2, j]
+                    f3 += uj * W_ff[k, 3, j]
+                a0, a1, a2, a3 = a0 + f0, a1 + f1, a2 + f2, a3 + f3
+            si, sf, gg, so = one / (one + np.exp(-a0)), one / (one + np.exp(-a1)), np.tanh(a2), one / (one + np.exp(-a3))
             cp = c[k]
             ct = sf * cp + si * gg
             tc = np.tanh(ct)
             hn[k] = so * tc
             cn[k] = ct
-            if not learning:
+            if k < lo:
                 continue
+            if k == lo:
+                _features(x, hn, lo, z)
+            z[n_in + lo] = hk
             kc0 = si * (one - si) * gg
             kc1 = sf * (one - sf) * cp
             kc2 = si * (one - gg * gg)
@@ -95,35 +117,43 @@ def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn
             alpha = kc0 * w_rec[k, 0] + kc1 * w_rec[k, 1] + kc2 * w_rec[k, 2]
             ch = do_tc * w_rec[k, 3]
             cc = so * (one - tc * tc)
-            Mh, Mc = M[0, i], M[1, i]
+            Mh, Mc = M[0, k - lo], M[1, k - lo]
             for g in range(4):
-                kg = kc0 if g == 0 else (kc1 if g == 1 else (kc2 if g == 2 else K.cast(0.0, h)))
-                dz = do_tc if g == 3 else K.cast(0.0, h)
+                kg = kc0 if g == 0 else (kc1 if g == 1 else (kc2 if g == 2 else zero))
+                dz = do_tc if g == 3 else zero
                 base = g * F
                 for f in range(F):
-                    zf = x[f] if f < n_in else (hn[f - n_in] if f < n_in + lo else (h[k] if f == n_in + lo else one))
+                    zf = z[f]
                     q = base + f
                     mh = Mh[q]
                     mc = Mc[q] * sf + mh * alpha + kg * zf
                     Mc[q] = mc
                     Mh[q] = mh * ch + mc * cc + dz * zf
         else:
-            a = K.dot(x, W_in[k, 0]) + h[k] * w_rec[k, 0] + b[k, 0]
+            a = zero
+            for j in range(n_in):
+                a += x[j] * W_in[k, 0, j]
+            a = a + hk * w_rec[k, 0] + b[k, 0]
             if nff > 0:
-                a += K.dot(hn[:nff], W_ff[k, 0, :nff])
+                f0 = zero
+                for j in range(nff):
+                    f0 += hn[j] * W_ff[k, 0, j]
+                a = a + f0
             ht = np.tanh(a)
             hn[k] = ht
-            if not learning:
+            if k < lo:
                 continue
+            if k == lo:
+                _features(x, hn, lo, z)
+            z[n_in + lo] = hk
             d = one - ht * ht
             cw = d * w_rec[k, 0]
-            Mh = M[0, i]
+            Mh = M[0, k - lo]
             for f in range(F):
-                zf = x[f] if f < n_in else (hn[f - n_in] if f < n_in + lo else (h[k] if f == n_in + lo else one))
-                Mh[f] = Mh[f] * cw + d * zf
+                Mh[f] = Mh[f] * cw + d * z[f]
     for k in range(hi, n):  # inactive: held at zero
-        hn[k] = 0.0
-        cn[k] = 0.0
+        hn[k] = zero
+        cn[k] = zero
     return 0
 
 
@@ -146,11 +176,12 @@ def columns_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_
     cn = np.empty_like(c)
     y_hat = np.empty((nb, n_out), h.dtype)
     eps = np.empty((nb, n_out), h.dtype)
+    z = np.empty(F, h.dtype)
     updates, full = 0, False
     for t in range(t0, t1):
         x = xs[t]
         for s in range(nb):
-            column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x[s], h[s], c[s], hn[s], cn[s], M[s])
+            column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x[s], h[s], c[s], hn[s], cn[s], M[s], z)
         K.readout(W_out, b_out, hn, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         for s in range(nb):
@@ -230,6 +261,28 @@ class Layout(NamedTuple):
         return tuple(ps), tuple(gs), tuple(ms), tuple(vs), o.steps, o.kind, o.hyper
 
 
+class Arguments:
+    """The kernels' arguments that stay the same between ranges, made once: the parameters, the accumulator and
+    the optimizer's spans (while they are the same tensors and optimizer), and the rule state's arrays (while the
+    state handed in is the one the engine returned last: its tensors are the engine's own, changed in place)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.opt: torch.optim.Optimizer | None = None
+        self.key: tuple[int, ...] = ()
+        self.params: tuple = ()
+        self.last: NamedTuple | None = None  # the state returned last
+        self.state: tuple = ()  # its arrays
+
+    def of(self, params: Params, acc: Params, opt: torch.optim.Optimizer) -> tuple:
+        key = tuple(t.data_ptr() for t in (*params.values(), *acc.values()))
+        if opt is not self.opt or key != self.key:
+            lay = self.layout
+            self.params = (*lay.arrays(params), *lay.arrays(acc), *lay.spans(params, acc, opt))
+            self.opt, self.key = opt, key
+        return self.params
+
+
 def net_state(net: Columnar | Constructive, h: torch.Tensor, c: torch.Tensor) -> NamedTuple:
     """The network state holding ``h`` (and ``c`` for the LSTM cell)."""
     return net.State(h=h, c=c) if net.cell == "lstm" else net.State(h=h)
@@ -241,21 +294,23 @@ class ColumnsEngine(Engine):
     def __init__(self, net: Columnar | Constructive, rule: ColumnarRTRL | ConstructiveRTRL) -> None:
         self.net, self.rule = net, rule
         self.layout = Layout.of(net)
+        self.args = Arguments(self.layout)
         self.loss_kind = LOSSES[rule.loss]
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
-        lay, net = self.layout, self.net
-        h = state.net.h.clone(memory_format=torch.contiguous_format)
-        c = state.net.c.clone(memory_format=torch.contiguous_format) if lay.lstm else torch.zeros_like(h)
-        M = state.M.clone(memory_format=torch.contiguous_format)
-        Mv = view(M).reshape(M.shape[0], M.shape[1], M.shape[2], -1)
-        losses = np.empty(t1 - t0, view(h).dtype)
-        updates, full = columns_range(lay.lstm, net.n_in, lay.per_stage, lay.lo, lay.hi, *lay.arrays(params),
-                                      *lay.arrays(acc), *lay.spans(params, acc, opt), self.loss_kind, view(h), view(c),
-                                      Mv, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
-        new = state._replace(net=net_state(net, h, c), M=M)
-        return RangeResult(state=new, losses=losses, updates=int(updates), pending=bool(full))
+        lay, net, args = self.layout, self.net, self.args
+        if state is not args.last:  # a state from elsewhere (the start, a reset, a new stage): copies of its tensors
+            h = state.net.h.clone(memory_format=torch.contiguous_format)
+            c = state.net.c.clone(memory_format=torch.contiguous_format) if lay.lstm else torch.zeros_like(h)
+            M = state.M.clone(memory_format=torch.contiguous_format)
+            args.last = state._replace(net=net_state(net, h, c), M=M)
+            args.state = (view(h), view(c), view(M).reshape(M.shape[0], M.shape[1], M.shape[2], -1))
+        losses = np.empty(t1 - t0, args.state[0].dtype)
+        updates, full = columns_range(lay.lstm, net.n_in, lay.per_stage, lay.lo, lay.hi, *args.of(params, acc, opt),
+                                      self.loss_kind, *args.state, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every,
+                                      losses)
+        return RangeResult(state=args.last, losses=losses, updates=int(updates), pending=bool(full))
 
 
 def build(net: object, rule: object) -> ColumnsEngine | None:

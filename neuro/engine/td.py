@@ -35,7 +35,7 @@ from neuro._numba import numba
 from neuro.contract import Params
 from neuro.engine import kernels as K
 from neuro.engine.base import Engine, RangeResult, SequenceArrays, view
-from neuro.engine.columnar import LOSSES, Layout, column_step, net_state
+from neuro.engine.columnar import LOSSES, Arguments, Layout, column_step, net_state
 from neuro.rules.columnar import ColumnarRTRL
 from neuro.rules.constructive import ConstructiveRTRL
 from neuro.rules.td import TDLambda
@@ -66,13 +66,14 @@ def td_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_out, 
     one = K.cast(1.0, h)
     fb = K.cast(nb, h)
     eh = np.empty(n, h.dtype)
+    z = np.empty(F, h.dtype)
     for k in range(lo, hi):  # dv/dh_k = sum_o W_out[o, k], fixed between updates
         eh[k] = 0.0
     updates, full = 0, False
     for t in range(t0, t1):
         x = xs[t]
         for s in range(nb):
-            column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x[s], h[s], c[s], hn[s], cn[s], M[s])
+            column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x[s], h[s], c[s], hn[s], cn[s], M[s], z)
         K.readout(W_out, b_out, hn, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         for k in range(lo, hi):
@@ -139,37 +140,43 @@ class TDEngine(Engine):
     def __init__(self, net: Columnar | Constructive, rule: TDLambda) -> None:
         self.net, self.rule = net, rule
         self.layout = Layout.of(net)
+        self.args = Arguments(self.layout)
         self.loss_kind = LOSSES[rule.loss]
         self.ci = -1 if rule.cumulant_input is None else int(rule.cumulant_input)
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
-        lay, net, rule = self.layout, self.net, self.rule
+        lay, net, rule, args = self.layout, self.net, self.rule, self.args
+        if state is not args.last:  # a state from elsewhere (the start, a reset, a new stage): copies of its tensors
+            args.last, args.state = self._own(params, state)
+        losses = np.empty(t1 - t0, args.state[0].dtype)
+        updates, full = td_range(lay.lstm, net.n_in, lay.per_stage, lay.lo, lay.hi, *args.of(params, acc, opt),
+                                 self.loss_kind, *args.state, float(rule.gamma), float(rule.gamma * rule.lam), self.ci,
+                                 seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
+        return RangeResult(state=args.last, losses=losses, updates=int(updates), pending=bool(full))
+
+    def _own(self, params: Params, state: NamedTuple) -> tuple[NamedTuple, tuple]:
+        """A state equal to ``state`` holding copies of its tensors (the inner states' side by side, each
+        sample's a view), and the arrays of :func:`td_range` over them."""
+        lay, net = self.layout, self.net
         inner = state.inner
         h = torch.cat([s.net.h for s in inner])
         c = torch.cat([s.net.c for s in inner]) if lay.lstm else torch.zeros_like(h)
         M = torch.cat([s.M for s in inner])
         e = {k: _copy(v) for k, v in state.e.items()}
-        if "W_ff" not in e:
-            e["W_ff"] = torch.zeros((h.shape[0], *params["W_in"].shape[:2], 0), dtype=h.dtype)
         n = h.shape[1]
         if (lay.lo, lay.hi) != (0, n) and any(bool(e[k][:, :lay.lo].any() or e[k][:, lay.hi:].any())
                                               for k in ("W_in", "W_ff", "w_rec", "b")):
             raise ValueError(f"the eligibility traces of columns outside the learning stage {net.stage} are not zero: "
                              "valid is a state of this stage's rule (its init)")
         v_prev, delta = _copy(state.v_prev), _copy(state.delta)
-        Mv = view(M).reshape(M.shape[0], M.shape[1], M.shape[2], -1)
-        losses = np.empty(t1 - t0, view(h).dtype)
-        updates, full = td_range(lay.lstm, net.n_in, lay.per_stage, lay.lo, lay.hi, *lay.arrays(params),
-                                 *lay.arrays(acc), *lay.spans(params, acc, opt), self.loss_kind, view(h), view(c), Mv,
-                                 *lay.arrays(e), view(v_prev), view(delta), float(rule.gamma),
-                                 float(rule.gamma * rule.lam), self.ci, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every,
-                                 losses)
         new_inner = tuple(s._replace(net=net_state(net, h[b:b + 1], c[b:b + 1]), M=M[b:b + 1])
                           for b, s in enumerate(inner))
-        e = {k: e[k] for k in state.e}
-        new = state._replace(net=net_state(net, h, c), inner=new_inner, e=e, v_prev=v_prev, delta=delta)
-        return RangeResult(state=new, losses=losses, updates=int(updates), pending=bool(full))
+        own = state._replace(net=net_state(net, h, c), inner=new_inner, e=e, v_prev=v_prev, delta=delta)
+        if "W_ff" not in e:  # the columnar network: no feed-forward weights
+            e = {**e, "W_ff": torch.zeros((h.shape[0], *params["W_in"].shape[:2], 0), dtype=h.dtype)}
+        Mv = view(M).reshape(M.shape[0], M.shape[1], M.shape[2], -1)
+        return own, (view(h), view(c), Mv, *lay.arrays(e), view(v_prev), view(delta))
 
 
 def build(net: object, rule: object) -> TDEngine | None:
