@@ -309,3 +309,23 @@ def test_tbptt_windows_cut_at_chunk_ends_and_updates_inside_them(tmp_path, opt):
     _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
     _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
     _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+
+
+@pytest.mark.parametrize("model,options", [("lif", {"window": 5}), ("alif", {"fast": False}),
+                                           ("lif", {"norm": "layer", "samples": 1})])
+def test_spiking_anp_time_options_compiled_equal_torch(tmp_path, model, options):
+    """ANP in time on LIF/ALIF beside the oracle's options: a window shorter than the updates' interval (full
+    windows inside it, slots refilled), the definition's state, the layer norm with one sample; the torch path's
+    numbers and noise to 1e-10 in float64, and its spikes, the clean network's and the noisy copies'."""
+    c = next(c for c in REGISTRY if (c.model, c.rule) == (model, "anp-time"))
+    net, rule, task, settings = _setup(c, VARIANTS[model][0], "continuing", **options)
+    settings.update(optimizer="adam", batch=2, checkpoint_every=20)
+    (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = (_train(net, rule, task, tmp_path / e, engine=e, **settings)
+                                                 for e in ("torch", "compiled"))
+    assert h_c.engine == "compiled" and h_c.updates == h_t.updates == 9
+    _close(h_t.params, h_c.params, "params")
+    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
+    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
+    _close(loop_t.state, loop_c.state, "the loop's rule state")
+    assert torch.equal(loop_t.state.net.z, loop_c.state.net.z)
+    assert torch.equal(loop_t.state.noisy.z, loop_c.state.noisy.z)
