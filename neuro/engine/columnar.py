@@ -45,6 +45,7 @@ from neuro.contract import Params
 from neuro.engine import kernels as K
 from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat, view
 from neuro.engine.optim import OptimizerArrays
+from neuro.rules._fast.columnar_kernel import _tanh_from, _vexp
 from neuro.rules.columnar import ColumnarRTRL
 from neuro.rules.constructive import ConstructiveRTRL
 
@@ -67,93 +68,98 @@ def _features(x, hn, lo, z):  # noqa: ANN001, ANN201
 
 
 @numba.njit(cache=True)
-def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn, cn, M, z):  # noqa: ANN001, ANN201
+def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn, cn, M, z, S, bits):  # noqa: ANN001, ANN201
     """One sample's network step and the learning columns' traces (module docstring): ``x`` [n_in], ``h``,
     ``c`` [n] the state before the step (read), ``hn``, ``cn`` [n] after it (written), ``M`` [S_c, m, G F] the
-    traces (updated in place), ``z`` [F] scratch (a learning column's features)."""
+    traces (updated in place); scratch: ``z`` [F] (a learning column's features), ``S`` [4, 4 n] float64 and
+    ``bits`` [4 n] int64.
+
+    Stage by stage (the frozen ones in order, then the learning one): the pre-activations in float64, the
+    exponentials of the stage at once (:func:`neuro.rules._fast.columnar_kernel._vexp`, with ``sigma(a) = 1 /
+    (1 + e^{-a})`` and ``tanh`` from ``e^{-2|a|}``, as the rule's compiled step computes them), then each
+    column's state and, for a learning column, its traces (their coefficients in the traces' dtype)."""
     n = h.shape[0]
+    G = 4 if lstm else 1
     F = n_in + lo + 2
-    one = K.cast(1.0, h)
-    zero = one - one
-    for k in range(hi):
-        nff = min((k // per_stage) * per_stage, lo)  # the columns it reads: the earlier stages (at most lo)
-        hk = h[k]
+    A, arg, ex, tt = S[0], S[1], S[2], S[3]
+    s0 = 0
+    while s0 < hi:
+        s1 = min(s0 + per_stage, lo) if s0 < lo else hi  # a frozen stage, or the learning one
+        m, nff = s1 - s0, min(s0, lo)  # its columns read the columns before it (the earlier stages)
+        for k in range(s0, s1):  # the pre-activations and the arguments of exp
+            hk = float(h[k])
+            for g in range(G):
+                a = 0.0
+                for j in range(n_in):
+                    a += float(x[j]) * float(W_in[k, g, j])
+                a = a + hk * float(w_rec[k, g]) + float(b[k, g])
+                if nff > 0:
+                    f = 0.0
+                    for j in range(nff):
+                        f += float(hn[j]) * float(W_ff[k, g, j])
+                    a = a + f
+                i = G * (k - s0) + g
+                A[i] = a
+                arg[i] = -2.0 * abs(a) if (g == 2 or not lstm) else -a
+        _vexp(arg[:G * m], ex[:G * m], tt[:G * m], bits[:G * m])
         if lstm:
-            a0 = a1 = a2 = a3 = zero  # four independent sums
-            for j in range(n_in):
-                xj = x[j]
-                a0 += xj * W_in[k, 0, j]
-                a1 += xj * W_in[k, 1, j]
-                a2 += xj * W_in[k, 2, j]
-                a3 += xj * W_in[k, 3, j]
-            a0 = a0 + hk * w_rec[k, 0] + b[k, 0]
-            a1 = a1 + hk * w_rec[k, 1] + b[k, 1]
-            a2 = a2 + hk * w_rec[k, 2] + b[k, 2]
-            a3 = a3 + hk * w_rec[k, 3] + b[k, 3]
-            if nff > 0:
-                f0 = f1 = f2 = f3 = zero
-                for j in range(nff):
-                    uj = hn[j]
-                    f0 += uj * W_ff[k, 0, j]
-                    f1 += uj * W_ff[k, 1, j]
-                    f2 += uj * W_ff[k, 2, j]
-                    f3 += uj * W_ff[k, 3, j]
-                a0, a1, a2, a3 = a0 + f0, a1 + f1, a2 + f2, a3 + f3
-            si, sf, gg, so = one / (one + np.exp(-a0)), one / (one + np.exp(-a1)), np.tanh(a2), one / (one + np.exp(-a3))
-            cp = c[k]
-            ct = sf * cp + si * gg
-            tc = np.tanh(ct)
-            hn[k] = so * tc
-            cn[k] = ct
+            for k in range(s0, s1):  # the gates and c_t; exp of -2 |c_t| in the arguments' row
+                i = 4 * (k - s0)
+                si = 1.0 / (1.0 + ex[i])
+                sf = 1.0 / (1.0 + ex[i + 1])
+                gg = _tanh_from(A[i + 2], ex[i + 2])
+                so = 1.0 / (1.0 + ex[i + 3])
+                A[i], A[i + 1], A[i + 2], A[i + 3] = si, sf, gg, so
+                ct = sf * float(c[k]) + si * gg
+                cn[k] = ct
+                arg[k - s0] = -2.0 * abs(ct)
+            _vexp(arg[:m], ex[:m], tt[:m], bits[:m])
+        for k in range(s0, s1):
+            if lstm:
+                i = 4 * (k - s0)
+                si, sf, gg, so = A[i], A[i + 1], A[i + 2], A[i + 3]
+                ct = float(cn[k])
+                tc = _tanh_from(ct, ex[k - s0])
+                hn[k] = so * tc
+            else:
+                ht = _tanh_from(A[k - s0], ex[k - s0])
+                hn[k] = ht
             if k < lo:
                 continue
             if k == lo:
                 _features(x, hn, lo, z)
-            z[n_in + lo] = hk
-            kc0 = si * (one - si) * gg
-            kc1 = sf * (one - sf) * cp
-            kc2 = si * (one - gg * gg)
-            do_tc = so * (one - so) * tc
-            alpha = kc0 * w_rec[k, 0] + kc1 * w_rec[k, 1] + kc2 * w_rec[k, 2]
-            ch = do_tc * w_rec[k, 3]
-            cc = so * (one - tc * tc)
-            Mh, Mc = M[0, k - lo], M[1, k - lo]
+            z[n_in + lo] = h[k]
+            Mh = M[0, k - lo]
+            if not lstm:
+                d = 1.0 - ht * ht
+                cw, cd = K.cast(d * float(w_rec[k, 0]), h), K.cast(d, h)
+                for f in range(F):
+                    Mh[f] = Mh[f] * cw + cd * z[f]
+                continue
+            kc0 = si * (1.0 - si) * gg
+            kc1 = sf * (1.0 - sf) * float(c[k])
+            kc2 = si * (1.0 - gg * gg)
+            do_tc = so * (1.0 - so) * tc
+            alpha = K.cast(kc0 * float(w_rec[k, 0]) + kc1 * float(w_rec[k, 1]) + kc2 * float(w_rec[k, 2]), h)
+            ch = K.cast(do_tc * float(w_rec[k, 3]), h)
+            cc = K.cast(so * (1.0 - tc * tc), h)
+            cf = K.cast(sf, h)
+            Mc = M[1, k - lo]
             for g in range(4):
-                kg = kc0 if g == 0 else (kc1 if g == 1 else (kc2 if g == 2 else zero))
-                dz = do_tc if g == 3 else zero
+                kg = K.cast(kc0 if g == 0 else (kc1 if g == 1 else (kc2 if g == 2 else 0.0)), h)
+                dz = K.cast(do_tc if g == 3 else 0.0, h)
                 base = g * F
                 for f in range(F):
                     zf = z[f]
                     q = base + f
                     mh = Mh[q]
-                    mc = Mc[q] * sf + mh * alpha + kg * zf
+                    mc = Mc[q] * cf + mh * alpha + kg * zf
                     Mc[q] = mc
                     Mh[q] = mh * ch + mc * cc + dz * zf
-        else:
-            a = zero
-            for j in range(n_in):
-                a += x[j] * W_in[k, 0, j]
-            a = a + hk * w_rec[k, 0] + b[k, 0]
-            if nff > 0:
-                f0 = zero
-                for j in range(nff):
-                    f0 += hn[j] * W_ff[k, 0, j]
-                a = a + f0
-            ht = np.tanh(a)
-            hn[k] = ht
-            if k < lo:
-                continue
-            if k == lo:
-                _features(x, hn, lo, z)
-            z[n_in + lo] = hk
-            d = one - ht * ht
-            cw = d * w_rec[k, 0]
-            Mh = M[0, k - lo]
-            for f in range(F):
-                Mh[f] = Mh[f] * cw + d * z[f]
+        s0 = s1
     for k in range(hi, n):  # inactive: held at zero
-        hn[k] = zero
-        cn[k] = zero
+        hn[k] = 0.0
+        cn[k] = 0.0
     return 0
 
 
@@ -177,11 +183,13 @@ def columns_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_
     y_hat = np.empty((nb, n_out), h.dtype)
     eps = np.empty((nb, n_out), h.dtype)
     z = np.empty(F, h.dtype)
+    S, bits = np.empty((4, 4 * n)), np.empty(4 * n, np.int64)
     updates, full = 0, False
     for t in range(t0, t1):
         x = xs[t]
         for s in range(nb):
-            column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x[s], h[s], c[s], hn[s], cn[s], M[s], z)
+            column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x[s], h[s], c[s], hn[s], cn[s], M[s], z,
+                        S, bits)
         K.readout(W_out, b_out, hn, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         for s in range(nb):

@@ -67,13 +67,15 @@ def td_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_out, 
     fb = K.cast(nb, h)
     eh = np.empty(n, h.dtype)
     z = np.empty(F, h.dtype)
+    S, bits = np.empty((4, 4 * n)), np.empty(4 * n, np.int64)
     for k in range(lo, hi):  # dv/dh_k = sum_o W_out[o, k], fixed between updates
         eh[k] = 0.0
     updates, full = 0, False
     for t in range(t0, t1):
         x = xs[t]
         for s in range(nb):
-            column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x[s], h[s], c[s], hn[s], cn[s], M[s], z)
+            column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x[s], h[s], c[s], hn[s], cn[s], M[s], z,
+                        S, bits)
         K.readout(W_out, b_out, hn, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         for k in range(lo, hi):
