@@ -41,10 +41,21 @@ from neuro.engine.optim import OptimizerArrays
 from neuro.rules._onestep import flat_step
 from neuro.rules.uoro import UORO
 
-__all__ = ["LSTMUOROEngine", "build", "lstm_uoro_range"]
+__all__ = ["LSTMUOROEngine", "build", "lstm_uoro_range", "sum_squares"]
 
 ORDER = ("W_in", "W_rec", "b", "W_out", "b_out")  # the parameters, in the kernel's order
 LOSSES = {"mse": K.MSE, "ce": K.CE}
+
+
+@numba.njit(cache=True, fastmath={"reassoc"})
+def sum_squares(v):  # noqa: ANN001, ANN201
+    """``sum_j v_j^2`` of a contiguous 1-D array, in float64, summed in whatever order vectorizes (``reassoc``
+    only, as :func:`neuro.engine.kernels.dot`): a separate loop, so that the loops writing ``v`` vectorize too."""
+    s = 0.0
+    for j in range(v.size):
+        x = np.float64(v[j])
+        s += x * x
+    return s
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -78,11 +89,9 @@ def lstm_uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, eps_u, n
     zz = np.empty(nb)  # ||z||^2
     root_s = math.sqrt(2 * n)
     for p in range(BK):
-        s2 = 0.0
+        sq[p] = 0.0
         for r in range(4 * n):
-            for j in range(n_in + n + 1):
-                s2 += np.float64(Th[p, r, j]) * np.float64(Th[p, r, j])
-        sq[p] = s2
+            sq[p] += sum_squares(Th[p, r])
     updates, full = 0, False
     for t in range(t0, t1):
         x, nu = xs[t], NU[t - t0]
@@ -144,24 +153,18 @@ def lstm_uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, eps_u, n
                 T_row, kk, i0, ar = Th[p, r], kg[p], inv0[p], A[p, r]
                 qd = DU[s, r] if p % samples == 0 else zero  # the direct term, once a sample
                 x_s, h_s = x[s], h[s]
-                sqp = 0.0
                 for j in range(n_in):
                     old = T_row[j]
                     g_in[r, j] += kk * old + qd * x_s[j]
-                    nv = old * i0 + ar * x_s[j]
-                    T_row[j] = nv
-                    sqp += np.float64(nv) * np.float64(nv)
+                    T_row[j] = old * i0 + ar * x_s[j]
                 for j in range(n):
                     old = T_row[n_in + j]
                     g_row[j] += kk * old + qd * h_s[j]
-                    nv = old * i0 + ar * h_s[j]
-                    T_row[n_in + j] = nv
-                    sqp += np.float64(nv) * np.float64(nv)
+                    T_row[n_in + j] = old * i0 + ar * h_s[j]
                 old = T_row[n_in + n]
                 g_b[r] += kk * old + qd
-                nv = old * i0 + ar
-                T_row[n_in + n] = nv
-                sq[p] += sqp + np.float64(nv) * np.float64(nv)
+                T_row[n_in + n] = old * i0 + ar
+                sq[p] += sum_squares(T_row)
         h[:, :] = h_new
         c[:, :] = c_new
         if t == n_seq - 1 or (t + 1) % every == 0:
