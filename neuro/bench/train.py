@@ -300,6 +300,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--quick", action="store_true", help="n = 32, 50 steps, 2 blocks (a smoke test)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also the floor at each n: the rate RNN's compiled step plus one SGD update of every "
+                         "parameter, no rule (neuro.engine.floor), median steps/s of --blocks runs of --steps")
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.steps, args.blocks = [32], 50, 2
@@ -320,6 +323,19 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args.engines = ["torch", "compiled"] if args.engine == "both" else [args.engine]
     args.n = list(dict.fromkeys(args.n))
     return args
+
+
+def _floor(args: argparse.Namespace) -> dict[int, float]:
+    """The floor's median steps/s at each ``--n`` (:func:`neuro.engine.floor.measure`)."""
+    import statistics
+
+    from neuro.engine import floor
+
+    out = {}
+    for n in args.n:
+        out[n] = statistics.median(floor.measure(n, args.steps) for _ in range(args.blocks))
+        print(f"{PROG}: rate n={n} floor [compiled]: {out[n]:.0f} steps/s", file=sys.stderr, flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,16 +359,21 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{PROG}: {model} n={n} {r['rule']} [{r['engine']}]: "
                           + (f"{s['median']:.0f} steps/s, {r['vs_bptt']:.2f}x bptt" if s and r.get("vs_bptt")
                              else r.get("skipped") or r.get("error") or "–"), file=sys.stderr, flush=True)
+        floor = _floor(args) if args.floor else {}
     finally:
         torch.set_num_threads(threads)
     settings = {k: v for k, v in vars(args).items()}
     settings.update(command=command, batch=1, dtype="float32", update_every=1, warm_up_steps=min(args.steps, WARM_UP),
                     engine_setting=has_engine())
     report = {"machine": _report.machine_info(args.threads), "loadavg_before": load,
-              "loadavg_after": _report.loadavg(), "settings": settings, "rows": rows}
+              "loadavg_after": _report.loadavg(), "settings": settings, "rows": rows,
+              **({"floor_steps_per_s": floor} if floor else {})}
     out = Path(args.out)
     _report.write_json(out / "train.json", report)
     text = _markdown(report, command)
+    if floor:
+        text += ("\nFloor (the rate RNN's compiled step and one SGD update of every parameter, no rule; median "
+                 f"steps/s): {', '.join(f'n={n} {_report.fmt_rate(v)}' for n, v in floor.items())}.\n")
     _report.write_atomic(out / "train.md", text)
     print(text)
     return 0

@@ -16,7 +16,7 @@ import numpy as np
 from neuro._numba import numba
 
 __all__ = ["ADAM", "CE", "MSE", "RMSPROP", "SGD", "adam", "adam_span", "adam_step", "apply_update", "cast", "dot",
-           "loss_and_error", "rate_step", "readout", "rmsprop", "rmsprop_span", "rmsprop_step", "sgd"]
+           "loss_and_error", "rate_step", "readout", "rmsprop", "rmsprop_span", "rmsprop_step", "sgd", "sgd_span"]
 
 SGD, ADAM, RMSPROP = 0, 1, 2  # optimizer codes (apply_update)
 MSE, CE = 0, 1  # loss codes (loss_and_error)
@@ -125,10 +125,15 @@ def loss_and_error(kind, y_hat, y, mask, eps):  # noqa: ANN001, ANN201
 def sgd(ps, gs, lr):  # noqa: ANN001, ANN201
     """``torch.optim.SGD`` without momentum or weight decay: ``p <- p + (-lr) g`` for each pair of flat arrays."""
     for i in range(len(ps)):
-        p, g = ps[i], gs[i]
-        step = cast(-lr, p)
-        for j in range(p.size):
-            p[j] = p[j] + step * g[j]
+        sgd_span(ps[i], gs[i], cast(-lr, ps[i]))
+
+
+@numba.njit(cache=True, error_model="numpy")
+def sgd_span(p, g, step):  # noqa: ANN001, ANN201
+    """SGD's update (:func:`sgd`) of the elements of ``p`` (any span of a parameter) with the gradient ``g`` and
+    ``step = -lr`` in the arrays' dtype: ``p <- p + step g``."""
+    for j in range(p.size):
+        p[j] = p[j] + step * g[j]
 
 
 @numba.njit(cache=True, error_model="numpy")

@@ -6,10 +6,11 @@ The rule is :mod:`neuro.rules.rflo` (Murray 2019; its module docstring states th
 :class:`models.rate.RateRNN` (not a subclass). Per step, :func:`rflo_range`: the network step
 (:func:`neuro.engine.kernels.rate_step`), the readout, the loss and its error, the traces, the step's estimate
 added to the loop's accumulator, and at the loop's schedule (``(t + 1) % update_every == 0`` or the sequence's
-last step) the optimizer's update with the sum, which zeroes it. The traces, the estimate and (with Adam, at an
-update) ``W_rec``'s update are one pass over the rows of ``P_rec``: each row of ``W_rec`` is updated as soon as
-its sum is complete (the network step of this step has already read it), the same arithmetic as the whole
-update after the pass.
+last step) the optimizer's update with the sum, which zeroes it. The traces, the estimate and (at an update)
+``W_rec``'s update are one pass over the rows of ``P_rec``: each row of ``W_rec`` is updated as soon as its sum
+is complete (the network step of this step has already read it), the same arithmetic as the whole update after
+the pass; where the previous step updated, the sum is the step's estimate alone, summed in a scratch row (the
+accumulator of ``W_rec`` is not read or written).
 
 Both forms of the rule's state are run: the definition's :class:`~neuro.rules.rflo.RFLOState` (``P`` the
 current traces) and the windowed path's :class:`~neuro.rules._fast.rflo.RFLOWindowState` (``P`` the traces at
@@ -57,7 +58,7 @@ def rflo_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
     W_out, b_out = ps[3].reshape((n_out, n)), ps[4]
     g_in, g_rec, g_b = acc[0].reshape((n, n_in)), acc[1].reshape((n, n)), acc[2]
     g_out, g_bout = acc[3].reshape((n_out, n)), acc[4]
-    m_rec = ms[1].reshape((ms[1].size // n, n))  # Adam's moments (rows of W_rec; no rows where there are none)
+    m_rec = ms[1].reshape((ms[1].size // n, n))  # the optimizer's state by rows of W_rec (none: no rows)
     v_rec = vs[1].reshape((vs[1].size // n, n))
     nb = h.shape[0]
     h_new = np.empty_like(h)
@@ -85,10 +86,14 @@ def rflo_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
                 for j in range(n):
                     g_out[k, j] += e * h_new[s, j]
                 g_bout[k] += e
-        update = t == n_seq - 1 or (t + 1) % every == 0
-        fused = update and opt_kind == K.ADAM
-        if fused:  # W_rec's Adam step begun; its rows are updated in the pass below, as each row's sum is done
-            c = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
+        fused = update = t == n_seq - 1 or (t + 1) % every == 0
+        if fused:  # W_rec's step begun; its rows are updated in the pass below, as each row's sum is done
+            if opt_kind == K.ADAM:
+                c = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
+            elif opt_kind == K.RMSPROP:
+                c_rms = K.rmsprop_step(steps[1], hyper[0], hyper[1], hyper[3], W_rec)
+            else:
+                c_sgd = K.cast(-hyper[0], W_rec)
         direct = fused and clean  # the row's sum is the step's estimate alone: summed in a scratch row instead
         for a in range(n):  # one pass over the rows: the traces, the estimate L_a P_ab summed over the batch
             g_row = scratch if direct else g_rec[a]
@@ -107,17 +112,19 @@ def rflo_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
                 P_b[s, a] = d * P_b[s, a] + Da
                 g_b[a] += La * P_b[s, a]
             if fused:  # and W_rec's row updated with it, the row's sum zeroed
-                K.adam_span(W_rec[a], g_row, m_rec[a], v_rec[a], c)
+                if opt_kind == K.ADAM:
+                    K.adam_span(W_rec[a], g_row, m_rec[a], v_rec[a], c)
+                elif opt_kind == K.RMSPROP:
+                    K.rmsprop_span(W_rec[a], g_row, m_rec[a], c_rms)
+                else:
+                    K.sgd_span(W_rec[a], g_row, c_sgd)
                 if not direct:
                     g_row[:] = 0.0
         h[:, :] = h_new
-        if update:
-            if fused:
-                K.apply_update(opt_kind, (ps[0], ps[2], ps[3], ps[4]), (acc[0], acc[2], acc[3], acc[4]),
-                               (ms[0], ms[2], ms[3], ms[4]), (vs[0], vs[2], vs[3], vs[4]),
-                               (steps[0], steps[2], steps[3], steps[4]), hyper)
-            else:
-                K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+        if update:  # the other parameters' update (W_rec's is done)
+            K.apply_update(opt_kind, (ps[0], ps[2], ps[3], ps[4]), (acc[0], acc[2], acc[3], acc[4]),
+                           (ms[0], ms[2], ms[3], ms[4]), (vs[0], vs[2], vs[3], vs[4]),
+                           (steps[0], steps[2], steps[3], steps[4]), hyper)
             updates += 1
             full, clean = False, True
         else:
