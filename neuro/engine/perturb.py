@@ -116,7 +116,10 @@ def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal
     g_in, g_rec, g_b = acc[0].reshape((n, n_in)), acc[1].reshape((n, n)), acc[2]
     g_out, g_bout = acc[3].reshape((n_out, n)), acc[4]
     h_new, D = np.empty_like(h), np.empty_like(h)
-    hn_new, Dn = np.empty_like(hn), np.empty_like(hn)
+    hn_new = np.empty_like(hn)
+    r_h, r_new, r_D, r_x = (np.empty((1, n), h.dtype), np.empty((1, n), h.dtype), np.empty((1, n), h.dtype),
+                            np.empty((1, n_in), h.dtype))
+    r_y = np.empty((1, n_out), h.dtype)
     yc, yn = np.empty((nb, n_out), h.dtype), np.empty((M, n_out), h.dtype)
     Lc, Ln = np.empty(nb, h.dtype), np.empty(M, h.dtype)
     eps = np.empty((1, n_out), h.dtype)
@@ -134,16 +137,19 @@ def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal
             Lc[s] = K.loss_and_error(loss_kind, yc[s:s + 1], y[s:s + 1], mk[s:s + 1], eps)
             total += Lc[s]
         losses[t - t0] = total / fb
-        for m in range(M):  # the noisy passes: the current's noise through the bias
+        for m in range(M):  # the noisy passes (one row each, in contiguous rows): the current's noise in the bias
             s = m // kk
-            src = hn[m:m + 1] if keep else h[s:s + 1]
+            r_h[0] = hn[m] if keep else h[s]
+            r_x[0] = x[s]
             for a in range(n):
                 bn[a] = b[a] + noise[m, a]
-            K.rate_step(W_in, W_rec, bn, alpha, x[s:s + 1], src, hn_new[m:m + 1], Dn[m:m + 1])
-            K.readout(W_out, b_out, hn_new[m:m + 1], yn[m:m + 1])
+            K.rate_step(W_in, W_rec, bn, alpha, r_x, r_h, r_new, r_D)
+            hn_new[m] = r_new[0]
+            K.readout(W_out, b_out, r_new, r_y)
             for k in range(n_out):
-                yn[m, k] += noise[m, n + k]
-            Ln[m] = K.loss_and_error(loss_kind, yn[m:m + 1], y[s:s + 1], mk[s:s + 1], eps)
+                r_y[0, k] += noise[m, n + k]
+            yn[m] = r_y[0]
+            Ln[m] = K.loss_and_error(loss_kind, r_y, y[s:s + 1], mk[s:s + 1], eps)
         for s in range(nb):  # the signals summed over the sequence's rows, the estimate
             Eh[:] = 0.0
             Ey[:] = 0.0
