@@ -55,7 +55,10 @@ VARIANTS.update({"columnar": ({}, {"cell": "rate"}),
 RULE_OPTIONS = {("columnar", "td-lambda"): {"rule": "columnar", "cumulant_input": 6},
                 ("constructive", "td-lambda"): {"rule": "constructive", "cumulant_input": 6},
                 # spiking anp-time: two noise samples; the global norm, with which SGD at the runs' rate stays finite
-                **{(m, "anp-time"): {"norm": "global", "samples": 2} for m in ("lif", "alif")}}
+                **{(m, "anp-time"): {"norm": "global", "samples": 2} for m in ("lif", "alif")},
+                # rate perturbation rules: a loss difference of order sigma over sigma^2 amplifies rounding (at the
+                # default 1e-3 the torch path's own two forms differ by 1e-9 under RMSprop); sigma = 0.05 keeps 1e-10
+                **{("rate", r): {"sigma": 0.05} for r in ("np", "anp", "anp-time", "wp")}}
 
 
 def _cases() -> list[Any]:
@@ -103,6 +106,8 @@ def _close(a: Any, b: Any, what: str) -> None:
             _close(x, y, f"{what}[{i}]")
     elif isinstance(a, float):
         assert b == pytest.approx(a, rel=RTOL, abs=ATOL), what
+    elif isinstance(a, torch.Generator):  # a rule's noise: the same draws made
+        assert torch.equal(a.get_state(), b.get_state()), what
     else:
         assert a == b, what
 
@@ -279,7 +284,7 @@ def test_cli_engine_flag(tmp_path, capsys):
     assert err.startswith("neuro: error: engine='compiled' is invalid") and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("name", ["rflo", "bptt", "tbptt"])
+@pytest.mark.parametrize("name", ["rflo", "bptt", "tbptt", "np", "anp-time", "wp"])
 def test_float32_runs_compiled_close_to_torch(name):
     """float32 (its own compiled specialisation): the torch path's numbers to float32 rounding, over 40 steps."""
     task = tasks.make("sine")
@@ -308,6 +313,26 @@ def test_tbptt_windows_cut_at_chunk_ends_and_updates_inside_them(tmp_path, opt):
     _close(h_t.params, h_c.params, "params")
     _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
     _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
+    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+
+
+@pytest.mark.parametrize("name,options", [("np", {"samples": 2}), ("anp", {"norm": "global"}),
+                                          ("anp-time", {"window": 5}), ("anp-time", {"fast": False}),
+                                          ("wp", {"resample": "step", "samples": 2})])
+def test_perturbation_rule_options_compiled_equal_torch(tmp_path, name, options):
+    """The perturbation rules' options beside the defaults: noise samples, the global norm, a window shorter than
+    the updates' interval (full windows inside it, slots refilled), the definition's state, wp's draw every step;
+    the torch path's numbers and noise (the generator's state) to 1e-10 in float64."""
+    c = next(c for c in REGISTRY if (c.model, c.rule) == ("rate", name))
+    net, rule, task, settings = _setup(c, {"alpha": 0.5}, "continuing", **options)
+    settings.update(optimizer="adam", batch=2, checkpoint_every=20)
+    (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = (_train(net, rule, task, tmp_path / e, engine=e, **settings)
+                                                 for e in ("torch", "compiled"))
+    assert h_c.engine == "compiled" and h_c.updates == h_t.updates == 9
+    _close(h_t.params, h_c.params, "params")
+    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
+    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
+    _close(loop_t.state, loop_c.state, "the loop's rule state")
     _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
 
 
