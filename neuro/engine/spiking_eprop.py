@@ -72,6 +72,7 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
     kc = K.cast(kappa, v)
     ii, iI, rho = cf[S.II], cf[S.III], cf[S.RHO]
     one = K.cast(1.0, v)
+    zero = K.cast(0.0, v)
     pre = np.empty((nb, n_pre), v.dtype)
     I = np.empty_like(v)
     vt = np.empty_like(v)
@@ -129,7 +130,7 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
                 # the bias: [ebar; v; (a); i], pre = 1, c_b = (dv/db, (dz/db), 0)
                 q = eb[s, j]
                 bv, bi = q[1, 0], q[q.shape[0] - 1, 0]
-                ba = q[2, 0] if adapt else K.cast(0.0, v)
+                ba = q[2, 0] if adapt else zero
                 e = zv * bv + zi * bi + za * ba + zb
                 q[1, 0] = dvv * bv + dvi * bi + dva * ba + dvb
                 if adapt:
