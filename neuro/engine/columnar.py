@@ -23,9 +23,9 @@ and for the rate cell ``Mh_t = (1 - h_t^2) (w_rec Mh_{t-1} + 1 (x) z)``. The est
 
 is added to the loop's accumulator, and at the loop's schedule (``(t + 1) % update_every == 0`` or the
 sequence's last step) the optimizer applies the sum (:func:`neuro.engine.kernels.apply_update`). Every other
-parameter's estimate is zero; its accumulator stays zero and, with its optimizer moments zero (a fresh stage's
-optimizer, :mod:`neuro.staged`), an update leaves it exactly unchanged, so the update runs over the learning
-columns' rows and the readout only (over every row where the moments outside are not zero).
+parameter's estimate is zero; its accumulator stays zero and, with its optimizer state zero (a fresh stage's
+optimizer, :mod:`neuro.staged`), an update of SGD, Adam or RMSprop leaves it exactly unchanged, so the update
+runs over the learning columns' rows and the readout only (over every row where that state is not zero).
 
 The rule state is the fast path's (``fast=True``; a rule built with ``fast=False`` runs on the torch path):
 the engine works on copies of its tensors and returns a new state holding them.
@@ -258,14 +258,13 @@ class Layout(NamedTuple):
         if (self.lo, self.hi) != (0, n):
             cols = [i for i, k in enumerate(self.names) if k not in ("W_out", "b_out")]
             per_row = [ps[i].size // n for i in cols]
-            outside = o.kind == K.ADAM and any(
-                np.any(a[:self.lo * r]) or np.any(a[self.hi * r:]) for i, r in zip(cols, per_row) for a in (ms[i], vs[i]))
+            outside = any(np.any(a[:self.lo * r]) or np.any(a[self.hi * r:])
+                          for i, r in zip(cols, per_row) for a in (ms[i], vs[i]) if a.size)
             if not outside:  # the rows outside are left exactly as they are: not visited
                 for i, r in zip(cols, per_row):
                     sl = slice(self.lo * r, self.hi * r)
                     ps[i], gs[i] = ps[i][sl], gs[i][sl]
-                    if o.kind == K.ADAM:
-                        ms[i], vs[i] = ms[i][sl], vs[i][sl]
+                    ms[i], vs[i] = (a[sl] if a.size else a for a in (ms[i], vs[i]))  # SGD: no moments
         return tuple(ps), tuple(gs), tuple(ms), tuple(vs), o.steps, o.kind, o.hyper
 
 

@@ -211,8 +211,8 @@ def test_a_resume_keeps_the_engine_of_the_saved_run(tmp_path):
         train(net, rule, task, 40, chunk=10, progress=False, run_dir=tmp_path, resume=True, engine="compiled")
 
 
-@pytest.mark.parametrize("rule_name", ["constructive", "td-lambda"])
-def test_a_stage_schedule_runs_compiled_across_stage_changes(tmp_path, rule_name):
+@pytest.mark.parametrize("rule_name,opt", [("constructive", "adam"), ("td-lambda", "adam"), ("td-lambda", "rmsprop")])
+def test_a_stage_schedule_runs_compiled_across_stage_changes(tmp_path, rule_name, opt):
     """``schedule="6:2:20"``: three stages of 20 steps (two stage changes inside the run, each a new rule, fresh
     traces and a fresh optimizer but for the readout's state), the engine rebuilt for each stage's rule; the torch
     path's numbers to 1e-10 in float64, and a resume inside the last stage (its rule rebuilt from the step count)
@@ -221,7 +221,7 @@ def test_a_stage_schedule_runs_compiled_across_stage_changes(tmp_path, rule_name
     net = models.make("constructive", n_in=task.n_in, n_hidden=6, n_out=task.n_out, per_stage=2)
     opts = {"rule": "constructive", "cumulant_input": 6} if rule_name == "td-lambda" else {}
     rule = rules.make(rule_name, net, **opts)
-    settings = {"steps": 70, "chunk": 10, "update_every": 3, "schedule": "6:2:20", "optimizer": "adam", "batch": 2,
+    settings = {"steps": 70, "chunk": 10, "update_every": 3, "schedule": "6:2:20", "optimizer": opt, "batch": 2,
                 "checkpoint_every": 10}
     (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = (_train(net, rule, task, tmp_path / e, engine=e, **settings)
                                                  for e in ("torch", "compiled"))
