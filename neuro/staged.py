@@ -24,7 +24,9 @@ sequence length, ``chunk`` or the trial), after the update that ends the sequenc
 
 The loop meets a schedule only through :class:`StageHook`, a :class:`neuro.train_loop.Hook`: at the start of a
 run (or of its resume) it builds the rule of the stage the step count is in, and after each whole sequence it
-switches to the next stage when one is due.
+switches to the next stage when one is due. With a compiled engine (:mod:`neuro.engine`: ``constructive`` and
+``td-lambda`` over it have one) the loop rebuilds the engine for each new stage's rule, so every stage runs
+compiled.
 
 Only rules that learn one stage alone may run a schedule: ``constructive`` and ``td-lambda`` over it
 (``rule="constructive"``); any other rule would also train the frozen stages. The checkpoint of a run
