@@ -37,7 +37,7 @@ from models.rate import RateRNN
 from neuro._numba import numba
 from neuro.contract import Params
 from neuro.engine import kernels as K
-from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat, view
+from neuro.engine.base import Engine, RangeResult, SequenceArrays, Views, view
 from neuro.engine.optim import OptimizerArrays
 from neuro.rules._fast.eprop import EPropWindowState, Step
 from neuro.rules.base import add_into
@@ -174,6 +174,9 @@ class EPropRateEngine(Engine):
         self.loss_kind = LOSSES[rule.loss]
         self.feedback = FEEDBACKS[rule.feedback]
         self._slots: _Slots | None = None
+        self._out: tuple[torch.Tensor, ...] | None = None  # zbar, bbar, bar e, bar e_b: handed out, rewritten per range
+        self._eps: tuple[torch.Tensor, torch.Tensor] | None = None  # the windowed form's eps, eps_b, handed out
+        self._params, self._acc = Views(), Views()
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
@@ -185,9 +188,19 @@ class EPropRateEngine(Engine):
             add_into(acc, g)
         h = state.net.h if state.net.h.is_contiguous() else state.net.h.contiguous()
         nb, dtype = h.shape[0], view(h).dtype
-        if windowed:  # the current traces, worked on contiguously: eps = [bar e; eps] [B, n, 2, n_pre]
-            P = view(state.eps[:, :, 1]).copy()
-            P_b = view(state.eps_b[:, :, 1, 0]).copy()
+        out = self._out
+        if out is None or out[0].shape != h.shape or out[0].dtype != h.dtype:  # zbar, bbar = 1, bar e, bar e_b
+            out = self._out = (torch.empty_like(h), torch.ones((), dtype=h.dtype), h.new_empty(nb, n, n_in + n),
+                               torch.empty_like(h))
+        zbar, one, ebar, ebar_b = out
+        if windowed:  # the traces [bar e; eps] [B, n, 2, n_pre]: the engine's, handed out, or copied in
+            mine = self._eps
+            if mine is None or mine[0] is not state.eps or mine[1] is not state.eps_b:
+                mine = self._eps = (state.eps.contiguous().clone(), state.eps_b.contiguous().clone())
+            E, Eb = mine
+            P, P_b = view(ebar), view(ebar_b)
+            P[...] = view(E)[:, :, 1]
+            P_b[...] = view(Eb)[:, :, 1, 0]
             slots = self._slots_for(state, h)
             rec = slots.arrays
         else:
@@ -200,22 +213,25 @@ class EPropRateEngine(Engine):
             B = B.contiguous()
         fb = view(B) if B is not None else np.zeros((net.n_out, n), dtype)
         o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
-        ps = tuple(flat(params[k]) for k in ORDER)
-        gs = tuple(flat(acc[k]) for k in ORDER)
+        ps = self._params([params[k] for k in ORDER])
+        gs = self._acc([acc[k] for k in ORDER])
         losses = np.empty(t1 - t0, dtype)
         updates, full = eprop_range(ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, self.alpha, n_in,
                                     n, net.n_out, view(h), P, P_b, fb, self.feedback, float(self.rule.feedback_lr),
                                     float(self.rule.feedback_decay), seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every,
                                     self.rule.window if windowed else 0, *rec, losses)
-        one = torch.ones((), dtype=h.dtype)
+        view(zbar)[...] = view(h)
         if windowed:
-            eps_new = torch.from_numpy(np.stack([P, P], 2))
-            eps_b_new = torch.from_numpy(np.stack([P_b, P_b], 2)[..., None])
-            state = state._replace(net=state.net._replace(h=h), eps=eps_new, eps_b=eps_b_new, zbar=h.clone(), bbar=one,
-                                   B=B, steps=self._slots.steps, t=0)
+            Ea, Eba = view(E), view(Eb)
+            Ea[:, :, 0], Ea[:, :, 1] = P, P
+            Eba[:, :, 0, 0], Eba[:, :, 1, 0] = P_b, P_b
+            state = state._replace(net=state.net._replace(h=h), eps=E, eps_b=Eb, zbar=zbar, bbar=one, B=B,
+                                   steps=self._slots.steps, t=0)
         else:
-            state = state._replace(net=state.net._replace(h=h), eps=eps, eps_b=eps_b, ebar=eps[:, :, 0].clone(),
-                                   ebar_b=eps_b[:, :, 0].clone(), zbar=h.clone(), bbar=one, B=B)
+            P_out, Pb_out = view(ebar), view(ebar_b)
+            P_out[...], Pb_out[...] = P, P_b
+            state = state._replace(net=state.net._replace(h=h), eps=eps, eps_b=eps_b, ebar=ebar, ebar_b=ebar_b,
+                                   zbar=zbar, bbar=one, B=B)
         return RangeResult(state=state, losses=losses, updates=int(updates), pending=bool(full))
 
     def _slots_for(self, state: EPropWindowState, h: torch.Tensor) -> _Slots:

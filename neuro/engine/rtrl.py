@@ -34,7 +34,7 @@ from models.rate import RateRNN
 from neuro._numba import numba
 from neuro.contract import Params
 from neuro.engine import kernels as K
-from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat, view
+from neuro.engine.base import Engine, RangeResult, SequenceArrays, Views, view
 from neuro.engine.optim import OptimizerArrays
 from neuro.rules.rtrl import RTRL, RTRLState
 
@@ -135,6 +135,8 @@ class RTRLEngine(Engine):
         self.alpha = float(net.alpha)
         self.loss_kind = LOSSES[rule.loss]
         self._pair: tuple[torch.Tensor, torch.Tensor] | None = None  # the two influence buffers
+        self._params, self._acc = Views(), Views()
+        self._columns: tuple[int, int, int] | None = None  # where W_in, W_rec, b start in M's columns
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
@@ -149,15 +151,16 @@ class RTRLEngine(Engine):
         else:
             other = torch.empty_like(M)
             self._pair = (M, other)
-        sl = self.rule._flat(params).param_slices()
+        if self._columns is None:
+            sl = self.rule._flat(params).param_slices()
+            self._columns = (sl["W_in"].start, sl["W_rec"].start, sl["b"].start)
         o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
-        ps = tuple(flat(params[k]) for k in ORDER)
-        gs = tuple(flat(acc[k]) for k in ORDER)
+        ps = self._params([params[k] for k in ORDER])
+        gs = self._acc([acc[k] for k in ORDER])
         losses = np.empty(t1 - t0, view(h).dtype)
         updates, full, flipped = rtrl_range(ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, self.alpha,
                                             net.n_in, net.n_hidden, net.n_out, view(h), view(M), view(other),
-                                            sl["W_in"].start, sl["W_rec"].start, sl["b"].start, seq.xs, seq.ys,
-                                            seq.mask, t0, t1, n_seq, every, losses)
+                                            *self._columns, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
         state = RTRLState(net=state.net._replace(h=h), M=other if flipped else M)
         return RangeResult(state=state, losses=losses, updates=int(updates), pending=bool(full))
 

@@ -42,17 +42,27 @@ from models.rate import RateRNN
 from neuro._numba import numba
 from neuro.contract import Params
 from neuro.engine import kernels as K
-from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat, view
+from neuro.engine.base import Engine, RangeResult, SequenceArrays, Views, view
 from neuro.engine.optim import OptimizerArrays
 from neuro.rules._fast.uoro import RateUOROState
 from neuro.rules._onestep import flat_step
 from neuro.rules.base import add_into
 from neuro.rules.uoro import UORO
 
-__all__ = ["UOROEngine", "build", "uoro_range"]
+__all__ = ["UOROEngine", "build", "sum_squares", "uoro_range"]
 
 ORDER = ("W_in", "W_rec", "b", "W_out", "b_out")  # the parameters, in the kernel's order
 LOSSES = {"mse": K.MSE, "ce": K.CE}
+
+
+@numba.njit(cache=True, fastmath={"reassoc"})
+def sum_squares(v):  # noqa: ANN001, ANN201
+    """``sum_j v_j^2`` of a contiguous 1-D array, in float64, summed in whatever order vectorizes (``reassoc``
+    only): a row's share of ``||Theta||^2``, kept out of the row's update loops so that they vectorize."""
+    s = 0.0
+    for j in range(v.size):
+        s += np.float64(v[j]) * np.float64(v[j])
+    return s
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -177,24 +187,18 @@ def uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, eps_u,
                 T_row, kk, i0, ai = Th[p, i], kg[p], inv0[p], A[p, i]
                 q = D[s, i] * R[s, i] if p % samples == 0 else K.cast(0.0, h)  # the direct term, once a sample
                 x_s, h_s = x[s], h[s]
-                sqp = 0.0
                 for j in range(n_in):
                     old = T_row[j]
                     g_in[i, j] += kk * old + q * x_s[j]
-                    v = old * i0 + ai * x_s[j]
-                    T_row[j] = v
-                    sqp += np.float64(v) * np.float64(v)
+                    T_row[j] = old * i0 + ai * x_s[j]
                 for j in range(n):
                     old = T_row[n_in + j]
                     g_row[j] += kk * old + q * h_s[j]
-                    v = old * i0 + ai * h_s[j]
-                    T_row[n_in + j] = v
-                    sqp += np.float64(v) * np.float64(v)
+                    T_row[n_in + j] = old * i0 + ai * h_s[j]
                 old = T_row[n_in + n]
                 g_b[i] += kk * old + q
-                v = old * i0 + ai
-                T_row[n_in + n] = v
-                sq_new[p] += sqp + np.float64(v) * np.float64(v)
+                T_row[n_in + n] = old * i0 + ai
+                sq_new[p] += sum_squares(T_row)
             if fused:  # and W_rec's row updated with it, the row's sum zeroed
                 K.adam_span(W_rec[i], g_row, m_rec[i], v_rec[i], ca)
                 if not direct:
@@ -223,6 +227,8 @@ class UOROEngine(Engine):
         self.alpha = float(net.alpha)
         self.loss_kind = LOSSES[rule.loss]
         self._rows: tuple[torch.Tensor, int] | None = None  # the window's buffer handed out, rows from hi on zero
+        self._pair: tuple[torch.Tensor, ...] = ()  # s~, Theta, ||Theta||^2, written: the fast form's, handed out
+        self._params, self._acc = Views(), Views()
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
@@ -233,13 +239,16 @@ class UOROEngine(Engine):
             state, g = rule.flush(params, state)  # steps left pending by the torch path: their estimate first
             add_into(acc, g)
         h = state.net.h if state.net.h.is_contiguous() else state.net.h.contiguous()
-        S = state.s_tilde.contiguous().clone()
-        BK, dtype = S.shape[0], h.dtype
+        BK, dtype = state.s_tilde.shape[0], h.dtype
         if fast:
-            Th = state.theta_mat.contiguous().clone()
-            sq = state.theta_sq.detach().clone()
+            if not self._pair or any(a is not b for a, b in zip(self._pair, (state.s_tilde, state.theta_mat,
+                                                                               state.theta_sq))):
+                self._pair = (state.s_tilde.contiguous().clone(), state.theta_mat.contiguous().clone(),
+                              state.theta_sq.detach().clone(), torch.zeros(1, dtype=torch.int64))
+            S, Th, sq, written_t = self._pair
             rows, hi = self._rows_for(state.rows)
         else:
+            S = state.s_tilde.contiguous().clone()
             sl = flat_step(net, rule.loss, params).param_slices()
             tt = state.theta_tilde
             Th = torch.cat([tt[:, sl["W_in"]].reshape(BK, n, n_in), tt[:, sl["W_rec"]].reshape(BK, n, n),
@@ -249,8 +258,8 @@ class UOROEngine(Engine):
         r = torch.randint(0, 2, (t1 - t0, BK, n), generator=state.gen, dtype=torch.int8)  # the torch path's draws
         NU = (2 * r - 1).to(dtype)
         o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
-        ps = tuple(flat(params[k]) for k in ORDER)
-        gs = tuple(flat(acc[k]) for k in ORDER)
+        ps = self._params([params[k] for k in ORDER])
+        gs = self._acc([acc[k] for k in ORDER])
         losses = np.empty(t1 - t0, view(h).dtype)
         updates, full, written, hi = uoro_range(
             ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, self.alpha, float(rule.eps), n_in, n,
@@ -259,9 +268,9 @@ class UOROEngine(Engine):
         net_state = state.net._replace(h=h)
         if fast:
             self._rows = (rows, int(hi))
-            state = state._replace(net=net_state, s_tilde=S, theta_mat=Th, theta_sq=sq, rows=rows,
-                                   written=torch.full((1,), int(written), dtype=torch.int64), held=0,
-                                   t=state.t + t1 - t0)
+            written_t.fill_(int(written))
+            state = state._replace(net=net_state, s_tilde=S, theta_mat=Th, theta_sq=sq, rows=rows, written=written_t,
+                                   held=0, t=state.t + t1 - t0)
         else:
             tt = torch.zeros_like(state.theta_tilde)
             tt[:, sl["W_in"]] = Th[:, :, :n_in].reshape(BK, -1)
