@@ -18,7 +18,8 @@ order::
 
 (the norms in float64), after the cell's step (:func:`neuro.engine.lstm.step_derivatives`), the readout and the
 loss's error; at the loop's schedule (``(t + 1) % update_every == 0`` or the sequence's last step) the
-optimizer's update with the sum, which zeroes it. The signs are the torch path's: drawn from the state's
+optimizer's update with the sum, which zeroes it (with Adam, ``W_rec``'s rows updated in the pass over
+``Theta``, as each row's sum is complete: the same arithmetic as the whole update after the pass). The signs are the torch path's: drawn from the state's
 generator per range, ``[steps, B samples, 2n]`` at once (the numbers, and the generator's state after them, of
 one draw per step).
 """
@@ -88,11 +89,14 @@ def lstm_uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, eps_u, n
     sq = np.empty(BK)  # ||Theta||^2
     zz = np.empty(nb)  # ||z||^2
     root_s = math.sqrt(2 * n)
+    m_rec = ms[1].reshape((ms[1].size // n, n))  # Adam's moments (rows of W_rec; no rows where there are none)
+    v_rec = vs[1].reshape((vs[1].size // n, n))
+    scratch = np.empty(n, h.dtype)  # a row's sum where W_rec's accumulator is known to be zero
     for p in range(BK):
         sq[p] = 0.0
         for r in range(4 * n):
             sq[p] += sum_squares(Th[p, r])
-    updates, full = 0, False
+    updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
         x, nu = xs[t], NU[t - t0]
         L.step_derivatives(W_in, W_rec, b, x, h, c, h_new, c_new, D)
@@ -146,8 +150,15 @@ def lstm_uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, eps_u, n
             for r in range(4 * n):
                 A[p, r] = A[p, r] * inv1
             sq[p] = 0.0
+        update = t == n_seq - 1 or (t + 1) % every == 0
+        fused = update and opt_kind == K.ADAM
+        if fused:  # W_rec's Adam step begun; its rows are updated in the pass below, as each row's sum is done
+            ca = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
+        direct = fused and clean  # the row's sum is the step's estimate alone: summed in a scratch row instead
         for r in range(4 * n):  # one pass over Theta's rows: the estimate k Theta + du_l z^T, then Theta's update
-            g_row = g_rec[r]
+            g_row = scratch if direct else g_rec[r]
+            if direct:
+                g_row[:] = 0.0
             for p in range(BK):
                 s = p // samples
                 T_row, kk, i0, ar = Th[p, r], kg[p], inv0[p], A[p, r]
@@ -165,14 +176,23 @@ def lstm_uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, eps_u, n
                 g_b[r] += kk * old + qd
                 T_row[n_in + n] = old * i0 + ar
                 sq[p] += sum_squares(T_row)
+            if fused:  # and W_rec's row updated with it (the step's forward pass has read it), its sum zeroed
+                K.adam_span(W_rec[r], g_row, m_rec[r], v_rec[r], ca)
+                if not direct:
+                    g_row[:] = 0.0
         h[:, :] = h_new
         c[:, :] = c_new
-        if t == n_seq - 1 or (t + 1) % every == 0:
-            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+        if update:
+            if fused:
+                K.apply_update(opt_kind, (ps[0], ps[2], ps[3], ps[4]), (acc[0], acc[2], acc[3], acc[4]),
+                               (ms[0], ms[2], ms[3], ms[4]), (vs[0], vs[2], vs[3], vs[4]),
+                               (steps[0], steps[2], steps[3], steps[4]), hyper)
+            else:
+                K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
             updates += 1
-            full = False
+            full, clean = False, True
         else:
-            full = True
+            full, clean = True, False
     return updates, full
 
 

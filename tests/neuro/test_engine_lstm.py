@@ -1,7 +1,7 @@
 """The compiled engine on the LSTM: its cell (neuro.engine.lstm) against the model's torch step and autograd, and
 what the REGISTRY oracle (test_engine.py) leaves out for the LSTM engines: float32, TBPTT windows cut at chunk
 ends with updates inside them, RTRL's influence matrix wider than one column block, UORO with several rank-one
-pairs per sample."""
+pairs per sample and with an update at every step."""
 
 from __future__ import annotations
 
@@ -105,3 +105,16 @@ def test_uoro_with_two_pairs_a_sample_equals_torch():
         torch.testing.assert_close(h["compiled"].params[k], p, rtol=1e-10, atol=1e-13)
     for a, b in zip(h["torch"].metrics, h["compiled"].metrics):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-10, abs=1e-13)
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_uoro_updating_at_every_step_equals_torch(opt):
+    """``update_every=1``: with Adam, ``W_rec``'s rows are updated within the pass over ``Theta`` and, after an
+    update, its estimate summed in a scratch row; held to the torch path."""
+    task = tasks.make("sine")
+    net = models.make("lstm", n_in=1, n_hidden=5, n_out=1)
+    h = _both(rules.make("uoro", net), net, task, 30, chunk=15, update_every=1, batch=2, optimizer=opt,
+              dtype="float64", lr=0.05)
+    assert h["compiled"].engine == "compiled" and h["compiled"].updates == h["torch"].updates == 30
+    for k, p in h["torch"].params.items():
+        torch.testing.assert_close(h["compiled"].params[k], p, rtol=1e-10, atol=1e-13)
