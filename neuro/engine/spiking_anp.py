@@ -42,6 +42,7 @@ from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat
 from neuro.engine.noise import gaussian_rows
 from neuro.engine.optim import OptimizerArrays
 from neuro.engine.perturb import positions
+from neuro.engine.spiking_bptt import active, sparse_dot
 from neuro.rules._fast.node import Entry, WindowState
 from neuro.rules.anp_time import ANPTime
 from neuro.rules.base import add_into
@@ -90,6 +91,8 @@ def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, g
     g_out, g_bout = acc[3].reshape((n_out, n)), acc[4]
     dt = cz.dtype
     zp = np.empty((nb, n), dt)
+    ic, inz = np.empty((nb, n), np.int64), np.empty((M, n), np.int64)  # the spikes of z_{t-1}, z~_{t-1}
+    cc, cn = np.empty(nb, np.int64), np.empty(M, np.int64)
     Ic, In = np.empty((nb, n), dt), np.empty((M, n), dt)
     ac, an = np.empty((nb, n_out), dt), np.empty((M, n_out), dt)
     Lc, Ln = np.empty(nb, dt), np.empty(M, dt)
@@ -102,12 +105,16 @@ def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, g
     for t in range(t0, t1):
         x, y, mk, noise = xs[t], ys[t], mask[t], xi[t - t0]
         zp[:, :] = cz
-        for s in range(nb):  # the currents: x W_in^T once, the clean and noisy recurrent products
+        for s in range(nb):
+            cc[s] = active(cz[s], ic[s])
+        for m in range(M):
+            cn[m] = active(nz[m], inz[m])
+        for s in range(nb):  # the currents: x W_in^T once, the recurrent products over the spikes
             for a in range(n):
                 xin = K.dot(x[s], W_in[a])
-                Ic[s, a] = xin + K.dot(cz[s], W_rec[a])
+                Ic[s, a] = xin + sparse_dot(W_rec[a], cz[s], ic[s], cc[s])
                 for m in range(s * kk, s * kk + kk):
-                    In[m, a] = (xin + K.dot(nz[m], W_rec[a])) + noise[m, a]
+                    In[m, a] = (xin + sparse_dot(W_rec[a], nz[m], inz[m], cn[m])) + noise[m, a]
         _neurons(cf, ci, b, Ic, cs)
         _neurons(cf, ci, b, In, ns)
         total = K.cast(0.0, cz)
@@ -145,8 +152,9 @@ def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, g
                     Ey[k] += cy_ * da[k]
             for a in range(n):
                 f = Eh[a] / fm
-                row, pre = g_rec[a], zp[s]
-                for j in range(n):
+                row, pre, idx = g_rec[a], zp[s], ic[s]
+                for q in range(cc[s]):  # e_h z_{t-1}^T: the columns of the spikes
+                    j = idx[q]
                     row[j] += f * pre[j]
                 for j in range(n_in):
                     g_in[a, j] += f * x[s, j]

@@ -44,10 +44,31 @@ from neuro.engine.optim import OptimizerArrays
 from neuro.rules.bptt import BPTT, BPTTState
 from neuro.rules.tbptt import TBPTT
 
-__all__ = ["SpikingBPTTEngine", "backward", "build", "spiking_bptt_range"]
+__all__ = ["SpikingBPTTEngine", "active", "backward", "build", "sparse_dot", "spiking_bptt_range"]
 
 ORDER = ("W_in", "W_rec", "b", "W_out", "b_out")  # the parameters, in the kernels' order
 LOSSES = {"mse": K.MSE, "ce": K.CE}
+
+
+@numba.njit(cache=True)
+def active(z, idx):  # noqa: ANN001, ANN201
+    """The positions of the nonzero entries of ``z`` [n] (the spikes) written to ``idx`` [n]; their count."""
+    c = 0
+    for j in range(z.size):
+        if z[j] != 0.0:
+            idx[c] = j
+            c += 1
+    return c
+
+
+@numba.njit(cache=True)
+def sparse_dot(w, z, idx, c):  # noqa: ANN001, ANN201
+    """``sum_j w_j z_j`` over the ``c`` positions ``idx`` where ``z`` is nonzero (:func:`active`)."""
+    acc = K.cast(0.0, w)
+    for q in range(c):
+        j = idx[q]
+        acc += w[j] * z[j]
+    return acc
 
 
 @numba.njit(cache=True)
@@ -71,6 +92,7 @@ def backward(W_rec, W_out, cf, ci, xs, t_start, Z, PS, VT, AR, E, m, g_in, g_rec
     gz = np.empty(n, Z.dtype)
     gI = np.empty((nb, n), Z.dtype)
     gy = np.zeros((nb, n_out), Z.dtype)
+    idx, cnt = np.empty((nb, n), np.int64), np.empty(nb, np.int64)  # the spikes of z_{t-1}
     for j in range(m - 1, -1, -1):
         x, zp, zn, e, ps = xs[t_start + j], Z[j], Z[j + 1], E[j], PS[j]
         for s in range(nb):
@@ -106,10 +128,13 @@ def backward(W_rec, W_out, cf, ci, xs, t_start, Z, PS, VT, AR, E, m, g_in, g_rec
                 gv[s, a] = vv * d
                 gi[s, a] = vi * d + ii * gi[s, a]
                 g_b[a] += vb * d
+        for s in range(nb):
+            cnt[s] = active(zp[s], idx[s])
         for a in range(n):
             for s in range(nb):
                 d = gI[s, a]
-                for i in range(n):
+                for q in range(cnt[s]):  # gI z_{t-1}^T: the columns of the spikes
+                    i = idx[s, q]
                     g_rec[a, i] += d * zp[s, i]
                 for i in range(n_in):
                     g_in[a, i] += d * x[s, i]
