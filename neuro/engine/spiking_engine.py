@@ -31,6 +31,7 @@ class SpikingEngine(Engine):
         self.net, self.rule = net, rule
         self.loss_kind = LOSSES[rule.loss]
         self._cells: dict[np.dtype, S.Cell] = {}
+        self._kept: tuple | None = None
 
     @staticmethod
     def supports(rule: AbstractRule) -> bool:
@@ -42,6 +43,15 @@ class SpikingEngine(Engine):
         if dtype not in self._cells:
             self._cells[dtype] = S.cell(self.net, dtype)
         return self._cells[dtype]
+
+    def reuse(self, state: object) -> tuple | None:
+        """The arrays behind ``state`` where it is the rule state this engine returned last (its tensors are views
+        of them, so the next range changes them in place: nothing is copied); ``None`` otherwise."""
+        return self._kept[1] if self._kept is not None and self._kept[0] is state else None
+
+    def keep(self, state: object, arrays: tuple) -> None:
+        """``state`` (returned now) and the arrays its tensors are views of, for :meth:`reuse`."""
+        self._kept = (state, arrays)
 
     def arrays(self, params: Params, acc: Params, opt: torch.optim.Optimizer, steps: int,
                dtype: np.dtype) -> tuple[OptimizerArrays, tuple, tuple, np.ndarray]:

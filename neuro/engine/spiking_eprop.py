@@ -191,12 +191,16 @@ class EPropEngine(SpikingEngine):
         if windowed and state.t > 0:  # a window left pending by the torch path: its estimate to the sum first
             state, g = self.rule.flush(params, state)
             add_into(acc, g)
-        nets = S.net_arrays(state.net)
+        hit = self.reuse(state) if windowed else None
+        nets = S.net_arrays(state.net) if hit is None else hit[0]
         dtype = nets.v.dtype
         nb = nets.v.shape[0]
         if windowed:
-            el, shared = _copy(state.eps), _copy(state.shared)
-            eb, bbar = _copy(state.eps_b), _copy(state.bbar).reshape(1)
+            if hit is None:
+                el, shared = _copy(state.eps), _copy(state.shared)
+                eb, bbar, zbar = _copy(state.eps_b), _copy(state.bbar).reshape(1), _copy(state.zbar)
+            else:
+                el, shared, eb, bbar, zbar = hit[1:]
             slots, window = self._window(state, dtype), self.rule.window
         else:  # the definition's eps [B, n, K, n_pre] (fields v, i, (a)) in the windowed layout
             eps, eps_b = view(state.eps), view(state.eps_b)
@@ -207,7 +211,7 @@ class EPropEngine(SpikingEngine):
             bbar = _copy(state.bbar).reshape(1)
             empty = np.zeros((0, nb, 0), dtype)
             slots, window = (empty, empty, empty, empty, np.zeros((0, 0, nb, n), dtype)), 0
-        zbar = _copy(state.zbar)
+            zbar = _copy(state.zbar)
         F = view(params["W_out"]) if state.B is None else view(state.B)
         o, ps, gs, losses = self.arrays(params, acc, opt, t1 - t0, dtype)
         cell = self.cell(dtype)
@@ -216,11 +220,13 @@ class EPropEngine(SpikingEngine):
                                     shared, eb, zbar, bbar, *slots, len(self.reads), window, seq.xs, seq.ys, seq.mask,
                                     t0, t1, n_seq, every, losses)
         T = torch.from_numpy
-        net_state = S.net_state(state.net, nets)
-        if windowed:
-            state = state._replace(net=net_state, eps=T(el), shared=T(shared), eps_b=T(eb), zbar=T(zbar),
-                                   bbar=T(bbar.reshape(())), steps=self.slots[0], t=0)
+        if windowed:  # the tensors returned are views of the arrays (the same state again where it was reused)
+            if hit is None:
+                state = state._replace(net=S.net_state(state.net, nets), eps=T(el), shared=T(shared), eps_b=T(eb),
+                                       zbar=T(zbar), bbar=T(bbar.reshape(())), steps=self.slots[0], t=0)
+            self.keep(state, (nets, el, shared, eb, bbar, zbar))
         else:
+            net_state = S.net_state(state.net, nets)
             K_ = len(net.trace_fields)
             eps = np.empty((nb, n, K_, n_in + n), dtype)
             eps[:, :, 0], eps[:, :, 1] = el[:, :, 1], shared[:, None, 0]

@@ -123,7 +123,8 @@ class SLTTEngine(SpikingEngine):
         if windowed and state.k > 0:  # a window left pending by the torch path: its estimate to the sum first
             state, g = self.rule.flush(params, state)
             add_into(acc, g)
-        nets = S.net_arrays(state.net)
+        hit = self.reuse(state)
+        nets = S.net_arrays(state.net) if hit is None else hit[0]
         dtype, nb, n = nets.v.dtype, nets.v.shape[0], self.net.n_hidden
         if windowed:
             buf, window = self.slots.of(state.buf, dtype), len(state.buf)
@@ -134,9 +135,11 @@ class SLTTEngine(SpikingEngine):
         cell = self.cell(dtype)
         updates, full = sltt_range(ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci,
                                    *nets, *buf, window, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
-        state = state._replace(net=S.net_state(state.net, nets))
-        if windowed:
-            state = state._replace(buf=self.slots.entries(), k=0)
+        if hit is None:  # the tensors returned are views of the arrays (the same state again where it was reused)
+            state = state._replace(net=S.net_state(state.net, nets))
+            if windowed:
+                state = state._replace(buf=self.slots.entries(), k=0)
+            self.keep(state, (nets,))
         return RangeResult(state=state, losses=losses, updates=int(updates), pending=bool(full))
 
 
