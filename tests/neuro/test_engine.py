@@ -48,6 +48,8 @@ def _optimizer_batches(optimizers: tuple[str, ...], run: str) -> list[tuple[str,
     main = "adam" if "adam" in optimizers else optimizers[0]
     every = [(opt, 1) for opt in optimizers] if run == "continuing" else [(main, 1)]
     return [*every, (main, 2)]
+
+
 #: the networks of single-unit columns: the LSTM and the rate cell; stages of frozen, learning and inactive columns
 VARIANTS.update({"columnar": ({}, {"cell": "rate"}),
                  "constructive": ({"per_stage": 2, "stage": 1}, {"per_stage": 3, "stage": 1, "cell": "rate"})})
