@@ -47,7 +47,7 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--rule", help=f"neuro.rules.available() (default {d['rule']})")
     t.add_argument("--steps", type=int, help=f"steps to run in all (default {d['steps']}; on --resume the saved run's)")
     t.add_argument("--hidden", type=int, help=f"hidden units (n_hidden; default {d['hidden']})")
-    t.add_argument("--optimizer", help=f"adam or sgd (default {d['optimizer']})")
+    t.add_argument("--optimizer", help=f"adam, sgd or rmsprop (default {d['optimizer']})")
     t.add_argument("--lr", type=float, help=f"learning rate (default {d['lr']})")
     t.add_argument("--seed", type=int, help=f"default {d['seed']}")
     t.add_argument("--batch", type=int, help=f"default {d['batch']}")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from neuro.contract import check_choice, check_positive
+from neuro.train_config import OPTIMIZERS
 
 from . import outdir
 from .report import Results
@@ -47,7 +48,6 @@ __all__ = ["EXECUTORS", "RunSpec", "SweepFailed", "compare", "plan"]
 
 EXECUTORS = ("local", "ray")
 DTYPES = ("float32", "float64")
-OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclasses.dataclass(frozen=True)
