@@ -185,7 +185,7 @@ def test_compiled_on_an_unsupported_combination_is_refused_naming_the_supported_
     lif = models.make("lif", n_in=1, n_hidden=4, n_out=1)
     with pytest.raises(ValueError, match="engine='compiled' is invalid for model 'lif' with rule 'eprop', optimizer "
                                          "adam, loss mse, device cpu, dtype float32: the compiled engine runs"):
-        train(lif, rules.make("eprop", lif), task, 10, engine="compiled", progress=False)
+        train(lif, rules.make("eprop", lif, feedback="adaptive"), task, 10, engine="compiled", progress=False)
     with pytest.raises(ValueError, match="engine='fast' is invalid: valid choices are 'auto', 'compiled', 'torch'"):
         train(net, rules.make("rflo", net), task, 10, engine="fast")
 
