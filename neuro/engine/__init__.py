@@ -76,6 +76,8 @@ REGISTRY: tuple[Combination, ...] = (
                 dtypes=("float32", "float64"), builder="neuro.engine.td:build"),
     Combination(model="constructive", rule="td-lambda", optimizers=("adam", "sgd", "rmsprop"), losses=("value",),
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.td:build"),
+    Combination(model="lstm", rule="td-lambda", optimizers=("adam", "sgd", "rmsprop"), losses=("value",),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.td_tbptt:build"),
     Combination(model="lif", rule="eprop", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_eprop:build"),
     Combination(model="alif", rule="eprop", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),

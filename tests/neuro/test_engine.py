@@ -56,6 +56,8 @@ VARIANTS.update({"columnar": ({}, {"cell": "rate"}),
 #: rule options of a combination (TD(lambda): its inner rule, and the trace-patterning US as the cumulant)
 RULE_OPTIONS = {("columnar", "td-lambda"): {"rule": "columnar", "cumulant_input": 6},
                 ("constructive", "td-lambda"): {"rule": "constructive", "cumulant_input": 6},
+                # the LSTM: sliding truncated BPTT of the value, k = 3 (Javed et al.'s baseline)
+                ("lstm", "td-lambda"): {"rule": "tbptt", "rule_options": {"k": 3}, "cumulant_input": 6},
                 # spiking anp-time: two noise samples; the global norm, with which SGD at the runs' rate stays finite
                 **{(m, "anp-time"): {"norm": "global", "samples": 2} for m in ("lif", "alif")},
                 # rate perturbation rules: a loss difference of order sigma over sigma^2 amplifies rounding (at the
