@@ -47,6 +47,31 @@ from neuro.rules.eprop import EProp
 __all__ = ["EPropEngine", "build", "eprop_range"]
 
 
+@numba.njit(cache=True, inline="always")
+def _traces_lif(ebar, ev, sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj):  # noqa: ANN001, ANN202
+    """A span of one unit's sources (LIF): ``e``, ``eps_v``, ``ebar`` and the estimate ``g += L ebar``."""
+    for k in range(ev.size):
+        eI, pk, evk = sh[k], p[k], ev[k]
+        e = zv * evk + zi * eI + zI * pk
+        ev[k] = dvv * evk + dvi * eI + dvI * pk
+        b = kc * ebar[k] + e
+        ebar[k] = b
+        g[k] += Lj * b
+
+
+@numba.njit(cache=True, inline="always")
+def _traces_alif(ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj):  # noqa: ANN001, ANN202
+    """A span of one unit's sources (ALIF): ``e``, ``eps_v``, ``eps_a``, ``ebar`` and ``g += L ebar``."""
+    for k in range(ev.size):
+        eI, pk, evk, eak = sh[k], p[k], ev[k], ea[k]
+        e = zv * evk + zi * eI + za * eak + zI * pk
+        ev[k] = dvv * evk + dvi * eI + dva * eak + dvI * pk
+        ea[k] = zv * evk + zi * eI + zar * eak + zI * pk
+        b = kc * ebar[k] + e
+        ebar[k] = b
+        g[k] += Lj * b
+
+
 @numba.njit(cache=True)
 def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa, n_in,  # noqa: ANN001, ANN201
                 v, i, z, r, a, y, F, el, shared, eb, zbar, bbar, slot_pre, slot_L, slot_zbar, slot_dE, slot_loc,
@@ -81,7 +106,10 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
     L = np.empty_like(v)
     y_hat = np.empty((nb, n_out), v.dtype)
     eps = np.empty((nb, n_out), v.dtype)
-    updates, full = 0, False
+    m_in, v_in = ms[0].reshape((ms[0].size // n_in, n_in)), vs[0].reshape((vs[0].size // n_in, n_in))
+    m_rec, v_rec = ms[1].reshape((ms[1].size // n, n)), vs[1].reshape((vs[1].size // n, n))  # by rows (or none)
+    scr_in, scr_rec = np.empty(n_in, v.dtype), np.empty(n, v.dtype)
+    updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
         x = xs[t]
         pos = (t % every) % window if window > 0 else 0
@@ -100,33 +128,40 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
             for j in range(n):
                 zbar[s, j] = kc * zbar[s, j] + z[s, j]
         S.readout_grad(eps, zbar, bbar[0], g_out, g_bout)
-        for s in range(nb):
-            p_s, sh = pre[s], shared[s, 0]
-            for j in range(n):
+        fused = t == n_seq - 1 or (t + 1) % every == 0
+        if fused:  # W_in's and W_rec's steps begun; their rows are updated in the pass below, each once summed
+            if opt_kind == K.ADAM:
+                c_in = K.adam_step(steps[0], hyper[0], hyper[1], hyper[2], hyper[3], W_in)
+                c_rec = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
+            elif opt_kind == K.RMSPROP:
+                r_in = K.rmsprop_step(steps[0], hyper[0], hyper[1], hyper[3], W_in)
+                r_rec = K.rmsprop_step(steps[1], hyper[0], hyper[1], hyper[3], W_rec)
+            else:
+                c_sgd = K.cast(-hyper[0], W_rec)
+        direct = fused and clean  # a row's sum is the step's estimate alone: summed in a scratch row instead
+        for j in range(n):  # one pass over the units: the traces, the estimate summed over the batch
+            gi = scr_in if direct else g_in[j]
+            gr = scr_rec if direct else g_rec[j]
+            if direct:
+                gi[:] = 0.0
+                gr[:] = 0.0
+            for s in range(nb):
+                p_s, sh = pre[s], shared[s, 0]
                 zv, zi, za, zI, zb, dvv, dvi, dva, dvI, dvb = S.jacobian(cf, ci, vt[s, j], z[s, j], psi[s, j],
                                                                          act[s, j])
                 Lj = L[s, j]
                 ebar, ev = el[s, j, 0], el[s, j, 1]
                 if adapt:
                     ea = el[s, j, 2]
-                    zar = za + rho
-                    for k in range(n_pre):
-                        eI, p, evk, eak = sh[k], p_s[k], ev[k], ea[k]
-                        e = zv * evk + zi * eI + za * eak + zI * p
-                        ev[k] = dvv * evk + dvi * eI + dva * eak + dvI * p
-                        ea[k] = zv * evk + zi * eI + zar * eak + zI * p
-                        ebar[k] = kc * ebar[k] + e
+                    _traces_alif(ebar[:n_in], ev[:n_in], ea[:n_in], sh[:n_in], p_s[:n_in], gi, zv, zi, za, zI,
+                                 dvv, dvi, dva, dvI, za + rho, kc, Lj)
+                    _traces_alif(ebar[n_in:], ev[n_in:], ea[n_in:], sh[n_in:], p_s[n_in:], gr, zv, zi, za, zI,
+                                 dvv, dvi, dva, dvI, za + rho, kc, Lj)
                 else:
-                    for k in range(n_pre):
-                        eI, p, evk = sh[k], p_s[k], ev[k]
-                        e = zv * evk + zi * eI + zI * p
-                        ev[k] = dvv * evk + dvi * eI + dvI * p
-                        ebar[k] = kc * ebar[k] + e
-                gi, gr = g_in[j], g_rec[j]
-                for k in range(n_in):
-                    gi[k] += Lj * ebar[k]
-                for k in range(n):
-                    gr[k] += Lj * ebar[n_in + k]
+                    _traces_lif(ebar[:n_in], ev[:n_in], sh[:n_in], p_s[:n_in], gi, zv, zi, zI, dvv, dvi, dvI, kc,
+                                Lj)
+                    _traces_lif(ebar[n_in:], ev[n_in:], sh[n_in:], p_s[n_in:], gr, zv, zi, zI, dvv, dvi, dvI, kc,
+                                Lj)
                 # the bias: [ebar; v; (a); i], pre = 1, c_b = (dv/db, (dz/db), 0)
                 q = eb[s, j]
                 bv, bi = q[1, 0], q[q.shape[0] - 1, 0]
@@ -138,7 +173,22 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
                 q[q.shape[0] - 1, 0] = ii * bi
                 q[0, 0] = kc * q[0, 0] + e
                 g_b[j] += Lj * q[0, 0]
-            for k in range(n_pre):  # the synaptic current's component, the same for every unit
+            if fused:  # W_in's and W_rec's rows updated with their sums, the sums zeroed
+                if opt_kind == K.ADAM:
+                    K.adam_span(W_in[j], gi, m_in[j], v_in[j], c_in)
+                    K.adam_span(W_rec[j], gr, m_rec[j], v_rec[j], c_rec)
+                elif opt_kind == K.RMSPROP:
+                    K.rmsprop_span(W_in[j], gi, m_in[j], r_in)
+                    K.rmsprop_span(W_rec[j], gr, m_rec[j], r_rec)
+                else:
+                    K.sgd_span(W_in[j], gi, c_sgd)
+                    K.sgd_span(W_rec[j], gr, c_sgd)
+                if not direct:
+                    gi[:] = 0.0
+                    gr[:] = 0.0
+        for s in range(nb):  # the synaptic current's component, the same for every unit
+            p_s, sh = pre[s], shared[s, 0]
+            for k in range(n_pre):
                 sh[k] = ii * sh[k] + iI * p_s[k]
         if window > 0:
             slot_pre[pos] = pre
@@ -147,12 +197,13 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
             slot_dE[pos] = eps
             slot_loc[pos, n_reads] = I
             slot_loc[pos, n_reads + 1] = z
-        if t == n_seq - 1 or (t + 1) % every == 0:
-            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+        if fused:  # the other parameters' update (W_in's and W_rec's are done)
+            K.apply_update(opt_kind, (ps[2], ps[3], ps[4]), (acc[2], acc[3], acc[4]), (ms[2], ms[3], ms[4]),
+                           (vs[2], vs[3], vs[4]), (steps[2], steps[3], steps[4]), hyper)
             updates += 1
-            full = False
+            full, clean = False, True
         else:
-            full = True
+            full, clean = True, False
     return updates, full
 
 
