@@ -36,7 +36,7 @@ from neuro._numba import numba
 from neuro.contract import Params
 from neuro.engine import kernels as K
 from neuro.engine import lstm as L
-from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat, view
+from neuro.engine.base import Engine, RangeResult, SequenceArrays, Views, view
 from neuro.engine.lstm_bptt import ORDER, backward
 from neuro.engine.optim import OptimizerArrays
 from neuro.rules.td import SlidingTBPTT, SlidingTBPTTState, TDLambda
@@ -150,6 +150,7 @@ class _Own(NamedTuple):
     v_prev: torch.Tensor
     delta: torch.Tensor
     m: int
+    arrays: tuple  # the kernel's arrays of them: h, c, Hw, Cw, Xw, the traces (flat per sample), v_prev, delta
 
 
 class TDTBPTTEngine(Engine):
@@ -162,26 +163,26 @@ class TDTBPTTEngine(Engine):
         self.ci = -1 if rule.cumulant_input is None else int(rule.cumulant_input)
         self.last: NamedTuple | None = None
         self.own: _Own | None = None
+        self.ps, self.gs = Views(), Views()
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
         net, rule = self.net, self.rule
         if state is not self.last or self.own is None:  # a state from elsewhere (the start, a reset): copies
             self.own = self._own(state)
+            self.last = None
         o = self.own
-        ps = tuple(flat(params[k]) for k in ORDER)
-        gs = tuple(flat(acc[k]) for k in ORDER)
+        ps = self.ps(params[k] for k in ORDER)
+        gs = self.gs(acc[k] for k in ORDER)
         oa = OptimizerArrays.of(opt, [params[k] for k in ORDER])
-        nb = o.h.shape[0]
-        es = tuple(view(o.e[k]).reshape(nb, -1) for k in ORDER)
-        losses = np.empty(t1 - t0, view(o.h).dtype)
+        losses = np.empty(t1 - t0, o.arrays[0].dtype)
         updates, full, m = td_tbptt_range(ps, gs, oa.ms, oa.vs, oa.steps, oa.kind, oa.hyper, self.loss_kind, net.n_in,
-                                          net.n_hidden, net.n_out, self.k, view(o.h), view(o.c), view(o.Hw),
-                                          view(o.Cw), view(o.Xw), o.m, es, view(o.v_prev), view(o.delta),
+                                          net.n_hidden, net.n_out, self.k, *o.arrays[:5], o.m, *o.arrays[5:],
                                           float(rule.gamma), float(rule.gamma * rule.lam), self.ci, seq.xs, seq.ys,
                                           seq.mask, t0, t1, n_seq, every, losses)
-        self.own = o._replace(m=int(m))
-        self.last = self._state(state)
+        if self.last is None or m != o.m:  # the windows' lengths changed: a new state of views
+            self.own = o._replace(m=int(m))
+            self.last = self._state(state)
         return RangeResult(state=self.last, losses=losses, updates=int(updates), pending=bool(full))
 
     def _own(self, state: NamedTuple) -> _Own:
@@ -200,7 +201,10 @@ class TDTBPTTEngine(Engine):
             for j, (sj, xj) in enumerate(s.window):
                 Hw[b, j], Cw[b, j], Xw[b, j] = sj.h, sj.c, xj
         e = {key: _copy(v) for key, v in state.e.items()}
-        return _Own(h, c, Hw, Cw, Xw, e, _copy(state.v_prev), _copy(state.delta), m)
+        v_prev, delta = _copy(state.v_prev), _copy(state.delta)
+        arrays = (view(h), view(c), view(Hw), view(Cw), view(Xw), tuple(view(e[key]).reshape(nb, -1) for key in ORDER),
+                  view(v_prev), view(delta))
+        return _Own(h, c, Hw, Cw, Xw, e, v_prev, delta, m, arrays)
 
     def _state(self, state: NamedTuple) -> NamedTuple:
         """The rule state of views of the engine's copies (the windows as the torch path holds them)."""
