@@ -17,7 +17,37 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["gaussian_rows"]
+__all__ = ["GaussianRows", "gaussian_rows"]
+
+
+class GaussianRows:
+    """:func:`gaussian_rows` into a buffer kept between calls (an engine's, one per rule state's draws): the
+    float32 buffer and the views that each draw fills are made once for a width and grown for more rows, so a
+    range's draws cost one ``normal_`` call per draw and nothing else per step. The tensor returned is a view
+    of the buffer (float32) or a new one (other dtypes), valid until the next call."""
+
+    def __init__(self) -> None:
+        self.buf = torch.empty(0, 0)
+        self.spans: tuple[int, ...] = ()
+        self.views: list[torch.Tensor] = []  # per row, its draws in order
+
+    def __call__(self, gen: torch.Generator, rows: int, sizes: Sequence[int], sigma: float,
+                 dtype: torch.dtype) -> torch.Tensor:
+        spans = tuple(sizes)
+        if spans != self.spans or rows > self.buf.shape[0]:
+            self.buf = torch.empty(max(rows, self.buf.shape[0] if spans == self.spans else 0), sum(spans))
+            self.spans, self.views = spans, []
+            for row in self.buf.unbind(0):
+                o = 0
+                for s in spans:
+                    self.views.append(row[o:o + s] if len(spans) > 1 else row)
+                    o += s
+        for v in self.views[:rows * len(spans)]:
+            v.normal_(generator=gen)
+        out = self.buf[:rows]
+        if dtype != torch.float32:
+            return out.to(dtype).mul_(sigma)
+        return out.mul_(sigma)
 
 
 def gaussian_rows(gen: torch.Generator, rows: int, sizes: Sequence[int], sigma: float,
@@ -25,19 +55,4 @@ def gaussian_rows(gen: torch.Generator, rows: int, sizes: Sequence[int], sigma: 
     """``rows`` times the draws ``gaussian(gen, (size,), sigma, like)`` for each ``size`` of ``sizes`` in turn,
     each row the concatenation of its draws: ``[rows, sum(sizes)]`` in ``dtype``, bit for bit the torch path's
     numbers, ``gen`` left where those draws leave it."""
-    out = torch.empty(rows, sum(sizes), dtype=torch.float32)
-    slices = []
-    o = 0
-    for s in sizes:
-        slices.append((o, o + s))
-        o += s
-    if len(slices) == 1:  # one draw per row: the row itself
-        for row in out.unbind(0):
-            row.normal_(generator=gen)
-    else:
-        for row in out.unbind(0):
-            for a, b in slices:
-                row[a:b].normal_(generator=gen)
-    if dtype != torch.float32:
-        out = out.to(dtype)
-    return out * sigma
+    return GaussianRows()(gen, rows, sizes, sigma, dtype)

@@ -32,7 +32,7 @@ start (``"sequence"``, drawn by the rule's ``reset`` in Python).
 Per step: the passes, the losses, the estimate added to the loop's accumulator, and at the loop's schedule
 (``(t + 1) % update_every == 0`` or the sequence's last step) the optimizer's update with the sum, which zeroes
 it. The noise is the torch path's: drawn per range from the rule's generator by
-:func:`neuro.engine.noise.gaussian_rows` (one draw per step, as the torch path draws them) and read by the
+:class:`neuro.engine.noise.GaussianRows` (one draw per step, as the torch path draws them) and read by the
 kernel.
 
 Both forms of the node rules' state are run: the definition's :class:`~neuro.rules.node.NodeState` and the
@@ -53,8 +53,8 @@ from models.rate import RateRNN, RateState
 from neuro._numba import numba
 from neuro.contract import Params
 from neuro.engine import kernels as K
-from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat, view
-from neuro.engine.noise import gaussian_rows
+from neuro.engine.base import Engine, RangeResult, SequenceArrays, Views, view
+from neuro.engine.noise import GaussianRows
 from neuro.engine.optim import OptimizerArrays
 from neuro.rules._fast.node import Entry, WindowState
 from neuro.rules.anp import ANP
@@ -94,6 +94,35 @@ def positions(W, vk, t0, t1, n_seq, every):  # noqa: ANN001, ANN201
 
 
 @numba.njit(cache=True)
+def _begin(opt_kind, steps, hyper, like):  # noqa: ANN001, ANN201
+    """The optimizer's step of ``W_in`` and ``W_rec`` begun (their counts incremented): the step's scalars of
+    each for :func:`_span` (Adam's, RMSprop's, SGD's; the others' placeholders)."""
+    zero = K.cast(0.0, like)
+    c0 = (0.0, zero, zero, zero, zero, zero, zero, zero)
+    r0 = (zero, zero, zero, zero)
+    if opt_kind == K.ADAM:
+        return (K.adam_step(steps[0], hyper[0], hyper[1], hyper[2], hyper[3], like),
+                K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], like), r0, r0, zero, zero)
+    if opt_kind == K.RMSPROP:
+        return (c0, c0, K.rmsprop_step(steps[0], hyper[0], hyper[1], hyper[3], like),
+                K.rmsprop_step(steps[1], hyper[0], hyper[1], hyper[3], like), zero, zero)
+    step = K.cast(-hyper[0], like)
+    return c0, c0, r0, r0, step, step
+
+
+@numba.njit(cache=True)
+def _span(opt_kind, p, g, ms, vs, a, c, r, step):  # noqa: ANN001, ANN201
+    """Row ``a`` of a parameter (``p``, its summed estimate ``g``; ``ms``, ``vs`` the optimizer's state by rows)
+    updated with the scalars of :func:`_begin`."""
+    if opt_kind == K.ADAM:
+        K.adam_span(p, g, ms[a], vs[a], c)
+    elif opt_kind == K.RMSPROP:
+        K.rmsprop_span(p, g, ms[a], r)
+    else:
+        K.sgd_span(p, g, step)
+
+
+@numba.njit(cache=True)
 def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal, keep, sigma2,  # noqa: ANN001, ANN201
                root_n, tiny, h, hn, xi, xs, ys, mask, t0, t1, n_seq, every, last, rec_l, rec_yn, rec_p, rec_z,
                rec_i, rec_in, rec_a, losses):
@@ -123,11 +152,14 @@ def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal
     yc, yn = np.empty((nb, n_out), h.dtype), np.empty((M, n_out), h.dtype)
     Lc, Ln = np.empty(nb, h.dtype), np.empty(M, h.dtype)
     eps = np.empty((1, n_out), h.dtype)
-    bn, dh, diff, Eh = np.empty(n, h.dtype), np.empty(n, h.dtype), np.empty(n, h.dtype), np.empty(n, h.dtype)
-    da, Ey = np.empty(n_out, h.dtype), np.empty(n_out, h.dtype)
+    bn, dh, diff = np.empty(n, h.dtype), np.empty(n, h.dtype), np.empty(n, h.dtype)
+    da, E_h, E_y = np.empty(n_out, h.dtype), np.empty((nb, n), h.dtype), np.empty((nb, n_out), h.dtype)
+    sc_rec, sc_in = np.empty(n, h.dtype), np.empty(n_in, h.dtype)  # a row's sum where the accumulator is zero
+    m_in, v_in = ms[0].reshape((ms[0].size // n_in, n_in)), vs[0].reshape((vs[0].size // n_in, n_in))
+    m_rec, v_rec = ms[1].reshape((ms[1].size // n, n)), vs[1].reshape((vs[1].size // n, n))
     s2, rn, tn = K.cast(sigma2, h), K.cast(root_n, h), K.cast(tiny, h)
     fb, fm = K.cast(nb, h), K.cast(M, h)
-    updates, full = 0, False
+    updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
         x, y, mk, noise = xs[t], ys[t], mask[t], xi[t - t0]
         K.rate_step(W_in, W_rec, b, alpha, x, h, h_new, D)  # the clean pass
@@ -150,7 +182,8 @@ def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal
                 r_y[0, k] += noise[m, n + k]
             yn[m] = r_y[0]
             Ln[m] = K.loss_and_error(loss_kind, r_y, y[s:s + 1], mk[s:s + 1], eps)
-        for s in range(nb):  # the signals summed over the sequence's rows, the estimate
+        for s in range(nb):  # the signals summed over the sequence's rows, scaled by 1 / M
+            Eh, Ey = E_h[s], E_y[s]
             Eh[:] = 0.0
             Ey[:] = 0.0
             for m in range(s * kk, s * kk + kk):
@@ -181,23 +214,14 @@ def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal
                 for k in range(n_out):
                     Ey[k] += cy * da[k]
             for a in range(n):
-                f = Eh[a] / fm
-                g_b[a] += f
-                row, hp = g_rec[a], h[s]
-                for j in range(n):
-                    row[j] += f * hp[j]
-                for j in range(n_in):
-                    g_in[a, j] += f * x[s, j]
+                Eh[a] = Eh[a] / fm
             for k in range(n_out):
-                f = Ey[k] / fm
-                g_bout[k] += f
-                for j in range(n):
-                    g_out[k, j] += f * h_new[s, j]
+                Ey[k] = Ey[k] / fm
         pos = -1
         for p in range(last.size):
             if last[p] == t:
                 pos = p
-        if pos >= 0:  # the step a window slot holds at the end
+        if pos >= 0:  # the step a window slot holds at the end (before this step's update)
             rec_l[pos] = Lc
             rec_yn[pos] = yn
             rec_p[pos] = h
@@ -210,15 +234,46 @@ def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal
                     current(W_in, W_rec, b, x[s], hn[m] if keep else h[s], rec_in[pos, m])
                     for a in range(n):
                         rec_in[pos, m, a] += noise[m, a]
+        update = t == n_seq - 1 or (t + 1) % every == 0
+        direct = update and clean  # a row's sum is the step's estimate alone: summed in a scratch row
+        if update:  # W_in's and W_rec's steps begun; their rows are updated in the pass below
+            c_in, c_rec, r_in, r_rec, s_in, s_rec = _begin(opt_kind, steps, hyper, W_rec)
+        for a in range(n):  # one pass over the rows: the estimate e_h [x; h_{t-1}; 1]^T summed over the batch
+            g_row = sc_rec if direct else g_rec[a]
+            gi_row = sc_in if direct else g_in[a]
+            if direct:
+                g_row[:] = 0.0
+                gi_row[:] = 0.0
+            for s in range(nb):
+                f = E_h[s, a]
+                g_b[a] += f
+                hp, xp = h[s], x[s]
+                for j in range(n):
+                    g_row[j] += f * hp[j]
+                for j in range(n_in):
+                    gi_row[j] += f * xp[j]
+            if update:
+                _span(opt_kind, W_rec[a], g_row, m_rec, v_rec, a, c_rec, r_rec, s_rec)
+                _span(opt_kind, W_in[a], gi_row, m_in, v_in, a, c_in, r_in, s_in)
+                if not direct:
+                    g_row[:] = 0.0
+                    gi_row[:] = 0.0
+        for s in range(nb):
+            for k in range(n_out):
+                f = E_y[s, k]
+                g_bout[k] += f
+                for j in range(n):
+                    g_out[k, j] += f * h_new[s, j]
         h[:, :] = h_new
         if keep:
             hn[:, :] = hn_new
-        if t == n_seq - 1 or (t + 1) % every == 0:
-            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+        if update:  # the other parameters' update (W_in's and W_rec's are done)
+            K.apply_update(opt_kind, (ps[2], ps[3], ps[4]), (acc[2], acc[3], acc[4]), (ms[2], ms[3], ms[4]),
+                           (vs[2], vs[3], vs[4]), (steps[2], steps[3], steps[4]), hyper)
             updates += 1
-            full = False
+            full, clean = False, True
         else:
-            full = True
+            full, clean = True, False
     return updates, full
 
 
@@ -241,7 +296,7 @@ def wp_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, denom, h
     hk_new = np.empty_like(hk)
     y_hat, eps = np.empty((nb, n_out), h.dtype), np.empty((nb, n_out), h.dtype)
     den = K.cast(denom, h)
-    r, stale, updates, full = 0, True, 0, False
+    r, stale, updates, full, clean = 0, True, 0, False, False  # clean: the previous step updated (the sum is zero)
     for t in range(t0, t1):
         if redraw and tr0 + t - t0 > 0:
             r += 1
@@ -271,25 +326,38 @@ def wp_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, denom, h
             else:
                 for j in range(P):
                     g[j] += c * e[j]
-        for i in range(5):
-            gi, a0 = acc[i], offs[i]
-            for j in range(gi.size):
-                gi[j] += g[a0 + j]
+        update = t == n_seq - 1 or (t + 1) % every == 0
         h[:, :] = h_new
         hk[:, :, :] = hk_new
-        if t == n_seq - 1 or (t + 1) % every == 0:
-            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
-            updates += 1
-            full, stale = False, True
+        if update and clean:  # the sum is this step's estimate alone: the update with it, the accumulator untouched
+            K.apply_update(opt_kind, ps, (g[offs[0]:offs[1]], g[offs[1]:offs[2]], g[offs[2]:offs[3]],
+                                          g[offs[3]:offs[4]], g[offs[4]:offs[5]]), ms, vs, steps, hyper)
         else:
-            full = True
+            for i in range(5):
+                gi, a0 = acc[i], offs[i]
+                for j in range(gi.size):
+                    gi[j] += g[a0 + j]
+            if update:
+                K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+        if update:
+            updates += 1
+            full, stale, clean = False, True, True
+        else:
+            full, clean = True, False
     return updates, full, r
 
 
-def _arrays(params: Params, acc: Params, opt: torch.optim.Optimizer) -> tuple:
-    o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
-    return (tuple(flat(params[k]) for k in ORDER), tuple(flat(acc[k]) for k in ORDER), o.ms, o.vs, o.steps, o.kind,
-            o.hyper)
+class _Arrays:
+    """The parameters, the accumulator and the optimizer's state as the kernels' arrays (the parameters' and
+    the accumulator's views made once while their tensors stay the same)."""
+
+    def __init__(self) -> None:
+        self.params, self.acc = Views(), Views()
+
+    def __call__(self, params: Params, acc: Params, opt: torch.optim.Optimizer) -> tuple:
+        o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
+        return (self.params([params[k] for k in ORDER]), self.acc([acc[k] for k in ORDER]), o.ms, o.vs, o.steps,
+                o.kind, o.hyper)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -302,6 +370,7 @@ class NodeEngine(Engine):
     def __init__(self, net: RateRNN, rule: AbstractNodeRule) -> None:
         self.net, self.rule = net, rule
         self.loss_kind = LOSSES[rule.loss]
+        self._arrays, self._noise = _Arrays(), GaussianRows()
         self.signal = NP if not rule.uses_activity else ANP_LAYER if rule.norm == "layer" else ANP_GLOBAL
         self._left: tuple[NamedTuple, int] | None = None  # the state handed out mid-sequence, its window position
 
@@ -321,7 +390,7 @@ class NodeEngine(Engine):
         nb, dtype = h.shape[0], h.dtype
         M = nb * rule.samples
         hn = state.noisy.h.detach().clone().contiguous() if keep else torch.empty(M, n, dtype=dtype)
-        xi = gaussian_rows(state.gen, t1 - t0, (M * (n + n_out),), rule.sigma, dtype).reshape(t1 - t0, M, n + n_out)
+        xi = self._noise(state.gen, t1 - t0, (M * (n + n_out),), rule.sigma, dtype).reshape(t1 - t0, M, n + n_out)
         if W > 1:
             last, vk_end = positions(W, vk, t0, t1, n_seq, every)
         else:
@@ -331,7 +400,7 @@ class NodeEngine(Engine):
                ((nb,), (M, n_out), (nb, n), (nb, n), (nb, n) if act else (0, 0), (M, n) if act else (0, 0),
                 (nb, n_out) if act else (0, 0))]
         losses = np.empty(t1 - t0, view(h).dtype)
-        updates, full = node_range(*_arrays(params, acc, opt), self.loss_kind, float(net.alpha), self.signal, keep,
+        updates, full = node_range(*self._arrays(params, acc, opt), self.loss_kind, float(net.alpha), self.signal, keep,
                                    float(rule.sigma) ** 2, float(net.n_in + n + n_out) ** 0.5,
                                    float(torch.finfo(dtype).tiny), view(h), view(hn), view(xi), seq.xs, seq.ys,
                                    seq.mask, t0, t1, n_seq, every, last, *rec, losses)
@@ -366,6 +435,7 @@ class WPEngine(Engine):
     def __init__(self, net: RateRNN, rule: WeightPerturbation) -> None:
         self.net, self.rule = net, rule
         self.loss_kind = LOSSES[rule.loss]
+        self._arrays, self._noise = _Arrays(), GaussianRows()
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
@@ -380,10 +450,10 @@ class WPEngine(Engine):
         dtype = h.dtype
         drawn = sum(1 for t in range(state.t, state.t + t1 - t0) if t > 0) if rule.resample == "step" else 0
         xi0 = torch.stack([torch.cat([e.reshape(-1) for e in xi_k]) for xi_k in state.xi])[None].to(dtype)
-        new = gaussian_rows(state.gen, drawn, sizes * nk, rule.sigma, dtype).reshape(drawn, nk, int(offs[-1]))
+        new = self._noise(state.gen, drawn, sizes * nk, rule.sigma, dtype).reshape(drawn, nk, int(offs[-1]))
         xi = torch.cat([xi0, new]).contiguous()
         losses = np.empty(t1 - t0, view(h).dtype)
-        updates, full, r = wp_range(*_arrays(params, acc, opt), self.loss_kind, float(net.alpha),
+        updates, full, r = wp_range(*self._arrays(params, acc, opt), self.loss_kind, float(net.alpha),
                                     float(rule.sigma) ** 2 * nk, view(h), view(hk), view(xi), offs, drawn > 0,
                                     state.t, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
         xi_out = state.xi if r == 0 else tuple(
