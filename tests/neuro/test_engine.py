@@ -358,3 +358,21 @@ def test_spiking_anp_time_options_compiled_equal_torch(tmp_path, model, options)
     _close(loop_t.state, loop_c.state, "the loop's rule state")
     assert torch.equal(loop_t.state.net.z, loop_c.state.net.z)
     assert torch.equal(loop_t.state.noisy.z, loop_c.state.noisy.z)
+
+
+def test_lstm_td_lambda_runs_compiled_over_sliding_tbptt_only_and_resumes_bit_for_bit(tmp_path):
+    """The LSTM's TD(lambda) engine takes the inner rule tbptt alone (rtrl on the LSTM: the torch path); a resume
+    between chunks, the windows in the checkpoint, equals the uninterrupted run."""
+    from neuro.engine import td_tbptt
+
+    c = next(c for c in REGISTRY if (c.model, c.rule) == ("lstm", "td-lambda"))
+    net, rule, task, settings = _setup(c, {}, "trace")
+    assert td_tbptt.build(net, rules.make("td-lambda", net, loss="mse", rule="tbptt", cumulant_input=6)) is not None
+    assert td_tbptt.build(net, rules.make("td-lambda", net, loss="mse", rule="rtrl", cumulant_input=6)) is None
+    settings.update(optimizer="adam", batch=2, engine="compiled", checkpoint_every=20, log_every=10)
+    whole = _train(net, rule, task, tmp_path / "whole", **settings)
+    _train(net, rule, task, tmp_path / "cut", **{**settings, "steps": 40})
+    resumed = _train(net, rule, task, tmp_path / "cut", **settings, resume=True)
+    for k in whole[0].params:
+        assert torch.equal(whole[0].params[k], resumed[0].params[k]), k
+    assert _metrics(whole[0].metrics) == _metrics(resumed[0].metrics)
