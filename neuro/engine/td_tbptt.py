@@ -13,8 +13,8 @@ option ``k``) on :class:`models.lstm.LSTM` (not a subclass), the cell from :mod:
     estimate_t += -[mask_t] delta_t e_{t-1} / B      e_t = gamma lam e_{t-1} + grad v_t
 
 ``v_t = sum_k y_hat_{t,k}``, so the inner loss ``value``'s error is 1 at every output of the window's last
-step and 0 before it: ``grad v_t`` is the window's backward pass (:func:`neuro.engine.lstm_bptt.backward`,
-the cell's cotangent) with those errors. The estimate is added to the loop's accumulator and applied at the
+step and 0 before it: ``grad v_t`` is the window's backward pass with those errors (:func:`value_gradient`,
+the cell's cotangent from the derivatives kept by the window's forward steps). The estimate is added to the loop's accumulator and applied at the
 loop's schedule (``(t + 1) % update_every == 0`` or the sequence's last step) by
 :func:`neuro.engine.kernels.apply_update`. The per-step loss reported is the rule's own (``mse`` or ``ce`` of
 ``y_hat_t`` against ``y_t``, :func:`neuro.engine.kernels.loss_and_error`).
@@ -37,13 +37,57 @@ from neuro.contract import Params
 from neuro.engine import kernels as K
 from neuro.engine import lstm as L
 from neuro.engine.base import Engine, RangeResult, SequenceArrays, Views, view
-from neuro.engine.lstm_bptt import ORDER, backward
+from neuro.engine.lstm_bptt import ORDER
 from neuro.engine.optim import OptimizerArrays
 from neuro.rules.td import SlidingTBPTT, SlidingTBPTTState, TDLambda
 
-__all__ = ["TDTBPTTEngine", "build", "td_tbptt_range"]
+__all__ = ["TDTBPTTEngine", "build", "td_tbptt_range", "value_gradient"]
 
 LOSSES = {"mse": K.MSE, "ce": K.CE}
+
+
+@numba.njit(cache=True)
+def value_gradient(W_rec, W_out, X, H, D, m, g_in, g_rec, g_b, g_out, g_bout, dh, dc, du):  # noqa: ANN001, ANN201
+    """``grad v_t`` (written over ``g_*``) of one sample through its window's ``m`` steps (module docstring):
+    ``X`` [>= m, 1, n_in] the inputs, ``H`` [>= m + 1, 1, n] the states (the window's first and after each step),
+    ``D`` [>= m, 1, n, 6] the cell's derivatives (:func:`neuro.engine.lstm.step_derivatives`); ``dh``, ``dc``
+    [n], ``du`` [4n] scratch. The backward pass of :func:`neuro.engine.lstm_bptt.backward` with the error 1 at
+    every output of the last step and 0 before it::
+
+        dh_t = sum_k W_out[k]    dh_{j-1} = W_rec^T du_j    (du_j, dc_{j-1}) = cotangent of the cell at j
+        dW_out[k] = h_t    db_out = 1    dW_rec += du_j h_{j-1}^T    dW_in += du_j x_j^T    db += du_j"""
+    n, n_out = dh.shape[0], W_out.shape[0]
+    g_in[:, :] = 0.0
+    g_rec[:, :] = 0.0
+    g_b[:] = 0.0
+    for q in range(n):
+        v = W_out[0, q]
+        for o in range(1, n_out):
+            v += W_out[o, q]
+        dh[q] = v
+        dc[q] = 0.0
+    for o in range(n_out):
+        g_out[o, :] = H[m, 0]
+        g_bout[o] = 1.0
+    for j in range(m - 1, -1, -1):
+        Dj = D[j, 0]
+        for a in range(n):
+            du[a], du[n + a], du[2 * n + a], du[3 * n + a], dc[a] = L.cotangent(Dj[a], Dj[a, 5], dh[a], dc[a])
+        if j > 0:
+            dh[:] = 0.0
+        hp, x = H[j, 0], X[j, 0]
+        for r in range(4 * n):
+            dr = du[r]
+            g_b[r] += dr
+            gr, gi = g_rec[r], g_in[r]
+            for q in range(n):
+                gr[q] += dr * hp[q]
+            for q in range(x.shape[0]):
+                gi[q] += dr * x[q]
+            if j > 0:
+                Wr = W_rec[r]
+                for q in range(n):
+                    dh[q] += dr * Wr[q]
 
 
 @numba.njit(cache=True)
@@ -67,8 +111,8 @@ def td_tbptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, n_in, n, 
     g_in, g_rec, g_b = gs[0].reshape((4 * n, n_in)), gs[1].reshape((4 * n, n)), gs[2]
     g_out, g_bout = gs[3].reshape((n_out, n)), gs[4]
     H, C = np.empty((k + 1, 1, n), h.dtype), np.empty((k + 1, 1, n), h.dtype)
-    E = np.zeros((k, 1, n_out), h.dtype)
-    dh, dc, du = np.empty((1, n), h.dtype), np.empty((1, n), h.dtype), np.empty((1, 4 * n), h.dtype)
+    D = np.empty((k, 1, n, 6), h.dtype)
+    dh, dc, du = np.empty(n, h.dtype), np.empty(n, h.dtype), np.empty(4 * n, h.dtype)
     y_hat = np.empty((nb, n_out), h.dtype)
     eps = np.empty((nb, n_out), h.dtype)
     d = K.cast(decay, h)
@@ -92,19 +136,12 @@ def td_tbptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, n_in, n, 
             Xw[s, m - 1, 0] = x[s]
             H[0] = Hw[s, 0]
             C[0] = Cw[s, 0]
-            for j in range(m):  # forward from the window's first state
-                L.lstm_step(W_in, W_rec, b, Xw[s, j], H[j], C[j], H[j + 1], C[j + 1])
+            for j in range(m):  # forward from the window's first state, the cell's derivatives kept
+                L.step_derivatives(W_in, W_rec, b, Xw[s, j], H[j], C[j], H[j + 1], C[j + 1], D[j])
             h[s] = H[m, 0]
             c[s] = C[m, 0]
             K.readout(W_out, b_out, H[m], y_hat[s:s + 1])
-            for j in range(m):  # the value's error: 1 at every output of the last step
-                for o in range(n_out):
-                    E[j, 0, o] = zero
-            for o in range(n_out):
-                E[m - 1, 0, o] = K.cast(1.0, h)
-            for g in gs:
-                g[:] = zero
-            backward(W_in, W_rec, b, W_out, Xw[s], 0, H, C, E, m, g_in, g_rec, g_b, g_out, g_bout, dh, dc, du)
+            value_gradient(W_rec, W_out, Xw[s], H, D, m, g_in, g_rec, g_b, g_out, g_bout, dh, dc, du)
             # the TD error needs v_t only: this sample's estimate and trace now
             v = zero
             for o in range(n_out):
