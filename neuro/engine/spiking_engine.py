@@ -14,7 +14,7 @@ from models.lif import LIF
 from neuro.contract import Params
 from neuro.engine import kernels as K
 from neuro.engine import spiking as S
-from neuro.engine.base import Engine, flat
+from neuro.engine.base import Engine, Views
 from neuro.engine.optim import OptimizerArrays
 from neuro.rules.base import AbstractRule
 
@@ -32,6 +32,7 @@ class SpikingEngine(Engine):
         self.loss_kind = LOSSES[rule.loss]
         self._cells: dict[np.dtype, S.Cell] = {}
         self._kept: tuple | None = None
+        self._params, self._acc = Views(), Views()
 
     @staticmethod
     def supports(rule: AbstractRule) -> bool:
@@ -55,10 +56,10 @@ class SpikingEngine(Engine):
 
     def arrays(self, params: Params, acc: Params, opt: torch.optim.Optimizer, steps: int,
                dtype: np.dtype) -> tuple[OptimizerArrays, tuple, tuple, np.ndarray]:
-        """The optimizer's arrays, the parameters and the accumulator flat in :data:`ORDER`, and the losses
-        array of a range of ``steps`` steps."""
+        """The optimizer's arrays, the parameters and the accumulator flat in :data:`ORDER` (made once while
+        the tensors are the same), and the losses array of a range of ``steps`` steps."""
         o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
-        return (o, tuple(flat(params[k]) for k in ORDER), tuple(flat(acc[k]) for k in ORDER),
+        return (o, self._params([params[k] for k in ORDER]), self._acc([acc[k] for k in ORDER]),
                 np.empty(steps, dtype))
 
 
