@@ -78,9 +78,8 @@ def ottt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa
     L = np.empty_like(v)
     y_hat = np.empty((nb, n_out), v.dtype)
     eps = np.empty((nb, n_out), v.dtype)
-    m_in, v_in = ms[0].reshape((ms[0].size // n_in, n_in)), vs[0].reshape((vs[0].size // n_in, n_in))
     m_rec, v_rec = ms[1].reshape((ms[1].size // n, n)), vs[1].reshape((vs[1].size // n, n))  # by rows (or none)
-    scr_in, scr_rec = np.empty(n_in, v.dtype), np.empty(n, v.dtype)
+    scr_rec = np.empty(n, v.dtype)
     updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
         S.network_step(W_in, W_rec, b, W_out, b_out, cf, ci, xs[t], v, i, z, r, a, y, pre, I, vt, psi, act, y_hat)
@@ -97,21 +96,18 @@ def ottt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa
                 L[s, j] = L[s, j] * psi[s, j]  # L psi: d l_t / d v~
         last = t == n_seq - 1
         fused = not mode_a and (last or (t + 1) % every == 0)
-        if fused:  # W_in's and W_rec's steps begun; their rows are updated in the pass below, each once summed
+        if fused:  # W_rec's step begun; its rows are updated in the pass below, each once summed
             if opt_kind == K.ADAM:
-                c_in = K.adam_step(steps[0], hyper[0], hyper[1], hyper[2], hyper[3], W_in)
                 c_rec = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
             elif opt_kind == K.RMSPROP:
-                r_in = K.rmsprop_step(steps[0], hyper[0], hyper[1], hyper[3], W_in)
                 r_rec = K.rmsprop_step(steps[1], hyper[0], hyper[1], hyper[3], W_rec)
             else:
                 c_sgd = K.cast(-hyper[0], W_rec)
         direct = fused and clean  # a row's sum is the step's estimate alone: summed in a scratch row instead
         for j in range(n):
-            gi = scr_in if direct else g_in[j]
+            gi = g_in[j]
             gr = scr_rec if direct else g_rec[j]
             if direct:
-                gi[:] = 0.0
                 gr[:] = 0.0
             for s in range(nb):
                 e = L[s, j]
@@ -121,18 +117,14 @@ def ottt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa
                 for k in range(n):
                     gr[k] += e * pv[n_in + k]
                 g_b[j] += e * Q[0]
-            if fused:  # W_in's and W_rec's rows updated with their sums, the sums zeroed
+            if fused:  # W_rec's row updated with its sum, the sum zeroed
                 if opt_kind == K.ADAM:
-                    K.adam_span(W_in[j], gi, m_in[j], v_in[j], c_in)
                     K.adam_span(W_rec[j], gr, m_rec[j], v_rec[j], c_rec)
                 elif opt_kind == K.RMSPROP:
-                    K.rmsprop_span(W_in[j], gi, m_in[j], r_in)
                     K.rmsprop_span(W_rec[j], gr, m_rec[j], r_rec)
                 else:
-                    K.sgd_span(W_in[j], gi, c_sgd)
                     K.sgd_span(W_rec[j], gr, c_sgd)
                 if not direct:
-                    gi[:] = 0.0
                     gr[:] = 0.0
         obar[0] = kc * obar[0] + one
         for s in range(nb):
@@ -154,9 +146,10 @@ def ottt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa
             for p in range(len(acc)):
                 acc[p][:] += racc[p]
                 racc[p][:] = 0.0
-        if fused:  # the other parameters' update (W_in's and W_rec's are done)
-            K.apply_update(opt_kind, (ps[2], ps[3], ps[4]), (acc[2], acc[3], acc[4]), (ms[2], ms[3], ms[4]),
-                           (vs[2], vs[3], vs[4]), (steps[2], steps[3], steps[4]), hyper)
+        if fused:  # the other parameters' update (W_rec's is done)
+            K.apply_update(opt_kind, (ps[0], ps[2], ps[3], ps[4]), (acc[0], acc[2], acc[3], acc[4]),
+                           (ms[0], ms[2], ms[3], ms[4]), (vs[0], vs[2], vs[3], vs[4]),
+                           (steps[0], steps[2], steps[3], steps[4]), hyper)
             updates += 1
             full, clean = False, True
         elif last:

@@ -127,9 +127,8 @@ def three_factor_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
     y_hat = np.empty((nb, n_out), v.dtype)
     eps = np.empty((nb, n_out), v.dtype)
     pre_in, pre_rec, pre_b = np.empty((nb, n_in), v.dtype), np.empty((nb, n), v.dtype), np.empty((nb, 1), v.dtype)
-    m_in, v_in = ms[0].reshape((ms[0].size // n_in, n_in)), vs[0].reshape((vs[0].size // n_in, n_in))
     m_rec, v_rec = ms[1].reshape((ms[1].size // n, n)), vs[1].reshape((vs[1].size // n, n))  # by rows (or none)
-    scr_in, scr_rec = np.empty(n_in, v.dtype), np.empty(n, v.dtype)
+    scr_rec = np.empty(n, v.dtype)
     updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
         S.network_step(W_in, W_rec, b, W_out, b_out, cf, ci, xs[t], v, i, z, r, a, y, pre, I, vt, psi, act, y_hat)
@@ -146,46 +145,40 @@ def three_factor_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
         group_pre(dec, imp, x_rec, zp, pre_rec)
         group_pre(dec_b, imp_b, x_b, ones, pre_b)
         fused = t == n_seq - 1 or (t + 1) % every == 0
-        if fused:  # W_in's and W_rec's steps begun; their rows are updated in the pass below, each once summed
+        if fused:  # W_rec's step begun; its rows are updated in the pass below, each once summed
             if opt_kind == K.ADAM:
-                c_in = K.adam_step(steps[0], hyper[0], hyper[1], hyper[2], hyper[3], W_in)
                 c_rec = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
             elif opt_kind == K.RMSPROP:
-                r_in = K.rmsprop_step(steps[0], hyper[0], hyper[1], hyper[3], W_in)
                 r_rec = K.rmsprop_step(steps[1], hyper[0], hyper[1], hyper[3], W_rec)
             else:
                 c_sgd = K.cast(-hyper[0], W_rec)
         direct = fused and clean  # a row's sum is the step's estimate alone: summed in a scratch row instead
         for j in range(n):
-            gi = scr_in if direct else g_in[j]
+            gi = g_in[j]
             gr = scr_rec if direct else g_rec[j]
             if direct:
-                gi[:] = 0.0
                 gr[:] = 0.0
             group_row(j, pre_in, p_syn, c_y, d_y, y_in, lam, e_in, kc, q_in, M, gi)
             group_row(j, pre_rec, p_syn, c_y, d_y, y_rec, lam, e_rec, kc, q_rec, M, gr)
             group_row(j, pre_b, p_b, c_y, d_y, y_b, lam, e_b, kc, q_b, M, g_b[j])
-            if fused:  # W_in's and W_rec's rows updated with their sums, the sums zeroed
+            if fused:  # W_rec's row updated with its sum, the sum zeroed
                 if opt_kind == K.ADAM:
-                    K.adam_span(W_in[j], gi, m_in[j], v_in[j], c_in)
                     K.adam_span(W_rec[j], gr, m_rec[j], v_rec[j], c_rec)
                 elif opt_kind == K.RMSPROP:
-                    K.rmsprop_span(W_in[j], gi, m_in[j], r_in)
                     K.rmsprop_span(W_rec[j], gr, m_rec[j], r_rec)
                 else:
-                    K.sgd_span(W_in[j], gi, c_sgd)
                     K.sgd_span(W_rec[j], gr, c_sgd)
                 if not direct:
-                    gi[:] = 0.0
                     gr[:] = 0.0
         for s in range(nb):
             cbar[s, 0] = kc * cbar[s, 0] + one
             for j in range(n):
                 zbar[s, j] = kc * zbar[s, j] + z[s, j]
         S.readout_grad(eps, zbar, cbar[0, 0], g_out, g_bout)
-        if fused:  # the other parameters' update (W_in's and W_rec's are done)
-            K.apply_update(opt_kind, (ps[2], ps[3], ps[4]), (acc[2], acc[3], acc[4]), (ms[2], ms[3], ms[4]),
-                           (vs[2], vs[3], vs[4]), (steps[2], steps[3], steps[4]), hyper)
+        if fused:  # the other parameters' update (W_rec's is done)
+            K.apply_update(opt_kind, (ps[0], ps[2], ps[3], ps[4]), (acc[0], acc[2], acc[3], acc[4]),
+                           (ms[0], ms[2], ms[3], ms[4]), (vs[0], vs[2], vs[3], vs[4]),
+                           (steps[0], steps[2], steps[3], steps[4]), hyper)
             updates += 1
             full, clean = False, True
         else:
