@@ -45,10 +45,14 @@ __all__ = ["ThreeFactorEngine", "build", "three_factor_range"]
 
 
 @numba.njit(cache=True)
-def group_pre(dec, imp, xk, a, pre):  # noqa: ANN001, ANN201
-    """One synapse group's presynaptic traces (module docstring): ``xk`` [K, B, n_pre] advanced with the activity
-    ``a`` [B, n_pre], their sum written to ``pre`` [B, n_pre]; ``dec``, ``imp`` [K] in the arrays' dtype."""
+def group_step(dec, imp, xk, a, post, c_y, d_y, y, lam, e, kappa, ebar, M, g):  # noqa: ANN001, ANN201
+    """One synapse group's traces and estimate (module docstring): ``xk`` [K, B, n_pre] the presynaptic traces,
+    ``a`` [B, n_pre] the activity, ``post`` [B, n] the postsynaptic factor, ``y`` [B, n] its trace (``d_y > 0``),
+    ``e``, ``ebar`` [B, n, n_pre] (``e`` read with ``lam > 0``), ``M`` [B, n], ``g`` [n, n_pre] (added to);
+    ``dec``, ``imp`` [K] and the other coefficients in the arrays' dtype."""
     nb, n_pre = a.shape
+    n = post.shape[1]
+    pre = np.empty(n_pre, a.dtype)
     for s in range(nb):
         for j in range(n_pre):
             acc = dec[0] * xk[0, s, j] + imp[0] * a[s, j]
@@ -57,34 +61,26 @@ def group_pre(dec, imp, xk, a, pre):  # noqa: ANN001, ANN201
                 xv = dec[k] * xk[k, s, j] + imp[k] * a[s, j]
                 xk[k, s, j] = xv
                 acc = acc + xv
-            pre[s, j] = acc
-
-
-@numba.njit(cache=True)
-def group_row(i, pre, post, c_y, d_y, y, lam, e, kappa, ebar, M, gi):  # noqa: ANN001, ANN201
-    """Unit ``i``'s row of one synapse group, every sample (module docstring): ``pre`` [B, n_pre] from
-    :func:`group_pre`, ``post`` [B, n] the postsynaptic factor, ``y`` [B, n] its trace (``d_y > 0``), ``e``,
-    ``ebar`` [B, n, n_pre] (``e`` read with ``lam > 0``), ``M`` [B, n]; the row's estimate added to ``gi``
-    [n_pre]."""
-    for s in range(pre.shape[0]):
-        yi = c_y * post[s, i]
-        if d_y > 0:
-            yi = d_y * y[s, i] + yi
-            y[s, i] = yi
-        Mi = M[s, i]
-        ei, bi, p = e[s, i], ebar[s, i], pre[s]
-        if lam > 0:
-            for j in range(p.size):
-                ev = lam * ei[j] + yi * p[j]
-                ei[j] = ev
-                bv = kappa * bi[j] + ev
-                bi[j] = bv
-                gi[j] += Mi * bv
-        else:
-            for j in range(p.size):
-                bv = kappa * bi[j] + yi * p[j]
-                bi[j] = bv
-                gi[j] += Mi * bv
+            pre[j] = acc
+        for i in range(n):
+            yi = c_y * post[s, i]
+            if d_y > 0:
+                yi = d_y * y[s, i] + yi
+                y[s, i] = yi
+            Mi = M[s, i]
+            ei, bi, gi = e[s, i], ebar[s, i], g[i]
+            if lam > 0:
+                for j in range(n_pre):
+                    ev = lam * ei[j] + yi * pre[j]
+                    ei[j] = ev
+                    bv = kappa * bi[j] + ev
+                    bi[j] = bv
+                    gi[j] += Mi * bv
+            else:
+                for j in range(n_pre):
+                    bv = kappa * bi[j] + yi * pre[j]
+                    bi[j] = bv
+                    gi[j] += Mi * bv
 
 
 @numba.njit(cache=True)
@@ -126,10 +122,7 @@ def three_factor_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
     p_b = np.empty_like(v)
     y_hat = np.empty((nb, n_out), v.dtype)
     eps = np.empty((nb, n_out), v.dtype)
-    pre_in, pre_rec, pre_b = np.empty((nb, n_in), v.dtype), np.empty((nb, n), v.dtype), np.empty((nb, 1), v.dtype)
-    m_rec, v_rec = ms[1].reshape((ms[1].size // n, n)), vs[1].reshape((vs[1].size // n, n))  # by rows (or none)
-    scr_rec = np.empty(n, v.dtype)
-    updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
+    updates, full = 0, False
     for t in range(t0, t1):
         S.network_step(W_in, W_rec, b, W_out, b_out, cf, ci, xs[t], v, i, z, r, a, y, pre, I, vt, psi, act, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
@@ -141,48 +134,20 @@ def three_factor_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
                     p_syn[s, j], p_b[s, j] = z[s, j], z[s, j]
                 else:
                     p_syn[s, j], p_b[s, j] = psi[s, j] * vI, psi[s, j] * vb
-        group_pre(dec, imp, x_in, xs[t], pre_in)
-        group_pre(dec, imp, x_rec, zp, pre_rec)
-        group_pre(dec_b, imp_b, x_b, ones, pre_b)
-        fused = t == n_seq - 1 or (t + 1) % every == 0
-        if fused:  # W_rec's step begun; its rows are updated in the pass below, each once summed
-            if opt_kind == K.ADAM:
-                c_rec = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
-            elif opt_kind == K.RMSPROP:
-                r_rec = K.rmsprop_step(steps[1], hyper[0], hyper[1], hyper[3], W_rec)
-            else:
-                c_sgd = K.cast(-hyper[0], W_rec)
-        direct = fused and clean  # a row's sum is the step's estimate alone: summed in a scratch row instead
-        for j in range(n):
-            gi = g_in[j]
-            gr = scr_rec if direct else g_rec[j]
-            if direct:
-                gr[:] = 0.0
-            group_row(j, pre_in, p_syn, c_y, d_y, y_in, lam, e_in, kc, q_in, M, gi)
-            group_row(j, pre_rec, p_syn, c_y, d_y, y_rec, lam, e_rec, kc, q_rec, M, gr)
-            group_row(j, pre_b, p_b, c_y, d_y, y_b, lam, e_b, kc, q_b, M, g_b[j])
-            if fused:  # W_rec's row updated with its sum, the sum zeroed
-                if opt_kind == K.ADAM:
-                    K.adam_span(W_rec[j], gr, m_rec[j], v_rec[j], c_rec)
-                elif opt_kind == K.RMSPROP:
-                    K.rmsprop_span(W_rec[j], gr, m_rec[j], r_rec)
-                else:
-                    K.sgd_span(W_rec[j], gr, c_sgd)
-                if not direct:
-                    gr[:] = 0.0
+        group_step(dec, imp, x_in, xs[t], p_syn, c_y, d_y, y_in, lam, e_in, kc, q_in, M, g_in)
+        group_step(dec, imp, x_rec, zp, p_syn, c_y, d_y, y_rec, lam, e_rec, kc, q_rec, M, g_rec)
+        group_step(dec_b, imp_b, x_b, ones, p_b, c_y, d_y, y_b, lam, e_b, kc, q_b, M, g_b)
         for s in range(nb):
             cbar[s, 0] = kc * cbar[s, 0] + one
             for j in range(n):
                 zbar[s, j] = kc * zbar[s, j] + z[s, j]
         S.readout_grad(eps, zbar, cbar[0, 0], g_out, g_bout)
-        if fused:  # the other parameters' update (W_rec's is done)
-            K.apply_update(opt_kind, (ps[0], ps[2], ps[3], ps[4]), (acc[0], acc[2], acc[3], acc[4]),
-                           (ms[0], ms[2], ms[3], ms[4]), (vs[0], vs[2], vs[3], vs[4]),
-                           (steps[0], steps[2], steps[3], steps[4]), hyper)
+        if t == n_seq - 1 or (t + 1) % every == 0:
+            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
             updates += 1
-            full, clean = False, True
+            full = False
         else:
-            full, clean = True, False
+            full = True
     return updates, full
 
 
