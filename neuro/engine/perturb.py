@@ -94,35 +94,6 @@ def positions(W, vk, t0, t1, n_seq, every):  # noqa: ANN001, ANN201
 
 
 @numba.njit(cache=True)
-def _begin(opt_kind, steps, hyper, like):  # noqa: ANN001, ANN201
-    """The optimizer's step of ``W_in`` and ``W_rec`` begun (their counts incremented): the step's scalars of
-    each for :func:`_span` (Adam's, RMSprop's, SGD's; the others' placeholders)."""
-    zero = K.cast(0.0, like)
-    c0 = (0.0, zero, zero, zero, zero, zero, zero, zero)
-    r0 = (zero, zero, zero, zero)
-    if opt_kind == K.ADAM:
-        return (K.adam_step(steps[0], hyper[0], hyper[1], hyper[2], hyper[3], like),
-                K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], like), r0, r0, zero, zero)
-    if opt_kind == K.RMSPROP:
-        return (c0, c0, K.rmsprop_step(steps[0], hyper[0], hyper[1], hyper[3], like),
-                K.rmsprop_step(steps[1], hyper[0], hyper[1], hyper[3], like), zero, zero)
-    step = K.cast(-hyper[0], like)
-    return c0, c0, r0, r0, step, step
-
-
-@numba.njit(cache=True)
-def _span(opt_kind, p, g, ms, vs, a, c, r, step):  # noqa: ANN001, ANN201
-    """Row ``a`` of a parameter (``p``, its summed estimate ``g``; ``ms``, ``vs`` the optimizer's state by rows)
-    updated with the scalars of :func:`_begin`."""
-    if opt_kind == K.ADAM:
-        K.adam_span(p, g, ms[a], vs[a], c)
-    elif opt_kind == K.RMSPROP:
-        K.rmsprop_span(p, g, ms[a], r)
-    else:
-        K.sgd_span(p, g, step)
-
-
-@numba.njit(cache=True)
 def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal, keep, sigma2,  # noqa: ANN001, ANN201
                root_n, tiny, h, hn, xi, xs, ys, mask, t0, t1, n_seq, every, last, rec_l, rec_yn, rec_p, rec_z,
                rec_i, rec_in, rec_a, losses):
@@ -152,14 +123,11 @@ def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal
     yc, yn = np.empty((nb, n_out), h.dtype), np.empty((M, n_out), h.dtype)
     Lc, Ln = np.empty(nb, h.dtype), np.empty(M, h.dtype)
     eps = np.empty((1, n_out), h.dtype)
-    bn, dh, diff = np.empty(n, h.dtype), np.empty(n, h.dtype), np.empty(n, h.dtype)
-    da, E_h, E_y = np.empty(n_out, h.dtype), np.empty((nb, n), h.dtype), np.empty((nb, n_out), h.dtype)
-    sc_rec, sc_in = np.empty(n, h.dtype), np.empty(n_in, h.dtype)  # a row's sum where the accumulator is zero
-    m_in, v_in = ms[0].reshape((ms[0].size // n_in, n_in)), vs[0].reshape((vs[0].size // n_in, n_in))
-    m_rec, v_rec = ms[1].reshape((ms[1].size // n, n)), vs[1].reshape((vs[1].size // n, n))
+    bn, dh, diff, Eh = np.empty(n, h.dtype), np.empty(n, h.dtype), np.empty(n, h.dtype), np.empty(n, h.dtype)
+    da, Ey = np.empty(n_out, h.dtype), np.empty(n_out, h.dtype)
     s2, rn, tn = K.cast(sigma2, h), K.cast(root_n, h), K.cast(tiny, h)
     fb, fm = K.cast(nb, h), K.cast(M, h)
-    updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
+    updates, full = 0, False
     for t in range(t0, t1):
         x, y, mk, noise = xs[t], ys[t], mask[t], xi[t - t0]
         K.rate_step(W_in, W_rec, b, alpha, x, h, h_new, D)  # the clean pass
@@ -182,8 +150,7 @@ def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal
                 r_y[0, k] += noise[m, n + k]
             yn[m] = r_y[0]
             Ln[m] = K.loss_and_error(loss_kind, r_y, y[s:s + 1], mk[s:s + 1], eps)
-        for s in range(nb):  # the signals summed over the sequence's rows, scaled by 1 / M
-            Eh, Ey = E_h[s], E_y[s]
+        for s in range(nb):  # the signals summed over the sequence's rows, the estimate
             Eh[:] = 0.0
             Ey[:] = 0.0
             for m in range(s * kk, s * kk + kk):
@@ -214,14 +181,23 @@ def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal
                 for k in range(n_out):
                     Ey[k] += cy * da[k]
             for a in range(n):
-                Eh[a] = Eh[a] / fm
+                f = Eh[a] / fm
+                g_b[a] += f
+                row, hp = g_rec[a], h[s]
+                for j in range(n):
+                    row[j] += f * hp[j]
+                for j in range(n_in):
+                    g_in[a, j] += f * x[s, j]
             for k in range(n_out):
-                Ey[k] = Ey[k] / fm
+                f = Ey[k] / fm
+                g_bout[k] += f
+                for j in range(n):
+                    g_out[k, j] += f * h_new[s, j]
         pos = -1
         for p in range(last.size):
             if last[p] == t:
                 pos = p
-        if pos >= 0:  # the step a window slot holds at the end (before this step's update)
+        if pos >= 0:  # the step a window slot holds at the end
             rec_l[pos] = Lc
             rec_yn[pos] = yn
             rec_p[pos] = h
@@ -234,46 +210,15 @@ def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal
                     current(W_in, W_rec, b, x[s], hn[m] if keep else h[s], rec_in[pos, m])
                     for a in range(n):
                         rec_in[pos, m, a] += noise[m, a]
-        update = t == n_seq - 1 or (t + 1) % every == 0
-        direct = update and clean  # a row's sum is the step's estimate alone: summed in a scratch row
-        if update:  # W_in's and W_rec's steps begun; their rows are updated in the pass below
-            c_in, c_rec, r_in, r_rec, s_in, s_rec = _begin(opt_kind, steps, hyper, W_rec)
-        for a in range(n):  # one pass over the rows: the estimate e_h [x; h_{t-1}; 1]^T summed over the batch
-            g_row = sc_rec if direct else g_rec[a]
-            gi_row = sc_in if direct else g_in[a]
-            if direct:
-                g_row[:] = 0.0
-                gi_row[:] = 0.0
-            for s in range(nb):
-                f = E_h[s, a]
-                g_b[a] += f
-                hp, xp = h[s], x[s]
-                for j in range(n):
-                    g_row[j] += f * hp[j]
-                for j in range(n_in):
-                    gi_row[j] += f * xp[j]
-            if update:
-                _span(opt_kind, W_rec[a], g_row, m_rec, v_rec, a, c_rec, r_rec, s_rec)
-                _span(opt_kind, W_in[a], gi_row, m_in, v_in, a, c_in, r_in, s_in)
-                if not direct:
-                    g_row[:] = 0.0
-                    gi_row[:] = 0.0
-        for s in range(nb):
-            for k in range(n_out):
-                f = E_y[s, k]
-                g_bout[k] += f
-                for j in range(n):
-                    g_out[k, j] += f * h_new[s, j]
         h[:, :] = h_new
         if keep:
             hn[:, :] = hn_new
-        if update:  # the other parameters' update (W_in's and W_rec's are done)
-            K.apply_update(opt_kind, (ps[2], ps[3], ps[4]), (acc[2], acc[3], acc[4]), (ms[2], ms[3], ms[4]),
-                           (vs[2], vs[3], vs[4]), (steps[2], steps[3], steps[4]), hyper)
+        if t == n_seq - 1 or (t + 1) % every == 0:
+            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
             updates += 1
-            full, clean = False, True
+            full = False
         else:
-            full, clean = True, False
+            full = True
     return updates, full
 
 
