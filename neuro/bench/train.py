@@ -32,7 +32,7 @@ __all__ = ["DEFAULT_RULES", "ENGINES", "MAX_N", "TASKS", "has_engine", "main", "
 
 #: model -> the rules of the default set (bptt and tbptt, the references, are added to every model)
 DEFAULT_RULES: dict[str, tuple[str, ...]] = {
-    "rate": ("rtrl", "uoro", "rflo", "np", "anp-time"),
+    "rate": ("rtrl", "uoro", "rflo", "eprop", "np", "anp", "anp-time", "wp"),
     "lif": ("eprop", "three-factor", "ottt", "sltt", "anp-time"),
 }
 REFERENCES = ("bptt", "tbptt")
