@@ -15,7 +15,8 @@
    (BPTT; e-prop's and OTTT's eligibility traces through the membrane's 100 ms decay) can learn it; truncated
    BPTT with a 20-step window and SLTT (which drops the temporal part of the gradient altogether) cannot reach
    the cue inputs at any budget, so they learn only the readout's prior and end at chance, both at the same
-   loss (the cross-entropy of a 50/50 answer on the recall steps, ln 2 x 50/310 = 0.112 per step).
+   loss (the cross-entropy of a 50/50 answer on the recall steps, ln 2 x 50/310 = 0.112 per step). ANP in time
+   also ends at chance at this budget: its estimate's alignment with BPTT's gradient is about 0.1 here.
 3. **Deployment**: the spiking run with the lowest held-out loss is exported to Lava and run on held-out
    trials in floating point and in Loihi's fixed point (:func:`hw_targets.lava.quantize`); its accuracy
    there (a trial is correct when the readout summed over the recall steps picks the majority side) is
