@@ -80,7 +80,7 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in,
     G = np.empty((n_out, n), h.dtype)  # the step's readout gradient (adaptive feedback)
     d = K.cast(1.0 - alpha, h)
     lr, decay = K.cast(fb_lr, h), K.cast(fb_decay, h)
-    scratch = np.empty(n, h.dtype)  # a row's sum where W_rec's accumulator is known to be zero
+    scratch = np.zeros(n, h.dtype)  # a row's sum where W_rec's accumulator is known to be zero (kept zero)
     updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
         x = xs[t]
@@ -115,15 +115,13 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in,
             if feedback == 2:
                 for j in range(n):
                     fb[k, j] = fb[k, j] - lr * (G[k, j] + decay * fb[k, j])
-        update = t == n_seq - 1 or (t + 1) % every == 0
+        update = K.update_due(t, n_seq, every)
         fused = update and opt_kind == K.ADAM
         if fused:  # W_rec's Adam step begun; its rows are updated in the pass below, as each row's sum is done
-            c = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
+            c = K.row_update_begin(opt_kind, steps[1], hyper, W_rec)
         direct = fused and clean  # the row's sum is the step's estimate alone: summed in a scratch row instead
         for a in range(n):  # one pass over the rows: the traces, the estimate L_a e_ab summed over the batch
             g_row = scratch if direct else g_rec[a]
-            if direct:
-                g_row[:] = 0.0
             for s in range(nb):
                 Da, La = D[s, a], L[s, a]
                 P_row, h_s, x_s = P[s, a], h[s], x[s]
@@ -138,17 +136,10 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in,
                 P_b[s, a] = d * P_b[s, a] + Da
                 g_b[a] += La * P_b[s, a]
             if fused:  # and W_rec's row updated with it, the row's sum zeroed
-                K.adam_span(W_rec[a], g_row, m_rec[a], v_rec[a], c)
-                if not direct:
-                    g_row[:] = 0.0
+                K.row_update(opt_kind, W_rec[a], g_row, m_rec, v_rec, a, c)
         h[:, :] = h_new
         if update:
-            if fused:
-                K.apply_update(opt_kind, (ps[0], ps[2], ps[3], ps[4]), (acc[0], acc[2], acc[3], acc[4]),
-                               (ms[0], ms[2], ms[3], ms[4]), (vs[0], vs[2], vs[3], vs[4]),
-                               (steps[0], steps[2], steps[3], steps[4]), hyper)
-            else:
-                K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+            K.apply_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1 if fused else -1)
             updates += 1
             full, clean = False, True
         else:

@@ -15,8 +15,9 @@ import numpy as np
 
 from neuro._numba import numba
 
-__all__ = ["ADAM", "CE", "MSE", "RMSPROP", "SGD", "adam", "adam_span", "adam_step", "apply_update", "cast", "dot",
-           "loss_and_error", "rate_step", "readout", "rmsprop", "rmsprop_span", "rmsprop_step", "sgd", "sgd_span"]
+__all__ = ["ADAM", "CE", "MSE", "RMSPROP", "SGD", "adam", "adam_span", "adam_step", "apply_update", "apply_update_rest",
+           "cast", "dot", "loss_and_error", "rate_step", "readout", "rmsprop", "rmsprop_span", "rmsprop_step",
+           "row_update", "row_update_begin", "sgd", "sgd_span", "sum_squares", "update_due"]
 
 SGD, ADAM, RMSPROP = 0, 1, 2  # optimizer codes (apply_update)
 MSE, CE = 0, 1  # loss codes (loss_and_error)
@@ -45,6 +46,17 @@ def dot(a, b):  # noqa: ANN001, ANN201
     s = cast(0.0, a)
     for j in range(a.size):
         s += a[j] * b[j]
+    return s
+
+
+@numba.njit(cache=True, fastmath={"reassoc"})
+def sum_squares(v):  # noqa: ANN001, ANN201
+    """``sum_j v_j^2`` of a contiguous 1-D array, in float64, summed in whatever order vectorizes (``reassoc``
+    only, as :func:`dot`): a separate loop, so that the loops writing ``v`` vectorize too."""
+    s = 0.0
+    for j in range(v.size):
+        x = np.float64(v[j])
+        s += x * x
     return s
 
 
@@ -219,17 +231,69 @@ def rmsprop_span(p, g, sq, c):  # noqa: ANN001, ANN201
 
 
 @numba.njit(cache=True)
+def update_due(t, n_seq, every):  # noqa: ANN001, ANN201
+    """Whether the loop's schedule updates after step ``t`` of a sequence of ``n_seq`` steps: ``(t + 1) % every
+    == 0`` or the sequence's last step."""
+    return t == n_seq - 1 or (t + 1) % every == 0
+
+
+@numba.njit(cache=True)
+def row_update_begin(kind, st, hyper, like):  # noqa: ANN001, ANN201
+    """One parameter's optimizer step begun, for :func:`row_update` of its spans (rows) one at a time: its step
+    count ``st`` (a one-element array) incremented where the optimizer keeps one, and the step's scalars, one
+    tuple for every kind (``hyper`` as :func:`apply_update`'s, float64; the scalars in the dtype of ``like``):
+    ``ADAM`` :func:`adam_step`'s; ``RMSPROP`` :func:`rmsprop_step`'s in places 1, 2, 6, 7; ``SGD`` ``-lr`` in
+    place 7."""
+    z = cast(0.0, like)
+    if kind == ADAM:
+        return adam_step(st, hyper[0], hyper[1], hyper[2], hyper[3], like)
+    if kind == RMSPROP:
+        a, ca, e, step = rmsprop_step(st, hyper[0], hyper[1], hyper[3], like)
+        return 0.0, a, ca, z, z, z, e, step
+    return 0.0, z, z, z, z, z, z, cast(-hyper[0], like)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def row_update(kind, p, g, ms, vs, r, c):  # noqa: ANN001, ANN201
+    """The optimizer's update of row ``r`` of a parameter (the same arithmetic as its whole update): ``p`` the
+    row, ``g`` its summed estimate (then zeroed: the loop's accumulator, or a scratch row kept zero), ``ms``,
+    ``vs`` the optimizer's state by rows (Adam's moments, RMSprop's ``square_avg`` in ``ms``; not read by SGD,
+    which keeps none), ``c`` the step's scalars from :func:`row_update_begin`.
+
+    A kernel that fuses a parameter's update into a pass over its rows calls ``c = row_update_begin(kind,
+    steps[i], hyper, W)`` once at an update, ``row_update(kind, W[r], g_r, m_rows, v_rows, r, c)`` as each row's
+    sum is complete, and :func:`apply_update_rest` for the other parameters."""
+    if kind == ADAM:
+        adam_span(p, g, ms[r], vs[r], c)
+    elif kind == RMSPROP:
+        rmsprop_span(p, g, ms[r], (c[1], c[2], c[6], c[7]))
+    else:
+        sgd_span(p, g, c[7])
+    for j in range(g.size):
+        g[j] = 0.0
+
+
+@numba.njit(cache=True)
 def apply_update(kind, ps, gs, ms, vs, steps, hyper):  # noqa: ANN001, ANN201
     """One optimizer step with the summed estimates ``gs``, which are then zeroed (the loop's accumulator):
     ``SGD`` (``hyper`` = ``[lr, ...]``), ``ADAM`` (``ms``, ``vs`` the moments; ``hyper`` = ``[lr, beta1, beta2,
     eps]``) or ``RMSPROP`` (``ms`` the ``square_avg``; ``hyper`` = ``[lr, alpha, 0, eps]``); ``hyper`` float64."""
-    if kind == SGD:
-        sgd(ps, gs, hyper[0])
-    elif kind == ADAM:
-        adam(ps, gs, ms, vs, steps, hyper[0], hyper[1], hyper[2], hyper[3])
-    else:
-        rmsprop(ps, gs, ms, steps, hyper[0], hyper[1], hyper[3])
-    for i in range(len(gs)):
+    apply_update_rest(kind, ps, gs, ms, vs, steps, hyper, -1)
+
+
+@numba.njit(cache=True)
+def apply_update_rest(kind, ps, gs, ms, vs, steps, hyper, done):  # noqa: ANN001, ANN201
+    """:func:`apply_update` of every parameter but ``ps[done]`` (updated already, row by row: :func:`row_update`;
+    ``done = -1``: none), their sums zeroed."""
+    for i in range(len(ps)):
+        if i == done:
+            continue
+        if kind == SGD:
+            sgd_span(ps[i], gs[i], cast(-hyper[0], ps[i]))
+        elif kind == ADAM:
+            adam_span(ps[i], gs[i], ms[i], vs[i], adam_step(steps[i], hyper[0], hyper[1], hyper[2], hyper[3], ps[i]))
+        else:
+            rmsprop_span(ps[i], gs[i], ms[i], rmsprop_step(steps[i], hyper[0], hyper[1], hyper[3], ps[i]))
         g = gs[i]
         for j in range(g.size):
             g[j] = 0.0

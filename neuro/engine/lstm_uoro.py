@@ -39,24 +39,14 @@ from neuro.engine import kernels as K
 from neuro.engine import lstm as L
 from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat, view
 from neuro.engine.optim import OptimizerArrays
+from neuro.engine.uoro import theta_pass
 from neuro.rules._onestep import flat_step
 from neuro.rules.uoro import UORO
 
-__all__ = ["LSTMUOROEngine", "build", "lstm_uoro_range", "sum_squares"]
+__all__ = ["LSTMUOROEngine", "build", "lstm_uoro_range"]
 
 ORDER = ("W_in", "W_rec", "b", "W_out", "b_out")  # the parameters, in the kernel's order
 LOSSES = {"mse": K.MSE, "ce": K.CE}
-
-
-@numba.njit(cache=True, fastmath={"reassoc"})
-def sum_squares(v):  # noqa: ANN001, ANN201
-    """``sum_j v_j^2`` of a contiguous 1-D array, in float64, summed in whatever order vectorizes (``reassoc``
-    only, as :func:`neuro.engine.kernels.dot`): a separate loop, so that the loops writing ``v`` vectorize too."""
-    s = 0.0
-    for j in range(v.size):
-        x = np.float64(v[j])
-        s += x * x
-    return s
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -91,11 +81,11 @@ def lstm_uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, eps_u, n
     root_s = math.sqrt(2 * n)
     m_rec = ms[1].reshape((ms[1].size // n, n))  # Adam's moments (rows of W_rec; no rows where there are none)
     v_rec = vs[1].reshape((vs[1].size // n, n))
-    scratch = np.empty(n, h.dtype)  # a row's sum where W_rec's accumulator is known to be zero
+    scratch = np.zeros(n, h.dtype)  # a row's sum where W_rec's accumulator is known to be zero (kept zero)
     for p in range(BK):
         sq[p] = 0.0
         for r in range(4 * n):
-            sq[p] += sum_squares(Th[p, r])
+            sq[p] += K.sum_squares(Th[p, r])
     updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
         x, nu = xs[t], NU[t - t0]
@@ -149,46 +139,14 @@ def lstm_uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, eps_u, n
                 sp[q] = c0 * Jp[q] + c1 * nup[q]
             for r in range(4 * n):
                 A[p, r] = A[p, r] * inv1
-            sq[p] = 0.0
-        update = t == n_seq - 1 or (t + 1) % every == 0
-        fused = update and opt_kind == K.ADAM
-        if fused:  # W_rec's Adam step begun; its rows are updated in the pass below, as each row's sum is done
-            ca = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
-        direct = fused and clean  # the row's sum is the step's estimate alone: summed in a scratch row instead
-        for r in range(4 * n):  # one pass over Theta's rows: the estimate k Theta + du_l z^T, then Theta's update
-            g_row = scratch if direct else g_rec[r]
-            if direct:
-                g_row[:] = 0.0
-            for p in range(BK):
-                s = p // samples
-                T_row, kk, i0, ar = Th[p, r], kg[p], inv0[p], A[p, r]
-                qd = DU[s, r] if p % samples == 0 else zero  # the direct term, once a sample
-                x_s, h_s = x[s], h[s]
-                for j in range(n_in):
-                    old = T_row[j]
-                    g_in[r, j] += kk * old + qd * x_s[j]
-                    T_row[j] = old * i0 + ar * x_s[j]
-                for j in range(n):
-                    old = T_row[n_in + j]
-                    g_row[j] += kk * old + qd * h_s[j]
-                    T_row[n_in + j] = old * i0 + ar * h_s[j]
-                old = T_row[n_in + n]
-                g_b[r] += kk * old + qd
-                T_row[n_in + n] = old * i0 + ar
-                sq[p] += sum_squares(T_row)
-            if fused:  # and W_rec's row updated with it (the step's forward pass has read it), its sum zeroed
-                K.adam_span(W_rec[r], g_row, m_rec[r], v_rec[r], ca)
-                if not direct:
-                    g_row[:] = 0.0
+        update = K.update_due(t, n_seq, every)
+        fused = update and opt_kind == K.ADAM  # W_rec's rows updated in the pass over Theta
+        theta_pass(Th, kg, inv0, A, DU, x, h, samples, g_in, g_rec, g_b, sq, scratch, fused and clean, fused, opt_kind,
+                   W_rec, m_rec, v_rec, steps[1], hyper)
         h[:, :] = h_new
         c[:, :] = c_new
         if update:
-            if fused:
-                K.apply_update(opt_kind, (ps[0], ps[2], ps[3], ps[4]), (acc[0], acc[2], acc[3], acc[4]),
-                               (ms[0], ms[2], ms[3], ms[4]), (vs[0], vs[2], vs[3], vs[4]),
-                               (steps[0], steps[2], steps[3], steps[4]), hyper)
-            else:
-                K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+            K.apply_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1 if fused else -1)
             updates += 1
             full, clean = False, True
         else:

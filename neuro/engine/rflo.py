@@ -67,7 +67,7 @@ def rflo_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
     y_hat = np.empty((nb, n_out), h.dtype)
     eps = np.empty((nb, n_out), h.dtype)
     d = K.cast(1.0 - alpha, h)
-    scratch = np.empty(n, h.dtype)  # a row's sum where W_rec's accumulator is known to be zero
+    scratch = np.zeros(n, h.dtype)  # a row's sum where W_rec's accumulator is known to be zero (kept zero)
     updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
         x = xs[t]
@@ -86,19 +86,12 @@ def rflo_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
                 for j in range(n):
                     g_out[k, j] += e * h_new[s, j]
                 g_bout[k] += e
-        fused = update = t == n_seq - 1 or (t + 1) % every == 0
-        if fused:  # W_rec's step begun; its rows are updated in the pass below, as each row's sum is done
-            if opt_kind == K.ADAM:
-                c = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
-            elif opt_kind == K.RMSPROP:
-                c_rms = K.rmsprop_step(steps[1], hyper[0], hyper[1], hyper[3], W_rec)
-            else:
-                c_sgd = K.cast(-hyper[0], W_rec)
-        direct = fused and clean  # the row's sum is the step's estimate alone: summed in a scratch row instead
+        update = K.update_due(t, n_seq, every)
+        if update:  # W_rec's step begun; its rows are updated in the pass below, as each row's sum is done
+            c = K.row_update_begin(opt_kind, steps[1], hyper, W_rec)
+        direct = update and clean  # the row's sum is the step's estimate alone: summed in a scratch row instead
         for a in range(n):  # one pass over the rows: the traces, the estimate L_a P_ab summed over the batch
             g_row = scratch if direct else g_rec[a]
-            if direct:
-                g_row[:] = 0.0
             for s in range(nb):
                 Da, La = D[s, a], L[s, a]
                 P_row, h_s = P_rec[s, a], h[s]
@@ -111,20 +104,11 @@ def rflo_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
                     g_in[a, j] += La * P_in[s, a, j]
                 P_b[s, a] = d * P_b[s, a] + Da
                 g_b[a] += La * P_b[s, a]
-            if fused:  # and W_rec's row updated with it, the row's sum zeroed
-                if opt_kind == K.ADAM:
-                    K.adam_span(W_rec[a], g_row, m_rec[a], v_rec[a], c)
-                elif opt_kind == K.RMSPROP:
-                    K.rmsprop_span(W_rec[a], g_row, m_rec[a], c_rms)
-                else:
-                    K.sgd_span(W_rec[a], g_row, c_sgd)
-                if not direct:
-                    g_row[:] = 0.0
+            if update:  # and W_rec's row updated with it, the row's sum zeroed
+                K.row_update(opt_kind, W_rec[a], g_row, m_rec, v_rec, a, c)
         h[:, :] = h_new
         if update:  # the other parameters' update (W_rec's is done)
-            K.apply_update(opt_kind, (ps[0], ps[2], ps[3], ps[4]), (acc[0], acc[2], acc[3], acc[4]),
-                           (ms[0], ms[2], ms[3], ms[4]), (vs[0], vs[2], vs[3], vs[4]),
-                           (steps[0], steps[2], steps[3], steps[4]), hyper)
+            K.apply_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1)
             updates += 1
             full, clean = False, True
         else:

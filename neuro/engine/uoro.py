@@ -49,20 +49,53 @@ from neuro.rules._onestep import flat_step
 from neuro.rules.base import add_into
 from neuro.rules.uoro import UORO
 
-__all__ = ["UOROEngine", "build", "sum_squares", "uoro_range"]
+__all__ = ["UOROEngine", "build", "theta_pass", "uoro_range"]
 
 ORDER = ("W_in", "W_rec", "b", "W_out", "b_out")  # the parameters, in the kernel's order
 LOSSES = {"mse": K.MSE, "ce": K.CE}
 
 
-@numba.njit(cache=True, fastmath={"reassoc"})
-def sum_squares(v):  # noqa: ANN001, ANN201
-    """``sum_j v_j^2`` of a contiguous 1-D array, in float64, summed in whatever order vectorizes (``reassoc``
-    only): a row's share of ``||Theta||^2``, kept out of the row's update loops so that they vectorize."""
-    s = 0.0
-    for j in range(v.size):
-        s += np.float64(v[j]) * np.float64(v[j])
-    return s
+@numba.njit(cache=True, error_model="numpy")
+def theta_pass(Th, kg, inv0, A, Q, x, h, samples, g_in, g_rec, g_b, sq, scratch, direct, fused,  # noqa: ANN001, ANN201
+               opt_kind, W_rec, m_rec, v_rec, step, hyper):
+    """One pass over the rows ``r`` of ``Theta`` (rank-one pairs ``p``, sample ``s = p // samples``): the step's
+    estimate ``k Theta + q z^T`` on ``[W_in | W_rec | b]`` added to ``g_in``, ``g_rec``, ``g_b``, then ``Theta``'s
+    update ``Theta / rho_0 + a z^T / rho_1``, and ``||Theta||^2`` into ``sq`` [BK] (float64)::
+
+        g[r] += k_p Theta_p[r] + q_sr z_s         Theta_p[r] <- Theta_p[r] / rho_0,p + a_pr z_s       (z_s = [x_s; h_s; 1])
+
+    ``Th`` [BK, R, n_in + n + 1], ``kg`` [BK] ``k / samples``, ``inv0`` [BK] ``1 / rho_0``, ``A`` [BK, R] ``a /
+    rho_1``, ``Q`` [B, R] the direct term ``q`` (``dl/du``, added once a sample), ``x`` [B, n_in], ``h`` [B, n]
+    (``h_{t-1}``). With ``fused`` the optimizer's step of ``W_rec`` (its step count ``step``) is begun and each of
+    its rows updated as soon as its sum is complete (:func:`neuro.engine.kernels.row_update`); ``direct``: the
+    accumulator of ``W_rec`` is zero and each row's sum is the step's alone, summed in ``scratch`` (kept zero)."""
+    BK, R = Th.shape[0], Th.shape[1]
+    n_in, n = x.shape[1], h.shape[1]
+    if fused:  # W_rec's step begun; its rows are updated below, as each row's sum is done
+        c = K.row_update_begin(opt_kind, step, hyper, W_rec)
+    for p in range(BK):
+        sq[p] = 0.0
+    for r in range(R):
+        g_row = scratch if direct else g_rec[r]
+        for p in range(BK):
+            s = p // samples
+            T_row, kk, i0, ar = Th[p, r], kg[p], inv0[p], A[p, r]
+            q = Q[s, r] if p % samples == 0 else K.cast(0.0, Th)  # the direct term, once a sample
+            x_s, h_s = x[s], h[s]
+            for j in range(n_in):
+                old = T_row[j]
+                g_in[r, j] += kk * old + q * x_s[j]
+                T_row[j] = old * i0 + ar * x_s[j]
+            for j in range(n):
+                old = T_row[n_in + j]
+                g_row[j] += kk * old + q * h_s[j]
+                T_row[n_in + j] = old * i0 + ar * h_s[j]
+            old = T_row[n_in + n]
+            g_b[r] += kk * old + q
+            T_row[n_in + n] = old * i0 + ar
+            sq[p] += K.sum_squares(T_row)
+        if fused:  # and W_rec's row updated with it (the step's forward pass has read it), its sum zeroed
+            K.row_update(opt_kind, W_rec[r], g_row, m_rec, v_rec, r, c)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -88,6 +121,7 @@ def uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, eps_u,
     h_new = np.empty_like(h)
     D = np.empty_like(h)
     R = np.empty_like(h)  # W_out^T e
+    Q = np.empty_like(h)  # D * W_out^T e: the estimate's direct term
     y_hat = np.empty((nb, n_out), h.dtype)
     eps = np.empty((nb, n_out), h.dtype)
     Js = np.empty_like(S)
@@ -95,11 +129,10 @@ def uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, eps_u,
     kg = np.empty(BK, h.dtype)  # k / samples
     inv0 = np.empty(BK, h.dtype)  # 1 / rho_0
     zz = np.empty(nb)  # ||z||^2
-    sq_new = np.zeros(BK)
     leak = K.cast(1.0 - alpha, h)
     a_ = K.cast(alpha, h)
     root_n = math.sqrt(n)
-    scratch = np.empty(n, h.dtype)  # a row's sum where W_rec's accumulator is known to be zero
+    scratch = np.zeros(n, h.dtype)  # a row's sum where W_rec's accumulator is known to be zero (kept zero)
     written = 0
     updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
@@ -113,6 +146,7 @@ def uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, eps_u,
                 for k in range(n_out):
                     ri += eps[s, k] * W_out[k, i]
                 R[s, i] = ri
+                Q[s, i] = D[s, i] * ri
             z2 = 1.0
             for j in range(n_in):
                 z2 += np.float64(x[s, j]) * np.float64(x[s, j])
@@ -172,46 +206,13 @@ def uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, eps_u,
             for i in range(n):
                 sp[i] = c0 * Jp[i] + c1 * nu[p, i]
                 A[p, i] = A[p, i] * inv1
-            sq_new[p] = 0.0
-        update = t == n_seq - 1 or (t + 1) % every == 0
-        fused = update and opt_kind == K.ADAM
-        if fused:  # W_rec's Adam step begun; its rows are updated in the pass below, as each row's sum is done
-            ca = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
-        direct = fused and clean  # the row's sum is the step's estimate alone: summed in a scratch row instead
-        for i in range(n):  # one pass over Theta's rows: the estimate k Theta + q z^T, then Theta's update
-            g_row = scratch if direct else g_rec[i]
-            if direct:
-                g_row[:] = 0.0
-            for p in range(BK):
-                s = p // samples
-                T_row, kk, i0, ai = Th[p, i], kg[p], inv0[p], A[p, i]
-                q = D[s, i] * R[s, i] if p % samples == 0 else K.cast(0.0, h)  # the direct term, once a sample
-                x_s, h_s = x[s], h[s]
-                for j in range(n_in):
-                    old = T_row[j]
-                    g_in[i, j] += kk * old + q * x_s[j]
-                    T_row[j] = old * i0 + ai * x_s[j]
-                for j in range(n):
-                    old = T_row[n_in + j]
-                    g_row[j] += kk * old + q * h_s[j]
-                    T_row[n_in + j] = old * i0 + ai * h_s[j]
-                old = T_row[n_in + n]
-                g_b[i] += kk * old + q
-                T_row[n_in + n] = old * i0 + ai
-                sq_new[p] += sum_squares(T_row)
-            if fused:  # and W_rec's row updated with it, the row's sum zeroed
-                K.adam_span(W_rec[i], g_row, m_rec[i], v_rec[i], ca)
-                if not direct:
-                    g_row[:] = 0.0
-        sq[:] = sq_new
+        update = K.update_due(t, n_seq, every)
+        fused = update and opt_kind == K.ADAM  # W_rec's rows updated in the pass over Theta
+        theta_pass(Th, kg, inv0, A, Q, x, h, samples, g_in, g_rec, g_b, sq, scratch, fused and clean, fused, opt_kind,
+                   W_rec, m_rec, v_rec, steps[1], hyper)
         h[:, :] = h_new
         if update:
-            if fused:
-                K.apply_update(opt_kind, (ps[0], ps[2], ps[3], ps[4]), (acc[0], acc[2], acc[3], acc[4]),
-                               (ms[0], ms[2], ms[3], ms[4]), (vs[0], vs[2], vs[3], vs[4]),
-                               (steps[0], steps[2], steps[3], steps[4]), hyper)
-            else:
-                K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+            K.apply_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1 if fused else -1)
             updates += 1
             full, clean = False, True
         else:
