@@ -1,16 +1,19 @@
 """``neuro bench train``: end-to-end training throughput, steps per second of ``neuro.train``.
 
 For each (model, rule) and size n (``--n`` hidden units): the real training loop, ``neuro.train(net, rule,
-task, steps, config)`` with batch 1, float32, ``--threads`` torch thread(s), ``update_every=1`` and every
-other setting at its default (Adam, lr 1e-3, chunks of 100 steps on a continuing task, no run directory),
+task, steps, config)`` with batch 1, float32, ``--threads`` torch thread(s), ``update_every`` K
+(``--update-every``, default 1) and every other setting at its default (Adam, lr 1e-3, chunks of 100 steps on a continuing task, no run directory),
 timed as a whole call (building the initial parameters and checking the run included). Each rule first runs
 one short warm-up run (which compiles or loads whatever it needs); then ``--blocks`` timed blocks, each a
 fresh run of ``--steps`` steps, alternate over the rules of one (model, n) block by block, so that a change
 of load hits them all alike. A row gives the median, min, max and spread ((max - min) / median) of its
 blocks' steps/s and the ratio of its median to ``bptt``'s median measured in the same run (above 1: faster
 than BPTT). ``bptt`` and ``tbptt`` (k = 20) always run as the references. Rules whose estimate arrives only
-at a window or chunk end (bptt, tbptt) update the parameters there, the others at every step; each row
-gives the optimizer updates of a block. Writes ``OUT/train.json`` and ``OUT/train.md``.
+at a window or chunk end (bptt, tbptt) update the parameters there, the others every K steps (and at each
+chunk end): K = 100, the chunk, is the matched-update comparison, every rule updating once per chunk as BPTT
+does; each row gives the optimizer updates of a block. ``--columns`` adds (or, without ``--models``, runs
+alone) the columns networks on trace patterning, each held to a goal (:mod:`neuro.bench.train_columns`).
+Writes ``OUT/train.json`` and ``OUT/train.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import torch
 
@@ -64,11 +67,11 @@ def has_engine() -> bool:
     return "engine" in {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def _config(engine: str):
+def _config(engine: str, update_every: int = 1, **settings: Any):
     from neuro.train_config import TrainConfig
 
     extra = {"engine": engine} if has_engine() else {}
-    return TrainConfig(update_every=1, batch=1, dtype=torch.float32, progress=False, **extra)
+    return TrainConfig(update_every=update_every, batch=1, dtype=torch.float32, progress=False, **extra, **settings)
 
 
 def _engine_used(history, requested: str) -> str | None:
@@ -97,17 +100,23 @@ class _Case:
     updates: int = 0
     n_params: int = 0
     engine_used: str | None = None
+    #: steps -> the stage schedule of a run of that many steps (a constructive network), or None
+    schedule: Callable[[int], str] | None = None
+
+    def config_for(self, steps: int) -> Any:
+        return self.config if self.schedule is None else dataclasses.replace(self.config, schedule=self.schedule(steps))
 
     def run(self, steps: int) -> tuple[float, Any]:
         import neuro
 
+        config = self.config_for(steps)
         gc.collect()
         t0 = time.perf_counter()
-        history = neuro.train(self.net, self.obj, self.task, steps, self.config)
+        history = neuro.train(self.net, self.obj, self.task, steps, config)
         return time.perf_counter() - t0, history
 
 
-def _build(model: str, rule: str, n: int, engine: str, steps: int, capped: bool) -> _Case | str:
+def _build(model: str, rule: str, n: int, engine: str, steps: int, capped: bool, update_every: int = 1) -> _Case | str:
     """The case, or why it does not run (the rule refuses the network, the run's checks refuse its size)."""
     import models
     from neuro import rules, tasks
@@ -122,7 +131,7 @@ def _build(model: str, rule: str, n: int, engine: str, steps: int, capped: bool)
     if why:
         return why
     obj = rules.make(rule, net, **opts)
-    config = _config(engine)
+    config = _config(engine, update_every)
     try:
         prepare(net, obj, task, steps, config)
     except (ValueError, TypeError, MemoryError) as e:
@@ -131,7 +140,7 @@ def _build(model: str, rule: str, n: int, engine: str, steps: int, capped: bool)
 
 
 def measure_group(model: str, n: int, rule_names: list[str], engines: list[str], steps: int, blocks: int,
-                  capped: bool) -> list[dict[str, Any]]:
+                  capped: bool, update_every: int = 1) -> list[dict[str, Any]]:
     """Rows for every (rule, engine) of ``model`` at size ``n``: warm-up runs, then alternating timed blocks."""
     task_name = TASKS.get(model, DEFAULT_TASK)
     rows: list[dict[str, Any]] = []
@@ -144,7 +153,7 @@ def measure_group(model: str, n: int, rule_names: list[str], engines: list[str],
         for engine in mine:
             head = {**base, "rule": rule, "options": OPTIONS.get(rule, {}), "engine": engine}
             try:
-                case = _build(model, rule, n, engine, steps, capped)
+                case = _build(model, rule, n, engine, steps, capped, update_every)
             except Exception as e:  # building one rule failing is reported, the others run
                 case = f"{type(e).__name__}: {e}"
             if isinstance(case, str):
@@ -152,38 +161,12 @@ def measure_group(model: str, n: int, rule_names: list[str], engines: list[str],
             else:
                 cases.append(case)
                 rows.append(head)
-    failed: dict[int, str] = {}
-    for case in cases:
-        try:
-            case.run(min(steps, WARM_UP))
-        except Exception as e:  # e.g. out of memory at a large n: reported, not fatal
-            failed[id(case)] = f"{type(e).__name__}: {e}"
-    for _ in range(blocks):  # the rules alternate block by block
-        for case in cases:
-            if id(case) in failed:
-                continue
-            try:
-                seconds, history = case.run(steps)
-            except Exception as e:
-                failed[id(case)] = f"{type(e).__name__}: {e}"
-                continue
-            case.seconds.append(seconds)
-            case.loop_rates.append(history.steps / history.elapsed_s if history.elapsed_s > 0 else float("nan"))
-            case.updates, case.n_params = history.updates, case.net.n_params(history.params)
-            case.engine_used = _engine_used(history, case.engine)
+    failed = time_cases(cases, steps, blocks, min(steps, WARM_UP))
     by_key = {(c.rule, c.engine): c for c in cases}
     for row in rows:
         case = by_key.get((row["rule"], row["engine"]))
-        if case is None:
-            continue
-        if id(case) in failed:
-            row["error"] = " ".join(failed[id(case)].split())
-            continue
-        rates = [steps / s for s in case.seconds]
-        row.update({"engine_used": case.engine_used, "steps": steps, "seconds": case.seconds, "blocks": rates,
-                    "steps_per_s": _report.summarize(rates),
-                    "loop_steps_per_s": _report.summarize(case.loop_rates)["median"],
-                    "updates_per_block": case.updates, "n_params": case.n_params})
+        if case is not None:
+            row.update(measured(case, steps, failed))
     refs = [r for r in rows if r["rule"] == "bptt" and "steps_per_s" in r]
     for r in rows:  # the ratio to bptt of the same model and n: on the same engine, else on torch (or auto)
         if "steps_per_s" in r:
@@ -198,6 +181,41 @@ def measure_group(model: str, n: int, rule_names: list[str], engines: list[str],
                          None)
                 r["speedup_vs_torch"] = r["steps_per_s"]["median"] / t["steps_per_s"]["median"] if t else None
     return rows
+
+
+def time_cases(cases: list[_Case], steps: int, blocks: int, warm_up: int) -> dict[int, str]:
+    """One warm-up run of ``warm_up`` steps per case, then ``blocks`` timed runs of ``steps`` alternating over the
+    cases block by block; returns why a case failed, by its id (a failure is reported, not fatal)."""
+    failed: dict[int, str] = {}
+    for case in cases:
+        try:
+            case.run(warm_up)
+        except Exception as e:  # e.g. out of memory at a large n
+            failed[id(case)] = f"{type(e).__name__}: {e}"
+    for _ in range(blocks):
+        for case in cases:
+            if id(case) in failed:
+                continue
+            try:
+                seconds, history = case.run(steps)
+            except Exception as e:
+                failed[id(case)] = f"{type(e).__name__}: {e}"
+                continue
+            case.seconds.append(seconds)
+            case.loop_rates.append(history.steps / history.elapsed_s if history.elapsed_s > 0 else float("nan"))
+            case.updates, case.n_params = history.updates, case.net.n_params(history.params)
+            case.engine_used = _engine_used(history, case.engine)
+    return failed
+
+
+def measured(case: _Case, steps: int, failed: dict[int, str]) -> dict[str, Any]:
+    """A row's figures for ``case`` timed by :func:`time_cases` (or its error)."""
+    if id(case) in failed:
+        return {"error": " ".join(failed[id(case)].split())}
+    rates = [steps / s for s in case.seconds]
+    return {"engine_used": case.engine_used, "steps": steps, "seconds": case.seconds, "blocks": rates,
+            "steps_per_s": _report.summarize(rates), "loop_steps_per_s": _report.summarize(case.loop_rates)["median"],
+            "updates_per_block": case.updates, "n_params": case.n_params}
 
 
 def _cell(r: dict[str, Any]) -> tuple[str, str]:
@@ -240,13 +258,15 @@ def _markdown(report: dict[str, Any], command: str) -> str:
     notes = _notes(rows, len(engines) > 1)
     m = report["machine"]
     text = "\n".join(parts)
-    text += (f"\nMeasured: steps/s of whole `neuro.train` calls of {settings['steps']} steps (batch 1, float32, "
-             f"update_every=1), median (min-max) of {settings['blocks']} alternating blocks per rule after one "
-             f"warm-up run; x bptt: the rule's median over bptt's median, same model and n, on the same engine "
-             f"where bptt runs on it, else on torch (the JSON also has `loop_steps_per_s`, the loop alone from the "
-             f"run's `History.elapsed_s`). Engine(s) requested: {', '.join(settings['engines'])}; used (as the runs report it): {', '.join(used) or '–'}. Optimizer "
-             f"updates per block: {', '.join(sorted({f'{r} {u}' for r, u in updates}))}.\n\n"
-             f"Machine: {m['cpu_model']}, {m['cores']} cores shared with other work, {m['threads']} torch "
+    if rows:
+        text += (f"\nMeasured: steps/s of whole `neuro.train` calls of {settings['steps']} steps (batch 1, float32, "
+                 f"update_every={settings['update_every']}), median (min-max) of {settings['blocks']} alternating "
+                 f"blocks per rule after one warm-up run; x bptt: the rule's median over bptt's median, same model "
+                 f"and n, on the same engine where bptt runs on it, else on torch (the JSON also has "
+                 f"`loop_steps_per_s`, the loop alone from the run's `History.elapsed_s`). Engine(s) requested: "
+                 f"{', '.join(settings['engines'])}; used (as the runs report it): {', '.join(used) or '–'}. "
+                 f"Optimizer updates per block: {', '.join(sorted({f'{r} {u}' for r, u in updates}))}.\n")
+    text += (f"\nMachine: {m['cpu_model']}, {m['cores']} cores shared with other work, {m['threads']} torch "
              f"thread(s); load average (1 min) before/after {report['loadavg_before']}/{report['loadavg_after']}; "
              f"torch {m['torch']}, {m['date']}.\n")
     if notes:
@@ -287,8 +307,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     import models
     from neuro import rules
 
+    from . import train_columns
+
     ap = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=list(DEFAULT_RULES), help="models (default: rate lif)")
+    ap.add_argument("--models", nargs="+", default=None,
+                    help="models (default: rate lif; none with --columns alone)")
     ap.add_argument("--rules", nargs="+", default=None,
                     help="rules for every model, besides bptt and tbptt (default: a set per model; named rules run "
                          "at every --n the rule accepts)")
@@ -297,6 +320,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--blocks", type=int, default=5, help="timed blocks per rule (alternating)")
     ap.add_argument("--engine", default="auto", help=f"one of {', '.join(ENGINES)} (a TrainConfig engine setting, "
                     "where neuro.train has one; both: torch and compiled side by side)")
+    ap.add_argument("--update-every", type=int, default=1, metavar="K",
+                    help="every rule's update_every (default 1: the online rules update at every step; 100, the "
+                         "chunk: once per chunk, as BPTT does)")
+    ap.add_argument("--columns", nargs="*", default=None, metavar="ENTRY",
+                    help="the columns networks on trace patterning, each held to a goal: entries "
+                         f"{', '.join(train_columns.ENTRIES)} (default: all); without --models, only these")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--quick", action="store_true", help="n = 32, 50 steps, 2 blocks (a smoke test)")
@@ -306,9 +335,16 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.steps, args.blocks = [32], 50, 2
-    if min(args.n) < 1 or args.steps < 1 or args.blocks < 1 or args.threads < 1:
+    if min(args.n) < 1 or args.steps < 1 or args.blocks < 1 or args.threads < 1 or args.update_every < 1:
         ap.error(f"--n {' '.join(map(str, args.n))}, --steps {args.steps}, --blocks {args.blocks}, --threads "
-                 f"{args.threads}: each must be an integer >= 1")
+                 f"{args.threads}, --update-every {args.update_every}: each must be an integer >= 1")
+    if args.columns is not None:
+        bad = sorted(set(args.columns) - set(train_columns.ENTRIES))
+        if bad:
+            ap.error(f"--columns {' '.join(bad)}: unknown; valid entries are {', '.join(train_columns.ENTRIES)}")
+        args.columns = list(dict.fromkeys(args.columns or train_columns.ENTRIES))
+    if args.models is None:
+        args.models = [] if args.columns else list(DEFAULT_RULES)
     bad = sorted(set(args.models) - set(models.available()))
     if bad:
         ap.error(f"--models {' '.join(bad)}: unknown; valid choices are {', '.join(models.available())}")
@@ -323,6 +359,19 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args.engines = ["torch", "compiled"] if args.engine == "both" else [args.engine]
     args.n = list(dict.fromkeys(args.n))
     return args
+
+
+def _columns(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The columns section's rows (:func:`neuro.bench.train_columns.measure`), each printed as it is measured."""
+    from . import train_columns
+
+    rows = train_columns.measure(args.columns, args.engines, args.steps, args.blocks, args.update_every)
+    for r in rows:
+        s = r.get("steps_per_s")
+        print(f"{PROG}: columns {r['entry']} [{r['engine']}]: "
+              + (f"{s['median']:.0f} steps/s (goal {r['goal_steps_per_s']:.0f})" if s
+                 else r.get("skipped") or r.get("error") or "–"), file=sys.stderr, flush=True)
+    return rows
 
 
 def _floor(args: argparse.Namespace) -> dict[int, float]:
@@ -352,25 +401,30 @@ def main(argv: list[str] | None = None) -> int:
             rule_names = list(dict.fromkeys([*REFERENCES, *named]))
             for n in args.n:
                 group = measure_group(model, n, rule_names, args.engines, args.steps, args.blocks,
-                                      capped=args.rules is None)
+                                      capped=args.rules is None, update_every=args.update_every)
                 rows += group
                 for r in group:
                     s = r.get("steps_per_s")
                     print(f"{PROG}: {model} n={n} {r['rule']} [{r['engine']}]: "
                           + (f"{s['median']:.0f} steps/s, {r['vs_bptt']:.2f}x bptt" if s and r.get("vs_bptt")
                              else r.get("skipped") or r.get("error") or "–"), file=sys.stderr, flush=True)
+        columns = [] if args.columns is None else _columns(args)
         floor = _floor(args) if args.floor else {}
     finally:
         torch.set_num_threads(threads)
     settings = {k: v for k, v in vars(args).items()}
-    settings.update(command=command, batch=1, dtype="float32", update_every=1, warm_up_steps=min(args.steps, WARM_UP),
+    settings.update(command=command, batch=1, dtype="float32", warm_up_steps=min(args.steps, WARM_UP),
                     engine_setting=has_engine())
     report = {"machine": _report.machine_info(args.threads), "loadavg_before": load,
               "loadavg_after": _report.loadavg(), "settings": settings, "rows": rows,
-              **({"floor_steps_per_s": floor} if floor else {})}
+              **({"floor_steps_per_s": floor} if floor else {}), **({"columns": columns} if columns else {})}
     out = Path(args.out)
     _report.write_json(out / "train.json", report)
     text = _markdown(report, command)
+    if columns:
+        from . import train_columns
+
+        text += "\n" + train_columns.markdown(columns, settings)
     if floor:
         text += ("\nFloor (the rate RNN's compiled step and one SGD update of every parameter, no rule; median "
                  f"steps/s): {', '.join(f'n={n} {_report.fmt_rate(v)}' for n, v in floor.items())}.\n")
