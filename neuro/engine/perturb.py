@@ -1,11 +1,12 @@
-"""The perturbation rules on the rate RNN, compiled: a range of steps of online training in one numba call.
+"""The perturbation rules, compiled: what their engines share, and the rate RNN's kernels.
 
 The rules (each module docstring states its paper's equations) are node perturbation ``np``
 (:mod:`neuro.rules.node_perturbation`: Williams 1992; Fiete & Seung 2006; as in Garcia Fernandez, Keemink & van
 Gerven 2024, arXiv:2405.08967), activity-based node perturbation ``anp`` (:mod:`neuro.rules.anp`: Dalm, van
 Gerven & Ahmad 2023, arXiv:2310.00965) and in time ``anp-time`` (:mod:`neuro.rules.anp_time`: Garcia
 Fernandez et al. 2024), and weight perturbation ``wp`` (:mod:`neuro.rules.wp`: Jabri & Flower 1992,
-Cauwenberghs 1993; Garcia Fernandez et al. 2024); the network :class:`models.rate.RateRNN` (not a subclass).
+Cauwenberghs 1993; Garcia Fernandez et al. 2024); here on the network :class:`models.rate.RateRNN` (not a
+subclass), and on the LSTM in :mod:`neuro.engine.lstm_perturb`, from the pieces below.
 
 *Node rules* (:func:`node_range`; the step of :mod:`neuro.rules.node`). A clean network and ``K`` noisy copies
 per sequence (rows ``m = s K + k``) run on the same input; the noisy currents get ``xi_h ~ N(0, sigma^2)``, the
@@ -22,12 +23,16 @@ noisy outputs ``xi_y``::
 
 (``M = B K`` rows). The noisy copies keep their own state ``h~`` (np, anp-time) or start every step from the
 clean one (anp: ``h~_{t-1} = h_{t-1}``, ``dh = xi_h``). The network steps are
-:func:`neuro.engine.kernels.rate_step`, a noisy row's with the bias ``b + xi_h``.
+:func:`neuro.engine.kernels.rate_step`, a noisy row's with the bias ``b + xi_h``. The signals and the estimate
+(:func:`node_estimate`), the losses (:func:`clean_losses`, :func:`noisy_loss`), the window slots
+(:func:`record`) and the update at the schedule (:func:`at_schedule`) read the current's rows (``n_cur``: the
+rate RNN's ``n``, the LSTM's ``4 n``) from the arrays, so every model's kernel calls them.
 
 *Weight perturbation* (:func:`wp_range`). The clean network runs with ``theta``, ``K`` perturbed copies with
 ``theta + xi_k`` (each its own state), and ``g_t = sum_k (L~_{k,t} - L_t) / (sigma^2 K) xi_k`` (the losses the
 batch means); ``xi`` is redrawn every step after the first (``resample="step"``) or held from the sequence's
-start (``"sequence"``, drawn by the rule's ``reset`` in Python).
+start (``"sequence"``, drawn by the rule's ``reset`` in Python). :func:`perturbed`, :func:`wp_add` and
+:func:`wp_apply` are the model-free parts.
 
 Per step: the passes, the losses, the estimate added to the loop's accumulator, and at the loop's schedule
 (``(t + 1) % update_every == 0`` or the sequence's last step) the optimizer's update with the sum, which zeroes
@@ -39,19 +44,20 @@ Both forms of the node rules' state are run: the definition's :class:`~neuro.rul
 windowed path's :class:`~neuro.rules._fast.node.WindowState` (the steps of the pending window held as
 :class:`~neuro.rules._fast.node.Entry` slots, their estimate made at the window's end). The engine leaves the
 latter with no pending window (``k = 0``, every step's estimate already in the accumulator) and its slots as
-the torch path fills them: the last step at each window position, recorded by the kernel.
+the torch path fills them: the last step at each window position, recorded by the kernel. :class:`NodeEngine`
+and :class:`WPEngine` do a range's setup for any model whose state's fields are a kernel's arrays.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 
-from models.rate import RateRNN, RateState
+from models.rate import RateRNN
 from neuro._numba import numba
-from neuro.contract import Params
+from neuro.contract import AbstractNetwork, Params
 from neuro.engine import kernels as K
 from neuro.engine.base import Engine, RangeResult, SequenceArrays, Views, view
 from neuro.engine.noise import GaussianRows
@@ -64,17 +70,19 @@ from neuro.rules.node import AbstractNodeRule, NodeState
 from neuro.rules.node_perturbation import NodePerturbation
 from neuro.rules.wp import WeightPerturbation, WPState
 
-__all__ = ["NodeEngine", "WPEngine", "build", "node_range", "wp_range"]
+__all__ = ["NodeEngine", "WPEngine", "at_schedule", "build", "clean_losses", "node_estimate", "node_range",
+           "noisy_loss", "perturbed", "positions", "record", "wp_add", "wp_apply", "wp_range"]
 
 ORDER = ("W_in", "W_rec", "b", "W_out", "b_out")  # the parameters, in the kernels' order
 LOSSES = {"mse": K.MSE, "ce": K.CE}
 NP, ANP_LAYER, ANP_GLOBAL = 0, 1, 2  # the node signals
+NODE_RULES = (NodePerturbation, ANP, ANPTime)
 
 
 @numba.njit(cache=True)
 def current(W_in, W_rec, b, x, h, u):  # noqa: ANN001, ANN201
-    """The rate RNN's current ``u = W_in x + W_rec h + b`` of one row (``u`` [n] written): what a window slot
-    holds (the network steps compute it inside :func:`~neuro.engine.kernels.rate_step`)."""
+    """The current ``u = W_in x + W_rec h + b`` of one row (``u`` [n_cur] written): what a window slot holds
+    (the network steps compute it inside their cell's step)."""
     for a in range(u.size):
         u[a] = K.dot(x, W_in[a]) + K.dot(h, W_rec[a]) + b[a]
 
@@ -94,138 +102,216 @@ def positions(W, vk, t0, t1, n_seq, every):  # noqa: ANN001, ANN201
 
 
 @numba.njit(cache=True)
+def clean_losses(loss_kind, yc, y, mk, Lc, eps):  # noqa: ANN001, ANN201
+    """Each sequence's clean loss into ``Lc`` [B] from the outputs ``yc`` [B, n_out]; returns their mean
+    (``eps`` [1, n_out] scratch)."""
+    total = K.cast(0.0, yc)
+    for s in range(Lc.size):
+        Lc[s] = K.loss_and_error(loss_kind, yc[s:s + 1], y[s:s + 1], mk[s:s + 1], eps)
+        total += Lc[s]
+    return total / K.cast(Lc.size, yc)
+
+
+@numba.njit(cache=True)
+def noisy_loss(loss_kind, W_out, b_out, z, xi_y, y, mk, yn, eps):  # noqa: ANN001, ANN201
+    """One noisy row's output ``yn`` [1, n_out] = ``W_out z + b_out + xi_y`` (written) and its loss (returned)
+    against its sequence's ``y`` [1, n_out], ``mk`` [1] (``eps`` [1, n_out] scratch)."""
+    K.readout(W_out, b_out, z, yn)
+    for k in range(yn.shape[1]):
+        yn[0, k] += xi_y[k]
+    return K.loss_and_error(loss_kind, yn, y, mk, eps)
+
+
+@numba.njit(cache=True)
+def node_estimate(signal, keep, W_rec, noise, Lc, Ln, h, hn, yc, yn, x, z, s2, rn, tn, fm, g_in, g_rec, g_b,  # noqa: ANN001, ANN201
+                  g_out, g_bout, dh, diff, da, Eh, Ey):
+    """A step's node signals (module docstring), summed over each sequence's rows, and the estimate added to the
+    accumulator ``g_*`` (the parameters' shapes). ``noise`` [M, n_cur + n_out] the step's; ``Lc`` [B], ``Ln``
+    [M] the clean and noisy losses; ``h`` [B, n], ``hn`` [M, n] the clean and noisy ``h_{t-1}`` (``hn`` read
+    where ``keep``); ``yc`` [B, n_out], ``yn`` [M, n_out] the outputs; ``x`` [B, n_in], ``z`` [B, n] = ``h_t``;
+    ``s2`` = sigma^2, ``rn`` = sqrt(N), ``tn`` the dtype's tiny, ``fm`` = M; ``dh`` [n_cur], ``diff`` [n],
+    ``da`` [n_out], ``Eh`` [n_cur], ``Ey`` [n_out] scratch."""
+    nb, n = h.shape
+    kk = Ln.size // nb
+    n_cur, n_in, n_out = W_rec.shape[0], x.shape[1], yc.shape[1]
+    for s in range(nb):
+        Eh[:] = 0.0
+        Ey[:] = 0.0
+        for m in range(s * kk, s * kk + kk):
+            dl = Ln[m] - Lc[s]
+            if signal == NP:
+                c = dl / s2
+                for a in range(n_cur):
+                    Eh[a] += c * noise[m, a]
+                for k in range(n_out):
+                    Ey[k] += c * noise[m, n_cur + k]
+                continue
+            if keep:  # dh = I~ - I: this step's noise and the earlier noise through W_rec
+                for j in range(n):
+                    diff[j] = hn[m, j] - h[s, j]
+                for a in range(n_cur):
+                    dh[a] = noise[m, a] + K.dot(W_rec[a], diff)
+            else:
+                dh[:] = noise[m, :n_cur]
+            for k in range(n_out):
+                da[k] = yn[m, k] - yc[s, k]
+            sq_h, sq_y = K.dot(dh, dh), K.dot(da, da)
+            if signal == ANP_GLOBAL:
+                sq_h = sq_y = sq_h + sq_y
+            c = rn * dl
+            ch, cy = c / max(sq_h, tn), c / max(sq_y, tn)
+            for a in range(n_cur):
+                Eh[a] += ch * dh[a]
+            for k in range(n_out):
+                Ey[k] += cy * da[k]
+        for a in range(n_cur):
+            f = Eh[a] / fm
+            g_b[a] += f
+            row, hp = g_rec[a], h[s]
+            for j in range(n):
+                row[j] += f * hp[j]
+            for j in range(n_in):
+                g_in[a, j] += f * x[s, j]
+        for k in range(n_out):
+            f = Ey[k] / fm
+            g_bout[k] += f
+            for j in range(n):
+                g_out[k, j] += f * z[s, j]
+
+
+@numba.njit(cache=True)
+def record(last, t, signal, keep, W_in, W_rec, b, noise, x, h, hn, z, Lc, yc, yn, rec_l, rec_yn, rec_p, rec_z,  # noqa: ANN001, ANN201
+           rec_i, rec_in, rec_a):
+    """Step ``t`` into its window slot where ``last`` (:func:`positions`) gives it one: the clean losses, the
+    noisy outputs, ``h_{t-1}``, ``z = h_t``, and (where ``signal != NP``) the clean and noisy currents and the
+    clean output (arguments as :func:`node_estimate`)."""
+    pos = -1
+    for p in range(last.size):
+        if last[p] == t:
+            pos = p
+    if pos < 0:
+        return
+    rec_l[pos] = Lc
+    rec_yn[pos] = yn
+    rec_p[pos] = h
+    rec_z[pos] = z
+    if signal != NP:
+        rec_a[pos] = yc
+        kk = yn.shape[0] // Lc.size
+        for m in range(yn.shape[0]):
+            s = m // kk
+            current(W_in, W_rec, b, x[s], h[s], rec_i[pos, s])
+            current(W_in, W_rec, b, x[s], hn[m] if keep else h[s], rec_in[pos, m])
+            for a in range(rec_in.shape[2]):
+                rec_in[pos, m, a] += noise[m, a]
+
+
+@numba.njit(cache=True)
+def at_schedule(ps, acc, ms, vs, steps, opt_kind, hyper, t, n_seq, every):  # noqa: ANN001, ANN201
+    """The optimizer's update with the accumulator ``acc`` (then zeroed) after step ``t`` where the loop's
+    schedule has one; returns whether it did."""
+    if t == n_seq - 1 or (t + 1) % every == 0:
+        K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+        return True
+    return False
+
+
+@numba.njit(cache=True)
 def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal, keep, sigma2,  # noqa: ANN001, ANN201
                root_n, tiny, h, hn, xi, xs, ys, mask, t0, t1, n_seq, every, last, rec_l, rec_yn, rec_p, rec_z,
                rec_i, rec_in, rec_a, losses):
-    """Steps ``t0 .. t1 - 1`` of a node rule (module docstring) on a sequence of ``n_seq`` steps.
+    """Steps ``t0 .. t1 - 1`` of a node rule (module docstring) on the rate RNN, a sequence of ``n_seq`` steps.
 
     ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`ORDER`; ``ms``, ``vs``, ``steps``,
     ``opt_kind``, ``hyper``: the optimizer (:func:`neuro.engine.kernels.apply_update`); ``signal``: :data:`NP`,
     :data:`ANP_LAYER` or :data:`ANP_GLOBAL`; ``keep``: the noisy copies keep their state; ``h`` [B, n], ``hn``
     [M, n] the clean and noisy states (``hn`` scratch unless ``keep``); ``xi`` [t1 - t0, M, n + n_out] the
-    steps' noise; ``xs`` [T, B, n_in], ``ys`` [T, B, n_out], ``mask`` [T, B]; ``last`` [W] (:func:`positions`):
-    the step whose slot the ``rec_*`` arrays [W, ...] get (the clean losses, noisy outputs, ``h_{t-1}``,
-    ``h_t``, the clean and noisy currents and the clean output; the currents where ``signal != NP``);
-    ``losses`` [t1 - t0] (written). Returns the updates applied and whether the accumulator holds estimates."""
+    steps' noise; ``xs`` [T, B, n_in], ``ys`` [T, B, n_out], ``mask`` [T, B]; ``last`` [W] (:func:`positions`)
+    and the ``rec_*`` arrays [W, ...]: :func:`record`; ``losses`` [t1 - t0] (written). Returns the updates
+    applied and whether the accumulator holds estimates."""
     nb, n = h.shape
     M = hn.shape[0]
     kk = M // nb
     n_in, n_out = xs.shape[2], ys.shape[2]
     W_in, W_rec, b = ps[0].reshape((n, n_in)), ps[1].reshape((n, n)), ps[2]
     W_out, b_out = ps[3].reshape((n_out, n)), ps[4]
-    g_in, g_rec, g_b = acc[0].reshape((n, n_in)), acc[1].reshape((n, n)), acc[2]
-    g_out, g_bout = acc[3].reshape((n_out, n)), acc[4]
+    g = (acc[0].reshape((n, n_in)), acc[1].reshape((n, n)), acc[2], acc[3].reshape((n_out, n)), acc[4])
     h_new, D = np.empty_like(h), np.empty_like(h)
-    hn_new = np.empty_like(hn)
-    r_h, r_new, r_D, r_x = (np.empty((1, n), h.dtype), np.empty((1, n), h.dtype), np.empty((1, n), h.dtype),
-                            np.empty((1, n_in), h.dtype))
-    r_y = np.empty((1, n_out), h.dtype)
+    hn_new, r_D = np.empty_like(hn), np.empty((1, n), h.dtype)
     yc, yn = np.empty((nb, n_out), h.dtype), np.empty((M, n_out), h.dtype)
     Lc, Ln = np.empty(nb, h.dtype), np.empty(M, h.dtype)
     eps = np.empty((1, n_out), h.dtype)
     bn, dh, diff, Eh = np.empty(n, h.dtype), np.empty(n, h.dtype), np.empty(n, h.dtype), np.empty(n, h.dtype)
     da, Ey = np.empty(n_out, h.dtype), np.empty(n_out, h.dtype)
-    s2, rn, tn = K.cast(sigma2, h), K.cast(root_n, h), K.cast(tiny, h)
-    fb, fm = K.cast(nb, h), K.cast(M, h)
+    s2, rn, tn, fm = K.cast(sigma2, h), K.cast(root_n, h), K.cast(tiny, h), K.cast(M, h)
     updates, full = 0, False
     for t in range(t0, t1):
         x, y, mk, noise = xs[t], ys[t], mask[t], xi[t - t0]
         K.rate_step(W_in, W_rec, b, alpha, x, h, h_new, D)  # the clean pass
         K.readout(W_out, b_out, h_new, yc)
-        total = K.cast(0.0, h)
-        for s in range(nb):
-            Lc[s] = K.loss_and_error(loss_kind, yc[s:s + 1], y[s:s + 1], mk[s:s + 1], eps)
-            total += Lc[s]
-        losses[t - t0] = total / fb
-        for m in range(M):  # the noisy passes (one row each, in contiguous rows): the current's noise in the bias
+        losses[t - t0] = clean_losses(loss_kind, yc, y, mk, Lc, eps)
+        for m in range(M):  # the noisy passes (one row each): the current's noise in the bias
             s = m // kk
-            r_h[0] = hn[m] if keep else h[s]
-            r_x[0] = x[s]
             for a in range(n):
                 bn[a] = b[a] + noise[m, a]
-            K.rate_step(W_in, W_rec, bn, alpha, r_x, r_h, r_new, r_D)
-            hn_new[m] = r_new[0]
-            K.readout(W_out, b_out, r_new, r_y)
-            for k in range(n_out):
-                r_y[0, k] += noise[m, n + k]
-            yn[m] = r_y[0]
-            Ln[m] = K.loss_and_error(loss_kind, r_y, y[s:s + 1], mk[s:s + 1], eps)
-        for s in range(nb):  # the signals summed over the sequence's rows, the estimate
-            Eh[:] = 0.0
-            Ey[:] = 0.0
-            for m in range(s * kk, s * kk + kk):
-                dl = Ln[m] - Lc[s]
-                if signal == NP:
-                    c = dl / s2
-                    for a in range(n):
-                        Eh[a] += c * noise[m, a]
-                    for k in range(n_out):
-                        Ey[k] += c * noise[m, n + k]
-                    continue
-                if keep:  # dh = I~ - I: this step's noise and the earlier noise through W_rec
-                    for j in range(n):
-                        diff[j] = hn[m, j] - h[s, j]
-                    for a in range(n):
-                        dh[a] = noise[m, a] + K.dot(W_rec[a], diff)
-                else:
-                    dh[:] = noise[m, :n]
-                for k in range(n_out):
-                    da[k] = yn[m, k] - yc[s, k]
-                sq_h, sq_y = K.dot(dh, dh), K.dot(da, da)
-                if signal == ANP_GLOBAL:
-                    sq_h = sq_y = sq_h + sq_y
-                c = rn * dl
-                ch, cy = c / max(sq_h, tn), c / max(sq_y, tn)
-                for a in range(n):
-                    Eh[a] += ch * dh[a]
-                for k in range(n_out):
-                    Ey[k] += cy * da[k]
-            for a in range(n):
-                f = Eh[a] / fm
-                g_b[a] += f
-                row, hp = g_rec[a], h[s]
-                for j in range(n):
-                    row[j] += f * hp[j]
-                for j in range(n_in):
-                    g_in[a, j] += f * x[s, j]
-            for k in range(n_out):
-                f = Ey[k] / fm
-                g_bout[k] += f
-                for j in range(n):
-                    g_out[k, j] += f * h_new[s, j]
-        pos = -1
-        for p in range(last.size):
-            if last[p] == t:
-                pos = p
-        if pos >= 0:  # the step a window slot holds at the end
-            rec_l[pos] = Lc
-            rec_yn[pos] = yn
-            rec_p[pos] = h
-            rec_z[pos] = h_new
-            if signal != NP:
-                rec_a[pos] = yc
-                for m in range(M):
-                    s = m // kk
-                    current(W_in, W_rec, b, x[s], h[s], rec_i[pos, s])
-                    current(W_in, W_rec, b, x[s], hn[m] if keep else h[s], rec_in[pos, m])
-                    for a in range(n):
-                        rec_in[pos, m, a] += noise[m, a]
+            K.rate_step(W_in, W_rec, bn, alpha, x[s:s + 1], hn[m:m + 1] if keep else h[s:s + 1], hn_new[m:m + 1], r_D)
+            Ln[m] = noisy_loss(loss_kind, W_out, b_out, hn_new[m:m + 1], noise[m, n:], y[s:s + 1], mk[s:s + 1],
+                               yn[m:m + 1], eps)
+        node_estimate(signal, keep, W_rec, noise, Lc, Ln, h, hn, yc, yn, x, h_new, s2, rn, tn, fm, *g, dh, diff, da,
+                      Eh, Ey)
+        record(last, t, signal, keep, W_in, W_rec, b, noise, x, h, hn, h_new, Lc, yc, yn, rec_l, rec_yn, rec_p,
+               rec_z, rec_i, rec_in, rec_a)
         h[:, :] = h_new
         if keep:
             hn[:, :] = hn_new
-        if t == n_seq - 1 or (t + 1) % every == 0:
-            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
-            updates += 1
-            full = False
-        else:
-            full = True
+        full = not at_schedule(ps, acc, ms, vs, steps, opt_kind, hyper, t, n_seq, every)
+        updates += 0 if full else 1
     return updates, full
+
+
+@numba.njit(cache=True)
+def perturbed(ps, xi_r, offs, pert):  # noqa: ANN001, ANN201
+    """``pert[k] = theta + xi_r[k]`` for each perturbed copy ``k`` (``offs`` [6]: the parameters' offsets)."""
+    for k in range(pert.shape[0]):
+        for i in range(5):
+            p, a0 = ps[i], offs[i]
+            for j in range(p.size):
+                pert[k, a0 + j] = p[j] + xi_r[k, a0 + j]
+
+
+@numba.njit(cache=True)
+def wp_add(g, c, e, first):  # noqa: ANN001, ANN201
+    """``g += c e`` (``first``: ``g = c e``): one perturbed copy's term of the estimate."""
+    if first:
+        for j in range(g.size):
+            g[j] = c * e[j]
+    else:
+        for j in range(g.size):
+            g[j] += c * e[j]
+
+
+@numba.njit(cache=True)
+def wp_apply(update, clean, ps, acc, g, offs, ms, vs, steps, opt_kind, hyper):  # noqa: ANN001, ANN201
+    """The step's estimate ``g`` (flat, ``offs``) to the sum, and where ``update`` the optimizer's step with it;
+    ``clean``: the sum is zero (the previous step updated), so the update takes ``g`` itself and the accumulator
+    stays untouched."""
+    if update and clean:
+        K.apply_update(opt_kind, ps, (g[offs[0]:offs[1]], g[offs[1]:offs[2]], g[offs[2]:offs[3]],
+                                      g[offs[3]:offs[4]], g[offs[4]:offs[5]]), ms, vs, steps, hyper)
+        return
+    for i in range(5):
+        gi, a0 = acc[i], offs[i]
+        for j in range(gi.size):
+            gi[j] += g[a0 + j]
+    if update:
+        K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
 
 
 @numba.njit(cache=True)
 def wp_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, denom, h, hk, xi, offs,  # noqa: ANN001, ANN201
              redraw, tr0, xs, ys, mask, t0, t1, n_seq, every, losses):
-    """Steps ``t0 .. t1 - 1`` of weight perturbation (module docstring) on a sequence of ``n_seq`` steps.
+    """Steps ``t0 .. t1 - 1`` of weight perturbation (module docstring) on the rate RNN, a sequence of ``n_seq``
+    steps.
 
     ``ps``, ``acc``, ``ms``, ``vs``, ``steps``, ``opt_kind``, ``hyper``: as :func:`node_range`; ``denom`` =
     ``sigma^2 K``; ``h`` [B, n], ``hk`` [K, B, n] the clean and perturbed states; ``xi`` [R, K, P] the
@@ -247,11 +333,7 @@ def wp_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, denom, h
             r += 1
             stale = True
         if stale:  # theta + xi_k, as the step's parameters after an update or a new draw
-            for k in range(nk):
-                for i in range(5):
-                    p, a0 = ps[i], offs[i]
-                    for j in range(p.size):
-                        pert[k, a0 + j] = p[j] + xi[r, k, a0 + j]
+            perturbed(ps, xi[r], offs, pert)
             stale = False
         x, y, mk = xs[t], ys[t], mask[t]
         K.rate_step(ps[0].reshape((n, n_in)), ps[1].reshape((n, n)), ps[2], alpha, x, h, h_new, D)
@@ -263,27 +345,11 @@ def wp_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, denom, h
             K.rate_step(q[offs[0]:offs[1]].reshape((n, n_in)), q[offs[1]:offs[2]].reshape((n, n)),
                         q[offs[2]:offs[3]], alpha, x, hk[k], hk_new[k], D)
             K.readout(q[offs[3]:offs[4]].reshape((n_out, n)), q[offs[4]:offs[5]], hk_new[k], y_hat)
-            c = (K.loss_and_error(loss_kind, y_hat, y, mk, eps) - l) / den
-            e = xi[r, k]
-            if k == 0:
-                for j in range(P):
-                    g[j] = c * e[j]
-            else:
-                for j in range(P):
-                    g[j] += c * e[j]
+            wp_add(g, (K.loss_and_error(loss_kind, y_hat, y, mk, eps) - l) / den, xi[r, k], k == 0)
         update = t == n_seq - 1 or (t + 1) % every == 0
         h[:, :] = h_new
         hk[:, :, :] = hk_new
-        if update and clean:  # the sum is this step's estimate alone: the update with it, the accumulator untouched
-            K.apply_update(opt_kind, ps, (g[offs[0]:offs[1]], g[offs[1]:offs[2]], g[offs[2]:offs[3]],
-                                          g[offs[3]:offs[4]], g[offs[4]:offs[5]]), ms, vs, steps, hyper)
-        else:
-            for i in range(5):
-                gi, a0 = acc[i], offs[i]
-                for j in range(gi.size):
-                    gi[j] += g[a0 + j]
-            if update:
-                K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+        wp_apply(update, clean, ps, acc, g, offs, ms, vs, steps, opt_kind, hyper)
         if update:
             updates += 1
             full, stale, clean = False, True, True
@@ -309,20 +375,36 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a))  # a copy: the engine's buffers are reused
 
 
-class NodeEngine(Engine):
-    """:func:`node_range` for one ``np``, ``anp`` or ``anp-time`` rule on one rate RNN (module docstring)."""
+def _fields(s: NamedTuple) -> list[torch.Tensor]:
+    """A network state's tensors as contiguous copies (the kernel's arrays, changed in place)."""
+    return [v.detach().clone().contiguous() for v in s]
 
-    def __init__(self, net: RateRNN, rule: AbstractNodeRule) -> None:
-        self.net, self.rule = net, rule
+
+class _PerturbEngine(Engine):
+    """What the node and weight perturbation engines share: the network, the rule, the loss, the parameters'
+    and optimizer's arrays, the noise buffer, and the model's kernel (``kernel``) with its own leading
+    arguments (``model_args``: the rate RNN's ``alpha``; none for the LSTM)."""
+
+    def __init__(self, net: AbstractNetwork, rule: AbstractNodeRule | WeightPerturbation, kernel: Callable,
+                 model_args: tuple = ()) -> None:
+        self.net, self.rule, self.kernel, self.model_args = net, rule, kernel, model_args
         self.loss_kind = LOSSES[rule.loss]
         self._arrays, self._noise = _Arrays(), GaussianRows()
+
+
+class NodeEngine(_PerturbEngine):
+    """A node rule's kernel (:func:`node_range` or the LSTM's) for one ``np``, ``anp`` or ``anp-time`` rule on
+    one network whose state's fields are the kernel's state arrays, in order (module docstring)."""
+
+    def __init__(self, net: AbstractNetwork, rule: AbstractNodeRule, kernel: Callable, model_args: tuple = ()) -> None:
+        super().__init__(net, rule, kernel, model_args)
         self.signal = NP if not rule.uses_activity else ANP_LAYER if rule.norm == "layer" else ANP_GLOBAL
         self._left: tuple[NamedTuple, int] | None = None  # the state handed out mid-sequence, its window position
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
         net, rule = self.net, self.rule
-        n, n_out, keep = net.n_hidden, net.n_out, rule.keep_noisy_state
+        n, n_cur, n_out, keep = net.n_hidden, params["W_in"].shape[0], net.n_out, rule.keep_noisy_state
         windowed = isinstance(state, WindowState)
         W = len(state.buf) if windowed else 0
         vk = 0
@@ -331,90 +413,92 @@ class NodeEngine(Engine):
             if state.k > 0:  # a window left pending by the torch path: its estimate to the sum first
                 state, g = rule.flush(params, state)
                 add_into(acc, g)
-        h = state.net.h.detach().clone().contiguous()
-        nb, dtype = h.shape[0], h.dtype
+        clean = _fields(state.net)
+        nb, dtype = clean[0].shape[0], clean[0].dtype
         M = nb * rule.samples
-        hn = state.noisy.h.detach().clone().contiguous() if keep else torch.empty(M, n, dtype=dtype)
-        xi = self._noise(state.gen, t1 - t0, (M * (n + n_out),), rule.sigma, dtype).reshape(t1 - t0, M, n + n_out)
+        noisy = _fields(state.noisy) if keep else [torch.empty(M, n, dtype=dtype) for _ in clean]
+        xi = self._noise(state.gen, t1 - t0, (M * (n_cur + n_out),), rule.sigma, dtype).reshape(t1 - t0, M, -1)
         if W > 1:
             last, vk_end = positions(W, vk, t0, t1, n_seq, every)
         else:
             last, vk_end = np.full(0, -1), 0
         act, w = self.signal != NP, (len(last),)
-        rec = [np.empty(w + s, view(h).dtype) for s in
-               ((nb,), (M, n_out), (nb, n), (nb, n), (nb, n) if act else (0, 0), (M, n) if act else (0, 0),
+        rec = [np.empty(w + s, view(xi).dtype) for s in
+               ((nb,), (M, n_out), (nb, n), (nb, n), (nb, n_cur) if act else (0, 0), (M, n_cur) if act else (0, 0),
                 (nb, n_out) if act else (0, 0))]
-        losses = np.empty(t1 - t0, view(h).dtype)
-        updates, full = node_range(*self._arrays(params, acc, opt), self.loss_kind, float(net.alpha), self.signal, keep,
-                                   float(rule.sigma) ** 2, float(net.n_in + n + n_out) ** 0.5,
-                                   float(torch.finfo(dtype).tiny), view(h), view(hn), view(xi), seq.xs, seq.ys,
-                                   seq.mask, t0, t1, n_seq, every, last, *rec, losses)
-        s_net, steps = RateState(h=h), state.t + t1 - t0
+        losses = np.empty(t1 - t0, view(xi).dtype)
+        updates, full = self.kernel(*self._arrays(params, acc, opt), self.loss_kind, *self.model_args, self.signal,
+                                    keep, float(rule.sigma) ** 2, float(net.n_in + n + n_out) ** 0.5,
+                                    float(torch.finfo(dtype).tiny), *map(view, clean), *map(view, noisy), view(xi),
+                                    seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, last, *rec, losses)
+        State = type(state.net)
+        s_net, s_noisy, steps = State(*clean), State(*noisy) if keep else None, state.t + t1 - t0
         if not windowed:
-            out = NodeState(net=s_net, noisy=RateState(h=hn) if keep else None, gen=state.gen, t=steps)
+            out = NodeState(net=s_net, noisy=s_noisy, gen=state.gen, t=steps)
         else:
             buf = list(state.buf)
             for p, t in enumerate(last):
                 if t >= 0:
-                    buf[p] = self._entry(rec, p, int(t), t0, xi, seq)
-            out = WindowState(net=s_net, noisy=RateState(h=hn) if keep else None, gen=state.gen, t=steps,
-                              buf=tuple(buf), k=0)
+                    buf[p] = self._entry(rec, p, int(t), t0, xi, seq, n_cur)
+            out = WindowState(net=s_net, noisy=s_noisy, gen=state.gen, t=steps, buf=tuple(buf), k=0)
         self._left = (out, int(vk_end)) if t1 < n_seq else None
         return RangeResult(state=out, losses=losses, updates=int(updates), pending=bool(full))
 
-    def _entry(self, rec: list, p: int, t: int, t0: int, xi: torch.Tensor, seq: SequenceArrays) -> Entry:
+    def _entry(self, rec: list, p: int, t: int, t0: int, xi: torch.Tensor, seq: SequenceArrays, n_cur: int) -> Entry:
         """The window slot of step ``t``, as the windowed path holds it."""
         l, yn, hp, z, i_c, i_n, a = (r[p] for r in rec)
-        n = self.net.n_hidden
         act = self.signal != NP
         return Entry(l=_tensor(l), y_noisy=_tensor(yn), y=_tensor(seq.ys[t]), mask=torch.from_numpy(seq.mask[t] != 0),
-                     xi_h=xi[t - t0, :, :n].clone(), xi_y=xi[t - t0, :, n:].clone(),
+                     xi_h=xi[t - t0, :, :n_cur].clone(), xi_y=xi[t - t0, :, n_cur:].clone(),
                      h_noisy=_tensor(i_n) if act else None, h=_tensor(i_c) if act else None,
                      a_noisy=_tensor(yn) if act else None, a=_tensor(a) if act else None, x=_tensor(seq.xs[t]),
                      p=_tensor(hp), z=_tensor(z))
 
 
-class WPEngine(Engine):
-    """:func:`wp_range` for one ``wp`` rule on one rate RNN (module docstring)."""
-
-    def __init__(self, net: RateRNN, rule: WeightPerturbation) -> None:
-        self.net, self.rule = net, rule
-        self.loss_kind = LOSSES[rule.loss]
-        self._arrays, self._noise = _Arrays(), GaussianRows()
+class WPEngine(_PerturbEngine):
+    """A weight perturbation kernel (:func:`wp_range` or the LSTM's) for one ``wp`` rule on one network whose
+    state's fields are the kernel's state arrays, in order (module docstring)."""
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
-        net, rule, nk = self.net, self.rule, self.rule.samples
+        rule, nk = self.rule, self.rule.samples
         if tuple(params) != ORDER:
             raise ValueError(f"parameters {tuple(params)} are invalid for the compiled wp engine: expected {ORDER}")
         shapes = [tuple(params[k].shape) for k in ORDER]
         sizes = [int(np.prod(s)) for s in shapes]
         offs = np.cumsum([0, *sizes])
-        h = state.net.h.detach().clone().contiguous()
-        hk = torch.stack([s.h.detach() for s in state.noisy]).contiguous()
-        dtype = h.dtype
+        clean = _fields(state.net)
+        noisy = [torch.stack([s[i].detach() for s in state.noisy]).contiguous() for i in range(len(clean))]
+        dtype = clean[0].dtype
         drawn = sum(1 for t in range(state.t, state.t + t1 - t0) if t > 0) if rule.resample == "step" else 0
         xi0 = torch.stack([torch.cat([e.reshape(-1) for e in xi_k]) for xi_k in state.xi])[None].to(dtype)
         new = self._noise(state.gen, drawn, sizes * nk, rule.sigma, dtype).reshape(drawn, nk, int(offs[-1]))
         xi = torch.cat([xi0, new]).contiguous()
-        losses = np.empty(t1 - t0, view(h).dtype)
-        updates, full, r = wp_range(*self._arrays(params, acc, opt), self.loss_kind, float(net.alpha),
-                                    float(rule.sigma) ** 2 * nk, view(h), view(hk), view(xi), offs, drawn > 0,
-                                    state.t, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
+        losses = np.empty(t1 - t0, view(xi).dtype)
+        updates, full, r = self.kernel(*self._arrays(params, acc, opt), self.loss_kind, *self.model_args,
+                                       float(rule.sigma) ** 2 * nk, *map(view, clean), *map(view, noisy), view(xi),
+                                       offs, drawn > 0, state.t, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every,
+                                       losses)
         xi_out = state.xi if r == 0 else tuple(
             tuple(xi[r, k, offs[i]:offs[i + 1]].reshape(shapes[i]).clone() for i in range(5)) for k in range(nk))
-        out = WPState(net=RateState(h=h), noisy=tuple(RateState(h=hk[k].clone()) for k in range(nk)), xi=xi_out,
-                      gen=state.gen, t=state.t + t1 - t0)
+        State = type(state.net)
+        out = WPState(net=State(*clean), noisy=tuple(State(*(v[k].clone() for v in noisy)) for k in range(nk)),
+                      xi=xi_out, gen=state.gen, t=state.t + t1 - t0)
         return RangeResult(state=out, losses=losses, updates=int(updates), pending=bool(full))
 
 
+def applies(net: AbstractNetwork, cls: type, rule: object) -> bool:
+    """Whether a perturbation engine runs ``rule`` on ``net``: the network of class ``cls`` (not a subclass),
+    the rule ``np``, ``anp``, ``anp-time`` or ``wp`` (not a subclass) with the torch forward (no ``forward=``)
+    and the loss mse or ce."""
+    return (type(net) is cls and type(rule) in (*NODE_RULES, WeightPerturbation)
+            and getattr(rule, "loss", None) in LOSSES and rule.forward is None)
+
+
 def build(net: object, rule: object) -> Engine | None:
-    """The engine for ``rule`` on ``net``: ``np``, ``anp``, ``anp-time`` or ``wp`` (not a subclass) with the torch
-    forward (no ``forward=``) on the rate RNN (not a subclass) with the loss mse or ce; ``None`` otherwise."""
-    if type(net) is not RateRNN or getattr(rule, "loss", None) not in LOSSES or rule.forward is not None:
+    """The engine for ``rule`` on ``net`` where :func:`applies` holds for the rate RNN; ``None`` otherwise."""
+    if not applies(net, RateRNN, rule):
         return None
-    if type(rule) in (NodePerturbation, ANP, ANPTime):
-        return NodeEngine(net, rule)
     if type(rule) is WeightPerturbation:
-        return WPEngine(net, rule)
-    return None
+        return WPEngine(net, rule, wp_range, (float(net.alpha),))
+    return NodeEngine(net, rule, node_range, (float(net.alpha),))
