@@ -26,8 +26,11 @@ in sorted key order) and the fast path's :class:`~neuro.rules._fast.uoro.RateUOR
 with every step folded in (``held = 0``, ``||Theta||^2`` in ``theta_sq``, no window in flight; the same future
 as the torch path's, and at every update and sequence end, where checkpoints are taken, the same state), each
 step written to the row of the window's buffer the torch path writes it to (``tanh(u_t)`` recovered from ``h_t``
-where ``alpha < 1``). A flight's buffers, read only while a window is in flight (one pair, windows that fill
-before an update), are left as they were.
+where ``alpha < 1``). With one pair (batch 1, one sample) a window that fills before an update flies in the
+torch path (its sequential part run during the next steps, landed at the next update) and stays in its state
+once landed: the engine keeps what that window's factors are made of (the pair at its start, its rows, the
+parameters it ran on, the generator's state before its signs) and builds the last such window's landed flight
+with the fast path's own functions, so that the state's flight is the torch path's too.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from neuro.contract import Params
 from neuro.engine import kernels as K
 from neuro.engine.base import Engine, RangeResult, SequenceArrays, Views, view
 from neuro.engine.optim import OptimizerArrays
-from neuro.rules._fast.uoro import RateUOROState
+from neuro.rules._fast import uoro_window
+from neuro.rules._fast.uoro import Flight, RateUOROState, _run_rest, _take_off
 from neuro.rules._onestep import flat_step
 from neuro.rules.base import add_into
 from neuro.rules.uoro import UORO
@@ -100,7 +104,8 @@ def theta_pass(Th, kg, inv0, A, Q, x, h, samples, g_in, g_rec, g_b, sq, scratch,
 
 @numba.njit(cache=True, error_model="numpy")
 def uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, eps_u, n_in, n, n_out,  # noqa: ANN001, ANN201
-               samples, h, S, Th, sq, NU, xs, ys, mask, t0, t1, n_seq, every, window, rows, hi, losses):
+               samples, h, S, Th, sq, NU, xs, ys, mask, t0, t1, n_seq, every, window, rows, hi, losses, track,
+               at_open, at_close):
     """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps (module docstring).
 
     ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`ORDER`; ``ms``, ``vs``,
@@ -108,9 +113,12 @@ def uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, eps_u,
     the network state; the pairs (``samples`` a sample, sample-major): ``S`` [BK, n] ``s~``, ``Th`` [BK, n, m]
     ``Theta``, ``sq`` [BK] ``||Theta||^2`` (float64); ``NU`` [t1 - t0, BK, n] the signs; ``xs`` [T, B, n_in],
     ``ys`` [T, B, n_out], ``mask`` [T, B]; ``window`` > 0: each step written to its row of ``rows`` [window, B,
-    width] (the rows from ``hi`` on are zero); ``losses`` [t1 - t0] (written). All changed in place. Returns the
-    updates applied, whether the accumulator holds estimates not yet applied, the rows written in the last
-    window and ``hi``."""
+    width] (the rows from ``hi`` on are zero); ``losses`` [t1 - t0] (written); ``track``: what the torch path's
+    flight is built from is kept, at a window's first step the pair ``at_open`` = (``s~``, ``Theta``,
+    ``||Theta||^2``), where it fills ``at_close`` = (the pair at its start, its rows, ``h`` [n], ``W_rec``,
+    ``W_out``). All changed in place. Returns the updates applied, whether the accumulator holds estimates not
+    yet applied, the rows written in the last window, ``hi`` and the last step at which a window filled (-1:
+    none)."""
     W_in, W_rec, b = ps[0].reshape((n, n_in)), ps[1].reshape((n, n)), ps[2]
     W_out, b_out = ps[3].reshape((n_out, n)), ps[4]
     g_in, g_rec, g_b = acc[0].reshape((n, n_in)), acc[1].reshape((n, n)), acc[2]
@@ -133,7 +141,9 @@ def uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, eps_u,
     a_ = K.cast(alpha, h)
     root_n = math.sqrt(n)
     scratch = np.zeros(n, h.dtype)  # a row's sum where W_rec's accumulator is known to be zero (kept zero)
-    written = 0
+    written, filled = 0, -1
+    oS, oTh, osq = at_open
+    cS, cTh, csq, crows, ch, cW, cWo = at_close
     updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
         x, nu = xs[t], NU[t - t0]
@@ -177,6 +187,19 @@ def uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, eps_u,
                 for c in range(n_out):
                     row[o + c] = y_hat[s, c]
                 row[o + n_out] = mask[t, s]
+            if track and j == 0:  # a window opens: the pair at its start
+                oS[:] = S[0]
+                oTh[:, :] = Th[0]
+                osq[0] = sq[0]
+            if track and j == window - 1:  # it fills (the torch path's flight takes off): what its factors read
+                cS[:] = oS
+                cTh[:, :] = oTh
+                csq[0] = osq[0]
+                crows[:] = rows
+                ch[:] = h_new[0]
+                cW[:, :] = W_rec
+                cWo[:, :] = W_out
+                filled = t
         for k in range(n_out):  # the readout's exact gradient
             for s in range(nb):
                 e = eps[s, k]
@@ -217,7 +240,7 @@ def uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, eps_u,
             full, clean = False, True
         else:
             full, clean = True, False
-    return updates, full, written, hi
+    return updates, full, written, hi, filled
 
 
 class UOROEngine(Engine):
@@ -230,6 +253,7 @@ class UOROEngine(Engine):
         self._rows: tuple[torch.Tensor, int] | None = None  # the window's buffer handed out, rows from hi on zero
         self._pair: tuple[torch.Tensor, ...] = ()  # s~, Theta, ||Theta||^2, written: the fast form's, handed out
         self._params, self._acc = Views(), Views()
+        self._flights: _Flights | None = None
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
@@ -241,9 +265,11 @@ class UOROEngine(Engine):
             add_into(acc, g)
         h = state.net.h if state.net.h.is_contiguous() else state.net.h.contiguous()
         BK, dtype = state.s_tilde.shape[0], h.dtype
+        continued = False  # the state is the one this engine handed out last
         if fast:
-            if not self._pair or any(a is not b for a, b in zip(self._pair, (state.s_tilde, state.theta_mat,
-                                                                               state.theta_sq))):
+            continued = bool(self._pair) and all(a is b for a, b in zip(self._pair, (state.s_tilde, state.theta_mat,
+                                                                                     state.theta_sq)))
+            if not continued:
                 self._pair = (state.s_tilde.contiguous().clone(), state.theta_mat.contiguous().clone(),
                               state.theta_sq.detach().clone(), torch.zeros(1, dtype=torch.int64))
             S, Th, sq, written_t = self._pair
@@ -256,22 +282,29 @@ class UOROEngine(Engine):
                             tt[:, sl["b"]].reshape(BK, n, 1)], 2).contiguous()
             sq = (Th.double() ** 2).sum((1, 2))
             rows, hi = torch.zeros(0, h.shape[0], 0, dtype=dtype), 0
+        fl = self._flights_for(state, every, view(h).dtype) if fast else None
+        gen0 = state.gen.get_state() if fl is not None else None
         r = torch.randint(0, 2, (t1 - t0, BK, n), generator=state.gen, dtype=torch.int8)  # the torch path's draws
         NU = (2 * r - 1).to(dtype)
         o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
         ps = self._params([params[k] for k in ORDER])
         gs = self._acc([acc[k] for k in ORDER])
         losses = np.empty(t1 - t0, view(h).dtype)
-        updates, full, written, hi = uoro_range(
+        keep = self._flights if fl is not None else _Flights.idle(view(h).dtype)
+        updates, full, written, hi, filled = uoro_range(
             ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, self.alpha, float(rule.eps), n_in, n,
             net.n_out, rule.samples, view(h), view(S), view(Th), view(sq), view(NU), seq.xs, seq.ys, seq.mask, t0, t1,
-            n_seq, every, rule.window if fast else 0, view(rows), hi, losses)
+            n_seq, every, rule.window if fast else 0, view(rows), hi, losses, fl is not None, keep.at_open(),
+            keep.at_close())
         net_state = state.net._replace(h=h)
         if fast:
             self._rows = (rows, int(hi))
             written_t.fill_(int(written))
+            flight = state.flight
+            if fl is not None:
+                flight = fl.after(rule, state, gen0, continued, t0, t1, n_seq, every, int(filled)) or flight
             state = state._replace(net=net_state, s_tilde=S, theta_mat=Th, theta_sq=sq, rows=rows, written=written_t,
-                                   held=0, t=state.t + t1 - t0)
+                                   held=0, t=state.t + t1 - t0, flight=flight)
         else:
             tt = torch.zeros_like(state.theta_tilde)
             tt[:, sl["W_in"]] = Th[:, :, :n_in].reshape(BK, -1)
@@ -280,11 +313,89 @@ class UOROEngine(Engine):
             state = state._replace(net=net_state, s_tilde=S, theta_tilde=tt, t=state.t + t1 - t0)
         return RangeResult(state=state, losses=losses, updates=int(updates), pending=bool(full))
 
+    def _flights_for(self, state: RateUOROState, every: int, dtype: np.dtype) -> _Flights | None:
+        """The buffers of the windows that fly in the torch path, where windows fill before an update and fly (a
+        flight in the state: one pair); ``None`` otherwise."""
+        L = self.rule.window
+        if state.flight is None or every < L:
+            return None
+        f = self._flights
+        if f is None or f.cS.dtype != dtype:
+            net = self.net
+            f = self._flights = _Flights.empty(net.n_hidden, net.n_in, net.n_out, L, state.rows.shape[2], dtype)
+        return f
+
     def _rows_for(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The window's buffer the kernel writes, holding ``rows``, and the rows from which it is zero."""
         if self._rows is not None and self._rows[0] is rows:
             return self._rows
         return rows.clone().contiguous(), rows.shape[0]
+
+
+class _Flights:
+    """What the torch path's flights are built from: the pair at the open window's start (``oS``, ``oTh``,
+    ``osq``) and the generator's state before its signs; for the last window that filled, the pair at its start,
+    its rows, ``h`` at its end and the parameters it ran on (``c*``; :func:`uoro_range` writes them), and that
+    window's generator state."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.__dict__.update(arrays)
+        self.open_gen: torch.Tensor | None = None  # the generator's state at the open window's first step
+        self.closed_gen: torch.Tensor | None = None  # and at the filled window's, not yet built (None: built)
+
+    @classmethod
+    def empty(cls, n: int, n_in: int, n_out: int, L: int, width: int, dtype: np.dtype) -> _Flights:
+        m = n_in + n + 1
+        shapes = {"oS": (n,), "oTh": (n, m), "osq": (1,), "cS": (n,), "cTh": (n, m), "csq": (1,),
+                  "crows": (L, 1, width), "ch": (n,), "cW": (n, n), "cWo": (n_out, n)}
+        return cls({k: np.zeros(v, np.float64 if k.endswith("sq") else dtype) for k, v in shapes.items()})
+
+    @classmethod
+    def idle(cls, dtype: np.dtype) -> _Flights:
+        """Empty buffers of the kernel's types, not written (no flight is kept)."""
+        return cls.empty(0, 0, 0, 0, 0, dtype)
+
+    def at_open(self) -> tuple[np.ndarray, ...]:
+        return self.oS, self.oTh, self.osq
+
+    def at_close(self) -> tuple[np.ndarray, ...]:
+        return self.cS, self.cTh, self.csq, self.crows, self.ch, self.cW, self.cWo
+
+    def after(self, rule: UORO, state: RateUOROState, gen0: torch.Tensor, continued: bool, t0: int, t1: int,
+              n_seq: int, every: int, filled: int) -> Flight | None:
+        """After steps ``t0 .. t1 - 1`` (the generator at ``gen0`` before their signs; ``filled``: the last step at
+        which a window filled, -1: none): the generator's states kept, and the landed flight of the window that
+        filled last (``None`` where none filled, or its start lies in a range this engine did not run)."""
+        L = rule.window
+        if not continued:
+            self.open_gen = None
+        n = self.cS.shape[0]
+
+        def gen_at(t: int) -> torch.Tensor | None:  # the generator's state before step t's signs
+            if t < t0:
+                return self.open_gen
+            g = torch.Generator()
+            g.set_state(gen0)
+            torch.randint(0, 2, (t - t0, 1, n), generator=g, dtype=torch.int8)
+            return g.get_state()
+
+        if filled >= 0:
+            self.closed_gen = gen_at(filled - L + 1)
+        last = t1 - 1
+        j = (last % every) % L
+        opening = None if last == n_seq - 1 or (last + 1) % every == 0 or j == L - 1 else last - j
+        self.open_gen = None if opening is None else gen_at(opening)
+        if filled < 0 or self.closed_gen is None:
+            return None
+        gen = torch.Generator()
+        gen.set_state(self.closed_gen)
+        self.closed_gen = None
+        t = torch.from_numpy
+        st = state._replace(net=state.net._replace(h=t(self.ch).clone()[None]), s_tilde=t(self.cS).clone()[None],
+                            theta_mat=t(self.cTh).clone()[None], theta_sq=t(self.csq).clone(),
+                            rows=t(self.crows).clone(), held=L, gen=gen)
+        factors = uoro_window.prepare(rule, {"W_out": t(self.cWo).clone()}, st, kernel=True)
+        return _run_rest(t(self.cW).clone(), _take_off(factors, st))._replace(active=False)
 
 
 def build(net: object, rule: object) -> UOROEngine | None:

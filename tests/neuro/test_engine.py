@@ -161,6 +161,26 @@ def test_rflo_updating_at_every_step_equals_torch(tmp_path, opt, batch):
     _close(loop_t.state, loop_c.state, "the loop's rule state")
 
 
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+@pytest.mark.parametrize("window", [3, 5])
+def test_uoro_windows_that_fill_between_updates_leave_the_torch_paths_rule_state(tmp_path, opt, window):
+    """Rate UORO, one pair (batch 1), windows shorter than the updates' interval (``update_every=7``): windows fill
+    and fly before an update, and ranges (log points every 9 steps) cut them. The rule state the compiled engine
+    leaves, the landed flight of the last window that filled included, is the torch path's to 1e-10 in float64."""
+    c = next(c for c in REGISTRY if (c.model, c.rule) == ("rate", "uoro"))
+    net, rule, task, settings = _setup(c, {"alpha": 0.5}, "continuing", window=window)
+    settings.update(optimizer=opt, batch=1, checkpoint_every=20)
+    (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = (_train(net, rule, task, tmp_path / e, engine=e, **settings)
+                                                 for e in ("torch", "compiled"))
+    assert h_c.engine == "compiled" and loop_t.state.flight is not None and loop_t.state.flight.factors.L == window
+    assert float(loop_t.state.flight.factors.kernel[1].abs().sum()) > 0  # a window flew: not the idle flight
+    _close(h_t.params, h_c.params, "params")
+    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
+    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
+    _close(loop_t.state, loop_c.state, "the loop's rule state")
+    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_a_resume_between_chunks_equals_the_uninterrupted_run(tmp_path, fast):
     """Both forms of the rule state (the windowed path's and the definition's); bit for bit."""
