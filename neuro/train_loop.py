@@ -195,12 +195,14 @@ class Loop:
         # the sequence's whole length (the stream cuts its last chunk at the run's end: nothing more is generated)
         whole = c.offset + n == (self.run.task.trial_steps if self.run.task.episodic else self.config.chunk)
         xs, ys, mask = seq.xs, seq.ys, seq.mask
-        frac = mask[:n].to(torch.float64).mean(1).cpu().numpy()
         if self.engine is not None and self.rule is not self.engine.rule:  # a hook (a stage schedule) put in a new rule
             rebuild = getattr(self.engine, "rebuild", None)  # its combination's builder (neuro.engine.Combination)
             self.engine = None if rebuild is None else rebuild(self.rule.net, self.rule)
         engine = self.engine
         arrays = None if engine is None else SequenceArrays.of(seq, self.run.dtype)
+        # the fraction of the batch that counts, per step (its mask's 0/1 summed exactly, then divided: as torch's mean)
+        frac = mask[:n].to(torch.float64).mean(1).cpu().numpy() if arrays is None else \
+            arrays.mask[:n].mean(1, dtype=np.float64)
         t = 0
         while t < n:
             if engine is not None:  # steps t .. b - 1 in one compiled call, up to the next log point or the end

@@ -5,6 +5,7 @@ sequence run in one call, and the arrays it reads (numpy views of the torch tens
 from __future__ import annotations
 
 import abc
+import functools
 from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
@@ -63,9 +64,15 @@ class SequenceArrays(NamedTuple):
 
     @classmethod
     def of(cls, seq: Sequence, dtype: torch.dtype) -> SequenceArrays:
-        def arr(t: torch.Tensor) -> np.ndarray:
-            return view(t.to(dtype).contiguous())
-        return cls(arr(seq.xs), arr(seq.ys), arr(seq.mask))
+        """The arrays of ``seq`` (CPU tensors): each tensor's own memory where it is contiguous and of ``dtype``
+        already, else a converted copy (the values ``Tensor.to(dtype)`` gives: 0/1 for the mask)."""
+        npd = _numpy_dtype(dtype)
+        return cls(*(np.ascontiguousarray(view(t), dtype=npd) for t in (seq.xs, seq.ys, seq.mask)))
+
+
+@functools.cache
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty((), dtype=dtype).numpy().dtype
 
 
 class RangeResult(NamedTuple):

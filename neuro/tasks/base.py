@@ -99,6 +99,13 @@ class _Reader:
             block = next(self._blocks)
             self._pending.append(block)
             self._have += block[0].shape[0]
+        if len(self._pending) == 1:  # one block holds them: only the steps taken are copied, the rest stays a view
+            xs, ys, mask = self._pending[0]
+            self._pending = [(xs[steps:], ys[steps:], mask[steps:])] if xs.shape[0] > steps else []
+            self._have -= steps
+            return Sequence(torch.from_numpy(np.array(xs[:steps], dtype=np.float32, order="C")),
+                            torch.from_numpy(np.array(ys[:steps], dtype=np.float32, order="C")),
+                            torch.from_numpy(np.array(mask[:steps], dtype=bool, order="C")))
         xs, ys, mask = (np.concatenate(parts, axis=0) for parts in zip(*self._pending))
         rest = (xs[steps:], ys[steps:], mask[steps:])
         self._pending = [rest] if rest[0].shape[0] else []
