@@ -110,6 +110,9 @@ REGISTRY: tuple[Combination, ...] = (
                   dtypes=("float32", "float64"), builder="neuro.engine.perturb:build")
       for r, opts in (("np", ("adam", "sgd", "rmsprop")), ("anp", ("adam", "sgd", "rmsprop")),
                       ("anp-time", ("adam", "sgd")), ("wp", ("adam", "sgd", "rmsprop")))),
+    *(Combination(model="lstm", rule=r, optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"), devices=("cpu",),
+                  dtypes=("float32", "float64"), builder="neuro.engine.lstm_perturb:build")
+      for r in ("np", "anp", "anp-time", "wp")),
 )
 
 

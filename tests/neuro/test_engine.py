@@ -60,9 +60,9 @@ RULE_OPTIONS = {("columnar", "td-lambda"): {"rule": "columnar", "cumulant_input"
                 ("lstm", "td-lambda"): {"rule": "tbptt", "rule_options": {"k": 3}, "cumulant_input": 6},
                 # spiking anp-time: two noise samples; the global norm, with which SGD at the runs' rate stays finite
                 **{(m, "anp-time"): {"norm": "global", "samples": 2} for m in ("lif", "alif")},
-                # rate perturbation rules: a loss difference of order sigma over sigma^2 amplifies rounding (at the
+                # rate and LSTM perturbation rules: a loss difference of order sigma over sigma^2 amplifies rounding (at the
                 # default 1e-3 the torch path's own two forms differ by 1e-9 under RMSprop); sigma = 0.05 keeps 1e-10
-                **{("rate", r): {"sigma": 0.05} for r in ("np", "anp", "anp-time", "wp")}}
+                **{(m, r): {"sigma": 0.05} for m in ("rate", "lstm") for r in ("np", "anp", "anp-time", "wp")}}
 
 
 def _cases() -> list[Any]:
