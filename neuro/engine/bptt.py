@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -50,7 +51,7 @@ from neuro.engine.optim import OptimizerArrays
 from neuro.rules.bptt import BPTT, BPTTState
 from neuro.rules.tbptt import TBPTT
 
-__all__ = ["BPTTEngine", "backward", "bptt_range", "build"]
+__all__ = ["BPTTEngine", "WindowsEngine", "backward", "bptt_range", "build", "open_window", "update_emitted"]
 
 ORDER = ("W_in", "W_rec", "b", "W_out", "b_out")  # the parameters, in the kernels' order
 LOSSES = {"mse": K.MSE, "ce": K.CE}
@@ -142,6 +143,25 @@ def backward(W_rec, W_out, b_out, alpha, loss_kind, xs, ys, mask, t_start, H, Ds
 
 
 @numba.njit(cache=True)
+def open_window(ps, snap):  # noqa: ANN001, ANN201
+    """A window opens: the parameters ``ps`` copied to ``snap``, which its forward steps run on (an update inside
+    the window changes the live parameters, not the window's)."""
+    for i in range(len(ps)):
+        snap[i][:] = ps[i]
+
+
+@numba.njit(cache=True)
+def update_emitted(full, t, n_seq, every, opt_kind, ps, acc, ms, vs, steps, hyper):  # noqa: ANN001, ANN201
+    """The loop's update after step ``t`` where it falls due (:func:`neuro.engine.kernels.update_due`) and an
+    estimate was emitted since the last one (``full``): applied, the sum zeroed. Returns the updates applied (0
+    or 1) and ``full`` after it."""
+    if full and K.update_due(t, n_seq, every):
+        K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+        return 1, False
+    return 0, full
+
+
+@numba.njit(cache=True)
 def bptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, n, n_out, k,  # noqa: ANN001, ANN201
                snap, H, Dst, DU, S, h, xs, ys, mask, t0, t1, n_seq, every, tw, full, losses):
     """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps (module docstring).
@@ -163,8 +183,7 @@ def bptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
     updates = 0
     for t in range(t0, t1):
         if tw == 0:  # a window opens: the parameters it runs on, the state it starts from
-            for i in range(len(ps)):
-                snap[i][:] = ps[i]
+            open_window(ps, snap)
             H[0] = h
         K.rate_step(W_in, W_rec, b, alpha, xs[t], H[tw], H[tw + 1], Dst[tw if alpha != 1.0 else 0])
         K.readout(W_out, b_out, H[tw + 1], y_hat)
@@ -176,26 +195,55 @@ def bptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in, 
             h[:, :] = H[tw]
             tw = 0
             full = True
-        if full and (t == n_seq - 1 or (t + 1) % every == 0):
-            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
-            updates += 1
-            full = False
+        applied, full = update_emitted(full, t, n_seq, every, opt_kind, ps, acc, ms, vs, steps, hyper)
+        updates += applied
     if tw > 0:
         h[:, :] = H[tw]
     return updates, full, tw
 
 
 class _Open(NamedTuple):
-    """A sequence under way between two ranges: the rule state handed out, the steps in the open window and
-    whether the accumulator holds estimates not yet applied (the window's parameters and stored steps are the
-    engine's buffers)."""
+    """A sequence under way between two ranges: the rule state handed out, the steps in the open window, whether
+    the accumulator holds estimates not yet applied, and the engine's buffers of the sequence (its window's
+    parameters and stored steps, where the engine keeps them per sequence)."""
 
     state: BPTTState
     tw: int
     full: bool
+    buffers: tuple = ()
 
 
-class BPTTEngine(Engine):
+class WindowsEngine(Engine):
+    """The windows' bookkeeping of a compiled BPTT / TBPTT engine between the ranges of a sequence (module
+    docstring): the rule state it hands out mid-sequence carries the network state and the open window's step
+    count, and is handed back to it; at a sequence's end it is the torch path's (no window, ``t = 0``)."""
+
+    _open: _Open | None = None
+
+    def _begin(self, state: BPTTState, t0: int, fields: tuple[str, ...],
+               buffers: Callable[[], tuple] = tuple) -> tuple[_Open, tuple]:
+        """The sequence under way at step ``t0`` (``buffers()``: its buffers where one starts) and the network
+        state's ``fields``, contiguous copies at a sequence's start (the kernel writes them)."""
+        what = f"the compiled {self.rule.name} engine on {type(self.net).__name__}"
+        if t0 == 0:
+            if state.window is not None or state.t != 0:
+                raise RuntimeError(f"{what} was handed a rule state with an open window at a sequence's start")
+            nets = tuple(getattr(state.net, k).detach().clone().contiguous() for k in fields)
+            return _Open(state=state, tw=0, full=False, buffers=buffers()), nets
+        o = self._open
+        if o is None or o.state is not state:
+            raise RuntimeError(f"{what} was handed a rule state it did not leave mid-sequence")
+        return o, tuple(getattr(state.net, k) for k in fields)
+
+    def _end(self, o: _Open, state: BPTTState, nets: dict, losses: np.ndarray, updates: int, full: bool, tw: int,
+             t1: int, n_seq: int) -> RangeResult:
+        """The range's result: the rule state with the network state ``nets`` (fields), kept for the next range."""
+        out = BPTTState(net=state.net._replace(**nets), window=None, total=None, t=int(tw))
+        self._open = None if t1 == n_seq else o._replace(state=out, tw=int(tw), full=bool(full))
+        return RangeResult(state=out, losses=losses, updates=int(updates), pending=bool(full))
+
+
+class BPTTEngine(WindowsEngine):
     """:func:`bptt_range` for one BPTT or TBPTT rule on one rate RNN (module docstring)."""
 
     def __init__(self, net: RateRNN, rule: BPTT) -> None:
@@ -203,7 +251,6 @@ class BPTTEngine(Engine):
         self.alpha = float(net.alpha)
         self.loss_kind = LOSSES[rule.loss]
         self.k = int(rule.k) if isinstance(rule, TBPTT) else 0
-        self._open: _Open | None = None
         self._buffers: dict[str, np.ndarray] = {}
 
     def shapes(self, steps: int, nb: int) -> dict[str, tuple[int, ...]]:
@@ -235,17 +282,7 @@ class BPTTEngine(Engine):
         net = self.net
         ps = tuple(flat(params[k]) for k in ORDER)
         gs = tuple(flat(acc[k]) for k in ORDER)
-        if t0 == 0:
-            if state.window is not None or state.t != 0:
-                raise RuntimeError("the compiled bptt engine was handed a rule state with an open window at a "
-                                   "sequence's start")
-            h = state.net.h.detach().clone().contiguous()
-            o = _Open(state=state, tw=0, full=False)
-        else:
-            o = self._open
-            if o is None or o.state is not state:
-                raise RuntimeError("the compiled bptt engine was handed a rule state it did not leave mid-sequence")
-            h = state.net.h
+        o, (h,) = self._begin(state, t0, ("h",))
         hv = view(h)
         b = self.buffers(n_seq if self.k == 0 else min(self.k, n_seq), hv.shape[0], hv.dtype)
         opt_arrays = OptimizerArrays.of(opt, [params[k] for k in ORDER])
@@ -256,9 +293,7 @@ class BPTTEngine(Engine):
                 self.loss_kind, self.alpha, net.n_in, net.n_hidden, net.n_out, self.k,
                 tuple(b[k].reshape(-1) for k in ORDER), b["H"], b["D"], b["DU"], b["S"], hv, seq.xs, seq.ys,
                 seq.mask, t0, t1, n_seq, every, o.tw, o.full, losses)
-        out = BPTTState(net=state.net._replace(h=h), window=None, total=None, t=int(tw))
-        self._open = None if t1 == n_seq else o._replace(state=out, tw=int(tw), full=bool(full))
-        return RangeResult(state=out, losses=losses, updates=int(updates), pending=bool(full))
+        return self._end(o, state, {"h": h}, losses, updates, full, tw, t1, n_seq)
 
 
 def build(net: object, rule: object) -> BPTTEngine | None:

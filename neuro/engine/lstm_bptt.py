@@ -39,9 +39,10 @@ from neuro._numba import numba
 from neuro.contract import Params
 from neuro.engine import kernels as K
 from neuro.engine import lstm as L
-from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat, view
+from neuro.engine.base import RangeResult, SequenceArrays, flat, view
+from neuro.engine.bptt import WindowsEngine, open_window, update_emitted
 from neuro.engine.optim import OptimizerArrays
-from neuro.rules.bptt import BPTT, BPTTState
+from neuro.rules.bptt import BPTT
 from neuro.rules.tbptt import TBPTT
 
 __all__ = ["LSTMBPTTEngine", "backward", "build", "lstm_bptt_range"]
@@ -119,8 +120,7 @@ def lstm_bptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, n_in, n,
     updates = 0
     for t in range(t0, t1):
         if tw == 0:  # a window opens: the parameters it runs on, the state it starts from
-            for i in range(len(ps)):
-                snap[i][:] = ps[i]
+            open_window(ps, snap)
             H[0] = h
             C[0] = c
         L.lstm_step(W_in, W_rec, b, xs[t], H[tw], C[tw], H[tw + 1], C[tw + 1])
@@ -133,69 +133,44 @@ def lstm_bptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, n_in, n,
             c[:, :] = C[tw]
             tw = 0
             full = True
-        if full and (t == n_seq - 1 or (t + 1) % every == 0):
-            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
-            updates += 1
-            full = False
+        applied, full = update_emitted(full, t, n_seq, every, opt_kind, ps, acc, ms, vs, steps, hyper)
+        updates += applied
     if tw > 0:
         h[:, :] = H[tw]
         c[:, :] = C[tw]
     return updates, full, tw
 
 
-class _Open(NamedTuple):
-    """A sequence under way between two ranges: the rule state handed out, the window's parameters and stored
-    steps, the steps in the open window and whether the accumulator holds estimates not yet applied."""
-
-    state: BPTTState
-    snap: tuple[np.ndarray, ...]
-    H: np.ndarray
-    C: np.ndarray
-    E: np.ndarray
-    tw: int
-    full: bool
-
-
-class LSTMBPTTEngine(Engine):
+class LSTMBPTTEngine(WindowsEngine):
     """:func:`lstm_bptt_range` for one BPTT or TBPTT rule on one LSTM (module docstring)."""
 
     def __init__(self, net: LSTM, rule: BPTT) -> None:
         self.net, self.rule = net, rule
         self.loss_kind = LOSSES[rule.loss]
         self.k = int(rule.k) if isinstance(rule, TBPTT) else 0
-        self._open: _Open | None = None
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
         net = self.net
         ps = tuple(flat(params[k]) for k in ORDER)
         gs = tuple(flat(acc[k]) for k in ORDER)
-        if t0 == 0:
-            if state.window is not None or state.t != 0:
-                raise RuntimeError("the compiled lstm bptt engine was handed a rule state with an open window at a "
-                                   "sequence's start")
-            h = state.net.h.detach().clone().contiguous()
-            c = state.net.c.detach().clone().contiguous()
-            steps = n_seq if self.k == 0 else min(self.k, n_seq)
-            nb, n, dtype = h.shape[0], net.n_hidden, view(h).dtype
-            o = _Open(state=state, snap=tuple(np.empty_like(p) for p in ps), H=np.empty((steps + 1, nb, n), dtype),
-                      C=np.empty((steps + 1, nb, n), dtype), E=np.empty((steps, nb, net.n_out), dtype), tw=0,
-                      full=False)
-        else:
-            o = self._open
-            if o is None or o.state is not state:
-                raise RuntimeError("the compiled lstm bptt engine was handed a rule state it did not leave "
-                                   "mid-sequence")
-            h, c = state.net.h, state.net.c
+        o, (h, c) = self._begin(state, t0, ("h", "c"), lambda: self._buffers(ps, state.net.h.shape[0], n_seq))
+        snap, H, C, E = o.buffers
         opt_arrays = OptimizerArrays.of(opt, [params[k] for k in ORDER])
         losses = np.empty(t1 - t0, view(h).dtype)
         updates, full, tw = lstm_bptt_range(ps, gs, opt_arrays.ms, opt_arrays.vs, opt_arrays.steps, opt_arrays.kind,
                                             opt_arrays.hyper, self.loss_kind, net.n_in, net.n_hidden, net.n_out,
-                                            self.k, o.snap, o.H, o.C, o.E, view(h), view(c), seq.xs, seq.ys,
+                                            self.k, snap, H, C, E, view(h), view(c), seq.xs, seq.ys,
                                             seq.mask, t0, t1, n_seq, every, o.tw, o.full, losses)
-        out = BPTTState(net=state.net._replace(h=h, c=c), window=None, total=None, t=int(tw))
-        self._open = None if t1 == n_seq else o._replace(state=out, tw=int(tw), full=bool(full))
-        return RangeResult(state=out, losses=losses, updates=int(updates), pending=bool(full))
+        return self._end(o, state, {"h": h, "c": c}, losses, updates, full, tw, t1, n_seq)
+
+    def _buffers(self, ps: tuple[np.ndarray, ...], nb: int, n_seq: int) -> tuple[np.ndarray, ...]:
+        """A sequence's buffers: its window's parameters (flat, :data:`ORDER`) and stored steps ``H``, ``C``,
+        ``E`` (:func:`backward`)."""
+        steps = n_seq if self.k == 0 else min(self.k, n_seq)
+        n, dtype = self.net.n_hidden, ps[0].dtype
+        return (tuple(np.empty_like(p) for p in ps), np.empty((steps + 1, nb, n), dtype),
+                np.empty((steps + 1, nb, n), dtype), np.empty((steps, nb, self.net.n_out), dtype))
 
 
 def build(net: object, rule: object) -> LSTMBPTTEngine | None:
