@@ -138,12 +138,9 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, n_in,
             if fused:  # and W_rec's row updated with it, the row's sum zeroed
                 K.row_update(opt_kind, W_rec[a], g_row, m_rec, v_rec, a, c)
         h[:, :] = h_new
-        if update:
-            K.apply_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1 if fused else -1)
-            updates += 1
-            full, clean = False, True
-        else:
-            full, clean = True, False
+        applied, full = K.scheduled_update(update, 1 if fused else -1, opt_kind, ps, acc, ms, vs, steps, hyper)
+        updates += applied
+        clean = not full
     return updates, full
 
 

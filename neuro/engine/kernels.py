@@ -17,7 +17,7 @@ from neuro._numba import numba
 
 __all__ = ["ADAM", "CE", "MSE", "RMSPROP", "SGD", "adam", "adam_span", "adam_step", "apply_update", "apply_update_rest",
            "cast", "dot", "loss_and_error", "rate_step", "readout", "rmsprop", "rmsprop_span", "rmsprop_step",
-           "row_update", "row_update_begin", "sgd", "sgd_span", "sum_squares", "update_due"]
+           "row_update", "row_update_begin", "scheduled_update", "sgd", "sgd_span", "sum_squares", "update_due"]
 
 SGD, ADAM, RMSPROP = 0, 1, 2  # optimizer codes (apply_update)
 MSE, CE = 0, 1  # loss codes (loss_and_error)
@@ -235,6 +235,17 @@ def update_due(t, n_seq, every):  # noqa: ANN001, ANN201
     """Whether the loop's schedule updates after step ``t`` of a sequence of ``n_seq`` steps: ``(t + 1) % every
     == 0`` or the sequence's last step."""
     return t == n_seq - 1 or (t + 1) % every == 0
+
+
+@numba.njit(cache=True)
+def scheduled_update(update, done, kind, ps, gs, ms, vs, steps, hyper):  # noqa: ANN001, ANN201
+    """A step's end in an online kernel: where ``update`` (the loop's schedule), the optimizer's update of every
+    parameter but ``ps[done]`` (:func:`apply_update_rest`). Returns the updates applied (0 or 1) and whether the
+    accumulator holds estimates not yet applied (the step's, where it did not update)."""
+    if update:
+        apply_update_rest(kind, ps, gs, ms, vs, steps, hyper, done)
+        return 1, False
+    return 0, True
 
 
 @numba.njit(cache=True)

@@ -141,12 +141,8 @@ def lstm_rtrl_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, n_in, n,
             ga = acc[p]
             for q in range(size):
                 ga[q] += gsum[o0 + q]
-        if t == n_seq - 1 or (t + 1) % every == 0:
-            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
-            updates += 1
-            full = False
-        else:
-            full = True
+        applied, full = K.scheduled_update(K.update_due(t, n_seq, every), -1, opt_kind, ps, acc, ms, vs, steps, hyper)
+        updates += applied
     return updates, full
 
 

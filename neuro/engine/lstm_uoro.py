@@ -145,12 +145,9 @@ def lstm_uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, eps_u, n
                    W_rec, m_rec, v_rec, steps[1], hyper)
         h[:, :] = h_new
         c[:, :] = c_new
-        if update:
-            K.apply_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1 if fused else -1)
-            updates += 1
-            full, clean = False, True
-        else:
-            full, clean = True, False
+        applied, full = K.scheduled_update(update, 1 if fused else -1, opt_kind, ps, acc, ms, vs, steps, hyper)
+        updates += applied
+        clean = not full
     return updates, full
 
 

@@ -234,12 +234,9 @@ def uoro_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, eps_u,
         theta_pass(Th, kg, inv0, A, Q, x, h, samples, g_in, g_rec, g_b, sq, scratch, fused and clean, fused, opt_kind,
                    W_rec, m_rec, v_rec, steps[1], hyper)
         h[:, :] = h_new
-        if update:
-            K.apply_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1 if fused else -1)
-            updates += 1
-            full, clean = False, True
-        else:
-            full, clean = True, False
+        applied, full = K.scheduled_update(update, 1 if fused else -1, opt_kind, ps, acc, ms, vs, steps, hyper)
+        updates += applied
+        clean = not full
     return updates, full, written, hi, filled
 
 
@@ -290,7 +287,7 @@ class UOROEngine(Engine):
         ps = self._params([params[k] for k in ORDER])
         gs = self._acc([acc[k] for k in ORDER])
         losses = np.empty(t1 - t0, view(h).dtype)
-        keep = self._flights if fl is not None else _Flights.idle(view(h).dtype)
+        keep = fl if fl is not None else _Flights.empty(0, 0, 0, 0, 0, view(h).dtype)  # none kept: not written
         updates, full, written, hi, filled = uoro_range(
             ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, self.alpha, float(rule.eps), n_in, n,
             net.n_out, rule.samples, view(h), view(S), view(Th), view(sq), view(NU), seq.xs, seq.ys, seq.mask, t0, t1,
@@ -349,11 +346,6 @@ class _Flights:
         shapes = {"oS": (n,), "oTh": (n, m), "osq": (1,), "cS": (n,), "cTh": (n, m), "csq": (1,),
                   "crows": (L, 1, width), "ch": (n,), "cW": (n, n), "cWo": (n_out, n)}
         return cls({k: np.zeros(v, np.float64 if k.endswith("sq") else dtype) for k, v in shapes.items()})
-
-    @classmethod
-    def idle(cls, dtype: np.dtype) -> _Flights:
-        """Empty buffers of the kernel's types, not written (no flight is kept)."""
-        return cls.empty(0, 0, 0, 0, 0, dtype)
 
     def at_open(self) -> tuple[np.ndarray, ...]:
         return self.oS, self.oTh, self.osq
