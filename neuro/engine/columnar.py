@@ -22,7 +22,8 @@ and for the rate cell ``Mh_t = (1 - h_t^2) (w_rec Mh_{t-1} + 1 (x) z)``. The est
     dl_t/dtheta_k = sum_b (e_t W_out)_{b,k} Mh_{t,k}      dl_t/dW_out = e_t^T h_t      dl_t/db_out = sum_b e_t
 
 is added to the loop's accumulator, and at the loop's schedule (``(t + 1) % update_every == 0`` or the
-sequence's last step) the optimizer applies the sum (:func:`neuro.engine.kernels.apply_update`). Every other
+sequence's last step) the optimizer applies the sum (:func:`update`: Adam's powers of the betas once per
+update for the parameters whose step counts agree). Every other
 parameter's estimate is zero; its accumulator stays zero and, with its optimizer state zero (a fresh stage's
 optimizer, :mod:`neuro.staged`), an update of SGD, Adam or RMSprop leaves it exactly unchanged, so the update
 runs over the learning columns' rows and the readout only (over every row where that state is not zero).
@@ -49,7 +50,7 @@ from neuro.rules._fast.columnar_kernel import _tanh_from, _vexp
 from neuro.rules.columnar import ColumnarRTRL
 from neuro.rules.constructive import ConstructiveRTRL
 
-__all__ = ["Arguments", "ColumnsEngine", "Layout", "build", "column_step", "columns_range"]
+__all__ = ["Arguments", "ColumnsEngine", "Layout", "build", "column_step", "columns_range", "update"]
 
 LOSSES = {"mse": K.MSE, "ce": K.CE}
 
@@ -64,6 +65,31 @@ def _features(x, hn, lo, z):  # noqa: ANN001, ANN201
     for j in range(lo):
         z[n_in + j] = hn[j]
     z[n_in + lo + 1] = 1.0
+    return 0
+
+
+@numba.njit(cache=True)
+def update(kind, ps, gs, ms, vs, steps, hyper):  # noqa: ANN001, ANN201
+    """:func:`neuro.engine.kernels.apply_update`; with Adam, the step's scalars
+    (:func:`neuro.engine.kernels.adam_step`: its powers of ``beta1`` and ``beta2``) computed once and given to
+    every span whose step count is the first's (the counts of the parameters a run updates together are equal;
+    a span whose count differs gets its own)."""
+    if kind != K.ADAM:
+        K.apply_update(kind, ps, gs, ms, vs, steps, hyper)
+        return 0
+    lr, b1, b2, eps = hyper[0], hyper[1], hyper[2], hyper[3]
+    c = K.adam_step(steps[0], lr, b1, b2, eps, ps[0])
+    for i in range(len(ps)):
+        st = steps[i]
+        if i == 0 or st[0] + 1 == steps[0][0]:
+            if i > 0:
+                st[0] += 1
+            K.adam_span(ps[i], gs[i], ms[i], vs[i], c)
+        else:
+            K.adam_span(ps[i], gs[i], ms[i], vs[i], K.adam_step(st, lr, b1, b2, eps, ps[i]))
+        g = gs[i]
+        for j in range(g.size):
+            g[j] = 0.0
     return 0
 
 
@@ -215,7 +241,7 @@ def columns_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_
         h[:, :] = hn
         c[:, :] = cn
         if t == n_seq - 1 or (t + 1) % every == 0:
-            K.apply_update(opt_kind, ups, ugs, ums, uvs, usteps, hyper)
+            update(opt_kind, ups, ugs, ums, uvs, usteps, hyper)
             updates += 1
             full = False
         else:
@@ -268,6 +294,9 @@ class Layout(NamedTuple):
         return tuple(ps), tuple(gs), tuple(ms), tuple(vs), o.steps, o.kind, o.hyper
 
 
+_data_ptr = torch.Tensor.data_ptr
+
+
 class Arguments:
     """The kernels' arguments that stay the same between ranges, made once: the parameters, the accumulator and
     the optimizer's spans (while they are the same tensors and optimizer), and the rule state's arrays (while the
@@ -276,13 +305,13 @@ class Arguments:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self.opt: torch.optim.Optimizer | None = None
-        self.key: tuple[int, ...] = ()
+        self.key: list[int] = []
         self.params: tuple = ()
         self.last: NamedTuple | None = None  # the state returned last
         self.state: tuple = ()  # its arrays
 
     def of(self, params: Params, acc: Params, opt: torch.optim.Optimizer) -> tuple:
-        key = tuple(t.data_ptr() for t in (*params.values(), *acc.values()))
+        key = [*map(_data_ptr, params.values()), *map(_data_ptr, acc.values())]
         if opt is not self.opt or key != self.key:
             lay = self.layout
             self.params = (*lay.arrays(params), *lay.arrays(acc), *lay.spans(params, acc, opt))

@@ -35,7 +35,7 @@ from neuro._numba import numba
 from neuro.contract import Params
 from neuro.engine import kernels as K
 from neuro.engine.base import Engine, RangeResult, SequenceArrays, view
-from neuro.engine.columnar import LOSSES, Arguments, Layout, column_step, net_state
+from neuro.engine.columnar import LOSSES, Arguments, Layout, column_step, net_state, update
 from neuro.rules.columnar import ColumnarRTRL
 from neuro.rules.constructive import ConstructiveRTRL
 from neuro.rules.td import TDLambda
@@ -124,7 +124,7 @@ def td_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_out, 
         h[:, :] = hn
         c[:, :] = cn
         if t == n_seq - 1 or (t + 1) % every == 0:
-            K.apply_update(opt_kind, ups, ugs, ums, uvs, usteps, hyper)
+            update(opt_kind, ups, ugs, ums, uvs, usteps, hyper)
             updates += 1
             full = False
         else:
@@ -145,15 +145,17 @@ class TDEngine(Engine):
         self.args = Arguments(self.layout)
         self.loss_kind = LOSSES[rule.loss]
         self.ci = -1 if rule.cumulant_input is None else int(rule.cumulant_input)
+        lay = self.layout  # the kernel's arguments fixed for the engine: before the arrays, after the rule state
+        self.head = (lay.lstm, net.n_in, lay.per_stage, lay.lo, lay.hi)
+        self.td = (float(rule.gamma), float(rule.gamma * rule.lam), self.ci)
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
-        lay, net, rule, args = self.layout, self.net, self.rule, self.args
+        args = self.args
         if state is not args.last:  # a state from elsewhere (the start, a reset, a new stage): copies of its tensors
             args.last, args.state = self._own(params, state)
         losses = np.empty(t1 - t0, args.state[0].dtype)
-        updates, full = td_range(lay.lstm, net.n_in, lay.per_stage, lay.lo, lay.hi, *args.of(params, acc, opt),
-                                 self.loss_kind, *args.state, float(rule.gamma), float(rule.gamma * rule.lam), self.ci,
+        updates, full = td_range(*self.head, *args.of(params, acc, opt), self.loss_kind, *args.state, *self.td,
                                  seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
         return RangeResult(state=args.last, losses=losses, updates=int(updates), pending=bool(full))
 
