@@ -47,8 +47,8 @@ from neuro._numba import numba
 from neuro.engine import kernels as K
 from neuro.engine.base import view
 
-__all__ = ["Cell", "DYNAMICS", "NetArrays", "cell", "jacobian", "layer", "leaky_readout", "net_arrays",
-           "net_state", "network_step", "readout_grad", "signal", "unit"]
+__all__ = ["Cell", "DYNAMICS", "NetArrays", "active", "cell", "jacobian", "layer", "leaky_readout", "net_arrays",
+           "net_state", "network_step", "readout_grad", "signal", "sparse_dot", "unit"]
 
 EXACT, EULER, LAVA = 0, 1, 2
 DYNAMICS = {"exact": EXACT, "euler": EULER, "lava": LAVA}
@@ -218,6 +218,27 @@ def readout_grad(eps, zb, bb, g_out, g_bout):  # noqa: ANN001, ANN201
             for j in range(zb.shape[1]):
                 row[j] += e * zb[s, j]
             g_bout[k] += e * bb
+
+
+@numba.njit(cache=True)
+def active(z, idx):  # noqa: ANN001, ANN201
+    """The positions of the nonzero entries of ``z`` [n] (the spikes) written to ``idx`` [n]; their count."""
+    c = 0
+    for j in range(z.size):
+        if z[j] != 0.0:
+            idx[c] = j
+            c += 1
+    return c
+
+
+@numba.njit(cache=True)
+def sparse_dot(w, z, idx, c):  # noqa: ANN001, ANN201
+    """``sum_j w_j z_j`` over the ``c`` positions ``idx`` where ``z`` is nonzero (:func:`active`)."""
+    acc = K.cast(0.0, w)
+    for q in range(c):
+        j = idx[q]
+        acc += w[j] * z[j]
+    return acc
 
 
 class NetArrays(NamedTuple):

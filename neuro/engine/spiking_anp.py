@@ -38,21 +38,16 @@ from neuro._numba import numba
 from neuro.contract import Params
 from neuro.engine import kernels as K
 from neuro.engine import spiking as S
-from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat
-from neuro.engine.noise import gaussian_rows
-from neuro.engine.optim import OptimizerArrays
+from neuro.engine.base import RangeResult, SequenceArrays
+from neuro.engine.noise import GaussianRows
 from neuro.engine.perturb import positions
-from neuro.engine.spiking_bptt import active, sparse_dot
+from neuro.engine.spiking_engine import SpikingEngine
 from neuro.rules._fast.node import Entry, WindowState
 from neuro.rules.anp_time import ANPTime
 from neuro.rules.base import add_into
 from neuro.rules.node import NodeState
 
 __all__ = ["SpikingANPEngine", "anp_time_range", "build"]
-
-ORDER = ("W_in", "W_rec", "b", "W_out", "b_out")  # the parameters, in the kernels' order
-LOSSES = {"mse": K.MSE, "ce": K.CE}
-
 
 @numba.njit(cache=True)
 def _neurons(cf, ci, b, I, st):  # noqa: ANN001, ANN201
@@ -71,8 +66,8 @@ def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, g
                    rec_in, rec_a, rec_an, losses):
     """Steps ``t0 .. t1 - 1`` of ANP in time (module docstring) on a sequence of ``n_seq`` steps.
 
-    ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`ORDER`; ``ms``, ``vs``, ``steps``,
-    ``opt_kind``, ``hyper``: the optimizer (:func:`neuro.engine.kernels.apply_update`); ``cf``, ``ci``: the cell
+    ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`~neuro.engine.spiking_engine.ORDER`;
+    ``ms``, ``vs``, ``steps``, ``opt_kind``, ``hyper``: the optimizer (:func:`neuro.engine.kernels.apply_update`); ``cf``, ``ci``: the cell
     (:func:`neuro.engine.spiking.cell`); ``glob``: the global norm; ``cs``, ``ns``: the clean [B] and noisy [M]
     states ``(v, i, z, r, a, y)``; ``xi`` [t1 - t0, M, n + n_out] the steps' noise; ``xs`` [T, B, n_in], ``ys``
     [T, B, n_out], ``mask`` [T, B]; ``last`` [W] (:func:`neuro.engine.perturb.positions`): the step whose window
@@ -106,15 +101,15 @@ def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, g
         x, y, mk, noise = xs[t], ys[t], mask[t], xi[t - t0]
         zp[:, :] = cz
         for s in range(nb):
-            cc[s] = active(cz[s], ic[s])
+            cc[s] = S.active(cz[s], ic[s])
         for m in range(M):
-            cn[m] = active(nz[m], inz[m])
+            cn[m] = S.active(nz[m], inz[m])
         for s in range(nb):  # the currents: x W_in^T once, the recurrent products over the spikes
             for a in range(n):
                 xin = K.dot(x[s], W_in[a])
-                Ic[s, a] = xin + sparse_dot(W_rec[a], cz[s], ic[s], cc[s])
+                Ic[s, a] = xin + S.sparse_dot(W_rec[a], cz[s], ic[s], cc[s])
                 for m in range(s * kk, s * kk + kk):
-                    In[m, a] = (xin + sparse_dot(W_rec[a], nz[m], inz[m], cn[m])) + noise[m, a]
+                    In[m, a] = (xin + S.sparse_dot(W_rec[a], nz[m], inz[m], cn[m])) + noise[m, a]
         _neurons(cf, ci, b, Ic, cs)
         _neurons(cf, ci, b, In, ns)
         total = K.cast(0.0, cz)
@@ -182,17 +177,14 @@ def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, g
     return updates, full
 
 
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(a))  # a copy: the engine's buffers are reused
-
-
-class SpikingANPEngine(Engine):
-    """:func:`anp_time_range` for one ``anp-time`` rule on one LIF or ALIF network (module docstring)."""
+class SpikingANPEngine(SpikingEngine):
+    """:func:`anp_time_range` for one ``anp-time`` rule on one LIF or ALIF network (module docstring). The range's
+    noise is drawn into a buffer kept between ranges; the network states returned are views of the arrays the
+    next range continues in place."""
 
     def __init__(self, net: LIF, rule: ANPTime) -> None:
-        self.net, self.rule = net, rule
-        self.loss_kind = LOSSES[rule.loss]
-        self._cells: dict[np.dtype, S.Cell] = {}
+        super().__init__(net, rule)
+        self._noise = GaussianRows()
         self._left: tuple[NamedTuple, int] | None = None  # the state handed out mid-sequence, its window position
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
@@ -207,24 +199,24 @@ class SpikingANPEngine(Engine):
             if state.k > 0:  # a window left pending by the torch path: its estimate to the sum first
                 state, g = rule.flush(params, state)
                 add_into(acc, g)
-        cs, ns = S.net_arrays(state.net), S.net_arrays(state.noisy)
+        hit = self.reuse(state)
+        cs, ns = (S.net_arrays(state.net), S.net_arrays(state.noisy)) if hit is None else hit
         nb, M, dtype = cs.v.shape[0], ns.v.shape[0], params["W_in"].dtype
-        xi = gaussian_rows(state.gen, t1 - t0, (M * (n + n_out),), rule.sigma, dtype).reshape(t1 - t0, M, n + n_out)
+        xi = self._noise(state.gen, t1 - t0, (M * (n + n_out),), rule.sigma, dtype).reshape(t1 - t0, M, n + n_out)
         last, vk_end = positions(W, vk, t0, t1, n_seq, every) if W > 1 else (np.full(0, -1), 0)
-        npd = cs.v.dtype
-        rec = [np.empty((len(last), *s), npd) for s in
+        o, ps, gs, losses = self.arrays(params, acc, opt, t1 - t0, cs.v.dtype)
+        rec = [np.empty((len(last), *s), cs.v.dtype) for s in
                ((nb,), (M, n_out), (nb, n), (nb, n), (nb, n), (M, n), (nb, n_out), (M, n_out))]
-        if npd not in self._cells:
-            self._cells[npd] = S.cell(net, npd)
-        cf, ci = self._cells[npd]
-        o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
-        losses = np.empty(t1 - t0, npd)
-        updates, full = anp_time_range(tuple(flat(params[k]) for k in ORDER), tuple(flat(acc[k]) for k in ORDER),
-                                       o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cf, ci,
+        cell = self.cell(cs.v.dtype)
+        updates, full = anp_time_range(ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci,
                                        rule.norm == "global", float(net.n_in + n + n_out) ** 0.5,
                                        float(torch.finfo(dtype).tiny), tuple(cs), tuple(ns), xi.numpy(), seq.xs,
                                        seq.ys, seq.mask, t0, t1, n_seq, every, last, *rec, losses)
-        s_net, s_noisy, steps = S.net_state(state.net, cs), S.net_state(state.noisy, ns), state.t + t1 - t0
+        if hit is None:  # the tensors returned are views of the arrays (the same again where the state was reused)
+            s_net, s_noisy = S.net_state(state.net, cs), S.net_state(state.noisy, ns)
+        else:
+            s_net, s_noisy = state.net, state.noisy
+        steps = state.t + t1 - t0
         if not windowed:
             out = NodeState(net=s_net, noisy=s_noisy, gen=state.gen, t=steps)
         else:
@@ -233,23 +225,23 @@ class SpikingANPEngine(Engine):
                 if t >= 0:
                     buf[p] = self._entry(rec, p, int(t), t0, xi, seq)
             out = WindowState(net=s_net, noisy=s_noisy, gen=state.gen, t=steps, buf=tuple(buf), k=0)
+        self.keep(out, (cs, ns))
         self._left = (out, int(vk_end)) if t1 < n_seq else None
         return RangeResult(state=out, losses=losses, updates=int(updates), pending=bool(full))
 
     def _entry(self, rec: list, p: int, t: int, t0: int, xi: torch.Tensor, seq: SequenceArrays) -> Entry:
-        """The window slot of step ``t``, as the windowed path holds it."""
-        l, yn, zp, z, i_c, i_n, a, a_n = (r[p] for r in rec)
-        n = self.net.n_hidden
-        return Entry(l=_tensor(l), y_noisy=_tensor(yn), y=_tensor(seq.ys[t]), mask=torch.from_numpy(seq.mask[t] != 0),
-                     xi_h=xi[t - t0, :, :n].clone(), xi_y=xi[t - t0, :, n:].clone(), h_noisy=_tensor(i_n),
-                     h=_tensor(i_c), a_noisy=_tensor(a_n), a=_tensor(a), x=_tensor(seq.xs[t]), p=_tensor(zp),
-                     z=_tensor(z))
+        """The window slot of step ``t``, as the windowed path holds it (views of the range's own records and of the
+        sequence's arrays, which nothing writes later; the noise copied out of the kept buffer)."""
+        l, yn, zp, z, i_c, i_n, a, a_n = (torch.from_numpy(r[p]) for r in rec)
+        n, T = self.net.n_hidden, torch.from_numpy
+        return Entry(l=l, y_noisy=yn, y=T(seq.ys[t]), mask=T(seq.mask[t] != 0), xi_h=xi[t - t0, :, :n].clone(),
+                     xi_y=xi[t - t0, :, n:].clone(), h_noisy=i_n, h=i_c, a_noisy=a_n, a=a, x=T(seq.xs[t]), p=zp, z=z)
 
 
 def build(net: object, rule: object) -> SpikingANPEngine | None:
     """The engine for ``rule`` on ``net``: ``anp-time`` (not a subclass) with the torch forward (no ``forward=``)
     on LIF or ALIF (not a subclass) with the loss mse or ce; ``None`` otherwise."""
-    if type(net) not in (LIF, ALIF) or type(rule) is not ANPTime or rule.loss not in LOSSES \
+    if type(net) not in (LIF, ALIF) or type(rule) is not ANPTime or not SpikingEngine.supports(rule) \
             or rule.forward is not None:
         return None
     return SpikingANPEngine(net, rule)

@@ -39,37 +39,12 @@ from neuro._numba import numba
 from neuro.contract import Params
 from neuro.engine import kernels as K
 from neuro.engine import spiking as S
-from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat
-from neuro.engine.optim import OptimizerArrays
+from neuro.engine.base import RangeResult, SequenceArrays, view
+from neuro.engine.spiking_engine import SpikingEngine
 from neuro.rules.bptt import BPTT, BPTTState
 from neuro.rules.tbptt import TBPTT
 
-__all__ = ["SpikingBPTTEngine", "active", "backward", "build", "sparse_dot", "spiking_bptt_range"]
-
-ORDER = ("W_in", "W_rec", "b", "W_out", "b_out")  # the parameters, in the kernels' order
-LOSSES = {"mse": K.MSE, "ce": K.CE}
-
-
-@numba.njit(cache=True)
-def active(z, idx):  # noqa: ANN001, ANN201
-    """The positions of the nonzero entries of ``z`` [n] (the spikes) written to ``idx`` [n]; their count."""
-    c = 0
-    for j in range(z.size):
-        if z[j] != 0.0:
-            idx[c] = j
-            c += 1
-    return c
-
-
-@numba.njit(cache=True)
-def sparse_dot(w, z, idx, c):  # noqa: ANN001, ANN201
-    """``sum_j w_j z_j`` over the ``c`` positions ``idx`` where ``z`` is nonzero (:func:`active`)."""
-    acc = K.cast(0.0, w)
-    for q in range(c):
-        j = idx[q]
-        acc += w[j] * z[j]
-    return acc
-
+__all__ = ["SpikingBPTTEngine", "backward", "build", "spiking_bptt_range"]
 
 @numba.njit(cache=True)
 def backward(W_rec, W_out, cf, ci, xs, t_start, Z, PS, VT, AR, E, m, g_in, g_rec, g_b, g_out, g_bout):  # noqa: ANN001, ANN201
@@ -129,7 +104,7 @@ def backward(W_rec, W_out, cf, ci, xs, t_start, Z, PS, VT, AR, E, m, g_in, g_rec
                 gi[s, a] = vi * d + ii * gi[s, a]
                 g_b[a] += vb * d
         for s in range(nb):
-            cnt[s] = active(zp[s], idx[s])
+            cnt[s] = S.active(zp[s], idx[s])
         for a in range(n):
             for s in range(nb):
                 d = gI[s, a]
@@ -154,9 +129,9 @@ def spiking_bptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
     """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps (module docstring), as
     :func:`neuro.engine.bptt.bptt_range` runs them on the rate RNN.
 
-    ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`ORDER`; ``ms``, ``vs``, ``steps``,
-    ``opt_kind``, ``hyper``: the optimizer (:func:`neuro.engine.kernels.apply_update`); ``cf``, ``ci``: the cell;
-    ``k`` the window length (0: the whole sequence); ``snap`` the window's parameters (flat, :data:`ORDER`);
+    ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`~neuro.engine.spiking_engine.ORDER`;
+    ``ms``, ``vs``, ``steps``, ``opt_kind``, ``hyper``: the optimizer (:func:`neuro.engine.kernels.apply_update`);
+    ``cf``, ``ci``: the cell; ``k`` the window length (0: the whole sequence); ``snap`` the window's parameters (flat, in the same order);
     ``Z``, ``PS``, ``VT``, ``AR``, ``E`` the stored steps (:func:`backward`; ``VT``, ``AR`` may have no rows where
     they are not read); ``v, i, z, r, a`` [B, n], ``y`` [B, n_out] the network state; ``xs`` [T, B, n_in], ``ys``
     [T, B, n_out], ``mask`` [T, B]; ``tw`` the steps already in the open window (0: none open); ``full`` whether
@@ -208,21 +183,18 @@ class _Open(NamedTuple):
     full: bool
 
 
-class SpikingBPTTEngine(Engine):
+class SpikingBPTTEngine(SpikingEngine):
     """:func:`spiking_bptt_range` for one BPTT or TBPTT rule on one LIF or ALIF network (module docstring)."""
 
     def __init__(self, net: LIF, rule: BPTT) -> None:
-        self.net, self.rule = net, rule
-        self.loss_kind = LOSSES[rule.loss]
+        super().__init__(net, rule)
         self.k = int(rule.k) if isinstance(rule, TBPTT) else 0
-        self._cells: dict[np.dtype, S.Cell] = {}
         self._open: _Open | None = None
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
         net = self.net
-        ps = tuple(flat(params[k]) for k in ORDER)
-        gs = tuple(flat(acc[k]) for k in ORDER)
+        opt_arrays, ps, gs, losses = self.arrays(params, acc, opt, t1 - t0, view(params["W_in"]).dtype)
         dtype = ps[0].dtype
         if t0 == 0:
             if state.window is not None or state.t != 0:
@@ -241,11 +213,7 @@ class SpikingBPTTEngine(Engine):
             o = self._open
             if o is None or o.state is not state:
                 raise RuntimeError("the compiled bptt engine was handed a rule state it did not leave mid-sequence")
-        if dtype not in self._cells:
-            self._cells[dtype] = S.cell(net, dtype)
-        cf, ci = self._cells[dtype]
-        opt_arrays = OptimizerArrays.of(opt, [params[k] for k in ORDER])
-        losses = np.empty(t1 - t0, dtype)
+        cf, ci = self.cell(dtype)
         a = o.net
         updates, full, tw = spiking_bptt_range(ps, gs, opt_arrays.ms, opt_arrays.vs, opt_arrays.steps,
                                                opt_arrays.kind, opt_arrays.hyper, self.loss_kind, cf, ci, net.n_in,
@@ -260,6 +228,6 @@ class SpikingBPTTEngine(Engine):
 def build(net: object, rule: object) -> SpikingBPTTEngine | None:
     """The engine for ``rule`` on ``net``: BPTT or TBPTT (not a subclass) on LIF or ALIF (not a subclass) with
     the loss mse or ce; ``None`` otherwise."""
-    if type(net) not in (LIF, ALIF) or type(rule) not in (BPTT, TBPTT) or rule.loss not in LOSSES:
+    if type(net) not in (LIF, ALIF) or type(rule) not in (BPTT, TBPTT) or not SpikingEngine.supports(rule):
         return None
     return SpikingBPTTEngine(net, rule)
