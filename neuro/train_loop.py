@@ -24,6 +24,7 @@ the same schedule, accumulator, optimizer (its state changed in place) and losse
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -162,7 +163,9 @@ class Loop:
             stream = self._stream() if c.step < steps else iter(())
             first = self.run.resume_from is None
             while c.step < steps:
-                seq = next(stream).to(dtype=self.run.dtype, device=self.run.device)
+                seq = next(stream)
+                if not _has(seq, self.run.dtype, self.run.device):
+                    seq = seq.to(dtype=self.run.dtype, device=self.run.device)
                 self.sequence(seq, reset=self.run.task.episodic and not first and c.offset == 0)
                 first = False
             if self.run.run_dir is None:
@@ -202,7 +205,7 @@ class Loop:
         arrays = None if engine is None else SequenceArrays.of(seq, self.run.dtype)
         # the fraction of the batch that counts, per step (its mask's 0/1 summed exactly, then divided: as torch's mean)
         frac = mask[:n].to(torch.float64).mean(1).cpu().numpy() if arrays is None else \
-            arrays.mask[:n].mean(1, dtype=np.float64)
+            np.add.reduce(arrays.mask[:n], axis=1, dtype=np.float64) / arrays.mask.shape[1]
         t = 0
         while t < n:
             if engine is not None:  # steps t .. b - 1 in one compiled call, up to the next log point or the end
@@ -314,14 +317,20 @@ class Loop:
     def _count(self, values: np.ndarray, fracs: np.ndarray | list[float], first: int) -> None:
         """Add the per-step losses of steps ``first, first + 1, ...`` to the interval's sums (in step order, as
         one float64 addition each)."""
-        iv, values = self.interval, np.asarray(values, dtype=np.float64)
-        finite = np.isfinite(values)
-        if not finite.all():
-            j = int(np.argmin(finite))
-            raise self._diverged(f"loss became {float(values[j])}", first + j)
-        iv["loss_sum"] = _sum_in_order(iv["loss_sum"], values)
-        iv["frac_sum"] = _sum_in_order(iv["frac_sum"], np.asarray(fracs, dtype=np.float64))
-        iv["steps"] += len(values)
+        iv, n = self.interval, len(values)
+        if not n:
+            return
+        sums = np.empty((2, n + 1))  # each row summed left to right by one cumsum
+        sums[0, 0], sums[1, 0] = iv["loss_sum"], iv["frac_sum"]
+        sums[0, 1:], sums[1, 1:] = values, fracs
+        loss_sum, frac_sum = sums.cumsum(axis=1)[:, n].tolist()
+        if not math.isfinite(loss_sum):  # a sum with a nan or inf among its terms is not finite
+            finite = np.isfinite(sums[0, 1:])
+            if not finite.all():
+                j = int(np.argmin(finite))
+                raise self._diverged(f"loss became {float(sums[0, 1 + j])}", first + j)
+        iv["loss_sum"], iv["frac_sum"] = loss_sum, frac_sum
+        iv["steps"] += n
 
     def log(self) -> None:
         """A metrics row for the interval since the last (and ``metrics.csv`` rewritten)."""
@@ -398,11 +407,11 @@ class Loop:
                          f"continue with: {self.continue_with}", last_good)
 
 
-def _sum_in_order(start: float, values: np.ndarray) -> float:
-    """``start + values[0] + values[1] + ...``, added left to right (as a Python loop adds them)."""
-    if not len(values):
-        return start
-    return float(np.cumsum(np.concatenate(([start], values)))[-1])
+def _has(seq: Sequence, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether ``seq`` is already what ``seq.to(dtype=dtype, device=device)`` gives (its inputs and targets of
+    ``dtype``, all on ``device``)."""
+    return seq.xs.dtype == dtype and seq.ys.dtype == dtype and seq.xs.device == device and \
+        seq.ys.device == device and seq.mask.device == device
 
 
 def _cause(e: BaseException, writing: Path | None) -> str:
