@@ -107,7 +107,7 @@ REGISTRY: tuple[Combination, ...] = (
     Combination(model="alif", rule="three-factor", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_three_factor:build"),
     *(Combination(model="rate", rule=r, optimizers=opts, losses=("mse", "ce"), devices=("cpu",),
-                  dtypes=("float32", "float64"), builder="neuro.engine.perturb:build")
+                  dtypes=("float32", "float64"), builder="neuro.engine.rate_perturb:build")
       for r, opts in (("np", ("adam", "sgd", "rmsprop")), ("anp", ("adam", "sgd", "rmsprop")),
                       ("anp-time", ("adam", "sgd")), ("wp", ("adam", "sgd", "rmsprop")))),
     *(Combination(model="lstm", rule=r, optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"), devices=("cpu",),

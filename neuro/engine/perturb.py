@@ -1,16 +1,17 @@
-"""The perturbation rules, compiled: what their engines share, and the rate RNN's kernels.
+"""The perturbation rules, compiled: what their engines share (the step's estimate, losses, window slots, the
+update at the schedule, the perturbed copies' parameters, and a range's setup); the models' passes are in
+:mod:`neuro.engine.rate_perturb` (the rate RNN) and :mod:`neuro.engine.lstm_perturb` (the LSTM).
 
 The rules (each module docstring states its paper's equations) are node perturbation ``np``
 (:mod:`neuro.rules.node_perturbation`: Williams 1992; Fiete & Seung 2006; as in Garcia Fernandez, Keemink & van
 Gerven 2024, arXiv:2405.08967), activity-based node perturbation ``anp`` (:mod:`neuro.rules.anp`: Dalm, van
 Gerven & Ahmad 2023, arXiv:2310.00965) and in time ``anp-time`` (:mod:`neuro.rules.anp_time`: Garcia
 Fernandez et al. 2024), and weight perturbation ``wp`` (:mod:`neuro.rules.wp`: Jabri & Flower 1992,
-Cauwenberghs 1993; Garcia Fernandez et al. 2024); here on the network :class:`models.rate.RateRNN` (not a
-subclass), and on the LSTM in :mod:`neuro.engine.lstm_perturb`, from the pieces below.
+Cauwenberghs 1993; Garcia Fernandez et al. 2024).
 
-*Node rules* (:func:`node_range`; the step of :mod:`neuro.rules.node`). A clean network and ``K`` noisy copies
-per sequence (rows ``m = s K + k``) run on the same input; the noisy currents get ``xi_h ~ N(0, sigma^2)``, the
-noisy outputs ``xi_y``::
+*Node rules* (the step of :mod:`neuro.rules.node`). A clean network and ``K`` noisy copies per sequence (rows
+``m = s K + k``) run on the same input; the noisy currents (``n_cur`` rows: the rate RNN's ``n``, the LSTM's
+``4 n``) get ``xi_h ~ N(0, sigma^2)``, the noisy outputs ``xi_y``::
 
     I_t = W_in x_t + W_rec h_{t-1} + b                I~_t = W_in x_t + W_rec h~_{t-1} + b + xi_h
     a_t = W_out h_t + b_out                           a~_t = W_out h~_t + b_out + xi_y
@@ -21,18 +22,16 @@ noisy outputs ``xi_y``::
           (norm "global": ||dh||^2 + ||da||^2 for both)
     dW_in += e_h x_t^T / M,   dW_rec += e_h h_{t-1}^T / M,   db += e_h / M,   dW_out += e_y h_t^T / M,   db_out += e_y / M
 
-(``M = B K`` rows). The noisy copies keep their own state ``h~`` (np, anp-time) or start every step from the
-clean one (anp: ``h~_{t-1} = h_{t-1}``, ``dh = xi_h``). The network steps are
-:func:`neuro.engine.kernels.rate_step`, a noisy row's with the bias ``b + xi_h``. The signals and the estimate
-(:func:`node_estimate`), the losses (:func:`clean_losses`, :func:`noisy_loss`), the window slots
-(:func:`record`) and the update at the schedule (:func:`at_schedule`) read the current's rows (``n_cur``: the
-rate RNN's ``n``, the LSTM's ``4 n``) from the arrays, so every model's kernel calls them.
+(``M = B K`` rows; ``h_t`` the network's new state from ``I_t``, ``h~_t`` the noisy copy's from ``I~_t``). The
+noisy copies keep their own state (np, anp-time) or start every step from the clean one (anp: ``dh = xi_h``).
+:func:`node_estimate` computes the signals and the estimate, :func:`clean_losses` and :func:`noisy_loss` the
+losses, :func:`record` the window slots, :func:`at_schedule` the update.
 
-*Weight perturbation* (:func:`wp_range`). The clean network runs with ``theta``, ``K`` perturbed copies with
-``theta + xi_k`` (each its own state), and ``g_t = sum_k (L~_{k,t} - L_t) / (sigma^2 K) xi_k`` (the losses the
-batch means); ``xi`` is redrawn every step after the first (``resample="step"``) or held from the sequence's
-start (``"sequence"``, drawn by the rule's ``reset`` in Python). :func:`perturbed`, :func:`wp_add` and
-:func:`wp_apply` are the model-free parts.
+*Weight perturbation.* The clean network runs with ``theta``, ``K`` perturbed copies with ``theta + xi_k``
+(each its own state), and ``g_t = sum_k (L~_{k,t} - L_t) / (sigma^2 K) xi_k`` (the losses the batch means);
+``xi`` is redrawn every step after the first (``resample="step"``) or held from the sequence's start
+(``"sequence"``, drawn by the rule's ``reset`` in Python). :func:`perturbed` makes the copies' parameters,
+:func:`wp_add` sums the estimate, :func:`wp_apply` adds it to the sum and updates.
 
 Per step: the passes, the losses, the estimate added to the loop's accumulator, and at the loop's schedule
 (``(t + 1) % update_every == 0`` or the sequence's last step) the optimizer's update with the sum, which zeroes
@@ -45,7 +44,7 @@ windowed path's :class:`~neuro.rules._fast.node.WindowState` (the steps of the p
 :class:`~neuro.rules._fast.node.Entry` slots, their estimate made at the window's end). The engine leaves the
 latter with no pending window (``k = 0``, every step's estimate already in the accumulator) and its slots as
 the torch path fills them: the last step at each window position, recorded by the kernel. :class:`NodeEngine`
-and :class:`WPEngine` do a range's setup for any model whose state's fields are a kernel's arrays.
+and :class:`WPEngine` do a range's setup for any model whose state's fields are its kernel's state arrays.
 """
 
 from __future__ import annotations
@@ -55,7 +54,6 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from models.rate import RateRNN
 from neuro._numba import numba
 from neuro.contract import AbstractNetwork, Params
 from neuro.engine import kernels as K
@@ -70,8 +68,8 @@ from neuro.rules.node import AbstractNodeRule, NodeState
 from neuro.rules.node_perturbation import NodePerturbation
 from neuro.rules.wp import WeightPerturbation, WPState
 
-__all__ = ["NodeEngine", "WPEngine", "at_schedule", "build", "clean_losses", "node_estimate", "node_range",
-           "noisy_loss", "perturbed", "positions", "record", "wp_add", "wp_apply", "wp_range"]
+__all__ = ["NodeEngine", "WPEngine", "applies", "at_schedule", "clean_losses", "node_estimate", "noisy_loss",
+           "perturbed", "positions", "record", "wp_add", "wp_apply"]
 
 ORDER = ("W_in", "W_rec", "b", "W_out", "b_out")  # the parameters, in the kernels' order
 LOSSES = {"mse": K.MSE, "ce": K.CE}
@@ -217,59 +215,6 @@ def at_schedule(ps, acc, ms, vs, steps, opt_kind, hyper, t, n_seq, every):  # no
 
 
 @numba.njit(cache=True)
-def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, signal, keep, sigma2,  # noqa: ANN001, ANN201
-               root_n, tiny, h, hn, xi, xs, ys, mask, t0, t1, n_seq, every, last, rec_l, rec_yn, rec_p, rec_z,
-               rec_i, rec_in, rec_a, losses):
-    """Steps ``t0 .. t1 - 1`` of a node rule (module docstring) on the rate RNN, a sequence of ``n_seq`` steps.
-
-    ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`ORDER`; ``ms``, ``vs``, ``steps``,
-    ``opt_kind``, ``hyper``: the optimizer (:func:`neuro.engine.kernels.apply_update`); ``signal``: :data:`NP`,
-    :data:`ANP_LAYER` or :data:`ANP_GLOBAL`; ``keep``: the noisy copies keep their state; ``h`` [B, n], ``hn``
-    [M, n] the clean and noisy states (``hn`` scratch unless ``keep``); ``xi`` [t1 - t0, M, n + n_out] the
-    steps' noise; ``xs`` [T, B, n_in], ``ys`` [T, B, n_out], ``mask`` [T, B]; ``last`` [W] (:func:`positions`)
-    and the ``rec_*`` arrays [W, ...]: :func:`record`; ``losses`` [t1 - t0] (written). Returns the updates
-    applied and whether the accumulator holds estimates."""
-    nb, n = h.shape
-    M = hn.shape[0]
-    kk = M // nb
-    n_in, n_out = xs.shape[2], ys.shape[2]
-    W_in, W_rec, b = ps[0].reshape((n, n_in)), ps[1].reshape((n, n)), ps[2]
-    W_out, b_out = ps[3].reshape((n_out, n)), ps[4]
-    g = (acc[0].reshape((n, n_in)), acc[1].reshape((n, n)), acc[2], acc[3].reshape((n_out, n)), acc[4])
-    h_new, D = np.empty_like(h), np.empty_like(h)
-    hn_new, r_D = np.empty_like(hn), np.empty((1, n), h.dtype)
-    yc, yn = np.empty((nb, n_out), h.dtype), np.empty((M, n_out), h.dtype)
-    Lc, Ln = np.empty(nb, h.dtype), np.empty(M, h.dtype)
-    eps = np.empty((1, n_out), h.dtype)
-    bn, dh, diff, Eh = np.empty(n, h.dtype), np.empty(n, h.dtype), np.empty(n, h.dtype), np.empty(n, h.dtype)
-    da, Ey = np.empty(n_out, h.dtype), np.empty(n_out, h.dtype)
-    s2, rn, tn, fm = K.cast(sigma2, h), K.cast(root_n, h), K.cast(tiny, h), K.cast(M, h)
-    updates, full = 0, False
-    for t in range(t0, t1):
-        x, y, mk, noise = xs[t], ys[t], mask[t], xi[t - t0]
-        K.rate_step(W_in, W_rec, b, alpha, x, h, h_new, D)  # the clean pass
-        K.readout(W_out, b_out, h_new, yc)
-        losses[t - t0] = clean_losses(loss_kind, yc, y, mk, Lc, eps)
-        for m in range(M):  # the noisy passes (one row each): the current's noise in the bias
-            s = m // kk
-            for a in range(n):
-                bn[a] = b[a] + noise[m, a]
-            K.rate_step(W_in, W_rec, bn, alpha, x[s:s + 1], hn[m:m + 1] if keep else h[s:s + 1], hn_new[m:m + 1], r_D)
-            Ln[m] = noisy_loss(loss_kind, W_out, b_out, hn_new[m:m + 1], noise[m, n:], y[s:s + 1], mk[s:s + 1],
-                               yn[m:m + 1], eps)
-        node_estimate(signal, keep, W_rec, noise, Lc, Ln, h, hn, yc, yn, x, h_new, s2, rn, tn, fm, *g, dh, diff, da,
-                      Eh, Ey)
-        record(last, t, signal, keep, W_in, W_rec, b, noise, x, h, hn, h_new, Lc, yc, yn, rec_l, rec_yn, rec_p,
-               rec_z, rec_i, rec_in, rec_a)
-        h[:, :] = h_new
-        if keep:
-            hn[:, :] = hn_new
-        full = not at_schedule(ps, acc, ms, vs, steps, opt_kind, hyper, t, n_seq, every)
-        updates += 0 if full else 1
-    return updates, full
-
-
-@numba.njit(cache=True)
 def perturbed(ps, xi_r, offs, pert):  # noqa: ANN001, ANN201
     """``pert[k] = theta + xi_r[k]`` for each perturbed copy ``k`` (``offs`` [6]: the parameters' offsets)."""
     for k in range(pert.shape[0]):
@@ -307,57 +252,6 @@ def wp_apply(update, clean, ps, acc, g, offs, ms, vs, steps, opt_kind, hyper):  
         K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
 
 
-@numba.njit(cache=True)
-def wp_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, denom, h, hk, xi, offs,  # noqa: ANN001, ANN201
-             redraw, tr0, xs, ys, mask, t0, t1, n_seq, every, losses):
-    """Steps ``t0 .. t1 - 1`` of weight perturbation (module docstring) on the rate RNN, a sequence of ``n_seq``
-    steps.
-
-    ``ps``, ``acc``, ``ms``, ``vs``, ``steps``, ``opt_kind``, ``hyper``: as :func:`node_range`; ``denom`` =
-    ``sigma^2 K``; ``h`` [B, n], ``hk`` [K, B, n] the clean and perturbed states; ``xi`` [R, K, P] the
-    perturbations, ``xi[0]`` the state's, then one per step drawn (``redraw``: each step whose count since the
-    sequence's start, ``tr0`` at ``t0``, is > 0); ``offs`` [6] the parameters' offsets in ``P`` (:data:`ORDER`).
-    Returns the updates applied, whether the accumulator holds estimates, and the row of ``xi`` last used."""
-    nb, n = h.shape
-    nk, P = xi.shape[1], xi.shape[2]
-    n_in, n_out = xs.shape[2], ys.shape[2]
-    pert = np.empty((nk, P), h.dtype)
-    g = np.empty(P, h.dtype)
-    h_new, D = np.empty_like(h), np.empty_like(h)
-    hk_new = np.empty_like(hk)
-    y_hat, eps = np.empty((nb, n_out), h.dtype), np.empty((nb, n_out), h.dtype)
-    den = K.cast(denom, h)
-    r, stale, updates, full, clean = 0, True, 0, False, False  # clean: the previous step updated (the sum is zero)
-    for t in range(t0, t1):
-        if redraw and tr0 + t - t0 > 0:
-            r += 1
-            stale = True
-        if stale:  # theta + xi_k, as the step's parameters after an update or a new draw
-            perturbed(ps, xi[r], offs, pert)
-            stale = False
-        x, y, mk = xs[t], ys[t], mask[t]
-        K.rate_step(ps[0].reshape((n, n_in)), ps[1].reshape((n, n)), ps[2], alpha, x, h, h_new, D)
-        K.readout(ps[3].reshape((n_out, n)), ps[4], h_new, y_hat)
-        l = K.loss_and_error(loss_kind, y_hat, y, mk, eps)
-        losses[t - t0] = l
-        for k in range(nk):
-            q = pert[k]
-            K.rate_step(q[offs[0]:offs[1]].reshape((n, n_in)), q[offs[1]:offs[2]].reshape((n, n)),
-                        q[offs[2]:offs[3]], alpha, x, hk[k], hk_new[k], D)
-            K.readout(q[offs[3]:offs[4]].reshape((n_out, n)), q[offs[4]:offs[5]], hk_new[k], y_hat)
-            wp_add(g, (K.loss_and_error(loss_kind, y_hat, y, mk, eps) - l) / den, xi[r, k], k == 0)
-        update = t == n_seq - 1 or (t + 1) % every == 0
-        h[:, :] = h_new
-        hk[:, :, :] = hk_new
-        wp_apply(update, clean, ps, acc, g, offs, ms, vs, steps, opt_kind, hyper)
-        if update:
-            updates += 1
-            full, stale, clean = False, True, True
-        else:
-            full, clean = True, False
-    return updates, full, r
-
-
 class _Arrays:
     """The parameters, the accumulator and the optimizer's state as the kernels' arrays (the parameters' and
     the accumulator's views made once while their tensors stay the same)."""
@@ -393,8 +287,9 @@ class _PerturbEngine(Engine):
 
 
 class NodeEngine(_PerturbEngine):
-    """A node rule's kernel (:func:`node_range` or the LSTM's) for one ``np``, ``anp`` or ``anp-time`` rule on
-    one network whose state's fields are the kernel's state arrays, in order (module docstring)."""
+    """A node rule's kernel (:func:`neuro.engine.rate_perturb.node_range` or the LSTM's) for one ``np``, ``anp``
+    or ``anp-time`` rule on one network whose state's fields are the kernel's state arrays, in order (module
+    docstring)."""
 
     def __init__(self, net: AbstractNetwork, rule: AbstractNodeRule, kernel: Callable, model_args: tuple = ()) -> None:
         super().__init__(net, rule, kernel, model_args)
@@ -456,8 +351,8 @@ class NodeEngine(_PerturbEngine):
 
 
 class WPEngine(_PerturbEngine):
-    """A weight perturbation kernel (:func:`wp_range` or the LSTM's) for one ``wp`` rule on one network whose
-    state's fields are the kernel's state arrays, in order (module docstring)."""
+    """A weight perturbation kernel (:func:`neuro.engine.rate_perturb.wp_range` or the LSTM's) for one ``wp``
+    rule on one network whose state's fields are the kernel's state arrays, in order (module docstring)."""
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
@@ -493,12 +388,3 @@ def applies(net: AbstractNetwork, cls: type, rule: object) -> bool:
     and the loss mse or ce."""
     return (type(net) is cls and type(rule) in (*NODE_RULES, WeightPerturbation)
             and getattr(rule, "loss", None) in LOSSES and rule.forward is None)
-
-
-def build(net: object, rule: object) -> Engine | None:
-    """The engine for ``rule`` on ``net`` where :func:`applies` holds for the rate RNN; ``None`` otherwise."""
-    if not applies(net, RateRNN, rule):
-        return None
-    if type(rule) is WeightPerturbation:
-        return WPEngine(net, rule, wp_range, (float(net.alpha),))
-    return NodeEngine(net, rule, node_range, (float(net.alpha),))
