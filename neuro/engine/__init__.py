@@ -109,7 +109,7 @@ REGISTRY: tuple[Combination, ...] = (
     *(Combination(model="rate", rule=r, optimizers=opts, losses=("mse", "ce"), devices=("cpu",),
                   dtypes=("float32", "float64"), builder="neuro.engine.rate_perturb:build")
       for r, opts in (("np", ("adam", "sgd", "rmsprop")), ("anp", ("adam", "sgd", "rmsprop")),
-                      ("anp-time", ("adam", "sgd")), ("wp", ("adam", "sgd", "rmsprop")))),
+                      ("anp-time", ("adam", "sgd", "rmsprop")), ("wp", ("adam", "sgd", "rmsprop")))),
     *(Combination(model="lstm", rule=r, optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"), devices=("cpu",),
                   dtypes=("float32", "float64"), builder="neuro.engine.lstm_perturb:build")
       for r in ("np", "anp", "anp-time", "wp")),

@@ -62,7 +62,11 @@ RULE_OPTIONS = {("columnar", "td-lambda"): {"rule": "columnar", "cumulant_input"
                 **{(m, "anp-time"): {"norm": "global", "samples": 2} for m in ("lif", "alif")},
                 # rate and LSTM perturbation rules: a loss difference of order sigma over sigma^2 amplifies rounding (at the
                 # default 1e-3 the torch path's own two forms differ by 1e-9 under RMSprop); sigma = 0.05 keeps 1e-10
-                **{(m, r): {"sigma": 0.05} for m in ("rate", "lstm") for r in ("np", "anp", "anp-time", "wp")}}
+                **{(m, r): {"sigma": 0.05} for m in ("rate", "lstm") for r in ("np", "anp", "anp-time", "wp")},
+                # rate anp-time under RMSprop: each update applies the estimate whole, and the estimate's dependence on
+                # the parameters (of order 1/sigma) grows a difference ~10x per update; at 0.05 the torch path's own
+                # two forms differ by 7e-11 after 60 steps, at 0.1 by 9e-12
+                ("rate", "anp-time"): {"sigma": 0.1}}
 
 
 def _cases() -> list[Any]:
