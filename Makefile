@@ -36,8 +36,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 demo: install
 	$(VENV)/bin/neuro demo
 
+# The tests run in TEST_WORKERS processes (pytest-xdist; 2, one per core of the 2-core machines the suite is
+# timed on): `make test TEST_WORKERS=4` on a larger machine, TEST_WORKERS=0 runs them in this one process.
+# --dist loadgroup hands each test to the next free worker, except that the tests of a file sharing an
+# expensive module fixture go to one worker (grouped in tests/conftest.py), which builds it once.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 # pytest's status 5 means no test was collected: a failure, said plainly.
-PYTEST = $(PY) -m pytest -q --durations=15 $(1) || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit $$status; }
+PYTEST = $(PY) -m pytest -q $(XDIST) --durations=15 $(1) || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit $$status; }
 
 test: install
 	$(call PYTEST,)
