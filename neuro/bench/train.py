@@ -2,8 +2,8 @@
 
 For each (model, rule) and size n (``--n`` hidden units): the real training loop, ``neuro.train(net, rule,
 task, steps, config)`` with batch 1, float32, ``--threads`` torch thread(s), ``update_every`` K
-(``--update-every``, default 1) and every other setting at its default (Adam, lr 1e-3, chunks of 100 steps on a continuing task, no run directory),
-timed as a whole call (building the initial parameters and checking the run included). Each rule first runs
+(``--update-every``, default 1) and every other setting at its default (Adam, lr 1e-3, chunks of 100 steps on
+a continuing task, no run directory), timed as a whole call (building the initial parameters and checking the run included). Each rule first runs
 one short warm-up run (which compiles or loads whatever it needs); then ``--blocks`` timed blocks, each a
 fresh run of ``--steps`` steps, alternate over the rules of one (model, n) block by block, so that a change
 of load hits them all alike. A row gives the median, min, max and spread ((max - min) / median) of its
@@ -361,19 +361,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _columns(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The columns section's rows (:func:`neuro.bench.train_columns.measure`), each printed as it is measured."""
-    from . import train_columns
-
-    rows = train_columns.measure(args.columns, args.engines, args.steps, args.blocks, args.update_every)
-    for r in rows:
-        s = r.get("steps_per_s")
-        print(f"{PROG}: columns {r['entry']} [{r['engine']}]: "
-              + (f"{s['median']:.0f} steps/s (goal {r['goal_steps_per_s']:.0f})" if s
-                 else r.get("skipped") or r.get("error") or "–"), file=sys.stderr, flush=True)
-    return rows
-
-
 def _floor(args: argparse.Namespace) -> dict[int, float]:
     """The floor's median steps/s at each ``--n`` (:func:`neuro.engine.floor.measure`)."""
     import statistics
@@ -388,6 +375,8 @@ def _floor(args: argparse.Namespace) -> dict[int, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import train_columns
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(argv)
     command = shlex.join(["neuro", "bench", "train", *argv])
@@ -408,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{PROG}: {model} n={n} {r['rule']} [{r['engine']}]: "
                           + (f"{s['median']:.0f} steps/s, {r['vs_bptt']:.2f}x bptt" if s and r.get("vs_bptt")
                              else r.get("skipped") or r.get("error") or "–"), file=sys.stderr, flush=True)
-        columns = [] if args.columns is None else _columns(args)
+        columns = [] if args.columns is None else train_columns.measure(
+            args.columns, args.engines, args.steps, args.blocks, args.update_every, log=f"{PROG}: columns")
         floor = _floor(args) if args.floor else {}
     finally:
         torch.set_num_threads(threads)
@@ -422,8 +412,6 @@ def main(argv: list[str] | None = None) -> int:
     _report.write_json(out / "train.json", report)
     text = _markdown(report, command)
     if columns:
-        from . import train_columns
-
         text += "\n" + train_columns.markdown(columns, settings)
     if floor:
         text += ("\nFloor (the rate RNN's compiled step and one SGD update of every parameter, no rule; median "

@@ -20,6 +20,7 @@ whole ``neuro.train`` calls, median (min-max) of the blocks' steps/s.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 from . import _report
@@ -81,8 +82,10 @@ def _build(entry: Entry, engine: str, steps: int, update_every: int) -> _Case | 
     return case
 
 
-def measure(names: list[str], engines: list[str], steps: int, blocks: int, update_every: int = 1) -> list[dict]:
-    """A row per (entry, engine): warm-up runs, then alternating timed blocks."""
+def measure(names: list[str], engines: list[str], steps: int, blocks: int, update_every: int = 1,
+            log: str | None = None) -> list[dict]:
+    """A row per (entry, engine): warm-up runs, then alternating timed blocks; each row printed to stderr after
+    ``log`` where given."""
     rows: list[dict[str, Any]] = []
     cases: list[tuple[dict[str, Any], _Case]] = []
     for name in names:
@@ -115,6 +118,10 @@ def measure(names: list[str], engines: list[str], steps: int, blocks: int, updat
                      None)
             if r["engine"] == "compiled" and "steps_per_s" in r and t is not None:
                 r["speedup_vs_torch"] = r["steps_per_s"]["median"] / t["steps_per_s"]["median"]
+    for r in rows if log else ():
+        s = r.get("steps_per_s")
+        print(f"{log} {r['entry']} [{r['engine']}]: " + (f"{s['median']:.0f} steps/s (goal {r['goal_steps_per_s']:.0f})"
+              if s else r.get("skipped") or r.get("error") or "–"), file=sys.stderr, flush=True)
     return rows
 
 

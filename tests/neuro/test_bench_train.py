@@ -71,12 +71,47 @@ def test_both_engines_report_the_speed_up(tmp_path):
     assert "no compiled engine for" not in md
 
 
+def test_update_every_sets_every_rules_schedule(tmp_path):
+    """``--update-every 10``: the online rule updates every 10 steps (5 in a block of 50), BPTT still once per
+    chunk; the setting is in the JSON and the text."""
+    assert train.main(["--quick", "--models", "rate", "--rules", "rflo", "--update-every", "10", "--out",
+                       str(tmp_path)]) == 0
+    data, by = _rows(tmp_path)
+    assert by["rate", "rflo", "auto"]["updates_per_block"] == 5 and by["rate", "bptt", "auto"]["updates_per_block"] == 1
+    assert data["settings"]["update_every"] == 10 and "columns" not in data
+    assert "update_every=10" in (tmp_path / "train.md").read_text()
+
+
+def test_columns_section_alone(tmp_path):
+    """``--columns`` without ``--models``: only the columns networks on trace patterning, each row its goal and
+    whether its median meets it; the CCN runs its five stages within the block."""
+    assert train.main(["--columns", "--steps", "500", "--blocks", "2", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "train.json").read_text())
+    assert data["rows"] == [] and data["settings"]["columns"] == ["columnar", "ccn", "lstm-td"]
+    by = {r["entry"]: r for r in data["columns"]}
+    assert set(by) == {"columnar", "ccn", "lstm-td"} and not [r for r in by.values() if "error" in r or "skipped" in r]
+    assert {e: r["goal_steps_per_s"] for e, r in by.items()} == {"columnar": 250_000, "ccn": 150_000, "lstm-td": 100_000}
+    assert (by["columnar"]["model"], by["columnar"]["n"], by["ccn"]["model"], by["ccn"]["n"]) == \
+        ("columnar", 7, "constructive", 20)
+    assert by["ccn"]["schedule"] == "20:4:100" and by["lstm-td"]["options"]["rule_options"] == {"k": 3}
+    for r in by.values():
+        s = r["steps_per_s"]
+        assert r["task"] == "trace-patterning" and r["rule"] == "td-lambda" and r["options"]["cumulant_input"] == 6
+        assert len(r["blocks"]) == s["n"] == 2 and r["blocks"] == [500 / t for t in r["seconds"]]
+        assert r["meets_goal"] == (s["median"] >= r["goal_steps_per_s"]) and r["updates_per_block"] == 500
+    md = (tmp_path / "train.md").read_text()
+    assert "## Columns networks on trace patterning" in md and "| ccn | CCN 20:4, schedule 20:4:100 |" in md
+    assert "## rate" not in md and "load average" in md
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--rules", "nosuch"], "--rules nosuch: unknown"),
     (["--models", "nosuch"], "--models nosuch: unknown"),
     (["--n", "0"], "must be an integer >= 1"),
     (["--steps", "x"], "invalid int value"),
     (["--engine", "jit"], "--engine 'jit' is invalid"),
+    (["--update-every", "0"], "--update-every 0: each must be an integer >= 1"),
+    (["--columns", "nosuch"], "--columns nosuch: unknown"),
     (["--bogus"], "unrecognized arguments"),
 ])
 def test_bad_options_are_one_line_and_exit_2(argv, says, tmp_path, capsys):
