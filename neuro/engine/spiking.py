@@ -47,7 +47,7 @@ from neuro._numba import numba
 from neuro.engine import kernels as K
 from neuro.engine.base import view
 
-__all__ = ["Cell", "DYNAMICS", "NetArrays", "active", "cell", "jacobian", "layer", "leaky_readout", "net_arrays",
+__all__ = ["Cell", "DYNAMICS", "NetArrays", "active", "cell", "filtered_readout_grad", "frozen", "jacobian", "layer", "leaky_readout", "net_arrays",
            "net_state", "network_step", "readout_grad", "signal", "sparse_dot", "unit"]
 
 EXACT, EULER, LAVA = 0, 1, 2
@@ -97,9 +97,19 @@ def cell(net: LIF, dtype: np.dtype) -> Cell:
 
 
 @numba.njit(cache=True)
+def frozen(cf, ci):  # noqa: ANN001, ANN201
+    """The cell ``(cf, ci)`` as two tuples of scalars, which :func:`unit` and :func:`jacobian` take in place of the
+    arrays: a kernel's loop then keeps the coefficients in registers and its branches on the codes are
+    loop-invariant (an array's elements are read again after every store the compiler cannot tell apart)."""
+    return ((cf[0], cf[1], cf[2], cf[3], cf[4], cf[5], cf[6], cf[7], cf[8], cf[9], cf[10], cf[11], cf[12], cf[13],
+             cf[14], cf[15], cf[16], cf[17], cf[18], cf[19]), (ci[0], ci[1], ci[2], ci[3], ci[4]))
+
+
+@numba.njit(cache=True)
 def unit(cf, ci, b, I, v, i, r, a):  # noqa: ANN001, ANN201
     """One unit's step (module docstring) from its state ``v, i, r, a`` (``a`` read only for ALIF), bias ``b`` and
-    current ``I``: ``(v_t, i_t, z_t, r_t, a_t, v~, psi, A)``."""
+    current ``I``: ``(v_t, i_t, z_t, r_t, a_t, v~, psi, A)``; ``cf, ci`` the cell's arrays or :func:`frozen`'s
+    tuples."""
     dyn = ci[DYN]
     if dyn == EXACT:
         j = i + I
@@ -140,7 +150,8 @@ def unit(cf, ci, b, I, v, i, r, a):  # noqa: ANN001, ANN201
 def jacobian(cf, ci, vt, z, psi, act):  # noqa: ANN001, ANN201
     """The step's derivatives of a unit (module docstring) at ``(v~, z, psi, A)`` from :func:`unit`:
     ``(dz/dv, dz/di, dz/da, dz/dI, dz/db, dv/dv, dv/di, dv/da, dv/dI, dv/db)`` (``dz/da``, ``dv/da``: 0 without
-    adaptation). ``di/di = cf[II]``, ``di/dI = cf[III]``, ``da/dx = dz/dx`` plus ``cf[RHO]`` on ``a``."""
+    adaptation). ``di/di = cf[II]``, ``di/dI = cf[III]``, ``da/dx = dz/dx`` plus ``cf[RHO]`` on ``a``. ``cf, ci``:
+    the cell's arrays or :func:`frozen`'s tuples."""
     zv, zi, za = psi * cf[VV], psi * cf[VI], -(psi * cf[BETA_A])
     zI, zb = psi * cf[VII], psi * cf[VB]
     uv, ui, uI, ub = cf[VV], cf[VI], cf[VII], cf[VB]
@@ -160,13 +171,14 @@ def layer(W_in, W_rec, b, cf, ci, x, v, i, z, r, a, I, vt, psi, act):  # noqa: A
     unit, the state ``v, i, z, r, a`` [B, n] changed in place (``a``: ALIF, else left alone), ``I``, ``v~``, ``psi``
     and ``A`` [B, n] written."""
     nb, n = v.shape
+    kf, ki = frozen(cf, ci)
     for s in range(nb):
         for j in range(n):
             I[s, j] = K.dot(x[s], W_in[j]) + K.dot(z[s], W_rec[j])
     for s in range(nb):
         for j in range(n):
             v[s, j], i[s, j], z[s, j], r[s, j], a[s, j], vt[s, j], psi[s, j], act[s, j] = unit(
-                cf, ci, b[j], I[s, j], v[s, j], i[s, j], r[s, j], a[s, j])
+                kf, ki, b[j], I[s, j], v[s, j], i[s, j], r[s, j], a[s, j])
 
 
 @numba.njit(cache=True)
@@ -218,6 +230,21 @@ def readout_grad(eps, zb, bb, g_out, g_bout):  # noqa: ANN001, ANN201
             for j in range(zb.shape[1]):
                 row[j] += e * zb[s, j]
             g_bout[k] += e * bb
+
+
+@numba.njit(cache=True)
+def filtered_readout_grad(eps, z, kappa, zbar, bbar, g_out, g_bout):  # noqa: ANN001, ANN201
+    """The leaky readout's step of a rule that filters the hidden output with the readout's decay ``kappa`` (in
+    the arrays' dtype): ``zbar <- kappa zbar + z`` [B, n], ``bbar <- kappa bbar + 1`` (each element of ``bbar``,
+    the filtered 1 that ``b_out`` multiplies), then :func:`readout_grad` with ``zbar`` and ``bbar[0]``."""
+    one = kappa * 0 + 1
+    for q in range(bbar.size):
+        bbar[q] = kappa * bbar[q] + one
+    nb, n = z.shape
+    for s in range(nb):
+        for j in range(n):
+            zbar[s, j] = kappa * zbar[s, j] + z[s, j]
+    readout_grad(eps, zbar, bbar[0], g_out, g_bout)
 
 
 @numba.njit(cache=True)

@@ -94,9 +94,9 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
     g_in, g_rec, g_b = acc[0].reshape((n, n_in)), acc[1].reshape((n, n)), acc[2]
     g_out, g_bout = acc[3].reshape((n_out, n)), acc[4]
     adapt = ci[S.ADAPT] == 1
+    kf, ki = S.frozen(cf, ci)  # the cell's coefficients as scalars, read once
     kc = K.cast(kappa, v)
     ii, iI, rho = cf[S.II], cf[S.III], cf[S.RHO]
-    one = K.cast(1.0, v)
     zero = K.cast(0.0, v)
     pre = np.empty((nb, n_pre), v.dtype)
     I = np.empty_like(v)
@@ -107,7 +107,7 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
     y_hat = np.empty((nb, n_out), v.dtype)
     eps = np.empty((nb, n_out), v.dtype)
     m_rec, v_rec = ms[1].reshape((ms[1].size // n, n)), vs[1].reshape((vs[1].size // n, n))  # by rows (or none)
-    scr_rec = np.empty(n, v.dtype)
+    scr_rec = np.zeros(n, v.dtype)
     updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
         x = xs[t]
@@ -122,28 +122,17 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
         S.network_step(W_in, W_rec, b, W_out, b_out, cf, ci, x, v, i, z, r, a, y, pre, I, vt, psi, act, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         S.signal(eps, F, L)
-        bbar[0] = kc * bbar[0] + one
-        for s in range(nb):
-            for j in range(n):
-                zbar[s, j] = kc * zbar[s, j] + z[s, j]
-        S.readout_grad(eps, zbar, bbar[0], g_out, g_bout)
+        S.filtered_readout_grad(eps, z, kc, zbar, bbar, g_out, g_bout)
         fused = t == n_seq - 1 or (t + 1) % every == 0
         if fused:  # W_rec's step begun; its rows are updated in the pass below, each once summed
-            if opt_kind == K.ADAM:
-                c_rec = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
-            elif opt_kind == K.RMSPROP:
-                r_rec = K.rmsprop_step(steps[1], hyper[0], hyper[1], hyper[3], W_rec)
-            else:
-                c_sgd = K.cast(-hyper[0], W_rec)
+            c_rec = K.row_update_begin(opt_kind, steps[1], hyper, W_rec)
         direct = fused and clean  # a row's sum is the step's estimate alone: summed in a scratch row instead
         for j in range(n):  # one pass over the units: the traces, the estimate summed over the batch
             gi = g_in[j]
-            gr = scr_rec if direct else g_rec[j]
-            if direct:
-                gr[:] = 0.0
+            gr = scr_rec if direct else g_rec[j]  # the scratch row is kept zero by the update
             for s in range(nb):
                 p_s, sh = pre[s], shared[s, 0]
-                zv, zi, za, zI, zb, dvv, dvi, dva, dvI, dvb = S.jacobian(cf, ci, vt[s, j], z[s, j], psi[s, j],
+                zv, zi, za, zI, zb, dvv, dvi, dva, dvI, dvb = S.jacobian(kf, ki, vt[s, j], z[s, j], psi[s, j],
                                                                          act[s, j])
                 Lj = L[s, j]
                 ebar, ev = el[s, j, 0], el[s, j, 1]
@@ -170,14 +159,7 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
                 q[0, 0] = kc * q[0, 0] + e
                 g_b[j] += Lj * q[0, 0]
             if fused:  # W_rec's row updated with its sum, the sum zeroed
-                if opt_kind == K.ADAM:
-                    K.adam_span(W_rec[j], gr, m_rec[j], v_rec[j], c_rec)
-                elif opt_kind == K.RMSPROP:
-                    K.rmsprop_span(W_rec[j], gr, m_rec[j], r_rec)
-                else:
-                    K.sgd_span(W_rec[j], gr, c_sgd)
-                if not direct:
-                    gr[:] = 0.0
+                K.row_update(opt_kind, W_rec[j], gr, m_rec, v_rec, j, c_rec)
         for s in range(nb):  # the synaptic current's component, the same for every unit
             p_s, sh = pre[s], shared[s, 0]
             for k in range(n_pre):
@@ -190,9 +172,7 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
             slot_loc[pos, n_reads] = I
             slot_loc[pos, n_reads + 1] = z
         if fused:  # the other parameters' update (W_rec's is done)
-            K.apply_update(opt_kind, (ps[0], ps[2], ps[3], ps[4]), (acc[0], acc[2], acc[3], acc[4]),
-                           (ms[0], ms[2], ms[3], ms[4]), (vs[0], vs[2], vs[3], vs[4]),
-                           (steps[0], steps[2], steps[3], steps[4]), hyper)
+            K.apply_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1)
             updates += 1
             full, clean = False, True
         else:

@@ -69,7 +69,6 @@ def ottt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa
     g_out, g_bout = g[3].reshape((n_out, n)), g[4]
     vv, vi, vI, vb, ii, iI = cf[S.VV], cf[S.VI], cf[S.VII], cf[S.VB], cf[S.II], cf[S.III]
     kc = K.cast(kappa, v)
-    one = K.cast(1.0, v)
     pre = np.empty((nb, n_pre), v.dtype)
     I = np.empty_like(v)
     vt = np.empty_like(v)
@@ -79,7 +78,7 @@ def ottt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa
     y_hat = np.empty((nb, n_out), v.dtype)
     eps = np.empty((nb, n_out), v.dtype)
     m_rec, v_rec = ms[1].reshape((ms[1].size // n, n)), vs[1].reshape((vs[1].size // n, n))  # by rows (or none)
-    scr_rec = np.empty(n, v.dtype)
+    scr_rec = np.zeros(n, v.dtype)
     updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
         S.network_step(W_in, W_rec, b, W_out, b_out, cf, ci, xs[t], v, i, z, r, a, y, pre, I, vt, psi, act, y_hat)
@@ -97,18 +96,11 @@ def ottt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa
         last = t == n_seq - 1
         fused = not mode_a and (last or (t + 1) % every == 0)
         if fused:  # W_rec's step begun; its rows are updated in the pass below, each once summed
-            if opt_kind == K.ADAM:
-                c_rec = K.adam_step(steps[1], hyper[0], hyper[1], hyper[2], hyper[3], W_rec)
-            elif opt_kind == K.RMSPROP:
-                r_rec = K.rmsprop_step(steps[1], hyper[0], hyper[1], hyper[3], W_rec)
-            else:
-                c_sgd = K.cast(-hyper[0], W_rec)
+            c_rec = K.row_update_begin(opt_kind, steps[1], hyper, W_rec)
         direct = fused and clean  # a row's sum is the step's estimate alone: summed in a scratch row instead
         for j in range(n):
             gi = g_in[j]
-            gr = scr_rec if direct else g_rec[j]
-            if direct:
-                gr[:] = 0.0
+            gr = scr_rec if direct else g_rec[j]  # the scratch row is kept zero by the update
             for s in range(nb):
                 e = L[s, j]
                 pv = Pv[s]
@@ -118,19 +110,8 @@ def ottt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa
                     gr[k] += e * pv[n_in + k]
                 g_b[j] += e * Q[0]
             if fused:  # W_rec's row updated with its sum, the sum zeroed
-                if opt_kind == K.ADAM:
-                    K.adam_span(W_rec[j], gr, m_rec[j], v_rec[j], c_rec)
-                elif opt_kind == K.RMSPROP:
-                    K.rmsprop_span(W_rec[j], gr, m_rec[j], r_rec)
-                else:
-                    K.sgd_span(W_rec[j], gr, c_sgd)
-                if not direct:
-                    gr[:] = 0.0
-        obar[0] = kc * obar[0] + one
-        for s in range(nb):
-            for j in range(n):
-                zbar[s, j] = kc * zbar[s, j] + z[s, j]
-        S.readout_grad(eps, zbar, obar[0], g_out, g_bout)
+                K.row_update(opt_kind, W_rec[j], gr, m_rec, v_rec, j, c_rec)
+        S.filtered_readout_grad(eps, z, kc, zbar, obar, g_out, g_bout)
         if window > 0:
             pos = (t % every) % window
             for s in range(nb):
@@ -147,9 +128,7 @@ def ottt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa
                 acc[p][:] += racc[p]
                 racc[p][:] = 0.0
         if fused:  # the other parameters' update (W_rec's is done)
-            K.apply_update(opt_kind, (ps[0], ps[2], ps[3], ps[4]), (acc[0], acc[2], acc[3], acc[4]),
-                           (ms[0], ms[2], ms[3], ms[4]), (vs[0], vs[2], vs[3], vs[4]),
-                           (steps[0], steps[2], steps[3], steps[4]), hyper)
+            K.apply_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1)
             updates += 1
             full, clean = False, True
         elif last:

@@ -109,7 +109,6 @@ def three_factor_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
     c_y, d_y, lam = co[co.size - 3], co[co.size - 2], co[co.size - 1]
     vI, vb = cf[S.VII], cf[S.VB]
     kc = K.cast(kappa, v)
-    one = K.cast(1.0, v)
     pre = np.empty((nb, n_in + n), v.dtype)
     zp = np.empty_like(v)
     ones = np.ones((nb, 1), v.dtype)
@@ -137,11 +136,7 @@ def three_factor_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
         group_step(dec, imp, x_in, xs[t], p_syn, c_y, d_y, y_in, lam, e_in, kc, q_in, M, g_in)
         group_step(dec, imp, x_rec, zp, p_syn, c_y, d_y, y_rec, lam, e_rec, kc, q_rec, M, g_rec)
         group_step(dec_b, imp_b, x_b, ones, p_b, c_y, d_y, y_b, lam, e_b, kc, q_b, M, g_b)
-        for s in range(nb):
-            cbar[s, 0] = kc * cbar[s, 0] + one
-            for j in range(n):
-                zbar[s, j] = kc * zbar[s, j] + z[s, j]
-        S.readout_grad(eps, zbar, cbar[0, 0], g_out, g_bout)
+        S.filtered_readout_grad(eps, z, kc, zbar, cbar.reshape(-1), g_out, g_bout)
         if t == n_seq - 1 or (t + 1) % every == 0:
             K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
             updates += 1
