@@ -59,7 +59,7 @@ ORDER = ("W_in", "W_rec", "b", "W_out", "b_out")  # the parameters, in the kerne
 LOSSES = {"mse": K.MSE, "ce": K.CE}
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def theta_pass(Th, kg, inv0, A, Q, x, h, samples, g_in, g_rec, g_b, sq, scratch, direct, fused,  # noqa: ANN001, ANN201
                opt_kind, W_rec, m_rec, v_rec, step, hyper):
     """One pass over the rows ``r`` of ``Theta`` (rank-one pairs ``p``, sample ``s = p // samples``): the step's
@@ -250,7 +250,7 @@ class UOROEngine(Engine):
         self._rows: tuple[torch.Tensor, int] | None = None  # the window's buffer handed out, rows from hi on zero
         self._pair: tuple[torch.Tensor, ...] = ()  # s~, Theta, ||Theta||^2, written: the fast form's, handed out
         self._params, self._acc = Views(), Views()
-        self._flights: _Flights | None = None
+        self._flights: dict[bool, _Flights] = {}  # kept (True) or not (False)
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
@@ -279,26 +279,24 @@ class UOROEngine(Engine):
                             tt[:, sl["b"]].reshape(BK, n, 1)], 2).contiguous()
             sq = (Th.double() ** 2).sum((1, 2))
             rows, hi = torch.zeros(0, h.shape[0], 0, dtype=dtype), 0
-        fl = self._flights_for(state, every, view(h).dtype) if fast else None
-        gen0 = state.gen.get_state() if fl is not None else None
+        fl, track = self._flights_for(state, every, view(h).dtype)
+        gen0 = state.gen.get_state() if track else None
         r = torch.randint(0, 2, (t1 - t0, BK, n), generator=state.gen, dtype=torch.int8)  # the torch path's draws
         NU = (2 * r - 1).to(dtype)
         o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
         ps = self._params([params[k] for k in ORDER])
         gs = self._acc([acc[k] for k in ORDER])
         losses = np.empty(t1 - t0, view(h).dtype)
-        keep = fl if fl is not None else _Flights.empty(0, 0, 0, 0, 0, view(h).dtype)  # none kept: not written
         updates, full, written, hi, filled = uoro_range(
             ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, self.alpha, float(rule.eps), n_in, n,
             net.n_out, rule.samples, view(h), view(S), view(Th), view(sq), view(NU), seq.xs, seq.ys, seq.mask, t0, t1,
-            n_seq, every, rule.window if fast else 0, view(rows), hi, losses, fl is not None, keep.at_open(),
-            keep.at_close())
+            n_seq, every, rule.window if fast else 0, view(rows), hi, losses, track, fl.at_open(), fl.at_close())
         net_state = state.net._replace(h=h)
         if fast:
             self._rows = (rows, int(hi))
             written_t.fill_(int(written))
             flight = state.flight
-            if fl is not None:
+            if track:
                 flight = fl.after(rule, state, gen0, continued, t0, t1, n_seq, every, int(filled)) or flight
             state = state._replace(net=net_state, s_tilde=S, theta_mat=Th, theta_sq=sq, rows=rows, written=written_t,
                                    held=0, t=state.t + t1 - t0, flight=flight)
@@ -310,17 +308,16 @@ class UOROEngine(Engine):
             state = state._replace(net=net_state, s_tilde=S, theta_tilde=tt, t=state.t + t1 - t0)
         return RangeResult(state=state, losses=losses, updates=int(updates), pending=bool(full))
 
-    def _flights_for(self, state: RateUOROState, every: int, dtype: np.dtype) -> _Flights | None:
-        """The buffers of the windows that fly in the torch path, where windows fill before an update and fly (a
-        flight in the state: one pair); ``None`` otherwise."""
-        L = self.rule.window
-        if state.flight is None or every < L:
-            return None
-        f = self._flights
+    def _flights_for(self, state: NamedTuple, every: int, dtype: np.dtype) -> tuple[_Flights, bool]:
+        """The buffers of the windows that fly in the torch path and whether they are kept: where windows fill
+        before an update and fly (a flight in the fast form's state: one pair); else empty ones, not written."""
+        net, L = self.net, self.rule.window
+        track = isinstance(state, RateUOROState) and state.flight is not None and every >= L
+        f = self._flights.get(track)
         if f is None or f.cS.dtype != dtype:
-            net = self.net
-            f = self._flights = _Flights.empty(net.n_hidden, net.n_in, net.n_out, L, state.rows.shape[2], dtype)
-        return f
+            shape = (net.n_hidden, net.n_in, net.n_out, L, state.rows.shape[2]) if track else (0, 0, 0, 0, 0)
+            f = self._flights[track] = _Flights.empty(*shape, dtype)
+        return f, track
 
     def _rows_for(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The window's buffer the kernel writes, holding ``rows``, and the rows from which it is zero."""
