@@ -54,9 +54,10 @@ def _neurons(cf, ci, b, I, st):  # noqa: ANN001, ANN201
     """The neuron's step (:func:`neuro.engine.spiking.unit`) of every row of the state ``st`` = ``(v, i, z, r,
     a, y)`` on the currents ``I`` [rows, n], in place."""
     v, i, z, r, a = st[0], st[1], st[2], st[3], st[4]
+    kf, ki = S.frozen(cf, ci)
     for s in range(v.shape[0]):
         for j in range(v.shape[1]):
-            v[s, j], i[s, j], z[s, j], r[s, j], a[s, j], _, _, _ = S.unit(cf, ci, b[j], I[s, j], v[s, j], i[s, j],
+            v[s, j], i[s, j], z[s, j], r[s, j], a[s, j], _, _, _ = S.unit(kf, ki, b[j], I[s, j], v[s, j], i[s, j],
                                                                          r[s, j], a[s, j])
 
 
