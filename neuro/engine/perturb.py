@@ -265,10 +265,6 @@ class _Arrays:
                 o.kind, o.hyper)
 
 
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(a))  # a copy: the engine's buffers are reused
-
-
 def _fields(s: NamedTuple) -> list[torch.Tensor]:
     """A network state's tensors as contiguous copies (the kernel's arrays, changed in place)."""
     return [v.detach().clone().contiguous() for v in s]
@@ -331,23 +327,30 @@ class NodeEngine(_PerturbEngine):
         if not windowed:
             out = NodeState(net=s_net, noisy=s_noisy, gen=state.gen, t=steps)
         else:
-            buf = list(state.buf)
-            for p, t in enumerate(last):
-                if t >= 0:
-                    buf[p] = self._entry(rec, p, int(t), t0, xi, seq, n_cur)
+            buf = self._slots(list(state.buf), rec, last, t0, t1, xi, seq, n_cur)
             out = WindowState(net=s_net, noisy=s_noisy, gen=state.gen, t=steps, buf=tuple(buf), k=0)
         self._left = (out, int(vk_end)) if t1 < n_seq else None
         return RangeResult(state=out, losses=losses, updates=int(updates), pending=bool(full))
 
-    def _entry(self, rec: list, p: int, t: int, t0: int, xi: torch.Tensor, seq: SequenceArrays, n_cur: int) -> Entry:
-        """The window slot of step ``t``, as the windowed path holds it."""
-        l, yn, hp, z, i_c, i_n, a = (r[p] for r in rec)
+    def _slots(self, buf: list, rec: list, last: np.ndarray, t0: int, t1: int, xi: torch.Tensor,
+               seq: SequenceArrays, n_cur: int) -> list:
+        """``buf`` with the window slots the range filled (``last[p] >= 0``: step ``last[p]``), as the windowed
+        path holds them: views of the range's own tensors (the ``rec`` arrays, made for this range, and copies
+        of the noise and of the range's inputs, targets and mask), made once per range."""
+        if not (last >= 0).any():
+            return buf
         act = self.signal != NP
-        return Entry(l=_tensor(l), y_noisy=_tensor(yn), y=_tensor(seq.ys[t]), mask=torch.from_numpy(seq.mask[t] != 0),
-                     xi_h=xi[t - t0, :, :n_cur].clone(), xi_y=xi[t - t0, :, n_cur:].clone(),
-                     h_noisy=_tensor(i_n) if act else None, h=_tensor(i_c) if act else None,
-                     a_noisy=_tensor(yn) if act else None, a=_tensor(a) if act else None, x=_tensor(seq.xs[t]),
-                     p=_tensor(hp), z=_tensor(z))
+        l, yn, hp, z, i_c, i_n, a = map(torch.from_numpy, rec)
+        xh, xy = xi[:, :, :n_cur].clone(), xi[:, :, n_cur:].clone()
+        xs, ys = torch.from_numpy(seq.xs[t0:t1].copy()), torch.from_numpy(seq.ys[t0:t1].copy())
+        mask = torch.from_numpy(seq.mask[t0:t1] != 0)
+        for p, t in enumerate(last.tolist()):
+            if t >= 0:
+                r = t - t0
+                buf[p] = Entry(l=l[p], y_noisy=yn[p], y=ys[r], mask=mask[r], xi_h=xh[r], xi_y=xy[r],
+                               h_noisy=i_n[p] if act else None, h=i_c[p] if act else None,
+                               a_noisy=yn[p] if act else None, a=a[p] if act else None, x=xs[r], p=hp[p], z=z[p])
+        return buf
 
 
 class WPEngine(_PerturbEngine):
