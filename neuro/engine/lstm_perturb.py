@@ -30,8 +30,8 @@ every step after the first (``resample="step"``) or held from the sequence's sta
 
 The signals and the estimate, the losses, the window slots of the windowed form of the node rules' state, the
 update at the loop's schedule, the perturbed copies' parameters and the range's setup (the noise drawn per range
-from the rule's generator in the torch path's order, both forms of the rule state) are the rate RNN's
-(:mod:`neuro.engine.perturb`); this module has the LSTM's passes.
+from the rule's generator in the torch path's order, both forms of the rule state) are those every model's
+perturbation engine shares (:mod:`neuro.engine.perturb`); this module has the LSTM's passes.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def lstm_node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, signal, 
                     rec_a, losses):
     """Steps ``t0 .. t1 - 1`` of a node rule (module docstring) on the LSTM, a sequence of ``n_seq`` steps.
 
-    As :func:`neuro.engine.perturb.node_range`, with the clean state ``h``, ``c`` [B, n] and the noisy ``hn``,
+    As :func:`neuro.engine.rate_perturb.node_range`, with the clean state ``h``, ``c`` [B, n] and the noisy ``hn``,
     ``cn`` [M, n] (scratch unless ``keep``), the noise ``xi`` [t1 - t0, M, 4n + n_out] and the currents' slots
     ``rec_i``, ``rec_in`` [W, ., 4n]. Returns the updates applied and whether the accumulator holds estimates."""
     nb, n = h.shape
@@ -107,7 +107,7 @@ def lstm_node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, signal, 
 def lstm_wp_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, denom, h, c, hk, ck, xi, offs, redraw, tr0,  # noqa: ANN001, ANN201
                   xs, ys, mask, t0, t1, n_seq, every, losses):
     """Steps ``t0 .. t1 - 1`` of weight perturbation (module docstring) on the LSTM, a sequence of ``n_seq``
-    steps: as :func:`neuro.engine.perturb.wp_range`, with the clean state ``h``, ``c`` [B, n] and the perturbed
+    steps: as :func:`neuro.engine.rate_perturb.wp_range`, with the clean state ``h``, ``c`` [B, n] and the perturbed
     copies' ``hk``, ``ck`` [K, B, n]. Returns the updates applied, whether the accumulator holds estimates, and
     the row of ``xi`` last used."""
     nb, n = h.shape
