@@ -330,8 +330,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--quick", action="store_true", help="n = 32, 50 steps, 2 blocks (a smoke test)")
     ap.add_argument("--floor", action="store_true",
-                    help="also the floor at each n: the rate RNN's compiled step plus one SGD update of every "
-                         "parameter, no rule (neuro.engine.floor), median steps/s of --blocks runs of --steps")
+                    help="also the floor at each n: the rate RNN's compiled step plus one SGD (and, apart, one "
+                         "Adam) update of every parameter, no rule (neuro.engine.floor), median steps/s of "
+                         "--blocks runs of --steps")
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.steps, args.blocks = [32], 50, 2
@@ -361,17 +362,40 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _floor(args: argparse.Namespace) -> dict[int, float]:
-    """The floor's median steps/s at each ``--n`` (:func:`neuro.engine.floor.measure`)."""
+def _floor(args: argparse.Namespace) -> dict[str, dict[int, float]]:
+    """The floor's median steps/s at each ``--n`` for each optimizer (:func:`neuro.engine.floor.measure`), the
+    two measured in alternating blocks."""
     import statistics
 
     from neuro.engine import floor
 
-    out = {}
+    out: dict[str, dict[int, float]] = {o: {} for o in floor.OPTIMIZERS}
     for n in args.n:
-        out[n] = statistics.median(floor.measure(n, args.steps) for _ in range(args.blocks))
-        print(f"{PROG}: rate n={n} floor [compiled]: {out[n]:.0f} steps/s", file=sys.stderr, flush=True)
+        blocks: dict[str, list[float]] = {o: [] for o in floor.OPTIMIZERS}
+        for _ in range(args.blocks):
+            for o in floor.OPTIMIZERS:
+                blocks[o].append(floor.measure(n, args.steps, optimizer=o))
+        for o in floor.OPTIMIZERS:
+            out[o][n] = statistics.median(blocks[o])
+            print(f"{PROG}: rate n={n} floor with {o} [compiled]: {out[o][n]:.0f} steps/s", file=sys.stderr,
+                  flush=True)
     return out
+
+
+def _floor_text(floor: dict[str, dict[int, float]], rows: list[dict[str, Any]]) -> str:
+    """The floor's paragraph: its steps/s with each optimizer and, where measured, compiled rate BPTT's."""
+    bptt = {r["n"]: r["steps_per_s"]["median"] for r in rows if r["model"] == "rate" and r["rule"] == "bptt"
+            and r.get("engine_used") == "compiled" and r.get("steps_per_s")}
+    parts = [f"with {o}: " + ", ".join(f"n={n} {_report.fmt_rate(v)}" for n, v in per_n.items())
+             for o, per_n in floor.items()]
+    text = ("\nFloor (the rate RNN's compiled step, readout and loss, and one update of every parameter, no "
+            "rule; median steps/s, the kernel alone, no Python around it): " + "; ".join(parts) + ".")
+    if bptt:
+        text += (" Compiled rate BPTT, whole neuro.train calls of this run, updating once per chunk: "
+                 + ", ".join(f"n={n} {_report.fmt_rate(v)}" for n, v in bptt.items()) + ". An online rule "
+                 "that updates at every step costs at least the floor with its optimizer: where that floor is "
+                 "below BPTT, no such rule can match BPTT's throughput.")
+    return text + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,15 +431,14 @@ def main(argv: list[str] | None = None) -> int:
                     engine_setting=has_engine())
     report = {"machine": _report.machine_info(args.threads), "loadavg_before": load,
               "loadavg_after": _report.loadavg(), "settings": settings, "rows": rows,
-              **({"floor_steps_per_s": floor} if floor else {}), **({"columns": columns} if columns else {})}
+              **({"floor_steps_per_s": floor["sgd"], "floor_adam_steps_per_s": floor["adam"]} if floor else {}), **({"columns": columns} if columns else {})}
     out = Path(args.out)
     _report.write_json(out / "train.json", report)
     text = _markdown(report, command)
     if columns:
         text += "\n" + train_columns.markdown(columns, settings)
     if floor:
-        text += ("\nFloor (the rate RNN's compiled step and one SGD update of every parameter, no rule; median "
-                 f"steps/s): {', '.join(f'n={n} {_report.fmt_rate(v)}' for n, v in floor.items())}.\n")
+        text += _floor_text(floor, rows)
     _report.write_atomic(out / "train.md", text)
     print(text)
     return 0

@@ -71,6 +71,17 @@ def test_both_engines_report_the_speed_up(tmp_path):
     assert "no compiled engine for" not in md
 
 
+def test_floor_with_each_optimizer_beside_compiled_bptt(tmp_path):
+    assert train.main(["--quick", "--models", "rate", "--rules", "rflo", "--engine", "compiled", "--floor",
+                       "--out", str(tmp_path)]) == 0
+    data, by = _rows(tmp_path)
+    assert set(data["floor_steps_per_s"]) == set(data["floor_adam_steps_per_s"]) == {"32"}
+    assert data["floor_steps_per_s"]["32"] > 0 and data["floor_adam_steps_per_s"]["32"] > 0
+    text = (tmp_path / "train.md").read_text()
+    assert "with sgd: n=32 " in text and "with adam: n=32 " in text
+    assert "Compiled rate BPTT, whole neuro.train calls of this run, updating once per chunk: n=32 " in text
+
+
 def test_update_every_sets_every_rules_schedule(tmp_path):
     """``--update-every 10``: the online rule updates every 10 steps (5 in a block of 50), BPTT still once per
     chunk; the setting is in the JSON and the text."""
