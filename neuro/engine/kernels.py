@@ -3,6 +3,9 @@ scalars, so the on-disk cache holds them): the rate neuron's step, the per-step 
 the optimizers ``torch.optim.SGD`` / ``Adam`` / ``RMSprop`` with torch's own arithmetic (its formulas, in its
 order of operations; torch's vectorised CPU kernels fuse some multiply-adds and compute ``sqrt`` to within an
 ulp, so the last bit of an element may differ).
+An online kernel may fuse one parameter's update into its pass over that parameter's rows
+(:func:`row_update_begin`, then :func:`row_update` as each row's sum is complete, the same arithmetic as the
+whole update) and update the others at the step's end (:func:`scheduled_update`).
 
 Scalars that torch applies in the tensors' dtype (``alpha``, ``lr``, Adam's ``1 - beta1``, ...) are cast to
 the arrays' dtype first (:func:`cast`), so that a float32 run computes in float32 as torch does. The arrays a
