@@ -326,6 +326,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--columns", nargs="*", default=None, metavar="ENTRY",
                     help="the columns networks on trace patterning, each held to a goal: entries "
                          f"{', '.join(train_columns.ENTRIES)} (default: all); without --models, only these")
+    ap.add_argument("--columns-steps", type=int, default=None, metavar="N",
+                    help="steps per timed block of the columns section (default: --steps); its networks run "
+                         "~10^5 steps/s, so blocks of a few thousand steps time mostly the run's setup")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--quick", action="store_true", help="n = 32, 50 steps, 2 blocks (a smoke test)")
@@ -344,6 +347,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         if bad:
             ap.error(f"--columns {' '.join(bad)}: unknown; valid entries are {', '.join(train_columns.ENTRIES)}")
         args.columns = list(dict.fromkeys(args.columns or train_columns.ENTRIES))
+    if args.columns_steps is None:
+        args.columns_steps = args.steps
+    elif args.columns_steps < 1:
+        ap.error(f"--columns-steps {args.columns_steps}: must be an integer >= 1")
     if args.models is None:
         args.models = [] if args.columns else list(DEFAULT_RULES)
     bad = sorted(set(args.models) - set(models.available()))
@@ -422,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                           + (f"{s['median']:.0f} steps/s, {r['vs_bptt']:.2f}x bptt" if s and r.get("vs_bptt")
                              else r.get("skipped") or r.get("error") or "–"), file=sys.stderr, flush=True)
         columns = [] if args.columns is None else train_columns.measure(
-            args.columns, args.engines, args.steps, args.blocks, args.update_every, log=f"{PROG}: columns")
+            args.columns, args.engines, args.columns_steps, args.blocks, args.update_every, log=f"{PROG}: columns")
         floor = _floor(args) if args.floor else {}
     finally:
         torch.set_num_threads(threads)

@@ -143,7 +143,7 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
                      _report.fmt_rate(r["goal_steps_per_s"]), "yes" if r["meets_goal"] else "no",
                      *([_report.fmt_ratio(r.get("speedup_vs_torch"))] if both else []), r["updates_per_block"]])
     text = (f"## Columns networks on trace patterning (TD(lambda))\n\n{_report.md_table(header, body)}\n\n"
-            f"Measured: steps/s of whole `neuro.train` calls of {settings['steps']} steps of `td-lambda` (gamma 0.9, "
+            f"Measured: steps/s of whole `neuro.train` calls of {settings['columns_steps']} steps of `td-lambda` (gamma 0.9, "
             f"lambda 0.99, cumulant x[6]) over the inner rule, batch 1, float32, update_every="
             f"{settings['update_every']}, median (min-max) of {settings['blocks']} alternating blocks after one "
             "warm-up run; goal: the steps/s the entry is held to. The CCN's stage schedule puts a block's steps in "

@@ -96,8 +96,10 @@ def test_update_every_sets_every_rules_schedule(tmp_path):
 def test_columns_section_alone(tmp_path):
     """``--columns`` without ``--models``: only the columns networks on trace patterning, each row its goal and
     whether its median meets it; the CCN runs its five stages within the block."""
-    assert train.main(["--columns", "--steps", "500", "--blocks", "2", "--out", str(tmp_path)]) == 0
+    assert train.main(["--columns", "--steps", "7", "--columns-steps", "500", "--blocks", "2", "--out",
+                       str(tmp_path)]) == 0
     data = json.loads((tmp_path / "train.json").read_text())
+    assert {r["steps"] for r in data["columns"]} == {500}  # --columns-steps, not --steps
     assert data["rows"] == [] and data["settings"]["columns"] == ["columnar", "ccn", "lstm-td"]
     by = {r["entry"]: r for r in data["columns"]}
     assert set(by) == {"columnar", "ccn", "lstm-td"} and not [r for r in by.values() if "error" in r or "skipped" in r]
