@@ -20,7 +20,7 @@ the neuron and not of the current, gets no estimate). The neuron's step is :func
 Per step: the passes, the losses, the estimate added to the loop's accumulator, and at the loop's schedule
 (``(t + 1) % update_every == 0`` or the sequence's last step) the optimizer's update with the sum, which zeroes
 it. The noise is the torch path's, drawn per range from the rule's generator by
-:class:`neuro.engine.noise.GaussianRows`. As the rate RNN's engine (:mod:`neuro.engine.perturb`) does, both
+:class:`neuro.engine.noise.GaussianRows`. As the rate and LSTM engines (:mod:`neuro.engine.perturb`) do, both
 forms of the rule's state are run, and the windowed path's is left with no pending window and its slots as the
 torch path fills them (the last step at each window position, recorded by the kernel).
 """
