@@ -1,8 +1,8 @@
 """Trace patterning: the animal-learning prediction benchmark of Javed, Shah, Sutton & White (2023),
 "Scalable real-time recurrent learning using sparse connections and selective learning", arXiv
 2302.05326 (the environment follows their code, khurramjaved96/Columnar-Constructive-Networks,
-``src/environments/animal_learning/tracepatterning.cpp``, with ``ISI = (24, 36)``, ``ITI = (80, 120)``,
-5 distractors, ``gamma = 0.9``).
+``src/environments/animal_learning/tracepatterning.cpp`` driven by ``experiment_animal_learning.cpp``,
+with ``ISI = (24, 36)``, ``ITI = (80, 120)``, 5 distractors, ``gamma = 0.9``).
 
 Inputs (``n_in = 7 + distractors`` = 12, all 0/1)::
 
@@ -13,9 +13,37 @@ Inputs (``n_in = 7 + distractors`` = 12, all 0/1)::
 
 A trial is the CS step, ISI - 1 empty steps, the US step (empty if invalid) and ITI steps; so the next CS
 comes ``ISI + ITI + 1`` steps after this one, with ``ISI ~ U{24..36}`` and ``ITI ~ U{80..120}`` drawn per
-trial. The 10 valid patterns (of 20) are a fixed subset drawn from ``pattern_seed``: a setting of the
-task, the same for every sample seed, so every stream teaches the same rule; half the trials are valid
-in expectation.
+trial; a stream starts with a CS step. 10 of the 20 patterns are valid (half the trials in expectation):
+with ``pattern_seed`` an integer (the default, 0) they are a fixed subset drawn from it, a setting of the
+task shared by every sample seed, so every stream teaches the same rule; with ``pattern_seed=None`` each
+stream draws its own subset from the sample seed before its first trial (one per batch column), as the
+authors' code draws it from the run's seed (:meth:`TracePatterning.valid_patterns_for` gives it).
+
+The authors' code and this module, point by point:
+
+=========================  ==============================================  ==============================
+point                      the authors' code                               here
+=========================  ==============================================  ==============================
+CS pattern                 3 distinct lines of 6, uniform over the 20      same (uniform over the 20)
+valid set                  10 distinct patterns drawn from the run's seed  ``pattern_seed=None``: same;
+                           (the stream's generator), so per seed           default: fixed by the integer
+P(valid)                   10 / 20                                         10 / 20
+ISI, ITI                   ``uniform_int_distribution`` [24, 36],          ``U{24..36}``, ``U{80..120}``,
+                           [80, 120], inclusive, drawn at each CS          inclusive, drawn per trial
+US                         input 6, on ISI steps after the CS, valid only  same
+CS step                    CS lines, US off, distractors drawn             same
+distractor k = 1..5        on w.p. ``1/(10k)`` every step, independently   same
+trial length               ``ISI + ITI + 1`` steps, CS step to next CS     same
+first step                 ``reset()``: a CS step                          a CS step
+target                     ``gamma^(until US - 1)`` before the US of a     same (the exact return)
+                           valid trial, 0 on and after it, 0 if invalid
+gamma                      0.9                                             0.9 (``gamma``)
+random numbers             one ``mt19937`` per run                         numpy ``default_rng(seed)``
+=========================  ==============================================  ==============================
+
+The default stays ``pattern_seed=0`` because the committed trace-patterning results were run with it;
+every other point above agrees, so the streams differ from the authors' only in the random numbers and,
+by default, in the valid set being the same for every seed.
 
 Target (``n_out = 1``, mse, every step counts): the discounted return of the US cumulant as the paper's
 code scores it (``get_target``): ``G_t = sum_{j >= 1} gamma^{j-1} US_{t+j}`` over the rest of the current
@@ -56,7 +84,7 @@ class TracePatterning(AbstractTask):
     distractors: int = 5
     gamma: float = 0.9
     n_valid: int = 10
-    pattern_seed: int = 0
+    pattern_seed: int | None = 0
     target: str = "return"
 
     name = "trace-patterning"
@@ -73,7 +101,8 @@ class TracePatterning(AbstractTask):
         check_positive("n_valid", self.n_valid, allow_zero=True, integer=True)
         if self.n_valid > len(PATTERNS):
             raise ValueError(f"n_valid={self.n_valid!r} is invalid: must be <= {len(PATTERNS)}")
-        check_positive("pattern_seed", self.pattern_seed, allow_zero=True, integer=True)
+        if self.pattern_seed is not None:
+            check_positive("pattern_seed", self.pattern_seed, allow_zero=True, integer=True)
         if self.target not in ("return", "cumulant"):
             raise ValueError(f"target={self.target!r} is invalid: valid choices are 'return', 'cumulant'")
 
@@ -87,8 +116,20 @@ class TracePatterning(AbstractTask):
 
     @property
     def valid_patterns(self) -> np.ndarray:
-        """Indices (into ``PATTERNS``) of the valid patterns, sorted [n_valid]."""
-        rng = np.random.default_rng(self.pattern_seed)
+        """Indices (into ``PATTERNS``) of the valid patterns, sorted [n_valid] (``pattern_seed`` an integer)."""
+        if self.pattern_seed is None:
+            raise ValueError("pattern_seed=None draws the valid patterns per stream: "
+                             "use valid_patterns_for(seed, batch)")
+        return self._draw_valid(np.random.default_rng(self.pattern_seed))
+
+    def valid_patterns_for(self, seed: int = 0, batch: int = 1) -> np.ndarray:
+        """Indices of the valid patterns of each stream of ``sample(..., batch, seed)``, sorted [batch, n_valid]."""
+        if self.pattern_seed is not None:
+            return np.tile(self.valid_patterns, (batch, 1))
+        rng = np.random.default_rng(seed)
+        return np.stack([self._draw_valid(rng) for _ in range(batch)])
+
+    def _draw_valid(self, rng: np.random.Generator) -> np.ndarray:
         return np.sort(rng.choice(len(PATTERNS), size=self.n_valid, replace=False))
 
     def _trials(self, rng: np.random.Generator, valid: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -109,9 +150,10 @@ class TracePatterning(AbstractTask):
             yield x, y
 
     def _blocks(self, rng: np.random.Generator, batch: int) -> Iterator[Block]:
-        valid = np.zeros(len(PATTERNS), dtype=bool)
-        valid[self.valid_patterns] = True
-        trials = [self._trials(rng, valid) for _ in range(batch)]
+        valid = np.zeros((batch, len(PATTERNS)), dtype=bool)
+        for b in range(batch):  # drawn from the stream's generator first, before any trial
+            valid[b, self.valid_patterns if self.pattern_seed is not None else self._draw_valid(rng)] = True
+        trials = [self._trials(rng, valid[b]) for b in range(batch)]
         pending: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(batch)]
         have = [0] * batch
         p_distract = 1.0 / (10.0 * np.arange(1, self.distractors + 1))
