@@ -101,8 +101,11 @@ class TracePatterning(AbstractTask):
         check_positive("n_valid", self.n_valid, allow_zero=True, integer=True)
         if self.n_valid > len(PATTERNS):
             raise ValueError(f"n_valid={self.n_valid!r} is invalid: must be <= {len(PATTERNS)}")
-        if self.pattern_seed is not None:
-            check_positive("pattern_seed", self.pattern_seed, allow_zero=True, integer=True)
+        if self.pattern_seed is not None and (isinstance(self.pattern_seed, bool)
+                                              or not isinstance(self.pattern_seed, (int, np.integer))
+                                              or self.pattern_seed < 0):
+            raise ValueError(f"pattern_seed={self.pattern_seed!r} is invalid: must be an integer >= 0, "
+                             "or None (drawn from each stream's seed)")
         if self.target not in ("return", "cumulant"):
             raise ValueError(f"target={self.target!r} is invalid: valid choices are 'return', 'cumulant'")
 

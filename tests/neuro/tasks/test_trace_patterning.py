@@ -101,6 +101,7 @@ def test_valid_sets_per_seed():
     np.testing.assert_array_equal(fixed.valid_patterns_for(5, 3), np.tile(fixed.valid_patterns, (3, 1)))
 
 
-def test_pattern_seed_is_checked():
-    with pytest.raises(ValueError, match="pattern_seed"):
-        tasks.make("trace-patterning", pattern_seed=-1)
+@pytest.mark.parametrize("bad", [-1, 1.5, "seed", True])
+def test_pattern_seed_is_checked(bad):
+    with pytest.raises(ValueError, match=r"pattern_seed=.* is invalid: must be an integer >= 0, or None"):
+        tasks.make("trace-patterning", pattern_seed=bad)
