@@ -138,7 +138,7 @@ def lstm_wp_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, denom, h, 
                       x, hk[k], ck[k], hk_new[k], ck_new[k])
             K.readout(q[offs[3]:offs[4]].reshape((n_out, n)), q[offs[4]:offs[5]], hk_new[k], y_hat)
             P.wp_add(g, (K.loss_and_error(loss_kind, y_hat, y, mk, eps) - l) / den, xi[r, k], k == 0)
-        update = t == n_seq - 1 or (t + 1) % every == 0
+        update = K.update_due(t, n_seq, every)
         h[:, :] = h_new
         c[:, :] = c_new
         hk[:, :, :] = hk_new

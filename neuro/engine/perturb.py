@@ -94,7 +94,7 @@ def positions(W, vk, t0, t1, n_seq, every):  # noqa: ANN001, ANN201
     for t in range(t0, t1):
         last[vk] = t
         vk += 1
-        if vk == W or t == n_seq - 1 or (t + 1) % every == 0:
+        if vk == W or K.update_due(t, n_seq, every):
             vk = 0
     return last, vk
 
@@ -208,7 +208,7 @@ def record(last, t, signal, keep, W_in, W_rec, b, noise, x, h, hn, z, Lc, yc, yn
 def at_schedule(ps, acc, ms, vs, steps, opt_kind, hyper, t, n_seq, every):  # noqa: ANN001, ANN201
     """The optimizer's update with the accumulator ``acc`` (then zeroed) after step ``t`` where the loop's
     schedule has one; returns whether it did."""
-    if t == n_seq - 1 or (t + 1) % every == 0:
+    if K.update_due(t, n_seq, every):
         K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
         return True
     return False

@@ -124,7 +124,7 @@ def wp_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, denom, h
                         q[offs[2]:offs[3]], alpha, x, hk[k], hk_new[k], D)
             K.readout(q[offs[3]:offs[4]].reshape((n_out, n)), q[offs[4]:offs[5]], hk_new[k], y_hat)
             P.wp_add(g, (K.loss_and_error(loss_kind, y_hat, y, mk, eps) - l) / den, xi[r, k], k == 0)
-        update = t == n_seq - 1 or (t + 1) % every == 0
+        update = K.update_due(t, n_seq, every)
         h[:, :] = h_new
         hk[:, :, :] = hk_new
         P.wp_apply(update, clean, ps, acc, g, offs, ms, vs, steps, opt_kind, hyper)

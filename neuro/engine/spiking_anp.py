@@ -169,12 +169,8 @@ def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, g
                 rec_in[p] = In
                 rec_a[p] = ac
                 rec_an[p] = an
-        if t == n_seq - 1 or (t + 1) % every == 0:
-            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
-            updates += 1
-            full = False
-        else:
-            full = True
+        applied, full = K.scheduled_update(K.update_due(t, n_seq, every), -1, opt_kind, ps, acc, ms, vs, steps, hyper)
+        updates += applied
     return updates, full
 
 

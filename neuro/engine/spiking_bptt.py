@@ -163,7 +163,7 @@ def spiking_bptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
             backward(W_rec, W_out, cf, ci, xs, t + 1 - tw, Z, PS, VT, AR, E, tw, g_in, g_rec, g_b, g_out, g_bout)
             tw = 0
             full = True
-        if full and (t == n_seq - 1 or (t + 1) % every == 0):
+        if full and K.update_due(t, n_seq, every):
             K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
             updates += 1
             full = False

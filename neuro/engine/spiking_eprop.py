@@ -123,7 +123,7 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         S.signal(eps, F, L)
         S.filtered_readout_grad(eps, z, kc, zbar, bbar, g_out, g_bout)
-        fused = t == n_seq - 1 or (t + 1) % every == 0
+        fused = K.update_due(t, n_seq, every)
         if fused:  # W_rec's step begun; its rows are updated in the pass below, each once summed
             c_rec = K.row_update_begin(opt_kind, steps[1], hyper, W_rec)
         direct = fused and clean  # a row's sum is the step's estimate alone: summed in a scratch row instead

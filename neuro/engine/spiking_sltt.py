@@ -84,7 +84,7 @@ def sltt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, v, i,
             for j in range(n):
                 gI[s, j] = dl_dz[s, j] * (psi[s, j] * vI)
                 gb[j] += dl_dz[s, j] * (psi[s, j] * vb)
-        fused = t == n_seq - 1 or (t + 1) % every == 0
+        fused = K.update_due(t, n_seq, every)
         if fused:  # W_rec's step begun; its rows are updated in the pass below, each once summed
             c_rec = K.row_update_begin(opt_kind, steps[1], hyper, W_rec)
         direct = fused and clean  # a row's sum is the step's estimate alone: summed in a scratch row instead

@@ -137,12 +137,8 @@ def three_factor_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
         group_step(dec, imp, x_rec, zp, p_syn, c_y, d_y, y_rec, lam, e_rec, kc, q_rec, M, g_rec)
         group_step(dec_b, imp_b, x_b, ones, p_b, c_y, d_y, y_b, lam, e_b, kc, q_b, M, g_b)
         S.filtered_readout_grad(eps, z, kc, zbar, cbar.reshape(-1), g_out, g_bout)
-        if t == n_seq - 1 or (t + 1) % every == 0:
-            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
-            updates += 1
-            full = False
-        else:
-            full = True
+        applied, full = K.scheduled_update(K.update_due(t, n_seq, every), -1, opt_kind, ps, acc, ms, vs, steps, hyper)
+        updates += applied
     return updates, full
 
 

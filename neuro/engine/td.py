@@ -123,7 +123,7 @@ def td_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_out, 
             delta[s] = dl
         h[:, :] = hn
         c[:, :] = cn
-        if t == n_seq - 1 or (t + 1) % every == 0:
+        if K.update_due(t, n_seq, every):
             update(opt_kind, ups, ugs, ums, uvs, usteps, hyper)
             updates += 1
             full = False

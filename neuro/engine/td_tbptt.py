@@ -162,12 +162,8 @@ def td_tbptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, n_in, n, 
             v_prev[s] = v
             delta[s] = dl
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
-        if t == n_seq - 1 or (t + 1) % every == 0:
-            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
-            updates += 1
-            full = False
-        else:
-            full = True
+        applied, full = K.scheduled_update(K.update_due(t, n_seq, every), -1, opt_kind, ps, acc, ms, vs, steps, hyper)
+        updates += applied
     return updates, full, m
 
 
