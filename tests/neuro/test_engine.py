@@ -185,11 +185,9 @@ def test_uoro_windows_that_fill_between_updates_leave_the_torch_paths_rule_state
     _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_a_resume_between_chunks_equals_the_uninterrupted_run(tmp_path, fast):
-    """Both forms of the rule state (the windowed path's and the definition's); bit for bit."""
-    c = REGISTRY[0]
-    net, rule, task, settings = _setup(c, {"alpha": 0.5}, "continuing", fast=fast)
+def _resume_equals_the_whole_run(net, rule, task, settings, tmp_path):
+    """A compiled run stopped at step 40 and resumed equals the uninterrupted run bit for bit (parameters and
+    metrics); returns both runs' results."""
     settings.update(optimizer="adam", batch=2, engine="compiled", checkpoint_every=20, log_every=10)
     whole = _train(net, rule, task, tmp_path / "whole", **settings)
     _train(net, rule, task, tmp_path / "cut", **{**settings, "steps": 40})
@@ -197,6 +195,15 @@ def test_a_resume_between_chunks_equals_the_uninterrupted_run(tmp_path, fast):
     for k in whole[0].params:
         assert torch.equal(whole[0].params[k], resumed[0].params[k]), k
     assert _metrics(whole[0].metrics) == _metrics(resumed[0].metrics)
+    return whole, resumed
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_resume_between_chunks_equals_the_uninterrupted_run(tmp_path, fast):
+    """Both forms of the rule state (the windowed path's and the definition's); bit for bit."""
+    c = REGISTRY[0]
+    net, rule, task, settings = _setup(c, {"alpha": 0.5}, "continuing", fast=fast)
+    whole, resumed = _resume_equals_the_whole_run(net, rule, task, settings, tmp_path)
     _close(whole[2]["optimizer"], resumed[2]["optimizer"], "optimizer")
 
 
@@ -393,10 +400,4 @@ def test_lstm_td_lambda_runs_compiled_over_sliding_tbptt_only_and_resumes_bit_fo
     net, rule, task, settings = _setup(c, {}, "trace")
     assert td_tbptt.build(net, rules.make("td-lambda", net, loss="mse", rule="tbptt", cumulant_input=6)) is not None
     assert td_tbptt.build(net, rules.make("td-lambda", net, loss="mse", rule="rtrl", cumulant_input=6)) is None
-    settings.update(optimizer="adam", batch=2, engine="compiled", checkpoint_every=20, log_every=10)
-    whole = _train(net, rule, task, tmp_path / "whole", **settings)
-    _train(net, rule, task, tmp_path / "cut", **{**settings, "steps": 40})
-    resumed = _train(net, rule, task, tmp_path / "cut", **settings, resume=True)
-    for k in whole[0].params:
-        assert torch.equal(whole[0].params[k], resumed[0].params[k]), k
-    assert _metrics(whole[0].metrics) == _metrics(resumed[0].metrics)
+    _resume_equals_the_whole_run(net, rule, task, settings, tmp_path)
