@@ -47,7 +47,9 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--rule", help=f"neuro.rules.available() (default {d['rule']})")
     t.add_argument("--steps", type=int, help=f"steps to run in all (default {d['steps']}; on --resume the saved run's)")
     t.add_argument("--hidden", type=int, help=f"hidden units (n_hidden; default {d['hidden']})")
-    t.add_argument("--optimizer", help=f"adam, sgd or rmsprop (default {d['optimizer']})")
+    t.add_argument("--optimizer", help=f"adam, sgd, rmsprop or td-rmsprop (default {d['optimizer']})")
+    t.add_argument("--optimizer-opt", action="append", metavar="KEY=VALUE",
+                   help="an option of the optimizer (repeatable; td-rmsprop: beta2, eps, init, readout_scale=none|fan-in)")
     t.add_argument("--lr", type=float, help=f"learning rate (default {d['lr']})")
     t.add_argument("--seed", type=int, help=f"default {d['seed']}")
     t.add_argument("--batch", type=int, help=f"default {d['batch']}")
@@ -117,11 +119,22 @@ def _flag_options(args: argparse.Namespace) -> tuple[dict, dict, dict]:
     return model_opt, _options("--task-opt", args.task_opt), _options("--rule-opt", args.rule_opt)
 
 
+def _optimizer_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--optimizer-opt`` as a dict (``readout_scale=none`` is the name ``"none"``, not ``None``)."""
+    from neuro.cli import _options
+
+    opts = _options("--optimizer-opt", args.optimizer_opt)
+    if "readout_scale" in opts and opts["readout_scale"] is None:
+        opts["readout_scale"] = "none"
+    return opts
+
+
 def spec_from_flags(args: argparse.Namespace) -> Spec:
     """A fresh run: the flags, :data:`DEFAULTS` where not given."""
     model_opt, task_opt, rule_opt = _flag_options(args)
     get = lambda k: DEFAULTS[k] if getattr(args, k) is None else getattr(args, k)  # noqa: E731
     settings = {k: get(k) for k in _SETTINGS}
+    settings["optimizer_options"] = _optimizer_options(args)
     return Spec(model=get("model"), net={**model_opt, "n_hidden": get("hidden")}, task=get("task"), task_opt=task_opt,
                 rule=get("rule"), rule_opt=rule_opt, steps=get("steps"),
                 settings={**settings, "run_dir": args.run_dir, "resume": args.resume, "progress": not args.no_progress})
@@ -145,6 +158,10 @@ def _clashes(args: argparse.Namespace, saved: dict[str, Any]) -> list[str]:
     given += [(f"--{k.replace('_', '-')}", getattr(args, k), k, train.get(k)) for k in _SETTINGS if k not in _CHANGEABLE]
     out = [f"{flag} {value} contradicts the saved {what}={was!r}"
            for flag, value, what, was in given if value is not None and not _same(value, was)]
+    saved_opts = train.get("optimizer_options") or {}
+    for k, v in _optimizer_options(args).items():
+        if k not in saved_opts or not _same(v, saved_opts[k]):
+            out.append(f"--optimizer-opt {k}={v} contradicts the saved optimizer_options={saved_opts!r}")
     for what, opts, part in zip(("model", "task", "rule"), _flag_options(args), (net, task, rule)):
         for k, v in opts.items():
             if k not in part["fields"]:
@@ -173,6 +190,7 @@ def spec_from_run(args: argparse.Namespace) -> Spec:
     fields = lambda part: {k: _tuples(v) for k, v in part["fields"].items()}  # noqa: E731
     settings = {k: train.get(k) for k in _SETTINGS}
     settings["engine"] = train.get("engine", "torch")  # a run saved before the engine was recorded ran in torch
+    settings["optimizer_options"] = train.get("optimizer_options") or {}
     for k in ("checkpoint_every", "device"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)

@@ -173,6 +173,12 @@ class AbstractNetwork(abc.ABC):
         """``d y_t / d y_{t-1}`` of the readout: 0 for a linear readout (models of ``local_form``)."""
         raise NotImplementedError(f"model {self.name!r} does not give its readout's decay (local_form is False)")
 
+    @property
+    def readout_fan_in(self) -> int:
+        """The number of features the readout currently reads (``n_hidden``; a constructive network: its
+        active columns). An optimizer may scale the readout's step by it (:mod:`neuro.optim`)."""
+        return self.n_hidden
+
     def with_output(self, state: NamedTuple, y: Tensor) -> NamedTuple:
         """``state`` with the readout's memory ``y_{t-1}`` set to ``y`` (unchanged for a linear readout)."""
         return state

@@ -93,7 +93,8 @@ def describe_run(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, s
                   "checkpoint_every": c.checkpoint_every, "progress": c.progress,
                   "dtype": str(dtype).replace("torch.", ""), "device": str(device), "chunk": c.chunk,
                   "episodic": task.episodic, "task_seed": c.seed_for("task"), "rule_seed": c.seed_for("rule"),
-                  "torch_seed": c.seed_for("torch"), "schedule": c.schedule, "engine": engine},
+                  "torch_seed": c.seed_for("torch"), "schedule": c.schedule, "engine": engine,
+                  **({"optimizer_options": c.optimizer_options} if c.optimizer_options else {})},
         "versions": {"neuro": getattr(neuro, "__version__", "?"), "torch": str(torch.__version__),
                      "python": sys.version.split()[0]},
     }
@@ -195,8 +196,9 @@ def _check_checkpoint(ckpt: Any, path: Path, params: dict[str, torch.Tensor]) ->
             raise ValueError(f"{where} has parameter {k!r} of {_shape(got[k])} but the network needs {_shape(want)}")
     opt = ckpt["optimizer"]
     groups = opt.get("param_groups") if isinstance(opt, dict) else None
-    if not (isinstance(groups, list) and len(groups) == 1 and isinstance(opt.get("state"), dict)
-            and list(groups[0].get("params", ())) == list(range(len(params)))):
+    if not (isinstance(groups, list) and groups and all(isinstance(g, dict) for g in groups)
+            and isinstance(opt.get("state"), dict)  # one group, or td-rmsprop's columns and readout (neuro.optim)
+            and [i for g in groups for i in g.get("params", ())] == list(range(len(params)))):
         raise bad("optimizer", f"a torch.optim state over the {len(params)} parameters")
     shapes = list(params.values())
     for i, entry in opt["state"].items():

@@ -130,7 +130,11 @@ def next_stage(rule: AbstractRule, params: Params, state: NamedTuple, batch: int
 
 
 def fresh_optimizer(opt: Any, new: Any, params: Params) -> Any:
-    """``new`` (a fresh optimizer over ``params``) with ``opt``'s state for the readout (:data:`READOUT`)."""
+    """``new`` (a fresh optimizer over ``params``, its settings those of the new stage: with ``"td-rmsprop"``'s
+    ``readout_scale="fan-in"`` the readout's step follows the new stage's ``readout_fan_in``) with ``opt``'s state
+    for the readout (:data:`READOUT`). The column parameters' state is made afresh at their next step, as the
+    optimizer makes it (zero moments; ``"td-rmsprop"``'s ``square_avg`` = ``init``): a frozen column's
+    estimate is 0, so its update is ``0 / (sqrt(v) + eps)`` = 0 and it stays exactly unchanged."""
     for k in READOUT:
         if params[k] in opt.state:
             new.state[params[k]] = opt.state[params[k]]

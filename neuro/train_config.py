@@ -19,10 +19,11 @@ from typing import Any, Callable
 import torch
 
 from neuro.contract import Params, check_choice, check_positive
+from neuro.optim import check_options
 
 __all__ = ["DTYPES", "ENGINES", "OPTIMIZERS", "RESUMABLE", "TrainConfig", "derive_seed", "fork_rng", "rng_state", "set_rng_state"]
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "td-rmsprop")
 #: how the steps run (:mod:`neuro.engine`): compiled where the run has a compiled engine, compiled, or torch
 ENGINES = ("auto", "compiled", "torch")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -92,7 +93,11 @@ class TrainConfig:
     Attributes:
         seed: decides the initial parameters, the task stream, the rule's randomness (:func:`derive_seed`).
         optimizer: ``"adam"``, ``"sgd"`` or ``"rmsprop"`` (``torch.optim``, learning rate ``lr`` > 0, every other
-            setting torch's default: RMSprop's ``alpha=0.99``, ``eps=1e-8``, no momentum, not centered).
+            setting torch's default: RMSprop's ``alpha=0.99``, ``eps=1e-8``, no momentum, not centered), or
+            ``"td-rmsprop"`` (:class:`neuro.optim.TDRMSprop`, the RMSProp-normalised TD step of Javed et al. 2023).
+        optimizer_options: the optimizer's options (only ``"td-rmsprop"`` takes any: ``beta2`` 0.9999, ``eps``
+            1e-8, ``init`` 1.0, ``readout_scale`` ``"none"`` or ``"fan-in"``; :mod:`neuro.optim`); held with the
+            defaults filled in.
         update_every: apply the summed estimates every this many steps (1: fully online) and at every
             sequence end.
         batch: independent streams run side by side (the per-step loss is their mean).
@@ -133,11 +138,13 @@ class TrainConfig:
     schedule: str | None = None
     probe: Callable[[int, Params], dict[str, Any]] | None = None
     engine: str = "auto"
+    optimizer_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("engine", self.engine, ENGINES)
+        object.__setattr__(self, "optimizer_options", check_options(self.optimizer, self.optimizer_options))
         check_positive("lr", self.lr)
         for name in ("update_every", "batch", "log_every", "chunk"):
             object.__setattr__(self, name, check_int(name, getattr(self, name), 1))

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 import torch
 
-from neuro import errors
+from neuro import errors, optim
 from neuro.contract import Params
 from neuro.engine.base import Engine, SequenceArrays
 from neuro.errors import RunFailed
@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 __all__ = ["CHECKPOINT_SECONDS", "Counters", "History", "Hook", "Loop", "TrainingDiverged"]
 
 DRAIN = 256  # steps between reads of the per-step losses (progress bar, early divergence check)
-#: the ``torch.optim`` class of each :data:`~neuro.train_config.OPTIMIZERS` name (torch's defaults but ``lr``)
+#: the ``torch.optim`` class of each :data:`~neuro.train_config.OPTIMIZERS` name (torch's defaults but ``lr``) but
+#: ``"td-rmsprop"`` (:func:`neuro.optim.make`)
 OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
 #: without ``checkpoint_every``, a checkpoint at the first sequence end after this many seconds of wall clock
 CHECKPOINT_SECONDS = 60.0
@@ -136,8 +137,11 @@ class Loop:
         self.next_ckpt = None if every is None else (step // every + 1) * every
 
     def new_optimizer(self) -> torch.optim.Optimizer:
-        """A fresh ``torch.optim`` optimizer of the run's kind over the parameters."""
+        """A fresh ``torch.optim`` optimizer of the run's kind over the parameters (``"td-rmsprop"``: for the
+        rule's network as it is now, :func:`neuro.optim.make`)."""
         tensors, lr = list(self.params.values()), self.config.lr
+        if self.config.optimizer == "td-rmsprop":
+            return optim.make(self.params, lr, self.rule.net, self.config.optimizer_options)
         return OPTIMIZER_CLASSES[self.config.optimizer](tensors, lr=lr)
 
     # -- the run --------------------------------------------------------------------------------------

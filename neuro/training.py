@@ -66,7 +66,7 @@ from typing import Any
 import torch
 
 from neuro import engine as engines
-from neuro import preflight, staged
+from neuro import optim, preflight, staged
 from neuro.contract import AbstractNetwork, Params
 from neuro.rules.base import AbstractRule
 from neuro.rundir import TIMING_COLUMNS, RunDir, describe_run, read_config
@@ -173,6 +173,7 @@ def prepare(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, steps:
     if c.schedule is not None:  # a constructive network learnt stage by stage
         hooks = (staged.StageHook(staged.check(net, rule, task, steps, c.chunk, c.schedule)),)
     params, dtype, device, source = _initial_params(net, params, c)
+    optim.check_readout(net, params, c.optimizer_options)  # readout_scale="fan-in" needs W_out, b_out
     if c.lr > torch.finfo(dtype).max:
         raise ValueError(f"lr={c.lr!r} is invalid: it overflows {str(dtype).replace('torch.', '')} "
                          f"(max {torch.finfo(dtype).max:.3g})")
