@@ -9,8 +9,9 @@ option ``k``) on :class:`models.lstm.LSTM` (not a subclass), the cell from :mod:
     window_t = the last (up to k) pairs (s_{j-1}, x_j), j <= t, oldest first        (s = (h, c), detached)
     s_t = the cell run from the window's first state over its inputs, with the current parameters
     grad v_t = d v_t / d theta through the window's steps only (the first state held fixed)
-    delta_t = c_t + gamma v_t - v_{t-1}              (c_t = x_t[cumulant_input], or sum_k y_t)
-    estimate_t += -[mask_t] delta_t e_{t-1} / B      e_t = gamma lam e_{t-1} + grad v_t
+    delta_t = c_t + gamma_t v_t - v_{t-1}            (c_t = x_t[cumulant_input], or sum_k y_t)
+    estimate_t += -[mask_t] delta_t e_{t-1} / B      e_t = lam gamma_t e_{t-1} + grad v_t
+    (gamma_t = gamma x_t[discount_input], or gamma)
 
 ``v_t = sum_k y_hat_{t,k}``, so the inner loss ``value``'s error is 1 at every output of the window's last
 step and 0 before it: ``grad v_t`` is the window's backward pass with those errors (:func:`value_gradient`,
@@ -92,7 +93,7 @@ def value_gradient(W_rec, W_out, X, H, D, m, g_in, g_rec, g_b, g_out, g_bout, dh
 
 @numba.njit(cache=True)
 def td_tbptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, n_in, n, n_out, k,  # noqa: ANN001, ANN201
-                   h, c, Hw, Cw, Xw, m, es, v_prev, delta, gamma, decay, ci, xs, ys, mask, t0, t1, n_seq, every,
+                   h, c, Hw, Cw, Xw, m, es, v_prev, delta, gamma, decay, ci, di, xs, ys, mask, t0, t1, n_seq, every,
                    losses):
     """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps of TD(lambda) over sliding TBPTT (module docstring).
 
@@ -100,7 +101,8 @@ def td_tbptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, n_in, n, 
     ``opt_kind``, ``hyper``: the optimizer (:func:`neuro.engine.kernels.apply_update`); ``h``, ``c`` [B, n] the
     network state; ``Hw``, ``Cw`` [B, k, 1, n], ``Xw`` [B, k, 1, n_in] the windows' states and inputs, oldest
     first, ``m`` entries each; ``es`` the eligibility traces [B, size] in :data:`ORDER`; ``v_prev``, ``delta``
-    [B]; ``gamma``, ``decay = gamma lam``, ``ci`` the cumulant's input (-1: the target summed over outputs);
+    [B]; ``gamma``, ``decay = gamma lam``, ``ci`` the cumulant's input (-1: the target summed over outputs), ``di``
+    the discount's input (-1: none; else ``gamma`` and ``decay`` are scaled by ``x_t[di]``);
     ``xs`` [T, B, n_in], ``ys`` [T, B, n_out], ``mask`` [T, B]; ``losses`` [t1 - t0] (written). All changed in
     place. Returns the updates applied, whether the accumulator holds estimates not yet applied, and ``m``."""
     W_in, W_rec, b = ps[0].reshape((4 * n, n_in)), ps[1].reshape((4 * n, n)), ps[2]
@@ -152,13 +154,16 @@ def td_tbptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, n_in, n, 
                 cum = zero
                 for o in range(n_out):
                     cum += ys[t, s, o]
-            dl = cum + gm * v - v_prev[s]
+            gt, dt = gm, d
+            if di >= 0:
+                gt, dt = gm * x[s, di], d * x[s, di]
+            dl = cum + gt * v - v_prev[s]
             w = (-dl if mask[t, s] != 0 else zero) / fb
             for i in range(5):
                 e, a, g = es[i][s], acc[i], gs[i]
                 for q in range(e.shape[0]):
                     a[q] += w * e[q]
-                    e[q] = d * e[q] + g[q]
+                    e[q] = dt * e[q] + g[q]
             v_prev[s] = v
             delta[s] = dl
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
@@ -194,6 +199,7 @@ class TDTBPTTEngine(Engine):
         self.k = int(rule.inner.k)
         self.loss_kind = LOSSES[rule.loss]
         self.ci = -1 if rule.cumulant_input is None else int(rule.cumulant_input)
+        self.di = -1 if rule.discount_input is None else int(rule.discount_input)
         self.last: NamedTuple | None = None
         self.own: _Own | None = None
         self.ps, self.gs = Views(), Views()
@@ -211,7 +217,7 @@ class TDTBPTTEngine(Engine):
         losses = np.empty(t1 - t0, o.arrays[0].dtype)
         updates, full, m = td_tbptt_range(ps, gs, oa.ms, oa.vs, oa.steps, oa.kind, oa.hyper, self.loss_kind, net.n_in,
                                           net.n_hidden, net.n_out, self.k, *o.arrays[:5], o.m, *o.arrays[5:],
-                                          float(rule.gamma), float(rule.gamma * rule.lam), self.ci, seq.xs, seq.ys,
+                                          float(rule.gamma), float(rule.gamma * rule.lam), self.ci, self.di, seq.xs, seq.ys,
                                           seq.mask, t0, t1, n_seq, every, losses)
         if self.last is None or m != o.m:  # the windows' lengths changed: a new state of views
             self.own = o._replace(m=int(m))

@@ -12,12 +12,20 @@ and the traces are per sample.
 
 Timing (one step ``t`` of ``step(params, state, x_t, y_t, mask_t)``): the cumulant ``c_t`` is the one
 that *arrives with* step ``t`` (``y_t``, summed over outputs; or ``x_t[cumulant_input]``), so ``v_{t-1}``
-predicts ``G_{t-1} = c_t + gamma c_{t+1} + ...`` -- the trace-patterning convention, where the US is
+predicts ``G_{t-1} = c_t + gamma_t G_t`` -- the trace-patterning convention, where the US is
 ``x_t[6]`` and the task's return target of step ``t`` is ``sum_{j>=1} gamma^{j-1} US_{t+j}``::
 
-    delta_t = c_t + gamma v_t - v_{t-1}               (v_0 = 0, e_0 = 0: the first step gives 0)
-    estimate_t = -mean_b delta_{t,b} e_{t-1,b}        (e_{t-1} = sum_{k>=0} (gamma lam)^k grad v_{t-1-k})
-    e_t = gamma lam e_{t-1} + grad v_t
+    delta_t = c_t + gamma_t v_t - v_{t-1}             (v_0 = 0, e_0 = 0: the first step gives 0)
+    estimate_t = -mean_b delta_{t,b} e_{t-1,b}
+    e_t = lam gamma_t e_{t-1} + grad v_t
+
+The discount is ``gamma_t = gamma`` on every step, or, with ``discount_input``, state-dependent
+(White 2017, "Unifying task specification in reinforcement learning", ICML; Sutton & Barto 2018, Sec. 12):
+``gamma_t = gamma x_t[discount_input]``, the input a continuation flag (1 while an episode continues, 0 on
+the first step of a new one, as ``atari-prediction``'s input 275). On that first step ``delta_t = c_t -
+v_{t-1}`` is the last episode's terminal update, made with its whole trace ``e_{t-1}``, and the new episode's
+trace starts from ``grad v_t`` alone. (Javed et al.'s ``atari_experiment.cpp`` decays the trace by
+``lam gamma_t`` one step earlier, before that terminal update: the two differ at episode boundaries only.)
 
 Sign: the estimate is *minus* the TD(lambda) update direction, so an optimizer that descends it
 (``theta -= lr * estimate``) performs ``theta += lr delta_t e_{t-1}``. A masked-out sample (``mask_t``
@@ -112,13 +120,15 @@ def _cat_states(states: list[NamedTuple]) -> NamedTuple:
 class TDLambda(AbstractRule):
     """TD(lambda) with eligibility traces of ``grad v_t`` from the inner rule ``rule`` (options
     ``rule_options``, key/value pairs or a dict); ``cumulant_input``: the input index that carries the
-    cumulant (``None``: the target ``y_t``, summed over outputs)."""
+    cumulant (``None``: the target ``y_t``, summed over outputs); ``discount_input``: the input index whose
+    value scales the discount, ``gamma_t = gamma x_t[discount_input]`` (``None``: ``gamma`` every step)."""
 
     rule: str = "rtrl"
     gamma: float = 0.9
     lam: float = 0.99
     rule_options: tuple = ()
     cumulant_input: int | None = None
+    discount_input: int | None = None
 
     name = "td-lambda"
     needs = Needs.JACOBIAN
@@ -136,9 +146,10 @@ class TDLambda(AbstractRule):
         for nm, v in (("gamma", self.gamma), ("lam", self.lam)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{nm}={v!r} is invalid: must be a number in [0, 1]")
-        ci = self.cumulant_input
-        if ci is not None and (isinstance(ci, bool) or not isinstance(ci, int) or not 0 <= ci < self.net.n_in):
-            raise ValueError(f"cumulant_input={ci!r} is invalid: must be None or an input index in [0, {self.net.n_in})")
+        for nm in ("cumulant_input", "discount_input"):
+            i = getattr(self, nm)
+            if i is not None and (isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.net.n_in):
+                raise ValueError(f"{nm}={i!r} is invalid: must be None or an input index in [0, {self.net.n_in})")
         if self.rule == self.name:
             raise ValueError("rule='td-lambda' is invalid: the inner rule must be a gradient rule (e.g. 'rtrl', 'columnar')")
         _ = self.inner  # build it now: unknown names, options and unsupported models fail here
@@ -182,14 +193,19 @@ class TDLambda(AbstractRule):
         y_hat = torch.cat(y_hats).detach()  # [B, n_out]
         v = y_hat.sum(-1)  # v_t [B]
         c = (x[:, self.cumulant_input] if self.cumulant_input is not None else y.sum(-1)).to(v.dtype)
-        delta = c + self.gamma * v - state.v_prev  # [B]
+        gamma, decay = self.gamma, self.gamma * self.lam  # gamma_t, lam gamma_t: numbers, or [B] with discount_input
+        if self.discount_input is not None:
+            flag = x[:, self.discount_input].to(v.dtype)
+            gamma, decay = gamma * flag, decay * flag
+        delta = c + gamma * v - state.v_prev  # [B]
         w = torch.where(mask.to(device=v.device, dtype=torch.bool), -delta, torch.zeros_like(delta)) / B
         grad, e = {}, {}
-        decay = self.gamma * self.lam
         for k, tr in state.e.items():
-            wk = w.reshape(B, *([1] * (tr.dim() - 1))).to(tr.dtype)
+            shape = (B, *([1] * (tr.dim() - 1)))
+            wk = w.reshape(shape).to(tr.dtype)
+            dk = decay.reshape(shape).to(tr.dtype) if isinstance(decay, Tensor) else decay
             grad[k] = (wk * tr).sum(0)  # -mean_b delta_b e_{t-1,b}
-            e[k] = decay * tr + torch.stack([g[k] for g in grads]).to(tr.dtype)
+            e[k] = dk * tr + torch.stack([g[k] for g in grads]).to(tr.dtype)
         new = TDLambdaState(net=_cat_states([s.net for s in inner]), inner=tuple(inner), e=e,
                             v_prev=v, delta=delta.detach())
         loss = self.loss_fn(y_hat, y, mask)

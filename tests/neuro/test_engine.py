@@ -401,3 +401,38 @@ def test_lstm_td_lambda_runs_compiled_over_sliding_tbptt_only_and_resumes_bit_fo
     assert td_tbptt.build(net, rules.make("td-lambda", net, loss="mse", rule="tbptt", cumulant_input=6)) is not None
     assert td_tbptt.build(net, rules.make("td-lambda", net, loss="mse", rule="rtrl", cumulant_input=6)) is None
     _resume_equals_the_whole_run(net, rule, task, settings, tmp_path)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodesTask(AbstractTask):
+    """Continuing, mse: x_t = (noise ~ N(0, 1), a cumulant in {0, 1} (on w.p. 0.3), a continuation flag (0 w.p.
+    0.25: a new episode)); the target is the noise."""
+
+    name: ClassVar[str] = "episodes"
+    loss: ClassVar[str] = "mse"
+    episodic: ClassVar[bool] = False
+    n_in: ClassVar[int] = 3
+    n_out: ClassVar[int] = 1
+
+    def _blocks(self, rng: Any, batch: int) -> Iterator[Any]:
+        while True:
+            xs = rng.standard_normal((16, batch, 3))
+            xs[:, :, 1], xs[:, :, 2] = rng.random((16, batch)) < 0.3, rng.random((16, batch)) >= 0.25
+            yield xs, xs[:, :, :1].copy(), xs[:, :, 0] == xs[:, :, 0]
+
+
+@pytest.mark.parametrize("opt,batch", [("adam", 1), ("sgd", 2), ("rmsprop", 2)])
+def test_lstm_td_lambda_with_a_discount_input_compiled_equals_torch(tmp_path, opt, batch):
+    """TD(lambda) over sliding TBPTT with ``discount_input`` (gamma_t = gamma x_t[2], 0 on an episode's first
+    step): the torch path's numbers to 1e-10 in float64."""
+    task = EpisodesTask()
+    net = models.make("lstm", n_in=3, n_hidden=6, n_out=1)
+    rule = rules.make("td-lambda", net, rule="tbptt", rule_options={"k": 3}, cumulant_input=1, discount_input=2)
+    settings = {"steps": 60, "chunk": 20, "update_every": 7, "optimizer": opt, "batch": batch, "checkpoint_every": 20}
+    (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = (_train(net, rule, task, tmp_path / e, engine=e, **settings)
+                                                 for e in ("torch", "compiled"))
+    assert h_c.engine == "compiled" and h_c.updates == h_t.updates == 9
+    _close(h_t.params, h_c.params, "params")
+    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
+    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
+    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
