@@ -1,0 +1,5 @@
+import sys
+
+from neuro.ccn_repro.cli import main
+
+sys.exit(main())
