@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import pkgutil
 import sys
 from typing import Any, NoReturn, Sequence
@@ -49,9 +50,24 @@ def _error(message: object) -> int:
     return 2
 
 
+def _tuples(v: Any) -> Any:
+    """A parsed JSON value with its lists as tuples (as a comma-separated value gives them)."""
+    if isinstance(v, list):
+        return tuple(_tuples(u) for u in v)
+    if isinstance(v, dict):
+        return {k: _tuples(u) for k, u in v.items()}
+    return v
+
+
 def _value(text: str) -> Any:
-    """``key=value`` values: int, then float, then bool (true/false), none, else the string;
+    """``key=value`` values: a JSON object or list if it starts with ``{`` or ``[`` (``rule_options={"k": 2}``;
+    lists become tuples), else int, then float, then bool (true/false), none, else the string;
     comma-separated values make a tuple (``isi=24,36``)."""
+    if text[:1] in ("{", "["):
+        try:
+            return _tuples(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{text!r} is not valid JSON ({e.msg} at character {e.pos})") from None
     if "," in text:
         return tuple(_value(part.strip()) for part in text.split(","))
     for cast in (int, float):
@@ -76,7 +92,10 @@ def _options(flag: str, items: list[str] | None) -> dict[str, Any]:
             raise ValueError(f"{flag} {item!r} is invalid: expected key=value")
         if key in out:
             raise ValueError(f"{flag} {key} is given twice")
-        out[key] = _value(value.strip())
+        try:
+            out[key] = _value(value.strip())
+        except ValueError as e:
+            raise ValueError(f"{flag} {key}={value.strip()} is invalid: {e}") from None
     return out
 
 
