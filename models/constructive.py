@@ -33,13 +33,21 @@ Parameters: ``W_in`` [n, G, n_in], ``W_ff`` [n, G, n], ``w_rec`` [n, G], ``b`` [
 ``neuron`` applies the cell and zeroes inactive columns. State: ``h`` [B, n] (and ``c`` for the LSTM).
 
 Initialisation as :mod:`models.columnar` (``torch.nn.LSTM`` with ``hidden_size=1``: ``U(-1, 1)``, forget
-bias added), ``W_ff ~ U(-1, 1)`` on the mask, zero off it; ``W_out ~ N(0, 1/n)``, ``b_out = 0``.
+bias added), ``W_ff ~ U(-1, 1)`` on the mask, zero off it; ``W_out ~ N(0, 1/n)``, ``b_out = 0``; the options
+``init_scale`` (every column weight and bias ``U(-s, s)``, ``W_ff`` on the mask) and ``readout_init`` as there.
+
+*Online normalisation* (``normalise``, ``variance_floor``) as :mod:`models.columnar`'s, a column's inputs
+being ``x_t`` and the earlier stages' current outputs ``u_t = h_t[:lo]`` (raw ``h`` values): the input
+statistics ``mu_in``, ``var_in`` [B, n, n_in + n] (column ``k``'s over ``(x, h_{:lo})``, the entries past
+what it reads unused). Each column reads its inputs normalised by its own statistics from before the step;
+only the *learning* stage's columns' statistics then take the step's raw values: a frozen column's stay
+fixed, an inactive column's stay at 0 and 1 until its stage begins. The readout's feature statistics take
+every column's ``h_t`` every step (an inactive column's ``h_t = 0``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import torch
@@ -48,7 +56,7 @@ from torch import Tensor
 from neuro.contract import AbstractNetwork, Params, check_positive
 
 from . import _init
-from .columnar import ColumnarLSTMState, ColumnarRateState, ColumnCells
+from .columnar import ColumnarLSTMState, ColumnCells
 
 __all__ = ["Constructive"]
 
@@ -60,6 +68,10 @@ class Constructive(ColumnCells, AbstractNetwork):
     stage: int = 0
     cell: str = "lstm"
     forget_bias: float = 1.0
+    normalise: float | None = None
+    variance_floor: float = 0.01
+    init_scale: float | None = None
+    readout_init: str = "normal"
 
     name = "constructive"
     spiking = False
@@ -86,6 +98,16 @@ class Constructive(ColumnCells, AbstractNetwork):
         return slice(j * self.per_stage, min((j + 1) * self.per_stage, self.n_hidden))
 
     @property
+    def n_inputs(self) -> int:
+        """The inputs a column may read: ``x`` and every column's ``h_t`` (the earlier stages')."""
+        return self.n_in + self.n_hidden
+
+    @property
+    def readout_fan_in(self) -> int:
+        """The features the readout currently reads: the active columns (``hi`` of the learning stage)."""
+        return self.n_active
+
+    @property
     def n_active(self) -> int:
         """Columns of the stages ``<= stage``."""
         return self.stage_columns(self.stage).stop
@@ -110,18 +132,10 @@ class Constructive(ColumnCells, AbstractNetwork):
     def init_params(self, seed: int = 0, dtype: torch.dtype = torch.float32, device=None) -> Params:
         g = self._generator(seed)
         n, G = self.n_hidden, self.n_gates
-        b = _init.uniform(g, (n, G), 1.0)
-        if self.cell == "lstm":
-            b[:, 1] += self.forget_bias
-        p = {
-            "W_in": _init.uniform(g, (n, G, self.n_in), 1.0),
-            "W_ff": _init.uniform(g, (n, G, n), 1.0) * self.ff_mask()[:, None, :],
-            "w_rec": _init.uniform(g, (n, G), 1.0),
-            "b": b,
-            "W_out": _init.normal(g, (self.n_out, n), 1.0 / math.sqrt(n)),
-            "b_out": torch.zeros(self.n_out, dtype=torch.float64),
-        }
-        return _init.finish(p, dtype, device)
+        p = self._init_columns(g, {"b": (n, G), "W_in": (n, G, self.n_in), "W_ff": (n, G, n), "w_rec": (n, G)})
+        p["W_ff"] = p["W_ff"] * self.ff_mask()[:, None, :]
+        return _init.finish({"W_in": p["W_in"], "W_ff": p["W_ff"], "w_rec": p["w_rec"], "b": p["b"],
+                             **self._init_readout(g)}, dtype, device)
 
     # -- one column group (shared with the rule) -------------------------------------------------------
     @staticmethod
@@ -133,8 +147,18 @@ class Constructive(ColumnCells, AbstractNetwork):
                 + h_prev[:, :, None] * w_rec + b)
 
     # -- one time step ---------------------------------------------------------------------------------
+    def _feedforward(self, state: NamedTuple, x: Tensor, u: Tensor, W_ff: Tensor, sl: slice) -> Tensor:
+        """The feed-forward part [B, m, G] of the columns ``sl`` over the earlier columns' ``u`` [B, lo]
+        (normalised by each column's statistics, with normalisation)."""
+        B, lo, G = x.shape[0], u.shape[1], self.n_gates
+        if self.normalise is None:
+            return (u @ W_ff[sl, :, :lo].reshape(-1, lo).T).reshape(B, -1, G)
+        uk = self.column_inputs(state, torch.cat([x, u], dim=1), sl)[:, :, self.n_in:]
+        return torch.einsum("bkj,kgj->bkg", uk, W_ff[sl, :, :lo])
+
     def current(self, params: Params, state: NamedTuple, x: Tensor) -> Tensor:
-        """``i`` [B, n * G], stage by stage (each stage reads the earlier stages' h_t).
+        """``i`` [B, n * G], stage by stage (each stage reads the earlier stages' h_t); with normalisation
+        followed by ``x`` [B, n G + n_in].
 
         The input, recurrent and bias parts of every column are one product; the frozen stages' outputs
         are then computed in order, each stage's feed-forward part from the stages before it; the learning
@@ -142,33 +166,36 @@ class Constructive(ColumnCells, AbstractNetwork):
         to inactive columns, whose output is zeroed, so it is not computed here)."""
         B, n, G = x.shape[0], self.n_hidden, self.n_gates
         W_ff = params["W_ff"] * self.ff_mask(params["W_ff"].dtype, params["W_ff"].device)[:, None, :]
-        a = (x @ params["W_in"].reshape(n * G, -1).T).reshape(B, n, G) + state.h[:, :, None] * params["w_rec"] \
-            + params["b"]
+        if self.normalise is None:
+            a = (x @ params["W_in"].reshape(n * G, -1).T).reshape(B, n, G)
+        else:
+            a = torch.einsum("bkj,kgj->bkg", self.column_inputs(state, x), params["W_in"])
+        a = a + state.h[:, :, None] * params["w_rec"] + params["b"]
         c_prev = state.c if self.cell == "lstm" else None
         parts, hs = [], []
         for j in range(self.stage):  # the frozen stages, in order
             sl = self.stage_columns(j)
             aj = a[:, sl]
             if sl.start:
-                u = torch.cat(hs, dim=1)
-                aj = aj + (u @ W_ff[sl, :, :sl.start].reshape(-1, sl.start).T).reshape(B, -1, G)
+                aj = aj + self._feedforward(state, x, torch.cat(hs, dim=1), W_ff, sl)
             parts.append(aj)
             hs.append(self.cell_update(aj, None if c_prev is None else c_prev[:, sl])[0])
         lo = self.stage_columns(self.stage).start
         rest = a[:, lo:]
         if lo:
-            u = torch.cat(hs, dim=1)
-            rest = rest + (u @ W_ff[lo:, :, :lo].reshape(-1, lo).T).reshape(B, -1, G)
+            rest = rest + self._feedforward(state, x, torch.cat(hs, dim=1), W_ff, slice(lo, None))
         parts.append(rest)
-        a = torch.cat(parts, dim=1)
-        return a.reshape(B, -1)
+        a = torch.cat(parts, dim=1).reshape(B, -1)
+        return a if self.normalise is None else torch.cat([a, x], dim=1)
 
     def neuron(self, params: Params, state: NamedTuple, i: Tensor) -> tuple[NamedTuple, Tensor]:
-        a = i.reshape(i.shape[0], self.n_hidden, self.n_gates)
+        nG = self.n_hidden * self.n_gates
+        a = i[:, :nG].reshape(i.shape[0], self.n_hidden, self.n_gates)
         active = (torch.arange(self.n_hidden, device=i.device) < self.n_active).to(i.dtype)
         h, c = self.cell_update(a, state.c if self.cell == "lstm" else None)
         h = h * active
-        if c is None:
-            return ColumnarRateState(h=h), h
-        return ColumnarLSTMState(h=h, c=c * active), h
-
+        state = state._replace(h=h) if c is None else state._replace(h=h, c=c * active)
+        if self.normalise is None:
+            return state, h
+        sl = self.stage_columns(self.stage)  # the learning columns' statistics take (x_t, u_t)
+        return self.learn_inputs(state, torch.cat([i[:, nG:], h[:, :sl.start]], dim=1), sl), h

@@ -5,7 +5,9 @@
     h_t = sigma(o) * tanh(c_t)                (neuron)
     y_t = W_out h_t + b_out                   (linear readout)
 
-Initialisation as torch.nn.LSTM (U(-1/sqrt(n), 1/sqrt(n))) with the forget-gate bias set to 1.
+Initialisation as torch.nn.LSTM (U(-1/sqrt(n), 1/sqrt(n))) with the forget-gate bias set to 1;
+``W_out ~ N(0, 1/n)`` (``readout_init="normal"``) or ``W_out = 0`` (``"zeros"``, as Javed et al.'s code starts
+its prediction weights), ``b_out = 0``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from neuro.contract import AbstractNetwork, Params, state_dtype
+from neuro.contract import AbstractNetwork, Params, check_choice, state_dtype
 
 from . import _init
 
@@ -30,6 +32,7 @@ class LSTMState(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class LSTM(AbstractNetwork):
     forget_bias: float = 1.0
+    readout_init: str = "normal"
 
     name = "lstm"
     local_form = True
@@ -42,6 +45,7 @@ class LSTM(AbstractNetwork):
         fb = self.forget_bias
         if isinstance(fb, bool) or not isinstance(fb, (int, float)) or not math.isfinite(fb):
             raise ValueError(f"forget_bias={fb!r} is invalid: expected a finite number")
+        check_choice("readout_init", self.readout_init, ("normal", "zeros"))
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         n = self.n_hidden
@@ -61,6 +65,8 @@ class LSTM(AbstractNetwork):
             "W_out": _init.normal(g, (self.n_out, n), 1.0 / math.sqrt(n)),
             "b_out": torch.zeros(self.n_out, dtype=torch.float64),
         }
+        if self.readout_init == "zeros":
+            p["W_out"] = torch.zeros_like(p["W_out"])
         return _init.finish(p, dtype, device)
 
     def init_state(self, params: Params, batch: int = 1) -> LSTMState:

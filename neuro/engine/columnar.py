@@ -355,6 +355,6 @@ def build(net: object, rule: object) -> ColumnsEngine | None:
     otherwise."""
     pair = (type(net), type(rule))
     if pair not in ((Columnar, ColumnarRTRL), (Constructive, ConstructiveRTRL)) or not rule.fast \
-            or rule.loss not in LOSSES:
+            or rule.loss not in LOSSES or getattr(net, "normalise", None) is not None:
         return None
     return ColumnsEngine(net, rule)

@@ -191,6 +191,7 @@ def build(net: object, rule: object) -> TDEngine | None:
         return None
     inner = rule.inner
     pair = (type(net), type(inner))
-    if pair not in ((Columnar, ColumnarRTRL), (Constructive, ConstructiveRTRL)) or not inner.fast:
+    if pair not in ((Columnar, ColumnarRTRL), (Constructive, ConstructiveRTRL)) or not inner.fast \
+            or getattr(net, "normalise", None) is not None:
         return None
     return TDEngine(net, rule)

@@ -20,6 +20,13 @@ matrix is never built. The estimate of step ``t`` (exact; the readout gets its i
 averaged over the batch as :mod:`neuro.losses` does. Summed over a sequence with the parameters frozen
 it equals BPTT's (and RTRL's) gradient. Only the columnar network is supported.
 
+With the network's online normalisation (``normalise``, :mod:`models.columnar`) its statistics are constants
+of the step: column ``k`` reads its normalised input ``xhat_{t,k}`` (the network's ``column_inputs``), so
+the one-column step is the plain column on ``xhat_{t,k}``; the readout reads ``hhat_t`` (``readout_features``)
+and ``dl_t/dh_t = (e_t W_out)_k / sqrt(var_f[k])`` (``readout_backward``)::
+
+    dl_t/dtheta_k = (dl_t/dh_t)_k  M_{t,k}[h]      dl_t/dW_out = e_t^T hhat_t
+
 Faster computations of the same numbers (the one-column Jacobians written out; a compiled step) live in
 :mod:`neuro.rules._fast.columnar` and run by default; ``fast=False`` runs this definition, ``kernel=False``
 keeps the compiled step off (the written-out Jacobians in torch).
@@ -83,9 +90,10 @@ class ColumnarRTRL(AbstractRule):
         return {"W_in": w_in.reshape(-1, G, n_in), "w_rec": w_rec, "b": b}
 
     def _column_step(self, theta: Tensor, s: Tensor, x: Tensor) -> Tensor:
-        """One column, one sample: ``s_{t,k}`` [S_c] from ``theta_k`` [q], ``s_{t-1,k}`` [S_c], ``x`` [n_in],
-        through the network's own ``current`` and ``neuron`` on a one-column copy."""
-        net1 = dataclasses.replace(self.net, n_hidden=1)
+        """One column, one sample: ``s_{t,k}`` [S_c] from ``theta_k`` [q], ``s_{t-1,k}`` [S_c], the input as
+        the column reads it ``x`` [n_in], through the network's own ``current`` and ``neuron`` on a one-column
+        copy (without normalisation: ``x`` is already the column's)."""
+        net1 = dataclasses.replace(self.net, n_hidden=1, normalise=None)
         p1 = self._unpack(theta[None], x.shape[0])  # W_in [1, G, n_in], w_rec [1, G], b [1, G]
         state = net1.State(*(s[j].reshape(1, 1) for j in range(s.shape[0])))
         i = net1.current(p1, state, x[None])
@@ -98,22 +106,23 @@ class ColumnarRTRL(AbstractRule):
         self.net.check_params(params)
         net_state = self.net.init_state(params, batch)
         theta = self._pack(params)
-        M = theta.new_zeros(batch, theta.shape[0], len(net_state), theta.shape[1])
+        M = theta.new_zeros(batch, theta.shape[0], self.net.n_cell_state, theta.shape[1])
         return ColumnarRTRLState(net=net_state, M=M)
 
     def memory_numel(self, params: Params, batch: int = 1) -> int:
         """Numbers held by the traces: ``B n S_c q = B S_c (p - readout)``, O(p)."""
-        return batch * len(self.net.init_state(params, 1)) * self._pack(params).numel()
+        return batch * self.net.n_cell_state * self._pack(params).numel()
 
     def step(self, params: Params, state: ColumnarRTRLState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
         params = {k: v.detach() for k, v in params.items()}
         net = self.net
         theta = self._pack(params)  # [n, q]
-        s = torch.stack(tuple(state.net), dim=-1).detach()  # s_{t-1} [B, n, S_c]
+        s = torch.stack(tuple(state.net)[:net.n_cell_state], dim=-1).detach()  # s_{t-1} [B, n, S_c]
+        xk = net.column_inputs(state.net, x)  # each column's input [B, n, n_in]
 
         # per-column one-step Jacobians: vmap over columns (inner) and the batch (outer)
         jac = jacrev(self._column_step, argnums=(0, 1))
-        J_theta, J_s = vmap(vmap(jac, in_dims=(0, 0, None)), in_dims=(None, 0, 0))(theta, s, x)
+        J_theta, J_s = vmap(vmap(jac, in_dims=(0, 0, 0)), in_dims=(None, 0, 0))(theta, s, xk)
         M = torch.einsum("bkij,bkjq->bkiq", J_s, state.M) + J_theta  # [B, n, S_c, q]
 
         i = net.current(params, state.net, x)
@@ -121,8 +130,9 @@ class ColumnarRTRL(AbstractRule):
         net_state, y_hat = net.readout(params, net_state, h)
         fn = self.loss_fn
         e = torch.func.grad(lambda yh: fn(yh, y, mask))(y_hat)  # dl_t/dy_t [B, n_out] (masked, / B)
-        g_cols = torch.einsum("bk,bkq->kq", e @ params["W_out"], M[:, :, state.net._fields.index("h")])
+        g_cols = torch.einsum("bk,bkq->kq", net.readout_backward(params, net_state, e), M[:, :, 0])
         # (dl_t/dh_t) M_t[h]: the readout reads h only
-        grad = {**self._unpack(g_cols, x.shape[1]), "W_out": e.T @ h, "b_out": e.sum(0)}
+        grad = {**self._unpack(g_cols, x.shape[1]), "W_out": e.T @ net.readout_features(net_state, h),
+                "b_out": e.sum(0)}
         return StepOutput(ColumnarRTRLState(net=net_state, M=M.detach()), y_hat.detach(),
                           fn(y_hat, y, mask).detach(), {k: grad[k].detach().contiguous() for k in params})

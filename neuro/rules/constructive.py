@@ -24,6 +24,11 @@ The readout is learnt over all features (as in the paper, which learns the value
 feature at every stage); its immediate gradient is exact, so summed over a sequence with the parameters
 frozen the estimate equals BPTT's gradient restricted to the learning stage and the readout.
 
+With the network's online normalisation (``normalise``, :mod:`models.constructive`) the statistics are
+constants of the step: column ``k`` reads its normalised inputs ``(xhat_{t,k}, uhat_{t,k})`` (the network's
+``column_inputs``), the readout ``hhat_t`` (``readout_features``), and ``(e_t W_out)_k`` becomes
+``dl_t/dh_t`` (``readout_backward``: divided by ``sqrt(var_f[k])``), as in :mod:`neuro.rules.columnar`.
+
 Running the paper's ``"total:per-stage:steps-per-stage"`` schedule (e.g. CCN ``20:4:N``, constructive
 ``10:1:N``, columnar ``7:7:N``)::
 
@@ -119,7 +124,8 @@ class ConstructiveRTRL(AbstractRule):
 
     def _column_step(self, theta: Tensor, s: Tensor, x: Tensor, u: Tensor) -> Tensor:
         """One column, one sample: ``s_{t,k}`` [S_c] from ``theta_k``, ``s_{t-1,k}`` [S_c], ``x`` [n_in] and
-        the frozen stages' current outputs ``u`` [lo], through the network's own column equations."""
+        the frozen stages' current outputs ``u`` [lo] as the column reads them, through the network's own
+        column equations."""
         net = self.net
         w_in, w_ff, w_rec, b = self._split(theta[None])
         a = net.column_preact(w_in, w_ff, w_rec, b, x[None], u[None], s[0].reshape(1, 1))
@@ -131,41 +137,43 @@ class ConstructiveRTRL(AbstractRule):
         self.net.check_params(params)
         net_state = self.net.init_state(params, batch)
         theta = self._pack(params)
-        (m, q), S = theta.shape, len(net_state)
+        (m, q), S = theta.shape, self.net.n_cell_state
         M = theta.new_zeros(batch, m, S, q)
         return ConstructiveRTRLState(net=net_state, M=M)
 
     def memory_numel(self, params: Params, batch: int = 1) -> int:
         """Numbers held by the traces: ``B m S_c q`` (the learning stage's parameters times S_c), O(p)."""
         m, q = self._pack(params).shape
-        return batch * m * len(self.net.init_state(params, 1)) * q
+        return batch * m * self.net.n_cell_state * q
 
     def step(self, params: Params, state: ConstructiveRTRLState, x: Tensor, y: Tensor,
              mask: Tensor) -> StepOutput:
         params = {k: v.detach() for k, v in params.items()}
         net, sl = self.net, self._cols
         theta = self._pack(params)  # [m, q]
-        s = torch.stack(tuple(state.net), dim=-1).detach()[:, sl]  # s_{t-1} of the stage [B, m, S_c]
+        s = torch.stack(tuple(state.net)[:net.n_cell_state], dim=-1).detach()[:, sl]  # s_{t-1} of the stage [B, m, S_c]
 
         i = net.current(params, state.net, x)
         net_state, h = net.neuron(params, state.net, i)
         net_state, y_hat = net.readout(params, net_state, h)
-        u = h[:, :sl.start]  # the frozen stages' h_t [B, lo]
+        v = net.column_inputs(state.net, torch.cat([x, h[:, :sl.start]], dim=1), sl)  # [B, m, n_in + lo]
+        xk, u = v[:, :, :x.shape[1]], v[:, :, x.shape[1]:]  # x_t and the frozen stages' h_t as column k reads them
 
         jac = jacrev(self._column_step, argnums=(0, 1))
-        J_theta, J_s = vmap(vmap(jac, in_dims=(0, 0, None, None)), in_dims=(None, 0, 0, 0))(theta, s, x, u)
+        J_theta, J_s = vmap(vmap(jac, in_dims=(0, 0, 0, 0)), in_dims=(None, 0, 0, 0))(theta, s, xk, u)
         M = torch.einsum("bkij,bkjq->bkiq", J_s, state.M) + J_theta  # [B, m, S_c, q]
 
         fn = self.loss_fn
         e = torch.func.grad(lambda yh: fn(yh, y, mask))(y_hat)  # dl_t/dy_t [B, n_out] (masked, / B)
-        g = torch.einsum("bk,bkq->kq", (e @ params["W_out"])[:, sl], M[:, :, 0])  # M[..., 0]: h
+        eh = net.readout_backward(params, net_state, e)[:, sl]  # dl_t/dh_t of the stage [B, m]
+        g = torch.einsum("bk,bkq->kq", eh, M[:, :, 0])  # M[..., 0]: h
         w_in, w_ff, w_rec, b = self._split(g)
         grad = {k: torch.zeros_like(v) for k, v in params.items()}
         grad["W_in"][sl] = w_in
         grad["W_ff"][sl, :, :sl.start] = w_ff
         grad["w_rec"][sl] = w_rec
         grad["b"][sl] = b
-        grad["W_out"] = e.T @ h
+        grad["W_out"] = e.T @ net.readout_features(net_state, h)
         grad["b_out"] = e.sum(0)
         return StepOutput(ConstructiveRTRLState(net=net_state, M=M.detach()), y_hat.detach(),
                           fn(y_hat, y, mask).detach(), {k: grad[k].detach().contiguous() for k in params})

@@ -24,7 +24,10 @@ device) it runs the written-out traces. The bench case (``neuro bench rules --ru
 float32, batch 1) spends ~0.12 ms a step there against ~0.29 ms on the written-out traces in torch.
 
 Both apply to the columnar network (:class:`models.columnar.Columnar`); the rule's ``kernel=False`` keeps
-the written-out traces in torch.
+the written-out traces in torch. With the network's online normalisation a column's features are its
+normalised input (``z_{t,k} = (xhat_{t,k}, h_{t-1,k}, 1)``, the network's ``column_inputs``) and the readout's
+facts give ``dl_t/dh_t`` and ``dl_t/dW_out`` (:mod:`neuro.rules.columnar`); the written-out traces run it (the
+compiled step has no statistics).
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ class ColumnarTraces(FastPath):
         net.check_params(params)
         net_state = net.init_state(params, batch)
         n, G, n_in = params["W_in"].shape
-        M = params["W_in"].new_zeros(batch, len(net_state), n, G, n_in + 2)
+        M = params["W_in"].new_zeros(batch, net.n_cell_state, n, G, n_in + 2)
         return ColumnarRTRLState(net=net_state, M=M)
 
     def step(self, params: Params, state: ColumnarRTRLState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
@@ -107,20 +110,22 @@ class ColumnarTraces(FastPath):
         n, G, n_in = params["W_in"].shape
         h_prev = state.net.h
         c_prev = state.net.c if net.cell == "lstm" else None
-        a = net.current(params, state.net, x).reshape(B, n, G)
-        h, c = net.cell_update(a, c_prev)
-        net_state = net.State(h=h) if c is None else net.State(h=h, c=c)
+        i = net.current(params, state.net, x)
+        net_state, h = net.neuron(params, state.net, i)
         net_state, y_hat = net.readout(params, net_state, h)
-        z = x.new_empty(B, n, n_in + 2)  # z_{t,k} = (x_t, h_{t-1,k}, 1)
-        z[:, :, :n_in] = x[:, None, :]
+        a = i[:, :n * G].reshape(B, n, G)
+        z = x.new_empty(B, n, n_in + 2)  # z_{t,k} = (xhat_{t,k}, h_{t-1,k}, 1): the input as column k reads it
+        z[:, :, :n_in] = net.column_inputs(state.net, x)
         z[:, :, n_in] = h_prev
         z[:, :, n_in + 1] = 1
-        M = column_traces(net.cell, a, c_prev, h, c, params["w_rec"], z, state.M)
+        M = column_traces(net.cell, a, c_prev, h, net_state.c if c_prev is not None else None, params["w_rec"], z,
+                          state.M)
         e = losses.grad(rule.loss or "mse", y_hat, y, mask)  # dl_t/dy_t [B, n_out]
-        eh = e @ params["W_out"]  # dl_t/dh_t [B, n]
+        eh = net.readout_backward(params, net_state, e)  # dl_t/dh_t [B, n]
         g = eh[0, :, None, None] * M[0, 0] if B == 1 else torch.einsum("bk,bkgf->kgf", eh, M[:, 0])
         grad = {"W_in": g[:, :, :n_in].contiguous(), "w_rec": g[:, :, n_in].contiguous(),
-                "b": g[:, :, n_in + 1].contiguous(), "W_out": e.T @ h, "b_out": e.sum(0)}
+                "b": g[:, :, n_in + 1].contiguous(), "W_out": e.T @ net.readout_features(net_state, h),
+                "b_out": e.sum(0)}
         return StepOutput(ColumnarRTRLState(net=net_state, M=M), y_hat.detach(),
                           rule.loss_fn(y_hat, y, mask).detach(), grad)
 
@@ -130,9 +135,10 @@ class ColumnarKernel(ColumnarTraces):
     tensors allow it (:meth:`applies`), the written-out traces in torch elsewhere."""
 
     def applies(self, params: Params, state: ColumnarRTRLState, x: Tensor) -> bool:
-        """True where the parameters, state and input are CPU tensors of one dtype, float32 or float64."""
+        """True where the parameters, state and input are CPU tensors of one dtype, float32 or float64, and the
+        network does not normalise online (the compiled step has no statistics: torch runs that)."""
         dt = params["W_in"].dtype
-        if dt not in _KERNEL_DTYPES:
+        if dt not in _KERNEL_DTYPES or self.rule.net.normalise is not None:
             return False
         return all(t.dtype == dt and t.is_cpu for t in (*params.values(), *state.net, state.M, x))
 
