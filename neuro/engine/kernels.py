@@ -19,7 +19,7 @@ import numpy as np
 from neuro._numba import numba
 
 __all__ = ["ADAM", "CE", "MSE", "RMSPROP", "SGD", "adam", "adam_span", "adam_step", "apply_update", "apply_update_rest",
-           "cast", "dot", "loss_and_error", "rate_step", "readout", "rmsprop", "rmsprop_span", "rmsprop_step",
+           "cast", "dot", "loss_and_error", "lr_of", "rate_step", "readout", "rmsprop", "rmsprop_span", "rmsprop_step",
            "row_update", "row_update_begin", "scheduled_update", "sgd", "sgd_span", "sum_squares", "update_due"]
 
 SGD, ADAM, RMSPROP = 0, 1, 2  # optimizer codes (apply_update)
@@ -257,7 +257,7 @@ def row_update_begin(kind, st, hyper, like):  # noqa: ANN001, ANN201
     count ``st`` (a one-element array) incremented where the optimizer keeps one, and the step's scalars, one
     tuple for every kind (``hyper`` as :func:`apply_update`'s, float64; the scalars in the dtype of ``like``):
     ``ADAM`` :func:`adam_step`'s; ``RMSPROP`` :func:`rmsprop_step`'s in places 1, 2, 6, 7; ``SGD`` ``-lr`` in
-    place 7."""
+    place 7. The step size is ``hyper[0]``: a parameter fused so must be one of the first parameter group's."""
     z = cast(0.0, like)
     if kind == ADAM:
         return adam_step(st, hyper[0], hyper[1], hyper[2], hyper[3], like)
@@ -288,10 +288,18 @@ def row_update(kind, p, g, ms, vs, r, c):  # noqa: ANN001, ANN201
 
 
 @numba.njit(cache=True)
+def lr_of(hyper, i):  # noqa: ANN001, ANN201
+    """The step size of parameter ``i``: ``hyper[4 + i]`` where ``hyper`` gives one per parameter (an optimizer
+    whose parameter groups differ in ``lr``), else ``hyper[0]``."""
+    return hyper[4 + i] if hyper.size > 4 else hyper[0]
+
+
+@numba.njit(cache=True)
 def apply_update(kind, ps, gs, ms, vs, steps, hyper):  # noqa: ANN001, ANN201
     """One optimizer step with the summed estimates ``gs``, which are then zeroed (the loop's accumulator):
     ``SGD`` (``hyper`` = ``[lr, ...]``), ``ADAM`` (``ms``, ``vs`` the moments; ``hyper`` = ``[lr, beta1, beta2,
-    eps]``) or ``RMSPROP`` (``ms`` the ``square_avg``; ``hyper`` = ``[lr, alpha, 0, eps]``); ``hyper`` float64."""
+    eps]``) or ``RMSPROP`` (``ms`` the ``square_avg``; ``hyper`` = ``[lr, alpha, 0, eps]``); ``hyper`` float64.
+    ``hyper`` may go on with one ``lr`` per parameter (:func:`lr_of`)."""
     apply_update_rest(kind, ps, gs, ms, vs, steps, hyper, -1)
 
 
@@ -302,12 +310,13 @@ def apply_update_rest(kind, ps, gs, ms, vs, steps, hyper, done):  # noqa: ANN001
     for i in range(len(ps)):
         if i == done:
             continue
+        lr = lr_of(hyper, i)
         if kind == SGD:
-            sgd_span(ps[i], gs[i], cast(-hyper[0], ps[i]))
+            sgd_span(ps[i], gs[i], cast(-lr, ps[i]))
         elif kind == ADAM:
-            adam_span(ps[i], gs[i], ms[i], vs[i], adam_step(steps[i], hyper[0], hyper[1], hyper[2], hyper[3], ps[i]))
+            adam_span(ps[i], gs[i], ms[i], vs[i], adam_step(steps[i], lr, hyper[1], hyper[2], hyper[3], ps[i]))
         else:
-            rmsprop_span(ps[i], gs[i], ms[i], rmsprop_step(steps[i], hyper[0], hyper[1], hyper[3], ps[i]))
+            rmsprop_span(ps[i], gs[i], ms[i], rmsprop_step(steps[i], lr, hyper[1], hyper[3], ps[i]))
         g = gs[i]
         for j in range(g.size):
             g[j] = 0.0

@@ -2,7 +2,9 @@
 (Adam's ``exp_avg``, ``exp_avg_sq``, ``step``; RMSprop's ``square_avg``, ``step``; SGD has none) seen through numpy views, so that the compiled
 update changes ``torch.optim``'s own state in place, and a checkpoint, a resume or a later torch step sees
 what the torch path would have made. State missing before an optimizer's first step is created as torch creates
-it (``Adam._init_group``, ``RMSprop._init_group``). The arrays of an optimizer are made once and given again
+it (``Adam._init_group``, ``RMSprop._init_group``; :class:`neuro.optim.TDRMSprop`'s ``square_avg`` as its
+``init``). :class:`~neuro.optim.TDRMSprop` runs RMSprop's kernel; its parameter groups (the readout's may step
+at its own ``lr``) give one ``lr`` per parameter (:func:`neuro.engine.kernels.lr_of`). The arrays of an optimizer are made once and given again
 while its settings, parameters and state tensors are the same (a loaded state dict or a new optimizer makes them
 anew), so that a range of steps pays no conversion.
 """
@@ -18,6 +20,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from neuro.engine import kernels as K
 from neuro.engine.base import flat, view
+from neuro.optim import TDRMSprop
 
 __all__ = ["OptimizerArrays", "check"]
 
@@ -27,27 +30,39 @@ _DEFAULTS = {torch.optim.SGD: {"momentum": 0, "dampening": 0, "weight_decay": 0,
                                 "differentiable": False, "fused": None, "decoupled_weight_decay": False},
              torch.optim.RMSprop: {"momentum": 0, "centered": False, "weight_decay": 0, "maximize": False,
                                    "capturable": False, "differentiable": False}}
+_DEFAULTS[TDRMSprop] = _DEFAULTS[torch.optim.RMSprop]
+#: the optimizers whose parameter groups may differ in ``lr`` (every other setting the same)
+_GROUPED = (TDRMSprop,)
 
 
 def check(opt: torch.optim.Optimizer) -> None:
-    """``ValueError`` unless ``opt`` is a ``torch.optim.SGD``, ``Adam`` or ``RMSprop`` with one parameter group
-    and the settings the kernels compute (no momentum, weight decay, amsgrad, centering, ...)."""
+    """``ValueError`` unless ``opt`` is a ``torch.optim.SGD``, ``Adam`` or ``RMSprop`` with one parameter group,
+    or a :class:`~neuro.optim.TDRMSprop` whose groups differ in ``lr`` alone, with the settings the kernels
+    compute (no momentum, weight decay, amsgrad, centering, ...)."""
     settings = _DEFAULTS.get(type(opt))
-    if settings is None or len(opt.param_groups) != 1:
+    if settings is None or (len(opt.param_groups) != 1 and not isinstance(opt, _GROUPED)):
         raise ValueError(f"optimizer {type(opt).__name__} is invalid for the compiled engine: valid are "
-                         "torch.optim.SGD, torch.optim.Adam and torch.optim.RMSprop over one parameter group")
-    group = opt.param_groups[0]
-    bad = {k: group.get(k) for k, v in settings.items() if group.get(k, v) != v}
-    if bad or isinstance(group["lr"], torch.Tensor):
-        raise ValueError(f"optimizer {type(opt).__name__} setting(s) {bad or {'lr': group['lr']}} are invalid for the "
-                         f"compiled engine: valid are {settings} and a float lr")
+                         "torch.optim.SGD, torch.optim.Adam and torch.optim.RMSprop over one parameter group, and "
+                         "neuro.optim.TDRMSprop")
+    first = {k: v for k, v in opt.param_groups[0].items() if k not in ("params", "lr")}
+    for group in opt.param_groups:
+        bad = {k: group.get(k) for k, v in settings.items() if group.get(k, v) != v}
+        if bad or isinstance(group["lr"], torch.Tensor):
+            raise ValueError(f"optimizer {type(opt).__name__} setting(s) {bad or {'lr': group['lr']}} are invalid for "
+                             f"the compiled engine: valid are {settings} and a float lr")
+        other = {k: v for k, v in group.items() if k not in ("params", "lr")}
+        if other != first:
+            raise ValueError(f"optimizer {type(opt).__name__} parameter groups {first} and {other} are invalid for the "
+                             "compiled engine: its groups may differ in lr alone")
 
 
 class OptimizerArrays(NamedTuple):
     """The arguments of :func:`~neuro.engine.kernels.apply_update` for one optimizer over parameters in a fixed
     order: ``kind``, the moments ``ms``, ``vs`` (flat views of Adam's ``exp_avg``, ``exp_avg_sq``; RMSprop's
     ``square_avg`` and empty arrays; empty arrays for SGD), the step counts ``steps`` (one-element views of
-    ``state["step"]``) and ``hyper`` = ``[lr, beta1, beta2, eps]`` (RMSprop: ``[lr, alpha, 0, eps]``)."""
+    ``state["step"]``) and ``hyper`` = ``[lr, beta1, beta2, eps]`` (RMSprop: ``[lr, alpha, 0, eps]``; a
+    :class:`~neuro.optim.TDRMSprop` of several groups: then each parameter's ``lr``, in the order of ``params``,
+    ``lr`` the first group's)."""
 
     kind: int
     ms: tuple[np.ndarray, ...]
@@ -77,14 +92,16 @@ class OptimizerArrays(NamedTuple):
         if isinstance(opt, torch.optim.RMSprop):
             for p in params:
                 state = opt.state[p]
-                if len(state) == 0:  # as RMSprop._init_group makes it before its first step
+                if len(state) == 0:  # as RMSprop._init_group (TDRMSprop._init_group) makes it before its first step
                     state["step"] = torch.zeros((), dtype=_get_scalar_dtype())
-                    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["square_avg"] = torch.full_like(p, _group_of(opt, p)["init"]) if isinstance(opt, TDRMSprop) \
+                        else torch.zeros_like(p, memory_format=torch.preserve_format)
             st = [opt.state[p] for p in params]
             none = tuple(np.zeros(0, view(p).dtype) for p in params)
+            lrs = [_group_of(opt, p)["lr"] for p in params] if len(opt.param_groups) > 1 else []
             return cls(K.RMSPROP, tuple(flat(s["square_avg"]) for s in st), none,
                        tuple(view(s["step"]).reshape(1) for s in st),
-                       np.array([group["lr"], group["alpha"], 0.0, group["eps"]], dtype=np.float64))
+                       np.array([group["lr"], group["alpha"], 0.0, group["eps"], *lrs], dtype=np.float64))
         for p in params:
             state = opt.state[p]
             if len(state) == 0:  # as Adam._init_group makes it before its first step
@@ -99,6 +116,11 @@ class OptimizerArrays(NamedTuple):
                    np.array([group["lr"], beta1, beta2, group["eps"]], dtype=np.float64))
 
 
+def _group_of(opt: torch.optim.Optimizer, p: torch.Tensor) -> dict:
+    """The parameter group of ``opt`` that holds ``p``."""
+    return next(g for g in opt.param_groups if any(q is p for q in g["params"]))
+
+
 #: optimizer -> (what its arrays were made from, the arrays) (:meth:`OptimizerArrays.of`)
 _MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -106,8 +128,8 @@ _MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _key(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> tuple:
     """What :meth:`OptimizerArrays.of` makes its arrays from: the parameter groups' settings, the parameters and
     the state tensors (the objects and their memory)."""
-    group, state = opt.param_groups[0], opt.state
-    return (len(opt.param_groups), tuple(v for k, v in group.items() if k != "params"), id(state),
+    state = opt.state
+    return (tuple(tuple(v for k, v in g.items() if k != "params") for g in opt.param_groups), id(state),
             tuple((id(p), p.data_ptr(), tuple(map(_identity, state[p].values())) if p in state else ()) for p in params))
 
 

@@ -272,6 +272,34 @@ def test_a_stage_schedule_runs_compiled_across_stage_changes(tmp_path, rule_name
     _close(ck_c["optimizer"], resumed[2]["optimizer"], "optimizer")
 
 
+#: td-rmsprop (neuro.optim, Javed et al.'s TD step) on the TD(lambda) combinations, both readout scales: the columnar
+#: network, a constructive one at stage 1 (frozen, learning and inactive columns) and through a stage schedule
+#: (its readout's step changing with the stage), the LSTM over T-BPTT
+TD_RMSPROP = [pytest.param(m, v, s, scale, id=f"{m}-{'staged' if s else 'stage1' if v else 'plain'}-{scale}")
+              for m, v, s in (("columnar", {}, None), ("constructive", {"per_stage": 2, "stage": 1}, None),
+                              ("constructive", {"per_stage": 2}, "6:2:20"), ("lstm", {}, None))
+              for scale in ("none", "fan-in")]
+
+
+@pytest.mark.parametrize("model,variant,schedule,scale", TD_RMSPROP)
+def test_td_rmsprop_compiled_equals_torch(tmp_path, model, variant, schedule, scale):
+    c = next(c for c in REGISTRY if (c.model, c.rule) == (model, "td-lambda"))
+    net, rule, task, settings = _setup(c, variant, "trace")
+    if schedule:  # three stages of 20 steps
+        settings.update(steps=70, chunk=10, update_every=3, schedule=schedule)
+    got = [_train(net, rule, task, tmp_path / e, optimizer="td-rmsprop", optimizer_options={"readout_scale": scale},
+                  batch=2, engine=e, checkpoint_every=20, **settings) for e in ("torch", "compiled")]
+    (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = got
+    assert h_c.engine == "compiled" and h_c.updates == h_t.updates >= 3
+    _close(h_t.params, h_c.params, "params")
+    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
+    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
+    _close(loop_t.opt.state_dict(), loop_c.opt.state_dict(), "the loop's optimizer")
+    lrs = [g["lr"] for g in loop_c.opt.param_groups]
+    assert lrs == ([0.05] if scale == "none" else [0.05, 0.05 / loop_c.rule.net.readout_fan_in])
+
+
 @dataclasses.dataclass(frozen=True)
 class NaNTask(AbstractTask):
     """Continuing, mse: x_t ~ N(0, 1), target x_t; the target of (1-based) step ``nan_at`` is NaN."""
