@@ -139,29 +139,69 @@ def _estimate(cfg, exps, steps: int) -> int:
     return 0
 
 
+class _Zero:
+    """The ``v = 0`` errors of a config's streams, kept in ``OUT/zero-baseline.json`` once computed."""
+
+    def __init__(self, cfg: dict[str, Any], out: Path) -> None:
+        from neuro import io
+
+        self.cfg, self.path = cfg, out / "zero-baseline.json"
+        self.cache = io.read_json(self.path) if self.path.is_file() else {}
+        self.dirty = False
+
+    def __call__(self, opts: dict[str, Any], seed: int, start: int, end: int) -> float:
+        import json
+
+        key = json.dumps([self.cfg["task"], opts, seed, self.cfg["chunk"], start, end], sort_keys=True)
+        if key not in self.cache:
+            self.cache[key] = X.zero_baseline(self.cfg["task"], opts, seed, self.cfg["chunk"], start, end)
+            self.dirty = True
+        return self.cache[key]
+
+    def save(self) -> None:
+        from neuro import io
+
+        if self.dirty:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            io.write_json(self.path, self.cache)
+
+
+def _row(cfg, m, name, lr, runs, zero, opts) -> dict[str, Any]:
+    tail = R.tail_for(m["steps"], cfg["score_tail"])
+    ok = {s: r for s, r in runs.items() if r["diverged"] is None}
+    sc = {s: R.score(r, tail) for s, r in ok.items()}
+    mean, se = R.mean_se([e for e, _ in sc.values()])
+    ms_step = [r["time_per_step_s"] * 1e3 for r in ok.values() if r["time_per_step_s"]]
+    row = {"method": name, "network": R._net({**m, "schedule": C.stage_schedule(m, m["steps"], cfg["chunk"])}),
+           "model": m["model"], "hidden": m["hidden"], "inner": m["inner"], "k": m.get("k"), "params": m["params"],
+           "compute": m["compute"], "lr": lr, "steps": m["steps"], "tail_steps": tail, "score_mean": mean,
+           "score_se": se, "per_seed": {s: e for s, (e, _) in sc.items()}, "seeds_done": len(runs),
+           "seeds_planned": len(m["seeds"]), "diverged": len(runs) - len(ok),
+           "ms_per_step": sum(ms_step) / len(ms_step) if ms_step else math.nan}
+    if zero is not None:  # paired: the same steps of the same stream
+        d = [e - zero(opts, s, m["steps"] - n, m["steps"]) for s, (e, n) in sc.items()]
+        row["minus_zero_mean"], row["minus_zero_se"] = R.mean_se(d)
+    return row
+
+
 def _results(cfg, exps, lrs, info, out: Path, run: bool, workers: int) -> dict[str, Any]:
     jobs = [((label, name, s), X.run_spec(cfg, opts, m, lrs[(label, name)], s, m["steps"]),
              X.run_file(out, label, "main", name, lrs[(label, name)], s))
             for label, opts, ms in exps for name, m in ms.items() if lrs[(label, name)] is not None
             for s in m["seeds"]]
     done = X.run_all(jobs, workers) if run else X.pending(jobs)[1]
+    zero = _Zero(cfg, out) if cfg.get("zero_baseline") else None
     res: dict[str, Any] = {}
-    for label, _, ms in exps:
+    for label, opts, ms in exps:
         runs = {n: {s: r for (lbl, name, s), r in done.items() if lbl == label and name == n} for n in ms}
-        rows = []
-        for n, m in ms.items():
-            tail = R.tail_for(m["steps"], cfg["score_tail"])
-            ok = {s: r for s, r in runs[n].items() if r["diverged"] is None}
-            sc = {s: R.score(r, tail)[0] for s, r in ok.items()}
-            mean, se = R.mean_se(list(sc.values()))
-            ms_step = [r["time_per_step_s"] * 1e3 for r in ok.values() if r["time_per_step_s"]]
-            net = R._net({**m, "schedule": C.stage_schedule(m, m["steps"], cfg["chunk"])})
-            rows.append({"method": n, "network": net, "model": m["model"], "hidden": m["hidden"],
-                         "inner": m["inner"], "k": m.get("k"), "params": m["params"], "compute": m["compute"],
-                         "lr": lrs[(label, n)], "steps": m["steps"], "tail_steps": tail, "score_mean": mean,
-                         "score_se": se, "per_seed": sc, "seeds_done": len(runs[n]), "seeds_planned": len(m["seeds"]),
-                         "diverged": len(runs[n]) - len(ok),
-                         "ms_per_step": sum(ms_step) / len(ms_step) if ms_step else math.nan})
+        rows = [_row(cfg, m, n, lrs[(label, n)], runs[n], zero, opts) for n, m in ms.items()]
+        if zero is not None:
+            steps, tail = cfg["steps"], R.tail_for(cfg["steps"], cfg["score_tail"])
+            mean, se = R.mean_se([zero(opts, s, steps - tail, steps) for s in cfg["seeds"]])
+            rows.append({"method": "v = 0 (no learning)", "network": "-", "params": 0, "compute": 0, "lr": None,
+                         "steps": steps, "tail_steps": tail, "score_mean": mean, "score_se": se,
+                         "seeds_done": len(cfg["seeds"]), "seeds_planned": len(cfg["seeds"]), "diverged": 0,
+                         "minus_zero_mean": 0.0, "minus_zero_se": 0.0})
         best = info[label]["best_tbptt"] if info else None
         pairs = []
         for a, ma in ms.items():
@@ -171,6 +211,8 @@ def _results(cfg, exps, lrs, info, out: Path, run: bool, workers: int) -> dict[s
                 if mb["inner"] == "tbptt":
                     pairs.append({"a": a, "b": b, "best": b == best, **R.paired(runs[a], runs[b], cfg["score_tail"])})
         res[label] = {"rows": rows, "paired": pairs, "best_tbptt": best, "runs": runs}
+    if zero is not None:
+        zero.save()
     return res
 
 

@@ -16,8 +16,8 @@ __all__ = ["METHOD_KEYS", "PILOT_KEYS", "TOP_KEYS", "experiments", "learnable_pa
 ROOT = Path(__file__).resolve().parents[2]
 #: the keys a config may have at its top level
 TOP_KEYS = ("task", "task_options", "valid_patterns", "games", "seeds", "steps", "optimizer", "optimizer_options",
-            "lr", "lrs", "chunk", "log_every", "dtype", "engine", "budget_from", "score_tail", "td", "methods",
-            "pilot")
+            "lr", "lrs", "chunk", "log_every", "dtype", "engine", "budget_from", "score_tail", "zero_baseline", "td",
+            "methods", "pilot")
 #: the keys of a ``[methods.X]`` table
 METHOD_KEYS = ("model", "hidden", "model_options", "inner", "k", "schedule", "stage_steps", "optimizer_options",
                "steps", "seeds", "lr", "lrs")
@@ -107,6 +107,8 @@ def check(cfg: dict[str, Any]) -> dict[str, Any]:
     games = cfg.get("games")
     if games is not None and (not isinstance(games, list) or not games or not all(isinstance(g, str) for g in games)):
         raise ValueError(f"games={games!r} is invalid: expected a non-empty list of game names")
+    if not isinstance(cfg.get("zero_baseline", False), bool):
+        raise ValueError(f"zero_baseline={cfg['zero_baseline']!r} is invalid: must be true or false")
     if not isinstance(cfg["methods"], dict) or not cfg["methods"]:
         raise ValueError("methods is empty: give at least one [methods.NAME] table")
     for name, m in cfg["methods"].items():

@@ -78,12 +78,15 @@ def _net(m: dict[str, Any]) -> str:
 def tables(label: str, rows: list[dict[str, Any]], pairs: list[dict[str, Any]], best: str | None) -> str:
     """Markdown: the methods' table and the paired differences' table of one experiment."""
     head = f"### {label}\n\n" if label else ""
-    lines = [head + "| method | network | params | compute / step | alpha | (v - G)^2, mean ± s.e. | seeds done / planned "
-             "| diverged |", "|---|---|---|---|---|---|---|---|"]
+    zero = any("minus_zero_mean" in r for r in rows)
+    lines = [head + "| method | network | params | compute / step | alpha | (v - G)^2, mean ± s.e. "
+             + ("| minus v = 0's, paired, mean ± s.e. " if zero else "") + "| seeds done / planned | diverged |",
+             "|---" * (8 + zero) + "|"]
     for r in sorted(rows, key=lambda r: (not math.isfinite(r["score_mean"]), r["score_mean"])):
         alpha = "-" if r["lr"] is None else f"{r['lr']:g}"
+        z = f"| {_fmt(r.get('minus_zero_mean', math.nan), r.get('minus_zero_se', math.nan))} " if zero else ""
         lines.append(f"| {r['method']} | {r['network']} | {r['params']} | {r['compute']} | {alpha} "
-                     f"| {_fmt(r['score_mean'], r['score_se'])} | {r['seeds_done']} / {r['seeds_planned']} "
+                     f"| {_fmt(r['score_mean'], r['score_se'])} {z}| {r['seeds_done']} / {r['seeds_planned']} "
                      f"| {r['diverged']} |")
     if pairs:
         lines += ["", "Paired differences (same seed, same steps; negative: the first method's error is lower)"

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from . import config as cfgmod
 
-__all__ = ["choose_lr", "finished", "pending", "run_file", "run_one", "run_spec", "run_all"]
+__all__ = ["choose_lr", "finished", "pending", "run_file", "run_one", "run_spec", "run_all", "zero_baseline"]
 
 STAGES = ("pilot", "main")
 
@@ -174,3 +174,21 @@ def choose_lr(scores: dict[float, list[float | None]]) -> float:
     if not scores:
         raise ValueError("no pilot runs to choose a learning rate from")
     return min(scores, key=key)
+
+
+def zero_baseline(task: str, task_options: dict[str, Any], seed: int, chunk: int, start: int, end: int) -> float:
+    """``G_t^2`` averaged over the steps ``(start, end]`` of seed ``seed``'s stream (as :func:`neuro.train`
+    draws it): the error ``(v - G)^2`` of predicting ``v = 0`` there."""
+    import neuro.tasks
+    from neuro.train_config import TrainConfig
+
+    t = neuro.tasks.make(task, **task_options)
+    total, n, at = 0.0, 0, 0
+    for seq in t.stream(seed=TrainConfig(seed=seed).seed_for("task"), batch=1, chunk=chunk, steps=end):
+        g = seq.ys[:, 0, 0].double()
+        lo = max(0, start - at)
+        if lo < len(g):
+            total += float((g[lo:] ** 2).sum())
+            n += len(g) - lo
+        at += len(g)
+    return total / n

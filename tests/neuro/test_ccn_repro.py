@@ -161,6 +161,7 @@ chunk = 50
 log_every = 50
 score_tail = 100
 engine = "torch"
+zero_baseline = true
 [td]
 cumulant_input = 6
 gamma = 0.9
@@ -194,7 +195,8 @@ def test_a_reproduction_resumes_without_rerunning(tmp_path, monkeypatch, capsys)
     assert main(args + ["--stage", "pilot"]) == 0
     assert len(calls) == 2 * 2 + 1 * 2  # a: 2 alphas x 2 seeds; b: 1 alpha x 2 seeds
     assert main(args + ["--partial", "--md", str(tmp_path / "p.md")]) == 0
-    assert len(calls) == 6 and "| 0 / 2 |" in (tmp_path / "p.md").read_text()
+    md = (tmp_path / "p.md").read_text()
+    assert len(calls) == 6 and "| 0 / 2 |" in md and "| v = 0 (no learning) |" in md
     assert main(args) == 0
     assert len(calls) == 6 + 2 + 2  # the main runs only
     assert (out / "pilot.json").is_file()
@@ -215,3 +217,18 @@ def test_the_main_stage_waits_for_the_pilot(tmp_path, capsys):
     cfg.write_text(TINY.format(seeds=1))
     assert main(["--config", str(cfg), "--out", str(tmp_path / "o"), "--stage", "main", "--jobs", "0"]) == 2
     assert "the pilot of methods.a is not finished" in capsys.readouterr().err
+
+
+def test_the_zero_baseline_is_the_mean_squared_return_of_the_steps():
+    import torch
+
+    import neuro.tasks
+    from neuro.train_config import TrainConfig
+
+    opts = {"pattern_seed": None}
+    task = neuro.tasks.make("trace-patterning", **opts)
+    g = torch.cat([s.ys[:, 0, 0] for s in task.stream(seed=TrainConfig(seed=4).seed_for("task"), chunk=70,
+                                                          steps=500)]).double()
+    assert float(g.abs().sum()) > 0
+    want = float((g[130:450] ** 2).mean())  # steps 131..450: across chunk ends
+    assert X.zero_baseline("trace-patterning", opts, 4, 70, 130, 450) == pytest.approx(want, rel=1e-12)
