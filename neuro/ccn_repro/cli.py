@@ -50,6 +50,8 @@ def _setup(cfg: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, dic
     import neuro.tasks
 
     exps = C.experiments(cfg)
+    if args.games is not None and not cfg.get("games"):
+        raise ValueError(f"--games {args.games!r} is invalid: the config has no games")
     labels = _subset("games", args.games, [lbl for lbl, _ in exps]) if cfg.get("games") else [""]
     out = []
     for label, opts in exps:

@@ -232,3 +232,15 @@ def test_the_zero_baseline_is_the_mean_squared_return_of_the_steps():
     assert float(g.abs().sum()) > 0
     want = float((g[130:450] ** 2).mean())  # steps 131..450: across chunk ends
     assert X.zero_baseline("trace-patterning", opts, 4, 70, 130, 450) == pytest.approx(want, rel=1e-12)
+
+
+def test_the_summary_across_games_ranks_by_hand():
+    from neuro.ccn_repro.report import summary
+
+    def rows(**scores):
+        return [{"method": n, "score_mean": v, "score_se": math.nan} for n, v in scores.items()]
+
+    md = summary({"Pong": rows(a=1.0, b=2.0, c=math.nan), "Breakout": rows(a=3.0, b=2.0, c=1.0)})
+    lines = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines()[2:]}
+    assert lines["a"].endswith("| 2.00 (2 games) |") and lines["b"].endswith("| 2.00 (2 games) |")  # 1+3, 2+2
+    assert lines["c"].endswith("| 1.00 (1 games) |") and "| - | 1.00000 |" in lines["c"]
