@@ -28,12 +28,20 @@ parameter's estimate is zero; its accumulator stays zero and, with its optimizer
 optimizer, :mod:`neuro.staged`), an update of SGD, Adam or RMSprop leaves it exactly unchanged, so the update
 runs over the learning columns' rows and the readout only (over every row where that state is not zero).
 
+With the network's online normalisation (``normalise``, :mod:`models.columnar`, :mod:`models.constructive`)
+a column reads its inputs normalised by its own statistics from before the step (the learning columns'
+features ``z_{t,k}`` are these), the learning columns' input statistics then take the step's raw ``(x_t,
+u_t)``, every column's feature statistics take ``h_t`` and the readout reads ``hhat_t``
+(:func:`readout_features`); the estimate uses ``dl_t/dh_t = (e_t W_out)_k / sqrt(var_f[k])`` and
+``dl_t/dW_out = e_t^T hhat_t``. The statistics are arrays of the network state, changed in place.
+
 The rule state is the fast path's (``fast=True``; a rule built with ``fast=False`` runs on the torch path):
 the engine works on copies of its tensors and returns a new state holding them.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -50,7 +58,8 @@ from neuro.rules._fast.columnar_kernel import _tanh_from, _vexp
 from neuro.rules.columnar import ColumnarRTRL
 from neuro.rules.constructive import ConstructiveRTRL
 
-__all__ = ["Arguments", "ColumnsEngine", "Layout", "build", "column_step", "columns_range", "update"]
+__all__ = ["Arguments", "ColumnsEngine", "Layout", "build", "column_step", "columns_range", "normalisation",
+           "own_net_state", "readout_features", "sample_net_state", "update"]
 
 LOSSES = {"mse": K.MSE, "ce": K.CE}
 
@@ -94,11 +103,61 @@ def update(kind, ps, gs, ms, vs, steps, hyper):  # noqa: ANN001, ANN201
 
 
 @numba.njit(cache=True)
-def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn, cn, M, z, S, bits):  # noqa: ANN001, ANN201
+def _column_inputs(norm, x, hn, mu, var, k, nv, xk):  # noqa: ANN001, ANN201
+    """Column ``k``'s inputs ``(x, hn[:nv - n_in])`` as it reads them, into ``xk[:nv]`` (float64): normalised by
+    its statistics ``mu[k]``, ``var[k]`` (from before the step) where ``norm``, else as they are."""
+    n_in = x.shape[0]
+    for j in range(nv):
+        v = float(x[j]) if j < n_in else float(hn[j - n_in])
+        xk[j] = (v - float(mu[k, j])) / math.sqrt(float(var[k, j])) if norm else v
+    return 0
+
+
+@numba.njit(cache=True)
+def _learn_inputs(x, hn, mu, var, lo, hi, d, floor):  # noqa: ANN001, ANN201
+    """The learning columns' input statistics take the step's raw inputs ``(x, hn[:lo])`` (the models'
+    ``learn_inputs``): ``mu <- d mu + (1 - d) v``, ``var <- max(d var + (1 - d) (v - mu)^2, floor)``."""
+    n_in = x.shape[0]
+    for k in range(lo, hi):
+        for j in range(n_in + lo):
+            v = float(x[j]) if j < n_in else float(hn[j - n_in])
+            m = d * float(mu[k, j]) + (1.0 - d) * v
+            dv = v - m
+            w = d * float(var[k, j]) + (1.0 - d) * (dv * dv)
+            mu[k, j] = m
+            var[k, j] = w if w > floor else floor
+    return 0
+
+
+@numba.njit(cache=True)
+def readout_features(norm, hn, mu_f, var_f, d, floor, hf):  # noqa: ANN001, ANN201
+    """One sample's readout features ``hf`` [n] from ``hn`` [n] (the models' ``readout``): where ``norm``, the
+    statistics ``mu_f``, ``var_f`` take ``hn`` (updated in place) and ``hf = (hn - mu_f) / sqrt(var_f)``;
+    else ``hf = hn``."""
+    for k in range(hn.shape[0]):
+        v = float(hn[k])
+        if norm:
+            m = d * float(mu_f[k]) + (1.0 - d) * v
+            dv = v - m
+            w = d * float(var_f[k]) + (1.0 - d) * (dv * dv)
+            w = w if w > floor else floor
+            mu_f[k] = m
+            var_f[k] = w
+            hf[k] = (v - float(mu_f[k])) / math.sqrt(float(var_f[k]))
+        else:
+            hf[k] = hn[k]
+    return 0
+
+
+@numba.njit(cache=True)
+def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn, cn, M, z, S, bits,  # noqa: ANN001, ANN201
+                norm, d, floor, mu, var, xk):
     """One sample's network step and the learning columns' traces (module docstring): ``x`` [n_in], ``h``,
     ``c`` [n] the state before the step (read), ``hn``, ``cn`` [n] after it (written), ``M`` [S_c, m, G F] the
-    traces (updated in place); scratch: ``z`` [F] (a learning column's features), ``S`` [4, 4 n] float64 and
-    ``bits`` [4 n] int64.
+    traces (updated in place); ``norm``: the online normalisation (rate ``d``, variance floor ``floor``) with
+    the input statistics ``mu``, ``var`` [n, n_v] (the learning columns' updated in place); scratch: ``z`` [F]
+    (a learning column's features), ``S`` [4, 4 n] float64, ``bits`` [4 n] int64, ``xk`` [n_in + n] float64
+    (a column's inputs as it reads them).
 
     Stage by stage (the frozen ones in order, then the learning one): the pre-activations in float64, the
     exponentials of the stage at once (:func:`neuro.rules._fast.columnar_kernel._vexp`, with ``sigma(a) = 1 /
@@ -113,16 +172,17 @@ def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn
         s1 = min(s0 + per_stage, lo) if s0 < lo else hi  # a frozen stage, or the learning one
         m, nff = s1 - s0, min(s0, lo)  # its columns read the columns before it (the earlier stages)
         for k in range(s0, s1):  # the pre-activations and the arguments of exp
+            _column_inputs(norm, x, hn, mu, var, k, n_in + nff, xk)
             hk = float(h[k])
             for g in range(G):
                 a = 0.0
                 for j in range(n_in):
-                    a += float(x[j]) * float(W_in[k, g, j])
+                    a += xk[j] * float(W_in[k, g, j])
                 a = a + hk * float(w_rec[k, g]) + float(b[k, g])
                 if nff > 0:
                     f = 0.0
                     for j in range(nff):
-                        f += float(hn[j]) * float(W_ff[k, g, j])
+                        f += xk[n_in + j] * float(W_ff[k, g, j])
                     a = a + f
                 i = G * (k - s0) + g
                 A[i] = a
@@ -152,13 +212,18 @@ def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn
                 hn[k] = ht
             if k < lo:
                 continue
-            if k == lo:
+            if norm:  # the column's own features
+                _column_inputs(norm, x, hn, mu, var, k, n_in + lo, xk)
+                for j in range(n_in + lo):
+                    z[j] = xk[j]
+                z[n_in + lo + 1] = 1.0
+            elif k == lo:
                 _features(x, hn, lo, z)
             z[n_in + lo] = h[k]
             Mh = M[0, k - lo]
             if not lstm:
-                d = 1.0 - ht * ht
-                cw, cd = K.cast(d * float(w_rec[k, 0]), h), K.cast(d, h)
+                d_ = 1.0 - ht * ht
+                cw, cd = K.cast(d_ * float(w_rec[k, 0]), h), K.cast(d_, h)
                 for f in range(F):
                     Mh[f] = Mh[f] * cw + cd * z[f]
                 continue
@@ -186,43 +251,51 @@ def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn
     for k in range(hi, n):  # inactive: held at zero
         hn[k] = 0.0
         cn[k] = 0.0
+    if norm:
+        _learn_inputs(x, hn, mu, var, lo, hi, d, floor)
     return 0
 
 
 @numba.njit(cache=True)
 def columns_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_out,  # noqa: ANN001, ANN201
                   g_in, g_ff, g_rec, g_b, g_out, g_bout, ups, ugs, ums, uvs, usteps, opt_kind, hyper, loss_kind,
-                  h, c, M, xs, ys, mask, t0, t1, n_seq, every, losses):
+                  h, c, M, mu_in, var_in, mu_f, var_f, norm, decay, floor, xs, ys, mask, t0, t1, n_seq, every, losses):
     """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps of columnar / constructive RTRL (module
     docstring). ``W_in`` [n, G, n_in], ``W_ff`` [n, G, n or 0], ``w_rec``, ``b`` [n, G], ``W_out`` [n_out, n],
     ``b_out``: the parameters, ``g_*`` the accumulator in the same shapes; ``ups``, ``ugs``, ``ums``, ``uvs``,
     ``usteps``: the flat spans the optimizer updates (the learning columns' rows and the readout), ``opt_kind``,
     ``hyper`` (:func:`neuro.engine.kernels.apply_update`); ``h``, ``c`` [B, n], ``M`` [B, S_c, m, G F] the rule
-    state; ``xs`` [T, B, n_in], ``ys`` [T, B, n_out], ``mask`` [T, B]; ``losses`` [t1 - t0] (written).
-    Returns the updates applied and whether the accumulator holds estimates not yet applied."""
+    state; where ``norm``, the online normalisation (rate ``decay``, variance floor ``floor``) with the
+    statistics ``mu_in``, ``var_in`` [B, n, n_v], ``mu_f``, ``var_f`` [B, n] (else empty); ``xs`` [T, B, n_in],
+    ``ys`` [T, B, n_out], ``mask`` [T, B]; ``losses`` [t1 - t0] (written). Returns the updates applied and
+    whether the accumulator holds estimates not yet applied."""
     nb, n = h.shape
     n_out = W_out.shape[0]
     G = 4 if lstm else 1
     F = n_in + lo + 2
     hn = np.empty_like(h)
     cn = np.empty_like(c)
+    hf = np.empty_like(h)
     y_hat = np.empty((nb, n_out), h.dtype)
     eps = np.empty((nb, n_out), h.dtype)
     z = np.empty(F, h.dtype)
-    S, bits = np.empty((4, 4 * n)), np.empty(4 * n, np.int64)
+    S, bits, xk = np.empty((4, 4 * n)), np.empty(4 * n, np.int64), np.empty(n_in + n)
     updates, full = 0, False
     for t in range(t0, t1):
         x = xs[t]
         for s in range(nb):
             column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x[s], h[s], c[s], hn[s], cn[s], M[s], z,
-                        S, bits)
-        K.readout(W_out, b_out, hn, y_hat)
+                        S, bits, norm, decay, floor, mu_in[s], var_in[s], xk)
+            readout_features(norm, hn[s], mu_f[s], var_f[s], decay, floor, hf[s])
+        K.readout(W_out, b_out, hf, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         for s in range(nb):
             for k in range(lo, hi):
                 eh = K.cast(0.0, h)
                 for o in range(n_out):
                     eh += eps[s, o] * W_out[o, k]
+                if norm:  # dl/dh_k = (e W_out)_k / sqrt(var_f[k])
+                    eh = K.cast(eh / math.sqrt(float(var_f[s, k])), h)
                 Mh = M[s, 0, k - lo]
                 for g in range(G):
                     base = g * F
@@ -236,7 +309,7 @@ def columns_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_
             for s in range(nb):
                 e = eps[s, o]
                 for k in range(n):
-                    g_out[o, k] += e * hn[s, k]
+                    g_out[o, k] += e * hf[s, k]
                 g_bout[o] += e
         h[:, :] = hn
         c[:, :] = cn
@@ -319,9 +392,30 @@ class Arguments:
         return self.params
 
 
-def net_state(net: Columnar | Constructive, h: torch.Tensor, c: torch.Tensor) -> NamedTuple:
-    """The network state holding ``h`` (and ``c`` for the LSTM cell)."""
-    return net.State(h=h, c=c) if net.cell == "lstm" else net.State(h=h)
+def own_net_state(net: Columnar | Constructive, states: list[NamedTuple]) -> tuple[NamedTuple, tuple]:
+    """A network state holding copies of the network states ``states``' fields side by side (each sample's
+    rows in turn), and the kernels' arrays over it: ``h``, ``c`` (zeros for the rate cell), ``mu_in``,
+    ``var_in``, ``mu_f``, ``var_f`` (empty without normalisation)."""
+    own = type(states[0])(*(torch.cat([st[i] for st in states]).clone(memory_format=torch.contiguous_format)
+                            for i in range(len(states[0]))))
+    h = own.h
+    c = own.c if net.cell == "lstm" else torch.zeros_like(h)
+    if net.normalise is None:
+        stats = (h.new_zeros(*h.shape, 0),) * 2 + (h.new_zeros(h.shape[0], 0),) * 2
+    else:
+        stats = (own.mu_in, own.var_in, own.mu_f, own.var_f)
+    return own, tuple(view(a) for a in (h, c, *stats))
+
+
+def sample_net_state(own: NamedTuple, b: int) -> NamedTuple:
+    """Sample ``b``'s network state: views of ``own``'s fields (batch 1)."""
+    return type(own)(*(f[b:b + 1] for f in own))
+
+
+def normalisation(net: Columnar | Constructive) -> tuple[bool, float, float]:
+    """The kernels' ``norm, decay, floor``: the network's online normalisation (``decay`` 0 without)."""
+    d = net.normalise
+    return d is not None, 0.0 if d is None else float(d), float(net.variance_floor)
 
 
 class ColumnsEngine(Engine):
@@ -332,20 +426,20 @@ class ColumnsEngine(Engine):
         self.layout = Layout.of(net)
         self.args = Arguments(self.layout)
         self.loss_kind = LOSSES[rule.loss]
+        self.norm = normalisation(net)
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
         lay, net, args = self.layout, self.net, self.args
         if state is not args.last:  # a state from elsewhere (the start, a reset, a new stage): copies of its tensors
-            h = state.net.h.clone(memory_format=torch.contiguous_format)
-            c = state.net.c.clone(memory_format=torch.contiguous_format) if lay.lstm else torch.zeros_like(h)
+            own, arrays = own_net_state(net, [state.net])
             M = state.M.clone(memory_format=torch.contiguous_format)
-            args.last = state._replace(net=net_state(net, h, c), M=M)
-            args.state = (view(h), view(c), view(M).reshape(M.shape[0], M.shape[1], M.shape[2], -1))
+            args.last = state._replace(net=own, M=M)
+            args.state = (*arrays[:2], view(M).reshape(M.shape[0], M.shape[1], M.shape[2], -1), *arrays[2:])
         losses = np.empty(t1 - t0, args.state[0].dtype)
         updates, full = columns_range(lay.lstm, net.n_in, lay.per_stage, lay.lo, lay.hi, *args.of(params, acc, opt),
-                                      self.loss_kind, *args.state, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every,
-                                      losses)
+                                      self.loss_kind, *args.state, *self.norm, seq.xs, seq.ys, seq.mask, t0, t1, n_seq,
+                                      every, losses)
         return RangeResult(state=args.last, losses=losses, updates=int(updates), pending=bool(full))
 
 
@@ -355,6 +449,6 @@ def build(net: object, rule: object) -> ColumnsEngine | None:
     otherwise."""
     pair = (type(net), type(rule))
     if pair not in ((Columnar, ColumnarRTRL), (Constructive, ConstructiveRTRL)) or not rule.fast \
-            or rule.loss not in LOSSES or getattr(net, "normalise", None) is not None:
+            or rule.loss not in LOSSES:
         return None
     return ColumnsEngine(net, rule)

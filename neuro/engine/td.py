@@ -9,8 +9,12 @@ step and the learning columns' traces, :func:`neuro.engine.columnar.column_step`
 ``grad v_t``: ``(1 W_out)_k Mh_{t,k}`` for a learning column's ``theta_k``, ``h_t`` for ``W_out``, 1 for
 ``b_out``. Per step and sample ``b`` (each sample its own TD process)::
 
-    delta_t = c_t + gamma v_t - v_{t-1}              (c_t = x_t[cumulant_input], or sum_k y_t)
-    estimate_t += -[mask_t] delta_t e_{t-1} / B      e_t = gamma lam e_{t-1} + grad v_t
+    delta_t = c_t + gamma_t v_t - v_{t-1}            (c_t = x_t[cumulant_input], or sum_k y_t)
+    estimate_t += -[mask_t] delta_t e_{t-1} / B      e_t = lam gamma_t e_{t-1} + grad v_t
+
+(``gamma_t = gamma``, or ``gamma x_t[discount_input]`` with the rule's ``discount_input``). With the network's
+online normalisation the readout's facts apply (:mod:`neuro.engine.columnar`): ``grad v_t`` is ``(1 W_out)_k
+Mh_{t,k} / sqrt(var_f[k])`` for ``theta_k`` and ``hhat_t`` for ``W_out``.
 
 the estimate added to the loop's accumulator and applied at the loop's schedule as in
 :mod:`neuro.engine.columnar` (the learning columns' rows and the readout). The per-step loss reported is the
@@ -24,6 +28,7 @@ each, side by side in the kernel); the engine works on copies and returns a new 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -35,7 +40,17 @@ from neuro._numba import numba
 from neuro.contract import Params
 from neuro.engine import kernels as K
 from neuro.engine.base import Engine, RangeResult, SequenceArrays, view
-from neuro.engine.columnar import LOSSES, Arguments, Layout, column_step, net_state, update
+from neuro.engine.columnar import (
+    LOSSES,
+    Arguments,
+    Layout,
+    column_step,
+    normalisation,
+    own_net_state,
+    readout_features,
+    sample_net_state,
+    update,
+)
 from neuro.rules.columnar import ColumnarRTRL
 from neuro.rules.constructive import ConstructiveRTRL
 from neuro.rules.td import TDLambda
@@ -46,19 +61,21 @@ __all__ = ["TDEngine", "build", "td_range"]
 @numba.njit(cache=True)
 def td_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_out,  # noqa: ANN001, ANN201
              g_in, g_ff, g_rec, g_b, g_out, g_bout, ups, ugs, ums, uvs, usteps, opt_kind, hyper, loss_kind,
-             h, c, M, E_in, E_ff, E_rec, E_b, E_out, E_bout, v_prev, delta, gamma, decay, ci,
-             xs, ys, mask, t0, t1, n_seq, every, losses):
+             h, c, M, mu_in, var_in, mu_f, var_f, E_in, E_ff, E_rec, E_b, E_out, E_bout, v_prev, delta,
+             norm, rate, floor, gamma, decay, ci, di, xs, ys, mask, t0, t1, n_seq, every, losses):
     """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps of TD(lambda) (module docstring). The arguments
-    as :func:`neuro.engine.columnar.columns_range`'s, and ``E_*`` the eligibility traces [B, *shape] of the
-    parameters, ``v_prev``, ``delta`` [B], ``gamma``, ``decay = gamma lam``, ``ci`` the cumulant's input (-1:
-    the target summed over outputs). All changed in place. Returns the updates applied and whether the
-    accumulator holds estimates not yet applied."""
+    as :func:`neuro.engine.columnar.columns_range`'s (``rate``: its ``decay``, the normalisation's rate), and
+    ``E_*`` the eligibility traces [B, *shape] of the parameters, ``v_prev``, ``delta`` [B], ``gamma``,
+    ``decay = gamma lam``, ``ci`` the cumulant's input (-1: the target summed over outputs), ``di`` the
+    discount's input (-1: none; else both scaled by ``x_t[di]``). All changed in place. Returns the updates
+    applied and whether the accumulator holds estimates not yet applied."""
     nb, n = h.shape
     n_out = W_out.shape[0]
     G = 4 if lstm else 1
     F = n_in + lo + 2
     hn = np.empty_like(h)
     cn = np.empty_like(c)
+    hf = np.empty_like(h)
     y_hat = np.empty((nb, n_out), h.dtype)
     eps = np.empty((nb, n_out), h.dtype)
     d = K.cast(decay, h)
@@ -67,16 +84,17 @@ def td_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_out, 
     fb = K.cast(nb, h)
     eh = np.empty(n, h.dtype)
     z = np.empty(F, h.dtype)
-    S, bits = np.empty((4, 4 * n)), np.empty(4 * n, np.int64)
-    for k in range(lo, hi):  # dv/dh_k = sum_o W_out[o, k], fixed between updates
+    S, bits, xk = np.empty((4, 4 * n)), np.empty(4 * n, np.int64), np.empty(n_in + n)
+    for k in range(lo, hi):  # dv/dh_k = sum_o W_out[o, k] (/ sqrt(var_f[k]) with normalisation)
         eh[k] = 0.0
     updates, full = 0, False
     for t in range(t0, t1):
         x = xs[t]
         for s in range(nb):
             column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x[s], h[s], c[s], hn[s], cn[s], M[s], z,
-                        S, bits)
-        K.readout(W_out, b_out, hn, y_hat)
+                        S, bits, norm, rate, floor, mu_in[s], var_in[s], xk)
+            readout_features(norm, hn[s], mu_f[s], var_f[s], rate, floor, hf[s])
+        K.readout(W_out, b_out, hf, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         for k in range(lo, hi):
             e = K.cast(0.0, h)
@@ -93,32 +111,37 @@ def td_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_out, 
                 cum = K.cast(0.0, h)
                 for o in range(n_out):
                     cum += ys[t, s, o]
-            dl = cum + gm * v - v_prev[s]
+            gt, dt = gm, d  # gamma_t, lam gamma_t
+            if di >= 0:
+                gt, dt = gm * x[s, di], d * x[s, di]
+            dl = cum + gt * v - v_prev[s]
             w = (-dl if mask[t, s] != 0 else K.cast(0.0, h)) / fb
             for k in range(lo, hi):
                 ek = eh[k]
+                if norm:
+                    ek = K.cast(ek / math.sqrt(float(var_f[s, k])), h)
                 Mh = M[s, 0, k - lo]
                 for g in range(G):
                     base = g * F
                     ei, gi = E_in[s, k, g], g_in[k, g]
                     for j in range(n_in):
                         gi[j] += w * ei[j]
-                        ei[j] = d * ei[j] + ek * Mh[base + j]
+                        ei[j] = dt * ei[j] + ek * Mh[base + j]
                     ef, gf = E_ff[s, k, g], g_ff[k, g]
                     for j in range(lo):
                         gf[j] += w * ef[j]
-                        ef[j] = d * ef[j] + ek * Mh[base + n_in + j]
+                        ef[j] = dt * ef[j] + ek * Mh[base + n_in + j]
                     g_rec[k, g] += w * E_rec[s, k, g]
-                    E_rec[s, k, g] = d * E_rec[s, k, g] + ek * Mh[base + n_in + lo]
+                    E_rec[s, k, g] = dt * E_rec[s, k, g] + ek * Mh[base + n_in + lo]
                     g_b[k, g] += w * E_b[s, k, g]
-                    E_b[s, k, g] = d * E_b[s, k, g] + ek * Mh[base + n_in + lo + 1]
+                    E_b[s, k, g] = dt * E_b[s, k, g] + ek * Mh[base + n_in + lo + 1]
             for o in range(n_out):
                 eo, go = E_out[s, o], g_out[o]
                 for k in range(n):
                     go[k] += w * eo[k]
-                    eo[k] = d * eo[k] + hn[s, k]
+                    eo[k] = dt * eo[k] + hf[s, k]
                 g_bout[o] += w * E_bout[s, o]
-                E_bout[s, o] = d * E_bout[s, o] + one
+                E_bout[s, o] = dt * E_bout[s, o] + one
             v_prev[s] = v
             delta[s] = dl
         h[:, :] = hn
@@ -147,7 +170,9 @@ class TDEngine(Engine):
         self.ci = -1 if rule.cumulant_input is None else int(rule.cumulant_input)
         lay = self.layout  # the kernel's arguments fixed for the engine: before the arrays, after the rule state
         self.head = (lay.lstm, net.n_in, lay.per_stage, lay.lo, lay.hi)
-        self.td = (float(rule.gamma), float(rule.gamma * rule.lam), self.ci)
+        di = getattr(rule, "discount_input", None)
+        self.td = (*normalisation(net), float(rule.gamma), float(rule.gamma * rule.lam), self.ci,
+                   -1 if di is None else int(di))
 
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
@@ -164,23 +189,21 @@ class TDEngine(Engine):
         sample's a view), and the arrays of :func:`td_range` over them."""
         lay, net = self.layout, self.net
         inner = state.inner
-        h = torch.cat([s.net.h for s in inner])
-        c = torch.cat([s.net.c for s in inner]) if lay.lstm else torch.zeros_like(h)
+        own, (h, c, *stats) = own_net_state(net, [s.net for s in inner])
         M = torch.cat([s.M for s in inner])
         e = {k: _copy(v) for k, v in state.e.items()}
-        n = h.shape[1]
+        n = own.h.shape[1]
         if (lay.lo, lay.hi) != (0, n) and any(bool(e[k][:, :lay.lo].any() or e[k][:, lay.hi:].any())
                                               for k in ("W_in", "W_ff", "w_rec", "b")):
             raise ValueError(f"the eligibility traces of columns outside the learning stage {net.stage} are not zero: "
                              "valid is a state of this stage's rule (its init)")
         v_prev, delta = _copy(state.v_prev), _copy(state.delta)
-        new_inner = tuple(s._replace(net=net_state(net, h[b:b + 1], c[b:b + 1]), M=M[b:b + 1])
-                          for b, s in enumerate(inner))
-        own = state._replace(net=net_state(net, h, c), inner=new_inner, e=e, v_prev=v_prev, delta=delta)
+        new_inner = tuple(s._replace(net=sample_net_state(own, b), M=M[b:b + 1]) for b, s in enumerate(inner))
+        own_state = state._replace(net=own, inner=new_inner, e=e, v_prev=v_prev, delta=delta)
         if "W_ff" not in e:  # the columnar network: no feed-forward weights
-            e = {**e, "W_ff": torch.zeros((h.shape[0], *params["W_in"].shape[:2], 0), dtype=h.dtype)}
+            e = {**e, "W_ff": torch.zeros((own.h.shape[0], *params["W_in"].shape[:2], 0), dtype=own.h.dtype)}
         Mv = view(M).reshape(M.shape[0], M.shape[1], M.shape[2], -1)
-        return own, (view(h), view(c), Mv, *lay.arrays(e), view(v_prev), view(delta))
+        return own_state, (h, c, Mv, *stats, *lay.arrays(e), view(v_prev), view(delta))
 
 
 def build(net: object, rule: object) -> TDEngine | None:
@@ -191,7 +214,6 @@ def build(net: object, rule: object) -> TDEngine | None:
         return None
     inner = rule.inner
     pair = (type(net), type(inner))
-    if pair not in ((Columnar, ColumnarRTRL), (Constructive, ConstructiveRTRL)) or not inner.fast \
-            or getattr(net, "normalise", None) is not None:
+    if pair not in ((Columnar, ColumnarRTRL), (Constructive, ConstructiveRTRL)) or not inner.fast:
         return None
     return TDEngine(net, rule)

@@ -51,8 +51,11 @@ def _optimizer_batches(optimizers: tuple[str, ...], run: str) -> list[tuple[str,
 
 
 #: the networks of single-unit columns: the LSTM and the rate cell; stages of frozen, learning and inactive columns
-VARIANTS.update({"columnar": ({}, {"cell": "rate"}),
-                 "constructive": ({"per_stage": 2, "stage": 1}, {"per_stage": 3, "stage": 1, "cell": "rate"})})
+VARIANTS.update({"columnar": ({}, {"cell": "rate"}, {"normalise": 0.999}),
+                 "constructive": ({"per_stage": 2, "stage": 1}, {"per_stage": 3, "stage": 1, "cell": "rate"},
+                                  # online normalisation, a fast rate so the statistics move
+                                  {"per_stage": 2, "stage": 1, "normalise": 0.999},
+                                  {"per_stage": 3, "stage": 1, "cell": "rate", "normalise": 0.9, "variance_floor": 0.5})})
 #: rule options of a combination (TD(lambda): its inner rule, and the trace-patterning US as the cumulant)
 RULE_OPTIONS = {("columnar", "td-lambda"): {"rule": "columnar", "cumulant_input": 6},
                 ("constructive", "td-lambda"): {"rule": "constructive", "cumulant_input": 6},
@@ -464,3 +467,19 @@ def test_lstm_td_lambda_with_a_discount_input_compiled_equals_torch(tmp_path, op
     _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
     _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
     _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+
+
+@pytest.mark.parametrize("model,variant", [("columnar", {"normalise": 0.99}),
+                                           ("constructive", {"per_stage": 2, "stage": 1, "normalise": 0.99})])
+def test_columns_td_lambda_with_a_discount_input_compiled_equals_torch(tmp_path, model, variant):
+    """TD(lambda) over columnar / constructive RTRL with ``discount_input`` on normalised networks: the torch
+    path's numbers to 1e-10 in float64."""
+    net = models.make(model, n_in=3, n_hidden=6, n_out=1, **variant)
+    rule = rules.make("td-lambda", net, rule=model, cumulant_input=1, discount_input=2)
+    settings = {"steps": 60, "chunk": 20, "update_every": 7, "optimizer": "adam", "batch": 2, "checkpoint_every": 20}
+    (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = (_train(net, rule, EpisodesTask(), tmp_path / e, engine=e, **settings)
+                                                 for e in ("torch", "compiled"))
+    assert h_c.engine == "compiled" and h_c.updates == h_t.updates == 9
+    _close(h_t.params, h_c.params, "params")
+    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
+    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
