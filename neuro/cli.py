@@ -123,6 +123,8 @@ def _parser() -> _Parser:
     c.add_argument("--hidden", type=int, default=None)
     c.add_argument("--lr", type=float, default=None, help="one learning rate for every rule")
     c.add_argument("--optimizer", default=None)
+    c.add_argument("--optimizer-opt", action="append", metavar="KEY=VALUE",
+                   help="an option of the optimizer (repeatable; td-rmsprop: beta2, eps, init, readout_scale)")
     c.add_argument("--batch", type=int, default=None)
     c.add_argument("--chunk", type=int, default=None)
     c.add_argument("--update-every", type=int, default=None,

@@ -30,6 +30,11 @@ def main(args: argparse.Namespace) -> int:
         opts = _options(f"--{what}-opt", getattr(args, f"{what}_opt"))
         if opts:
             cfg[f"{what}_options"] = {**cfg.get(f"{what}_options", {}), **opts}
+    opts = _options("--optimizer-opt", getattr(args, "optimizer_opt", None))
+    if opts:
+        if "readout_scale" in opts and opts["readout_scale"] is None:  # the name "none", not None
+            opts["readout_scale"] = "none"
+        cfg["optimizer_options"] = {**cfg.get("optimizer_options", {}), **opts}
     for item in args.rule_opt or []:
         rule, sep, rest = item.partition(":")
         if not sep or not rule.strip():

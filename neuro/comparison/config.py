@@ -29,6 +29,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "task_options": (dict,), "model_options": (dict,), "rule_options": (dict,), "executor": (str,),
     "workers": (int,), "address": (str,), "out": (str,), "vectorise": (bool,),
     "schedule": (str, dict),  # one stage schedule, or one per rule (neuro.staged)
+    "optimizer_options": (dict,),  # the optimizer's options (neuro.optim)
 }
 
 

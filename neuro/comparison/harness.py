@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from neuro.contract import check_choice, check_positive
+from neuro.optim import check_options
 from neuro.train_config import OPTIMIZERS
 
 from . import outdir
@@ -74,11 +75,13 @@ class RunSpec:
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     rule_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     schedule: str | None = None  # a stage schedule (neuro.staged), passed to neuro.train
+    optimizer_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # neuro.optim, passed to neuro.train
 
     def asdict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if d["schedule"] is None:  # absent, as in the specs written before it existed (they still resume)
-            del d["schedule"]
+        for k in ("schedule", "optimizer_options"):
+            if not d[k]:  # absent, as in the specs written before it existed (they still resume)
+                del d[k]
         return d
 
     def path(self, out: Path) -> Path:
@@ -98,7 +101,8 @@ def plan(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, steps:
          align_steps: int | None = None, eval_steps: int | None = None, dtype: str = "float32",
          task_options: dict[str, Any] | None = None, model_options: dict[str, Any] | None = None,
          rule_options: dict[str, dict[str, Any]] | None = None,
-         schedule: str | dict[str, str] | None = None) -> list[RunSpec]:
+         schedule: str | dict[str, str] | None = None, optimizer_options: dict[str, Any] | None = None
+         ) -> list[RunSpec]:
     """Validate a sweep and return its runs (rules outer, seeds inner). Every problem found is reported
     at once, in one ``ValueError``, before anything runs."""
     import models
@@ -145,6 +149,10 @@ def plan(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, steps:
             check_choice(name, value, choices)
         except ValueError as e:
             problems.append(str(e))
+    try:
+        optimizer_options = check_options(optimizer, optimizer_options or {}) if optimizer in OPTIMIZERS else {}
+    except ValueError as e:
+        problems.append(str(e))
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -196,7 +204,8 @@ def plan(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, steps:
                     optimizer=optimizer, batch=batch, chunk=chunk, update_every=update_every, log_every=log_every,
                     align_every=align_every, align_steps=align_steps, eval_steps=eval_steps, dtype=dtype,
                     task_options=dict(task_options or {}), model_options=dict(model_options or {}),
-                    rule_options=dict(rule_options.get(r, {})), schedule=schedules.get(r))
+                    rule_options=dict(rule_options.get(r, {})), schedule=schedules.get(r),
+                    optimizer_options=dict(optimizer_options))
             for r in rules for s in seed_list]
 
 
@@ -228,7 +237,8 @@ def _jobs(specs: list[RunSpec], todo: list[int], vectorise: bool) -> list[Job]:
     jobs: list[Job] = []
     groups: dict[str, list[int]] = {}
     for i in todo:
-        if vectorise and specs[i].rule in VECTORISABLE:
+        # an ensemble's readout reads every member's features: a step scaled by its fan-in runs seed by seed
+        if vectorise and specs[i].rule in VECTORISABLE and specs[i].optimizer_options.get("readout_scale") != "fan-in":
             groups.setdefault(specs[i].rule, []).append(i)
         else:
             jobs.append(([i], specs[i].asdict()))
@@ -314,7 +324,7 @@ def _preflight(specs: list[RunSpec]) -> None:
         try:
             check_run(net, rule, task, s.steps, dict(seed=s.seed, optimizer=s.optimizer, lr=s.lr, batch=s.batch,
                                                      chunk=s.chunk, update_every=s.update_every, dtype=s.dtype,
-                                                     schedule=s.schedule))
+                                                     schedule=s.schedule, optimizer_options=s.optimizer_options))
         except ValueError as e:
             size = size or isinstance(e, SizeError)
             msg = str(e) if repr(s.rule) in str(e) else f"rule {s.rule!r}: {e}"

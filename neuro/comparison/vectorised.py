@@ -182,7 +182,7 @@ def run_group(specs: list[dict[str, Any]], mode: str = "auto") -> list[dict[str,
     params = stack_params([net.init_params(s, dtype=dtype) for s in seeds])
     inner = neuro.rules.make(first["rule"], ens, loss=task.loss, **first["rule_options"])
     streams = _MemberStreams(task=task, seeds=tuple(seeds))
-    kw = dict(optimizer=first["optimizer"], lr=first["lr"], batch=first["batch"] * S, chunk=first["chunk"],
+    kw = dict(optimizer=first["optimizer"], optimizer_options=first.get("optimizer_options", {}), lr=first["lr"], batch=first["batch"] * S, chunk=first["chunk"],
               update_every=first["update_every"], progress=False)
 
     warm = min(first["steps"], task.trial_steps if task.episodic else first["chunk"])

@@ -112,7 +112,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     warm = min(spec["steps"], task.trial_steps if task.episodic else spec["chunk"])
     try:
         neuro.train(net, rule, task, steps=warm, seed=seed, params=params, optimizer=spec["optimizer"],
-                    lr=spec["lr"], batch=spec["batch"], chunk=spec["chunk"], progress=False, log_every=warm)
+                    optimizer_options=spec.get("optimizer_options", {}), lr=spec["lr"], batch=spec["batch"], chunk=spec["chunk"], progress=False, log_every=warm)
     except TrainingDiverged:
         pass
     from neuro import _rss
@@ -124,7 +124,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
                               optimizer=spec["optimizer"], lr=spec["lr"], batch=spec["batch"],
                               chunk=spec["chunk"], log_every=spec["log_every"], progress=False,
                               update_every=spec["update_every"], probe=keep if spec["align_every"] else None,
-                              schedule=spec.get("schedule"))
+                              schedule=spec.get("schedule"), optimizer_options=spec.get("optimizer_options", {}))
     except TrainingDiverged as e:
         result.update(diverged=str(e), wall_s=time.perf_counter() - t0)
         return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 
 import numpy as np
 import pytest
@@ -143,3 +144,34 @@ def test_a_staged_runs_readout_step_follows_the_stage(monkeypatch):
     assert [r[:2] for r in rec.rows] == [(0, 0.05), (1, 0.025), (1, 0.025), (1, 0.025)]
     assert rec.rows[1][2] == 20 and rec.rows[1][3] is None  # the readout's count carries on, the columns' is new
     assert rec.rows[3][2:] == (40, 20)
+
+
+def test_cli_records_the_options_and_resumes_with_them(tmp_path, capsys):
+    from neuro.cli import main
+
+    run = ["--run-dir", str(tmp_path / "r"), "--no-progress"]
+    base = ["train", "--model", "columnar", "--task", "trace-patterning", "--rule", "td-lambda", "--rule-opt",
+            "rule=columnar", "--rule-opt", "cumulant_input=6", "--hidden", "3", "--steps", "20", "--chunk", "10",
+            "--optimizer", "td-rmsprop", "--optimizer-opt", "readout_scale=fan-in", "--optimizer-opt", "beta2=0.99"]
+    assert main([*base, *run]) == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())["train"]["optimizer_options"]
+    assert saved == {"beta2": 0.99, "eps": 1e-8, "init": 1.0, "readout_scale": "fan-in"}
+    assert main(["train", "--resume", "--steps", "30", *run]) == 0
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    assert [g["alpha"] for g in ck["optimizer"]["param_groups"]] == [0.99, 0.99]
+    capsys.readouterr()
+    assert main(["train", "--resume", "--steps", "40", "--optimizer-opt", "init=0", *run]) == 2
+    assert "--optimizer-opt init=0 contradicts the saved optimizer_options" in capsys.readouterr().err
+    assert main(["train", "--model", "lif", "--optimizer-opt", "init=0", "--steps", "2", "--no-progress"]) == 2
+
+
+def test_compare_passes_the_options_to_every_run():
+    from neuro.comparison.harness import plan
+
+    kw = dict(model="columnar", hidden=3, rule_options={"td-lambda": {"rule": "columnar", "cumulant_input": 6}})
+    specs = plan("trace-patterning", ["td-lambda"], 2, 20, optimizer="td-rmsprop",
+                 optimizer_options={"readout_scale": "fan-in"}, **kw)
+    assert all(s.asdict()["optimizer_options"]["readout_scale"] == "fan-in" for s in specs)
+    assert "optimizer_options" not in plan("trace-patterning", ["td-lambda"], 1, 20, **kw)[0].asdict()
+    with pytest.raises(ValueError, match="optimizer_options key 'bogus' is invalid"):
+        plan("trace-patterning", ["td-lambda"], 1, 20, optimizer="td-rmsprop", optimizer_options={"bogus": 1}, **kw)
