@@ -121,7 +121,7 @@ def _choices(cfg, exps, pilot, partial: bool) -> tuple[dict, dict]:
 def _estimate(cfg, exps, steps: int) -> int:
     label, opts, ms = exps[0]
     p = cfg.get("pilot")
-    lines = ["| method | us / step | pilot steps | main steps | core-hours |", "|---|---|---|---|---|"]
+    lines = ["| method | engine | us / step | pilot steps | main steps | core-hours |", "|---|---|---|---|---|---|"]
     total = 0.0
     for name, m in ms.items():
         n = steps
@@ -130,13 +130,14 @@ def _estimate(cfg, exps, steps: int) -> int:
             n = max(n, total_cols // per * cfg["chunk"])
         spec = X.run_spec(cfg, opts, m, m["lrs"][0], m["seeds"][0], n)
         X.run_one(spec)  # compiles (or loads) the engine's kernels
-        t = X.run_one(spec)["time_per_step_s"] or math.nan
+        r = X.run_one(spec)
+        t = r["time_per_step_s"] or math.nan
         pilot_steps = len(m["lrs"]) * len(p["seeds"]) * p["steps"] if p else 0
         main_steps = len(m["seeds"]) * m["steps"]
         h = t * (pilot_steps + main_steps) * len(exps) / 3600
         total += h
-        lines.append(f"| {name} | {t * 1e6:.1f} | {pilot_steps} | {main_steps} | {h:.1f} |")
-    lines.append(f"| all ({len(exps)} experiment{'s' if len(exps) > 1 else ''}) | | | | {total:.1f} |")
+        lines.append(f"| {name} | {r['engine']} | {t * 1e6:.1f} | {pilot_steps} | {main_steps} | {h:.1f} |")
+    lines.append(f"| all ({len(exps)} experiment{'s' if len(exps) > 1 else ''}) | | | | | {total:.1f} |")
     print("\n".join(lines))
     return 0
 

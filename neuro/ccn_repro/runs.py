@@ -94,11 +94,13 @@ def train_settings(spec: dict[str, Any]) -> dict[str, Any]:
 
 def check_spec(spec: dict[str, Any]) -> None:
     """Build the run's task, network, rule and training settings (a ``ValueError`` before anything runs)."""
+    import neuro.staged
     from neuro.train_config import TrainConfig
 
-    _build(spec)
+    task, net, rule = _build(spec)
     s = train_settings(spec)
-    s.pop("schedule")
+    if s.pop("schedule") is not None:
+        neuro.staged.check(net, rule, task, spec["steps"], spec["chunk"], spec["schedule"])
     TrainConfig(**s)
 
 

@@ -244,3 +244,27 @@ def test_the_summary_across_games_ranks_by_hand():
     lines = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines()[2:]}
     assert lines["a"].endswith("| 2.00 (2 games) |") and lines["b"].endswith("| 2.00 (2 games) |")  # 1+3, 2+2
     assert lines["c"].endswith("| 1.00 (1 games) |") and "| - | 1.00000 |" in lines["c"]
+
+
+def test_the_estimate_projects_core_hours(tmp_path, monkeypatch, capsys):
+    steps = []
+    monkeypatch.setattr(X, "run_one", lambda spec, path=None: steps.append(spec["steps"])
+                        or {"time_per_step_s": 36.0, "engine": "torch"})
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY.format(seeds=2))
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "o"), "--estimate", "--estimate-steps", "50"]) == 0
+    out = capsys.readouterr().out
+    assert steps == [50] * 4 and not (tmp_path / "o").exists()  # each method timed twice (once to warm up)
+    # a: (2 alphas x 2 seeds x 100 + 2 seeds x 200) steps x 36 s; b: (1 x 2 x 100 + 2 x 150) x 36 s
+    assert "| a | torch | 36000000.0 | 400 | 400 | 8.0 |" in out and "| b | torch | 36000000.0 | 200 | 300 | 5.0 |" in out
+    assert "| all (1 experiment) | | | | | 13.0 |" in out
+
+
+def test_a_stage_schedule_that_does_not_fit_is_refused_before_any_run(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(X, "run_one", lambda spec, path=None: calls.append(spec))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY.format(seeds=1) + '[methods.c]\nmodel = "constructive"\nhidden = 4\nmodel_options = '
+                   '{ per_stage = 2 }\ninner = "constructive"\nschedule = "4:2"\nstage_steps = 200\n')
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "o"), "--jobs", "0"]) == 2
+    assert calls == [] and "the last of its 2 stages starts at step 100" in capsys.readouterr().err
