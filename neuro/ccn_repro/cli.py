@@ -57,7 +57,7 @@ def _setup(cfg: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, dic
     for label, opts in exps:
         if label not in labels:
             continue
-        task = neuro.tasks.make(cfg["task"], **opts)
+        task = neuro.tasks.make(cfg["task"], **C.task_options(opts))
         ms = C.methods(cfg, task.n_in, task.n_out)
         names = _subset("only", args.only, list(ms))
         out.append((label, opts, {n: ms[n] for n in names}))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["METHOD_KEYS", "PILOT_KEYS", "TOP_KEYS", "experiments", "learnable_params", "load",
-           "lstm_hidden_for", "methods", "stage_schedule"]
+           "lstm_hidden_for", "methods", "stage_schedule", "task_options"]
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the keys a config may have at its top level
@@ -144,18 +144,26 @@ def check(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def experiments(cfg: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """``(label, task_options)`` per experiment: one per game (``task_options.game``), or one labelled ``""``.
-    A relative ``policy`` task option is taken from the repository root, and must exist."""
+    A ``policy`` task option must exist (see :func:`task_options`); it is kept as given, so a run's recorded
+    settings do not depend on where the repository is."""
     opts = dict(cfg["task_options"])
-    if isinstance(opts.get("policy"), str):
-        p = Path(opts["policy"])
-        p = p if p.is_absolute() else ROOT / p
-        if not p.exists():
-            raise ValueError(f"task option policy={opts['policy']!r} does not exist (looked for {p}): give the folder "
-                             "of the recorded policies' action logs, relative to the repository root or absolute")
-        opts["policy"] = str(p.resolve())
+    task_options(opts)
     if not cfg.get("games"):
         return [("", opts)]
     return [(g, {**opts, "game": g}) for g in cfg["games"]]
+
+
+def task_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """``opts`` with a relative ``policy`` (the recorded policies' folder) taken from the repository root;
+    a ``ValueError`` if that folder does not exist."""
+    if not isinstance(opts.get("policy"), str):
+        return opts
+    p = Path(opts["policy"])
+    p = p if p.is_absolute() else ROOT / p
+    if not p.exists():
+        raise ValueError(f"task option policy={opts['policy']!r} does not exist (looked for {p}): give the folder "
+                         "of the recorded policies' action logs, relative to the repository root or absolute")
+    return {**opts, "policy": str(p.resolve())}
 
 
 def learnable_params(model: str, n_in: int, hidden: int, n_out: int, model_options: dict | None = None) -> int:

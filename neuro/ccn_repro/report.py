@@ -129,8 +129,12 @@ def plot(curves: dict[str, dict[str, dict[int, dict[str, Any]]]], path: str, tit
     from neuro import io
 
     n = len(curves)
-    fig, axes = plt.subplots(1, n, figsize=(6.5 * n, 4), squeeze=False)
-    for ax, (label, ms) in zip(axes[0], curves.items()):
+    cols = min(n, 3)
+    rows_ = -(-n // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(6.5 * cols, 4 * rows_), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, (label, ms) in zip(axes.flat, curves.items()):
         lo, hi = math.inf, 0.0
         for name, runs in ms.items():
             rs = [r for r in runs.values() if r.get("diverged") is None and r["curve"]]

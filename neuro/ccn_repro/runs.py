@@ -78,7 +78,7 @@ def _build(spec: dict[str, Any]):
     import neuro.rules
     import neuro.tasks
 
-    task = neuro.tasks.make(spec["task"], **spec["task_options"])
+    task = neuro.tasks.make(spec["task"], **cfgmod.task_options(spec["task_options"]))
     net = models.make(spec["model"], n_in=task.n_in, n_hidden=spec["hidden"], n_out=task.n_out,
                       **spec["model_options"])
     return task, net, neuro.rules.make(spec["rule"], net, loss=task.loss, **spec["rule_options"])
@@ -184,7 +184,7 @@ def zero_baseline(task: str, task_options: dict[str, Any], seed: int, chunk: int
     import neuro.tasks
     from neuro.train_config import TrainConfig
 
-    t = neuro.tasks.make(task, **task_options)
+    t = neuro.tasks.make(task, **cfgmod.task_options(task_options))
     total, n, at = 0.0, 0, 0
     for seq in t.stream(seed=TrainConfig(seed=seed).seed_for("task"), batch=1, chunk=chunk, steps=end):
         g = seq.ys[:, 0, 0].double()

@@ -121,6 +121,10 @@ def test_a_missing_policy_folder_is_named():
     cfg = C.check(_cfg(task_options={"policy": "no/such/folder"}))
     with pytest.raises(ValueError, match=r"^task option policy='no/such/folder' does not exist"):
         C.experiments(cfg)
+    cfg = C.check(_cfg(task_options={"policy": "configs"}, games=["Pong", "Qbert"]))
+    assert C.experiments(cfg) == [("Pong", {"policy": "configs", "game": "Pong"}),
+                                  ("Qbert", {"policy": "configs", "game": "Qbert"})]  # as given: runs record it
+    assert C.task_options({"policy": "configs"}) == {"policy": str(ROOT / "configs")}  # from the repository root
 
 
 def test_stage_lengths_scale_with_the_run():
