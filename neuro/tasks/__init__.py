@@ -14,6 +14,7 @@ from typing import Any
 from neuro.registry import Registry
 
 from .add import AddTask
+from .atari_prediction import AtariPrediction
 from .base import AbstractTask, Sequence
 from .copy import CopyTask
 from .cue_accumulation import CueAccumulation
@@ -22,7 +23,7 @@ from .mackey_glass import MackeyGlass
 from .sine import SineTask
 from .trace_patterning import TracePatterning
 
-__all__ = ["AbstractTask", "AddTask", "CopyTask", "CueAccumulation", "InfluenceBalancingTask", "MackeyGlass",
+__all__ = ["AbstractTask", "AddTask", "AtariPrediction", "CopyTask", "CueAccumulation", "InfluenceBalancingTask", "MackeyGlass",
            "Sequence", "SineTask", "TracePatterning", "available", "get", "make", "register"]
 
 _TASKS: Registry[type[AbstractTask]] = Registry("task")
@@ -30,7 +31,8 @@ register = _TASKS.register
 available = _TASKS.available
 get = _TASKS.get
 
-for _cls in (CopyTask, AddTask, SineTask, MackeyGlass, TracePatterning, InfluenceBalancingTask, CueAccumulation):
+for _cls in (CopyTask, AddTask, SineTask, MackeyGlass, TracePatterning, InfluenceBalancingTask, CueAccumulation,
+             AtariPrediction):
     register(_cls)
 
 

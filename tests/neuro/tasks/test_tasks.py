@@ -12,7 +12,7 @@ from neuro import tasks
 from neuro.tasks import Sequence
 
 NAMES = tasks.available()
-RANDOM = ["add", "copy", "cue-accumulation", "mackey-glass", "trace-patterning"]  # the others are deterministic
+RANDOM = ["add", "atari-prediction", "copy", "cue-accumulation", "mackey-glass", "trace-patterning"]  # the others are deterministic
 CONTINUING = [n for n in NAMES if not tasks.make(n).episodic]
 EPISODIC = [n for n in NAMES if tasks.make(n).episodic]
 
@@ -30,7 +30,7 @@ def _equal(a: Sequence, b: Sequence) -> bool:
 
 
 def test_registry_lists_every_task():
-    assert NAMES == sorted(["add", "copy", "cue-accumulation", "influence-balancing", "mackey-glass", "sine",
+    assert NAMES == sorted(["add", "atari-prediction", "copy", "cue-accumulation", "influence-balancing", "mackey-glass", "sine",
                             "trace-patterning"])
     assert neuro.tasks.make("copy", delay=10).delay == 10
 
@@ -118,7 +118,7 @@ def test_episodic_sample_shorter_than_a_trial_is_refused(name):
 
 
 def test_unknown_task_and_option():
-    with pytest.raises(ValueError, match=r"task 'nope' is unknown: valid choices are add, copy, .*trace-patterning"):
+    with pytest.raises(ValueError, match=r"task 'nope' is unknown: valid choices are add, atari-prediction, copy, .*trace-patterning"):
         tasks.make("nope")
     with pytest.raises(ValueError, match=r"task 'copy' has no option lenght: valid options are delay, length, symbols"):
         tasks.make("copy", lenght=5)
