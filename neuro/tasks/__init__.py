@@ -14,7 +14,6 @@ from typing import Any
 from neuro.registry import Registry
 
 from .add import AddTask
-from .atari_prediction import AtariPrediction
 from .base import AbstractTask, Sequence
 from .copy import CopyTask
 from .cue_accumulation import CueAccumulation
@@ -31,9 +30,16 @@ register = _TASKS.register
 available = _TASKS.available
 get = _TASKS.get
 
-for _cls in (CopyTask, AddTask, SineTask, MackeyGlass, TracePatterning, InfluenceBalancingTask, CueAccumulation,
-             AtariPrediction):
+for _cls in (CopyTask, AddTask, SineTask, MackeyGlass, TracePatterning, InfluenceBalancingTask, CueAccumulation):
     register(_cls)
+# by path: imported on first use, so that `python -m neuro.tasks.atari_prediction` runs the module it names
+register("neuro.tasks.atari_prediction:AtariPrediction", name="atari-prediction")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AtariPrediction":
+        return get("atari-prediction")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make(name: str, **settings: Any) -> AbstractTask:
