@@ -116,12 +116,17 @@ def test_defaults_are_filled_in_and_a_network_without_a_readout_is_refused():
 
 @dataclasses.dataclass
 class _Record(Hook):
-    """The stage, the readout's lr and the step counts of the readout's and a column's state at each sequence end."""
+    """The stage, the readout's lr and the step counts of the readout's and a column's state at each sequence end;
+    the first stage's column parameters when it is frozen."""
 
     rows: list = dataclasses.field(default_factory=list)
+    frozen: dict = dataclasses.field(default_factory=dict)
 
     def sequence_end(self, loop: Loop) -> None:
         st = loop.opt.state
+        if loop.rule.net.stage == 1 and not self.frozen:
+            sl = loop.rule.net.stage_columns(0)
+            self.frozen = {k: v[sl].clone() for k, v in loop.params.items() if k not in optim.READOUT}
         self.rows.append((loop.rule.net.stage, loop.opt.param_groups[-1]["lr"],
                           float(st[loop.params["W_out"]]["step"]) if loop.params["W_out"] in st else None,
                           float(st[loop.params["W_in"]]["step"]) if loop.params["W_in"] in st else None))
@@ -129,7 +134,8 @@ class _Record(Hook):
 
 def test_a_staged_runs_readout_step_follows_the_stage(monkeypatch):
     """``schedule="4:2:20"``: the readout's lr is lr / readout_fan_in of each stage's network (here made to
-    differ per stage), its step count carries on across the boundary, the columns' starts again."""
+    differ per stage), its step count carries on across the boundary, the columns' starts again (at ``init``),
+    and the frozen stage's columns stay exactly as they were (their estimate 0: a step of 0 / (sqrt(v) + eps))."""
     from models.constructive import Constructive
 
     monkeypatch.setattr(Constructive, "readout_fan_in", property(lambda self: self.per_stage * (self.stage + 1)))
@@ -140,10 +146,12 @@ def test_a_staged_runs_readout_step_follows_the_stage(monkeypatch):
                   optimizer="td-rmsprop", optimizer_options={"readout_scale": "fan-in"}, engine="torch")
     rec = _Record()
     run = dataclasses.replace(run, hooks=(*run.hooks, rec))
-    Loop(run).execute()
+    h = Loop(run).execute()
     assert [r[:2] for r in rec.rows] == [(0, 0.05), (1, 0.025), (1, 0.025), (1, 0.025)]
     assert rec.rows[1][2] == 20 and rec.rows[1][3] is None  # the readout's count carries on, the columns' is new
     assert rec.rows[3][2:] == (40, 20)
+    sl = h.rule.net.stage_columns(0)
+    assert rec.frozen and all(torch.equal(h.params[k][sl], v) for k, v in rec.frozen.items())
 
 
 def test_cli_records_the_options_and_resumes_with_them(tmp_path, capsys):
