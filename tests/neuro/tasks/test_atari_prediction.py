@@ -180,3 +180,14 @@ def test_td_lambda_learns_it_with_the_cumulant_and_the_discount_inputs(pong):
                       discount_input=A.FLAG, gamma=0.98)
     h = neuro.train(net, rule, task, 20, chunk=10, progress=False, engine="torch")
     assert h.steps == 20 and np.isfinite(h.metrics[-1]["loss"])
+
+
+def test_the_cache_directory_is_the_setting_else_neuro_cache_else_the_home_cache(tmp_path, monkeypatch):
+    log = _log(8)
+    monkeypatch.setenv("NEURO_CACHE", str(tmp_path / "env"))
+    assert E.cache_path("Pong", log, tmp_path / "given").parent == tmp_path / "given" / "atari-prediction"
+    assert E.cache_path("Pong", log).parent == tmp_path / "env" / "atari-prediction"
+    monkeypatch.delenv("NEURO_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert E.cache_path("Pong", log).parent == tmp_path / "home" / ".cache" / "neuro" / "atari-prediction"
+    assert E.cache_path("Pong", log) != E.cache_path("Pong", _log(8, seed=1))  # keyed by the log's content
