@@ -161,6 +161,16 @@ class _Zero:
             self.dirty = True
         return self.cache[key]
 
+    def rows(self, opts: dict[str, Any], seed: int, ends: list[int]) -> dict[int, float]:
+        """``{row's last step: v = 0's error over the row}`` for metric rows ending at ``ends``."""
+        import json
+
+        key = json.dumps([self.cfg["task"], opts, seed, self.cfg["chunk"], "rows", ends], sort_keys=True)
+        if key not in self.cache:
+            self.cache[key] = X.zero_rows(self.cfg["task"], opts, seed, self.cfg["chunk"], ends)
+            self.dirty = True
+        return dict(zip(ends, self.cache[key]))
+
     def save(self) -> None:
         from neuro import io
 
@@ -213,10 +223,10 @@ def _results(cfg, exps, lrs, info, out: Path, run: bool, workers: int) -> dict[s
             for b, mb in ms.items():
                 if mb["inner"] == "tbptt":
                     pairs.append({"a": a, "b": b, "best": b == best, **R.paired(runs[a], runs[b], cfg["score_tail"])})
-        res[label] = {"rows": rows, "paired": pairs, "best_tbptt": best, "runs": runs}
+        res[label] = {"rows": rows, "paired": pairs, "best_tbptt": best, "runs": runs, "opts": opts}
     if zero is not None:
         zero.save()
-    return res
+    return res, zero
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -240,7 +250,7 @@ def _run(args: argparse.Namespace) -> int:
                   f"{'' if v['complete'] or not cfg.get('pilot') else ' (pilot not finished)'}")
     if args.stage == "pilot":
         return 0
-    res = _results(cfg, exps, lrs, info, out, not args.partial, args.jobs)
+    res, zero = _results(cfg, exps, lrs, info, out, not args.partial, args.jobs)
     md = [R.tables(label, r["rows"], r["paired"], r["best_tbptt"]) for label, r in res.items()]
     if len(res) > 1:
         md.append("### Across games\n\n" + R.summary({label: r["rows"] for label, r in res.items()}))
@@ -250,9 +260,21 @@ def _run(args: argparse.Namespace) -> int:
         io.write_text(args.md, text)
     if args.json:
         io.write_json(args.json, _json_roundtrip({"config": cfg, "pilot": info, "experiments": {
-            label: {k: v for k, v in r.items() if k != "runs"} for label, r in res.items()}}))
+            label: {k: v for k, v in r.items() if k not in ("runs", "opts")} for label, r in res.items()}}))
     if args.plot:
-        R.plot({label: r["runs"] for label, r in res.items()}, args.plot, cfg["task"])
+        zrows = None
+        if zero is not None:  # v = 0's error over each metric row of the longest run of each seed
+            zrows = {}
+            for label, r in res.items():
+                longest: dict[int, list[int]] = {}
+                for runs in r["runs"].values():
+                    for s, run in runs.items():
+                        ends = [row["step"] for row in run["curve"]]
+                        if len(ends) > len(longest.get(s, [])):
+                            longest[s] = ends
+                zrows[label] = {s: zero.rows(r["opts"], s, ends) for s, ends in longest.items()}
+            zero.save()
+        R.plot({label: r["runs"] for label, r in res.items()}, args.plot, cfg["task"], zrows)
     return 0
 
 

@@ -117,10 +117,24 @@ def summary(per_game: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: dict[str, dict[str, dict[int, dict[str, Any]]]], path: str, title: str) -> None:
+def _band(ax, steps: list[int], vals: list[list[float]], label: str) -> tuple[float, float]:
+    """Mean over seeds (``vals[i]``: row ``i``'s per-seed values) with a band of one standard error."""
+    stats = [mean_se(v) for v in vals]
+    mean = [m for m, _ in stats]
+    se = [0.0 if not math.isfinite(s) else s for _, s in stats]
+    line, = ax.plot(steps, mean, label=label, lw=1.2)
+    ax.fill_between(steps, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)],
+                    color=line.get_color(), alpha=0.2, lw=0)
+    return min(mean), max(mean)
+
+
+def plot(curves: dict[str, dict[str, dict[int, dict[str, Any]]]], path: str, title: str,
+         zero: dict[str, dict[int, dict[int, float]]] | None = None) -> None:
     """Error ``(v - G)^2`` per metric row against the step, one panel per experiment, one line per method:
     the mean over the finished seeds with a band of one standard error (log y when the errors span more than
-    a factor 10). ``curves``: ``{experiment: {method: {seed: run result}}}``."""
+    a factor 10). ``curves``: ``{experiment: {method: {seed: run result}}}``. With ``zero`` (``{experiment:
+    {seed: {row's last step: v = 0's error over the row}}}``), a second panel per experiment: each row's
+    error minus v = 0's on the same steps (paired, so the stream's own ups and downs cancel)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,31 +142,31 @@ def plot(curves: dict[str, dict[str, dict[int, dict[str, Any]]]], path: str, tit
 
     from neuro import io
 
-    n = len(curves)
-    cols = min(n, 3)
-    rows_ = -(-n // cols)
-    fig, axes = plt.subplots(rows_, cols, figsize=(6.5 * cols, 4 * rows_), squeeze=False)
-    for ax in axes.flat[n:]:
+    panels = [(label, kind) for label in curves for kind in (("error", "paired") if zero else ("error",))]
+    cols = min(len(panels), 3)
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 4 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, (label, ms) in zip(axes.flat, curves.items()):
+    for ax, (label, kind) in zip(axes.flat, panels):
         lo, hi = math.inf, 0.0
-        for name, runs in ms.items():
-            rs = [r for r in runs.values() if r.get("diverged") is None and r["curve"]]
+        for name, runs in curves[label].items():
+            rs = {s: r for s, r in runs.items() if r.get("diverged") is None and r["curve"]}
             if not rs:
                 continue
-            rows = min(len(r["curve"]) for r in rs)
-            steps = [row["step"] for row in rs[0]["curve"][:rows]]
-            stats = [mean_se([2 * r["curve"][i]["loss"] for r in rs]) for i in range(rows)]
-            mean = [m for m, _ in stats]
-            se = [0.0 if not math.isfinite(s) else s for _, s in stats]
-            line, = ax.plot(steps, mean, label=f"{name} ({len(rs)} seeds)", lw=1.2)
-            ax.fill_between(steps, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)],
-                            color=line.get_color(), alpha=0.2, lw=0)
-            lo, hi = min(lo, min(mean)), max(hi, max(mean))
-        if 0 < lo and hi > 10 * lo:
+            rows = min(len(r["curve"]) for r in rs.values())
+            steps = [row["step"] for row in next(iter(rs.values()))["curve"][:rows]]
+            base = {s: (zero[label][s] if kind == "paired" else {}) for s in rs}
+            vals = [[2 * r["curve"][i]["loss"] - base[s].get(steps[i], 0.0) for s, r in rs.items()]
+                    for i in range(rows)]
+            a, b = _band(ax, steps, vals, f"{name} ({len(rs)} seeds)")
+            lo, hi = min(lo, a), max(hi, b)
+        if kind == "error" and 0 < lo and hi > 10 * lo:
             ax.set_yscale("log")
+        if kind == "paired":
+            ax.axhline(0.0, color="k", lw=0.8, ls="--")
         ax.set_xlabel("step")
-        ax.set_ylabel("(v - G)^2 per metric row")
+        ax.set_ylabel("(v - G)^2 per metric row" + (" minus v = 0's (paired)" if kind == "paired" else ""))
         ax.set_title(f"{title}{': ' + label if label else ''}", fontsize=10)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from . import config as cfgmod
 
-__all__ = ["choose_lr", "finished", "pending", "run_file", "run_one", "run_spec", "run_all", "zero_baseline"]
+__all__ = ["choose_lr", "finished", "pending", "run_file", "run_one", "run_spec", "run_all", "zero_baseline", "zero_rows"]
 
 STAGES = ("pilot", "main")
 
@@ -194,3 +194,23 @@ def zero_baseline(task: str, task_options: dict[str, Any], seed: int, chunk: int
             n += len(g) - lo
         at += len(g)
     return total / n
+
+
+def zero_rows(task: str, task_options: dict[str, Any], seed: int, chunk: int, ends: list[int]) -> list[float]:
+    """``G_t^2`` averaged over each of the steps ``(ends[i-1], ends[i]]`` (from step 0 for the first) of seed ``seed``'s
+    stream, in one pass: the error of predicting ``v = 0`` over each metric row of a run."""
+    import numpy as np
+
+    import neuro.tasks
+    from neuro.train_config import TrainConfig
+
+    t = neuro.tasks.make(task, **cfgmod.task_options(task_options))
+    edges = np.asarray(ends)
+    sums, counts, at = np.zeros(len(ends)), np.zeros(len(ends)), 0
+    for seq in t.stream(seed=TrainConfig(seed=seed).seed_for("task"), batch=1, chunk=chunk, steps=ends[-1]):
+        g2 = seq.ys[:, 0, 0].double().numpy() ** 2
+        row = np.searchsorted(edges, np.arange(at + 1, at + 1 + len(g2)), side="left")  # step j in row i: ends[i-1] < j <= ends[i]
+        sums += np.bincount(row, weights=g2, minlength=len(ends))
+        counts += np.bincount(row, minlength=len(ends))
+        at += len(g2)
+    return (sums / counts).tolist()

@@ -204,8 +204,8 @@ def test_a_reproduction_resumes_without_rerunning(tmp_path, monkeypatch, capsys)
     assert main(args) == 0
     assert len(calls) == 6 + 2 + 2  # the main runs only
     assert (out / "pilot.json").is_file()
-    assert main(args + ["--json", str(tmp_path / "r.json")]) == 0
-    assert len(calls) == 10  # nothing run again
+    assert main(args + ["--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]) == 0
+    assert len(calls) == 10 and (tmp_path / "r.png").stat().st_size > 0  # nothing run again
     cfg.write_text(TINY.format(seeds=3))
     assert main(args) == 0
     assert len(calls) == 12 and {c["seed"] for c in calls[10:]} == {2}  # the added seed only
@@ -236,6 +236,9 @@ def test_the_zero_baseline_is_the_mean_squared_return_of_the_steps():
     assert float(g.abs().sum()) > 0
     want = float((g[130:450] ** 2).mean())  # steps 131..450: across chunk ends
     assert X.zero_baseline("trace-patterning", opts, 4, 70, 130, 450) == pytest.approx(want, rel=1e-12)
+    ends = [60, 200, 330, 500]  # metric rows, across chunk ends
+    rows = X.zero_rows("trace-patterning", opts, 4, 70, ends)
+    assert rows == pytest.approx([float((g[a:b] ** 2).mean()) for a, b in zip([0] + ends[:-1], ends)], rel=1e-12)
 
 
 def test_the_summary_across_games_ranks_by_hand():
