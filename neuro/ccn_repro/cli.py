@@ -109,10 +109,9 @@ def _choices(cfg, exps, pilot, partial: bool) -> tuple[dict, dict]:
             e["methods"][name] = {"lr": chosen, "complete": complete, "scores": {
                 f"{lr:g}": {"mean": R.mean_se([x for x in xs if x is not None])[0], "per_seed": xs,
                             "diverged": sum(x is None for x in xs)} for lr, xs in scores.items()}}
-        tb = [(R.mean_se([x for x in e["methods"][n]["scores"].get(f"{lrs[(label, n)]:g}", {}).get("per_seed", [])
-                          if x is not None])[0], n) for n, m in ms.items() if m["inner"] == "tbptt" and
-              lrs[(label, n)] is not None]
-        tb = [(v, n) for v, n in tb if math.isfinite(v)]
+        at_chosen = {n: e["methods"][n]["scores"].get(f"{lrs[(label, n)]:g}", {}).get("mean", math.nan)
+                     for n, m in ms.items() if m["inner"] == "tbptt" and lrs[(label, n)] is not None}
+        tb = [(v, n) for n, v in at_chosen.items() if math.isfinite(v)]  # the pilot's mean at the chosen alpha
         e["best_tbptt"] = min(tb)[1] if tb else None
         info[label] = e
     return lrs, info

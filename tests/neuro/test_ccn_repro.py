@@ -13,6 +13,7 @@ that it resumes.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -203,7 +204,11 @@ def test_a_reproduction_resumes_without_rerunning(tmp_path, monkeypatch, capsys)
     assert len(calls) == 6 and "| 0 / 2 |" in md and "| v = 0 (no learning) |" in md
     assert main(args) == 0
     assert len(calls) == 6 + 2 + 2  # the main runs only
-    assert (out / "pilot.json").is_file()
+    pilot = json.loads((out / "pilot.json").read_text())[""]
+    means = {n: {float(lr): v["mean"] for lr, v in m["scores"].items()} for n, m in pilot["methods"].items()}
+    assert pilot["methods"]["a"]["lr"] == min(means["a"], key=means["a"].get)  # the lowest pilot mean
+    at = {n: means[n][pilot["methods"][n]["lr"]] for n in ("a", "b")}
+    assert pilot["best_tbptt"] == min(at, key=at.get) and at["a"] != at["b"]
     assert main(args + ["--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]) == 0
     assert len(calls) == 10 and (tmp_path / "r.png").stat().st_size > 0  # nothing run again
     cfg.write_text(TINY.format(seeds=3))
