@@ -165,6 +165,10 @@ class AtariPrediction(AbstractTask):
         r, _ = E.render_cached(self.game, log, self.cache_dir)
         return r, returns(r.rewards, r.flags, self.gamma)
 
+    def __getstate__(self) -> dict:
+        """Pickled without the rendering held in memory (a copy sent to a worker reads the cache again)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_rendered"}
+
     def _inputs(self, r: E.Rendering, idx: np.ndarray) -> np.ndarray:
         """The inputs [len(idx), 276] of the rendering's frames ``idx``."""
         x = np.zeros((len(idx), self.n_in), np.float32)

@@ -4,6 +4,7 @@ recovery from a corrupt file, the pre-render helper and the errors. Logs are sho
 
 from __future__ import annotations
 
+import pickle
 import re
 
 import numpy as np
@@ -127,6 +128,11 @@ def test_a_corrupt_cache_file_is_rendered_again_with_a_warning(tmp_path):
             got = tasks.make("atari-prediction", **kw).sample(120)
         assert torch.equal(got.xs, want.xs) and torch.equal(got.ys, want.ys)
     assert not list((tmp_path / "c").rglob("*.tmp"))
+    task = tasks.make("atari-prediction", **kw)
+    task.sample(10)
+    copy = pickle.loads(pickle.dumps(task))  # without the rendering in memory: it is read again
+    assert "_rendered" in vars(task) and "_rendered" not in vars(copy) and copy == task
+    assert torch.equal(copy.sample(120).xs, want.xs)
 
 
 def test_the_pre_render_helper_prints_frames_per_second(tmp_path, capsys):
