@@ -120,23 +120,27 @@ def _choices(cfg, exps, pilot, partial: bool) -> tuple[dict, dict]:
 def _estimate(cfg, exps, steps: int) -> int:
     label, opts, ms = exps[0]
     p = cfg.get("pilot")
-    lines = ["| method | engine | us / step | pilot steps | main steps | core-hours |", "|---|---|---|---|---|---|"]
+    lines = ["| method | engine | us / step | s / run | pilot steps | main steps | core-hours |",
+             "|---|---|---|---|---|---|---|"]
     total = 0.0
     for name, m in ms.items():
         n = steps
         if m.get("schedule"):  # every stage at least one chunk
             total_cols, per = (int(v) for v in str(m["schedule"]).split(":")[:2])
             n = max(n, total_cols // per * cfg["chunk"])
-        spec = X.run_spec(cfg, opts, m, m["lrs"][0], m["seeds"][0], n)
-        X.run_one(spec)  # compiles (or loads) the engine's kernels
-        r = X.run_one(spec)
-        t = r["time_per_step_s"] or math.nan
-        pilot_steps = len(m["lrs"]) * len(p["seeds"]) * p["steps"] if p else 0
-        main_steps = len(m["seeds"]) * m["steps"]
-        h = t * (pilot_steps + main_steps) * len(exps) / 3600
+        X.run_one(X.run_spec(cfg, opts, m, m["lrs"][0], m["seeds"][0], n))  # compiles (or loads) the kernels
+        # n and 2n steps: the time per step from their difference, the rest is the run's own setup
+        r1, r2 = (X.run_one(X.run_spec(cfg, opts, m, m["lrs"][0], m["seeds"][0], k)) for k in (n, 2 * n))
+        e1, e2 = ((r["time_per_step_s"] or math.nan) * k for r, k in ((r1, n), (r2, 2 * n)))
+        t = (e2 - e1) / n if e2 > e1 else e2 / (2 * n)
+        setup = max(0.0, e1 - t * n)
+        pilot_runs = len(m["lrs"]) * len(p["seeds"]) if p else 0
+        pilot_steps, main_steps = pilot_runs * p["steps"] if p else 0, len(m["seeds"]) * m["steps"]
+        h = (t * (pilot_steps + main_steps) + setup * (pilot_runs + len(m["seeds"]))) * len(exps) / 3600
         total += h
-        lines.append(f"| {name} | {r['engine']} | {t * 1e6:.1f} | {pilot_steps} | {main_steps} | {h:.1f} |")
-    lines.append(f"| all ({len(exps)} experiment{'s' if len(exps) > 1 else ''}) | | | | | {total:.1f} |")
+        lines.append(f"| {name} | {r2['engine']} | {t * 1e6:.1f} | {setup:.2f} | {pilot_steps} | {main_steps} "
+                     f"| {h:.1f} |")
+    lines.append(f"| all ({len(exps)} experiment{'s' if len(exps) > 1 else ''}) | | | | | | {total:.1f} |")
     print("\n".join(lines))
     return 0
 

@@ -260,16 +260,22 @@ def test_the_summary_across_games_ranks_by_hand():
 
 def test_the_estimate_projects_core_hours(tmp_path, monkeypatch, capsys):
     steps = []
-    monkeypatch.setattr(X, "run_one", lambda spec, path=None: steps.append(spec["steps"])
-                        or {"time_per_step_s": 36.0, "engine": "torch"})
+
+    def fake(spec, path=None):  # 36 s per step and 7200 s of setup per run
+        steps.append(spec["steps"])
+        return {"time_per_step_s": 36.0 + 7200.0 / spec["steps"], "engine": "torch"}
+
+    monkeypatch.setattr(X, "run_one", fake)
     cfg = tmp_path / "c.toml"
     cfg.write_text(TINY.format(seeds=2))
     assert main(["--config", str(cfg), "--out", str(tmp_path / "o"), "--estimate", "--estimate-steps", "50"]) == 0
     out = capsys.readouterr().out
-    assert steps == [50] * 4 and not (tmp_path / "o").exists()  # each method timed twice (once to warm up)
-    # a: (2 alphas x 2 seeds x 100 + 2 seeds x 200) steps x 36 s; b: (1 x 2 x 100 + 2 x 150) x 36 s
-    assert "| a | torch | 36000000.0 | 400 | 400 | 8.0 |" in out and "| b | torch | 36000000.0 | 200 | 300 | 5.0 |" in out
-    assert "| all (1 experiment) | | | | | 13.0 |" in out
+    assert steps == [50, 50, 100] * 2 and not (tmp_path / "o").exists()  # a warm-up, then n and 2n steps
+    # a: (2 alphas x 2 seeds x 100 + 2 seeds x 200) steps x 36 s + (4 + 2) runs x 7200 s = 20 h;
+    # b: (1 x 2 x 100 + 2 x 150) x 36 s + (2 + 2) x 7200 s = 13 h
+    assert "| a | torch | 36000000.0 | 7200.00 | 400 | 400 | 20.0 |" in out
+    assert "| b | torch | 36000000.0 | 7200.00 | 200 | 300 | 13.0 |" in out
+    assert "| all (1 experiment) | | | | | | 33.0 |" in out
 
 
 def test_a_stage_schedule_that_does_not_fit_is_refused_before_any_run(tmp_path, monkeypatch, capsys):
