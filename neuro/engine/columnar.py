@@ -172,7 +172,8 @@ def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn
         s1 = min(s0 + per_stage, lo) if s0 < lo else hi  # a frozen stage, or the learning one
         m, nff = s1 - s0, min(s0, lo)  # its columns read the columns before it (the earlier stages)
         for k in range(s0, s1):  # the pre-activations and the arguments of exp
-            _column_inputs(norm, x, hn, mu, var, k, n_in + nff, xk)
+            if norm or k == s0:  # the inputs as column k reads them (without normalisation: the stage's)
+                _column_inputs(norm, x, hn, mu, var, k, n_in + nff, xk)
             hk = float(h[k])
             for g in range(G):
                 a = 0.0
@@ -286,8 +287,10 @@ def columns_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_
         for s in range(nb):
             column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x[s], h[s], c[s], hn[s], cn[s], M[s], z,
                         S, bits, norm, decay, floor, mu_in[s], var_in[s], xk)
-            readout_features(norm, hn[s], mu_f[s], var_f[s], decay, floor, hf[s])
-        K.readout(W_out, b_out, hf, y_hat)
+            if norm:
+                readout_features(norm, hn[s], mu_f[s], var_f[s], decay, floor, hf[s])
+        hr = hf if norm else hn  # what W_out reads
+        K.readout(W_out, b_out, hr, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         for s in range(nb):
             for k in range(lo, hi):
@@ -309,7 +312,7 @@ def columns_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_
             for s in range(nb):
                 e = eps[s, o]
                 for k in range(n):
-                    g_out[o, k] += e * hf[s, k]
+                    g_out[o, k] += e * hr[s, k]
                 g_bout[o] += e
         h[:, :] = hn
         c[:, :] = cn

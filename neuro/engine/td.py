@@ -93,8 +93,10 @@ def td_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_out, 
         for s in range(nb):
             column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x[s], h[s], c[s], hn[s], cn[s], M[s], z,
                         S, bits, norm, rate, floor, mu_in[s], var_in[s], xk)
-            readout_features(norm, hn[s], mu_f[s], var_f[s], rate, floor, hf[s])
-        K.readout(W_out, b_out, hf, y_hat)
+            if norm:
+                readout_features(norm, hn[s], mu_f[s], var_f[s], rate, floor, hf[s])
+        hr = hf if norm else hn  # what W_out reads
+        K.readout(W_out, b_out, hr, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         for k in range(lo, hi):
             e = K.cast(0.0, h)
@@ -139,7 +141,7 @@ def td_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_out, 
                 eo, go = E_out[s, o], g_out[o]
                 for k in range(n):
                     go[k] += w * eo[k]
-                    eo[k] = dt * eo[k] + hf[s, k]
+                    eo[k] = dt * eo[k] + hr[s, k]
                 g_bout[o] += w * E_bout[s, o]
                 E_bout[s, o] = dt * E_bout[s, o] + one
             v_prev[s] = v
