@@ -483,3 +483,20 @@ def test_columns_td_lambda_with_a_discount_input_compiled_equals_torch(tmp_path,
     _close(h_t.params, h_c.params, "params")
     _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
     _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
+
+
+def test_normalised_constructive_through_a_stage_schedule_compiled_equals_torch(tmp_path):
+    """TD(lambda) on a normalised constructive network through three stages (the statistics carried with the
+    network state; each stage's columns learning theirs in turn): the torch path's numbers in float64."""
+    c = next(c for c in REGISTRY if (c.model, c.rule) == ("constructive", "td-lambda"))
+    net, rule, task, settings = _setup(c, {"per_stage": 2, "normalise": 0.99}, "trace")
+    settings.update(steps=70, chunk=10, update_every=3, schedule="6:2:20")
+    (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = (_train(net, rule, task, tmp_path / e, optimizer="adam", batch=2,
+                                                        engine=e, checkpoint_every=20, **settings)
+                                                 for e in ("torch", "compiled"))
+    assert h_c.engine == "compiled" and loop_c.rule.net.stage == 2
+    _close(h_t.params, h_c.params, "params")
+    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
+    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
+    var_x = ck_c["rule_state"].net.var_in[:, :, :task.n_in]  # every stage's columns took their statistics of x
+    assert bool((var_x != 1).all())
