@@ -286,3 +286,14 @@ def test_a_stage_schedule_that_does_not_fit_is_refused_before_any_run(tmp_path, 
                    '{ per_stage = 2 }\ninner = "constructive"\nschedule = "4:2"\nstage_steps = 200\n')
     assert main(["--config", str(cfg), "--out", str(tmp_path / "o"), "--jobs", "0"]) == 2
     assert calls == [] and "the last of its 2 stages starts at step 100" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,msg", [(["--only", "a,x"], "error: --only 'x' is not in the config: valid are a, b\n"),
+                                       (["--games", "Pong"], "error: --games 'Pong' is invalid: the config has no games\n"),
+                                       (["--jobs", "-1"], "error: --jobs -1 is invalid: must be >= 0")])
+def test_bad_command_line_choices_are_one_line_errors(tmp_path, capsys, flags, msg):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY.format(seeds=1))
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "o")] + flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(msg) and err.count("\n") == 1 and not (tmp_path / "o").exists()
