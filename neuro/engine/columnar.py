@@ -33,7 +33,8 @@ a column reads its inputs normalised by its own statistics from before the step 
 features ``z_{t,k}`` are these), the learning columns' input statistics then take the step's raw ``(x_t,
 u_t)``, every column's feature statistics take ``h_t`` and the readout reads ``hhat_t``
 (:func:`readout_features`); the estimate uses ``dl_t/dh_t = (e_t W_out)_k / sqrt(var_f[k])`` and
-``dl_t/dW_out = e_t^T hhat_t``. The statistics are arrays of the network state, changed in place.
+``dl_t/dW_out = e_t^T hhat_t`` (:mod:`neuro.engine.columns_norm`). The statistics are arrays of the network
+state, changed in place.
 
 The rule state is the fast path's (``fast=True``; a rule built with ``fast=False`` runs on the torch path):
 the engine works on copies of its tensors and returns a new state holding them.
@@ -53,13 +54,13 @@ from neuro._numba import numba
 from neuro.contract import Params
 from neuro.engine import kernels as K
 from neuro.engine.base import Engine, RangeResult, SequenceArrays, flat, view
+from neuro.engine.columns_norm import column_inputs, learn_inputs, normalisation, own_net_state, readout_features
 from neuro.engine.optim import OptimizerArrays
 from neuro.rules._fast.columnar_kernel import _tanh_from, _vexp
 from neuro.rules.columnar import ColumnarRTRL
 from neuro.rules.constructive import ConstructiveRTRL
 
-__all__ = ["Arguments", "ColumnsEngine", "Layout", "build", "column_step", "columns_range", "normalisation",
-           "own_net_state", "readout_features", "sample_net_state", "update"]
+__all__ = ["Arguments", "ColumnsEngine", "Layout", "build", "column_step", "columns_range", "update"]
 
 LOSSES = {"mse": K.MSE, "ce": K.CE}
 
@@ -103,53 +104,6 @@ def update(kind, ps, gs, ms, vs, steps, hyper):  # noqa: ANN001, ANN201
 
 
 @numba.njit(cache=True)
-def _column_inputs(norm, x, hn, mu, var, k, nv, xk):  # noqa: ANN001, ANN201
-    """Column ``k``'s inputs ``(x, hn[:nv - n_in])`` as it reads them, into ``xk[:nv]`` (float64): normalised by
-    its statistics ``mu[k]``, ``var[k]`` (from before the step) where ``norm``, else as they are."""
-    n_in = x.shape[0]
-    for j in range(nv):
-        v = float(x[j]) if j < n_in else float(hn[j - n_in])
-        xk[j] = (v - float(mu[k, j])) / math.sqrt(float(var[k, j])) if norm else v
-    return 0
-
-
-@numba.njit(cache=True)
-def _learn_inputs(x, hn, mu, var, lo, hi, d, floor):  # noqa: ANN001, ANN201
-    """The learning columns' input statistics take the step's raw inputs ``(x, hn[:lo])`` (the models'
-    ``learn_inputs``): ``mu <- d mu + (1 - d) v``, ``var <- max(d var + (1 - d) (v - mu)^2, floor)``."""
-    n_in = x.shape[0]
-    for k in range(lo, hi):
-        for j in range(n_in + lo):
-            v = float(x[j]) if j < n_in else float(hn[j - n_in])
-            m = d * float(mu[k, j]) + (1.0 - d) * v
-            dv = v - m
-            w = d * float(var[k, j]) + (1.0 - d) * (dv * dv)
-            mu[k, j] = m
-            var[k, j] = w if w > floor else floor
-    return 0
-
-
-@numba.njit(cache=True)
-def readout_features(norm, hn, mu_f, var_f, d, floor, hf):  # noqa: ANN001, ANN201
-    """One sample's readout features ``hf`` [n] from ``hn`` [n] (the models' ``readout``): where ``norm``, the
-    statistics ``mu_f``, ``var_f`` take ``hn`` (updated in place) and ``hf = (hn - mu_f) / sqrt(var_f)``;
-    else ``hf = hn``."""
-    for k in range(hn.shape[0]):
-        v = float(hn[k])
-        if norm:
-            m = d * float(mu_f[k]) + (1.0 - d) * v
-            dv = v - m
-            w = d * float(var_f[k]) + (1.0 - d) * (dv * dv)
-            w = w if w > floor else floor
-            mu_f[k] = m
-            var_f[k] = w
-            hf[k] = (v - float(mu_f[k])) / math.sqrt(float(var_f[k]))
-        else:
-            hf[k] = hn[k]
-    return 0
-
-
-@numba.njit(cache=True)
 def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn, cn, M, z, S, bits,  # noqa: ANN001, ANN201
                 norm, d, floor, mu, var, xk):
     """One sample's network step and the learning columns' traces (module docstring): ``x`` [n_in], ``h``,
@@ -173,7 +127,7 @@ def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn
         m, nff = s1 - s0, min(s0, lo)  # its columns read the columns before it (the earlier stages)
         for k in range(s0, s1):  # the pre-activations and the arguments of exp
             if norm or k == s0:  # the inputs as column k reads them (without normalisation: the stage's)
-                _column_inputs(norm, x, hn, mu, var, k, n_in + nff, xk)
+                column_inputs(norm, x, hn, mu, var, k, n_in + nff, xk)
             hk = float(h[k])
             for g in range(G):
                 a = 0.0
@@ -214,7 +168,7 @@ def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn
             if k < lo:
                 continue
             if norm:  # the column's own features
-                _column_inputs(norm, x, hn, mu, var, k, n_in + lo, xk)
+                column_inputs(norm, x, hn, mu, var, k, n_in + lo, xk)
                 for j in range(n_in + lo):
                     z[j] = xk[j]
                 z[n_in + lo + 1] = 1.0
@@ -253,7 +207,7 @@ def column_step(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, x, h, c, hn
         hn[k] = 0.0
         cn[k] = 0.0
     if norm:
-        _learn_inputs(x, hn, mu, var, lo, hi, d, floor)
+        learn_inputs(x, hn, mu, var, lo, hi, d, floor)
     return 0
 
 
@@ -393,32 +347,6 @@ class Arguments:
             self.params = (*lay.arrays(params), *lay.arrays(acc), *lay.spans(params, acc, opt))
             self.opt, self.key = opt, key
         return self.params
-
-
-def own_net_state(net: Columnar | Constructive, states: list[NamedTuple]) -> tuple[NamedTuple, tuple]:
-    """A network state holding copies of the network states ``states``' fields side by side (each sample's
-    rows in turn), and the kernels' arrays over it: ``h``, ``c`` (zeros for the rate cell), ``mu_in``,
-    ``var_in``, ``mu_f``, ``var_f`` (empty without normalisation)."""
-    own = type(states[0])(*(torch.cat([st[i] for st in states]).clone(memory_format=torch.contiguous_format)
-                            for i in range(len(states[0]))))
-    h = own.h
-    c = own.c if net.cell == "lstm" else torch.zeros_like(h)
-    if net.normalise is None:
-        stats = (h.new_zeros(*h.shape, 0),) * 2 + (h.new_zeros(h.shape[0], 0),) * 2
-    else:
-        stats = (own.mu_in, own.var_in, own.mu_f, own.var_f)
-    return own, tuple(view(a) for a in (h, c, *stats))
-
-
-def sample_net_state(own: NamedTuple, b: int) -> NamedTuple:
-    """Sample ``b``'s network state: views of ``own``'s fields (batch 1)."""
-    return type(own)(*(f[b:b + 1] for f in own))
-
-
-def normalisation(net: Columnar | Constructive) -> tuple[bool, float, float]:
-    """The kernels' ``norm, decay, floor``: the network's online normalisation (``decay`` 0 without)."""
-    d = net.normalise
-    return d is not None, 0.0 if d is None else float(d), float(net.variance_floor)
 
 
 class ColumnsEngine(Engine):

@@ -40,17 +40,8 @@ from neuro._numba import numba
 from neuro.contract import Params
 from neuro.engine import kernels as K
 from neuro.engine.base import Engine, RangeResult, SequenceArrays, view
-from neuro.engine.columnar import (
-    LOSSES,
-    Arguments,
-    Layout,
-    column_step,
-    normalisation,
-    own_net_state,
-    readout_features,
-    sample_net_state,
-    update,
-)
+from neuro.engine.columnar import LOSSES, Arguments, Layout, column_step, update
+from neuro.engine.columns_norm import normalisation, own_net_state, readout_features, sample_net_state
 from neuro.rules.columnar import ColumnarRTRL
 from neuro.rules.constructive import ConstructiveRTRL
 from neuro.rules.td import TDLambda
