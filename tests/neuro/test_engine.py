@@ -485,6 +485,13 @@ def test_columns_td_lambda_with_a_discount_input_compiled_equals_torch(tmp_path,
     _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
 
 
+def test_normalised_columnar_td_resumes_bit_for_bit(tmp_path):
+    """The normalisation's statistics are network state: they checkpoint and resume with it."""
+    c = next(c for c in REGISTRY if (c.model, c.rule) == ("columnar", "td-lambda"))
+    net, rule, task, settings = _setup(c, {"normalise": 0.99}, "trace")
+    _resume_equals_the_whole_run(net, rule, task, settings, tmp_path)
+
+
 def test_normalised_constructive_through_a_stage_schedule_compiled_equals_torch(tmp_path):
     """TD(lambda) on a normalised constructive network through three stages (the statistics carried with the
     network state; each stage's columns learning theirs in turn): the torch path's numbers in float64."""
