@@ -216,7 +216,8 @@ class ColumnCells:
         return state, self.readout_features(state, z) @ params["W_out"].T + params["b_out"]
 
     def observe(self, state: NamedTuple) -> dict[str, Tensor]:
-        return dict(state._asdict())
+        """The per-column variables [B, n]: ``h`` (``c``; with normalisation the readout's ``mu_f``, ``var_f``)."""
+        return {k: v for k, v in state._asdict().items() if v.dim() == 2}
 
 
 @dataclasses.dataclass(frozen=True)
