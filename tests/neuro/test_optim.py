@@ -183,3 +183,15 @@ def test_compare_passes_the_options_to_every_run():
     assert "optimizer_options" not in plan("trace-patterning", ["td-lambda"], 1, 20, **kw)[0].asdict()
     with pytest.raises(ValueError, match="optimizer_options key 'bogus' is invalid"):
         plan("trace-patterning", ["td-lambda"], 1, 20, optimizer="td-rmsprop", optimizer_options={"bogus": 1}, **kw)
+
+
+def test_a_combination_without_a_compiled_td_rmsprop_runs_in_torch():
+    from neuro.training import train
+
+    task = tasks.make("sine")
+    net = models.make("rate", n_in=1, n_hidden=3, n_out=1)
+    rule = rules.make("rflo", net)
+    h = train(net, rule, task, 20, chunk=10, optimizer="td-rmsprop", progress=False)
+    assert h.engine == "torch"
+    with pytest.raises(ValueError, match="engine='compiled' is invalid for model 'rate' with rule 'rflo', optimizer td-rmsprop"):
+        train(net, rule, task, 20, chunk=10, optimizer="td-rmsprop", progress=False, engine="compiled")
