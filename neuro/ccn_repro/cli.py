@@ -205,6 +205,7 @@ def _results(cfg, exps, lrs, info, out: Path, run: bool, workers: int) -> dict[s
              X.run_file(out, label, "main", name, lrs[(label, name)], s))
             for label, opts, ms in exps for name, m in ms.items() if lrs[(label, name)] is not None
             for s in m["seeds"]]
+    jobs.sort(key=lambda j: j[0][2])  # seed by seed: the runs finished at any moment cover every method alike
     done = X.run_all(jobs, workers) if run else X.pending(jobs)[1]
     zero = _Zero(cfg, out) if cfg.get("zero_baseline") else None
     res: dict[str, Any] = {}
