@@ -215,7 +215,7 @@ def _results(cfg, exps, lrs, info, out: Path, run: bool, workers: int) -> dict[s
         if zero is not None:
             steps, tail = cfg["steps"], R.tail_for(cfg["steps"], cfg["score_tail"])
             mean, se = R.mean_se([zero(opts, s, steps - tail, steps) for s in cfg["seeds"]])
-            rows.append({"method": "v = 0 (no learning)", "network": "-", "params": 0, "compute": 0, "lr": None,
+            rows.append({"method": R.ZERO, "network": "-", "params": 0, "compute": 0, "lr": None,
                          "steps": steps, "tail_steps": tail, "score_mean": mean, "score_se": se,
                          "seeds_done": len(cfg["seeds"]), "seeds_planned": len(cfg["seeds"]), "diverged": 0,
                          "minus_zero_mean": 0.0, "minus_zero_se": 0.0})

@@ -18,6 +18,9 @@ from typing import Any
 __all__ = ["mean_se", "paired", "score", "tail_for"]
 
 
+#: the method name of the reference row: the error of predicting v = 0 on the same steps
+ZERO = "v = 0 (no learning)"
+
 def tail_for(steps: int, score_tail: int) -> int:
     """The scored tail of a run of ``steps`` steps: ``score_tail``, or ``steps // 5`` below five tails."""
     return score_tail if steps >= 5 * score_tail else max(1, steps // 5)
@@ -99,15 +102,17 @@ def tables(label: str, rows: list[dict[str, Any]], pairs: list[dict[str, Any]], 
 
 
 def summary(per_game: dict[str, list[dict[str, Any]]]) -> str:
-    """Markdown: each method's score per game and its mean rank across games (1 = lowest error)."""
+    """Markdown: each method's score per game and its mean rank across games (1 = lowest error), ranked over
+    the games where every learning method has a score (the ``v = 0`` reference row is not ranked)."""
     games = list(per_game)
     names = list(dict.fromkeys(r["method"] for rows in per_game.values() for r in rows))
     ranks: dict[str, list[int]] = {n: [] for n in names}
     cell: dict[tuple[str, str], str] = {}
     for g, rows in per_game.items():
-        ok = sorted((r for r in rows if math.isfinite(r["score_mean"])), key=lambda r: r["score_mean"])
-        for i, r in enumerate(ok):
-            ranks[r["method"]].append(i + 1)
+        learners = [r for r in rows if r["method"] != ZERO]
+        if all(math.isfinite(r["score_mean"]) for r in learners):
+            for i, r in enumerate(sorted(learners, key=lambda r: r["score_mean"])):
+                ranks[r["method"]].append(i + 1)
         for r in rows:
             cell[(g, r["method"])] = _fmt(r["score_mean"], r["score_se"])
     lines = ["| method | " + " | ".join(games) + " | mean rank |", "|---" * (len(games) + 2) + "|"]

@@ -252,10 +252,16 @@ def test_the_summary_across_games_ranks_by_hand():
     def rows(**scores):
         return [{"method": n, "score_mean": v, "score_se": math.nan} for n, v in scores.items()]
 
-    md = summary({"Pong": rows(a=1.0, b=2.0, c=math.nan), "Breakout": rows(a=3.0, b=2.0, c=1.0)})
+    from neuro.ccn_repro.report import ZERO
+
+    zero = {"method": ZERO, "score_mean": 0.5, "score_se": 0.0}  # the reference row: shown, never ranked
+    md = summary({"Pong": rows(a=1.0, b=2.0, c=math.nan) + [zero], "Breakout": rows(a=3.0, b=2.0, c=1.0) + [zero],
+                  "Seaquest": rows(a=1.0, b=3.0, c=2.0) + [zero]})
     lines = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines()[2:]}
-    assert lines["a"].endswith("| 2.00 (2 games) |") and lines["b"].endswith("| 2.00 (2 games) |")  # 1+3, 2+2
-    assert lines["c"].endswith("| 1.00 (1 games) |") and "| - | 1.00000 |" in lines["c"]
+    # Pong is not ranked (c has no score yet): ranks over Breakout and Seaquest only
+    assert lines["a"].endswith("| 2.00 (2 games) |") and lines["b"].endswith("| 2.50 (2 games) |")  # 3+1, 2+3
+    assert lines["c"].endswith("| 1.50 (2 games) |") and "| - | 1.00000 |" in lines["c"]  # 1+2
+    assert lines[ZERO].endswith("| - |")
 
 
 def test_the_estimate_projects_core_hours(tmp_path, monkeypatch, capsys):
