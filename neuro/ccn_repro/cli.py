@@ -278,7 +278,8 @@ def _run(args: argparse.Namespace) -> int:
                             longest[s] = ends
                 zrows[label] = {s: zero.rows(r["opts"], s, ends) for s, ends in longest.items()}
             zero.save()
-        R.plot({label: r["runs"] for label, r in res.items()}, args.plot, cfg["task"], zrows)
+        R.plot({label: r["runs"] for label, r in res.items()}, args.plot, cfg["task"], zrows,
+               window=cfg.get("score_tail", 0))
     return 0
 
 

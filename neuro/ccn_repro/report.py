@@ -122,22 +122,37 @@ def summary(per_game: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def _band(ax, steps: list[int], vals: list[list[float]], label: str) -> tuple[float, float]:
+def _band(ax, steps: list[int], vals: list[list[float]], label: str, style: dict[str, Any]) -> tuple[float, float]:
     """Mean over seeds (``vals[i]``: row ``i``'s per-seed values) with a band of one standard error."""
     stats = [mean_se(v) for v in vals]
     mean = [m for m, _ in stats]
     se = [0.0 if not math.isfinite(s) else s for _, s in stats]
-    line, = ax.plot(steps, mean, label=label, lw=1.2)
+    line, = ax.plot(steps, mean, label=label, **style)
     ax.fill_between(steps, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)],
                     color=line.get_color(), alpha=0.2, lw=0)
     return min(mean), max(mean)
 
 
+def running(steps: list[int], values: list[float], window: int) -> list[float]:
+    """The running mean over the last ``window`` steps at each row's end (the authors' metric as a curve):
+    ``values[i]`` is the mean over the steps ``(steps[i-1], steps[i]]``; rows count by the steps they span, the
+    first rows over what there is (a row is never split)."""
+    out, acc, n, lo = [], 0.0, 0, 0
+    spans = [b - a for a, b in zip([0] + steps[:-1], steps)]
+    for i, (v, w) in enumerate(zip(values, spans)):
+        acc, n = acc + v * w, n + w
+        while lo < i and n - spans[lo] >= window:
+            acc, n, lo = acc - values[lo] * spans[lo], n - spans[lo], lo + 1
+        out.append(acc / n)
+    return out
+
+
 def plot(curves: dict[str, dict[str, dict[int, dict[str, Any]]]], path: str, title: str,
-         zero: dict[str, dict[int, dict[int, float]]] | None = None) -> None:
-    """Error ``(v - G)^2`` per metric row against the step, one panel per experiment, one line per method:
-    the mean over the finished seeds with a band of one standard error (log y when the errors span more than
-    a factor 10). ``curves``: ``{experiment: {method: {seed: run result}}}``. With ``zero`` (``{experiment:
+         zero: dict[str, dict[int, dict[int, float]]] | None = None, window: int = 0) -> None:
+    """Error ``(v - G)^2`` against the step, one panel per experiment, one line per method (the columns
+    networks thick, T-BPTT thin and dashed): each seed's running mean over the last ``window`` steps (the
+    authors' metric as a curve; 0: each metric row alone), then the mean over the finished seeds with a band
+    of one standard error (log y when the errors span more than a factor 10). ``curves``: ``{experiment: {method: {seed: run result}}}``. With ``zero`` (``{experiment:
     {seed: {row's last step: v = 0's error over the row}}}``), a second panel per experiment: each row's
     error minus v = 0's on the same steps (paired, so the stream's own ups and downs cancel)."""
     import matplotlib
@@ -155,6 +170,11 @@ def plot(curves: dict[str, dict[str, dict[int, dict[str, Any]]]], path: str, tit
         ax.set_visible(False)
     for ax, (label, kind) in zip(axes.flat, panels):
         lo, hi = math.inf, 0.0
+        names = list(curves[label])
+        tb = [n for n in names if n.startswith("tbptt")]
+        others = [n for n in names if n not in tb]
+        colour = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(others)}  # the columns networks: strong
+        colour |= {n: plt.get_cmap("viridis")(i / max(len(tb) - 1, 1) * 0.9) for i, n in enumerate(tb)}
         for name, runs in curves[label].items():
             rs = {s: r for s, r in runs.items() if r.get("diverged") is None and r["curve"]}
             if not rs:
@@ -162,16 +182,21 @@ def plot(curves: dict[str, dict[str, dict[int, dict[str, Any]]]], path: str, tit
             rows = min(len(r["curve"]) for r in rs.values())
             steps = [row["step"] for row in next(iter(rs.values()))["curve"][:rows]]
             base = {s: (zero[label][s] if kind == "paired" else {}) for s in rs}
-            vals = [[2 * r["curve"][i]["loss"] - base[s].get(steps[i], 0.0) for s, r in rs.items()]
-                    for i in range(rows)]
-            a, b = _band(ax, steps, vals, f"{name} ({len(rs)} seeds)")
+            per_seed = [[2 * r["curve"][i]["loss"] - base[s].get(steps[i], 0.0) for i in range(rows)]
+                        for s, r in rs.items()]
+            if window:
+                per_seed = [running(steps, v, window) for v in per_seed]
+            vals = [list(col) for col in zip(*per_seed)]
+            style = ({"lw": 0.9, "ls": "--"} if name.startswith("tbptt") else {"lw": 1.8})  | {"color": colour[name]}
+            a, b = _band(ax, steps, vals, f"{name} ({len(rs)} seeds)", style)
             lo, hi = min(lo, a), max(hi, b)
         if kind == "error" and 0 < lo and hi > 10 * lo:
             ax.set_yscale("log")
         if kind == "paired":
             ax.axhline(0.0, color="k", lw=0.8, ls="--")
         ax.set_xlabel("step")
-        ax.set_ylabel("(v - G)^2 per metric row" + (" minus v = 0's (paired)" if kind == "paired" else ""))
+        what = f"(v - G)^2, running mean over {window:,} steps" if window else "(v - G)^2 per metric row"
+        ax.set_ylabel(what + (" minus v = 0's (paired)" if kind == "paired" else ""), fontsize=8)
         ax.set_title(f"{title}{': ' + label if label else ''}", fontsize=10)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -303,3 +303,15 @@ def test_bad_command_line_choices_are_one_line_errors(tmp_path, capsys, flags, m
     assert main(["--config", str(cfg), "--out", str(tmp_path / "o")] + flags) == 2
     err = capsys.readouterr().err
     assert err.startswith(msg) and err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_the_plots_running_mean_is_the_authors_metric_by_hand():
+    from neuro.ccn_repro.report import running
+
+    # rows of 50 steps: the mean over the last 100 steps is the mean of the last two rows (the first: itself)
+    assert running([50, 100, 150, 200], [1.0, 2.0, 3.0, 4.0], 100) == [1.0, 1.5, 2.5, 3.5]
+    # rows of unequal length count by their steps: (1 x 10 + 4 x 30) / 40; then the last row alone (60 steps
+    # >= 40), and over 50-step windows (4 x 30 + 2 x 60) / 90 (whole rows until they cover the window)
+    assert running([10, 40, 100], [1.0, 4.0, 2.0], 40) == [1.0, 3.25, 2.0]
+    assert running([10, 40, 100], [1.0, 4.0, 2.0], 70) == [1.0, 3.25, 240 / 90]
+    assert running([10, 20], [1.0, 3.0], 0) == [1.0, 3.0]  # window 0 is never used, but must not fail
