@@ -127,6 +127,20 @@ def _metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
 
 
+def _same(torch_run: tuple, compiled_run: tuple, rule_state: bool = True, loop_state: bool = False) -> None:
+    """The torch path's and the compiled engine's ``_train`` results equal: parameters, metrics (timings
+    aside), the checkpoint's rule state (``rule_state``), the loop's rule state (``loop_state``) and the
+    optimizer state."""
+    (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = torch_run, compiled_run
+    _close(h_t.params, h_c.params, "params")
+    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
+    if rule_state:
+        _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
+    if loop_state:
+        _close(loop_t.state, loop_c.state, "the loop's rule state")
+    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+
+
 @pytest.mark.parametrize("c,variant,run,opt,batch", _cases())
 def test_compiled_equals_torch(tmp_path, c, variant, run, opt, batch):
     net, rule, task, settings = _setup(c, variant, run)
@@ -137,9 +151,7 @@ def test_compiled_equals_torch(tmp_path, c, variant, run, opt, batch):
         assert got[engine][0].engine == engine
     (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = got["torch"], got["compiled"]
     assert h_c.steps == h_t.steps == settings["steps"] and h_c.updates == h_t.updates >= 3  # bptt: one per sequence
-    _close(h_t.params, h_c.params, "params")
-    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
-    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+    _same((h_t, loop_t, ck_t), (h_c, loop_c, ck_c), rule_state=False)
     _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
     _close(loop_t.state, loop_c.state, "the loop's rule state")
     _close(loop_t.opt.state_dict(), loop_c.opt.state_dict(), "the loop's optimizer")
@@ -181,11 +193,7 @@ def test_uoro_windows_that_fill_between_updates_leave_the_torch_paths_rule_state
                                                  for e in ("torch", "compiled"))
     assert h_c.engine == "compiled" and loop_t.state.flight is not None and loop_t.state.flight.factors.L == window
     assert float(loop_t.state.flight.factors.kernel[1].abs().sum()) > 0  # a window flew: not the idle flight
-    _close(h_t.params, h_c.params, "params")
-    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
-    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
-    _close(loop_t.state, loop_c.state, "the loop's rule state")
-    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+    _same((h_t, loop_t, ck_t), (h_c, loop_c, ck_c), loop_state=True)
 
 
 def _resume_equals_the_whole_run(net, rule, task, settings, tmp_path):
@@ -264,10 +272,7 @@ def test_a_stage_schedule_runs_compiled_across_stage_changes(tmp_path, rule_name
     (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = (_train(net, rule, task, tmp_path / e, engine=e, **settings)
                                                  for e in ("torch", "compiled"))
     assert h_c.engine == "compiled" and loop_c.rule.net.stage == 2 and loop_c.engine.rule is loop_c.rule
-    _close(h_t.params, h_c.params, "params")
-    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
-    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
-    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+    _same((h_t, loop_t, ck_t), (h_c, loop_c, ck_c))
     _train(net, rule, task, tmp_path / "cut", engine="compiled", **{**settings, "steps": 50})
     resumed = _train(net, rule, task, tmp_path / "cut", engine="compiled", **settings, resume=True)
     for k in h_c.params:
@@ -294,9 +299,7 @@ def test_td_rmsprop_compiled_equals_torch(tmp_path, model, variant, schedule, sc
                   batch=2, engine=e, checkpoint_every=20, **settings) for e in ("torch", "compiled")]
     (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = got
     assert h_c.engine == "compiled" and h_c.updates == h_t.updates >= 3
-    _close(h_t.params, h_c.params, "params")
-    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
-    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+    _same((h_t, loop_t, ck_t), (h_c, loop_c, ck_c), rule_state=False)
     _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
     _close(loop_t.opt.state_dict(), loop_c.opt.state_dict(), "the loop's optimizer")
     lrs = [g["lr"] for g in loop_c.opt.param_groups]
@@ -376,10 +379,7 @@ def test_tbptt_windows_cut_at_chunk_ends_and_updates_inside_them(tmp_path, opt):
     (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = (_train(net, rule, task, tmp_path / e, engine=e, **settings)
                                                  for e in ("torch", "compiled"))
     assert h_c.engine == "compiled" and h_c.updates == h_t.updates == 9
-    _close(h_t.params, h_c.params, "params")
-    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
-    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
-    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+    _same((h_t, loop_t, ck_t), (h_c, loop_c, ck_c))
 
 
 @pytest.mark.parametrize("name,options", [("np", {"samples": 2}), ("anp", {"norm": "global"}),
@@ -395,11 +395,7 @@ def test_perturbation_rule_options_compiled_equal_torch(tmp_path, name, options)
     (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = (_train(net, rule, task, tmp_path / e, engine=e, **settings)
                                                  for e in ("torch", "compiled"))
     assert h_c.engine == "compiled" and h_c.updates == h_t.updates == 9
-    _close(h_t.params, h_c.params, "params")
-    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
-    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
-    _close(loop_t.state, loop_c.state, "the loop's rule state")
-    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+    _same((h_t, loop_t, ck_t), (h_c, loop_c, ck_c), loop_state=True)
 
 
 @pytest.mark.parametrize("model,options", [("lif", {"window": 5}), ("alif", {"fast": False}),
@@ -463,10 +459,7 @@ def test_lstm_td_lambda_with_a_discount_input_compiled_equals_torch(tmp_path, op
     (h_t, loop_t, ck_t), (h_c, loop_c, ck_c) = (_train(net, rule, task, tmp_path / e, engine=e, **settings)
                                                  for e in ("torch", "compiled"))
     assert h_c.engine == "compiled" and h_c.updates == h_t.updates == 9
-    _close(h_t.params, h_c.params, "params")
-    _close(_metrics(h_t.metrics), _metrics(h_c.metrics), "metrics")
-    _close(ck_t["rule_state"], ck_c["rule_state"], "rule_state")
-    _close(ck_t["optimizer"], ck_c["optimizer"], "optimizer")
+    _same((h_t, loop_t, ck_t), (h_c, loop_c, ck_c))
 
 
 @pytest.mark.parametrize("model,variant", [("columnar", {"normalise": 0.99}),
