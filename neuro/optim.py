@@ -29,7 +29,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from neuro.contract import AbstractNetwork, Params
 
-__all__ = ["DEFAULT_OPTIONS", "OPTIONS", "READOUT", "READOUT_SCALES", "TDRMSprop", "check_options", "check_readout",
+__all__ = ["OPTIONS", "READOUT", "READOUT_SCALES", "TDRMSprop", "check_options", "check_readout",
            "make"]
 
 #: the readout's parameters (learnt at every stage of a constructive network)
@@ -37,7 +37,6 @@ READOUT = ("W_out", "b_out")
 READOUT_SCALES = ("none", "fan-in")
 #: the options of each optimizer that takes any, with their defaults
 OPTIONS: dict[str, dict[str, Any]] = {"td-rmsprop": {"beta2": 0.9999, "eps": 1e-8, "init": 1.0, "readout_scale": "none"}}
-DEFAULT_OPTIONS = OPTIONS["td-rmsprop"]
 
 
 class TDRMSprop(torch.optim.RMSprop):
@@ -51,12 +50,16 @@ class TDRMSprop(torch.optim.RMSprop):
         for group in self.param_groups:
             group.setdefault("init", init)
 
+    @staticmethod
+    def fresh_state(p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The state of ``p`` (in ``group``) before its first step: RMSprop's, but ``square_avg = init``."""
+        return {"step": torch.zeros((), dtype=_get_scalar_dtype()),
+                "square_avg": torch.full_like(p, group["init"], memory_format=torch.preserve_format)}
+
     def _init_group(self, group: dict[str, Any], *lists: list) -> bool:
         for p in group["params"]:
-            state = self.state[p]
-            if p.grad is not None and len(state) == 0:  # as RMSprop makes it, but square_avg = init
-                state["step"] = torch.zeros((), dtype=_get_scalar_dtype())
-                state["square_avg"] = torch.full_like(p, group["init"], memory_format=torch.preserve_format)
+            if p.grad is not None and len(self.state[p]) == 0:
+                self.state[p].update(self.fresh_state(p, group))
         return super()._init_group(group, *lists)
 
 

@@ -40,6 +40,7 @@ import dataclasses
 from typing import Any, NamedTuple
 
 from neuro.contract import AbstractNetwork, Params
+from neuro.optim import READOUT  # learnt at every stage: their optimizer state carries across stage boundaries
 from neuro.rules.base import AbstractRule
 from neuro.rules.constructive import schedule as parse
 from neuro.train_loop import Hook, Loop
@@ -47,8 +48,6 @@ from neuro.train_loop import Hook, Loop
 __all__ = ["READOUT", "STAGED_RULES", "Schedule", "StageHook", "carry_net_state", "check", "fresh_optimizer",
            "next_stage", "rule_at_stage"]
 
-#: parameters learnt at every stage: their optimizer state carries across stage boundaries
-READOUT = ("W_out", "b_out")
 
 #: rules that learn only ``net.stage`` (the others would train frozen stages too)
 STAGED_RULES = ("constructive", "td-lambda over constructive")

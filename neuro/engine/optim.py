@@ -92,10 +92,11 @@ class OptimizerArrays(NamedTuple):
         if isinstance(opt, torch.optim.RMSprop):
             for p in params:
                 state = opt.state[p]
-                if len(state) == 0:  # as RMSprop._init_group (TDRMSprop._init_group) makes it before its first step
+                if len(state) == 0 and isinstance(opt, TDRMSprop):  # as TDRMSprop._init_group makes it
+                    state.update(TDRMSprop.fresh_state(p, _group_of(opt, p)))
+                elif len(state) == 0:  # as RMSprop._init_group makes it before its first step
                     state["step"] = torch.zeros((), dtype=_get_scalar_dtype())
-                    state["square_avg"] = torch.full_like(p, _group_of(opt, p)["init"]) if isinstance(opt, TDRMSprop) \
-                        else torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             st = [opt.state[p] for p in params]
             none = tuple(np.zeros(0, view(p).dtype) for p in params)
             lrs = [_group_of(opt, p)["lr"] for p in params] if len(opt.param_groups) > 1 else []

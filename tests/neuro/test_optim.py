@@ -108,7 +108,7 @@ def test_bad_options_are_refused_naming_them(settings, match):
 
 
 def test_defaults_are_filled_in_and_a_network_without_a_readout_is_refused():
-    assert TrainConfig(optimizer="td-rmsprop").optimizer_options == optim.DEFAULT_OPTIONS
+    assert TrainConfig(optimizer="td-rmsprop").optimizer_options == optim.OPTIONS["td-rmsprop"]
     assert TrainConfig().optimizer_options == {}
     with pytest.raises(ValueError, match="readout_scale='fan-in' is invalid for model 'columnar': it has no readout"):
         optim.make({"W_in": torch.zeros(2)}, 0.1, _net(), {"readout_scale": "fan-in"})
