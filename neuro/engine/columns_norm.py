@@ -24,7 +24,18 @@ from models.constructive import Constructive
 from neuro._numba import numba
 from neuro.engine.base import view
 
-__all__ = ["column_inputs", "learn_inputs", "normalisation", "own_net_state", "readout_features", "sample_net_state"]
+__all__ = ["column_inputs", "learn_inputs", "normalisation", "own_net_state", "readout_features", "running",
+           "sample_net_state"]
+
+
+@numba.njit(cache=True)
+def running(mu, var, v, d, floor):  # noqa: ANN001, ANN201
+    """One step of a running statistic on the raw value ``v`` (float64): ``mu <- d mu + (1 - d) v``, then ``var
+    <- max(d var + (1 - d) (v - mu)^2, floor)``; returns the new ``(mu, var)``."""
+    m = d * mu + (1.0 - d) * v
+    dv = v - m
+    w = d * var + (1.0 - d) * (dv * dv)
+    return m, (w if w > floor else floor)
 
 
 @numba.njit(cache=True)
@@ -46,11 +57,7 @@ def learn_inputs(x, hn, mu, var, lo, hi, d, floor):  # noqa: ANN001, ANN201
     for k in range(lo, hi):
         for j in range(n_in + lo):
             v = float(x[j]) if j < n_in else float(hn[j - n_in])
-            m = d * float(mu[k, j]) + (1.0 - d) * v
-            dv = v - m
-            w = d * float(var[k, j]) + (1.0 - d) * (dv * dv)
-            mu[k, j] = m
-            var[k, j] = w if w > floor else floor
+            mu[k, j], var[k, j] = running(float(mu[k, j]), float(var[k, j]), v, d, floor)
     return 0
 
 
@@ -62,12 +69,7 @@ def readout_features(norm, hn, mu_f, var_f, d, floor, hf):  # noqa: ANN001, ANN2
     for k in range(hn.shape[0]):
         v = float(hn[k])
         if norm:
-            m = d * float(mu_f[k]) + (1.0 - d) * v
-            dv = v - m
-            w = d * float(var_f[k]) + (1.0 - d) * (dv * dv)
-            w = w if w > floor else floor
-            mu_f[k] = m
-            var_f[k] = w
+            mu_f[k], var_f[k] = running(float(mu_f[k]), float(var_f[k]), v, d, floor)
             hf[k] = (v - float(mu_f[k])) / math.sqrt(float(var_f[k]))
         else:
             hf[k] = hn[k]

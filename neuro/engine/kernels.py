@@ -20,7 +20,7 @@ from neuro._numba import numba
 
 __all__ = ["ADAM", "CE", "MSE", "RMSPROP", "SGD", "adam", "adam_span", "adam_step", "apply_update", "apply_update_rest",
            "cast", "dot", "loss_and_error", "lr_of", "rate_step", "readout", "rmsprop", "rmsprop_span", "rmsprop_step",
-           "row_update", "row_update_begin", "scheduled_update", "sgd", "sgd_span", "sum_squares", "update_due"]
+           "row_update", "row_update_begin", "scheduled_update", "sgd", "sgd_span", "sum_squares", "td_error", "update_due"]
 
 SGD, ADAM, RMSPROP = 0, 1, 2  # optimizer codes (apply_update)
 MSE, CE = 0, 1  # loss codes (loss_and_error)
@@ -285,6 +285,30 @@ def row_update(kind, p, g, ms, vs, r, c):  # noqa: ANN001, ANN201
         sgd_span(p, g, c[7])
     for j in range(g.size):
         g[j] = 0.0
+
+
+@numba.njit(cache=True)
+def td_error(y_hat, x, y, on, ci, di, gamma, decay, v_prev, nb):  # noqa: ANN001, ANN201
+    """One sample's TD(lambda) step (:mod:`neuro.rules.td`) from its output ``y_hat`` [n_out], input ``x`` and
+    target ``y`` [n_out]: ``v_t = sum_k y_hat_k``, ``c_t = x[ci]`` (``ci < 0``: ``sum_k y_k``), ``gamma_t =
+    gamma`` (``gamma x[di]`` where ``di >= 0``), ``delta_t = c_t + gamma_t v_t - v_prev``. Returns ``(v_t,
+    delta_t, the estimate's weight -[on] delta_t / nb, lam gamma_t)``, ``decay = lam gamma`` (``gamma``,
+    ``decay`` and ``nb`` in the outputs' dtype)."""
+    zero = cast(0.0, y_hat)
+    v = zero
+    for o in range(y_hat.shape[0]):
+        v += y_hat[o]
+    if ci >= 0:
+        cum = x[ci]
+    else:
+        cum = zero
+        for o in range(y.shape[0]):
+            cum += y[o]
+    gt, dt = gamma, decay
+    if di >= 0:
+        gt, dt = gamma * x[di], decay * x[di]
+    dl = cum + gt * v - v_prev
+    return v, dl, (-dl if on else zero) / nb, dt
 
 
 @numba.njit(cache=True)

@@ -95,20 +95,7 @@ def td_range(lstm, n_in, per_stage, lo, hi, W_in, W_ff, w_rec, b, W_out, b_out, 
                 e += W_out[o, k]
             eh[k] = e
         for s in range(nb):
-            v = K.cast(0.0, h)
-            for o in range(n_out):
-                v += y_hat[s, o]
-            if ci >= 0:
-                cum = x[s, ci]
-            else:
-                cum = K.cast(0.0, h)
-                for o in range(n_out):
-                    cum += ys[t, s, o]
-            gt, dt = gm, d  # gamma_t, lam gamma_t
-            if di >= 0:
-                gt, dt = gm * x[s, di], d * x[s, di]
-            dl = cum + gt * v - v_prev[s]
-            w = (-dl if mask[t, s] != 0 else K.cast(0.0, h)) / fb
+            v, dl, w, dt = K.td_error(y_hat[s], x[s], ys[t, s], mask[t, s] != 0, ci, di, gm, d, v_prev[s], fb)
             for k in range(lo, hi):
                 ek = eh[k]
                 if norm:
@@ -163,7 +150,7 @@ class TDEngine(Engine):
         self.ci = -1 if rule.cumulant_input is None else int(rule.cumulant_input)
         lay = self.layout  # the kernel's arguments fixed for the engine: before the arrays, after the rule state
         self.head = (lay.lstm, net.n_in, lay.per_stage, lay.lo, lay.hi)
-        di = getattr(rule, "discount_input", None)
+        di = rule.discount_input
         self.td = (*normalisation(net), float(rule.gamma), float(rule.gamma * rule.lam), self.ci,
                    -1 if di is None else int(di))
 

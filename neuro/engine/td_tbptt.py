@@ -120,7 +120,6 @@ def td_tbptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, n_in, n, 
     d = K.cast(decay, h)
     gm = K.cast(gamma, h)
     fb = K.cast(nb, h)
-    zero = K.cast(0.0, h)
     updates, full = 0, False
     for t in range(t0, t1):
         x = xs[t]
@@ -145,20 +144,7 @@ def td_tbptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, n_in, n, 
             K.readout(W_out, b_out, H[m], y_hat[s:s + 1])
             value_gradient(W_rec, W_out, Xw[s], H, D, m, g_in, g_rec, g_b, g_out, g_bout, dh, dc, du)
             # the TD error needs v_t only: this sample's estimate and trace now
-            v = zero
-            for o in range(n_out):
-                v += y_hat[s, o]
-            if ci >= 0:
-                cum = x[s, ci]
-            else:
-                cum = zero
-                for o in range(n_out):
-                    cum += ys[t, s, o]
-            gt, dt = gm, d
-            if di >= 0:
-                gt, dt = gm * x[s, di], d * x[s, di]
-            dl = cum + gt * v - v_prev[s]
-            w = (-dl if mask[t, s] != 0 else zero) / fb
+            v, dl, w, dt = K.td_error(y_hat[s], x[s], ys[t, s], mask[t, s] != 0, ci, di, gm, d, v_prev[s], fb)
             for i in range(5):
                 e, a, g = es[i][s], acc[i], gs[i]
                 for q in range(e.shape[0]):
