@@ -16,6 +16,19 @@ stencils next to the breakpoints t = tau, 2 tau, 3 tau of the initial history): 
 (checked against RK4 in the tests), and vectorised over windows of ``tau / h - 1`` grid steps. The
 history is constant, ``x(t) = x_0`` for ``t <= 0`` with ``x_0 ~ U(0.5, 1.5)`` per stream from the seed;
 the first ``washout`` time units (default 500) are discarded.
+
+``integrator="euler"`` is instead the authors' generator (``mackey_glass_sequence``) exactly: forward Euler
+with ``substeps`` sub-steps per unit, from a random history of ``tau * substeps`` values
+``1.2 + 0.2 (U - 0.5)`` (``U ~ U[0, 1)``, one history per stream from the seed) and the running value 1.2;
+see :func:`euler`.
+
+``horizon`` may be negative: the input is then ``x_{t + |horizon|}`` and the target ``x_t`` (the authors'
+code as written pairs them so, ``horizon=-15``). ``length=None`` (default) is the endless stream; an integer
+makes the task episodic, with trials of ``length`` steps that are all the same series, the authors' setting
+(one series replayed every epoch, the state reset before each): ``length + |horizon|`` values after the
+washout (the authors': 5000 steps, washout 100), squashed if ``normalise`` and then, with ``center=True``,
+minus that series' own mean (one mean per stream; the authors remove one mean taken over all their train
+and test series together).
 """
 
 from __future__ import annotations
@@ -26,11 +39,13 @@ from typing import Iterator
 
 import numpy as np
 
-from neuro.contract import check_positive
+from neuro.contract import check_choice, check_positive
 
 from .base import AbstractTask, Block
 
-__all__ = ["MackeyGlass", "integrate"]
+__all__ = ["INTEGRATORS", "MackeyGlass", "euler", "integrate"]
+
+INTEGRATORS = ("exponential", "euler")
 
 
 def _weights(gamma: float, h: float, first: int = -1) -> np.ndarray:
@@ -82,6 +97,31 @@ def integrate(x0: np.ndarray, beta: float = 0.2, gamma: float = 0.1, n: float = 
         K += D - 1
 
 
+def euler(history: np.ndarray, beta: float = 0.2, gamma: float = 0.1, n: float = 10.0, substeps: int = 10,
+          x0: float = 1.2, block: int = 250) -> Iterator[np.ndarray]:
+    """The authors' ``mackey_glass_sequence`` from the histories ``history`` [B, tau * substeps] (oldest
+    first), as endless blocks [block, B] of the values after each ``substeps`` Euler sub-steps::
+
+        x_tau <- history.popleft();  history.append(x);  x <- x + (beta x_tau / (1 + x_tau^n) - gamma x) / substeps
+
+    starting from ``x = x0``; the same floating-point operations in the same order, one row per stream."""
+    buf = np.array(np.asarray(history, dtype=np.float64).T)          # ring buffer [D, B]; buf[p] is the oldest
+    D = buf.shape[0]
+    x = np.full(buf.shape[1], float(x0))
+    p = 0
+    while True:
+        out = np.empty((block, buf.shape[1]))
+        for t in range(block):
+            for _ in range(substeps):
+                x_tau = buf[p]
+                drive = beta * x_tau / (1.0 + x_tau ** n)
+                buf[p] = x
+                p = p + 1 if p + 1 < D else 0
+                x = x + (drive - gamma * x) / substeps
+            out[t] = x
+        yield out
+
+
 @dataclasses.dataclass(frozen=True)
 class MackeyGlass(AbstractTask):
     beta: float = 0.2
@@ -92,23 +132,42 @@ class MackeyGlass(AbstractTask):
     substeps: int = 10
     washout: int = 500
     normalise: bool = True
+    integrator: str = "exponential"
+    length: int | None = None
+    center: bool = False
 
     name = "mackey-glass"
     loss = "mse"
-    episodic = False
 
     def __post_init__(self) -> None:
         for f in ("beta", "gamma", "n", "tau"):
             check_positive(f, getattr(self, f))
-        check_positive("horizon", self.horizon, allow_zero=True, integer=True)
+        if not isinstance(self.horizon, int) or isinstance(self.horizon, bool):
+            raise ValueError(f"horizon={self.horizon!r} is invalid: expected an integer")
         check_positive("substeps", self.substeps, integer=True)
         check_positive("washout", self.washout, allow_zero=True, integer=True)
         grid = self.tau * self.substeps
         if abs(grid - round(grid)) > 1e-9 or round(grid) < 3:
             raise ValueError(f"tau={self.tau!r} is invalid with substeps={self.substeps!r}: "
                              f"tau * substeps must be an integer >= 3")
-        if not isinstance(self.normalise, bool):
-            raise ValueError(f"normalise={self.normalise!r} is invalid: must be True or False")
+        for f in ("normalise", "center"):
+            if not isinstance(getattr(self, f), bool):
+                raise ValueError(f"{f}={getattr(self, f)!r} is invalid: must be True or False")
+        check_choice("integrator", self.integrator, INTEGRATORS)
+        if self.length is not None and (not isinstance(self.length, int) or isinstance(self.length, bool)
+                                        or self.length <= 0):
+            raise ValueError(f"length={self.length!r} is invalid: must be a positive integer or None")
+        if self.center and self.length is None:
+            raise ValueError("center=True is invalid with length=None: an endless stream has no mean to remove; "
+                             "give a length")
+
+    @property
+    def episodic(self) -> bool:  # type: ignore[override]
+        return self.length is not None
+
+    @property
+    def trial_steps(self) -> int | None:
+        return self.length
 
     @property
     def n_in(self) -> int:
@@ -120,22 +179,44 @@ class MackeyGlass(AbstractTask):
 
     def series(self, rng: np.random.Generator, batch: int) -> Iterator[np.ndarray]:
         """The observed series after the washout (normalised if asked), as blocks [L, B]."""
-        x0 = rng.uniform(0.5, 1.5, size=batch)
+        if self.integrator == "euler":
+            D = round(self.tau * self.substeps)
+            history = 1.2 + 0.2 * (rng.random((batch, D)) - 0.5)             # one history per stream
+            blocks = euler(history, self.beta, self.gamma, self.n, self.substeps)
+        else:
+            blocks = integrate(rng.uniform(0.5, 1.5, size=batch), self.beta, self.gamma, self.n, self.tau,
+                               self.substeps)
         t = 0
-        for block in integrate(x0, self.beta, self.gamma, self.n, self.tau, self.substeps):
+        for block in blocks:
             t_next = t + block.shape[0]                                       # block holds t+1 .. t_next
             block = block[max(0, self.washout - t):]
             t = t_next
             if block.shape[0]:
                 yield np.tanh(block - 1.0) if self.normalise else block
 
+    def _pairs(self, values: np.ndarray, steps: int) -> Block:
+        """Inputs and targets of ``steps`` steps from ``values`` [steps + |horizon|, B]: ``x_t -> x_{t + h}``,
+        or ``x_{t + |h|} -> x_t`` for a negative horizon ``h``."""
+        h = self.horizon
+        xs, ys = (values[:steps], values[h:h + steps]) if h >= 0 else (values[-h:-h + steps], values[:steps])
+        return (xs[:, :, None].astype(np.float32), ys[:, :, None].astype(np.float32),
+                np.ones((steps, values.shape[1]), dtype=bool))
+
     def _blocks(self, rng: np.random.Generator, batch: int) -> Iterator[Block]:
+        lead = abs(self.horizon)
         pending = np.zeros((0, batch))
         for block in self.series(rng, batch):
             pending = np.concatenate([pending, block], axis=0)
-            steps = pending.shape[0] - self.horizon
+            if self.length is not None:
+                if pending.shape[0] < self.length + lead:
+                    continue
+                values = pending[:self.length + lead]
+                if self.center:
+                    values = values - values.mean(axis=0)
+                trial = self._pairs(values, self.length)
+                while True:                                                   # the same series every trial
+                    yield trial
+            steps = pending.shape[0] - lead
             if steps > 0:
-                xs = pending[:steps, :, None].astype(np.float32)
-                ys = pending[self.horizon:, :, None].astype(np.float32)
+                yield self._pairs(pending, steps)
                 pending = pending[steps:]
-                yield xs, ys, np.ones((steps, batch), dtype=bool)
