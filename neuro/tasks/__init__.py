@@ -14,6 +14,8 @@ from typing import Any
 from neuro.registry import Registry
 
 from .add import AddTask
+from .anbn import AnbnTask
+from .brackets import BracketsTask
 from .base import AbstractTask, Sequence
 from .copy import CopyTask
 from .cue_accumulation import CueAccumulation
@@ -30,7 +32,8 @@ register = _TASKS.register
 available = _TASKS.available
 get = _TASKS.get
 
-for _cls in (CopyTask, AddTask, SineTask, MackeyGlass, TracePatterning, InfluenceBalancingTask, CueAccumulation):
+for _cls in (CopyTask, AddTask, SineTask, MackeyGlass, TracePatterning, InfluenceBalancingTask, CueAccumulation,
+             AnbnTask, BracketsTask):
     register(_cls)
 # by path: imported on first use, so that `python -m neuro.tasks.atari_prediction` runs the module it names
 register("neuro.tasks.atari_prediction:AtariPrediction", name="atari-prediction")
