@@ -33,6 +33,7 @@ and test series together).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from typing import Iterator
@@ -104,21 +105,23 @@ def euler(history: np.ndarray, beta: float = 0.2, gamma: float = 0.1, n: float =
 
         x_tau <- history.popleft();  history.append(x);  x <- x + (beta x_tau / (1 + x_tau^n) - gamma x) / substeps
 
-    starting from ``x = x0``; the same floating-point operations in the same order, one row per stream."""
-    buf = np.array(np.asarray(history, dtype=np.float64).T)          # ring buffer [D, B]; buf[p] is the oldest
-    D = buf.shape[0]
-    x = np.full(buf.shape[1], float(x0))
-    p = 0
+    starting from ``x = x0``, one history per row. The same floating-point operations in the same order,
+    on Python floats row by row: numpy's vectorised power differs from the scalar ``pow`` in the last bit
+    for some arguments, and the chaotic series grows that to 1e-8 within 3000 steps (the rows take
+    15 ms per 5000 steps each, faster than a loop over numpy rows for batches up to about 50)."""
+    rows = [collections.deque(h) for h in np.asarray(history, dtype=np.float64).tolist()]
+    xs = [float(x0)] * len(rows)
     while True:
-        out = np.empty((block, buf.shape[1]))
-        for t in range(block):
-            for _ in range(substeps):
-                x_tau = buf[p]
-                drive = beta * x_tau / (1.0 + x_tau ** n)
-                buf[p] = x
-                p = p + 1 if p + 1 < D else 0
-                x = x + (drive - gamma * x) / substeps
-            out[t] = x
+        out = np.empty((block, len(rows)))
+        for b, hist in enumerate(rows):
+            x, pop, push = xs[b], hist.popleft, hist.append
+            for t in range(block):
+                for _ in range(substeps):
+                    x_tau = pop()
+                    push(x)
+                    x = x + (beta * x_tau / (1.0 + x_tau ** n) - gamma * x) / substeps
+                out[t, b] = x
+            xs[b] = x
         yield out
 
 
