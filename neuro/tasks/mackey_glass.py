@@ -6,7 +6,7 @@ jesusgf96/NP_RNNs): predict the series ``horizon = 15`` steps ahead. The delay e
 
 is sampled at dt = 1: the input is ``x_t`` and the target ``x_{t + horizon}`` (``n_in = n_out = 1``, mse,
 every step counts). With ``normalise=True`` (default) both are ``tanh(x - 1)``, the ANP code's squashing
-(a fixed map, so chunks stay continuous; the code also removes the sample mean, which a stream cannot).
+(a fixed map, so chunks stay continuous; the code also removes the sample mean: ``center`` below).
 
 Integration (method of steps, an exponential integrator): on a grid of step ``h = 1 / substeps`` the
 delayed drive ``f(t) = beta x(t - tau) / (1 + x(t - tau)^n)`` is already known ``tau`` ahead, so
@@ -105,7 +105,8 @@ def euler(history: np.ndarray, beta: float = 0.2, gamma: float = 0.1, n: float =
 
         x_tau <- history.popleft();  history.append(x);  x <- x + (beta x_tau / (1 + x_tau^n) - gamma x) / substeps
 
-    starting from ``x = x0``, one history per row. The same floating-point operations in the same order,
+    starting from ``x = x0``, one history per row (the authors' loop starts only its first sample at 1.2 and
+    each later one where the previous ended; here every stream starts at ``x0``). The same floating-point operations in the same order,
     on Python floats row by row: numpy's vectorised power differs from the scalar ``pow`` in the last bit
     for some arguments, and the chaotic series grows that to 1e-8 within 3000 steps (the rows take
     15 ms per 5000 steps each, faster than a loop over numpy rows for batches up to about 50)."""
