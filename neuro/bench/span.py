@@ -130,8 +130,9 @@ def estimate(sizes: list[int], methods: list[str], cond: str, steps: int, args) 
             job = {"phase": "estimate", "hidden": n, "condition": cond, "method": m, "seed": PILOT_SEED,
                    "lr": GRID[m][1][0], "k": args.k, "batch": args.batch}
             run_one({**job, "steps": min(steps, 50)})  # warm-up: compilation
-            r = run_one({**job, "steps": steps})
-            out.setdefault(str(n), {})[m] = r["seconds"] / steps
+            t0 = time.perf_counter()
+            run_one({**job, "steps": steps})
+            out.setdefault(str(n), {})[m] = (time.perf_counter() - t0) / steps
     return out
 
 
