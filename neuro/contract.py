@@ -32,6 +32,11 @@ its dynamics; none of them is guessed from a model's name or found by probing it
 - ``linear_filter()``: where the trace fields' update with the spikes held fixed is one linear filter of
   the current, the same for every neuron (LIF, ALIF: the sub-threshold dynamics), its coefficients
   (:class:`LinearFilter`); None otherwise. OTTT's presynaptic traces are this filter.
+
+*Parameters outside the loss's reach.* ``fixed_params``: held at their initial value (never perturbed or
+stepped); ``local_params`` and ``local_estimate(params, state)``: learnt by the network's own local rule at
+their own rate (a decorrelation layer), never from the loss. Both default to none; the compiled engines,
+which step every parameter by one optimizer, leave such a network to the torch path.
 """
 
 from __future__ import annotations
@@ -178,6 +183,24 @@ class AbstractNetwork(abc.ABC):
         """The number of features the readout currently reads (``n_hidden``; a constructive network: its
         active columns). An optimizer may scale the readout's step by it (:mod:`neuro.optim`)."""
         return self.n_hidden
+
+    @property
+    def fixed_params(self) -> tuple[str, ...]:
+        """Parameters held at their initial value: no rule perturbs them and no optimizer steps them (e.g. the
+        biases of a network built without biases, kept at 0 so that every model has the same keys)."""
+        return ()
+
+    @property
+    def local_params(self) -> dict[str, float]:
+        """Parameters the network learns by its own local rule, by name with their learning rate: never from
+        the loss (no rule's estimate is used for them), each stepped by plain SGD at its rate on the estimate
+        :meth:`local_estimate` gives (:class:`neuro.rules.decorrelation.Decorrelated` adds it to every step)."""
+        return {}
+
+    def local_estimate(self, params: Params, state: NamedTuple) -> Params:
+        """The estimate of each of :attr:`local_params` after a step that ended in ``state`` (the optimizer
+        applies ``-rate`` times it)."""
+        raise NotImplementedError(f"model {self.name!r} learns no parameter by a local rule of its own")
 
     def with_output(self, state: NamedTuple, y: Tensor) -> NamedTuple:
         """``state`` with the readout's memory ``y_{t-1}`` set to ``y`` (unchanged for a linear readout)."""

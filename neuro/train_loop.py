@@ -19,6 +19,12 @@ With a compiled engine (``run.engine``, :mod:`neuro.engine`), :meth:`Loop.sequen
 that end at the log points and the sequence's end, one engine call each, in place of its step-by-step loop:
 the same schedule, accumulator, optimizer (its state changed in place) and losses, so everything else here
 (metrics, checkpoints, the divergence check naming the step) is shared.
+
+Parameters outside the loss's reach (:mod:`neuro.contract`): the optimizer never steps the network's
+``fixed_params``; its ``local_params`` (a decorrelation layer's ``D``) are learnt by the network's own rule,
+not the rule's estimate: after every step the loop adds ``net.local_estimate(params, state.net)`` (every rule
+state holds the network's state after the step in its ``net`` field) to their own sum, and an update steps
+them by plain SGD at their rate, beside the optimizer, which never sees them (plain SGD keeps no state).
 """
 
 from __future__ import annotations
@@ -124,6 +130,8 @@ class Loop:
         if ck is not None:
             self.opt.load_state_dict(ck["optimizer"])
         self.acc, self.acc_full = zeros_like_params(self.params), False
+        own = self.rule.net.local_params
+        self.acc_local = {k: torch.zeros_like(self.params[k]) for k in own}  # the network's own estimates
         if run.run_dir is not None:
             run.run_dir.start(run.description, fresh=ck is None)
         step = self.counters.step
@@ -248,6 +256,9 @@ class Loop:
         out = self.rule.step(self.params, self.state, x, y, mask)
         self.state = out.state
         self._accumulate(out.grad)
+        if self.acc_local:  # the network's own rule, read from its state after the step
+            add_into(self.acc_local, self.rule.net.local_estimate(self.params, out.state.net))
+            self.acc_full = True
         self.losses.append(out.loss)
         self.fracs.append(frac)
         self.counters.step += 1
@@ -288,12 +299,17 @@ class Loop:
         """One optimizer step with the summed estimates, if any were given since the last one."""
         if not self.acc_full:
             return
+        net = self.rule.net
+        held = set(net.fixed_params) | set(self.acc_local)
         with torch.no_grad():
             for k, p in self.params.items():
-                p.grad = self.acc[k]
+                p.grad = None if k in held else self.acc[k]  # a parameter without a grad is not stepped
             self.opt.step()
             for p in self.params.values():
                 p.grad = None
+            for k, rate in net.local_params.items():  # plain SGD at the network's own rate
+                self.params[k].sub_(self.acc_local[k], alpha=rate)
+                self.acc_local[k].zero_()
             for a in self.acc.values():
                 a.zero_()
         self.acc_full = False

@@ -232,13 +232,25 @@ def _label(specs: list[RunSpec], idx: list[int]) -> str:
     return f"rule {specs[idx[0]].rule!r}, seed{'s' if len(idx) > 1 else ''} {', '.join(str(specs[i].seed) for i in idx)}"
 
 
+def _held(spec: RunSpec) -> bool:
+    """Whether the run's network has parameters held fixed or learnt by its own rule (:mod:`neuro.contract`)."""
+    import models
+    import neuro.tasks
+
+    t = neuro.tasks.make(spec.task, **spec.task_options)
+    net = models.make(spec.model, n_in=t.n_in, n_hidden=spec.hidden, n_out=t.n_out, **spec.model_options)
+    return bool(net.fixed_params or net.local_params)
+
+
 def _jobs(specs: list[RunSpec], todo: list[int], vectorise: bool) -> list[Job]:
     """One job per run, except (``vectorise``) the pending seeds of a vectorisable rule: one job together."""
     jobs: list[Job] = []
     groups: dict[str, list[int]] = {}
     for i in todo:
-        # an ensemble's readout reads every member's features: a step scaled by its fan-in runs seed by seed
-        if vectorise and specs[i].rule in VECTORISABLE and specs[i].optimizer_options.get("readout_scale") != "fan-in":
+        # an ensemble's readout reads every member's features: a step scaled by its fan-in runs seed by seed; so
+        # does a network with parameters held fixed or learnt by its own rule (the members would share them)
+        if vectorise and specs[i].rule in VECTORISABLE and specs[i].optimizer_options.get("readout_scale") != "fan-in" \
+                and not _held(specs[i]):
             groups.setdefault(specs[i].rule, []).append(i)
         else:
             jobs.append(([i], specs[i].asdict()))

@@ -131,6 +131,8 @@ def estimated_loss(rule: AbstractRule) -> str | None:
 def _find(net: AbstractNetwork, rule: AbstractRule, optimizer: str, dtype: torch.dtype, device: torch.device,
           schedule: str | None) -> Any:
     dtype_name = str(dtype).replace("torch.", "")
+    if net.fixed_params or net.local_params:  # the engines step every parameter by the one optimizer
+        return None
     for c in REGISTRY:
         if (net.name, rule.name) == (c.model, c.rule) and optimizer in c.optimizers and estimated_loss(rule) in c.losses \
                 and device.type in c.devices and dtype_name in c.dtypes:

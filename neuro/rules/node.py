@@ -156,7 +156,8 @@ def node_estimate(net: AbstractNetwork, params: Params, e_h: Tensor, e_y: Tensor
     """``dW = mean_m e_m pre_m^T`` for each weight, from the node signals ``e_h`` [M, n_cur], ``e_y``
     [M, n_out] and the clean presynaptic activity ``x`` [M, n_in] (``x_t``), ``p`` [M, n_hidden]
     (``p_{t-1}``), ``z`` [M, n_hidden] (``z_t``). Keys and order of ``params``; ``b`` is 0 where it is not a
-    term of the current."""
+    term of the current, and so is a parameter outside the current and the readout (a decorrelation layer's
+    ``D``, learnt by the network's own rule: ``net.local_params``)."""
     M = e_h.shape[0]
     out = {
         "W_in": e_h.T @ x / M,
@@ -165,7 +166,7 @@ def node_estimate(net: AbstractNetwork, params: Params, e_h: Tensor, e_y: Tensor
         "W_out": e_y.T @ z / M,
         "b_out": e_y.mean(0),
     }
-    return {k: out[k].to(params[k].dtype) for k in params}
+    return {k: out[k].to(params[k].dtype) if k in out else torch.zeros_like(params[k]) for k in params}
 
 
 class NodeState(NamedTuple):

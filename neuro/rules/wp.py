@@ -3,7 +3,8 @@ Gerven 2024, "Gradient-free training of recurrent neural networks using random p
 (arXiv:2405.08967, code jesusgf96/NP_RNNs; WP itself: Jabri & Flower 1992, Cauwenberghs 1993).
 
 A clean copy of the network runs with ``theta``, and ``samples`` perturbed copies with ``theta + xi_k``,
-``xi_k ~ N(0, sigma^2 I)`` over every parameter, on the same input, each keeping its own state. With
+``xi_k ~ N(0, sigma^2 I)`` over every parameter the loss trains (not ``net.fixed_params`` or
+``net.local_params``), on the same input, each keeping its own state. With
 ``L_t`` and ``L~_{k,t}`` the clean and perturbed per-step losses (the mean over the batch, which shares the
 perturbation)::
 
@@ -86,9 +87,11 @@ class WeightPerturbation(AbstractRule):
         return p.state, p.y
 
     def _draw(self, params: Params, gen: torch.Generator) -> tuple:
-        """``samples`` perturbations ``xi_k ~ N(0, sigma^2 I)``, each a tuple in ``params``' order."""
-        return tuple(tuple(gaussian(gen, tuple(v.shape), self.sigma, v) for v in params.values())
-                     for _ in range(self.samples))
+        """``samples`` perturbations ``xi_k ~ N(0, sigma^2 I)``, each a tuple in ``params``' order; 0 for the
+        parameters the loss does not train (``net.fixed_params``, ``net.local_params``)."""
+        held = set(self.net.fixed_params) | set(self.net.local_params)
+        return tuple(tuple(torch.zeros_like(v) if k in held else gaussian(gen, tuple(v.shape), self.sigma, v)
+                           for k, v in params.items()) for _ in range(self.samples))
 
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> WPState:
         return self._fresh(params, batch, new_generator(seed))

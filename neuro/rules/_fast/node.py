@@ -229,7 +229,7 @@ class NodeFast(FastPath):
             "W_out": e_y.T @ c.z,
             "b_out": e_y.sum(0),
         }
-        return {k: out[k].to(params[k].dtype) for k in params}
+        return {k: out[k].to(params[k].dtype) if k in out else torch.zeros_like(params[k]) for k in params}
 
     def flush(self, params: Params, state: WindowState) -> tuple[WindowState, Params | None]:
         """The pending window's estimate (an update is due): one matrix product per weight."""

@@ -118,9 +118,9 @@ def test_episodic_sample_shorter_than_a_trial_is_refused(name):
 
 
 def test_unknown_task_and_option():
-    with pytest.raises(ValueError, match=r"task 'nope' is unknown: valid choices are add, atari-prediction, copy, .*trace-patterning"):
+    with pytest.raises(ValueError, match=r"task 'nope' is unknown: valid choices are add, .*atari-prediction, .*copy, .*trace-patterning"):
         tasks.make("nope")
-    with pytest.raises(ValueError, match=r"task 'copy' has no option lenght: valid options are delay, length, symbols"):
+    with pytest.raises(ValueError, match=r"task 'copy' has no option lenght: valid options are delay, fixed, layout, length, symbols"):
         tasks.make("copy", lenght=5)
 
 
@@ -134,7 +134,7 @@ def test_unknown_task_and_option():
     ("sine", {"period": 1}, r"period=1 is invalid: must be >= 2"),
     ("sine", {"cue": "ramp"}, r"cue='ramp' is invalid: valid choices are 'pulse', 'constant'"),
     ("mackey-glass", {"tau": 17.05}, r"tau=17.05 is invalid with substeps=10"),
-    ("mackey-glass", {"horizon": -1}, r"horizon=-1 is invalid: must be >= 0"),
+    ("mackey-glass", {"horizon": 1.5}, r"horizon=1.5 is invalid: expected an integer"),
     ("trace-patterning", {"isi": (36, 24)}, r"isi=\(36, 24\) is invalid: must be a pair of integers"),
     ("trace-patterning", {"iti": (80,)}, r"iti=\(80,\) is invalid"),
     ("trace-patterning", {"gamma": 1.5}, r"gamma=1.5 is invalid: must be in \(0, 1\]"),
