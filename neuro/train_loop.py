@@ -132,6 +132,7 @@ class Loop:
         self.acc, self.acc_full = zeros_like_params(self.params), False
         own = self.rule.net.local_params
         self.acc_local = {k: torch.zeros_like(self.params[k]) for k in own}  # the network's own estimates
+        self.local_full = False
         if run.run_dir is not None:
             run.run_dir.start(run.description, fresh=ck is None)
         step = self.counters.step
@@ -258,7 +259,7 @@ class Loop:
         self._accumulate(out.grad)
         if self.acc_local:  # the network's own rule, read from its state after the step
             add_into(self.acc_local, self.rule.net.local_estimate(self.params, out.state.net))
-            self.acc_full = True
+            self.local_full = True
         self.losses.append(out.loss)
         self.fracs.append(frac)
         self.counters.step += 1
@@ -296,20 +297,23 @@ class Loop:
             self.acc_full = True
 
     def apply(self) -> None:
-        """One optimizer step with the summed estimates, if any were given since the last one."""
-        if not self.acc_full:
-            return
+        """One optimizer step with the summed estimates, if any were given since the last one; and the
+        network's own rule's step, if it gave any."""
         net = self.rule.net
-        held = set(net.fixed_params) | set(self.acc_local)
         with torch.no_grad():
+            if self.local_full:
+                for k, rate in net.local_params.items():  # plain SGD at the network's own rate
+                    self.params[k].sub_(self.acc_local[k], alpha=rate)
+                    self.acc_local[k].zero_()
+                self.local_full = False
+            if not self.acc_full:
+                return
+            held = set(net.fixed_params) | set(self.acc_local)
             for k, p in self.params.items():
                 p.grad = None if k in held else self.acc[k]  # a parameter without a grad is not stepped
             self.opt.step()
             for p in self.params.values():
                 p.grad = None
-            for k, rate in net.local_params.items():  # plain SGD at the network's own rate
-                self.params[k].sub_(self.acc_local[k], alpha=rate)
-                self.acc_local[k].zero_()
             for a in self.acc.values():
                 a.zero_()
         self.acc_full = False

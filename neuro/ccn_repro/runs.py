@@ -141,24 +141,28 @@ def pending(jobs: list[tuple[Any, dict[str, Any], Path]]) -> tuple[list, dict]:
 
 
 def run_all(jobs: list[tuple[Any, dict[str, Any], Path]], workers: int,
-            say: Callable[[str], None] = print) -> dict[Any, dict[str, Any]]:
+            say: Callable[[str], None] = print, fn: Callable[..., dict[str, Any]] | None = None,
+            check: Callable[[dict[str, Any]], Any] | None = None) -> dict[Any, dict[str, Any]]:
     """Run the unfinished ``(key, spec, path)`` jobs, ``workers`` at a time in fresh processes (0: here, one
-    after the other); return every job's result by key (finished ones read back, not rerun)."""
+    after the other); return every job's result by key (finished ones read back, not rerun). ``fn(spec, path)``
+    runs one (default :func:`run_one`), ``check(spec)`` refuses a bad one before anything runs (default
+    :func:`check_spec`)."""
+    fn, check = fn or run_one, check or check_spec
     todo, done = pending(jobs)
     if done:
         say(f"resuming: {len(done)} of {len(jobs)} runs already done")
     for _, spec, _ in todo:
-        check_spec(spec)
+        check(spec)
     for _, _, path in todo:
         path.parent.mkdir(parents=True, exist_ok=True)
     if workers == 0:
         for key, spec, path in todo:
-            done[key] = run_one(spec, str(path))
+            done[key] = fn(spec, str(path))
             say(f"done {key}")
         return done
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futs = {pool.submit(run_one, spec, str(path)): key for key, spec, path in todo}
+        futs = {pool.submit(fn, spec, str(path)): key for key, spec, path in todo}
         for f in concurrent.futures.as_completed(futs):
             done[futs[f]] = f.result()
             say(f"done {futs[f]}")

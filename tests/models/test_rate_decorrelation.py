@@ -118,8 +118,8 @@ def test_wp_perturbs_only_what_the_loss_trains():
     assert by["W_rec"].abs().sum() > 0
 
 
-def test_compiled_engines_and_ensembles_leave_such_networks_alone():
-    net = _net(bias=False)
+def test_compiled_engines_and_ensembles_leave_a_decorrelated_network_alone():
+    net = _net(decorrelation=1e-3)
     rule = neuro.rules.make("np", net, loss="mse")
     assert engines.select(net, rule, "auto", "sgd", torch.float32, torch.device("cpu"))[0] == "torch"
     plain = _net()
@@ -127,3 +127,17 @@ def test_compiled_engines_and_ensembles_leave_such_networks_alone():
                           torch.device("cpu"))[0] == "compiled"
     with pytest.raises(ValueError, match="run its seeds one by one"):
         Ensemble(_net(decorrelation=1e-3), 2)
+
+
+def test_the_layer_steps_every_step_without_extra_optimizer_steps():
+    """With T-BPTT (k = 3, an estimate every third step) and an update every step, D moves every step but the
+    optimizer steps only when the rule gives an estimate: as many updates as without the layer."""
+    task = neuro.tasks.make("mackey-glass")
+    counts = {}
+    for dec in (0.0, 0.1):
+        net = models.make("rate", n_in=1, n_hidden=4, n_out=1, decorrelation=dec)
+        h = neuro.train(net, neuro.rules.make("tbptt", net, k=3), task, 9, lr=0.01, progress=False, log_every=9)
+        counts[dec] = h.updates
+        if dec:
+            assert not torch.equal(h.params["D"], net.init_params(0)["D"])
+    assert counts[0.0] == counts[0.1] == 3
