@@ -59,10 +59,9 @@ def run_one(spec: dict[str, Any], path: str | None = None, threads: int = 1) -> 
 
     import neuro
     from neuro import io
+    from neuro.ccn_repro.runs import _roundtrip
     from neuro.train_config import TrainConfig
     from neuro.training import TrainingDiverged
-
-    from neuro.ccn_repro.runs import _roundtrip
 
     torch.set_num_threads(threads)
     task, net, rule = C._build(spec)

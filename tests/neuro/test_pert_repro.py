@@ -11,7 +11,9 @@ import torch
 
 import models
 import neuro.rules
-from neuro.pert_repro import cli, config as C, report as R
+from neuro.pert_repro import cli
+from neuro.pert_repro import config as C
+from neuro.pert_repro import report as R
 from neuro.rules.node import node_noise
 
 
