@@ -113,10 +113,9 @@ class RateRNN(AbstractNetwork):
         if not self.decorrelation:
             return super().local_estimate(params, state)
         with torch.no_grad():
-            xh = state.h
-            corr = xh.mT @ xh / xh.shape[0]
-            corr = corr - torch.diag_embed(torch.diagonal(corr))  # the off-diagonal part
-            return {"D": corr @ params["D"]}
+            xh, D = state.h, params["D"]
+            # offdiag(xhat^T xhat) D = xhat^T (xhat D) - diag(sum_b xhat_b^2) D: O(B n^2), not the n^3 product
+            return {"D": (xh.mT @ (xh @ D) - (xh * xh).sum(0)[:, None] * D) / xh.shape[0]}
 
     def init_state(self, params: Params, batch: int = 1) -> RateState:
         dtype, device = state_dtype(params)
