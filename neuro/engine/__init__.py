@@ -128,10 +128,15 @@ def estimated_loss(rule: AbstractRule) -> str | None:
     return inner.loss if isinstance(inner, AbstractRule) else rule.loss
 
 
+#: the (model, rule) pairs whose engines hold a network's ``fixed_params`` as the torch path does (never stepped,
+#: no optimizer state); the others step every parameter by the one optimizer
+HOLDS_FIXED = tuple(("rate", r) for r in ("np", "anp", "anp-time", "wp", "bptt", "tbptt"))
+
+
 def _find(net: AbstractNetwork, rule: AbstractRule, optimizer: str, dtype: torch.dtype, device: torch.device,
           schedule: str | None) -> Any:
     dtype_name = str(dtype).replace("torch.", "")
-    if net.fixed_params or net.local_params:  # the engines step every parameter by the one optimizer
+    if net.local_params or (net.fixed_params and (net.name, rule.name) not in HOLDS_FIXED):
         return None
     for c in REGISTRY:
         if (net.name, rule.name) == (c.model, c.rule) and optimizer in c.optimizers and estimated_loss(rule) in c.losses \

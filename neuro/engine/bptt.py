@@ -285,7 +285,7 @@ class BPTTEngine(WindowsEngine):
         o, (h,) = self._begin(state, t0, ("h",))
         hv = view(h)
         b = self.buffers(n_seq if self.k == 0 else min(self.k, n_seq), hv.shape[0], hv.dtype)
-        opt_arrays = OptimizerArrays.of(opt, [params[k] for k in ORDER])
+        opt_arrays = OptimizerArrays.of(opt, [params[k] for k in ORDER], tuple(k in net.fixed_params for k in ORDER))
         losses = np.empty(t1 - t0, hv.dtype)
         with _blas_threads(net.n_hidden):
             updates, full, tw = bptt_range(

@@ -330,12 +330,15 @@ def apply_update(kind, ps, gs, ms, vs, steps, hyper):  # noqa: ANN001, ANN201
 @numba.njit(cache=True)
 def apply_update_rest(kind, ps, gs, ms, vs, steps, hyper, done):  # noqa: ANN001, ANN201
     """:func:`apply_update` of every parameter but ``ps[done]`` (updated already, row by row: :func:`row_update`;
-    ``done = -1``: none), their sums zeroed."""
+    ``done = -1``: none), their sums zeroed. A parameter whose step count ``steps[i]`` is empty is held (a
+    network's fixed parameter, which ``torch.optim`` never sees with a gradient): only its sum is zeroed."""
     for i in range(len(ps)):
         if i == done:
             continue
         lr = lr_of(hyper, i)
-        if kind == SGD:
+        if steps[i].size == 0:  # held: its sum zeroed alone
+            pass
+        elif kind == SGD:
             sgd_span(ps[i], gs[i], cast(-lr, ps[i]))
         elif kind == ADAM:
             adam_span(ps[i], gs[i], ms[i], vs[i], adam_step(steps[i], lr, hyper[1], hyper[2], hyper[3], ps[i]))

@@ -71,18 +71,43 @@ class OptimizerArrays(NamedTuple):
     hyper: np.ndarray
 
     @classmethod
-    def of(cls, opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> OptimizerArrays:
+    def of(cls, opt: torch.optim.Optimizer, params: list[torch.Tensor], held: tuple[bool, ...] = ()) -> OptimizerArrays:
         """The arrays of ``opt`` over ``params`` (state made as torch makes it where there is none yet); the same
-        ones as the previous call's where nothing they are made from changed."""
+        ones as the previous call's where nothing they are made from changed. ``held[i]``: ``params[i]`` is
+        never stepped (a network's ``fixed_params``, to which the torch path gives no gradient, so that
+        ``torch.optim`` neither steps it nor makes state for it): its step count is an empty array, which
+        :func:`~neuro.engine.kernels.apply_update` reads as "hold", and its moments are empty."""
+        held = tuple(held) + (False,) * (len(params) - len(held))
         made = _MADE.get(opt)
-        if made is not None and made[0] == _key(opt, params):
+        if made is not None and made[0] == _key(opt, params, held):
             return made[1]
-        arrays = cls._arrays(opt, params)
-        _MADE[opt] = (_key(opt, params), arrays)
+        arrays = cls._arrays(opt, params, held)
+        _MADE[opt] = (_key(opt, params, held), arrays)
         return arrays
 
     @classmethod
-    def _arrays(cls, opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> OptimizerArrays:
+    def _arrays(cls, opt: torch.optim.Optimizer, params: list[torch.Tensor], held: tuple[bool, ...]) -> OptimizerArrays:
+        stepped = [p for p, h in zip(params, held) if not h]
+        return cls._stepped(opt, stepped)._held(params, held)
+
+    def _held(self, params: list[torch.Tensor], held: tuple[bool, ...]) -> OptimizerArrays:
+        """These arrays (over the parameters not held, in order) spread over ``params``: the held ones' moments
+        and step counts empty."""
+        if not any(held):
+            return self
+        at = np.cumsum([not h for h in held]) - 1  # each parameter's place among those not held
+
+        def spread(arrays: tuple, empty: list[np.ndarray]) -> tuple:
+            return tuple(e if h else arrays[i] for h, i, e in zip(held, at, empty))
+        moments = [np.zeros(0, view(p).dtype) for p in params]
+        hyper = self.hyper
+        if hyper.size > 4:  # one lr per parameter (the held ones' never read)
+            hyper = np.array([*hyper[:4], *(0.0 if h else hyper[4 + i] for h, i in zip(held, at))], dtype=np.float64)
+        return OptimizerArrays(self.kind, spread(self.ms, moments), spread(self.vs, moments),
+                               spread(self.steps, [np.zeros(0, self.steps[0].dtype)] * len(params)), hyper)
+
+    @classmethod
+    def _stepped(cls, opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> OptimizerArrays:
         check(opt)
         group = opt.param_groups[0]
         if isinstance(opt, torch.optim.SGD):
@@ -126,11 +151,11 @@ def _group_of(opt: torch.optim.Optimizer, p: torch.Tensor) -> dict:
 _MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _key(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> tuple:
+def _key(opt: torch.optim.Optimizer, params: list[torch.Tensor], held: tuple[bool, ...]) -> tuple:
     """What :meth:`OptimizerArrays.of` makes its arrays from: the parameter groups' settings, the parameters and
-    the state tensors (the objects and their memory)."""
+    the state tensors (the objects and their memory), and which parameters are held."""
     state = opt.state
-    return (tuple(tuple(v for k, v in g.items() if k != "params") for g in opt.param_groups), id(state),
+    return (held, tuple(tuple(v for k, v in g.items() if k != "params") for g in opt.param_groups), id(state),
             tuple((id(p), p.data_ptr(), tuple(map(_identity, state[p].values())) if p in state else ()) for p in params))
 
 

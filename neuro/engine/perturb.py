@@ -254,13 +254,15 @@ def wp_apply(update, clean, ps, acc, g, offs, ms, vs, steps, opt_kind, hyper):  
 
 class _Arrays:
     """The parameters, the accumulator and the optimizer's state as the kernels' arrays (the parameters' and
-    the accumulator's views made once while their tensors stay the same)."""
+    the accumulator's views made once while their tensors stay the same); the network's ``fixed_params`` are
+    held (:meth:`OptimizerArrays.of`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fixed: tuple[str, ...] = ()) -> None:
         self.params, self.acc = Views(), Views()
+        self.held = tuple(k in fixed for k in ORDER)
 
     def __call__(self, params: Params, acc: Params, opt: torch.optim.Optimizer) -> tuple:
-        o = OptimizerArrays.of(opt, [params[k] for k in ORDER])
+        o = OptimizerArrays.of(opt, [params[k] for k in ORDER], self.held)
         return (self.params([params[k] for k in ORDER]), self.acc([acc[k] for k in ORDER]), o.ms, o.vs, o.steps,
                 o.kind, o.hyper)
 
@@ -279,7 +281,7 @@ class _PerturbEngine(Engine):
                  model_args: tuple = ()) -> None:
         self.net, self.rule, self.kernel, self.model_args = net, rule, kernel, model_args
         self.loss_kind = LOSSES[rule.loss]
-        self._arrays, self._noise = _Arrays(), GaussianRows()
+        self._arrays, self._noise = _Arrays(net.fixed_params), GaussianRows()
 
 
 class NodeEngine(_PerturbEngine):
@@ -370,7 +372,7 @@ class WPEngine(_PerturbEngine):
         dtype = clean[0].dtype
         drawn = sum(1 for t in range(state.t, state.t + t1 - t0) if t > 0) if rule.resample == "step" else 0
         xi0 = torch.stack([torch.cat([e.reshape(-1) for e in xi_k]) for xi_k in state.xi])[None].to(dtype)
-        new = self._noise(state.gen, drawn, sizes * nk, rule.sigma, dtype).reshape(drawn, nk, int(offs[-1]))
+        new = self._draws(state.gen, drawn, sizes, nk, offs, dtype)
         xi = torch.cat([xi0, new]).contiguous()
         losses = np.empty(t1 - t0, view(xi).dtype)
         updates, full, r = self.kernel(*self._arrays(params, acc, opt), self.loss_kind, *self.model_args,
@@ -383,6 +385,23 @@ class WPEngine(_PerturbEngine):
         out = WPState(net=State(*clean), noisy=tuple(State(*(v[k].clone() for v in noisy)) for k in range(nk)),
                       xi=xi_out, gen=state.gen, t=state.t + t1 - t0)
         return RangeResult(state=out, losses=losses, updates=int(updates), pending=bool(full))
+
+    def _draws(self, gen: torch.Generator, rows: int, sizes: list[int], nk: int, offs: np.ndarray,
+               dtype: torch.dtype) -> torch.Tensor:
+        """``rows`` steps' perturbations [rows, K, P] as the rule draws them: each copy's parameters in order,
+        but the network's ``fixed_params``, which are not drawn and stay 0."""
+        drawn = [k not in self.net.fixed_params for k in ORDER]
+        new = self._noise(gen, rows, [s for s, d in zip(sizes, drawn) if d] * nk, self.rule.sigma, dtype)
+        if all(drawn):
+            return new.reshape(rows, nk, int(offs[-1]))
+        new = new.reshape(rows, nk, sum(s for s, d in zip(sizes, drawn) if d))
+        out = torch.zeros(rows, nk, int(offs[-1]), dtype=new.dtype)
+        o = 0
+        for i, d in enumerate(drawn):
+            if d:
+                out[:, :, offs[i]:offs[i + 1]] = new[:, :, o:o + sizes[i]]
+                o += sizes[i]
+        return out
 
 
 def applies(net: AbstractNetwork, cls: type, rule: object) -> bool:
