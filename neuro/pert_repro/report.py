@@ -97,7 +97,22 @@ def summarise(cfg: dict[str, Any], results: dict[str, dict[int, dict]]) -> dict[
                     p = paired(a, b)
                     claims.append({"claim": "decorrelation helps", "a": C.label(m, rate), "b": C.label(m, off), **p,
                                    "holds": _decided(p, -1)})
-    return {"rows": rows, "claims": claims}
+    return {"rows": rows, "claims": claims, "zero_mse": zero_mse(cfg)}
+
+
+def zero_mse(cfg: dict[str, Any]) -> float:
+    """The training MSE of the output 0 (the mean of the squared targets over the seeds' training
+    sequences): what a network that learnt nothing scores (for the de-meaned Mackey-Glass series, its
+    variance)."""
+    import neuro.tasks
+    from neuro.train_config import TrainConfig
+
+    from .runs import _sequence
+
+    task = neuro.tasks.make(cfg["task"], **cfg["task_options"])
+    vals = [float((_sequence(task, TrainConfig(seed=s).seed_for("task")).ys.double() ** 2).mean())
+            for s in cfg["seeds"]]
+    return sum(vals) / len(vals)
 
 
 def _decided(p: dict[str, Any], sign: int) -> bool | None:
@@ -122,7 +137,8 @@ def tables(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
     copy = cfg["experiment"] == "copy"
     head = ["method", "seeds", "train MSE", "test MSE"] + (["train error bits", "test error bits"] if copy else []) + \
         [f"epochs to MSE <= {cfg['threshold']:g} (seeds)", "s / run", "engine"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [f"Training MSE of the output 0 (a network that learnt nothing): {summary['zero_mse']:.4g}.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for lbl, r in summary["rows"].items():
         (m, se), n = r["to_threshold"]
         cells = [lbl, f"{r['seeds']}/{r['planned']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else ""),
