@@ -105,6 +105,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         status = "ok" if math.isfinite(last) else "diverged"
     except neuro.TrainingDiverged as e:
         last, status = math.nan, f"diverged at step {e.step}"
+    except FloatingPointError as e:  # a rule's non-finite estimate
+        last, status = math.nan, f"diverged: {e}"
     return {**job, "optimizer": GRID[method][0], "options": opts,
             "final_loss": last if math.isfinite(last) else None, "status": status,
             "seconds": round(time.perf_counter() - t0, 2)}
