@@ -131,12 +131,16 @@ def estimated_loss(rule: AbstractRule) -> str | None:
 #: the (model, rule) pairs whose engines hold a network's ``fixed_params`` as the torch path does (never stepped,
 #: no optimizer state); the others step every parameter by the one optimizer
 HOLDS_FIXED = tuple(("rate", r) for r in ("np", "anp", "anp-time", "wp", "bptt", "tbptt"))
+#: the (model, rule, optimizer) triples whose engines learn a network's ``local_params`` by its own rule as the
+#: training loop does (the rate RNN's decorrelation layer)
+HOLDS_LOCAL = tuple(("rate", r, "sgd") for r in ("np", "anp", "anp-time", "wp"))
 
 
 def _find(net: AbstractNetwork, rule: AbstractRule, optimizer: str, dtype: torch.dtype, device: torch.device,
           schedule: str | None) -> Any:
     dtype_name = str(dtype).replace("torch.", "")
-    if net.local_params or (net.fixed_params and (net.name, rule.name) not in HOLDS_FIXED):
+    if (net.local_params and (net.name, rule.name, optimizer) not in HOLDS_LOCAL) or \
+            (net.fixed_params and (net.name, rule.name) not in HOLDS_FIXED):
         return None
     for c in REGISTRY:
         if (net.name, rule.name) == (c.model, c.rule) and optimizer in c.optimizers and estimated_loss(rule) in c.losses \

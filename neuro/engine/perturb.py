@@ -275,13 +275,18 @@ def _fields(s: NamedTuple) -> list[torch.Tensor]:
 class _PerturbEngine(Engine):
     """What the node and weight perturbation engines share: the network, the rule, the loss, the parameters'
     and optimizer's arrays, the noise buffer, and the model's kernel (``kernel``) with its own leading
-    arguments (``model_args``: the rate RNN's ``alpha``; none for the LSTM)."""
+    arguments (``model_args``: the rate RNN's ``alpha``; none for the LSTM; :meth:`model_arguments` gives them
+    per range)."""
 
     def __init__(self, net: AbstractNetwork, rule: AbstractNodeRule | WeightPerturbation, kernel: Callable,
                  model_args: tuple = ()) -> None:
         self.net, self.rule, self.kernel, self.model_args = net, rule, kernel, model_args
         self.loss_kind = LOSSES[rule.loss]
         self._arrays, self._noise = _Arrays(net.fixed_params), GaussianRows()
+
+    def model_arguments(self, params: Params, t0: int) -> tuple:
+        """The model kernel's own arguments for a range from step ``t0`` of a sequence: ``model_args``."""
+        return self.model_args
 
 
 class NodeEngine(_PerturbEngine):
@@ -320,8 +325,8 @@ class NodeEngine(_PerturbEngine):
                ((nb,), (M, n_out), (nb, n), (nb, n), (nb, n_cur) if act else (0, 0), (M, n_cur) if act else (0, 0),
                 (nb, n_out) if act else (0, 0))]
         losses = np.empty(t1 - t0, view(xi).dtype)
-        updates, full = self.kernel(*self._arrays(params, acc, opt), self.loss_kind, *self.model_args, self.signal,
-                                    keep, float(rule.sigma) ** 2, float(net.n_in + n + n_out) ** 0.5,
+        updates, full = self.kernel(*self._arrays(params, acc, opt), self.loss_kind, *self.model_arguments(params, t0),
+                                    self.signal, keep, float(rule.sigma) ** 2, float(net.n_in + n + n_out) ** 0.5,
                                     float(torch.finfo(dtype).tiny), *map(view, clean), *map(view, noisy), view(xi),
                                     seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, last, *rec, losses)
         State = type(state.net)
@@ -362,8 +367,9 @@ class WPEngine(_PerturbEngine):
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
         rule, nk = self.rule, self.rule.samples
-        if tuple(params) != ORDER:
-            raise ValueError(f"parameters {tuple(params)} are invalid for the compiled wp engine: expected {ORDER}")
+        names = tuple(params)  # ORDER, then the network's local_params (never perturbed: their xi 0)
+        if names[:5] != ORDER or set(names[5:]) != set(self.net.local_params):
+            raise ValueError(f"parameters {names} are invalid for the compiled wp engine: expected {ORDER}")
         shapes = [tuple(params[k].shape) for k in ORDER]
         sizes = [int(np.prod(s)) for s in shapes]
         offs = np.cumsum([0, *sizes])
@@ -371,16 +377,17 @@ class WPEngine(_PerturbEngine):
         noisy = [torch.stack([s[i].detach() for s in state.noisy]).contiguous() for i in range(len(clean))]
         dtype = clean[0].dtype
         drawn = sum(1 for t in range(state.t, state.t + t1 - t0) if t > 0) if rule.resample == "step" else 0
-        xi0 = torch.stack([torch.cat([e.reshape(-1) for e in xi_k]) for xi_k in state.xi])[None].to(dtype)
+        xi0 = torch.stack([torch.cat([e.reshape(-1) for e in xi_k[:5]]) for xi_k in state.xi])[None].to(dtype)
         new = self._draws(state.gen, drawn, sizes, nk, offs, dtype)
         xi = torch.cat([xi0, new]).contiguous()
         losses = np.empty(t1 - t0, view(xi).dtype)
-        updates, full, r = self.kernel(*self._arrays(params, acc, opt), self.loss_kind, *self.model_args,
+        updates, full, r = self.kernel(*self._arrays(params, acc, opt), self.loss_kind, *self.model_arguments(params, t0),
                                        float(rule.sigma) ** 2 * nk, *map(view, clean), *map(view, noisy), view(xi),
                                        offs, drawn > 0, state.t, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every,
                                        losses)
         xi_out = state.xi if r == 0 else tuple(
-            tuple(xi[r, k, offs[i]:offs[i + 1]].reshape(shapes[i]).clone() for i in range(5)) for k in range(nk))
+            (*(xi[r, k, offs[i]:offs[i + 1]].reshape(shapes[i]).clone() for i in range(5)), *state.xi[k][5:])
+            for k in range(nk))
         State = type(state.net)
         out = WPState(net=State(*clean), noisy=tuple(State(*(v[k].clone() for v in noisy)) for k in range(nk)),
                       xi=xi_out, gen=state.gen, t=state.t + t1 - t0)
