@@ -50,29 +50,31 @@ def decorrelate(Dc, rows, scratch):  # noqa: ANN001, ANN201
 
 
 @numba.njit(cache=True)
-def local_add(Dc, xh, V, acc_l):  # noqa: ANN001, ANN201
+def local_add(Dc, xh, V, acc_l, c):  # noqa: ANN001, ANN201
     """``acc_l += (xh^T (xh Dc) - diag(sum_s xh_s^2) Dc) / B``: the step's ``offdiag(xh^T xh / B) Dc`` from the
-    clean ``xh`` [B, n] (``V`` [B, n] scratch; ``Dc`` [0, 0]: nothing)."""
+    clean ``xh`` [B, n] (``V`` [B, n], ``c`` [n] scratch; ``Dc`` [0, 0]: nothing)."""
     nb, n = xh.shape
     if Dc.shape[0] == 0:
         return
     V[:, :] = 0.0
     for s in range(nb):
         for i in range(n):
-            c = xh[s, i]
+            a, di = xh[s, i], Dc[i]
             for j in range(n):
-                V[s, j] += c * Dc[i, j]
+                V[s, j] += a * di[j]
     fb = K.cast(nb, xh)
     for i in range(n):
         sq = K.cast(0.0, xh)
         for s in range(nb):
             sq += xh[s, i] * xh[s, i]
         row, di = acc_l[i], Dc[i]
+        c[:] = 0.0
+        for s in range(nb):
+            a, v = xh[s, i], V[s]
+            for j in range(n):
+                c[j] += a * v[j]
         for j in range(n):
-            c = K.cast(0.0, xh)
-            for s in range(nb):
-                c += xh[s, i] * V[s, j]
-            row[j] += (c - sq * di[j]) / fb
+            row[j] += (c[j] - sq * di[j]) / fb
 
 
 @numba.njit(cache=True)
@@ -135,7 +137,7 @@ def node_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, Dc, ac
                       Eh, Ey)
         P.record(last, t, signal, keep, W_in, W_rec, b, noise, x, h, hn, h_new, Lc, yc, yn, rec_l, rec_yn, rec_p,
                rec_z, rec_i, rec_in, rec_a)
-        local_add(Dc, h_new, D, acc_l)
+        local_add(Dc, h_new, D, acc_l, dh)
         h[:, :] = h_new
         if keep:
             hn[:, :] = hn_new
@@ -191,7 +193,7 @@ def wp_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, alpha, Dc, acc_
             K.readout(q[offs[3]:offs[4]].reshape((n_out, n)), q[offs[4]:offs[5]], hk_new[k], y_hat)
             P.wp_add(g, (K.loss_and_error(loss_kind, y_hat, y, mk, eps) - l) / den, xi[r, k], k == 0)
         update = K.update_due(t, n_seq, every)
-        local_add(Dc, h_new, D, acc_l)
+        local_add(Dc, h_new, D, acc_l, row)
         h[:, :] = h_new
         hk[:, :, :] = hk_new
         P.wp_apply(update, clean, ps, acc, g, offs, ms, vs, steps, opt_kind, hyper)
