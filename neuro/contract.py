@@ -35,8 +35,9 @@ its dynamics; none of them is guessed from a model's name or found by probing it
 
 *Parameters outside the loss's reach.* ``fixed_params``: held at their initial value (never perturbed or
 stepped); ``local_params`` and ``local_estimate(params, state)``: learnt by the network's own local rule at
-their own rate (a decorrelation layer), never from the loss. Both default to none; the compiled engines,
-which step every parameter by one optimizer, leave such a network to the torch path.
+their own rate (a decorrelation layer), never from the loss. Both default to none; a compiled engine runs
+such a network only where it holds them as the training loop does (:mod:`neuro.engine`), else the torch path
+does.
 """
 
 from __future__ import annotations

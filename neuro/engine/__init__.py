@@ -166,6 +166,16 @@ def select(net: AbstractNetwork, rule: AbstractRule, engine: str, optimizer: str
     if engine == "compiled":
         run = (f"model {net.name!r} with rule {rule.name!r}, optimizer {optimizer}, loss {rule.loss}, device "
                f"{device.type}, dtype {str(dtype).replace('torch.', '')}" + ("" if schedule is None else ", a schedule"))
+        if net.local_params and (net.name, rule.name, optimizer) not in HOLDS_LOCAL:
+            held = ", ".join(f"{m} {r} ({o})" for m, r, o in HOLDS_LOCAL)
+            raise ValueError(f"engine='compiled' is invalid for {run} with parameters learnt by the network's own "
+                             f"rule ({', '.join(net.local_params)}): the compiled engine holds them for {held}; "
+                             "use engine='auto' or 'torch'")
+        if net.fixed_params and (net.name, rule.name) not in HOLDS_FIXED:
+            held = ", ".join(f"{m} {r}" for m, r in HOLDS_FIXED)
+            raise ValueError(f"engine='compiled' is invalid for {run} with parameters held fixed "
+                             f"({', '.join(net.fixed_params)}): the compiled engine holds them for {held}; use "
+                             "engine='auto' or 'torch'")
         raise ValueError(f"engine='compiled' is invalid for {run}: the compiled engine runs {supported()}; "
                          "use engine='auto' or 'torch'")
     return "torch", None

@@ -118,10 +118,10 @@ def test_wp_perturbs_only_what_the_loss_trains():
     assert by["W_rec"].abs().sum() > 0
 
 
-def test_compiled_engines_and_ensembles_leave_a_decorrelated_network_alone():
+def test_compiled_engines_and_ensembles_leave_a_decorrelated_network_alone_where_they_cannot_run_it():
     net = _net(decorrelation=1e-3)
-    rule = neuro.rules.make("np", net, loss="mse")
-    assert engines.select(net, rule, "auto", "sgd", torch.float32, torch.device("cpu"))[0] == "torch"
+    rule = neuro.rules.make("bptt", net, loss="mse")
+    assert engines.select(net, rule, "auto", "adam", torch.float32, torch.device("cpu"))[0] == "torch"
     plain = _net()
     assert engines.select(plain, neuro.rules.make("np", plain, loss="mse"), "auto", "sgd", torch.float32,
                           torch.device("cpu"))[0] == "compiled"
@@ -141,3 +141,14 @@ def test_the_layer_steps_every_step_without_extra_optimizer_steps():
         if dec:
             assert not torch.equal(h.params["D"], net.init_params(0)["D"])
     assert counts[0.0] == counts[0.1] == 3
+
+
+def test_compiled_refusal_names_the_held_parameters():
+    net = _net(decorrelation=1e-3)
+    with pytest.raises(ValueError, match=r"learnt by the network's own rule \(D\).*rate np \(sgd\)"):
+        engines.select(net, neuro.rules.make("np", net, loss="mse"), "compiled", "adam", torch.float32,
+                       torch.device("cpu"))
+    net = _net(bias=False)
+    with pytest.raises(ValueError, match=r"held fixed \(b, b_out\)"):
+        engines.select(net, neuro.rules.make("rflo", net, loss="mse"), "compiled", "adam", torch.float32,
+                       torch.device("cpu"))
