@@ -364,8 +364,26 @@ class WPEngine(_PerturbEngine):
     """A weight perturbation kernel (:func:`neuro.engine.rate_perturb.wp_range` or the LSTM's) for one ``wp``
     rule on one network whose state's fields are the kernel's state arrays, in order (module docstring)."""
 
+    #: the most perturbation entries drawn at once: a longer range runs as consecutive parts (the draws, the
+    #: updates and the losses are those of one range; a 500-unit network over a 5,000-step range would
+    #: otherwise hold 5 GB of noise)
+    MAX_DRAWN = 1 << 25
+
     def run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
+        per_step = self.rule.samples * sum(params[k].numel() for k in ORDER)
+        cap = max(1, self.MAX_DRAWN // per_step)
+        if t1 - t0 <= cap:
+            return self._run(params, state, acc, opt, seq, t0, t1, n_seq, every)
+        parts = []
+        for a in range(t0, t1, cap):
+            parts.append(self._run(params, state, acc, opt, seq, a, min(t1, a + cap), n_seq, every))
+            state = parts[-1].state
+        return RangeResult(state=state, losses=np.concatenate([r.losses for r in parts]),
+                           updates=sum(r.updates for r in parts), pending=parts[-1].pending)
+
+    def _run(self, params: Params, state: NamedTuple, acc: Params, opt: torch.optim.Optimizer, seq: SequenceArrays,
+             t0: int, t1: int, n_seq: int, every: int) -> RangeResult:
         rule, nk = self.rule, self.rule.samples
         names = tuple(params)  # ORDER, then the network's local_params (never perturbed: their xi 0)
         if names[:5] != ORDER or set(names[5:]) != set(self.net.local_params):
