@@ -12,7 +12,7 @@ from neuro import tasks
 from neuro.tasks import Sequence
 
 NAMES = tasks.available()
-RANDOM = ["add", "atari-prediction", "copy", "cue-accumulation", "mackey-glass", "trace-patterning"]  # the others are deterministic
+RANDOM = ["add", "anbn", "atari-prediction", "brackets", "copy", "cue-accumulation", "mackey-glass", "trace-patterning"]  # the others are deterministic
 CONTINUING = [n for n in NAMES if not tasks.make(n).episodic]
 EPISODIC = [n for n in NAMES if tasks.make(n).episodic]
 
@@ -30,7 +30,7 @@ def _equal(a: Sequence, b: Sequence) -> bool:
 
 
 def test_registry_lists_every_task():
-    assert NAMES == sorted(["add", "atari-prediction", "copy", "cue-accumulation", "influence-balancing", "mackey-glass", "sine",
+    assert NAMES == sorted(["add", "anbn", "atari-prediction", "brackets", "copy", "cue-accumulation", "influence-balancing", "mackey-glass", "sine",
                             "trace-patterning"])
     assert neuro.tasks.make("copy", delay=10).delay == 10
 
