@@ -129,7 +129,7 @@ def test_final_and_paired_by_hand():
     a = {1: run([3.0]), 2: run([5.0])}
     b = {1: run([1.0]), 2: run([2.0]), 3: run([0.0])}
     p = R.paired(a, b)
-    assert p["seeds"] == 2 and p["mean"] == pytest.approx(2.5) and p["se"] == pytest.approx(0.5)
+    assert p["seeds"] == 2 and p["mean"] == pytest.approx(2.5) and p["se"] == pytest.approx(0.5) and p["lower"] == 0
     assert R._decided({"mean": 2.5, "se": 0.5, "seeds": 2}, +1) is True
     assert R._decided({"mean": 0.5, "se": 0.5, "seeds": 2}, +1) is None
 
