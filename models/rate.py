@@ -40,7 +40,6 @@ from neuro.contract import AbstractNetwork, Derivatives, Params, check_choice, c
 
 from . import _init
 
-
 INITS = ("normal", "xavier")
 
 

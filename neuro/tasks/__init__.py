@@ -15,8 +15,8 @@ from neuro.registry import Registry
 
 from .add import AddTask
 from .anbn import AnbnTask
-from .brackets import BracketsTask
 from .base import AbstractTask, Sequence
+from .brackets import BracketsTask
 from .copy import CopyTask
 from .cue_accumulation import CueAccumulation
 from .influence_balancing import InfluenceBalancingTask
