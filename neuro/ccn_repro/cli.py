@@ -15,23 +15,31 @@ from . import runs as X
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    from . import __doc__ as doc
-
-    ap = argparse.ArgumentParser(prog="python -m neuro.ccn_repro", description=(doc or "").split("\n\n")[0])
+def reproduction_parser(prog: str, doc: str | None, groups: str, estimate: str, curves: str) -> argparse.ArgumentParser:
+    """The options every reproduction driver takes (``groups``, ``estimate``, ``curves``: what ``--only``,
+    ``--estimate`` and ``--plot`` mean for it)."""
+    ap = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0])
     ap.add_argument("--config", required=True, help="the experiment's TOML config")
     ap.add_argument("--out", required=True, help="the runs' directory (a reproduction resumes from it)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once, each in its own process (0: in this one)")
-    ap.add_argument("--stage", default="all", choices=("pilot", "main", "all"), help="which runs to run")
-    ap.add_argument("--only", default=None, help="comma-separated methods (default all)")
-    ap.add_argument("--games", default=None, help="comma-separated games of the config's games (default all)")
+    ap.add_argument("--only", default=None, help=f"comma-separated {groups} (default all)")
     ap.add_argument("--partial", action="store_true", help="run nothing: report the runs finished so far")
-    ap.add_argument("--estimate", action="store_true",
-                    help="run nothing: time each method and print the config's projected core-hours")
-    ap.add_argument("--estimate-steps", type=int, default=20_000, help="steps timed per method (default 20000)")
+    ap.add_argument("--estimate", action="store_true", help=f"run nothing: {estimate}")
     ap.add_argument("--json", default=None, help="write the results as JSON here")
     ap.add_argument("--md", default=None, help="write the results' markdown tables here")
-    ap.add_argument("--plot", default=None, help="draw the error curves (mean ± s.e. per method) into this PNG")
+    ap.add_argument("--plot", default=None, help=f"draw {curves} into this PNG")
+    return ap
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __doc__ as doc
+
+    ap = reproduction_parser("python -m neuro.ccn_repro", doc, "methods",
+                             "time each method and print the config's projected core-hours",
+                             "the error curves (mean ± s.e. per method)")
+    ap.add_argument("--stage", default="all", choices=("pilot", "main", "all"), help="which runs to run")
+    ap.add_argument("--games", default=None, help="comma-separated games of the config's games (default all)")
+    ap.add_argument("--estimate-steps", type=int, default=20_000, help="steps timed per method (default 20000)")
     return ap
 
 

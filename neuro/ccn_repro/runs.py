@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 from . import config as cfgmod
 
-__all__ = ["choose_lr", "finished", "pending", "run_file", "run_one", "run_spec", "run_all", "zero_baseline", "zero_rows"]
+__all__ = ["choose_lr", "finished", "pending", "record", "run_file", "run_one", "run_spec", "run_all", "zero_baseline",
+           "zero_rows"]
 
 STAGES = ("pilot", "main")
 
@@ -109,15 +110,25 @@ def run_one(spec: dict[str, Any], path: str | None = None, threads: int = 1) -> 
     import torch
 
     import neuro
-    from neuro import io
-    from neuro.training import TrainingDiverged
 
     torch.set_num_threads(threads)
     task, net, rule = _build(spec)
+    return record(spec, path, lambda: neuro.train(net, rule, task, spec["steps"], progress=False,
+                                                  **train_settings(spec)),
+                  lambda h: [{"step": r["step"], "loss": r["loss"]} for r in h.metrics])
+
+
+def record(spec: dict[str, Any], path: str | None, train: Callable[[], Any],
+           rows: Callable[[Any], list[dict[str, Any]]]) -> dict[str, Any]:
+    """A run's result: ``train()`` (a :class:`neuro.History`), its curve ``rows(history)``, its time per step and
+    engine, or the step at which it diverged; written to ``path`` (atomically) if given."""
+    from neuro import io
+    from neuro.training import TrainingDiverged
+
     result: dict[str, Any] = {"spec": spec, "diverged": None, "curve": [], "time_per_step_s": None, "engine": None}
     try:
-        h = neuro.train(net, rule, task, spec["steps"], progress=False, **train_settings(spec))
-        result["curve"] = [{"step": r["step"], "loss": r["loss"]} for r in h.metrics]
+        h = train()
+        result["curve"] = rows(h)
         result["time_per_step_s"] = h.elapsed_s / max(h.steps, 1)
         result["engine"] = h.engine
     except TrainingDiverged as e:

@@ -16,20 +16,13 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    from neuro.ccn_repro.cli import reproduction_parser
+
     from . import __doc__ as doc
 
-    ap = argparse.ArgumentParser(prog="python -m neuro.pert_repro", description=(doc or "").split("\n\n")[0])
-    ap.add_argument("--config", required=True, help="the experiment's TOML config")
-    ap.add_argument("--out", required=True, help="the runs' directory (a reproduction resumes from it)")
-    ap.add_argument("--jobs", type=int, default=2, help="runs at once, each in its own process (0: in this one)")
-    ap.add_argument("--only", default=None, help="comma-separated run groups, e.g. anp-time,bptt+decor (default all)")
-    ap.add_argument("--partial", action="store_true", help="run nothing: report the runs finished so far")
-    ap.add_argument("--estimate", action="store_true", help="run nothing: time one epoch of each run group and "
-                    "print the config's projected core-hours")
-    ap.add_argument("--json", default=None, help="write the summary as JSON here")
-    ap.add_argument("--md", default=None, help="write the markdown tables here")
-    ap.add_argument("--plot", default=None, help="draw the learning curves (mean ± s.e.) into this PNG")
-    return ap
+    return reproduction_parser("python -m neuro.pert_repro", doc, "run groups, e.g. anp-time,bptt+decor",
+                               "time one epoch of each run group and print the config's projected core-hours",
+                               "the learning curves (mean ± s.e.)")
 
 
 def _jobs(cfg: dict[str, Any], out: Path, only: str | None) -> list[tuple[Any, dict[str, Any], Path]]:

@@ -58,10 +58,8 @@ def run_one(spec: dict[str, Any], path: str | None = None, threads: int = 1) -> 
     import torch
 
     import neuro
-    from neuro import io
-    from neuro.ccn_repro.runs import _roundtrip
+    from neuro.ccn_repro.runs import record
     from neuro.train_config import TrainConfig
-    from neuro.training import TrainingDiverged
 
     torch.set_num_threads(threads)
     task, net, rule = C._build(spec)
@@ -80,20 +78,12 @@ def run_one(spec: dict[str, Any], path: str | None = None, threads: int = 1) -> 
             row["test_bits"] = te["bits"]
         return row
 
-    result: dict[str, Any] = {"spec": spec, "diverged": None, "curve": [], "time_per_step_s": None, "engine": None}
-    try:
-        h = neuro.train(net, rule, task, spec["steps"], progress=False, seed=spec["seed"],
-                        optimizer=spec["optimizer"], lr=spec["lr"], update_every=spec["update_every"],
-                        log_every=spec["epoch_steps"], dtype=spec["dtype"], engine=spec["engine"], probe=probe)
-        scale = 2.0 / task.n_out
-        result["curve"] = [{"epoch": r["step"] // spec["epoch_steps"], "train_mse": r["loss"] * scale,
-                            **{k: r[k] for k in ("train_bits", "test_mse", "test_bits") if k in r}}
-                           for r in h.metrics]
-        result["time_per_step_s"] = h.elapsed_s / max(h.steps, 1)
-        result["engine"] = h.engine
-    except TrainingDiverged as e:
-        result["diverged"] = e.step
-    result = _roundtrip(result)
-    if path is not None:
-        io.write_json(path, result)
-    return result
+    def train():
+        return neuro.train(net, rule, task, spec["steps"], progress=False, seed=spec["seed"],
+                           optimizer=spec["optimizer"], lr=spec["lr"], update_every=spec["update_every"],
+                           log_every=spec["epoch_steps"], dtype=spec["dtype"], engine=spec["engine"], probe=probe)
+
+    scale = 2.0 / task.n_out  # this library's mse is half the sum over the outputs; theirs the mean
+    return record(spec, path, train, lambda h: [
+        {"epoch": r["step"] // spec["epoch_steps"], "train_mse": r["loss"] * scale,
+         **{k: r[k] for k in ("train_bits", "test_mse", "test_bits") if k in r}} for r in h.metrics])
