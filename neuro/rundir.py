@@ -100,6 +100,20 @@ def describe_run(net: AbstractNetwork, rule: AbstractRule, task: AbstractTask, s
     }
 
 
+def _defaults(qualified: str) -> dict[str, Any]:
+    """The JSON form of the dataclass field defaults of the class named ``qualified`` (``module.Class``);
+    empty where it cannot be imported."""
+    import importlib
+
+    module, _, name = qualified.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        return {f.name: json.loads(json.dumps(_jsonable(f.default))) for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING}
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return {}
+
+
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The settings of two run configs that must match to resume and differ, one ``"what: saved (saved) vs
     now (now)"`` each. A network, rule or task of another kind is one entry (not each of its fields)."""
@@ -111,7 +125,10 @@ def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
         if (a["name"], a["class"]) != (b["name"], b["class"]):
             out.append(f"{part}: {a['name']!r} (saved) vs {b['name']!r} (now)")
             continue
+        added = _defaults(b["class"])  # a field added since the run was saved, at its default, changes nothing
         for k in sorted(set(a["fields"]) | set(b["fields"])):
+            if k not in a["fields"] and k in added and b["fields"].get(k) == added[k]:
+                continue
             if a["fields"].get(k) != b["fields"].get(k):
                 out.append(f"{part}.{k}: {a['fields'].get(k)!r} (saved) vs {b['fields'].get(k)!r} (now)")
     for k in sorted(set(then["train"]) | set(now["train"])):

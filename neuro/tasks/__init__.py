@@ -24,8 +24,9 @@ from .mackey_glass import MackeyGlass
 from .sine import SineTask
 from .trace_patterning import TracePatterning
 
-__all__ = ["AbstractTask", "AddTask", "AtariPrediction", "CopyTask", "CueAccumulation", "InfluenceBalancingTask", "MackeyGlass",
-           "Sequence", "SineTask", "TracePatterning", "available", "get", "make", "register"]
+__all__ = ["AbstractTask", "AddTask", "AnbnTask", "AtariPrediction", "BracketsTask", "CopyTask", "CueAccumulation",
+           "InfluenceBalancingTask", "MackeyGlass", "Sequence", "SineTask", "TracePatterning", "available", "get", "make",
+           "register"]
 
 _TASKS: Registry[type[AbstractTask]] = Registry("task")
 register = _TASKS.register

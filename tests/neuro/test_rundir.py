@@ -7,6 +7,7 @@ A real ``kill -9`` of ``python -m neuro train`` is in ``test_faults.py``."""
 from __future__ import annotations
 
 import errno
+import json
 from pathlib import Path
 
 import pytest
@@ -349,3 +350,27 @@ def test_a_damaged_config_is_named(finished, capsys, text, needles):
               [repr(str(finished / "config.json")), *needles])
     with pytest.raises(ValueError, match="config.json"):
         rundir.read_config(finished)
+
+
+def test_a_run_saved_before_a_model_field_existed_resumes_at_its_default(tmp_path):
+    """A config saved without a field the network has since gained (at its default now) is no difference; a
+    field that differs from its default is."""
+    import models
+    import neuro
+    import neuro.rules
+    import neuro.tasks
+    from neuro import io
+    from neuro.rundir import differences
+
+    task = neuro.tasks.make("sine")
+    net = models.make("rate", n_in=task.n_in, n_hidden=3, n_out=task.n_out)
+    neuro.train(net, neuro.rules.make("tbptt", net, k=2), task, 20, run_dir=tmp_path / "r", progress=False,
+                log_every=10, checkpoint_every=10)
+    cfg = io.read_json(tmp_path / "r" / "config.json")
+    old = json.loads(json.dumps(cfg))
+    for k in ("bias", "init", "decorrelation"):  # as a run saved before these options existed
+        del old["net"]["fields"][k]
+    assert differences(old, cfg) == []
+    changed = json.loads(json.dumps(cfg))
+    changed["net"]["fields"]["bias"] = False
+    assert differences(old, changed) == ["net.bias: None (saved) vs False (now)"]
