@@ -35,9 +35,9 @@ its dynamics; none of them is guessed from a model's name or found by probing it
 
 *Parameters outside the loss's reach.* ``fixed_params``: held at their initial value (never perturbed or
 stepped); ``local_params`` and ``local_estimate(params, state)``: learnt by the network's own local rule at
-their own rate (a decorrelation layer), never from the loss. Both default to none; a compiled engine runs
-such a network only where it holds them as the training loop does (:mod:`neuro.engine`), else the torch path
-does.
+their own rate (a decorrelation layer), never from the loss; ``held_params``: both. Both default to none; a
+compiled engine runs such a network only where it holds them as the training loop does (:mod:`neuro.engine`),
+else the torch path does.
 """
 
 from __future__ import annotations
@@ -202,6 +202,11 @@ class AbstractNetwork(abc.ABC):
         """The estimate of each of :attr:`local_params` after a step that ended in ``state`` (the optimizer
         applies ``-rate`` times it)."""
         raise NotImplementedError(f"model {self.name!r} learns no parameter by a local rule of its own")
+
+    @property
+    def held_params(self) -> tuple[str, ...]:
+        """The parameters the loss does not train: :attr:`fixed_params`, then :attr:`local_params`."""
+        return (*self.fixed_params, *self.local_params)
 
     def with_output(self, state: NamedTuple, y: Tensor) -> NamedTuple:
         """``state`` with the readout's memory ``y_{t-1}`` set to ``y`` (unchanged for a linear readout)."""

@@ -95,10 +95,9 @@ class Ensemble(AbstractNetwork):
             raise ValueError("base is already an Ensemble: give the member network")
         check_positive("members", members, integer=True)
         check_choice("mode", mode, MODES)
-        if base.fixed_params or base.local_params:
-            held = [*base.fixed_params, *base.local_params]
-            raise ValueError(f"base={base!r} is invalid for an Ensemble: its parameters {', '.join(held)} are held "
-                             "fixed or learnt by the network's own rule, which the stacked members would share; "
+        if base.held_params:
+            raise ValueError(f"base={base!r} is invalid for an Ensemble: its parameters {', '.join(base.held_params)} "
+                             "are held fixed or learnt by the network's own rule, which the stacked members would share; "
                              "run its seeds one by one")
         object.__setattr__(self, "base", base)
         object.__setattr__(self, "members", members)

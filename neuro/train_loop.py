@@ -308,7 +308,7 @@ class Loop:
                 self.local_full = False
             if not self.acc_full:
                 return
-            held = set(net.fixed_params) | set(self.acc_local)
+            held = net.held_params
             for k, p in self.params.items():
                 p.grad = None if k in held else self.acc[k]  # a parameter without a grad is not stepped
             self.opt.step()

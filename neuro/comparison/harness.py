@@ -239,7 +239,7 @@ def _held(spec: RunSpec) -> bool:
 
     t = neuro.tasks.make(spec.task, **spec.task_options)
     net = models.make(spec.model, n_in=t.n_in, n_hidden=spec.hidden, n_out=t.n_out, **spec.model_options)
-    return bool(net.fixed_params or net.local_params)
+    return bool(net.held_params)
 
 
 def _jobs(specs: list[RunSpec], todo: list[int], vectorise: bool) -> list[Job]:

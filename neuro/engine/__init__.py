@@ -136,11 +136,23 @@ HOLDS_FIXED = tuple(("rate", r) for r in ("np", "anp", "anp-time", "wp", "bptt",
 HOLDS_LOCAL = tuple(("rate", r, "sgd") for r in ("np", "anp", "anp-time", "wp"))
 
 
+def _unheld(net: AbstractNetwork, rule: AbstractRule, optimizer: str) -> str | None:
+    """Why no engine runs ``net``'s parameters outside the loss's reach with ``rule`` and ``optimizer`` (the
+    end of a refusal), or None where they are held as the training loop holds them (or there are none)."""
+    if net.local_params and (net.name, rule.name, optimizer) not in HOLDS_LOCAL:
+        held = ", ".join(f"{m} {r} ({o})" for m, r, o in HOLDS_LOCAL)
+        return (f"with parameters learnt by the network's own rule ({', '.join(net.local_params)}): the compiled "
+                f"engine holds them for {held}")
+    if net.fixed_params and (net.name, rule.name) not in HOLDS_FIXED:
+        held = ", ".join(f"{m} {r}" for m, r in HOLDS_FIXED)
+        return f"with parameters held fixed ({', '.join(net.fixed_params)}): the compiled engine holds them for {held}"
+    return None
+
+
 def _find(net: AbstractNetwork, rule: AbstractRule, optimizer: str, dtype: torch.dtype, device: torch.device,
           schedule: str | None) -> Any:
     dtype_name = str(dtype).replace("torch.", "")
-    if (net.local_params and (net.name, rule.name, optimizer) not in HOLDS_LOCAL) or \
-            (net.fixed_params and (net.name, rule.name) not in HOLDS_FIXED):
+    if _unheld(net, rule, optimizer) is not None:
         return None
     for c in REGISTRY:
         if (net.name, rule.name) == (c.model, c.rule) and optimizer in c.optimizers and estimated_loss(rule) in c.losses \
@@ -166,16 +178,9 @@ def select(net: AbstractNetwork, rule: AbstractRule, engine: str, optimizer: str
     if engine == "compiled":
         run = (f"model {net.name!r} with rule {rule.name!r}, optimizer {optimizer}, loss {rule.loss}, device "
                f"{device.type}, dtype {str(dtype).replace('torch.', '')}" + ("" if schedule is None else ", a schedule"))
-        if net.local_params and (net.name, rule.name, optimizer) not in HOLDS_LOCAL:
-            held = ", ".join(f"{m} {r} ({o})" for m, r, o in HOLDS_LOCAL)
-            raise ValueError(f"engine='compiled' is invalid for {run} with parameters learnt by the network's own "
-                             f"rule ({', '.join(net.local_params)}): the compiled engine holds them for {held}; "
-                             "use engine='auto' or 'torch'")
-        if net.fixed_params and (net.name, rule.name) not in HOLDS_FIXED:
-            held = ", ".join(f"{m} {r}" for m, r in HOLDS_FIXED)
-            raise ValueError(f"engine='compiled' is invalid for {run} with parameters held fixed "
-                             f"({', '.join(net.fixed_params)}): the compiled engine holds them for {held}; use "
-                             "engine='auto' or 'torch'")
+        why = _unheld(net, rule, optimizer)
+        if why is not None:
+            raise ValueError(f"engine='compiled' is invalid for {run} {why}; use engine='auto' or 'torch'")
         raise ValueError(f"engine='compiled' is invalid for {run}: the compiled engine runs {supported()}; "
                          "use engine='auto' or 'torch'")
     return "torch", None

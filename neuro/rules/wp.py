@@ -89,7 +89,7 @@ class WeightPerturbation(AbstractRule):
     def _draw(self, params: Params, gen: torch.Generator) -> tuple:
         """``samples`` perturbations ``xi_k ~ N(0, sigma^2 I)``, each a tuple in ``params``' order; 0 for the
         parameters the loss does not train (``net.fixed_params``, ``net.local_params``)."""
-        held = set(self.net.fixed_params) | set(self.net.local_params)
+        held = self.net.held_params
         return tuple(tuple(torch.zeros_like(v) if k in held else gaussian(gen, tuple(v.shape), self.sigma, v)
                            for k, v in params.items()) for _ in range(self.samples))
 
