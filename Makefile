@@ -23,13 +23,16 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 # Versions come from constraints.txt. torch and numpy first (the CPU wheel, numpy 1.x), then the rest,
 # this package and lava-nc's dependencies (scikit-learn, asteval, networkx) included.
 	$(PIP) -c $(CONSTRAINTS) torch numpy
-	$(PIP) -c $(CONSTRAINTS) scikit-learn asteval networkx -e ".[test,brian2,nir,ray]"
+	$(PIP) -c $(CONSTRAINTS) scikit-learn asteval networkx -e ".[test,brian2,nir,ray,yardsticks]"
 # lava-nc 0.10.0 declares python <3.11: --ignore-requires-python for it alone (given to a resolving
 # install, pip would also accept a scipy too new for 3.11's wheels and build it from source); its
 # dependencies came with the line above.
 	$(PIP) --no-deps --ignore-requires-python "lava-nc==0.10.0"
 # norse without its dependencies: it would pull torchvision, unused here.
 	$(PIP) --no-deps "norse==1.1.0"
+# neurobench (its metrics) and tonic (event-file readers) without the audio stacks they declare: torchaudio is
+# a CUDA build here that fails to import, librosa is unused; what they use is installed above or named here.
+	$(PIP) --no-deps "neurobench==2.3.0" "snntorch==1.0.0" "tonic==1.7.0" "importRosbag==1.0.4" "expelliarmus==1.1.12"
 	$(PY) -m hw_targets.check_install
 	touch $(STAMP)
 

@@ -1,7 +1,8 @@
 """Check that the whole stack imports: ``python -m hw_targets.check_install`` (run by `make install`).
 
-Imports numpy, torch, brian2, norse, nir, nirtorch and lava (through :func:`hw_targets.lava.ensure_lava`,
-which makes lava-nc 0.10.0 importable under Python 3.11) and prints their versions. Exits with status 1
+Imports numpy, torch, brian2, norse, nir, nirtorch, lava (through :func:`hw_targets.lava.ensure_lava`, which
+makes lava-nc 0.10.0 importable under Python 3.11), and the external yardsticks' neurobench, tonic, mnist1d,
+jitcdde and h5py, and prints their versions. Exits with status 1
 and says what failed otherwise.
 """
 
@@ -36,6 +37,11 @@ CHECKS: dict[str, Callable[[], str]] = {
     "nir": _module_version("nir", "nir"),
     "nirtorch": _module_version("nirtorch", "nirtorch"),
     "lava": _lava,
+    "neurobench": _module_version("neurobench", "neurobench"),
+    "tonic": _module_version("tonic", "tonic"),
+    "mnist1d": _module_version("mnist1d", "mnist1d"),
+    "jitcdde": _module_version("jitcdde", "jitcdde"),
+    "h5py": _module_version("h5py", "h5py"),
 }
 
 
@@ -55,7 +61,7 @@ def main() -> int:
     print(f"python    {sys.version.split()[0]} ({sys.executable})")
     for name, result in results.items():
         shown = result if isinstance(result, str) else f"FAILED: {type(result).__name__}: {result}"
-        print(f"{name:<9} {shown}")
+        print(f"{name:<10} {shown}")
     failed = [name for name, result in results.items() if not isinstance(result, str)]
     if failed:
         print(f"\nThe stack is incomplete: {', '.join(failed)} did not import. Run `make install` "
