@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
+import os
 from collections.abc import Collection, Iterator
 from typing import Any, NamedTuple
 from unittest import mock
@@ -266,3 +268,50 @@ def no_autograd(what: str = "the code") -> Iterator[None]:
         stack.enter_context(torch.no_grad())
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
         yield
+
+
+#: tasks that read a dataset from a path: :func:`make_task` gives them tiny files of the published layout
+DATA_TASKS = ("nmnist", "shd")
+
+
+@functools.cache
+def _data_dir() -> str:
+    """A folder of tiny files in the SHD and N-MNIST layouts (written once per process, removed at exit),
+    with about the real datasets' densities: SHD about 0.1 spikes per channel per 10 ms, N-MNIST a few
+    thousand events per 300 ms recording."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from neuro.tasks import events, shd
+
+    root = Path(tempfile.mkdtemp(prefix="neuro-data-"))
+    atexit.register(shutil.rmtree, root, True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 4)):
+        times, units = [], []
+        for _ in range(n):
+            k = int(rng.integers(5000, 9000))
+            times.append(np.sort(rng.uniform(0.0, 1.0, k)))
+            units.append(rng.integers(0, 700, k))
+        shd.write_file(root / f"shd_{split}.h5", times, units, rng.integers(0, 20, n))
+    for split in ("Train", "Test"):
+        for digit in range(5):
+            folder = root / "nmnist" / split / str(digit)
+            folder.mkdir(parents=True)
+            k = int(rng.integers(2000, 4000))
+            events.write_nmnist(folder / "00001.bin", rng.integers(0, 34, k), rng.integers(0, 34, k),
+                                rng.integers(0, 2, k), np.sort(rng.integers(0, 300_000, k)))
+    return str(root)
+
+
+def make_task(name: str, **settings: Any):
+    """``neuro.tasks.make(name, **settings)``, a dataset task reading the tiny files of :func:`_data_dir`."""
+    from neuro import tasks
+
+    if name in DATA_TASKS and "path" not in settings:
+        settings["path"] = os.path.join(_data_dir(), "nmnist" if name == "nmnist" else "")
+    return tasks.make(name, **settings)

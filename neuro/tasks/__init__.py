@@ -38,6 +38,10 @@ for _cls in (CopyTask, AddTask, SineTask, MackeyGlass, TracePatterning, Influenc
     register(_cls)
 # by path: imported on first use, so that `python -m neuro.tasks.atari_prediction` runs the module it names
 register("neuro.tasks.atari_prediction:AtariPrediction", name="atari-prediction")
+# datasets read from files a user gives (h5py and tonic imported on first use): the Spiking Heidelberg Digits
+# (dataset="ssc": the Spiking Speech Commands) and N-MNIST
+register("neuro.tasks.shd:SpikingHeidelberg", name="shd")
+register("neuro.tasks.events:NMNIST", name="nmnist")
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,8 @@ import torch
 import models
 import neuro
 
+from _helpers import make_task  # dataset tasks read tiny files in their published layouts
+
 LOW, HIGH = 0.001, 0.05  # spikes per neuron per step at dt = 1 ms: 1-50 Hz
 STEPS = 1000
 SPIKING = ("lif", "alif")
@@ -26,7 +28,7 @@ def mean_rate(name: str, xs: torch.Tensor, n_out: int = 1, **options) -> float:
 
 
 def task_inputs(task_name: str) -> tuple[torch.Tensor, int]:
-    task = neuro.tasks.make(task_name)
+    task = make_task(task_name)
     return task.sample(steps=max(STEPS, task.trial_steps or 0), batch=2, seed=0).xs, task.n_out
 
 

@@ -11,10 +11,13 @@ import neuro
 from neuro import tasks
 from neuro.tasks import Sequence
 
+from _helpers import make_task  # dataset tasks read tiny files in their published layouts
+
 NAMES = tasks.available()
-RANDOM = ["add", "anbn", "atari-prediction", "brackets", "copy", "cue-accumulation", "mackey-glass", "trace-patterning"]  # the others are deterministic
-CONTINUING = [n for n in NAMES if not tasks.make(n).episodic]
-EPISODIC = [n for n in NAMES if tasks.make(n).episodic]
+RANDOM = ["add", "anbn", "atari-prediction", "brackets", "copy", "cue-accumulation", "mackey-glass", "nmnist", "shd",
+          "trace-patterning"]  # the others are deterministic
+CONTINUING = [n for n in NAMES if not make_task(n).episodic]
+EPISODIC = [n for n in NAMES if make_task(n).episodic]
 
 
 def _steps(task, k: int = 1) -> int:
@@ -30,14 +33,14 @@ def _equal(a: Sequence, b: Sequence) -> bool:
 
 
 def test_registry_lists_every_task():
-    assert NAMES == sorted(["add", "anbn", "atari-prediction", "brackets", "copy", "cue-accumulation", "influence-balancing", "mackey-glass", "sine",
-                            "trace-patterning"])
+    assert NAMES == sorted(["add", "anbn", "atari-prediction", "brackets", "copy", "cue-accumulation", "influence-balancing", "mackey-glass", "nmnist",
+                            "shd", "sine", "trace-patterning"])
     assert neuro.tasks.make("copy", delay=10).delay == 10
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_shapes_dtypes_and_declared_sizes(name):
-    task = tasks.make(name)
+    task = make_task(name)
     assert task.name == name and task.loss in ("mse", "ce") and isinstance(task.episodic, bool)
     assert (task.trial_steps is None) == (not task.episodic)
     T = _steps(task)
@@ -53,7 +56,7 @@ def test_shapes_dtypes_and_declared_sizes(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_sample_is_a_pure_function_of_the_seed(name):
-    task = tasks.make(name)
+    task = make_task(name)
     T = _steps(task)
     np_state, torch_state = np.random.get_state(), torch.get_rng_state()
     a = task.sample(T, batch=2, seed=3)
@@ -62,12 +65,12 @@ def test_sample_is_a_pure_function_of_the_seed(name):
     np.random.seed(123)
     torch.manual_seed(123)
     assert _equal(a, task.sample(T, batch=2, seed=3))  # ... and ignored
-    assert _equal(a, tasks.make(name).sample(T, batch=2, seed=3))
+    assert _equal(a, make_task(name).sample(T, batch=2, seed=3))
 
 
 @pytest.mark.parametrize("name", RANDOM)
 def test_seeds_and_batch_elements_differ(name):
-    task = tasks.make(name)
+    task = make_task(name)
     T = _steps(task)
     a, b = task.sample(T, batch=16, seed=0), task.sample(T, batch=16, seed=1)
     assert not torch.equal(a.xs, b.xs) and not torch.equal(a.ys, b.ys)
@@ -76,7 +79,7 @@ def test_seeds_and_batch_elements_differ(name):
 
 @pytest.mark.parametrize("name", sorted(set(NAMES) - set(RANDOM)))
 def test_deterministic_tasks_ignore_the_seed(name):
-    task = tasks.make(name)
+    task = make_task(name)
     a, b = task.sample(700, batch=2, seed=0), task.sample(700, batch=2, seed=5)
     assert _equal(a, b) and torch.equal(a.xs[:, 0], a.xs[:, 1])
 
@@ -84,7 +87,7 @@ def test_deterministic_tasks_ignore_the_seed(name):
 @pytest.mark.parametrize("name", CONTINUING)
 @pytest.mark.parametrize("chunk", [1, 7, 333, 1000, 2500])
 def test_continuing_stream_is_one_realisation(name, chunk):
-    task = tasks.make(name)
+    task = make_task(name)
     k = max(3, 2600 // chunk) if chunk > 1 else 40
     stream = task.stream(seed=4, batch=2, chunk=chunk)
     chunks = [next(stream) for _ in range(k)]
@@ -96,7 +99,7 @@ def test_continuing_stream_is_one_realisation(name, chunk):
 
 @pytest.mark.parametrize("name", EPISODIC)
 def test_episodic_stream_yields_one_trial_per_chunk(name):
-    task = tasks.make(name)
+    task = make_task(name)
     T = task.trial_steps
     stream = task.stream(seed=2, batch=2, chunk=17)  # chunk is ignored: one trial per chunk
     trials = [next(stream) for _ in range(3)]
@@ -112,7 +115,7 @@ def test_episodic_stream_yields_one_trial_per_chunk(name):
 
 @pytest.mark.parametrize("name", EPISODIC)
 def test_episodic_sample_shorter_than_a_trial_is_refused(name):
-    task = tasks.make(name)
+    task = make_task(name)
     with pytest.raises(ValueError, match=rf"steps={task.trial_steps - 1} is shorter than one trial \({task.trial_steps}"):
         task.sample(task.trial_steps - 1)
 
@@ -175,7 +178,7 @@ def test_tasks_are_frozen_and_hashable():
 def test_stream_with_steps_is_the_same_realisation_cut_there(name, chunk, steps):
     """``stream(..., steps=N)`` ends after N steps (its last chunk cut) and is the prefix of the endless stream;
     a chunk far longer than N is never built (10**12 steps would not fit in any memory)."""
-    task = tasks.make(name)
+    task = make_task(name)
     size = task.trial_steps if task.episodic else chunk
     steps = max(steps, size) if task.episodic else steps
     chunks = list(task.stream(seed=3, batch=2, chunk=chunk, steps=steps))
@@ -203,7 +206,7 @@ def test_numpy_and_torch_integers_are_integers(kind):
     (dict(steps=10, seed=np.int64(-2)), r"^seed=.*-2.* is invalid: must be >= 0$"),
 ])
 def test_sample_and_stream_refuse_sizes_that_are_not_positive_integers(name, call, message):
-    task = tasks.make(name)
+    task = make_task(name)
     call = {**call, "steps": call["steps"] if name == "add" or not isinstance(call["steps"], int)
             or call["steps"] < 0 else 10 * task.trial_steps}
     with pytest.raises(ValueError, match=message):
