@@ -9,14 +9,15 @@ autoregressively from the true ``x_750``; the score is sMAPE, mean ± standard e
 Rows (:data:`ROWS`): the leaderboard's LSTM (hidden 100, input window 50, BPTT: to calibrate against its 13.37),
 a rate RNN and LIF/ALIF networks trained by ``bptt``, ``eprop``, ``rflo``, ``ottt`` and ``anp-time`` where
 ``neuro.rules.make`` accepts the pair, all with Adam. The learning rate of each row is chosen from
-:data:`LRS` by a pilot on another series (tau = 18, run 0: no tau-17 data enters the choice), the one with the
-lowest test sMAPE there; ``--lr ROW=LR`` fixes it instead. NeuroBench's metrics per row (footprint, sparsities,
-synaptic operations per step) come from :func:`neuro.yardsticks.neurobench.measure` on the row's first
-evaluated run: the trained network over the 1500 steps, closed loop from step 751.
+:data:`LRS` (:data:`LRS_AT` for rows that need other candidates) by a pilot on another series (tau = 18, run
+0: no tau-17 data enters the choice), the one with the lowest test sMAPE there; ``--lr ROW=LR`` fixes it
+instead. NeuroBench's metrics per row (footprint, sparsities, synaptic operations per step) come from
+:func:`neuro.yardsticks.neurobench.measure` on the row's first evaluated run: the trained network over the
+1500 steps, closed loop from step 751.
 
 Before running, the cost of an epoch of each row is measured and the projected cost printed. Writes
 ``OUT/neurobench.json`` after every run (``--resume`` keeps the finished runs of the same settings) and
-``OUT/neurobench.md`` and ``OUT/neurobench.png`` at the end.
+``OUT/neurobench.md`` and ``OUT/neurobench.png`` at the end (``--partial``: the report alone, from the JSON).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ ROWS: dict[str, tuple[str, str, int, int, dict[str, Any]]] = {
     "alif-eprop": ("alif", "eprop", 200, 1, {}),
 }
 LRS = (1e-3, 3e-3, 1e-2)   # the pilot's candidates (Adam)
+#: rows whose estimates need other candidates: ANP in time (one Adam step per time step on a noisy estimate)
+#: diverges or saturates at sMAPE 200 at every rate of LRS
+LRS_AT = {"lif-anp-time": (1e-5, 3e-5, 1e-4)}
 TAU, PILOT_TAU = 17, 18
 #: NeuroBench's leaderboard, Mackey-Glass tau = 17 (mean over its 30 runs)
 PUBLISHED = {
@@ -134,7 +138,7 @@ def summarise(results: list[dict[str, Any]], rows: list[str]) -> dict[str, dict[
         se = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else None
         first = min(rs, key=lambda r: r["run"])
         out[row] = {"smape_mean": statistics.fmean(vals), "smape_se": se, "runs": len(vals),
-                    "diverged": sum(r["smape"] is None for r in rs), "lr": first["lr"], "epochs": first["epochs"],
+                    "diverged": sum(r["smape"] is None for r in rs), "run_ids": sorted(r["run"] for r in rs), "lr": first["lr"], "epochs": first["epochs"],
                     "neurobench": first.get("neurobench"),
                     "seconds_per_run": statistics.fmean(r["seconds"] for r in rs)}
     return out
@@ -183,6 +187,7 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any], machi
     goal = [f"- {row}: sMAPE {m:.2f} ({'below' if m < GOAL_SMAPE else 'not below'} 13.37), effective MACs+ACs per "
             f"step {_fmt(o)} ({'at most' if o is not None and o <= GOAL_OPS else 'not at most'} {GOAL_OPS:.3g}): "
             f"{'met' if o is not None and m < GOAL_SMAPE and o <= GOAL_OPS else 'not met'}" for row, m, o in met]
+    runs_note = "; ".join(f"{row} {s['run_ids']}" for row, s in summary.items())
     return "\n".join([
         "# NeuroBench Mackey-Glass (tau = 17): networks trained by online and local rules",
         "",
@@ -211,9 +216,9 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any], machi
         "",
         f"Each row: {settings['epochs']} epochs (one trial of 750 steps each; NeuroBench's LSTM example trains 200 "
         "full-batch epochs with Adam, lr 0.005, weight decay 0.001) with Adam at the row's learning rate; "
-        f"learning rates chosen among {', '.join(map(str, LRS))} by the test sMAPE of run 0 of the tau = "
+        f"learning rates chosen among {', '.join(map(str, LRS))} ({'; '.join(f'{r}: ' + ', '.join(map(str, v)) for r, v in LRS_AT.items())}) by the test sMAPE of run 0 of the tau = "
         f"{settings['pilot_tau']} series (a pilot on another series: no tau-17 data enters the choice), unless "
-        f"fixed ({settings['fixed_lr'] or 'none fixed'}). Runs per row: {settings['runs_note']}. The published rows "
+        f"fixed ({settings['fixed_lr'] or 'none fixed'}). Runs per row (their indices): {runs_note}. The published rows "
         "use all 30 runs and hyper-parameters tuned for tau = 17.",
         "",
         f"Machine: {machine.get('cpu_model', '?')}, one torch thread. Command:",
@@ -292,10 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = _report.machine_info(1)
     costs: dict[str, float] = {}
     runs_of = {row: args.offsets[:per_row.get(row, len(args.offsets))] for row in args.rows}
-    runs_note = ", ".join(f"{row} {len(v)}" for row, v in runs_of.items()) + f" (run indices {args.offsets})"
     settings = {"tau": TAU, "pilot_tau": args.pilot_tau, "epochs": args.epochs, "offsets": args.offsets,
                 "offsets_at": per_row, "fixed_lr": fixed, "hidden": args.hidden, "quick": args.quick,
-                "runs_note": runs_note, "command": command}
+                "command": command}
 
     def write_json() -> None:
         _report.write_json(json_path, {"benchmark": "neurobench-mackey-glass", "settings": settings,
@@ -320,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
 
             with open(json_path) as f:
                 old = json.load(f)
-        settings.update({k: v for k, v in old.get("settings", {}).items() if k != "command"})
+        settings.update(old.get("settings", {}))
         costs.update(old.get("cost_s_per_epoch", {}))
         machine = old.get("machine", machine)
         return _write_report(args, results, settings, machine, write_json)
@@ -331,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         run_one({**base, "epochs": 1})
         r = run_one({**base, "epochs": args.estimate_epochs})
         costs[row] = r.get("train_seconds", r["seconds"]) / args.estimate_epochs
-    pilots = {row: 0 if row in fixed else len(LRS) for row in args.rows}
+    pilots = {row: 0 if row in fixed else len(LRS_AT.get(row, LRS)) for row in args.rows}
     total = sum(costs[row] * args.epochs * (len(runs_of[row]) + pilots[row]) for row in args.rows)
     print(f"neuro bench neurobench: projected {total / 60:.1f} core-minutes of training ("
           + ", ".join(f"{row} {costs[row] * args.epochs:.1f}s/run x {len(runs_of[row]) + pilots[row]}"
@@ -340,10 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     for row in args.rows:
         lr = fixed.get(row)
         if lr is None:  # the pilot, on another series
+            grid = LRS_AT.get(row, LRS)
             tried = [run({"phase": "pilot", "row": row, "tau": args.pilot_tau, "run": 0, "lr": c, "epochs": args.epochs})
-                     for c in LRS]
+                     for c in grid]
             ok = [r for r in tried if r["smape"] is not None]
-            lr = min(ok, key=lambda r: r["smape"])["lr"] if ok else LRS[0]
+            lr = min(ok, key=lambda r: r["smape"])["lr"] if ok else grid[0]
         for i, off in enumerate(runs_of[row]):
             run({"phase": "eval", "row": row, "tau": TAU, "run": off, "lr": lr, "epochs": args.epochs,
                  "measure": i == 0})
