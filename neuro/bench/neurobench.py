@@ -30,6 +30,7 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from neuro.bench import _report
@@ -144,6 +145,24 @@ def summarise(results: list[dict[str, Any]], rows: list[str]) -> dict[str, dict[
     return out
 
 
+def baselines(offsets: list[int]) -> dict[str, dict[str, Any]]:
+    """sMAPE of two predictors that learn nothing, over the runs ``offsets``: the mean of the training points
+    ``x_0..x_750`` predicted at every test step, and the last true value ``x_750`` held (persistence)."""
+    from neuro.tasks.neurobench_mg import NeuroBenchMG
+    from neuro.yardsticks.mackey_glass import TRAIN, smape
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, guess in (("constant: training mean", lambda x: x[:TRAIN + 1].mean()),
+                        ("constant: last true value", lambda x: x[TRAIN])):
+        vals = []
+        for off in offsets:
+            x = NeuroBenchMG(tau=TAU, offset=off).values()
+            vals.append(smape(np.full(TRAIN, guess(x)), x[TRAIN + 1:]))
+        se = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else None
+        out[name] = {"smape_mean": statistics.fmean(vals), "smape_se": se, "runs": len(vals)}
+    return out
+
+
 def _parse_pairs(items: list[str], what: str, cast) -> dict[str, Any]:
     out = {}
     for item in items:
@@ -163,7 +182,8 @@ def _fmt(x: Any, spec: str = ".3g") -> str:
     return "–" if x is None else format(x, spec)
 
 
-def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any], machine: dict[str, Any]) -> str:
+def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any], machine: dict[str, Any],
+             base: dict[str, dict[str, Any]] | None = None) -> str:
     head = ["row", "model / rule", "hidden, window", "lr", "epochs", "runs", "sMAPE (mean ± s.e.)", "footprint (B)",
             "conn. sparsity", "act. sparsity", "dense / step", "eff. MACs / step", "eff. ACs / step"]
     lines = []
@@ -171,6 +191,10 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any], machi
         lines.append([name, "published", "", "", "", 30, f"{p['smape']:.2f}", _fmt(p["footprint_bytes"]),
                       _fmt(p["connection_sparsity"]), _fmt(p["activation_sparsity"]), _fmt(p["dense"]),
                       _fmt(p["effective_macs"]), _fmt(p["effective_acs"])])
+    for name, b in (base or {}).items():
+        se = "" if b["smape_se"] is None else f" ± {b['smape_se']:.2f}"
+        lines.append([name, "no learning", "", "", "", b["runs"], f"{b['smape_mean']:.2f}{se}", "", "", "", "", "",
+                      ""])
     met = []
     for row, s in summary.items():
         model, rule, n, w, _ = ROWS[row]
@@ -202,6 +226,10 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any], machi
         "differ from NeuroBench's official file, and a chaotic series makes such differences grow.",
         "",
         md_table(head, lines),
+        "",
+        "The two rows \"no learning\" predict a constant over the test span (the mean of the training points, or "
+        "the last true value x_750), over the run indices any row evaluated: a network whose prediction settles "
+        "to a constant scores about the first.",
         "",
         "NeuroBench's metrics are those of each row's first evaluated run (trained network over its 1500 steps, "
         "closed loop from step 751), measured by NeuroBench's own code through `neuro.yardsticks.neurobench`; "
@@ -360,7 +388,8 @@ def _write_report(args, results, settings, machine, write_json) -> int:
     if not summary:
         raise SystemExit(f"neuro bench neurobench: no evaluated run of rows {args.rows} in {args.out}")
     write_json()
-    _report.write_atomic(os.path.join(args.out, "neurobench.md"), markdown(summary, settings, machine))
+    base = baselines(sorted({r["run"] for r in results if r["phase"] == "eval"}))
+    _report.write_atomic(os.path.join(args.out, "neurobench.md"), markdown(summary, settings, machine, base))
     plot(os.path.join(args.out, "neurobench.png"), summary)
     return 0
 

@@ -85,3 +85,13 @@ def test_bad_options_exit_with_a_message(argv, tmp_path):
     with pytest.raises(SystemExit) as e:
         nb.main(argv + ["--out", str(tmp_path)])
     assert e.value.code != 0
+
+
+def test_no_learning_baselines_by_hand(cache):
+    x = mg.series(17)[37:37 + 1501]
+    b = nb.baselines([1])
+    mean = x[:751].mean()
+    assert b["constant: training mean"]["smape_mean"] == pytest.approx(
+        200 * np.mean(np.abs(mean - x[751:]) / (mean + x[751:])), rel=1e-12)
+    assert b["constant: last true value"]["smape_mean"] == pytest.approx(
+        200 * np.mean(np.abs(x[750] - x[751:]) / (x[750] + x[751:])), rel=1e-12)
