@@ -4,7 +4,9 @@ Sections: ``sim`` (forward simulation speed, with peers; :mod:`neuro.bench.sim`)
 UORO paper's truncation-bias test; :mod:`neuro.bench.influence`), ``span`` (NoBackTrack against T-BPTT
 as the dependency length grows; :mod:`neuro.bench.span`), ``cost`` (time per step against n for the
 RTRL family and BPTT, fitted exponents; :mod:`neuro.bench.cost`), ``gpu`` (a 16k-neuron LIF layer's forward and
-backward pass and the rules on a CUDA device, skipped with a note without one; :mod:`neuro.bench.gpu`).
+backward pass and the rules on a CUDA device, skipped with a note without one; :mod:`neuro.bench.gpu`),
+``neurobench`` (NeuroBench's Mackey-Glass protocol with its own metrics; :mod:`neuro.bench.neurobench`) and
+``mnist1d`` (sequential MNIST-1D classification by the online rules; :mod:`neuro.bench.mnist1d`).
 ``main(["sim", ...])`` runs a section with its own options; nothing here is a timed test.
 
 Two aliases: ``batch`` is ``seeds`` and ``rtrl`` is ``cost``. ``neuro bench all --quick [--out DIR]`` runs
@@ -30,6 +32,7 @@ SECTIONS = {"sim": "neuro.bench.sim", "influence": "neuro.bench.influence", "spa
             "perturbation": "neuro.bench.perturbation",
             "brian2": "neuro.bench.brian2", "rules": "neuro.bench.rules",
             "gpu": "neuro.bench.gpu", "train": "neuro.bench.train",
+            "neurobench": "neuro.bench.neurobench", "mnist1d": "neuro.bench.mnist1d",
             }
 ALIASES = {"batch": "seeds", "rtrl": "cost"}
 #: ``neuro bench all --quick``: section -> (tiny options, the JSON file it writes)

@@ -21,11 +21,12 @@ from .copy import CopyTask
 from .cue_accumulation import CueAccumulation
 from .influence_balancing import InfluenceBalancingTask
 from .mackey_glass import MackeyGlass
+from .mnist1d import MNIST1D
 from .sine import SineTask
 from .trace_patterning import TracePatterning
 
 __all__ = ["AbstractTask", "AddTask", "AnbnTask", "AtariPrediction", "BracketsTask", "CopyTask", "CueAccumulation",
-           "InfluenceBalancingTask", "MackeyGlass", "Sequence", "SineTask", "TracePatterning", "available", "get", "make",
+           "InfluenceBalancingTask", "MNIST1D", "MackeyGlass", "Sequence", "SineTask", "TracePatterning", "available", "get", "make",
            "register"]
 
 _TASKS: Registry[type[AbstractTask]] = Registry("task")
@@ -34,7 +35,7 @@ available = _TASKS.available
 get = _TASKS.get
 
 for _cls in (CopyTask, AddTask, SineTask, MackeyGlass, TracePatterning, InfluenceBalancingTask, CueAccumulation,
-             AnbnTask, BracketsTask):
+             AnbnTask, BracketsTask, MNIST1D):
     register(_cls)
 # by path: imported on first use, so that `python -m neuro.tasks.atari_prediction` runs the module it names
 register("neuro.tasks.atari_prediction:AtariPrediction", name="atari-prediction")

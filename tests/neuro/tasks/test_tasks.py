@@ -14,7 +14,7 @@ from neuro.tasks import Sequence
 from _helpers import make_task  # dataset tasks read tiny files in their published layouts
 
 NAMES = tasks.available()
-RANDOM = ["add", "anbn", "atari-prediction", "brackets", "copy", "cue-accumulation", "mackey-glass", "nmnist", "shd",
+RANDOM = ["add", "anbn", "atari-prediction", "brackets", "copy", "cue-accumulation", "mackey-glass", "mnist1d", "nmnist", "shd",
           "trace-patterning"]  # the others are deterministic
 CONTINUING = [n for n in NAMES if not make_task(n).episodic]
 EPISODIC = [n for n in NAMES if make_task(n).episodic]
@@ -33,8 +33,8 @@ def _equal(a: Sequence, b: Sequence) -> bool:
 
 
 def test_registry_lists_every_task():
-    assert NAMES == sorted(["add", "anbn", "atari-prediction", "brackets", "copy", "cue-accumulation", "influence-balancing", "mackey-glass", "nmnist",
-                            "shd", "sine", "trace-patterning"])
+    assert NAMES == sorted(["add", "anbn", "atari-prediction", "brackets", "copy", "cue-accumulation", "influence-balancing", "mackey-glass", "mnist1d",
+                            "nmnist", "shd", "sine", "trace-patterning"])
     assert neuro.tasks.make("copy", delay=10).delay == 10
 
 
