@@ -329,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
                 "offsets_at": per_row, "fixed_lr": fixed, "hidden": args.hidden, "quick": args.quick,
                 "command": command}
 
+    extra: dict[str, Any] = {}   # --partial: what else the JSON holds, kept
+
     def write_json() -> None:
-        _report.write_json(json_path, {"benchmark": "neurobench-mackey-glass", "settings": settings,
+        _report.write_json(json_path, {**extra, "benchmark": "neurobench-mackey-glass", "settings": settings,
                                        "machine": machine, "published": PUBLISHED, "cost_s_per_epoch": costs,
                                        "runs": results, "summary": summarise(results, args.rows)})
 
@@ -355,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         settings.update(old.get("settings", {}))
         costs.update(old.get("cost_s_per_epoch", {}))
         machine = old.get("machine", machine)
+        extra.update({k: v for k, v in old.items() if k not in ("settings", "machine", "cost_s_per_epoch", "runs",
+                                                                  "summary", "published", "benchmark")})
         return _write_report(args, results, settings, machine, write_json)
 
     # the cost per epoch of each row (after a warm-up run that compiles), and the sweep's projection

@@ -67,9 +67,12 @@ def test_resume_reruns_nothing_and_partial_reports(cache, tmp_path, monkeypatch)
     assert len(calls) - n == 2                                       # only the cost estimate runs again
     s = json.loads((tmp_path / "out" / "neurobench.json").read_text())["summary"]["lif-eprop"]
     assert (s["smape_mean"], s["runs"]) == (11.5, 2)
+    path = tmp_path / "out" / "neurobench.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "note": "kept"}))
     n = len(calls)
     nb.main(["--rows", "lif-eprop", "--out", out, "--partial"])
     assert len(calls) == n and "11.50 ± 1.50" in (tmp_path / "out" / "neurobench.md").read_text()
+    assert json.loads(path.read_text())["note"] == "kept"                # the JSON's other entries stay
 
 
 def test_diverged_runs_count_200():
