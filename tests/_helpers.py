@@ -270,6 +270,27 @@ def no_autograd(what: str = "the code") -> Iterator[None]:
         yield
 
 
+def hermetic_cache() -> str:
+    """Point ``NEURO_CACHE`` at a new temporary folder (removed at exit) holding a stand-in for NeuroBench's
+    tau = 17 Mackey-Glass series: a smooth quasi-periodic curve in the attractor's range, the right length."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from neuro.yardsticks import mackey_glass as mg
+
+    root = tempfile.mkdtemp(prefix="neuro-cache-")
+    atexit.register(shutil.rmtree, root, True)
+    os.environ["NEURO_CACHE"] = root
+    t = np.arange(mg.POINTS)
+    path = mg.cache_path(17)
+    path.parent.mkdir(parents=True)
+    np.save(path, 0.9 + 0.3 * np.sin(2 * np.pi * t / 40) + 0.1 * np.sin(2 * np.pi * t / 13))
+    return root
+
+
 #: tasks that read a dataset from a path: :func:`make_task` gives them tiny files of the published layout
 DATA_TASKS = ("nmnist", "shd")
 

@@ -22,11 +22,12 @@ from .cue_accumulation import CueAccumulation
 from .influence_balancing import InfluenceBalancingTask
 from .mackey_glass import MackeyGlass
 from .mnist1d import MNIST1D
+from .neurobench_mg import NeuroBenchMG
 from .sine import SineTask
 from .trace_patterning import TracePatterning
 
 __all__ = ["AbstractTask", "AddTask", "AnbnTask", "AtariPrediction", "BracketsTask", "CopyTask", "CueAccumulation",
-           "InfluenceBalancingTask", "MNIST1D", "MackeyGlass", "Sequence", "SineTask", "TracePatterning", "available", "get", "make",
+           "InfluenceBalancingTask", "MNIST1D", "MackeyGlass", "NeuroBenchMG", "Sequence", "SineTask", "TracePatterning", "available", "get", "make",
            "register"]
 
 _TASKS: Registry[type[AbstractTask]] = Registry("task")
@@ -35,7 +36,7 @@ available = _TASKS.available
 get = _TASKS.get
 
 for _cls in (CopyTask, AddTask, SineTask, MackeyGlass, TracePatterning, InfluenceBalancingTask, CueAccumulation,
-             AnbnTask, BracketsTask, MNIST1D):
+             AnbnTask, BracketsTask, MNIST1D, NeuroBenchMG):
     register(_cls)
 # by path: imported on first use, so that `python -m neuro.tasks.atari_prediction` runs the module it names
 register("neuro.tasks.atari_prediction:AtariPrediction", name="atari-prediction")
