@@ -98,3 +98,102 @@ def test_no_learning_baselines_by_hand(cache):
         200 * np.mean(np.abs(mean - x[751:]) / (mean + x[751:])), rel=1e-12)
     assert b["constant: last true value"]["smape_mean"] == pytest.approx(
         200 * np.mean(np.abs(x[750] - x[751:]) / (x[750] + x[751:])), rel=1e-12)
+
+
+def _torch_reference(run: int, window: int, hidden: int, epochs: int, ln: bool, relu: bool) -> tuple[float, float]:
+    """NeuroBench's LSTMModel and lstm_benchmark.py training, one run, written with torch modules (the oracle of
+    the stacked re-implementation): sMAPE of the test from warmed states and from rest."""
+    import torch
+    from torch import nn
+
+    from neuro.tasks.neurobench_mg import NeuroBenchMG
+
+    torch.manual_seed(run)
+    cell = nn.LSTMCell(window, hidden).double()
+    fc, norm = nn.Linear(hidden, 1).double(), nn.LayerNorm(window).double()
+    mods = nn.ModuleList([cell, fc, norm])
+    task = NeuroBenchMG(tau=17, offset=run, window=window)
+    x = task.values()
+    opt = torch.optim.Adam(mods.parameters(), lr=0.005, weight_decay=0.001)
+
+    def forward(inp, hc):
+        h, c = cell(norm(inp) if ln else inp, hc)
+        return fc(torch.relu(h) if relu else h), (h, c)
+
+    def zero():
+        return torch.zeros(1, hidden, dtype=torch.float64), torch.zeros(1, hidden, dtype=torch.float64)
+
+    for _ in range(epochs):
+        buf, hc, out = torch.zeros(1, window, dtype=torch.float64), zero(), []
+        for t in range(750):                                     # the look-back buffer, shifted by one value
+            buf = torch.cat([buf[:, 1:], torch.tensor([[x[t]]])], 1)
+            y, hc = forward(buf, hc)
+            out.append(y[0, 0])
+        loss = nn.functional.mse_loss(torch.stack(out), torch.tensor(x[1:751]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    scores = []
+    with torch.no_grad():
+        for warm in (True, False):
+            buf, hc = torch.zeros(1, window, dtype=torch.float64), zero()
+            if warm:
+                for t in range(750):
+                    buf = torch.cat([buf[:, 1:], torch.tensor([[x[t]]])], 1)
+                    _, hc = forward(buf, hc)
+            y, preds = torch.tensor([[x[750]]]), []
+            for _ in range(750):
+                buf = torch.cat([buf[:, 1:], y], 1)
+                y, hc = forward(buf, hc)
+                preds.append(float(y))
+            scores.append(200 * np.mean(np.abs(np.array(preds) - x[751:]) / (np.abs(preds) + np.abs(x[751:]))))
+    return scores[0], scores[1]
+
+
+@pytest.mark.slow
+def test_reference_lstm_matches_torch_modules(cache):
+    got = nb.reference_lstm(["ln+relu", "none"], [1], epochs=2, hidden=3, window=4)
+    for r in got:
+        ln, relu = nb.REFERENCE_VARIANTS[r["variant"]]
+        warm, cold = _torch_reference(1, 4, 3, 2, ln, relu)
+        assert (r["smape_warm"], r["smape_cold"]) == (pytest.approx(warm, rel=1e-9), pytest.approx(cold, rel=1e-9))
+    assert got[0]["smape_warm"] != got[1]["smape_warm"]                    # the variants differ
+    with pytest.raises(ValueError, match="variants"):
+        nb.reference_lstm(["layernorm"], [0])
+
+
+def test_report_regenerates_and_keeps_the_analysis(cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(nb, "run_one", lambda job: {**job, "smape": 10.0 + job["run"], "train_loss": 0.0,
+                                                    "status": "ok", "seconds": 0.1, "train_seconds": 0.1})
+    out = tmp_path / "out"
+    argv = ["--rows", "lstm-bptt", "--offsets", "0", "1", "--epochs", "1", "--lr", "lstm-bptt=0.01", "--out", str(out)]
+    nb.main(argv)
+    md_path, json_path = out / "neurobench.md", out / "neurobench.json"
+    md = md_path.read_text()
+    assert md.count(nb.ANALYSIS_BEGIN) == 1 and md.index(nb.ANALYSIS_BEGIN) < md.index(nb.ANALYSIS_END)
+    assert "## Calibration against NeuroBench's LSTM" in md and "No reproduction" in md
+    md_path.write_text(md.replace("(no analysis written yet)", "## Findings\n\n- hand-written: kept"))
+    data = json.loads(json_path.read_text())
+    data["runs"].append({**data["runs"][-1], "run": 2, "smape": 12.0})   # one more run: the table changes
+    data["calibration"] = {"command": "neuro bench neurobench --reference ...", "runs": [
+        {"variant": "ln+relu", "run": r, "epochs": 1, "lr": 0.005, "weight_decay": 0.001, "hidden": 100,
+         "window": 50, "train_loss": 0.0, "smape_warm": w, "smape_cold": c} for r, w, c in ((0, 12.0, 20.0),
+                                                                                            (1, 14.0, 30.0))]}
+    json_path.write_text(json.dumps(data))
+    nb.main(["--rows", "lstm-bptt", "--out", str(out), "--partial"])
+    md = md_path.read_text()
+    assert "- hand-written: kept" in md and md.count("## Findings") == 1
+    assert "11.00 ± 0.58" in md                                           # mean of 10, 11, 12; s.e. by hand
+    assert "| NeuroBench's LSTMModel (LayerNorm, ReLU) | 2 | 13.00 ± 1.00 | 25.00 ± 5.00 |" in md
+    assert json.loads(json_path.read_text())["calibration"]["runs"][1]["smape_cold"] == 30.0
+    nb.main(argv + ["--resume"])                                          # a sweep keeps both too
+    assert "- hand-written: kept" in md_path.read_text()
+    assert "calibration" in json.loads(json_path.read_text())
+
+
+def test_kept_analysis_old_findings_and_a_lost_end_marker():
+    assert nb.kept_analysis("# t\n\n## Findings\n\n- a\n") == "## Findings\n- a"
+    assert nb.kept_analysis("# t\n") == ""
+    assert nb.kept_analysis(f"x\n{nb.ANALYSIS_BEGIN}\n\n  b \n{nb.ANALYSIS_END}\ny") == "b"
+    with pytest.raises(ValueError, match="end marker"):
+        nb.kept_analysis(f"{nb.ANALYSIS_BEGIN}\nb\n")
