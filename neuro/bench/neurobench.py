@@ -342,22 +342,32 @@ def kept_analysis(old: str) -> str:
                              "so that the analysis can be kept")
         return body.split(ANALYSIS_END, 1)[0].strip()
     if "\n## Findings\n" in old:
-        return "## Findings\n" + old.split("\n## Findings\n", 1)[1].strip()
+        return "## Findings\n\n" + old.split("\n## Findings\n", 1)[1].strip()
     return ""
 
 
 def calibration_section(calibration: dict[str, Any] | None) -> list[str]:
-    """The report's lines on NeuroBench's protocol, this run's differences from it, and :func:`reference_lstm`'s
-    results in ``calibration`` (the JSON's entry: ``runs`` and ``command``), if any."""
+    """The report's lines on NeuroBench's protocol, this run's differences from it, and the JSON's entry
+    ``calibration``: ``sweeps`` (row lstm-bptt rerun with other settings: ``name``, ``command``, ``runs`` of
+    ``run`` and ``smape``) and :func:`reference_lstm`'s ``runs`` with their ``command``, if any."""
     lines = ["## Calibration against NeuroBench's LSTM", "", "NeuroBench's LSTM training protocol, as its example "
              "code has it (`examples/mackey_glass/lstm_model.py`, `lstm_benchmark.py`): " + PROTOCOL, "",
              "How row lstm-bptt differs from it:", "", *(f"- {d}" for d in DIFFERENCES), ""]
     runs = (calibration or {}).get("runs") or []
+    se = lambda m, s: f"{m:.2f}" + ("" if s is None else f" ± {s:.2f}")  # noqa: E731
+    sweeps = []
+    for sw in (calibration or {}).get("sweeps") or []:
+        vals = [200.0 if r["smape"] is None else r["smape"] for r in sw["runs"]]
+        err = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else None
+        sweeps += [f"- {sw['name']}: sMAPE {se(statistics.fmean(vals), err)} over {len(vals)} runs "
+                   f"{sorted(r['run'] for r in sw['runs'])} (`{sw['command']}`)"]
+    if sweeps:
+        lines += ["Row lstm-bptt with settings of NeuroBench's protocol (this project's LSTM and training loop, "
+                  "test from warmed states):", "", *sweeps, ""]
     if not runs:
         return lines + ["No reproduction of NeuroBench's LSTM has been run (`--reference`).", ""]
     ref = summarise_reference(runs)
     r0 = runs[0]
-    se = lambda m, s: f"{m:.2f}" + ("" if s is None else f" ± {s:.2f}")  # noqa: E731
     names = {"ln+relu": "NeuroBench's LSTMModel (LayerNorm, ReLU)", "none": "without LayerNorm and ReLU",
              "ln": "LayerNorm, no ReLU", "relu": "ReLU, no LayerNorm"}
     table = md_table(["variant", "runs", "sMAPE, test from warmed states (mean ± s.e.)",

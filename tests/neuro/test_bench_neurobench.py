@@ -175,7 +175,9 @@ def test_report_regenerates_and_keeps_the_analysis(cache, tmp_path, monkeypatch)
     md_path.write_text(md.replace("(no analysis written yet)", "## Findings\n\n- hand-written: kept"))
     data = json.loads(json_path.read_text())
     data["runs"].append({**data["runs"][-1], "run": 2, "smape": 12.0})   # one more run: the table changes
-    data["calibration"] = {"command": "neuro bench neurobench --reference ...", "runs": [
+    data["calibration"] = {"command": "neuro bench neurobench --reference ...", "sweeps": [
+        {"name": "lr 0.005", "command": "neuro bench neurobench --lr lstm-bptt=0.005", "runs": [
+            {"run": 0, "smape": 10.0}, {"run": 1, "smape": None}]}], "runs": [
         {"variant": "ln+relu", "run": r, "epochs": 1, "lr": 0.005, "weight_decay": 0.001, "hidden": 100,
          "window": 50, "train_loss": 0.0, "smape_warm": w, "smape_cold": c} for r, w, c in ((0, 12.0, 20.0),
                                                                                             (1, 14.0, 30.0))]}
@@ -185,6 +187,7 @@ def test_report_regenerates_and_keeps_the_analysis(cache, tmp_path, monkeypatch)
     assert "- hand-written: kept" in md and md.count("## Findings") == 1
     assert "11.00 ± 0.58" in md                                           # mean of 10, 11, 12; s.e. by hand
     assert "| NeuroBench's LSTMModel (LayerNorm, ReLU) | 2 | 13.00 ± 1.00 | 25.00 ± 5.00 |" in md
+    assert "- lr 0.005: sMAPE 105.00 ± 95.00 over 2 runs [0, 1]" in md       # a diverged run counts 200
     assert json.loads(json_path.read_text())["calibration"]["runs"][1]["smape_cold"] == 30.0
     nb.main(argv + ["--resume"])                                          # a sweep keeps both too
     assert "- hand-written: kept" in md_path.read_text()
@@ -192,7 +195,7 @@ def test_report_regenerates_and_keeps_the_analysis(cache, tmp_path, monkeypatch)
 
 
 def test_kept_analysis_old_findings_and_a_lost_end_marker():
-    assert nb.kept_analysis("# t\n\n## Findings\n\n- a\n") == "## Findings\n- a"
+    assert nb.kept_analysis("# t\n\n## Findings\n\n- a\n") == "## Findings\n\n- a"
     assert nb.kept_analysis("# t\n") == ""
     assert nb.kept_analysis(f"x\n{nb.ANALYSIS_BEGIN}\n\n  b \n{nb.ANALYSIS_END}\ny") == "b"
     with pytest.raises(ValueError, match="end marker"):
