@@ -3,7 +3,8 @@
 Task: :class:`neuro.tasks.mnist1d.MNIST1D` (Greydanus & Kobak, ICML 2024; the data from the ``mnist1d``
 package's own generator; by default 4000 training and 1000 test signals of 40 samples, ``--num-samples``): one signal per trial, fed one
 sample per step, the digit counted at the last step. Networks: ``rate`` and ``lif`` (``models.make``, ``--hidden``
-units, one input, ten outputs). Rules (``--rules``): ``bptt``, ``eprop``, ``ottt``, ``sltt``, ``anp-time``, each
+units, one input, ten outputs; the models' defaults but :data:`MODEL_OPTIONS`, the same for every rule on a model:
+the rate RNN with Glorot initialisation, ``--rate-init``). Rules (``--rules``): ``bptt``, ``eprop``, ``ottt``, ``sltt``, ``anp-time``, each
 on every model ``neuro.rules.make`` accepts it for (ottt and sltt train spiking networks only). Every run trains
 ``--trials`` trials of ``--batch`` signals drawn from the training split (``neuro.train``, Adam, one update per
 trial), then is scored on the whole test split in order (accuracy over all 1000 test signals; the prediction is
@@ -38,11 +39,18 @@ from typing import Any
 
 from neuro.bench import _report
 
-__all__ = ["BASELINES", "GRID", "main", "run_one", "valid_pairs"]
+__all__ = ["BASELINES", "GRID", "MODEL_OPTIONS", "NO_PILOT_LR", "main", "run_one", "valid_pairs"]
 
 MODELS = ("rate", "lif")
 RULES = ("bptt", "eprop", "ottt", "sltt", "anp-time")
-GRID = (1e-3, 3e-3, 1e-2)  # Adam learning rates tried by the pilot
+GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # Adam learning rates tried by the pilot
+NO_PILOT_LR = 3e-3  # the learning rate without a pilot (--pilot-trials 0)
+#: the hyper-parameters given to ``models.make`` for every rule on each model (the models' defaults but these).
+#: The rate RNN takes Glorot (xavier) initialisation, as torch's and Keras's recurrent layers scale their input
+#: weights by the layer's width: its default ``init="normal"`` draws the one input's weights from N(0, 1), which
+#: with MNIST-1D's unit-variance samples drives the tanh units so hard that the gradient from the signal's
+#: early samples vanishes (docs/results/mnist1d.md) and the network answers from its last few samples.
+MODEL_OPTIONS: dict[str, dict[str, Any]] = {"rate": {"init": "xavier"}, "lif": {}}
 PILOT_SEED = 1000
 WARM_UP_TRIALS = 2
 LAST_FRACTION = 0.2
@@ -80,7 +88,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     task = MNIST1D(split="train", num_samples=job.get("num_samples", 5000))
-    net = models.make(job["model"], n_in=1, n_hidden=job["hidden"], n_out=10)
+    net = models.make(job["model"], n_in=1, n_hidden=job["hidden"], n_out=10, **job.get("model_kw", {}))
     rule = neuro.rules.make(job["rule"], net)
     steps = task.trial_steps * job["trials"]
     kw = {"lr": job["lr"], "batch": job["batch"], "progress": False, "optimizer": "adam"}
@@ -114,7 +122,10 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _key(r: dict[str, Any]) -> tuple:
-    return tuple(r[k] for k in ("phase", "model", "rule", "seed", "lr", "hidden", "batch", "trials"))
+    """A run's identity for ``--resume``: its settings, the model's hyper-parameters included (a run recorded
+    without ``model_kw`` was made with the model's defaults)."""
+    return (*(r[k] for k in ("phase", "model", "rule", "seed", "lr", "hidden", "batch", "trials")),
+            json.dumps(r.get("model_kw", {}), sort_keys=True))
 
 
 def _log(r: dict[str, Any]) -> None:
@@ -171,6 +182,10 @@ def _pct(x: float | None, se: float | None = None) -> str:
     return f"{100 * x:.1f}" + ("" if se is None else f" ± {100 * se:.1f}")
 
 
+def _options(model_kw: dict[str, dict[str, Any]]) -> str:
+    return "; ".join(f"{m} " + (", ".join(f"{k}={v}" for k, v in kw.items()) or "none") for m, kw in model_kw.items())
+
+
 def markdown(report: dict[str, Any]) -> str:
     s, summ = report["settings"], report["summary"]
     rows = []
@@ -191,7 +206,8 @@ def markdown(report: dict[str, Any]) -> str:
     return (f"# neuro bench mnist1d\n\n{__doc__.split(chr(10) + chr(10))[1]}\n\n"
             f"Settings: {s['hidden']} hidden units, batch {s['batch']}, {s['trials']} trials "
             f"({s['trials'] * s['batch'] / s['n_train']:.1f} epochs of the {s['n_train']} training signals, "
-            f"{s['trials'] * s['batch'] * 40} sample-steps), {s['seeds']} seeds (0..{s['seeds'] - 1}); learning "
+            f"{s['trials'] * s['batch'] * 40} sample-steps), {s['seeds']} seeds (0..{s['seeds'] - 1}); models' "
+            f"options (beside their defaults): {_options(s.get('model_options', {}))}; learning "
             f"rates {lrs}.\n\n"
             f"{table}\n\nms/step: CPU time of the worker process per training step (one torch thread, batch "
             f"{s['batch']}), median over seeds; peak MiB: the peak resident memory the training run added, median "
@@ -242,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--num-samples", type=int, default=5000,
                     help="MNIST-1D's num_samples (80%% train, 20%% test; default the paper's 5000)")
+    ap.add_argument("--rate-init", default=MODEL_OPTIONS["rate"]["init"], choices=("normal", "xavier"),
+                    help="the rate RNN's init (models/rate.py; default %(default)s, see MODEL_OPTIONS)")
     ap.add_argument("--lr", nargs="+", default=[], metavar="[MODEL:]RULE=LR", help="fixed learning rates (no pilot)")
-    ap.add_argument("--pilot-trials", type=int, default=200, help="trials per pilot run (0: no pilot, lr 3e-3)")
+    ap.add_argument("--pilot-trials", type=int, default=200, help=f"trials per pilot run (0: no pilot, lr {NO_PILOT_LR:g})")
     ap.add_argument("--estimate-trials", type=int, default=20, help="trials timed per (model, rule); 0: none")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (one torch thread each)")
     ap.add_argument("--out", default="runs/bench")
@@ -271,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = shlex.join(["neuro", "bench", "mnist1d", *argv])
     t_start = time.perf_counter()
     base = {"hidden": args.hidden, "batch": args.batch, "num_samples": args.num_samples}
+    model_kw = {**MODEL_OPTIONS, "rate": {**MODEL_OPTIONS["rate"], "init": args.rate_init}}
     done: dict[tuple, dict[str, Any]] = {}
     if args.resume and os.path.exists(json_path):
         with open(json_path) as f:
@@ -287,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         report["settings"] = {**base, "trials": args.trials, "seeds": args.seeds, "pairs": [f"{m}:{r}" for m, r in pairs],
                               "fixed_lr": fixed, "pilot_trials": args.pilot_trials, "pilot_seed": PILOT_SEED,
                               "grid": list(GRID), "chosen_lr": chosen, "optimizer": "adam", "jobs": args.jobs,
-                              "n_train": n_train, "quick": args.quick, "label_steps": 1}
+                              "n_train": n_train, "quick": args.quick, "label_steps": 1,
+                              "model_options": model_kw}
         report["seconds"] = round(time.perf_counter() - t_start, 1)
         _report.write_json(json_path, report)
 
@@ -305,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.estimate_trials:
             est: list[dict[str, Any]] = []
-            run_all([{**base, "phase": "estimate", "model": m, "rule": r, "seed": PILOT_SEED, "lr": GRID[0],
-                      "trials": args.estimate_trials} for m, r in pairs], est)
+            run_all([{**base, "phase": "estimate", "model": m, "model_kw": model_kw[m], "rule": r, "seed": PILOT_SEED,
+                      "lr": GRID[0], "trials": args.estimate_trials} for m, r in pairs], est)
             report["cost_ms_per_step"] = {f"{x['model']}:{x['rule']}": x["ms_per_step"] for x in est}
             n_pilot = sum(1 for m, r in pairs if f"{m}:{r}" not in fixed and r not in fixed) * len(GRID)
             total = sum(x["ms_per_step"] for x in est) * 40 / 1e3 * (args.trials * args.seeds)
@@ -316,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.trials} trials of {args.batch}), pilots {pilot / 60:.1f} core-minutes; wall about "
                   f"{(total + pilot) / 60 / args.jobs:.1f} min on {args.jobs} worker(s) (evaluation and set-up not "
                   f"included)", file=sys.stderr, flush=True)
-        pilots = [{**base, "phase": "pilot", "model": m, "rule": r, "seed": PILOT_SEED, "lr": lr,
+        pilots = [{**base, "phase": "pilot", "model": m, "model_kw": model_kw[m], "rule": r, "seed": PILOT_SEED, "lr": lr,
                    "trials": args.pilot_trials} for m, r in pairs
                   if f"{m}:{r}" not in fixed and r not in fixed and args.pilot_trials for lr in GRID]
         run_all(pilots, report["pilot"])
@@ -325,12 +345,13 @@ def main(argv: list[str] | None = None) -> int:
             if key in fixed or r in fixed:
                 chosen[key] = fixed.get(key, fixed.get(r))
             elif not args.pilot_trials:
-                chosen[key] = GRID[1]
+                chosen[key] = NO_PILOT_LR
             else:
                 ok = [x for x in report["pilot"] if (x["model"], x["rule"]) == (m, r) and x["final_loss"] is not None]
                 chosen[key] = min(ok, key=lambda x: x["final_loss"])["lr"] if ok else GRID[0]
         for s in range(args.seeds):  # seed by seed: the report after each holds whole seeds
-            run_all([{**base, "phase": "main", "model": m, "rule": r, "seed": s, "lr": chosen[f"{m}:{r}"],
+            run_all([{**base, "phase": "main", "model": m, "model_kw": model_kw[m], "rule": r, "seed": s,
+                       "lr": chosen[f"{m}:{r}"],
                       "trials": args.trials} for m, r in pairs], report["results"])
             report["results"].sort(key=lambda x: (x["model"], x["rule"], x["seed"]))
             report["summary"] = summarise(report["results"], pairs)

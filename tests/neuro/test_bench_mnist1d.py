@@ -22,7 +22,7 @@ def test_quick_runs_resumes_and_reports(tmp_path):
     runs = report["results"]
     assert sorted((r["rule"], r["seed"]) for r in runs) == [("anp-time", 0), ("anp-time", 1), ("bptt", 0), ("bptt", 1)]
     for r in runs:
-        assert r["status"] == "ok" and r["lr"] == bench.GRID[1]  # no pilot: the middle candidate
+        assert r["status"] == "ok" and r["lr"] == bench.NO_PILOT_LR  # no pilot
         assert 0 <= r["test_acc"] <= 1 and r["ms_per_step"] > 0 and r["peak_mib"] >= 0
         # the whole test split is scored: accuracy is a multiple of 1/100 (100 test signals of 500)
         assert abs(r["test_acc"] * 100 - round(r["test_acc"] * 100)) < 1e-9
@@ -62,3 +62,33 @@ def test_published_baselines_are_the_readme_figures():
     assert bench.BASELINES["MLP"] == (68, 68)
     assert bench.BASELINES["CNN"] == (94, 56)
     assert bench.BASELINES["GRU (bidirectional)"] == (91, 57)
+
+
+def test_rate_model_options_reach_the_network_and_the_resume_key(tmp_path, monkeypatch):
+    # the rate RNN is made with Glorot init (MODEL_OPTIONS) for every rule; a run recorded with other model
+    # hyper-parameters (an old JSON without model_kw: the model's defaults) is run again, not reused
+    assert bench.MODEL_OPTIONS["rate"] == {"init": "xavier"} and bench.MODEL_OPTIONS["lif"] == {}
+    out = tmp_path / "b"
+    argv = [*ARGS[:ARGS.index("--rules")], "--rules", "bptt", "--seeds", "1", "--out", str(out)]
+    assert bench.main(argv) == 0
+    path = out / "bench_mnist1d.json"
+    report = json.loads(path.read_text())
+    assert report["settings"]["model_options"]["rate"] == {"init": "xavier"}
+    assert [r["model_kw"] for r in report["results"]] == [{"init": "xavier"}]
+    assert "rate init=xavier" in (out / "bench_mnist1d.md").read_text()
+    # (test_quick_runs_resumes_and_reports checks that a run of the same settings is kept)
+    stale = {k: v for k, v in report["results"][0].items() if k != "model_kw"}
+    path.write_text(json.dumps({**report, "results": [{**stale, "test_acc": 0.25, "wall_s": -1.0}]}))
+    assert bench.main([*argv, "--resume"]) == 0
+    [again] = json.loads(path.read_text())["results"]
+    assert again["wall_s"] >= 0 and again["test_acc"] != 0.25 and again["model_kw"] == {"init": "xavier"}
+    # the network run_one trains is the one models.make builds with those options
+    import models
+
+    made = []
+    real = models.make
+    monkeypatch.setattr(models, "make", lambda name, **kw: made.append((name, kw)) or real(name, **kw))
+    job = {"phase": "pilot", "model": "rate", "model_kw": {"init": "normal"}, "rule": "bptt", "seed": 0, "lr": 1e-3,
+           "hidden": 4, "batch": 2, "trials": 1, "num_samples": 500}
+    assert bench.run_one(job)["status"] == "ok"
+    assert made == [("rate", {"n_in": 1, "n_hidden": 4, "n_out": 10, "init": "normal"})]
