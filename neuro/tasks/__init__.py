@@ -27,7 +27,8 @@ from .sine import SineTask
 from .trace_patterning import TracePatterning
 
 __all__ = ["AbstractTask", "AddTask", "AnbnTask", "AtariPrediction", "BracketsTask", "CopyTask", "CueAccumulation",
-           "InfluenceBalancingTask", "MNIST1D", "MackeyGlass", "NeuroBenchMG", "Sequence", "SineTask", "TracePatterning", "available", "get", "make",
+           "InfluenceBalancingTask", "MNIST1D", "MackeyGlass", "NMNIST", "NeuroBenchMG", "Sequence", "SineTask",
+           "SpikingHeidelberg", "TracePatterning", "available", "get", "make",
            "register"]
 
 _TASKS: Registry[type[AbstractTask]] = Registry("task")
@@ -46,9 +47,13 @@ register("neuro.tasks.shd:SpikingHeidelberg", name="shd")
 register("neuro.tasks.events:NMNIST", name="nmnist")
 
 
+#: the classes registered by path, as attributes of this module (imported on first use)
+_BY_PATH = {"AtariPrediction": "atari-prediction", "SpikingHeidelberg": "shd", "NMNIST": "nmnist"}
+
+
 def __getattr__(name: str) -> Any:
-    if name == "AtariPrediction":
-        return get("atari-prediction")
+    if name in _BY_PATH:
+        return get(_BY_PATH[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
