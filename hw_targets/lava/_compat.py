@@ -39,7 +39,7 @@ import threading
 from collections.abc import Sequence
 from types import ModuleType
 
-__all__ = ["SUPPORTED_VERSION", "TARGET_MODULE", "LavaCompatError", "install", "installed",
+__all__ = ["MP_MODULE", "SUPPORTED_VERSION", "TARGET_MODULE", "LavaCompatError", "install", "installed",
            "uninstall", "lava_version", "patch_source", "ensure_lava"]
 
 SUPPORTED_VERSION = "0.10.0"
@@ -172,9 +172,50 @@ def ensure_lava() -> str:
     install()
     try:
         importlib.import_module(TARGET_MODULE)
+        _import_multiprocessing_infrastructure()
     except ModuleNotFoundError as e:
         # lava-nc is installed with --no-deps, so its own dependencies can be the missing piece.
         raise LavaCompatError(
             f"lava-nc {version} is installed but importing {TARGET_MODULE} needs the missing "
             f"module {e.name!r}: run `make install`") from e
     return version
+
+
+#: lava's message infrastructure: importing it calls ``multiprocessing.set_start_method('fork')``
+MP_MODULE = "lava.magma.runtime.message_infrastructure.multiprocessing"
+
+
+def _import_multiprocessing_infrastructure() -> None:
+    """Import :data:`MP_MODULE` in a process whose multiprocessing context is already fixed.
+
+    lava-nc 0.10.0 calls ``mp.set_start_method('fork')`` (without ``force``) when that module is imported,
+    which raises ``RuntimeError: context has already been set`` once anything in the process has used the
+    default context: a ``multiprocessing`` lock, queue or pool, e.g. the lock tqdm makes for its first
+    progress bar (NeuroBench's ``Benchmark.run`` shows one). Where the method already fixed is ``'fork'``,
+    lava's call asks for what is in place, so it is let through as a no-op during the import; any other
+    method is refused with the reason, since lava's runtime needs ``fork``.
+    """
+    import multiprocessing
+
+    if MP_MODULE in sys.modules:
+        return
+    current = multiprocessing.get_start_method(allow_none=True)
+    if current is None:
+        importlib.import_module(MP_MODULE)
+        return
+    if current != "fork":
+        raise LavaCompatError(f"lava-nc's runtime needs the 'fork' start method, but this process already uses "
+                              f"{current!r}: import hw_targets.lava before starting processes, or run it in a "
+                              "fresh process")
+    original = multiprocessing.set_start_method
+
+    def already(method, force=False):
+        if method != current:
+            original(method, force)
+
+    with _LOCK:
+        multiprocessing.set_start_method = already
+        try:
+            importlib.import_module(MP_MODULE)
+        finally:
+            multiprocessing.set_start_method = original

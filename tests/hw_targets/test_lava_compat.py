@@ -220,3 +220,27 @@ def test_bias_driven_lif_matches_the_lava_equations() -> None:
         spike_times = [t for t, x in enumerate(got[tag]["s"]) if x]
         assert spike_times == [t for t, x in enumerate(s) if x], tag
         assert got[tag]["v"] == pytest.approx(v, rel=1e-12, abs=1e-12), tag
+
+
+@pytest.mark.slow
+def test_lava_imports_after_the_default_multiprocessing_context_is_fixed() -> None:
+    """A multiprocessing lock made first (as tqdm's first progress bar does, e.g. NeuroBench's) fixes the default
+    context; lava's import then calls ``set_start_method('fork')``, which fails on its own and is let through by
+    :func:`ensure_lava` where the method in place is already fork. Another method is refused with the reason."""
+    first = "import multiprocessing as mp; mp.RLock(); assert mp.get_start_method(allow_none=True) == 'fork'\n"
+    plain = run_python(first + f"import {_compat.MP_MODULE}")
+    assert plain.returncode != 0 and "context has already been set" in plain.stderr, plain.stderr
+    hooked = run_python(first + f"""
+import hw_targets.lava as hl
+hl.ensure_lava()
+import {_compat.MP_MODULE}
+from lava.proc.dense.process import Dense
+assert mp.get_start_method() == 'fork'
+print('ok')""")
+    assert hooked.returncode == 0 and hooked.stdout.split() == ["ok"], hooked.stderr
+    spawn = run_python("""
+import multiprocessing as mp
+mp.set_start_method('spawn')
+import hw_targets.lava as hl
+hl.ensure_lava()""")
+    assert spawn.returncode != 0 and "needs the 'fork' start method" in spawn.stderr, spawn.stderr
