@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -227,14 +227,22 @@ class LIF(AbstractNetwork):
         i_new = i * self.beta + I  # Lava: u (1 - du) + a_in with du = 1 - beta
         return v * self.alpha + i_new + b, i_new
 
-    def _fire(self, state: NamedTuple, v: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
-        """Refractory hold, spike and reset: returns (v_t, z_t, r_t)."""
+    def _fire(self, state: NamedTuple, v: Tensor, threshold: Tensor | float,
+              fire: Callable[[Tensor, Tensor | float, Tensor | None], Tensor] | None = None
+              ) -> tuple[Tensor, Tensor, Tensor]:
+        """Refractory hold, spike and reset: returns (v_t, z_t, r_t). ``fire(v, threshold, active)`` (``active``
+        0 while refractory, None without a refractory period) makes the spike instead of the surrogate spike
+        function: the NeuroBench adapter's spike module, whose outputs NeuroBench counts."""
+        active = None
         if self.refractory > 0:
             active = (state.r <= 0).to(v.dtype)
             v = torch.where(state.r > 0, torch.full_like(v, self.v_reset), v)
-        z = spike(v, threshold, self.surrogate, self.surrogate_width, self.surrogate_scale, self.v_th)
-        if self.refractory > 0:
-            z = z * active
+        if fire is not None:
+            z = fire(v, threshold, active)
+        else:
+            z = spike(v, threshold, self.surrogate, self.surrogate_width, self.surrogate_scale, self.v_th)
+            if active is not None:
+                z = z * active
         zr = z.detach() if self.detach_reset else z
         if self.reset == "subtract":
             v = v - zr * self.v_th

@@ -181,20 +181,12 @@ class NetworkModule(nn.Module):
 
     def _spiking(self, state: Any, x: Tensor) -> tuple[Any, Tensor]:
         """``models.lif`` / ``models.alif``: LIF's ``_integrate`` (the element-wise sub-threshold update), then
-        its ``_fire`` with the spike as :class:`SpikeFunction`, then the leaky readout."""
+        its ``_fire`` with the spike made by :class:`SpikeFunction`, then the leaky readout."""
         net = self.net
         current = self.inp(x) + self.rec(state.z)
         v, i_new = net._integrate({"b": self.b}, state, current)
-        active = None
-        if net.refractory > 0:
-            active = (state.r <= 0).to(v.dtype)
-            v = torch.where(state.r > 0, torch.full_like(v, net.v_reset), v)
         threshold = net.v_th + net.beta_a * state.a if net.name == "alif" else net.v_th
-        z = self.unit(v, threshold, active)
-        v = v - z * net.v_th if net.reset == "subtract" else v * (1.0 - z) + z * net.v_reset
-        r = state.r
-        if net.refractory > 0:
-            r = torch.where(z > 0, torch.full_like(v, float(net.refractory)), (state.r - 1.0).clamp(min=0.0))
+        v, z, r = net._fire(state, v, threshold, fire=self.unit)
         new = {"v": v, "i": i_new, "z": z, "r": r}
         if net.name == "alif":
             new["a"] = net.rho * state.a + z
