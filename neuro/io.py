@@ -40,7 +40,7 @@ from typing import IO, Any, Iterator
 
 import torch
 
-__all__ = ["atomic_open", "atomic_path", "from_saveable", "load_checkpoint", "read_csv", "read_json",
+__all__ = ["atomic_open", "atomic_path", "cache_root", "from_saveable", "load_checkpoint", "read_csv", "read_json",
            "save_checkpoint", "save_figure", "save_npz", "to_saveable", "write_csv", "write_json", "write_text"]
 
 _GEN = "__torch_generator__"
@@ -49,6 +49,14 @@ _TAG = b"\nneuro checkpoint sha256 "
 _FOOTER = len(_TAG) + 64 + 1  # the tag, the hex digest, "\n"
 #: errors of a write that failed for want of room or a broken device: named after the target when unnamed
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of this library's caches (the Atari renderings, NeuroBench's Mackey-Glass series):
+    ``cache_dir`` if given, else the environment variable ``NEURO_CACHE``, else ``~/.cache/neuro``; ``~``
+    expanded."""
+    root = cache_dir if cache_dir is not None else os.environ.get("NEURO_CACHE") or Path.home() / ".cache" / "neuro"
+    return Path(root).expanduser()
 
 
 def _temporary(path: Path, suffix: str = "") -> Path:

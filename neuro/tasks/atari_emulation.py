@@ -36,6 +36,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from neuro.io import cache_root
+
 __all__ = ["RESET", "SEED", "Rendering", "cache_path", "emulator", "games", "minimal_action_set", "play",
            "render_cached", "resize", "standin"]
 
@@ -174,9 +176,8 @@ def cache_path(game: str, log: bytes, cache_dir: str | os.PathLike | None = None
     """Where the rendering of ``log`` on ``game`` is cached (module docstring)."""
     import ale_py
 
-    root = Path(cache_dir if cache_dir is not None else os.environ.get("NEURO_CACHE") or Path.home() / ".cache/neuro")
     digest = hashlib.sha256(log).hexdigest()[:24]
-    return root.expanduser() / "atari-prediction" / f"{game}-{digest}-ale-py{ale_py.__version__}.npz"
+    return cache_root(cache_dir) / "atari-prediction" / f"{game}-{digest}-ale-py{ale_py.__version__}.npz"
 
 
 def _key(game: str, log: bytes) -> dict:

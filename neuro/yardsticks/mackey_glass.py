@@ -27,7 +27,6 @@ and ``examples/mackey_glass``; data card huggingface.co/datasets/NeuroBench/mack
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from neuro.io import atomic_path
+from neuro.io import atomic_path, cache_root
 
 if TYPE_CHECKING:
     from neuro.contract import AbstractNetwork, Params
@@ -78,8 +77,7 @@ def run_start(offset: int) -> int:
 def cache_path(tau: int = 17) -> Path:
     """Where the series of ``tau`` is cached: ``$NEURO_CACHE/neurobench-mg/mg_<tau>.npy`` (default
     ``~/.cache/neuro``)."""
-    base = os.environ.get("NEURO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "neuro")
-    return Path(base) / "neurobench-mg" / f"mg_{_check_tau(tau)}.npy"
+    return cache_root() / "neurobench-mg" / f"mg_{_check_tau(tau)}.npy"
 
 
 def generate(tau: int = 17) -> np.ndarray:
