@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neuro.contract import check_positive
+from neuro.contract import check_choice, check_positive
 
 from .base import AbstractTask, Block, Sequence
 
@@ -80,8 +80,7 @@ class MNIST1D(AbstractTask):
     episodic = True
 
     def __post_init__(self) -> None:
-        if self.split not in SPLITS:
-            raise ValueError(f"split={self.split!r} is invalid: valid choices are {', '.join(map(repr, SPLITS))}")
+        check_choice("split", self.split, SPLITS)
         check_positive("num_samples", self.num_samples, integer=True)
         if self.num_samples < 5 * N_CLASSES:  # make_dataset makes num_samples // 10 per class; both splits non-empty
             raise ValueError(f"num_samples={self.num_samples!r} is invalid: must be >= {5 * N_CLASSES} "
@@ -111,8 +110,7 @@ class MNIST1D(AbstractTask):
     def arrays(self, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(x [N, 40], y [N])`` of ``split`` (default this task's), as ``mnist1d`` makes them."""
         split = self.split if split is None else split
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r} is invalid: valid choices are {', '.join(map(repr, SPLITS))}")
+        check_choice("split", split, SPLITS)
         d = dataset(self.num_samples, self.data_seed, self.shuffle_seq)
         return (d["x"], d["y"]) if split == "train" else (d["x_test"], d["y_test"])
 
