@@ -18,6 +18,7 @@ NeuroBench's official files (see :mod:`neuro.yardsticks.mackey_glass`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -61,12 +62,19 @@ class NeuroBenchMG(AbstractTask):
 
         return TRAIN
 
-    def values(self) -> np.ndarray:
-        """The run's 1501 points ``x_0 .. x_1500`` (float64)."""
+    @functools.cached_property
+    def _points(self) -> np.ndarray:
+        """The run's points, read from the cached series once per task (read-only)."""
         from neuro.yardsticks import mackey_glass as mg
 
         start = mg.run_start(self.offset)
-        return mg.series(self.tau)[start:start + mg.WINDOW].copy()
+        x = mg.series(self.tau)[start:start + mg.WINDOW]
+        x.setflags(write=False)
+        return x
+
+    def values(self) -> np.ndarray:
+        """The run's 1501 points ``x_0 .. x_1500`` (float64)."""
+        return self._points.copy()
 
     def windows(self) -> tuple[np.ndarray, np.ndarray]:
         """Teacher-forced inputs ``xs`` [1500, window] (row ``t``: ``x_{t-W+1} .. x_t``, zeros before ``x_0``)

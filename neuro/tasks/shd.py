@@ -36,6 +36,7 @@ units below 700; ``ValueError`` names the file, the recording and what is wrong.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from pathlib import Path
@@ -121,9 +122,9 @@ class SpikingHeidelberg(AbstractTask):
         check_positive("channel_stride", self.channel_stride, integer=True)
         self._labels  # noqa: B018 -- the file's layout and labels checked now, not at the first trial
 
-    @property
+    @functools.cached_property
     def file(self) -> Path:
-        """The HDF5 file read."""
+        """The HDF5 file read (located once: every recording's check names it)."""
         return data_file(self.path, self.dataset, self.split)
 
     @property
@@ -169,27 +170,25 @@ class SpikingHeidelberg(AbstractTask):
                              f"expected {LAYOUT}")
         return f[key]
 
-    @property
+    @functools.cached_property
     def _labels(self) -> np.ndarray:
         """The labels [n] (read once), checked against the layout and the class count."""
-        if "_labels_read" not in self.__dict__:
-            import h5py
+        import h5py
 
-            times, units, labels = (self._dataset(k) for k in KEYS)
-            for key, ds in (("spikes/times", times), ("spikes/units", units)):
-                if ds.ndim != 1 or h5py.check_vlen_dtype(ds.dtype) is None:
-                    raise ValueError(f"{str(self.file)!r}: dataset {key!r} has shape {ds.shape} and dtype {ds.dtype}, "
-                                     f"not one variable-length array per recording: expected {LAYOUT}")
-            y = labels[()]
-            if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or not len(times) == len(units) == len(y):
-                raise ValueError(f"{str(self.file)!r}: labels {y.shape} {y.dtype}, spikes/times {times.shape}, "
-                                 f"spikes/units {units.shape}: expected one integer label per recording")
-            bad = np.flatnonzero((y < 0) | (y >= self.n_out))
-            if bad.size:
-                raise ValueError(f"{str(self.file)!r}: label {y[bad[0]]} of recording {bad[0]} is not a class of "
-                                 f"{self.dataset.upper()} (0..{self.n_out - 1})")
-            self.__dict__["_labels_read"] = y.astype(np.int64)
-        return self.__dict__["_labels_read"]
+        times, units, labels = (self._dataset(k) for k in KEYS)
+        for key, ds in (("spikes/times", times), ("spikes/units", units)):
+            if ds.ndim != 1 or h5py.check_vlen_dtype(ds.dtype) is None:
+                raise ValueError(f"{str(self.file)!r}: dataset {key!r} has shape {ds.shape} and dtype {ds.dtype}, "
+                                 f"not one variable-length array per recording: expected {LAYOUT}")
+        y = labels[()]
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or not len(times) == len(units) == len(y):
+            raise ValueError(f"{str(self.file)!r}: labels {y.shape} {y.dtype}, spikes/times {times.shape}, "
+                             f"spikes/units {units.shape}: expected one integer label per recording")
+        bad = np.flatnonzero((y < 0) | (y >= self.n_out))
+        if bad.size:
+            raise ValueError(f"{str(self.file)!r}: label {y[bad[0]]} of recording {bad[0]} is not a class of "
+                             f"{self.dataset.upper()} (0..{self.n_out - 1})")
+        return y.astype(np.int64)
 
     def spikes(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """The spike times (float64, seconds) and units (int64) of recording ``i``, checked (module docstring)."""
