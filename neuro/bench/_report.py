@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import statistics
@@ -132,6 +133,12 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     med = statistics.median(values)
     lo, hi = min(values), max(values)
     return {"median": med, "min": lo, "max": hi, "spread": (hi - lo) / med if med else 0.0, "n": len(values)}
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and standard error (the sample standard deviation over sqrt(n)); the s.e. is None for one value."""
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    return statistics.fmean(values), se
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:

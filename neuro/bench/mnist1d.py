@@ -165,10 +165,10 @@ def summarise(results: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> di
         rs = [x for x in results if x["model"] == m and x["rule"] == r]
         ok = [x for x in rs if x["test_acc"] is not None]
         accs = [x["test_acc"] for x in ok]
+        mean, se = _report.mean_se(accs) if accs else (None, None)
         out[f"{m}:{r}"] = {
             "runs": len(rs), "diverged": len(rs) - len(ok), "test_acc": accs,
-            "test_acc_mean": statistics.fmean(accs) if accs else None,
-            "test_acc_se": statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else None,
+            "test_acc_mean": mean, "test_acc_se": se,
             "train_acc_mean": statistics.fmean(x["train_acc"] for x in ok) if ok else None,
             "final_loss_mean": statistics.fmean(x["final_loss"] for x in ok) if ok else None,
             "ms_per_step_median": statistics.median(x["ms_per_step"] for x in rs) if rs else None,

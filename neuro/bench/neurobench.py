@@ -34,7 +34,6 @@ test started from the states warmed by the training inputs (NeuroBench's code si
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -260,9 +259,7 @@ def summarise_reference(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
         rs = [r for r in runs if r["variant"] == v]
         row: dict[str, Any] = {"runs": len(rs), "run_ids": sorted(r["run"] for r in rs)}
         for mode in ("warm", "cold"):
-            vals = [r[f"smape_{mode}"] for r in rs]
-            row[f"smape_{mode}"] = statistics.fmean(vals)
-            row[f"smape_{mode}_se"] = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else None
+            row[f"smape_{mode}"], row[f"smape_{mode}_se"] = _report.mean_se([r[f"smape_{mode}"] for r in rs])
         out[v] = row
     return out
 
@@ -285,9 +282,9 @@ def summarise(results: list[dict[str, Any]], rows: list[str]) -> dict[str, dict[
         if not rs:
             continue
         vals = [200.0 if r["smape"] is None else r["smape"] for r in rs]
-        se = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else None
+        mean, se = _report.mean_se(vals)
         first = min(rs, key=lambda r: r["run"])
-        out[row] = {"smape_mean": statistics.fmean(vals), "smape_se": se, "runs": len(vals),
+        out[row] = {"smape_mean": mean, "smape_se": se, "runs": len(vals),
                     "diverged": sum(r["smape"] is None for r in rs), "run_ids": sorted(r["run"] for r in rs), "lr": first["lr"], "epochs": first["epochs"],
                     "neurobench": first.get("neurobench"),
                     "seconds_per_run": statistics.fmean(r["seconds"] for r in rs)}
@@ -307,8 +304,8 @@ def baselines(offsets: list[int]) -> dict[str, dict[str, Any]]:
         for off in offsets:
             x = NeuroBenchMG(tau=TAU, offset=off).values()
             vals.append(smape(np.full(TRAIN, guess(x)), x[TRAIN + 1:]))
-        se = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else None
-        out[name] = {"smape_mean": statistics.fmean(vals), "smape_se": se, "runs": len(vals)}
+        mean, se = _report.mean_se(vals)
+        out[name] = {"smape_mean": mean, "smape_se": se, "runs": len(vals)}
     return out
 
 
@@ -358,8 +355,7 @@ def calibration_section(calibration: dict[str, Any] | None) -> list[str]:
     sweeps = []
     for sw in (calibration or {}).get("sweeps") or []:
         vals = [200.0 if r["smape"] is None else r["smape"] for r in sw["runs"]]
-        err = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else None
-        sweeps += [f"- {sw['name']}: sMAPE {se(statistics.fmean(vals), err)} over {len(vals)} runs "
+        sweeps += [f"- {sw['name']}: sMAPE {se(*_report.mean_se(vals))} over {len(vals)} runs "
                    f"{sorted(r['run'] for r in sw['runs'])} (`{sw['command']}`)"]
     if sweeps:
         lines += ["Row lstm-bptt with settings of NeuroBench's protocol (this project's LSTM and training loop, "
@@ -370,7 +366,7 @@ def calibration_section(calibration: dict[str, Any] | None) -> list[str]:
     r0 = runs[0]
     names = {"ln+relu": "NeuroBench's LSTMModel (LayerNorm, ReLU)", "none": "without LayerNorm and ReLU",
              "ln": "LayerNorm, no ReLU", "relu": "ReLU, no LayerNorm"}
-    table = md_table(["variant", "runs", "sMAPE, test from warmed states (mean ± s.e.)",
+    table = _report.md_table(["variant", "runs", "sMAPE, test from warmed states (mean ± s.e.)",
                       "sMAPE, test from rest (mean ± s.e.)"],
                      [[names.get(v, v), s["runs"], se(s["smape_warm"], s["smape_warm_se"]),
                        se(s["smape_cold"], s["smape_cold_se"])] for v, s in ref.items()])
@@ -429,7 +425,7 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any], machi
         "75 points per Lyapunov time); the card warns that jitcdde's output differs across machines, so it may "
         "differ from NeuroBench's official file, and a chaotic series makes such differences grow.",
         "",
-        md_table(head, lines),
+        _report.md_table(head, lines),
         "",
         "The two rows \"no learning\" predict a constant over the test span (the mean of the training points, or "
         "the last true value x_750), over the run indices any row evaluated: a network whose prediction settles "
@@ -465,10 +461,6 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any], machi
         ANALYSIS_END,
         "",
     ])
-
-
-def md_table(header, rows) -> str:
-    return _report.md_table(header, rows)
 
 
 def plot(path: str, summary: dict[str, dict[str, Any]]) -> None:
