@@ -110,6 +110,7 @@ class LIF(AbstractNetwork):
     spiking = True
     State = LIFState
     local_form = True
+    maskable = ("W_in", "W_rec")
     bias_in_current = False
     trace_fields = ("v", "i")
     uniform_fields = ("i",)
@@ -200,7 +201,7 @@ class LIF(AbstractNetwork):
         sub = self.subthreshold()  # b moves the steady-state voltage by b vb / (1 - vv)
         offset = self.bias_mean + _init.normal(g, (n,), self.bias_std)
         p["b"] = offset * self.v_th * (1.0 - sub.vv) / sub.vb
-        return _init.finish(p, dtype, device)
+        return _init.finish(self.sparse_init(p), dtype, device)
 
     def init_state(self, params: Params, batch: int = 1) -> LIFState:
         dtype, device = state_dtype(params)
@@ -211,7 +212,7 @@ class LIF(AbstractNetwork):
 
     # -- one step -------------------------------------------------------------------------------------
     def current(self, params: Params, state: LIFState, x: Tensor) -> Tensor:
-        return x @ params["W_in"].mT + state.z @ params["W_rec"].mT
+        return x @ self.weight(params, "W_in").mT + state.z @ self.weight(params, "W_rec").mT
 
     def _integrate(self, params: Params, state: NamedTuple, I: Tensor) -> tuple[Tensor, Tensor]:
         """Sub-threshold update: (v~, i_t) from the previous state and the synaptic input ``I``."""

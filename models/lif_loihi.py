@@ -97,6 +97,7 @@ class LIFLoihi(AbstractNetwork):
     name = "lif-loihi"
     spiking = True
     State = LIFLoihiState
+    maskable = ("W_in", "W_rec")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -145,17 +146,16 @@ class LIFLoihi(AbstractNetwork):
         n = self.n_hidden
         unit = self.threshold / self.gain()  # activation per step that holds v at threshold
 
-        def weights(shape, std, e):
-            w = _init.normal(g, shape, std / 2.0 ** e)
-            return (2.0 * torch.round(w / 2.0)).clamp(*W_RANGE)
-
         p = {
-            "W_in": weights((n, self.n_in), self.input_scale * unit / math.sqrt(self.n_in), self.weight_exp_in),
-            "W_rec": weights((n, n), self.rec_scale * unit / math.sqrt(n), self.weight_exp_rec),
+            "W_in": _init.normal(g, (n, self.n_in), self.input_scale * unit / math.sqrt(self.n_in) / 2.0 ** self.weight_exp_in),
+            "W_rec": _init.normal(g, (n, n), self.rec_scale * unit / math.sqrt(n) / 2.0 ** self.weight_exp_rec),
             "b": torch.zeros(n, dtype=torch.float64),
             "W_out": _init.normal(g, (self.n_out, n), 1.0 / math.sqrt(n)),
             "b_out": torch.zeros(self.n_out, dtype=torch.float64),
         }
+        p = self.sparse_init(p)  # sparse matrices: zero off the mask, scaled up (before rounding)
+        for k in ("W_in", "W_rec"):
+            p[k] = (2.0 * torch.round(p[k] / 2.0)).clamp(*W_RANGE)
         return _init.finish(p, dtype, device)
 
     def init_state(self, params: Params, batch: int = 1) -> LIFLoihiState:
@@ -169,10 +169,17 @@ class LIFLoihi(AbstractNetwork):
         """The activation ``a_t`` Lava's two Dense processes deliver to the LIF's ``a_in``."""
         x_int = _ste(torch.trunc(x.detach().double()), x)
         parts = []
-        for W, inp, e in ((params["W_in"], x_int, self.weight_exp_in), (params["W_rec"], state.z, self.weight_exp_rec)):
+        for W, inp, e in ((self.weight(params, "W_in"), x_int, self.weight_exp_in),
+                          (self.weight(params, "W_rec"), state.z, self.weight_exp_rec)):
             exact = shift(inp.detach().double() @ dense_weights(W).T, e)
             parts.append(_ste(exact, inp @ W.T * float(2.0 ** e)))
         return parts[0] + parts[1]
+
+    def input_current(self, params: Params, x: Tensor) -> Tensor:
+        """The input's Dense process alone: the first term of :meth:`current`."""
+        x_int = _ste(torch.trunc(x.detach().double()), x)
+        W, e = self.weight(params, "W_in"), self.weight_exp_in
+        return _ste(shift(x_int.detach().double() @ dense_weights(W).T, e), x_int @ W.T * float(2.0 ** e))
 
     def neuron(self, params: Params, state: LIFLoihiState, a: Tensor) -> tuple[LIFLoihiState, Tensor]:
         u, v = state.u, state.v

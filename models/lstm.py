@@ -36,6 +36,7 @@ class LSTM(AbstractNetwork):
 
     name = "lstm"
     local_form = True
+    maskable = ("W_in", "W_rec")
     bias_in_current = True
     spiking = False
     State = LSTMState
@@ -67,7 +68,7 @@ class LSTM(AbstractNetwork):
         }
         if self.readout_init == "zeros":
             p["W_out"] = torch.zeros_like(p["W_out"])
-        return _init.finish(p, dtype, device)
+        return _init.finish(self.sparse_init(p), dtype, device)
 
     def init_state(self, params: Params, batch: int = 1) -> LSTMState:
         dtype, device = state_dtype(params)
@@ -75,7 +76,7 @@ class LSTM(AbstractNetwork):
         return LSTMState(h=z, c=z.clone())
 
     def current(self, params: Params, state: LSTMState, x: Tensor) -> Tensor:
-        return x @ params["W_in"].mT + state.h @ params["W_rec"].mT + params["b"]
+        return x @ self.weight(params, "W_in").mT + state.h @ self.weight(params, "W_rec").mT + params["b"]
 
     def neuron(self, params: Params, state: LSTMState, i: Tensor) -> tuple[LSTMState, Tensor]:
         gi, gf, gg, go = i.chunk(4, dim=-1)

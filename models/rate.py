@@ -59,6 +59,7 @@ class RateRNN(AbstractNetwork):
     spiking = False
     State = RateState
     local_form = True
+    maskable = ("W_in", "W_rec")
     bias_in_current = True
     trace_fields = ("h",)
 
@@ -97,7 +98,7 @@ class RateRNN(AbstractNetwork):
         }
         if self.decorrelation:
             p["D"] = torch.eye(n, dtype=torch.float64)
-        return _init.finish(p, dtype, device)
+        return _init.finish(self.sparse_init(p), dtype, device)
 
     @property
     def fixed_params(self) -> tuple[str, ...]:
@@ -121,7 +122,7 @@ class RateRNN(AbstractNetwork):
         return RateState(h=torch.zeros(batch, self.n_hidden, dtype=dtype, device=device))
 
     def current(self, params: Params, state: RateState, x: Tensor) -> Tensor:
-        return x @ params["W_in"].mT + state.h @ params["W_rec"].mT + params["b"]
+        return x @ self.weight(params, "W_in").mT + state.h @ self.weight(params, "W_rec").mT + params["b"]
 
     def neuron(self, params: Params, state: RateState, i: Tensor) -> tuple[RateState, Tensor]:
         h = torch.tanh(i) if self.alpha == 1.0 else (1.0 - self.alpha) * state.h + self.alpha * torch.tanh(i)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import math
 import numbers
 from typing import Any, ClassVar, NamedTuple
@@ -114,6 +115,9 @@ class AbstractNetwork(abc.ABC):
     n_in: int
     n_hidden: int
     n_out: int
+    #: which synapses of each weight matrix exist (:mod:`neuro.connectivity`): a number P (``W_rec`` at random
+    #: with probability P), a rule, or a dict of matrix names to rules; dense by default
+    connectivity: Any = ()
 
     #: registry name, set by each model
     name: ClassVar[str] = ""
@@ -131,10 +135,69 @@ class AbstractNetwork(abc.ABC):
     trace_fields: ClassVar[tuple[str, ...]] = ()
     #: the trace fields updated by one linear filter of the current, the same for every neuron
     uniform_fields: ClassVar[tuple[str, ...]] = ()
+    #: the weight matrices a ``connectivity`` may make sparse (their ``current`` reads them through :meth:`weight`)
+    maskable: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for f in ("n_in", "n_hidden", "n_out"):
             check_positive(f, getattr(self, f), integer=True)
+        from neuro import connectivity
+
+        object.__setattr__(self, "connectivity", connectivity.normalise(self.connectivity, self.sparse_default))
+        for name, _ in self.connectivity:
+            if name not in self.maskable:
+                valid = f"valid are {', '.join(self.maskable)}" if self.maskable else "it has none that may be sparse"
+                raise ValueError(f"connectivity names {name!r}, which is no sparse-capable weight matrix of model "
+                                 f"{self.name!r}: {valid}")
+
+    # -- connectivity (neuro.connectivity) --------------------------------------------------------
+    @property
+    def sparse_default(self) -> tuple[str, ...]:
+        """The matrices a plain number ``connectivity=P`` makes sparse: the recurrent one."""
+        return ("W_rec",)
+
+    def input_current(self, params: Params, x: Tensor) -> Tensor:
+        """The part of :meth:`current` that the input ``x`` drives, ``W_in x`` (models of ``local_form``; a
+        :class:`models.stack.Stack` adds it for layers fed by the layer below within the step)."""
+        return x @ self.weight(params, "W_in").mT
+
+    @functools.cached_property
+    def masks(self) -> dict[str, Tensor]:
+        """The boolean mask of every sparse weight matrix, by name, in the parameter's shape (``{}``: dense). A
+        matrix of ``k`` stacked blocks of ``n_hidden`` rows (LSTM gates) repeats one ``[n_hidden, n_pre]`` mask."""
+        from neuro import connectivity
+
+        shapes, out = self.param_shapes(), {}
+        for name, rule in self.connectivity:
+            rows, cols = shapes[name]
+            blocks = rows // self.n_hidden if rows % self.n_hidden == 0 and rows > self.n_hidden else 1
+            m = connectivity.mask(name, rule, rows // blocks, cols)
+            out[name] = m.repeat(blocks, 1) if blocks > 1 else m
+        return out
+
+    def weight(self, params: Params, name: str) -> Tensor:
+        """``params[name]`` as the current reads it: times its mask where the matrix is sparse."""
+        w = params[name]
+        m = self.masks.get(name)
+        if m is None:
+            return w
+        return w * (m if m.device == w.device else m.to(w.device))
+
+    def sparse_init(self, params: Params) -> Params:
+        """Freshly drawn dense ``params`` made sparse: each masked matrix times its mask and scaled by
+        ``sqrt(n_pre / mean fan-in)``, so that a unit's summed input keeps the variance the dense draw gives it."""
+        out = dict(params)
+        for k, m in self.masks.items():
+            fan = float(m.sum()) / m.shape[0]
+            out[k] = params[k] * m.to(params[k].dtype) * (math.sqrt(m.shape[1] / fan) if fan > 0 else 0.0)
+        return out
+
+    def mask_params(self, params: Params) -> Params:
+        """``params`` (or an estimate of their shapes) with every entry off its mask set to 0 (a new dict; the
+        dense matrices are the same tensors)."""
+        if not self.masks:
+            return params
+        return {k: self.weight(params, k) if k in self.masks else v for k, v in params.items()}
 
     # -- parameters and state ------------------------------------------------------------------
     @abc.abstractmethod

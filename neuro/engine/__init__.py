@@ -139,6 +139,9 @@ HOLDS_LOCAL = tuple(("rate", r, "sgd") for r in ("np", "anp", "anp-time", "wp"))
 def _unheld(net: AbstractNetwork, rule: AbstractRule, optimizer: str) -> str | None:
     """Why no engine runs ``net``'s parameters outside the loss's reach with ``rule`` and ``optimizer`` (the
     end of a refusal), or None where they are held as the training loop holds them (or there are none)."""
+    if net.masks:
+        return (f"with sparse connectivity ({', '.join(net.masks)}): the compiled engines learn dense matrices, "
+                "and the torch path keeps every estimate zero off the masks")
     if net.local_params and (net.name, rule.name, optimizer) not in HOLDS_LOCAL:
         held = ", ".join(f"{m} {r} ({o})" for m, r, o in HOLDS_LOCAL)
         return (f"with parameters learnt by the network's own rule ({', '.join(net.local_params)}): the compiled "

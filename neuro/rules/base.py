@@ -82,6 +82,29 @@ class AbstractRule(abc.ABC):
     #: True when the estimate uses random numbers (the seed of ``init`` decides them)
     stochastic: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kw: Any) -> None:
+        """Every rule's ``step``, ``flush`` and ``finish`` hand over estimates that are zero off the network's
+        connectivity masks (:mod:`neuro.connectivity`): a synapse that does not exist is never learnt. A dense
+        network's estimates pass unchanged."""
+        super().__init_subclass__(**kw)
+        for name in ("step", "flush", "finish"):
+            method = cls.__dict__.get(name)
+            if method is None or getattr(method, "masked", False):
+                continue
+
+            def masked(self, *args, _method=method, **kwargs):
+                out = _method(self, *args, **kwargs)
+                if not self.net.masks:
+                    return out
+                if isinstance(out, StepOutput):
+                    return out if out.grad is None else out._replace(grad=self.net.mask_params(out.grad))
+                state, grad = out
+                return state, (None if grad is None else self.net.mask_params(grad))
+
+            functools.update_wrapper(masked, method)
+            masked.masked = True
+            setattr(cls, name, masked)
+
     def __post_init__(self) -> None:
         if not isinstance(self.net, AbstractNetwork):
             raise TypeError(f"net={self.net!r} is invalid: expected a network from models.make")

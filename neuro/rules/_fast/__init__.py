@@ -40,9 +40,10 @@ PATHS: dict[str, str] = {
 
 
 def select(rule: AbstractRule) -> FastPath | None:
-    """The fast path that applies to ``rule`` (its network and options), or None."""
+    """The fast path that applies to ``rule`` (its network and options), or None. A sparse network
+    (``net.masks``) runs the definition: the fast paths compute dense estimates."""
     entry = PATHS.get(rule.name)
-    if entry is None:
+    if entry is None or rule.net.masks:
         return None
     module, function = entry.split(":")
     return getattr(importlib.import_module(module), function)(rule)
