@@ -54,7 +54,8 @@ _READOUT = ("W_out", "b_out")
 @dataclasses.dataclass(frozen=True)
 class Stack(AbstractNetwork):
     """``len(sizes)`` layers of the model ``layer`` with hyper-parameters ``options`` (module docstring).
-    ``n_hidden`` is ``sum(sizes)`` (0 sets it)."""
+    ``n_hidden`` is ``sum(sizes)`` (0 sets it); without ``sizes``, ``n_hidden`` units make two layers of half
+    each (the default stack, ``models.make("stack", n_in=.., n_hidden=8, n_out=..)``)."""
 
     n_in: int = 0
     n_hidden: int = 0
@@ -72,6 +73,8 @@ class Stack(AbstractNetwork):
         if self.layer not in LAYER_MODELS:
             raise ValueError(f"layer={self.layer!r} is invalid: a stack is made of {', '.join(map(repr, LAYER_MODELS))}")
         sizes = tuple(self.sizes) if isinstance(self.sizes, (tuple, list)) else None
+        if sizes == () and isinstance(self.n_hidden, int) and not isinstance(self.n_hidden, bool) and self.n_hidden >= 2:
+            sizes = ((self.n_hidden + 1) // 2, self.n_hidden // 2)  # the default stack: two layers
         if not sizes:
             raise ValueError(f"sizes={self.sizes!r} is invalid: expected the units of each layer, e.g. (64, 64)")
         for k in sizes:
