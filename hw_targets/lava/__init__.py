@@ -5,9 +5,10 @@ Importing this package imports no lava: it only installs the import hook of
 this package may ``import lava...`` at their top. :func:`ensure_lava` imports lava and returns its
 version, with a clear error when lava-nc is missing.
 
-``export(net, params, fixed_point=False) -> LavaNetwork`` (:mod:`.network`) runs a ``lif`` network as
-Lava processes (``neuro.simulate(..., backend="lava" | "lava-fixed")``), and a ``lif-loihi`` network as it
-is in fixed point; ``quantize(net, params)`` (:mod:`.quantization`) maps a ``lif`` network to Loihi's
+``export(net, params, fixed_point=False) -> LavaNetwork`` (:mod:`.network`) runs a ``lif`` network (or a
+stack of ``lif`` layers, one LIF process per layer) as Lava processes (``neuro.simulate(..., backend="lava" |
+"lava-fixed")``), and a ``lif-loihi`` network (or stack) as it is in fixed point; ``check_loihi(net, params)``
+(:mod:`.constraints`) checks Loihi's limits (fan-in, weight bits, synapse memory per core, cores), as export does; ``quantize(net, params)`` (:mod:`.quantization`) maps a ``lif`` network to Loihi's
 integer model (``models.lif_loihi``);
 ``export_learning(net, params, rule)`` (:mod:`.learning`) runs the ``three-factor`` rule on the chip's
 learning engine; :mod:`.chip_in_the_loop` trains with perturbation rules whose forward passes run in
@@ -20,12 +21,15 @@ install()
 
 import_lava = ensure_lava  # alias: installs the hook, imports lava, returns the lava-nc version
 
-__all__ = ["LavaCompatError", "LavaLearningNetwork", "LavaNetwork", "QuantizationReport", "ensure_lava", "export",
-           "export_learning", "import_lava", "loihi_form", "loihi_params", "quantize"]
+__all__ = ["LOIHI", "LavaCompatError", "LavaLearningNetwork", "LavaNetwork", "LoihiLimits", "QuantizationReport",
+           "check_loihi", "ensure_lava", "export", "export_learning", "import_lava", "loihi_form", "loihi_mapping",
+           "loihi_params", "quantize"]
 
 _LAZY = {"export": "network", "LavaNetwork": "network", "loihi_params": "network", "quantize": "quantization",
          "QuantizationReport": "quantization", "quantization_error": "quantization",
-         "export_learning": "learning", "LavaLearningNetwork": "learning", "loihi_form": "learning"}
+         "export_learning": "learning", "LavaLearningNetwork": "learning", "loihi_form": "learning",
+         "check_loihi": "constraints", "loihi_mapping": "constraints", "LoihiLimits": "constraints",
+         "LOIHI": "constraints"}
 
 
 def __getattr__(name: str):
