@@ -34,6 +34,9 @@ class Brian2Forward:
 
     def __post_init__(self) -> None:
         check_model(self.net)
+        if self.net.name == "stack":
+            raise ValueError(f"model 'stack' is not expressed by Brian2Forward: it covers the single-layer spiking "
+                             f"models 'lif', 'alif'; use the default forward (backend='torch') for {self.net!r}")
         if not self.net.spiking:
             raise ValueError(f"model {self.net.name!r} is not expressed by Brian2Forward: it covers the spiking "
                              f"models 'lif', 'alif'; use the default forward (backend='torch') for "
@@ -49,10 +52,10 @@ class Brian2Forward:
         M = x.shape[0]
         with torch.no_grad():
             x64 = x.detach().cpu().double()
-            I_in = x64 @ params["W_in"].detach().cpu().double().T
+            I_in = x64 @ net.weight(params, "W_in").detach().cpu().double().T
             if xi_h is not None:
                 I_in = I_in + xi_h.detach().cpu().double()
-            h = I_in + state.z.detach().cpu().double() @ params["W_rec"].detach().cpu().double().T
+            h = I_in + state.z.detach().cpu().double() @ net.weight(params, "W_rec").detach().cpu().double().T
             sim = _get(net, M, 1, False, self.target)
             out = sim(_inputs(net, params, I_in.reshape(1, M * n).numpy(), state, M))
             z = torch.from_numpy(out.spikes).reshape(M, n)

@@ -23,9 +23,10 @@ from neuro.backends._brian2_network import (
     _build,
     _build_rate,
     _dt_ms,
+    _input_width,
     _Inputs,
+    _join,
     _Outputs,
-    _RateInputs,
     _spike_matrix,
 )
 from neuro.contract import AbstractNetwork
@@ -41,7 +42,8 @@ class _Runtime:
         b2 = _b2()
         self.b2, self.net, self.rows, self.steps, self.record, self.target = b2, net, rows, steps, record, target
         with _runtime_device(b2), _codegen_target(b2, target):
-            self.ta = b2.TimedArray(np.zeros((steps, rows * net.n_hidden)), dt=_dt_ms(net) * b2.ms, name="neuro_I_in")
+            width = net.n_hidden if net.name == "rate" else _input_width(net)
+            self.ta = b2.TimedArray(np.zeros((steps, rows * width)), dt=_dt_ms(net) * b2.ms, name="neuro_I_in")
             self.o = (_build_rate if net.name == "rate" else _build)(b2, net, rows, steps, record, self.ta)
             self.network = b2.Network(*self.o["objs"])
             self.network.store("rest")
@@ -51,13 +53,10 @@ class _Runtime:
         with _runtime_device(b2), _codegen_target(b2, self.target):
             self.network.restore("rest")
             self.ta.values[...] = inp.I_in  # read by the generated code at every run
-            G = o["G"]
             rate = o.get("rate", False)
             # Variable.set_value writes the arrays directly (G.v[:] = ... would generate code for each)
-            keys = ("h", "b") if rate else ("v", "isyn", "r", "b") + (("a",) if o["alif"] else ())
-            for key in keys:
-                G.variables[key].set_value(getattr(inp, key))
-            o["S"].variables["w"].set_value(inp.w)
+            for (name, key), value in inp.values.items():
+                o["by_name"][name].variables[key].set_value(value)
             # Brian2 runs gc.collect() at every run, which costs ~0.5 s in a process holding torch and sympy:
             # freezing the objects that exist now (Python's gc.freeze) makes it cheap; nothing is leaked
             gc.freeze()
@@ -67,18 +66,20 @@ class _Runtime:
                 gc.unfreeze()
             run_s = getattr(b2.get_device(), "_last_run_time", None)
             if rate:
+                G = o["G"]
                 h = np.array(o["mons"]["h"].h[:]).T
                 return _Outputs(None, None, None, None, {"h": np.array(G.h[:])}, run_s, h)
-            sp = o["spikes"]
-            spikes = _spike_matrix(sp.i[:], sp.t_[:], self.net.dt * 1e-3, self.steps, G.N)
-            final = {k: np.array(getattr(G, k)[:]) for k in ("v", "isyn", "r")}
-            final["a"] = np.array(G.a[:]) if o["alif"] else np.zeros(G.N)
+            rows, dt_s, layers = self.rows, _dt_ms(self.net) * 1e-3, o["layers"]
+            spikes = _join([_spike_matrix(L["spikes"].i[:], L["spikes"].t_[:], dt_s, self.steps, L["G"].N)
+                            for L in layers], rows)
+            final = {k: _join([np.array(getattr(L["G"], k)[:]) for L in layers], rows) for k in ("v", "isyn", "r")}
+            final["a"] = _join([np.array(L["G"].a[:]) for L in layers], rows) if o["alif"] else \
+                np.zeros_like(final["v"])
             v = i = a = None
             if self.record:
-                end = o["mons"]["end"]
-                v = np.array(end.v[:]).T
-                a = np.array(end.a[:]).T if o["alif"] else None
-                i = np.array(o["mons"]["i"].isyn[:]).T
+                v = _join([np.array(L["mons"]["end"].v[:]).T for L in layers], rows)
+                a = _join([np.array(L["mons"]["end"].a[:]).T for L in layers], rows) if o["alif"] else None
+                i = _join([np.array(L["mons"]["i"].isyn[:]).T for L in layers], rows)
         return _Outputs(spikes, v, i, a, final, run_s)
 
     def close(self) -> None:
@@ -96,41 +97,40 @@ class _Standalone:
 
         self.net, self.rows, self.steps, self.record = net, rows, steps, record
         self.dir = tempfile.mkdtemp(prefix="neuro_brian2_")
-        N = rows * net.n_hidden
+        self.rate = net.name == "rate"
+        width = net.n_hidden if self.rate else _input_width(net)
         set_device("cpp_standalone", directory=self.dir, build_on_run=False)
         dev = get_device()
         try:
-            ta = b2.TimedArray(np.zeros((steps, N)), dt=_dt_ms(net) * b2.ms, name="neuro_I_in")
-            self.rate = net.name == "rate"
+            ta = b2.TimedArray(np.zeros((steps, rows * width)), dt=_dt_ms(net) * b2.ms, name="neuro_I_in")
             o = (_build_rate if self.rate else _build)(b2, net, rows, steps, record, ta)
-            G, S = o["G"], o["S"]
-            G.b = np.zeros(N)  # placeholders: real values come on the command line
-            S.w = np.zeros(len(S))
+            for name, key in o["settable"]:  # placeholders: real values come on the command line
+                if key in ("b", "w"):
+                    obj = o["by_name"][name]
+                    setattr(obj, key, np.zeros(len(obj)))
             network = b2.Network(*o["objs"])
             network.run(steps * _dt_ms(net) * b2.ms)
             dev.build(directory=self.dir, compile=True, run=False, with_output=False)
-            self.N = N
             fn = dev.get_array_filename
             run_cmd = b2.prefs.devices.cpp_standalone.run_cmd_unix
             self.cmd = [run_cmd] if isinstance(run_cmd, str) else list(run_cmd)
+            self.args = {"I_in": f"{ta.name}.values", **{(name, key): f"{name}.{key}" for name, key in o["settable"]}}
             if self.rate:
-                self.args = {"I_in": f"{ta.name}.values", "w": f"{S.name}.w", "b": f"{G.name}.b",
-                             "h": f"{G.name}.h"}
+                G = o["G"]
+                self.N = rows * net.n_hidden
                 self.files = {"final_h": fn(G.variables["h"]), "h": fn(o["mons"]["h"].variables["h"])}
                 return
-            self.args = {"I_in": f"{ta.name}.values", "w": f"{S.name}.w", "b": f"{G.name}.b", "v": f"{G.name}.v",
-                         "isyn": f"{G.name}.isyn", "r": f"{G.name}.r"}
-            if o["alif"]:
-                self.args["a"] = f"{G.name}.a"
-            sp = o["spikes"]
-            self.files = {"spike_i": fn(sp.variables["i"]), "spike_t": fn(sp.variables["t"]),
-                          **{f"final_{k}": fn(G.variables[k]) for k in ("v", "isyn", "r", "a") if k in G.variables}}
-            if record:
-                self.files["v"] = fn(o["mons"]["end"].variables["v"])
-                self.files["i"] = fn(o["mons"]["i"].variables["isyn"])
-                if o["alif"]:
-                    self.files["a"] = fn(o["mons"]["end"].variables["a"])
-            self.dtypes = {"spike_i": sp.variables["i"].dtype}
+            self.layers = []
+            for L in o["layers"]:
+                G, sp = L["G"], L["spikes"]
+                files = {"spike_i": fn(sp.variables["i"]), "spike_t": fn(sp.variables["t"]),
+                         **{f"final_{k}": fn(G.variables[k]) for k in ("v", "isyn", "r", "a") if k in G.variables}}
+                if record:
+                    files["v"] = fn(L["mons"]["end"].variables["v"])
+                    files["i"] = fn(L["mons"]["i"].variables["isyn"])
+                    if L["alif"]:
+                        files["a"] = fn(L["mons"]["end"].variables["a"])
+                self.layers.append({"files": files, "N": G.N, "spike_dtype": sp.variables["i"].dtype})
             self.alif = o["alif"]
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -139,16 +139,17 @@ class _Standalone:
             dev.reinit()  # the cpp_standalone device forgets this project, so later runtime runs do not see it
             reset_device()  # back to the device active before (the runtime device unless a user set another)
 
-    def __call__(self, inp: _Inputs | _RateInputs) -> _Outputs:
+    def __call__(self, inp: _Inputs) -> _Outputs:
         tag = uuid.uuid4().hex[:12]
         res = os.path.join(self.dir, f"results_{tag}")
         os.makedirs(res)
         static = os.path.join(self.dir, "static_arrays")
         written, argv = [], []
         try:
-            for key, name in self.args.items():
-                fname = f"neuro_{tag}_{key}.dat"
-                np.ascontiguousarray(getattr(inp, key), dtype=np.float64).tofile(os.path.join(static, fname))
+            for i, (key, name) in enumerate(self.args.items()):
+                fname = f"neuro_{tag}_{i}.dat"
+                value = inp.I_in if key == "I_in" else inp.values[key]
+                np.ascontiguousarray(value, dtype=np.float64).tofile(os.path.join(static, fname))
                 written.append(os.path.join(static, fname))
                 argv.append(f"{name}={os.path.join('static_arrays', fname)}")
             proc = subprocess.run(self.cmd + ["--results_dir", res + os.sep] + argv, cwd=self.dir,
@@ -156,8 +157,8 @@ class _Standalone:
             if proc.returncode:
                 raise RuntimeError(f"the cpp_standalone program failed ({proc.returncode}): {proc.stderr[-2000:]}")
 
-            def read(key, dtype=np.float64):
-                return np.fromfile(os.path.join(res, self.files[key]), dtype=dtype)
+            def read(fname, dtype=np.float64):
+                return np.fromfile(os.path.join(res, fname), dtype=dtype)
 
             run_s = None
             info = os.path.join(res, "last_run_info.txt")
@@ -165,18 +166,21 @@ class _Standalone:
                 with open(info) as fh:
                     run_s = float(fh.read().split()[0])
             if self.rate:
-                return _Outputs(None, None, None, None, {"h": read("final_h")}, run_s,
-                                read("h").reshape(self.steps, self.N))
-            idx = read("spike_i", self.dtypes["spike_i"])
-            t = read("spike_t")
-            spikes = _spike_matrix(idx, t, self.net.dt * 1e-3, self.steps, self.N)
-            final = {k: read(f"final_{k}") for k in ("v", "isyn", "r")}
-            final["a"] = read("final_a") if self.alif else np.zeros(self.N)
+                return _Outputs(None, None, None, None, {"h": read(self.files["final_h"])}, run_s,
+                                read(self.files["h"]).reshape(self.steps, self.N))
+            rows, dt_s = self.rows, _dt_ms(self.net) * 1e-3
+            spikes = _join([_spike_matrix(read(L["files"]["spike_i"], L["spike_dtype"]), read(L["files"]["spike_t"]),
+                                          dt_s, self.steps, L["N"]) for L in self.layers], rows)
+            final = {k: _join([read(L["files"][f"final_{k}"]) for L in self.layers], rows) for k in ("v", "isyn", "r")}
+            final["a"] = _join([read(L["files"]["final_a"]) for L in self.layers], rows) if self.alif else \
+                np.zeros_like(final["v"])
             v = i = a = None
             if self.record:
-                v = read("v").reshape(self.steps, self.N)
-                i = read("i").reshape(self.steps, self.N)
-                a = read("a").reshape(self.steps, self.N) if self.alif else None
+                def trace(key):
+                    return _join([read(L["files"][key]).reshape(self.steps, L["N"]) for L in self.layers], rows)
+
+                v, i = trace("v"), trace("i")
+                a = trace("a") if self.alif else None
         finally:
             for f in written:
                 os.remove(f)
