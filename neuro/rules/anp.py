@@ -19,8 +19,18 @@ with the node signal::
 
 (``dh_t = I~_t - I_t``, ``da_t = a~_t - a_t``; ``norm="global"``: one norm ``||dh_t||^2 + ||da_t||^2`` for both).
 
-Pinned normalisations: ``N = n_in + n_hidden + n_out`` (the public code's ``sum(net_structure)``; a constant
-that the learning rate absorbs); ``||dh_{l,t}||^2`` is taken per sequence and noise sample (the public code
+In a stack of layers (:class:`models.stack.Stack`; the step's layer form in :mod:`neuro.rules.node`) every
+hidden layer ``l`` has its own signal, from its whole current's difference ``dh^l_t = I~^l_t - I^l_t`` (its
+noise plus that of the layers below, propagated within the step through ``W^l_in``)::
+
+    e^l_h = sqrt(N) (L~_t - L_t) dh^l_t / ||dh^l_t||^2      (norm="layer")
+    e^l_h = sqrt(N) (L~_t - L_t) dh^l_t / (sum_k ||dh^k_t||^2 + ||da_t||^2)      (norm="global")
+
+and ``dW^l_in = e^l_h u^l_t^T`` (``u^l_t``: the layer below's clean output), ``dW^l_rec = e^l_h p^l_{t-1}^T``,
+as the papers write it for each layer of a deep network; a single network is the case ``L = 1``.
+
+Pinned normalisations: ``N = n_in + n_hidden + n_out`` (the public code's ``sum(net_structure)``, every
+layer's units counted in a stack; a constant that the learning rate absorbs); ``||dh_{l,t}||^2`` is taken per sequence and noise sample (the public code
 takes it over the whole batch), per layer (``norm="layer"``, jesusgf96/NP_RNNs) or over both layers together
 (``norm="global"``, artcogsys/decorbp). There is no ``1/sigma``: the direction ``dh / ||dh||^2`` is
 scale-free. For isotropic ``dh`` in ``n_l`` dimensions, to first order ``E[dW_l] = sqrt(N) / n_l
@@ -48,7 +58,7 @@ from torch import Tensor
 
 from neuro.contract import check_choice
 
-from .node import AbstractNodeRule
+from .node import AbstractNodeRule, layers
 
 __all__ = ["ANP", "NORMS"]
 
@@ -70,10 +80,17 @@ class ANP(AbstractNodeRule):
         check_choice("norm", self.norm, NORMS)
 
     def signal(self, dl: Tensor, xi_h: Tensor, xi_y: Tensor, dh: Tensor, da: Tensor) -> tuple[Tensor, Tensor]:
-        N = self.net.n_in + self.net.n_hidden + self.net.n_out
+        N = self.net.n_in + self.net.n_hidden + self.net.n_out  # a stack: n_hidden is the layers' sizes summed
         tiny = torch.finfo(dh.dtype).tiny
-        sq_h, sq_y = (dh * dh).sum(1), (da * da).sum(1)  # ||dh_t||^2, ||da_t||^2 [M]
+        parts = [dh[:, layer.current] for layer in layers(self.net)]  # dh^l_t, each layer's columns
+        sq_h, sq_y = [d * d for d in parts], da * da
+        sq_h, sq_y = [q.sum(1) for q in sq_h], sq_y.sum(1)  # ||dh^l_t||^2, ||da_t||^2 [M]
         if self.norm == "global":
-            sq_h = sq_y = sq_h + sq_y
+            total = sq_h[0]
+            for q in sq_h[1:]:
+                total = total + q
+            sq_y = total + sq_y
+            sq_h = [sq_y] * len(parts)
         c = math.sqrt(N) * dl  # sqrt(N) (L~_t - L_t)
-        return (c / sq_h.clamp_min(tiny))[:, None] * dh, (c / sq_y.clamp_min(tiny))[:, None] * da
+        e_h = [(c / q.clamp_min(tiny))[:, None] * d for q, d in zip(sq_h, parts)]
+        return e_h[0] if len(e_h) == 1 else torch.cat(e_h, 1), (c / sq_y.clamp_min(tiny))[:, None] * da

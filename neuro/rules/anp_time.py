@@ -26,6 +26,10 @@ artcogsys/decorbp); no ``1/sigma``. For isotropic ``dh`` in ``n_l`` dimensions t
 ``sqrt(N)/n_l`` times the gradient through the step: it points along the gradient (tested against BPTT),
 at a scale the learning rate absorbs. ``samples``: noisy copies per sequence run in parallel, averaged.
 
+In a stack of layers (:class:`models.stack.Stack`) each hidden layer ``l`` has its own ``dh^l_t``, its whole
+current's difference (noise of this and earlier steps, its own and the layers' below, propagated), and its
+own norm (``norm="layer"``): the layer form in :mod:`neuro.rules.anp` and :mod:`neuro.rules.node`.
+
 Left out: the paper's optional decorrelation layer ``D <- D - eta_D offdiag(E[x x^T]) D`` on each layer's
 input (not implemented here).
 

@@ -41,9 +41,32 @@ net.presynaptic(s_{t-1})`` is what ``W_rec`` reads in the clean network::
 averaged over the ``B K`` rows. ``db`` is 0 where ``b`` is a term of the neuron rather than of the current
 (LIF, ALIF: the noise is on the current; train it with ``wp`` or leave it fixed). The noisy copies keep
 their own state (``keep_noisy_state``: np, anp-time) or restart from the clean state every step (anp).
-The rules refuse a model without ``local_form`` (``neuro.contract``). Faster computations of the same
-numbers (the clean and noisy passes sharing their products, a window of steps summed as one matrix
-product) are in :mod:`neuro.rules._fast.node`.
+The rules refuse a model without ``local_form`` (``neuro.contract``) unless it is a stack of layers of
+``local_form`` (below). Faster computations of the same numbers (the clean and noisy passes sharing their
+products, a window of steps summed as one matrix product) are in :mod:`neuro.rules._fast.node`.
+
+Layers (a stack, :class:`models.stack.Stack`)
+----------------------------------------------
+The same step with noise on every layer's current, as the papers perturb every layer of a deep network
+(Dalm et al. 2023 and Garcia Fernandez et al. 2024 write the update of each layer ``l`` as ``dW_l =
+signal_l x_{l-1}^T``, with the layer's own presynaptic vector). For layers ``l = 1..L`` of a stack
+(``u^1_t = x_t``, ``u^l_t = z^{l-1}_t`` the layer below's output of the same step, with ``x_t`` after it
+where the stack has skip connections)::
+
+    I^l_t  = W^l_in u^l_t  + W^l_rec p^l_{t-1}  (+ b^l)
+    I~^l_t = W^l_in u~^l_t + W^l_rec p~^l_{t-1} (+ b^l) + xi^l_h,     xi^l_h ~ N(0, sigma^2 I)
+    a_t    = W_out z^L_t + b_out  (skip: all layers' z_t),  a~_t likewise + xi_y
+    e^1_h, .., e^L_h, e_y = signal(dL_t, xi_h, xi_y, I~_t - I_t, a~_t - a_t)
+    dW^l_in = e^l_h u^l_t^T,  dW^l_rec = e^l_h p^l_{t-1}^T,  db^l = e^l_h,  dW_out = e_y z^L_t^T,  db_out = e_y
+
+with the clean ``u^l_t``, ``p^l_{t-1}``; ``dh^l = I~^l_t - I^l_t`` is layer ``l``'s whole current's
+difference: its own noise plus the propagated effect of the noise of the layers below (within the step)
+and of earlier steps (noisy copies that keep their state). The stack's ``current`` is each layer's part
+known before the step and its ``neuron`` adds ``W^l_in z^{l-1}_t``, so the noise added to the stack's
+current (one draw of ``[M, n_cur + n_out]`` as for one layer, layer ``l`` reading its columns
+``net.current_slices[l]``) is noise on every layer's whole current; :class:`TorchForward` returns as ``h``
+every layer's whole current side by side. A single network is the case ``L = 1`` of these equations (its
+numbers are unchanged). The fast paths cover single networks only; a stack runs the definition.
 """
 
 from __future__ import annotations
@@ -61,8 +84,9 @@ from neuro.contract import AbstractNetwork, Params, check_positive
 from ._common import gaussian, new_generator
 from .base import AbstractRule, Needs, StepOutput, accelerated
 
-__all__ = ["AbstractNodeRule", "Forward", "NodeState", "Pass", "TorchForward", "check_forward", "check_samples",
-           "check_sigma", "node_estimate", "node_noise", "per_sample_loss", "repeat"]
+__all__ = ["AbstractNodeRule", "Forward", "Layer", "NodeState", "Pass", "TorchForward", "check_forward",
+           "check_samples", "check_sigma", "layers", "node_estimate", "node_noise", "per_sample_loss", "presynaptic",
+           "readout_units", "repeat", "whole_current"]
 
 
 class Pass(NamedTuple):
@@ -70,9 +94,60 @@ class Pass(NamedTuple):
 
     state: NamedTuple  # the network state after the step
     y: Tensor  # [M, n_out] the output
-    h: Tensor  # [M, n_cur] the current, noise included
+    h: Tensor  # [M, n_cur] the current, noise included (a stack: every layer's whole current I^l_t)
     a: Tensor | None  # [M, n_out] the output pre-activation W_out z + b_out, noise included
     z: Tensor  # [M, n_hidden] the hidden output
+
+
+class Layer(NamedTuple):
+    """One layer as the node rules read it (:func:`layers`)."""
+
+    prefix: str  # its parameters' keys' prefix: "" for a single network, "l." in a stack
+    net: AbstractNetwork  # its network (local form: presynaptic, bias_in_current)
+    current: slice  # its entries of the current h [M, n_cur]
+    units: slice  # its units of z [M, n_hidden]
+
+
+def _stack(net: AbstractNetwork) -> bool:
+    from models.stack import Stack
+
+    return isinstance(net, Stack)
+
+
+def layers(net: AbstractNetwork) -> tuple[Layer, ...]:
+    """The layers of ``net`` bottom-up: a stack's (:class:`models.stack.Stack`), or the network itself as
+    its one layer."""
+    if _stack(net):
+        return tuple(Layer(f"{l}.", m, net.current_slices[l], net.slices[l]) for l, m in enumerate(net.layers))
+    return (Layer("", net, slice(None), slice(None)),)
+
+
+def node_form(net: AbstractNetwork) -> bool:
+    """Whether the node rules read ``net``: a model of ``local_form``, or a stack of such layers."""
+    return net.local_form or (_stack(net) and all(m.local_form for m in net.layers))
+
+
+def readout_units(net: AbstractNetwork) -> slice:
+    """The units of ``z`` that ``W_out`` reads: all, or a stack's ``readout_units``."""
+    return net.readout_units if _stack(net) else slice(None)
+
+
+def presynaptic(net: AbstractNetwork, state: NamedTuple) -> Tensor:
+    """``p_{t-1}`` [M, n_hidden]: what ``W_rec`` reads (``net.presynaptic``); for a stack every layer's
+    ``p^l_{t-1}`` side by side."""
+    if not _stack(net):
+        return net.presynaptic(state)
+    return torch.cat([m.presynaptic(net.layer_state(state, l)) for l, m in enumerate(net.layers)], 1)
+
+
+def whole_current(net: AbstractNetwork, params: Params, i: Tensor, z: Tensor) -> Tensor:
+    """Every layer's whole current ``I^l_t`` side by side [M, n_cur] from the current ``i`` that ``neuron``
+    was given and the step's output ``z``: ``i`` itself for a single network; for a stack ``i`` plus each
+    layer's input from the layer below (:meth:`models.stack.Stack.complete`)."""
+    if not _stack(net):
+        return i
+    return torch.cat([net.complete(params, i, z[:, net.slices[l - 1]] if l else None, l)
+                      for l in range(len(net.layers))], 1)
 
 
 Forward = Callable[[Params, NamedTuple, Tensor, "Tensor | None", "Tensor | None"], Pass]
@@ -81,7 +156,8 @@ Forward = Callable[[Params, NamedTuple, Tensor, "Tensor | None", "Tensor | None"
 @dataclasses.dataclass(frozen=True)
 class TorchForward:
     """The torch forward function of ``net`` (the protocol in the module docstring): ``current`` (+ xi_h),
-    ``neuron``, ``readout`` (+ xi_y) under ``torch.no_grad()``."""
+    ``neuron``, ``readout`` (+ xi_y) under ``torch.no_grad()``; for a stack ``h`` is every layer's whole
+    current (the noise on the stack's current is on each layer's whole current)."""
 
     net: AbstractNetwork
 
@@ -89,12 +165,14 @@ class TorchForward:
     def __call__(self, params: Params, state: NamedTuple, x: Tensor, xi_h: Tensor | None = None,
                  xi_y: Tensor | None = None) -> Pass:
         net = self.net
-        h = net.current(params, state, x)  # I_t = W_in x_t + W_rec p_{t-1} (+ b)
+        h = net.current(params, state, x)  # I_t = W_in x_t + W_rec p_{t-1} (+ b) (a stack: known before the step)
         if xi_h is not None:
             h = h + xi_h
         state, z = net.neuron(params, state, h)
         state, y = net.readout(params, state, z)  # y_t = readout_decay y_{t-1} + a_t
-        a = z @ params["W_out"].mT + params["b_out"] if net.local_form else None  # a_t = W_out z_t + b_out
+        h = whole_current(net, params, h, z)  # a stack: I^l_t, its input from the layer below added
+        # a_t = W_out z_t + b_out
+        a = z[:, readout_units(net)] @ params["W_out"].mT + params["b_out"] if node_form(net) else None
         if xi_y is not None:
             y = y + xi_y
             a = None if a is None else a + xi_y
@@ -155,17 +233,22 @@ def node_estimate(net: AbstractNetwork, params: Params, e_h: Tensor, e_y: Tensor
                   z: Tensor) -> Params:
     """``dW = mean_m e_m pre_m^T`` for each weight, from the node signals ``e_h`` [M, n_cur], ``e_y``
     [M, n_out] and the clean presynaptic activity ``x`` [M, n_in] (``x_t``), ``p`` [M, n_hidden]
-    (``p_{t-1}``), ``z`` [M, n_hidden] (``z_t``). Keys and order of ``params``; ``b`` is 0 where it is not a
-    term of the current, and so is a parameter outside the current and the readout (a decorrelation layer's
-    ``D``, learnt by the network's own rule: ``net.local_params``)."""
+    (``p_{t-1}``, :func:`presynaptic`), ``z`` [M, n_hidden] (``z_t``). Layer by layer (:func:`layers`):
+    layer ``l``'s ``W_in`` reads ``u^l_t`` (``x_t``, or in a stack the layer below's ``z^{l-1}_t``), its
+    ``W_rec`` ``p^l_{t-1}``, each with its columns of ``e_h``; ``W_out`` reads the readout's units of ``z_t``.
+    Keys and order of ``params``; ``b`` is 0 where it is not a term of the current, and so is a parameter
+    outside the current and the readout (a decorrelation layer's ``D``, learnt by the network's own rule:
+    ``net.local_params``)."""
     M = e_h.shape[0]
-    out = {
-        "W_in": e_h.T @ x / M,
-        "W_rec": e_h.T @ p / M,
-        "b": e_h.mean(0) if net.bias_in_current else torch.zeros_like(params["b"]),
-        "W_out": e_y.T @ z / M,
-        "b_out": e_y.mean(0),
-    }
+    out, ls = {}, layers(net)
+    for l, layer in enumerate(ls):
+        e, k = e_h[:, layer.current], layer.prefix
+        u = x if l == 0 else net.layer_input(x, z[:, ls[l - 1].units], l)  # u^l_t
+        out[k + "W_in"] = e.T @ u / M
+        out[k + "W_rec"] = e.T @ p[:, layer.units] / M
+        out[k + "b"] = e.mean(0) if layer.net.bias_in_current else torch.zeros_like(params[k + "b"])
+    out["W_out"] = e_y.T @ z[:, readout_units(net)] / M
+    out["b_out"] = e_y.mean(0)
     return {k: out[k].to(params[k].dtype) if k in out else torch.zeros_like(params[k]) for k in params}
 
 
@@ -202,7 +285,10 @@ class AbstractNodeRule(AbstractRule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._require_local_form()
+        if not node_form(self.net):
+            self._require_local_form()  # its one-line refusal
+        if _stack(self.net):  # the fast paths are written for a single network: a stack runs the definition
+            self.__dict__["_fast_path"] = None  # (the cache of @accelerated's fast_path)
         check_sigma(self.sigma)
         check_samples(self.samples)
         check_forward(self.forward)
@@ -237,7 +323,7 @@ class AbstractNodeRule(AbstractRule):
     def step(self, params: Params, state: NodeState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
         net, K, fwd, loss = self.net, self.samples, self.fwd, self.loss or "mse"
         with torch.no_grad():
-            p = net.presynaptic(state.net)  # p_{t-1}, what W_rec reads in the clean network
+            p = presynaptic(net, state.net)  # p_{t-1}, what W_rec reads in the clean network (every layer's)
             clean = fwd(params, state.net, x, None, None)
             xi_h, xi_y = node_noise(state.gen, x.shape[0] * K, clean.h.shape[1], clean.y.shape[1], self.sigma,
                                     clean.h)

@@ -26,6 +26,12 @@ is the gradient through the current step only, i.e. the gradient of 1-step trunc
 with ``k=1``), which the tests check. ``samples`` noisy copies per sequence are run in parallel (a batch
 of perturbations) and averaged; the estimate is the mean over the batch and the samples.
 
+In a stack of layers (:class:`models.stack.Stack`; the layer form of the step in :mod:`neuro.rules.node`)
+every layer's whole current gets its own noise ``xi^l_h`` and ``e^l_h = (L~_t - L_t) / sigma^2 xi^l_h``,
+``dW^l_in = e^l_h u^l_t^T`` (``u^l_t``: the layer below's clean output of the same step), ``dW^l_rec = e^l_h
+p^l_{t-1}^T``; the expected estimate is again the gradient through the current step, the feed-forward path
+between the layers within the step included (tested against 1-step truncated BPTT by autograd).
+
 Cost per step: ``1 + samples`` forward passes, no backward pass (``needs = LOSS``); the fast path
 (:mod:`neuro.rules._fast.node`) does the passes' shared products once and sums the outer products of
 ``window`` steps as one matrix product.

@@ -26,7 +26,10 @@ divides by ``sigma``, which leaves a factor ``sigma`` to the learning rate). ``r
 
 Acts through the network's step alone (``net.step``, or a backend's ``forward``, see
 :mod:`neuro.rules.node`; only its ``state`` and ``y`` are used), so it supports every model. The current perturbations are kept in the state
-(``xi``, one entry per sample). Cost per step: ``1 + samples`` forward passes (the samples in a loop, as each
+(``xi``, one entry per sample). On a sparse network (:mod:`neuro.connectivity`; a stack of layers included)
+``xi`` is drawn on every entry, but an entry off its mask never reaches the forward pass (the current reads
+``W * mask``) and the estimate is masked (:class:`~neuro.rules.base.AbstractRule`): summed over a sequence it
+is the masked forward difference ``(L(theta + xi) - L(theta)) mask * xi / sigma^2`` (tested). Cost per step: ``1 + samples`` forward passes (the samples in a loop, as each
 has its own weights), no backward pass.
 """
 
