@@ -31,8 +31,12 @@ input padded with ``L - 1`` zero steps), layer l's recorded v, u and spikes are 
 stay at rest before its first step: its bias is 0 for its first ``l`` Lava steps and set to ``b^l`` after
 them (the run pauses at steps 1 .. L-1 to set it), its input from below is 0 then (layer l-1 is still before its own
 first step, at rest), so its state at its step 0 is the torch stack's initial state. After the
-shift every layer's spikes, v and current are the torch stack's. Skip connections (``skip=True``) are not
-exported.
+shift every layer's spikes, v and current are the torch stack's.
+
+*Skip connections* (``skip=True``: layer l > 0 reads ``[z^{l-1}_t, x_t]``) split its ``W^l_in`` into the part
+from the layer below (a Dense from ``RecordingLIF_{l-1}``) and the part from the input (a Dense fed by a
+RingBuffer of its own, holding the input delayed by l steps so that ``x_t`` arrives at layer l's step t);
+the readout reads every layer's aligned spikes.
 
 *Readout.* ``y_t = kappa_out y_{t-1} + W_out z_t + b_out`` is computed on the host from the recorded
 (aligned) spikes by the torch model's own ``readout``, not by a Lava process.
@@ -96,9 +100,6 @@ class LavaNetwork:
         self.dtype = next(iter(params.values())).dtype
         self.params = {k: v.detach().to("cpu") for k, v in params.items()}
         if isinstance(net, Stack):
-            if net.skip:
-                raise ValueError("skip=True cannot be exported to Lava: only stacks without skip connections "
-                                 "(each layer reads the layer below) are")
             self.layers = net.layers
             layer_params = [net.layer_params(self.params, l) for l in range(len(net.layers))]
         else:
@@ -209,6 +210,15 @@ class LavaNetwork:
         for l, (net, p) in enumerate(zip(self.layers, self._layer_np)):
             W_in, W_rec = np.kron(eye, p["W_in"]), np.kron(eye, p["W_rec"])
             e_in, e_rec = (net.weight_exp_in, net.weight_exp_rec) if fixed else (0, 0)
+            if l > 0 and self.net.skip:  # [z^{l-1}, x]: the input's columns from a ring buffer l steps late
+                n_below = self.layers[l - 1].n_hidden
+                W_x = np.kron(eye, p["W_in"][:, n_below:])
+                W_in = np.kron(eye, p["W_in"][:, :n_below])
+                late = np.zeros((G * n_in, steps))  # column c is sent at step c, arrives at c + 1 = t + l
+                late[:, l - 1:l - 1 + T] = x.reshape(T, G * n_in).T
+                ring = RingBuffer(data=late.astype(np.int64) if fixed else late)
+                dx = dense(W_x, e_in, num_message_bits=24)
+                ring.s_out.connect(dx.s_in)
             din = dense(W_in, e_in, num_message_bits=24) if l == 0 else dense(W_in, e_in)
             if l == 0:  # the first input step, delivered at step 0 (the ring buffer's is one step late)
                 din.a_buff.init = shift(W_in.astype(np.int64) @ x0.astype(np.int64), e_in) if fixed else W_in @ x0
@@ -226,6 +236,8 @@ class LavaNetwork:
             din.a_out.connect(lif.a_in)
             lif.s_out.connect(drec.s_in)
             drec.a_out.connect(lif.a_in)
+            if l > 0 and self.net.skip:
+                dx.a_out.connect(lif.a_in)
             lifs.append(lif)
             biases.append(bias)
             below = lif.s_out
@@ -268,7 +280,8 @@ def export(net: AbstractNetwork, params: Params, fixed_point: bool = False, limi
     :func:`hw_targets.lava.quantize`); a ``lif-loihi`` network is Loihi's integer model already and runs in
     fixed point as it is (``fixed_point`` changes nothing for it; quantization options are refused), with the
     integers it computes with (:func:`loihi_params`; a bias beyond 13 bits is refused). A
-    :class:`models.stack.Stack` of such layers (no skip connections) exports the same way, one LIF process per
+    :class:`models.stack.Stack` of such layers (with or without skip connections) exports the same way, one LIF
+    process per
     layer (a stack of float ``lif`` layers runs in floating point only). The network must fit ``limits``
     (Loihi's, :mod:`hw_targets.lava.constraints`, at ``neurons_per_core`` or the most that fit; ``None``: not
     checked)."""
@@ -276,9 +289,6 @@ def export(net: AbstractNetwork, params: Params, fixed_point: bool = False, limi
     check_finite(params, "Lava")
     stack = isinstance(net, Stack)
     layer = net.layers[0] if stack else net
-    if stack and net.skip:
-        raise ValueError("skip=True cannot be exported to Lava: only stacks without skip connections (each "
-                         "layer reads the layer below) are")
     if stack and net.layer not in ("lif", "lif-loihi"):
         raise ValueError(f"a stack of {net.layer!r} layers cannot be exported to Lava: only stacks of 'lif' (Lava's "
                          "LIF process) or 'lif-loihi' layers can")

@@ -43,13 +43,13 @@ def float_stack():
     return net, p, xs
 
 
-def loihi_stack():
+def loihi_stack(skip: bool = False):
     """A 2-layer sparse ``lif-loihi`` stack with integer weights that fire both layers (both shift directions)."""
     net = models.make("lif-loihi", n_in=4, n_hidden=(6, 5), n_out=2, connectivity=0.5, weight_exp_in=1,
-                      weight_exp_rec=-1)
+                      weight_exp_rec=-1, skip=skip)
     p = net.init_params(seed=0, dtype=F64)
     g = torch.Generator().manual_seed(1)
-    for l, n_pre in ((0, 4), (1, 6)):
+    for l, n_pre in ((0, 4), (1, 10 if skip else 6)):
         n = net.sizes[l]
         p[f"{l}.W_in"] = 2.0 * torch.randint(5, 50, (n, n_pre), generator=g).to(F64)
         p[f"{l}.W_rec"] = 2.0 * torch.randint(-128, 60, (n, n), generator=g).to(F64)
@@ -97,6 +97,30 @@ def test_fixed_point_lava_runs_a_sparse_lif_loihi_stack_bit_for_bit():
 
 @needs_lava
 @pytest.mark.slow
+def test_skip_connections_reach_each_layer_at_its_latency():
+    """skip=True: layer 1 reads [z^0_t, x_t]; x reaches it through a ring buffer one step late (its latency)."""
+    net, p, xs = loihi_stack(skip=True)
+    assert net.param_shapes()["1.W_in"] == (5, 10) and net.param_shapes()["W_out"] == (2, 11)
+    ref = neuro.simulate(net, p, xs)
+    got = neuro.simulate(net, p, xs, backend="lava-fixed")
+    assert_both_layers_fire(ref.spikes, 6)
+    for field in ("spikes", "v", "y"):
+        assert torch.equal(getattr(got, field), getattr(ref, field)), field
+    fnet = models.make("lif", n_in=4, n_hidden=(6, 5), n_out=2, connectivity=0.5, skip=True, dynamics="lava",
+                       reset="zero", v_reset=0.0)
+    fp = fnet.init_params(seed=3, dtype=F64)
+    fp["0.W_in"] = fp["0.W_in"].abs() * 10.0
+    fp["1.W_in"] = fp["1.W_in"].abs() * 10.0
+    ref = neuro.simulate(fnet, fp, xs)
+    got = neuro.simulate(fnet, fp, xs, backend="lava")
+    assert_both_layers_fire(ref.spikes, 6)
+    assert torch.equal(got.spikes, ref.spikes)
+    torch.testing.assert_close(got.v, ref.v, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got.y, ref.y, rtol=0, atol=1e-12)
+
+
+@needs_lava
+@pytest.mark.slow
 def test_a_sparse_single_layer_runs_its_masked_matrices():
     """Entries off the mask (a trained matrix may hold them) are ignored in Lava as in torch."""
     import hw_targets.lava as hl
@@ -123,9 +147,6 @@ def test_stacks_lava_cannot_run_are_refused_by_name():
     net, p, _ = float_stack()
     with pytest.raises(ValueError, match="fixed_point=True for a stack of 'lif' layers: .*'lif-loihi'"):
         hl.export(net, p, fixed_point=True)
-    skip = models.make("lif", n_in=2, n_hidden=(3, 3), n_out=1, skip=True, dynamics="lava", reset="zero")
-    with pytest.raises(ValueError, match="skip=True cannot be exported to Lava"):
-        hl.export(skip, skip.init_params())
     alif = models.make("alif", n_in=2, n_hidden=(3, 3), n_out=1)
     with pytest.raises(ValueError, match="a stack of 'alif' layers cannot be exported to Lava"):
         hl.export(alif, alif.init_params())
