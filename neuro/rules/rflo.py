@@ -47,6 +47,25 @@ with the one-step Jacobian ``dh^t/dh^{t-1} = (1 - 1/tau) I + diag((1/tau) phi'(u
 ``(1 - 1/tau) I`` (``P`` is then exactly the influence ``dh^t_a/dW_ab`` of that Jacobian), which
 ``tests/neuro/rules/test_rflo.py`` checks against ``torch.func.jacrev``.
 
+*Stacks of layers* (:class:`models.stack.Stack` of rate layers; Murray's equations per layer, the
+multi-layer form of random feedback as in direct feedback alignment, Nokland 2016, "Direct feedback alignment
+provides learning in deep neural networks", NeurIPS, where every layer gets the output error through its own
+fixed random matrix). Layer ``l``'s synapses read their own presynaptic vector: ``u^l_t`` (``x_t`` for the
+first layer, the layer below's output of the same step ``h^{l-1}_t`` above it; with ``skip``, ``[h^{l-1}_t,
+x_t]``; the stack's ``layer_input``) for ``W^l_in`` and ``h^l_{t-1}`` for ``W^l_rec``, and the layer's own
+neuron derivatives at its whole current ``I^l_t`` (the stack's ``complete``)::
+
+    P^l_ab(t) = (1 - 1/tau) P^l_ab(t-1) + (1/tau) phi'(u^l_{t,a}) a^l_b(t)
+    dl_t/dW^l_ab  ~  [B^l eps^t]_a P^l_ab(t)          B^l [n_l, n_out]
+
+``feedback="random"``: ``B^l`` drawn as the single-layer ``B`` from seed ``seed + 1000003 l`` (the stack's
+seed rule for its layers), so layer 0 keeps the single-layer ``B``. ``feedback="readout"``: ``B^l = (W^out)^T``
+restricted to layer ``l``'s columns, which needs every layer read by the readout (``skip=True``, or one
+layer); a stack without skip connections refuses it (its lower layers have no readout columns). The path
+from a lower layer's weights through the layers above within the step is not followed (RFLO keeps only each
+unit's own leak, and the random feedback replaces every path to the output): a single-layer network is the
+case ``L = 1``, with the numbers above. The traces of a stack are tuples over the layers.
+
 The estimate (the batch mean: ``eps`` carries the 1/B of the loss; each sample has its own traces) is
 emitted every step. A faster computation of the same numbers on the rate RNN (a window of steps summed as
 one matrix product per parameter, :mod:`neuro.rules._fast.rflo`) runs by default; ``fast=False`` runs the
@@ -61,6 +80,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from models.stack import Stack
 from neuro import losses
 from neuro.contract import Params, check_choice, check_positive
 
@@ -74,21 +94,42 @@ FEEDBACKS = ("random", "readout")
 
 class RFLOState(NamedTuple):
     net: NamedTuple
-    P_rec: Tensor  # [B, n, n]     eligibility of W_rec
-    P_in: Tensor  # [B, n, n_in]   eligibility of W_in
-    P_b: Tensor  # [B, n]          eligibility of b
-    B: Tensor  # [n, n_out] the random feedback (feedback="random"), size 0 with feedback="readout"
+    P_rec: Tensor | tuple  # [B, n, n]     eligibility of W_rec (a stack: one per layer, [B, n_l, n_l])
+    P_in: Tensor | tuple  # [B, n, n_in]   eligibility of W_in (a stack: [B, n_l, n_in_l] per layer)
+    P_b: Tensor | tuple  # [B, n]          eligibility of b (a stack: [B, n_l] per layer)
+    B: Tensor  # [n, n_out] the random feedback (feedback="random"; a stack: the layers' B^l one above the
+    # other), size 0 with feedback="readout"
 
+
+def _layers(net) -> tuple:
+    """The layers the rule runs on: a stack's, or the network itself (one layer)."""
+    return net.layers if isinstance(net, Stack) else (net,)
+
+
+def _layer_steps(net, p: Params, s: NamedTuple, x: Tensor) -> tuple[list, NamedTuple, Tensor]:
+    """One step of the neurons, layer by layer: per layer ``(key prefix, layer net, u^l_t, p^l_{t-1},
+    Derivatives at I^l_t)``, then the network's state after the neurons and its output ``z_t`` (all units)."""
+    if not isinstance(net, Stack):
+        d = net.neuron_derivatives(p, s, net.current(p, s, x))
+        return [("", net, x, net.presynaptic(s), d)], d.state, d.z
+    i, out, below = net.current(p, s, x), [], None
+    for l, layer in enumerate(net.layers):
+        lp, ls = net.layer_params(p, l), net.layer_state(s, l)
+        d = layer.neuron_derivatives(lp, ls, net.complete(p, i, below, l))
+        out.append((f"{l}.", layer, net.layer_input(x, below, l), layer.presynaptic(ls), d))
+        below = d.z
+    return out, net.join_states([o[-1].state for o in out], getattr(s, "y", None)), torch.cat([o[-1].z for o in out], 1)
 
 
 @accelerated
 @dataclasses.dataclass(frozen=True)
 class RFLO(AbstractRule):
     """RFLO (module docstring) on a network of local form whose neuron has one state field per unit (the rate
-    RNN). ``feedback``: ``"random"`` (Murray's fixed ``B``) or ``"readout"`` (``B = W_out^T``: truncated RTRL);
+    RNN), or a stack of such layers (one trace set and one feedback matrix per layer). ``feedback``:
+    ``"random"`` (Murray's fixed ``B``) or ``"readout"`` (``B = W_out^T``: truncated RTRL on one layer);
     ``feedback_scale`` scales the random ``B``. ``fast``: run the windowed sum where it applies
-    (:mod:`neuro.rules._fast.rflo`, the same numbers) or the equations (``False``); ``window``: its steps per
-    window."""
+    (:mod:`neuro.rules._fast.rflo`, one dense rate layer; the same numbers) or the equations (``False``);
+    ``window``: its steps per window."""
 
     feedback: str = "random"
     feedback_scale: float = 1.0
@@ -106,42 +147,62 @@ class RFLO(AbstractRule):
         check_positive("feedback_scale", self.feedback_scale)
         check_positive("window", self.window, integer=True)
         net = self.net
-        self._require_local_form()
-        if len(net.trace_fields) != 1:
-            raise self._refuse(f"RFLO decays its traces by the unit's own leak and needs one state field per unit, "
-                               f"the model has {net.trace_fields} (for spiking models use 'eprop' or 'three-factor')")
+        if not isinstance(net, Stack):
+            self._require_local_form()
+        for layer in _layers(net):
+            if not layer.local_form:
+                raise self._refuse(f"its layers ({layer.name!r}) are not of local form (local_form)")
+            if len(layer.trace_fields) != 1:
+                raise self._refuse(f"RFLO decays its traces by the unit's own leak and needs one state field per "
+                                   f"unit, the model has {layer.trace_fields} (for spiking models use 'eprop' or "
+                                   "'three-factor')")
         if net.readout_decay != 0.0:
             raise self._refuse(f"RFLO needs a linear readout (readout_decay 0), the model's is {net.readout_decay!r} "
                                "(use 'eprop' or 'three-factor')")
+        if self.feedback == "readout" and isinstance(net, Stack) and net.readout_units != slice(0, net.n_hidden):
+            raise ValueError("feedback='readout' is invalid on a stack without skip connections: the readout reads "
+                             "the last layer only, so the lower layers have no readout columns to take as feedback; "
+                             "use feedback='random' (or a stack with skip=True)")
 
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> RFLOState:
         check_positive("batch", batch, integer=True)
-        net, n = self.net, self.net.n_hidden
-        new = params["W_rec"].detach().new_zeros
-        B = feedback_matrix(n, net.n_out, seed, params["W_rec"], self.feedback_scale) if self.feedback == "random" \
-            else new(0)
-        return RFLOState(net=net.init_state(params, batch), P_rec=new(batch, n, n), P_in=new(batch, n, net.n_in),
-                         P_b=new(batch, n), B=B)
+        net, like = self.net, params["W_out"].detach()
+        new = like.new_zeros
+        layers = _layers(net)
+        B = torch.cat([feedback_matrix(layer.n_hidden, net.n_out, seed + 1000003 * l, like, self.feedback_scale)
+                       for l, layer in enumerate(layers)]) if self.feedback == "random" else new(0)
+        P_rec = tuple(new(batch, m.n_hidden, m.n_hidden) for m in layers)
+        P_in = tuple(new(batch, m.n_hidden, m.n_in) for m in layers)
+        P_b = tuple(new(batch, m.n_hidden) for m in layers)
+        if not isinstance(net, Stack):  # one layer: the traces themselves
+            P_rec, P_in, P_b = P_rec[0], P_in[0], P_b[0]
+        return RFLOState(net=net.init_state(params, batch), P_rec=P_rec, P_in=P_in, P_b=P_b, B=B)
 
     def step(self, params: Params, state: RFLOState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
-        net = self.net
+        net, stack = self.net, isinstance(self.net, Stack)
         p = {k: v.detach() for k, v in params.items()}
         x, y = x.detach(), y.detach()
-        h_prev = net.presynaptic(state.net)  # a_b(t) of W^rec: h^{t-1} [B, n]
-        u = net.current(p, state.net, x)  # u^t [B, n]
-        d = net.neuron_derivatives(p, state.net, u)  # h^t and its derivatives
-        s, y_hat = net.readout(p, d.state, d.z)  # y^t = W^out h^t + b^out
+        # per layer l: u^l_t, h^l_{t-1} (a_b(t) of W^l_in, W^l_rec) and the derivatives of the layer's neuron
+        layers, s_mid, z = _layer_steps(net, p, state.net, x)
+        s, y_hat = net.readout(p, s_mid, z)  # y^t = W^out h^t + b^out (a stack's: of the units it reads)
         eps = losses.grad(self.loss or "mse", y_hat, y, mask)  # dl_t/dy^t [B, n_out] (masked, / B)
-
-        leak = d.dh_dh[:, :, 0, 0]  # dh^t_a/dh^{t-1}_a = 1 - 1/tau   [B, n]
-        D = d.dz_dI  # dz^t_a/du^t_a = (1/tau) phi'(u^t_a)   [B, n]
-        D_b = d.dz_db + d.dz_dI if net.bias_in_current else d.dz_db  # dz^t_a/db_a
-        P_rec = leak[:, :, None] * state.P_rec + D[:, :, None] * h_prev[:, None, :]
-        P_in = leak[:, :, None] * state.P_in + D[:, :, None] * x[:, None, :]
-        P_b = leak * state.P_b + D_b
-        B = p["W_out"].T if self.feedback == "readout" else state.B
-        L = eps @ B.T  # [B eps^t]_a   [B, n]
-        grad = {"W_rec": torch.einsum("sa,sab->ab", L, P_rec), "W_in": torch.einsum("sa,sab->ab", L, P_in),
-                "b": (L * P_b).sum(0), "W_out": eps.T @ d.z, "b_out": eps.sum(0)}
+        B = p["W_out"].T if self.feedback == "readout" else state.B  # [n_hidden, n_out]: B^l one above the other
+        L_all = eps @ B.T  # [B^l eps^t]_a for every unit of every layer   [B, n_hidden]
+        traces = zip(*((state.P_rec, state.P_in, state.P_b) if stack else ((state.P_rec,), (state.P_in,), (state.P_b,))))
+        grad, P_new, lo = {}, [], 0
+        for (pre, layer, u, h_prev, d), (P_rec, P_in, P_b) in zip(layers, traces):
+            L = L_all[:, lo:lo + layer.n_hidden]
+            lo += layer.n_hidden
+            leak = d.dh_dh[:, :, 0, 0]  # dh^t_a/dh^{t-1}_a = 1 - 1/tau   [B, n_l]
+            D = d.dz_dI  # dz^t_a/du^t_a = (1/tau) phi'(u^t_a)   [B, n_l]
+            D_b = d.dz_db + d.dz_dI if layer.bias_in_current else d.dz_db  # dz^t_a/db_a
+            P_rec = leak[:, :, None] * P_rec + D[:, :, None] * h_prev[:, None, :]
+            P_in = leak[:, :, None] * P_in + D[:, :, None] * u[:, None, :]
+            P_b = leak * P_b + D_b
+            grad.update({pre + "W_rec": torch.einsum("sa,sab->ab", L, P_rec),
+                         pre + "W_in": torch.einsum("sa,sab->ab", L, P_in), pre + "b": (L * P_b).sum(0)})
+            P_new.append((P_rec, P_in, P_b))
+        grad.update({"W_out": eps.T @ (z[:, net.readout_units] if stack else z), "b_out": eps.sum(0)})
+        P_rec, P_in, P_b = (tuple(q) for q in zip(*P_new)) if stack else P_new[0]
         new = RFLOState(net=s, P_rec=P_rec, P_in=P_in, P_b=P_b, B=state.B)
         return StepOutput(new, y_hat, self.loss_fn(y_hat, y, mask), {k: grad[k] for k in params})

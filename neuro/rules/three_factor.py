@@ -63,6 +63,23 @@ third factor ``M_i(t)`` (graded, per post-neuron through a ``Dense`` from the er
 ``dw = "-eta*y2*d"`` (or ``*t`` when ``kappa = 0``), up to the order in which the chip applies ``dt`` and
 ``dd`` within an epoch. Loihi rounds the constants to ``m 2^e`` (:mod:`hw_targets.lava.learning`).
 
+*Stacks of layers* (:class:`models.stack.Stack` of rate, lif or alif layers): the same equations per layer,
+each synapse reading its own presynaptic vector, as a three-factor rule is local to its synapse: ``a_j(t)``
+is ``u^l_{t,j}`` for ``W^l_in`` (the input ``x_t`` for the first layer, the layer below's output of the same
+step ``z^{l-1}_t`` above it; with ``skip``, ``[z^{l-1}_t, x_t]``; the stack's ``layer_input``),
+``p^l_{t-1,j}`` for ``W^l_rec``, ``1`` for ``b^l``; the postsynaptic factor is the layer's own neuron's
+derivative at its whole current ``I^l_t`` (the stack's ``complete``). The third factor reaches every layer
+the way the single-layer rule reaches every unit: ``third="error"`` with ``feedback="random"`` through a
+fixed random matrix per layer ``B^l`` [n_l, n_out] (drawn as the single-layer ``B`` from seed ``seed +
+1000003 l``, the stack's seed rule for its layers; direct feedback alignment's multi-layer broadcast,
+Nokland 2016, "Direct feedback alignment provides learning in deep neural networks", NeurIPS);
+``feedback="readout"`` with ``B^l`` the readout's columns of layer ``l``, so only on a stack whose readout
+reads every layer (``skip=True``; a stack without skip connections refuses it); ``third="reward"`` the same
+scalar to every unit. The readout filter ``kappa`` is the stack's readout's. The path from a lower layer's
+weights through the layers above within the step is not followed. A single-layer network is the case
+``L = 1`` of these equations; a stack's synapse groups are ``"0.W_in"``, ``"0.W_rec"``, ``"0.b"``,
+``"1.W_in"``, ... (its parameters' keys), and it runs these equations, not the windowed path below.
+
 Generic: the rule reads the network only through the cell contract (``local_form``, ``presynaptic``,
 ``bias_in_current``, ``readout_decay``, ``neuron_derivatives``; :mod:`neuro.contract`), so it runs on every
 network of local form whose neuron has element-wise trace fields (rate, LIF, ALIF). The estimate is
@@ -80,6 +97,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from models.stack import Stack
 from neuro import losses
 from neuro.contract import Params, check_choice, check_positive
 
@@ -164,45 +182,84 @@ class ThreeFactor(AbstractRule):
         check_positive("feedback_scale", self.feedback_scale)
         check_positive("window", self.window, integer=True)
         net = self.net
-        self._require_local_form()
-        if not net.trace_fields:
-            raise self._refuse("its neuron has no element-wise trace fields (the postsynaptic factor is one "
-                               "unit's dz/dI)")
+        if not isinstance(net, Stack):
+            self._require_local_form()
+        for layer in self._layers():
+            if not layer.local_form:
+                raise self._refuse(f"its layers ({layer.name!r}) are not of local form (local_form)")
+            if not layer.trace_fields:
+                raise self._refuse("its neuron has no element-wise trace fields (the postsynaptic factor is one "
+                                   "unit's dz/dI)")
+        if isinstance(net, Stack):
+            if self.third == "error" and self.feedback == "readout" and net.readout_units != slice(0, net.n_hidden):
+                raise ValueError("feedback='readout' is invalid on a stack without skip connections: the readout "
+                                 "reads the last layer only, so the lower layers have no readout columns to take "
+                                 "as feedback; use feedback='random' (or a stack with skip=True)")
+            # the windowed path (neuro.rules._fast.three_factor) is written for one layer: a stack runs the equations
+            self.__dict__["_fast_path"] = None
 
     # -- the pieces of one step, shared with the fast path ---------------------------------------------------
     def groups(self, params: Params) -> list[str]:
-        """The synapse groups of ``params`` with an eligibility trace, in the order of the state's tuples."""
-        return [g for g in SYNAPSES if g in params]
+        """The synapse groups of ``params`` with an eligibility trace, in the order of the state's tuples (a
+        stack's: layer by layer, under its keys ``"l.W_in"``, ...)."""
+        pres = [f"{l}." for l in range(len(self.net.sizes))] if isinstance(self.net, Stack) else [""]
+        return [q + g for q in pres for g in SYNAPSES if q + g in params]
 
     def traces(self, group: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(decays ``d_k``, impulses ``c_k``) of the presynaptic traces of a synapse group."""
-        if group == "b" and self.bias_pre_decay is not None:
+        if group.rpartition(".")[2] == "b" and self.bias_pre_decay is not None:
             return (self.bias_pre_decay,), (1.0,)
         return self.pre_decay, self.pre_impulse
 
     def third_factor(self, params: Params, state: NamedTuple, eps: Tensor, y_hat: Tensor, y: Tensor,
                      mask: Tensor) -> tuple[Tensor, Tensor]:
-        """``M(t)`` [B, n] and the new reward baseline [B] (module docstring)."""
+        """``M(t)`` [B, n] (a stack: every unit of every layer) and the new reward baseline [B] (module
+        docstring)."""
         if self.third == "error":
             return eps @ (params["W_out"] if self.feedback == "readout" else state.B.T), state.baseline
         l_b = losses.per_sample(self.loss or "mse")(y_hat, y) * mask.to(y_hat.dtype)  # l_t per sample [B]
         M = ((l_b - state.baseline) / y_hat.shape[0])[:, None].expand(-1, self.net.n_hidden)
         return M, self.reward_decay * state.baseline + (1.0 - self.reward_decay) * l_b
 
+    def _layers(self) -> tuple:
+        """The layers: a stack's, or the network itself."""
+        return self.net.layers if isinstance(self.net, Stack) else (self.net,)
+
+    def _layer_steps(self, p: Params, s: NamedTuple, x: Tensor) -> tuple[list, NamedTuple, Tensor]:
+        """The neurons' step layer by layer: per layer ``(key prefix, layer, {group: a_j(t)}, Derivatives at
+        I^l_t)``, then the state after the neurons and the output ``z_t`` of every unit."""
+        net = self.net
+        if not isinstance(net, Stack):
+            d = net.neuron_derivatives(p, s, net.current(p, s, x))
+            return [("", net, {"W_in": x, "W_rec": net.presynaptic(s)}, d)], d.state, d.z
+        i, out, below = net.current(p, s, x), [], None
+        for l, layer in enumerate(net.layers):
+            lp, ls = net.layer_params(p, l), net.layer_state(s, l)
+            d = layer.neuron_derivatives(lp, ls, net.complete(p, i, below, l))
+            out.append((f"{l}.", layer, {"W_in": net.layer_input(x, below, l), "W_rec": layer.presynaptic(ls)}, d))
+            below = d.z
+        return out, net.join_states([o[-1].state for o in out], getattr(s, "y", None)), torch.cat([o[-1].z for o in out], 1)
+
     # -- the rule ----------------------------------------------------------------------------------------------
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> ThreeFactorState:
         check_positive("batch", batch, integer=True)
         net, kappa = self.net, self.net.readout_decay
-        p, n = params["W_rec"].detach(), net.n_hidden
-        new = p.new_zeros
+        like, n = params["W_out"].detach(), net.n_hidden
+        new = like.new_zeros
+        layers = self._layers()
+        pre, post = {}, {}  # n_pre and n of every group
+        for l, layer in enumerate(layers):
+            q = f"{l}." if isinstance(net, Stack) else ""
+            for g, m in (("W_in", layer.n_in), ("W_rec", layer.n_hidden), ("b", 1)):
+                pre[q + g], post[q + g] = m, layer.n_hidden
         groups = self.groups(params)
-        pre = {"W_in": net.n_in, "W_rec": n, "b": 1}
-        per_syn = lambda g, on: new(batch, n, pre[g]) if on else new(0)  # noqa: E731
-        B = feedback_matrix(n, net.n_out, seed, p, self.feedback_scale) if self.feedback == "random" else new(0)
+        per_syn = lambda g, on: new(batch, post[g], pre[g]) if on else new(0)  # noqa: E731
+        B = torch.cat([feedback_matrix(layer.n_hidden, net.n_out, seed + 1000003 * l, like, self.feedback_scale)
+                       for l, layer in enumerate(layers)]) if self.feedback == "random" else new(0)
         return ThreeFactorState(
             net=net.init_state(params, batch),
             x=tuple(new(len(self.traces(g)[0]), batch, pre[g]) for g in groups),
-            y=tuple(new(batch, n) if self.post_decay > 0 else new(0) for _ in groups),
+            y=tuple(new(batch, post[g]) if self.post_decay > 0 else new(0) for g in groups),
             e=tuple(per_syn(g, self.eligibility_decay > 0) for g in groups),
             ebar=tuple(per_syn(g, kappa > 0) for g in groups),
             zbar=new(batch, n) if kappa > 0 else new(0), cbar=new(batch, 1) if kappa > 0 else new(0),
@@ -212,42 +269,51 @@ class ThreeFactor(AbstractRule):
         net, kappa, lam = self.net, self.net.readout_decay, self.eligibility_decay
         p = {k: v.detach() for k, v in params.items()}
         x, y = x.detach(), y.detach()
-        s = state.net
-        a = {"W_in": x, "W_rec": net.presynaptic(s), "b": torch.ones_like(x[:, :1])}  # a_j(t)
-        d = net.neuron_derivatives(p, s, net.current(p, s, x))  # z_t and the neuron's derivatives
-        s_new, y_hat = net.readout(p, d.state, d.z)
+        layers, s_mid, z = self._layer_steps(p, state.net, x)  # z_t and each layer's neuron derivatives
+        s_new, y_hat = net.readout(p, s_mid, z)
         eps = losses.grad(self.loss or "mse", y_hat, y, mask)  # dl_t/dy_t [B, n_out] (masked, / B)
-        M, baseline = self.third_factor(p, state, eps, y_hat, y, mask)  # M_i(t) [B, n]
-        if self.post == "activity":
-            post = {g: d.z for g in SYNAPSES}
-        else:  # dz/dI for the synapses, dz/db for b (b may be a term of the current, rate, or of the neuron, LIF)
-            post = {"W_in": d.dz_dI, "W_rec": d.dz_dI, "b": d.dz_db + d.dz_dI if net.bias_in_current else d.dz_db}
+        M_all, baseline = self.third_factor(p, state, eps, y_hat, y, mask)  # M_i(t) [B, n] (all layers' units)
+        index = {g: gi for gi, g in enumerate(self.groups(p))}  # the state's tuples, by group
 
-        xs, ys, es, ebars, grad = [], [], [], [], {}
-        for gi, g in enumerate(self.groups(p)):
-            dec, imp = (torch.tensor(c, dtype=x.dtype, device=x.device)[:, None, None] for c in self.traces(g))
-            x_k = dec * state.x[gi] + imp * a[g][None]  # x_k,j(t) [K, B, n_pre]
-            pre = x_k.sum(0)  # pre_j(t) [B, n_pre]
-            y_i = self.post_impulse * post[g]  # y_i(t) [B, n]
-            if self.post_decay > 0:
-                y_i = self.post_decay * state.y[gi] + y_i
-            e = y_i[:, :, None] * pre[:, None, :]  # e_ij(t) [B, n, n_pre]
-            if lam > 0:
-                e = lam * state.e[gi] + e
-            ebar = kappa * state.ebar[gi] + e if kappa > 0 else e  # ebar_ij(t)
-            est = torch.einsum("bi,bij->ij", M, ebar)  # sum over the batch of M_i(t) ebar_ij(t)
-            grad[g] = est[:, 0] if g == "b" else est
-            xs.append(x_k)
-            ys.append(y_i if self.post_decay > 0 else state.y[gi])
-            es.append(e if lam > 0 else state.e[gi])
-            ebars.append(ebar if kappa > 0 else state.ebar[gi])
+        xs, ys, es, ebars, grad, lo = {}, {}, {}, {}, {}, 0
+        for q, layer, a, d in layers:
+            M = M_all[:, lo:lo + layer.n_hidden]  # this layer's units
+            lo += layer.n_hidden
+            a = {**a, "b": torch.ones_like(x[:, :1])}  # a_j(t)
+            if self.post == "activity":
+                post = {g: d.z for g in SYNAPSES}
+            else:  # dz/dI for the synapses, dz/db for b (b may be a term of the current, rate, or of the neuron, LIF)
+                post = {"W_in": d.dz_dI, "W_rec": d.dz_dI, "b": d.dz_db + d.dz_dI if layer.bias_in_current else d.dz_db}
+            for g in SYNAPSES:
+                if q + g not in index:
+                    continue
+                gi = index[q + g]
+                dec, imp = (torch.tensor(c, dtype=x.dtype, device=x.device)[:, None, None] for c in self.traces(q + g))
+                x_k = dec * state.x[gi] + imp * a[g][None]  # x_k,j(t) [K, B, n_pre]
+                pre = x_k.sum(0)  # pre_j(t) [B, n_pre]
+                y_i = self.post_impulse * post[g]  # y_i(t) [B, n]
+                if self.post_decay > 0:
+                    y_i = self.post_decay * state.y[gi] + y_i
+                e = y_i[:, :, None] * pre[:, None, :]  # e_ij(t) [B, n, n_pre]
+                if lam > 0:
+                    e = lam * state.e[gi] + e
+                ebar = kappa * state.ebar[gi] + e if kappa > 0 else e  # ebar_ij(t)
+                est = torch.einsum("bi,bij->ij", M, ebar)  # sum over the batch of M_i(t) ebar_ij(t)
+                grad[q + g] = est[:, 0] if g == "b" else est
+                xs[gi] = x_k
+                ys[gi] = y_i if self.post_decay > 0 else state.y[gi]
+                es[gi] = e if lam > 0 else state.e[gi]
+                ebars[gi] = ebar if kappa > 0 else state.ebar[gi]
         if kappa > 0:
-            zbar, cbar = kappa * state.zbar + d.z, kappa * state.cbar + 1.0
+            zbar, cbar = kappa * state.zbar + z, kappa * state.cbar + 1.0
         else:
-            zbar, cbar = d.z, torch.ones_like(d.z[:, :1])
-        grad["W_out"] = eps.T @ zbar
+            zbar, cbar = z, torch.ones_like(z[:, :1])
+        read = net.readout_units if isinstance(net, Stack) else slice(None)  # the units the readout reads
+        grad["W_out"] = eps.T @ zbar[:, read]
         grad["b_out"] = (eps * cbar).sum(0)
-        new = state._replace(net=s_new, x=tuple(xs), y=tuple(ys), e=tuple(es), ebar=tuple(ebars),
+        order = range(len(index))
+        new = state._replace(net=s_new, x=tuple(xs[i] for i in order), y=tuple(ys[i] for i in order),
+                             e=tuple(es[i] for i in order), ebar=tuple(ebars[i] for i in order),
                              zbar=zbar if kappa > 0 else state.zbar, cbar=cbar if kappa > 0 else state.cbar,
                              baseline=baseline)
         # a parameter outside the contract's local form gets no signal
