@@ -81,6 +81,7 @@ def test_masks_from_the_zeros_only_when_asked():
     assert_same_run(net, p, sparse, ps, xs)
 
 
+@pytest.mark.slow  # importing norse takes ~10 s
 def test_norse_runs_the_exported_stack_to_our_spikes():
     """norse's graph executor: lif_0 -> fc_in_1 -> lif_1 within a step, the recurrent edges one step late."""
     norse = pytest.importorskip("norse.torch")
