@@ -6,6 +6,11 @@ summed loss over the whole sequence, computed when the sequence ends (``finish``
 Memory grows as O(n T). The graph is built on a detached copy of the parameters taken at the start
 of the sequence, so an optimizer may change the live parameters without corrupting it. A run whose
 graph cannot fit is refused before it starts (:meth:`BPTT.check_run`, from :func:`graph_bytes`).
+
+It differentiates ``net.step`` and nothing else, so it runs on every network of the cell contract, a stack of
+layers (:mod:`models.stack`) included: the gradient then follows the same-step feed-forward path through the
+layers as well as the recurrence within each; sparse matrices get estimates zero off their masks
+(tests/neuro/rules/test_stack_rules.py).
 """
 
 from __future__ import annotations

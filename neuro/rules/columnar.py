@@ -18,7 +18,8 @@ matrix is never built. The estimate of step ``t`` (exact; the readout gets its i
     dl_t/dW_out = e_t^T h_t            dl_t/db_out = sum_b e_t
 
 averaged over the batch as :mod:`neuro.losses` does. Summed over a sequence with the parameters frozen
-it equals BPTT's (and RTRL's) gradient. Only the columnar network is supported.
+it equals BPTT's (and RTRL's) gradient. Only the columnar network is supported (a stack of layers,
+:mod:`models.stack`, is refused: its units are not independent columns).
 
 With the network's online normalisation (``normalise``, :mod:`models.columnar`) its statistics are constants
 of the step: column ``k`` reads its normalised input ``xhat_{t,k}`` (the network's ``column_inputs``), so
@@ -41,9 +42,14 @@ import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
 
+from models.stack import Stack
 from neuro.contract import Params, check_positive
 
 from .base import AbstractRule, Needs, StepOutput, accelerated
+
+#: the refusal's pointer to the rules that do run on a stack of layers (models.stack)
+ON_STACKS = ("on a stack run bptt, tbptt, rtrl, snap1, snap2, uoro, nobacktrack, nobacktrack-kalman, td-lambda (over "
+             "one of those), rflo (rate layers) or three-factor")
 
 __all__ = ["ColumnarRTRL", "ColumnarRTRLState"]
 
@@ -66,6 +72,10 @@ class ColumnarRTRL(AbstractRule):
     kernel: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.net, Stack):
+            raise self._refuse("columnar RTRL is exact for independent columns, each reading only its own state; "
+                               "a stack's units read their whole layer and the layer below, so its influence "
+                               "matrix is not block-diagonal; " + ON_STACKS)
         super().__post_init__()
         for name in ("fast", "kernel"):
             if not isinstance(getattr(self, name), bool):

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
 
+from models.stack import Stack
 from neuro.contract import Params, check_positive
 
 from .base import AbstractRule, Needs, StepOutput, accelerated
@@ -103,6 +104,15 @@ class ConstructiveRTRL(AbstractRule):
     name = "constructive"
     needs = Needs.JACOBIAN
     supports = ("constructive",)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.net, Stack):
+            raise self._refuse("constructive RTRL learns one stage of independent columns of a constructive network "
+                               "(models.constructive); a stack's layers are fully recurrent and all learn at once, "
+                               "so no stage's influence matrix is block-diagonal; on a stack run bptt, tbptt, rtrl, "
+                               "snap1, snap2, uoro, nobacktrack, nobacktrack-kalman, td-lambda (over one of those), "
+                               "rflo (rate layers) or three-factor")
+        super().__post_init__()
 
     @property
     def _cols(self) -> slice:

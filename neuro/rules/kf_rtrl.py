@@ -1,6 +1,7 @@
 """Kronecker-factored RTRL (Mujika, Meier & Steger 2018, "Approximating Real-Time Recurrent Learning
 with Random Kronecker Factors", NeurIPS): an unbiased, Kronecker-factored estimate of the influence
-matrix of the recurrent layer, for the leaky tanh rate RNN of ``models/rate.py`` only.
+matrix of the recurrent layer, for the leaky tanh rate RNN of ``models/rate.py`` only (one layer: a stack of
+layers, :mod:`models.stack`, is refused, see ``KFRTRL``).
 
 The paper's class of RNNs: the recurrent layer is ``h_t = f(W a_t)`` with one weight matrix acting on
 ``a_t = [x_t; h_{t-1}; 1]``. Here ``W = [W_in, W_rec, b]`` [n, m], ``m = n_in + n + 1``, and the leak
@@ -53,6 +54,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from models.stack import Stack
 from neuro.contract import AbstractNetwork, Params
 
 from ._common import new_generator
@@ -86,6 +88,12 @@ class KFRTRL(AbstractRule):
     _kept_on_reset = ("gen",)
 
     def __post_init__(self) -> None:
+        if isinstance(self.net, Stack):
+            raise self._refuse("KF-RTRL's Kronecker factors are those of one weight matrix acting on [x_t; h_{t-1}; 1] "
+                               "(one rate layer); in a stack a lower layer's weights reach the layers above within "
+                               "the step, an influence no single Kronecker product u (x) A holds; on a stack run "
+                               "bptt, tbptt, rtrl, snap1, snap2, uoro, nobacktrack, nobacktrack-kalman, td-lambda "
+                               "(over one of those), rflo (rate layers) or three-factor")
         if isinstance(self.net, AbstractNetwork) and self.net.name not in self.supports:
             raise ValueError(
                 f"rule 'kf-rtrl' does not support model {self.net.name!r}: KF-RTRL assumes the rate RNN's "
@@ -111,7 +119,7 @@ class KFRTRL(AbstractRule):
     def step(self, params: Params, state: KFRTRLState, x: Tensor, y: Tensor, mask: Tensor) -> StepOutput:
         net, alpha = self.net, self.net.alpha
         params = {k: v.detach() for k, v in params.items()}
-        W_rec, W_out = params["W_rec"], params["W_out"]
+        W_rec, W_out = net.weight(params, "W_rec"), params["W_out"]  # W_rec as the current reads it (masked)
         u, A = state.u, state.A  # u_{t-1}, A_{t-1}
         batch = x.shape[0]
 

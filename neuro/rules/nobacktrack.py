@@ -50,6 +50,10 @@ a plain mean over the first ``1/gamma`` steps, then an exponential one. ``q`` de
 past but not on ``nu``, so the estimate stays unbiased whatever its error; only the variance suffers.
 ``eps`` (default 1e-7) regularises the denominators as in UORO: a unit with ``w_i = 0`` gets ``rho_i = eps``.
 
+It reads ``net.step`` only (its jvp, vjp and the loss gradient), so it runs on every network of the cell
+contract, a stack of layers (:mod:`models.stack`) included; the row norms are estimated, not read from one
+layer's weight structure.
+
 Cost per step: one loss gradient through the step, one jvp with two tangents (``J v`` and ``J_theta z``)
 and one vjp; memory O(B (S + P)); no Jacobian is formed. A batch holds independent sequences with their
 own noise; the estimate is the batch mean. The noise comes from a ``torch.Generator`` seeded by

@@ -65,7 +65,8 @@ up to ``floor`` and ``eps``.
 Cost per step: one loss gradient through the step, one vjp of the output (the Fisher sample), one jvp
 with two tangents and one vjp of the state; memory O(B (S + P)). The noise (signs, probes, Fisher
 samples) comes from a ``torch.Generator`` seeded by ``init``'s seed, kept across ``reset``; the filter
-(``J_h``, ``J_theta``) is reset with the network state.
+(``J_h``, ``J_theta``) is reset with the network state. Like :mod:`neuro.rules.nobacktrack` it reads
+``net.step`` only, so it runs on stacks of layers (:mod:`models.stack`) as on one layer.
 """
 
 from __future__ import annotations

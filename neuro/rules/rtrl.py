@@ -17,6 +17,11 @@ averaged over the batch as :mod:`neuro.losses` does. Summed over a sequence with
 it is BPTT's gradient; it stays exact across chunk boundaries because ``M`` is carried with the state.
 Memory O(B S P), compute O(B S^2 P) per step (O(n^4) for a dense network of n units).
 
+It differentiates ``net.step`` only, so it runs on every network of the cell contract: on a stack of layers
+(:mod:`models.stack`) ``s`` is every layer's state and ``J_t``, ``I_t`` include the same-step feed-forward
+path (a lower layer's parameter reaches the layers above within the step); it equals BPTT there
+(tests/neuro/rules/test_stack_rules.py, float64).
+
 A faster computation of the same numbers for the leaky tanh rate RNN (closed-form one-step Jacobians, no
 ``J_theta`` materialised) lives in :mod:`neuro.rules._fast.rtrl` and runs by default; ``fast=False`` runs
 this definition.

@@ -28,6 +28,16 @@ not missed: a surrogate derivative outside its support, a refractory unit, or ``
 a LIF network, nonzero only where unit ``j`` spikes (``z_j = 1`` needs ``v > v_th``, hence the wide
 draws). Its seed is fixed: the pattern does not depend on ``init``'s seed.
 
+*Sparse and stacked networks.* The pattern follows the network's synapses, as Menick et al. define it
+(the entries reachable in ``n`` steps through the existing connections): a sparse matrix enters the step as
+``W * mask`` (:mod:`neuro.connectivity`), so ``J`` and ``I`` are zero off the masks at every point and the
+pattern keeps only what the existing synapses reach. On a stack of layers (:mod:`models.stack`) one step runs
+the layers bottom-up, so ``pattern(I)`` already carries a parameter of layer ``l`` up through the existing
+feed-forward synapses ``W^{l+1}_in``, ``W^{l+2}_in``, ... within the step, and ``pattern(J)`` the recurrent
+synapses and leaks followed by the same feed-forward closure. tests/neuro/rules/test_stack_rules.py holds
+the pattern of a sparse 2-layer rate stack equal to that reachability computed from the masks alone, and
+SnAp-n with a pattern of every reachable entry equal to RTRL.
+
 The estimate of step ``t`` is RTRL's with ``M~`` in place of ``M`` (the loss taken through the step
 from ``s_{t-1}``, see :class:`FlatStep`)::
 

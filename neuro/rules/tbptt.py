@@ -3,7 +3,8 @@ carried from one window to the next but detached, an estimate returned every ``k
 
     g_window = sum_{t in window} dl_t/dtheta, backpropagated no further than the window's start.
 
-Biased (it ignores the influence of earlier windows); memory O(n k).
+Biased (it ignores the influence of earlier windows); memory O(n k). Like BPTT it differentiates ``net.step``
+only, so it runs on stacks of layers (:mod:`models.stack`) as on one layer.
 """
 
 from __future__ import annotations

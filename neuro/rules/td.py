@@ -46,7 +46,9 @@ estimate is then *truncated* BPTT of ``v_t`` alone, every step (:class:`SlidingT
 
 recomputed each step from the last ``k`` inputs and the (detached) state ``s_{t-k}``: ``k`` forward and
 ``k`` backward steps per step, the compute Javed et al. match as ``params x (truncation + 1)``. No
-autograd graph outlives the step. ``stochastic`` is declared False: with a stochastic inner rule (uoro,
+autograd graph outlives the step. The rule runs on the networks its inner rule runs on: on a stack of layers
+(:mod:`models.stack`) with ``rtrl``, ``snap1``, ``snap2``, ``uoro``, ``tbptt``, ..., while ``columnar`` and
+``constructive`` refuse a stack (when the rule is built, with their reason). ``stochastic`` is declared False: with a stochastic inner rule (uoro,
 kf-rtrl, ...) the estimate is random too, decided by ``init``'s seed (sample ``b`` uses ``seed + b``).
 """
 

@@ -32,6 +32,9 @@ estimate unbiased; ``eps`` only changes the variance.
 ``samples`` (field, default 1) keeps that many independent rank-one pairs per sequence and averages their
 estimates: still unbiased, the variance divided by ``samples``, the jvp/vjp cost multiplied by it.
 
+It needs only jvp/vjp of ``net.step``, so it runs on every network of the cell contract, a stack of layers
+(:mod:`models.stack`) included (the state is every layer's).
+
 A batch holds independent sequences, each with its own noise; the estimate is the batch mean of the
 per-sample estimates (as :mod:`neuro.losses` averages the loss). Cost per step: one loss gradient through
 the step, one jvp and one vjp of the step (vmapped over the batch); memory O(B (S + P)), no Jacobian is
