@@ -26,7 +26,11 @@ local form refuse a stack unless they are written for layers (they read :attr:`S
 *Parameters.* Layer ``l`` (from 0) keeps its model's keys prefixed ``"l."`` (``"0.W_in"``, ``"0.W_rec"``,
 ``"0.b"``, ``"1.W_in"``, ...); the readout is ``W_out`` [n_out, n_L] (skip: [n_out, n_hidden]) and ``b_out``.
 Layer ``l``'s parameters are drawn by its model from seed ``seed + 1000003 l``, so a stack of one layer is
-its layer model exactly.
+its layer model exactly; ``feedforward_scale`` multiplies the drawn feed-forward matrices ``W^l_in`` (l > 0).
+The layer models scale their input weights for inputs of a few active channels; a spiking layer's input from
+the layer below is sparse (a few percent of its units spike per step) and zero-mean weighted, so with the
+default scale 1 the upper layers of a LIF stack fire several times less than the first (a (256, 256) LIF
+stack on Poisson input: about 1.9% and 0.5% of units per step); a scale of 3 to 8 brings them closer.
 
 *Connectivity.* ``connectivity=P`` makes every recurrent matrix and every feed-forward matrix between layers
 sparse (``"l.W_rec"``, and ``"l.W_in"`` for l > 0) with connection probability ``P``; a dict names matrices
@@ -64,6 +68,7 @@ class Stack(AbstractNetwork):
     sizes: tuple[int, ...] = ()
     skip: bool = False
     options: tuple[tuple[str, Any], ...] = ()
+    feedforward_scale: float = 1.0
 
     name = "stack"
 
@@ -85,6 +90,7 @@ class Stack(AbstractNetwork):
         if self.n_hidden != sum(sizes):
             raise ValueError(f"n_hidden={self.n_hidden!r} is invalid for sizes={sizes}: it is their sum, "
                              f"{sum(sizes)} (or 0)")
+        check_positive("feedforward_scale", self.feedforward_scale)
         if not isinstance(self.skip, bool):
             raise ValueError(f"skip={self.skip!r} is invalid: expected True or False")
         opts = dict(self.options) if not isinstance(self.options, dict) else dict(self.options)
@@ -201,7 +207,7 @@ class Stack(AbstractNetwork):
         for l, net in enumerate(self.layers):
             for k, v in net.init_params(seed + 1000003 * l, torch.float64).items():
                 if k not in _READOUT:
-                    p[f"{l}.{k}"] = v
+                    p[f"{l}.{k}"] = v * self.feedforward_scale if (l > 0 and k == "W_in") else v
         read = self._readout_net.init_params(seed + 1000003 * len(self.sizes), torch.float64) if self.skip else \
             self.layers[-1].init_params(seed + 1000003 * (len(self.sizes) - 1), torch.float64)
         p.update({k: read[k] for k in _READOUT})

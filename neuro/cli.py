@@ -59,6 +59,35 @@ def _tuples(v: Any) -> Any:
     return v
 
 
+def hidden_sizes(text: str) -> int | tuple[int, ...]:
+    """``--hidden``: ``64`` (one layer) or ``64,64`` (a stack of those layers, :mod:`models.stack`)."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(k <= 0 for k in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected a positive integer, or positive "
+                                         "integers separated by commas (units per layer of a stack, e.g. 64,64)")
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
+def connectivity_rule(text: str) -> float | str:
+    """``--connectivity``: a connection probability ``P`` in (0, 1] for the recurrent (and, in a stack, the
+    between-layer) matrices, or a rule of :mod:`neuro.connectivity` (``fan-in:16``)."""
+    from neuro import connectivity
+
+    try:
+        value: float | str = float(text)
+    except ValueError:
+        value = text
+    try:
+        connectivity.normalise(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected a connection probability in "
+                                         "(0, 1], or 'random:P', 'fan-in:K' or 'one-to-one' (optionally '@seed')") from None
+    return value
+
+
 def _value(text: str) -> Any:
     """``key=value`` values: a JSON object or list if it starts with ``{`` or ``[`` (``rule_options={"k": 2}``;
     lists become tuples), else int, then float, then bool (true/false), none, else the string;
@@ -120,7 +149,9 @@ def _parser() -> _Parser:
     c.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1; default 3)")
     c.add_argument("--steps", type=int, default=None)
     c.add_argument("--model", default=None, help="models.available() (default rate)")
-    c.add_argument("--hidden", type=int, default=None)
+    c.add_argument("--hidden", type=hidden_sizes, default=None, help="units, or units per layer of a stack (64,64)")
+    c.add_argument("--connectivity", type=connectivity_rule, default=None,
+                   help="connection probability of the recurrent and between-layer synapses (default 1: dense)")
     c.add_argument("--lr", type=float, default=None, help="one learning rate for every rule")
     c.add_argument("--optimizer", default=None)
     c.add_argument("--optimizer-opt", action="append", metavar="KEY=VALUE",
@@ -174,7 +205,9 @@ def _parser() -> _Parser:
     s.add_argument("--backend", default="torch", help="neuro.backends.available() (default torch)")
     s.add_argument("--target", default=None, help="brian2: numpy (default), cython or cpp_standalone")
     s.add_argument("--model", default="lif", help="models.available() (default lif)")
-    s.add_argument("--hidden", type=int, default=100, help="neurons (default 100)")
+    s.add_argument("--hidden", type=hidden_sizes, default=100, help="neurons, or per layer of a stack (default 100)")
+    s.add_argument("--connectivity", type=connectivity_rule, default=None,
+                   help="connection probability of the recurrent and between-layer synapses (default 1: dense)")
     s.add_argument("--inputs", type=int, default=20, help="input channels (default 20)")
     s.add_argument("--steps", type=int, default=1000, help="time steps (default 1000)")
     s.add_argument("--rate", type=float, default=50.0, help="input spikes per channel per second (default 50)")

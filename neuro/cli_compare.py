@@ -26,6 +26,8 @@ def main(args: argparse.Namespace) -> int:
     cfg.update({k: v for k, v in flags.items() if v is not None})
     if args.rules is not None:
         cfg["rules"] = [r.strip() for r in args.rules.split(",") if r.strip()]
+    if getattr(args, "connectivity", None) is not None:
+        cfg["model_options"] = {**cfg.get("model_options", {}), "connectivity": args.connectivity}
     for what in ("model", "task"):
         opts = _options(f"--{what}-opt", getattr(args, f"{what}_opt"))
         if opts:

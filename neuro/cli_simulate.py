@@ -30,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
     from neuro.cli_files import check_output_dir, load_run, os_cause, write_files
     from neuro.errors import RunFailed, check_fits
 
-    for flag in ("hidden", "inputs", "steps"):
+    for flag in ("inputs", "steps") + (("hidden",) if isinstance(args.hidden, int) else ()):
         if getattr(args, flag) <= 0:
             raise ValueError(f"--{flag} {getattr(args, flag)} is invalid: must be a positive integer")
     if not 0.0 <= args.rate <= 1000.0:
@@ -46,13 +46,16 @@ def main(args: argparse.Namespace) -> int:
         for key in ("n_in", "n_hidden", "n_out"):
             if key in model_opt:
                 raise ValueError(f"--model-opt {key} is not allowed: use --inputs / --hidden")
+        if getattr(args, "connectivity", None) is not None:
+            model_opt["connectivity"] = args.connectivity
         net = models.make(args.model, n_in=args.inputs, n_hidden=args.hidden, n_out=1, **model_opt)
         n_params = sum(math.prod(shape) for shape in net.param_shapes().values())
         check_fits(f"--hidden {args.hidden} with --inputs {args.inputs}", 8 * n_params,
                    "choose fewer --hidden or --inputs")
         params = net.init_params(seed=args.seed, dtype=torch.float64)
-        if net.spiking:
-            params["W_in"] = params["W_in"].abs()
+        if net.spiking:  # excitatory input (a stack's input reaches its first layer)
+            key = "W_in" if "W_in" in params else "0.W_in"
+            params[key] = params[key].abs()
     # the trace: inputs, and about five recorded [steps, hidden] variables in float64, kept twice while written
     check_fits(f"--steps {args.steps} with --hidden {net.n_hidden}", 8 * args.steps * (net.n_in + 10 * net.n_hidden),
                "choose fewer --steps or --hidden")

@@ -46,7 +46,12 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--task", help=f"neuro.tasks.available() (default {d['task']})")
     t.add_argument("--rule", help=f"neuro.rules.available() (default {d['rule']})")
     t.add_argument("--steps", type=int, help=f"steps to run in all (default {d['steps']}; on --resume the saved run's)")
-    t.add_argument("--hidden", type=int, help=f"hidden units (n_hidden; default {d['hidden']})")
+    from neuro.cli import connectivity_rule, hidden_sizes
+
+    t.add_argument("--hidden", type=hidden_sizes, help=f"hidden units (n_hidden; default {d['hidden']}), or units "
+                                                      "per layer of a stack of --model layers (64,64)")
+    t.add_argument("--connectivity", type=connectivity_rule, help="connection probability of the recurrent and "
+                   "between-layer synapses (default 1: dense), or a rule such as fan-in:16 (neuro.connectivity)")
     t.add_argument("--optimizer", help=f"adam, sgd, rmsprop or td-rmsprop (default {d['optimizer']})")
     t.add_argument("--optimizer-opt", action="append", metavar="KEY=VALUE",
                    help="an option of the optimizer (repeatable; td-rmsprop: beta2, eps, init, readout_scale=none|fan-in)")
@@ -114,8 +119,12 @@ def _flag_options(args: argparse.Namespace) -> tuple[dict, dict, dict]:
         if key in model_opt:
             why = "use --hidden" if key == "n_hidden" else "it comes from the task"
             raise ValueError(f"--model-opt {key} is not allowed: {why}")
-    if args.hidden is not None and args.hidden <= 0:
+    if isinstance(args.hidden, int) and args.hidden <= 0:
         raise ValueError(f"--hidden {args.hidden} is invalid: must be a positive integer")
+    if getattr(args, "connectivity", None) is not None:
+        if "connectivity" in model_opt:
+            raise ValueError("--connectivity and --model-opt connectivity= are both given: give one")
+        model_opt["connectivity"] = args.connectivity
     return model_opt, _options("--task-opt", args.task_opt), _options("--rule-opt", args.rule_opt)
 
 
@@ -149,12 +158,27 @@ def _same(given: Any, saved: Any) -> bool:
     return json.loads(json.dumps(given, default=repr)) == saved
 
 
+def _saved_connectivity(net: dict[str, Any], value: Any) -> Any:
+    """``value`` of ``--connectivity`` in the canonical form the saved network ``net`` would hold (JSON's)."""
+    import models
+
+    fields = {k: _tuples(v) for k, v in net["fields"].items()}
+    try:
+        built = models.make(net["name"], **{**fields, "connectivity": value})
+    except ValueError:
+        return value
+    return json.loads(json.dumps(built.connectivity))
+
+
 def _clashes(args: argparse.Namespace, saved: dict[str, Any]) -> list[str]:
     """One phrase per flag the user gave that contradicts the saved run (``--steps``, ``--checkpoint-every``,
     ``--device``, ``--no-progress`` may change)."""
     net, task, rule, train = (saved[k] for k in ("net", "task", "rule", "train"))
-    given = [("--model", args.model, "model", net["name"]), ("--task", args.task, "task", task["name"]),
-             ("--rule", args.rule, "rule", rule["name"]), ("--hidden", args.hidden, "n_hidden", net["fields"]["n_hidden"])]
+    stack = net["name"] == "stack" and args.model != "stack"  # a stack saved from --model M --hidden a,b
+    model, hidden = ((net["fields"]["layer"], net["fields"]["sizes"]) if stack
+                     else (net["name"], net["fields"]["n_hidden"]))
+    given = [("--model", args.model, "model", model), ("--task", args.task, "task", task["name"]),
+             ("--rule", args.rule, "rule", rule["name"]), ("--hidden", args.hidden, "n_hidden", hidden)]
     given += [(f"--{k.replace('_', '-')}", getattr(args, k), k, train.get(k)) for k in _SETTINGS if k not in _CHANGEABLE]
     out = [f"{flag} {value} contradicts the saved {what}={was!r}"
            for flag, value, what, was in given if value is not None and not _same(value, was)]
@@ -164,6 +188,8 @@ def _clashes(args: argparse.Namespace, saved: dict[str, Any]) -> list[str]:
             out.append(f"--optimizer-opt {k}={v} contradicts the saved optimizer_options={saved_opts!r}")
     for what, opts, part in zip(("model", "task", "rule"), _flag_options(args), (net, task, rule)):
         for k, v in opts.items():
+            if what == "model" and k == "connectivity" and k in part["fields"]:
+                v = _saved_connectivity(net, v)  # the canonical form the saved network holds
             if k not in part["fields"]:
                 out.append(f"--{what}-opt {k}={v} is not an option of the saved {what} {part['name']!r}")
             elif not _same(v, part["fields"][k]):

@@ -37,7 +37,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-__all__ = ["KINDS", "density", "given", "mask", "normalise", "pack", "unpack"]
+__all__ = ["KINDS", "compact", "density", "expand", "given", "mask", "normalise", "pack", "unpack"]
 
 KINDS = ("random", "fan-in", "one-to-one", "dense")
 _FORMS = "'random:P', 'fan-in:K', 'one-to-one', 'dense' (each optionally followed by '@seed'), a number P in (0, 1] or a tuple of (post, pre) index pairs"
@@ -188,3 +188,47 @@ def unpack(stored: Mapping[str, Tensor], masks: Mapping[str, Tensor], shapes: Ma
             v = full
         out[k] = v
     return out
+
+
+_COMPACT = "__sparse__"
+
+
+def compact(tensors: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Any]:
+    """``tensors`` (parameters, or anything of their shapes) for a checkpoint: each masked one as a
+    self-describing record of its existing entries, its mask as a bitmap (one bit per synapse) and its shape, which
+    :func:`expand` turns back into the dense tensor without knowing the network. At connectivity ``p`` a float32
+    matrix takes ``4 p + 1/8`` bytes per entry instead of 4."""
+    out: dict[str, Any] = {}
+    for k, v in tensors.items():
+        m = masks.get(k)
+        if m is None or not isinstance(v, Tensor) or tuple(v.shape) != tuple(m.shape):
+            out[k] = v
+            continue
+        m = m.to(v.device)
+        bits = torch.from_numpy(__import__("numpy").packbits(m.reshape(-1).cpu().numpy()))
+        out[k] = {_COMPACT: True, "shape": tuple(m.shape), "bits": bits, "values": v[m].clone()}
+    return out
+
+
+def expand(obj: Any) -> Any:
+    """``obj`` with every record :func:`compact` wrote turned back into its dense tensor (zeros off the mask),
+    searched through dicts, lists and tuples."""
+    if isinstance(obj, dict):
+        if obj.get(_COMPACT) is True:
+            import numpy as np
+
+            shape, values = tuple(obj["shape"]), obj["values"]
+            n = math.prod(shape)
+            m = torch.from_numpy(np.unpackbits(obj["bits"].cpu().numpy(), count=n).astype(bool)).reshape(shape)
+            if int(m.sum()) != values.numel():
+                raise ValueError(f"a compact tensor of shape {shape} has {values.numel()} values for a mask of "
+                                 f"{int(m.sum())} synapses: the checkpoint is damaged")
+            full = values.new_zeros(shape)
+            full[m.to(values.device)] = values
+            return full
+        return {k: expand(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [expand(v) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(expand(v) for v in obj)
+    return obj

@@ -360,7 +360,9 @@ def save_checkpoint(path: str | os.PathLike, obj: Any) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = None) -> Any:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code runs on load).
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code runs on load); the
+    sparse matrices a training run stores by their synapses only (:func:`neuro.connectivity.compact`) come back
+    dense.
 
     ``FileNotFoundError`` where ``path`` is absent; ``ValueError``, one line naming ``path``, for a file that
     fails its checksum or cannot be read as a checkpoint.
@@ -381,8 +383,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = None) -> Any:
         except Exception as e:  # the unpickler and the zip reader raise many types on a damaged file
             raise ValueError(f"{where} cannot be read ({type(e).__name__}): it is corrupt, truncated, or not a "
                              "checkpoint written by neuro") from e
+    from neuro.connectivity import expand
+
     try:
-        return from_saveable(data)
+        return expand(from_saveable(data))  # sparse matrices stored compactly: dense again
     except ValueError as e:
         raise ValueError(f"{where} is not a checkpoint written by neuro: it holds {e}") from e
 

@@ -391,9 +391,17 @@ class Loop:
         self._check_params()
         c = self.counters
         self.writing = self.run.run_dir.checkpoint
+        from neuro.connectivity import compact
+
+        masks = self.run.net.masks  # sparse matrices: only their synapses (neuro.connectivity.compact)
+        opt = self.opt.state_dict()
+        if masks:  # the optimizer's per-parameter state (Adam's moments) has the parameters' shapes
+            names = list(self.params)
+            opt = {**opt, "state": {i: {f: compact({names[i]: t}, masks)[names[i]] for f, t in entry.items()}
+                                    for i, entry in opt["state"].items()}}
         self.run.run_dir.save_checkpoint({
-            "step": c.step, "position": [c.seq_index, c.offset], "params": self.params,
-            "optimizer": self.opt.state_dict(), "rule_state": self.state, "updates": c.updates,
+            "step": c.step, "position": [c.seq_index, c.offset], "params": compact(self.params, masks),
+            "optimizer": opt, "rule_state": self.state, "updates": c.updates,
             "sequences": c.sequences, "interval": dict(self.interval), "metrics": self.metrics,
             "elapsed_s": self.elapsed(), "rng": rng_state(self.run.device), "config": self.run.description,
         })

@@ -23,7 +23,7 @@ __all__ = ["KEYS", "load", "validate"]
 
 #: key -> accepted types (int accepts no bool)
 KEYS: dict[str, tuple[type, ...]] = {
-    "task": (str,), "rules": (list,), "seeds": (int, list), "steps": (int,), "model": (str,), "hidden": (int,),
+    "task": (str,), "rules": (list,), "seeds": (int, list), "steps": (int,), "model": (str,), "hidden": (int, list, tuple),
     "lr": (float, int, dict), "optimizer": (str,), "batch": (int,), "chunk": (int,), "update_every": (int,),
     "log_every": (int,), "align_every": (int,), "align_steps": (int,), "eval_steps": (int,), "dtype": (str,),
     "task_options": (dict,), "model_options": (dict,), "rule_options": (dict,), "executor": (str,),

@@ -137,7 +137,12 @@ def plan(task: str, rules: Sequence[str], seeds: int | Sequence[int] = 3, steps:
     missing = [r for r in rules if r not in lrs]
     if missing:
         problems.append(f"lr has no value for rule(s) {', '.join(map(repr, missing))}")
-    for name, value, check in (("steps", steps, dict(integer=True)), ("hidden", hidden, dict(integer=True)),
+    if isinstance(hidden, (list, tuple)):  # units per layer of a stack (models.stack)
+        hidden = tuple(hidden)
+        sizes = hidden or (0,)
+    else:
+        sizes = (hidden,)
+    for name, value, check in (*(("hidden", k, dict(integer=True)) for k in sizes), ("steps", steps, dict(integer=True)),
                                ("batch", batch, dict(integer=True)), ("chunk", chunk, dict(integer=True)),
                                ("update_every", update_every, dict(integer=True))):
         try:

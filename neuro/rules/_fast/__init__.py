@@ -41,9 +41,10 @@ PATHS: dict[str, str] = {
 
 def select(rule: AbstractRule) -> FastPath | None:
     """The fast path that applies to ``rule`` (its network and options), or None. A sparse network
-    (``net.masks``) runs the definition: the fast paths compute dense estimates."""
+    (``net.masks``) and a stack of layers (:class:`models.stack.Stack`) run the definition: the fast paths are
+    written for one dense layer."""
     entry = PATHS.get(rule.name)
-    if entry is None or rule.net.masks:
+    if entry is None or rule.net.masks or rule.net.name == "stack":
         return None
     module, function = entry.split(":")
     return getattr(importlib.import_module(module), function)(rule)
