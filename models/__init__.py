@@ -42,7 +42,7 @@ def make(name: str, **kw: Any) -> AbstractNetwork:
         if len(hidden) == 1:
             kw = {**kw, "n_hidden": hidden[0]}
         else:
-            stack_kw = {k: kw.pop(k) for k in ("n_in", "n_out", "connectivity", "skip", "feedforward_scale") if k in kw}
+            stack_kw = {k: kw.pop(k) for k in ("n_in", "n_out", "connectivity", "skip", "feedforward_scale", "per_layer") if k in kw}
             kw.pop("n_hidden")
             get(name)
             return Stack(layer=name, sizes=tuple(hidden), options=tuple(sorted(kw.items())), **stack_kw)

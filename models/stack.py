@@ -27,6 +27,8 @@ local form refuse a stack unless they are written for layers (they read :attr:`S
 ``"0.b"``, ``"1.W_in"``, ...); the readout is ``W_out`` [n_out, n_L] (skip: [n_out, n_hidden]) and ``b_out``.
 Layer ``l``'s parameters are drawn by its model from seed ``seed + 1000003 l``, so a stack of one layer is
 its layer model exactly; ``feedforward_scale`` multiplies the drawn feed-forward matrices ``W^l_in`` (l > 0).
+``options`` are every layer's hyper-parameters and ``per_layer`` (one set of overrides per layer, or none)
+gives a layer its own (e.g. each layer's weight exponents on Loihi, :func:`hw_targets.lava.quantize`).
 The layer models scale their input weights for inputs of a few active channels; a spiking layer's input from
 the layer below is sparse (a few percent of its units spike per step) and zero-mean weighted, so with the
 default scale 1 the upper layers of a LIF stack fire several times less than the first (a (256, 256) LIF
@@ -69,6 +71,7 @@ class Stack(AbstractNetwork):
     skip: bool = False
     options: tuple[tuple[str, Any], ...] = ()
     feedforward_scale: float = 1.0
+    per_layer: tuple[tuple[tuple[str, Any], ...], ...] = ()
 
     name = "stack"
 
@@ -99,6 +102,16 @@ class Stack(AbstractNetwork):
                 raise ValueError(f"options[{k!r}] is invalid: the stack sets each layer's {k}")
         object.__setattr__(self, "options", tuple(sorted(opts.items())))
         models._MODELS.check_options(self.layer, opts)
+        per = tuple(self.per_layer) if isinstance(self.per_layer, (tuple, list)) else None
+        if per is None or (per and len(per) != len(sizes)):
+            raise ValueError(f"per_layer={self.per_layer!r} is invalid: expected one set of option overrides per layer "
+                             f"({len(sizes)}), or none")
+        per = tuple(tuple(sorted((dict(o) if not isinstance(o, dict) else o).items())) for o in per)
+        for o in per:
+            models._MODELS.check_options(self.layer, dict(o))
+            if {"n_in", "n_hidden", "n_out", "connectivity"} & set(dict(o)):
+                raise ValueError(f"per_layer={self.per_layer!r} is invalid: the stack sets each layer's sizes and wiring")
+        object.__setattr__(self, "per_layer", per)
         super().__post_init__()
         for i, net in enumerate(self.layers):
             if net.held_params:
@@ -116,7 +129,7 @@ class Stack(AbstractNetwork):
         out = []
         for i, n in enumerate(self.sizes):
             n_in = self.n_in if i == 0 else self.sizes[i - 1] + (self.n_in if self.skip else 0)
-            out.append(models.make(self.layer, n_in=n_in, n_hidden=n, n_out=self.n_out, **dict(self.options)))
+            out.append(models.make(self.layer, n_in=n_in, n_hidden=n, n_out=self.n_out, **self.layer_options(i)))
         return tuple(out)
 
     @functools.cached_property
@@ -145,7 +158,12 @@ class Stack(AbstractNetwork):
         import models
 
         n = self.readout_units.stop - self.readout_units.start
-        return models.make(self.layer, n_in=1, n_hidden=n, n_out=self.n_out, **dict(self.options))
+        return models.make(self.layer, n_in=1, n_hidden=n, n_out=self.n_out, **self.layer_options(len(self.sizes) - 1))
+
+    def layer_options(self, l: int) -> dict[str, Any]:
+        """Layer ``l``'s hyper-parameters: ``options``, then its entry of ``per_layer`` (the readout takes the last
+        layer's)."""
+        return {**dict(self.options), **(dict(self.per_layer[l]) if self.per_layer else {})}
 
     def layer_params(self, params: Params, l: int) -> Params:
         """Layer ``l``'s parameters under its model's own keys, its sparse matrices masked (no readout)."""

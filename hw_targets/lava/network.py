@@ -282,7 +282,7 @@ def export(net: AbstractNetwork, params: Params, fixed_point: bool = False, limi
     integers it computes with (:func:`loihi_params`; a bias beyond 13 bits is refused). A
     :class:`models.stack.Stack` of such layers (with or without skip connections) exports the same way, one LIF
     process per
-    layer (a stack of float ``lif`` layers runs in floating point only). The network must fit ``limits``
+    layer (a stack of float ``lif`` layers is quantized layer by layer). The network must fit ``limits``
     (Loihi's, :mod:`hw_targets.lava.constraints`, at ``neurons_per_core`` or the most that fit; ``None``: not
     checked)."""
     net.check_params(params)
@@ -306,9 +306,6 @@ def export(net: AbstractNetwork, params: Params, fixed_point: bool = False, limi
         return LavaNetwork(net, params, fixed_point=True, mapping=checked(net, params))
     check_lava_lif(layer)
     if fixed_point:
-        if stack:
-            raise ValueError("fixed_point=True for a stack of 'lif' layers: a stack is not quantized here; build "
-                             "a stack of 'lif-loihi' layers (models.make('lif-loihi', n_hidden=(...), ...))")
         from hw_targets.lava.quantization import quantize
 
         qnet, qparams = quantize(net, params, **quantize_kw)

@@ -104,7 +104,17 @@ def quantize(net: AbstractNetwork, params: Params, *, vth: int = 4096, scale: fl
              saturate: bool = False, report: bool = False):
     """Map a float ``lif`` network to Loihi's integer model: ``(qnet, qparams)`` (``report=True``: and a
     :class:`QuantizationReport`). ``neuro.simulate(qnet, qparams, xs)`` is then Loihi's arithmetic bit for
-    bit (the same as ``backend="lava-fixed"``); qparams have the dtype of ``params``."""
+    bit (the same as ``backend="lava-fixed"``); qparams have the dtype of ``params``.
+
+    A :class:`models.stack.Stack` of ``lif`` layers becomes a stack of ``lif-loihi`` layers: one scale for every
+    layer (their thresholds and decays are the same), each layer's weight and bias exponents its own (the
+    smallest that hold its matrices, unless given; ``Stack.per_layer``); the report names each layer's
+    quantities ``"l.W_in"``, ...; the wiring (``connectivity``) is kept."""
+    from models.stack import Stack
+
+    if isinstance(net, Stack):
+        return _quantize_stack(net, params, vth=vth, scale=scale, weight_exp_in=weight_exp_in,
+                               weight_exp_rec=weight_exp_rec, bias_exp=bias_exp, saturate=saturate, report=report)
     check_lava_lif(net)
     net.check_params(params)
     check_finite(params, "Loihi's integer model")
@@ -164,11 +174,50 @@ def quantize(net: AbstractNetwork, params: Params, *, vth: int = 4096, scale: fl
     qnet = LIFLoihi(n_in=net.n_in, n_hidden=net.n_hidden, n_out=net.n_out, du=du, dv=dv, vth=vth_q,
                     weight_exp_in=e_in, weight_exp_rec=e_rec, bias_exp=bias_exp, dt=net.dt, tau_out=net.tau_out,
                     scale=s, surrogate=net.surrogate, surrogate_width=net.surrogate_width,
-                    surrogate_scale=net.surrogate_scale)
+                    surrogate_scale=net.surrogate_scale, connectivity=net.connectivity)
     qparams = {"W_in": W_in, "W_rec": W_rec, "b": b, "W_out": p["W_out"], "b_out": p["b_out"]}
     qparams = {k: v.to(dtype) for k, v in qparams.items()}
     if report:
         return qnet, qparams, quantization_error(net, params, qnet, qparams, saturated)
+    return qnet, qparams
+
+
+def _quantize_stack(net, params: Params, *, report: bool, **kw):
+    """:func:`quantize` for a stack of ``lif`` layers: each layer quantized as a one-layer network at the scale of
+    the first, then the stack of ``lif-loihi`` layers with each layer's exponents."""
+    from models.stack import Stack
+
+    if net.layer != "lif":
+        raise ValueError(f"a stack of {net.layer!r} layers cannot be quantized: only a stack of 'lif' layers (Lava's "
+                         "LIF process) can")
+    net.check_params(params)
+    layers, per_layer, qparams, errors, saturated, scale = [], [], {}, {}, [], kw.pop("scale")
+    for l, layer in enumerate(net.layers):
+        lp = net.layer_params(params, l)
+        lp.update(W_out=params["W_out"].new_zeros(net.n_out, layer.n_hidden), b_out=params["b_out"])
+        try:
+            qlayer, q, rep = quantize(layer, lp, scale=scale, report=True, **kw)
+        except ValueError as e:
+            raise ValueError(f"layer {l}: {e}") from None
+        scale = qlayer.scale
+        layers.append(qlayer)
+        per_layer.append({f: getattr(qlayer, f) for f in ("weight_exp_in", "weight_exp_rec", "bias_exp")})
+        qparams.update({f"{l}.{k}": q[k] for k in ("W_in", "W_rec", "b")})
+        errors.update({f"{l}.{k}" if k in ("W_in", "W_rec", "b") else k: v for k, v in rep.errors.items()})
+        saturated += [f"layer {l}: {x}" for x in rep.saturated]
+    first = layers[0]
+    common = {f: getattr(first, f) for f in ("du", "dv", "vth", "dt", "tau_out", "scale", "surrogate", "surrogate_width",
+                                            "surrogate_scale")}
+    qnet = Stack(n_in=net.n_in, n_out=net.n_out, layer="lif-loihi", sizes=net.sizes, skip=net.skip,
+                 options=tuple(sorted(common.items())), per_layer=tuple(tuple(sorted(o.items())) for o in per_layer),
+                 connectivity=net.connectivity, feedforward_scale=net.feedforward_scale)
+    dtype = next(iter(params.values())).dtype
+    qparams.update(W_out=params["W_out"].detach().to(dtype), b_out=params["b_out"].detach().to(dtype))
+    qparams = {k: qparams[k].to(dtype) for k in qnet.param_shapes()}
+    if report:
+        settings = {f"{l}.{f}": v for l, o in enumerate(per_layer) for f, v in o.items()}
+        settings.update({f: common[f] for f in ("vth", "du", "dv")})
+        return qnet, qparams, QuantizationReport(scale=scale, settings=settings, errors=errors, saturated=saturated)
     return qnet, qparams
 
 
