@@ -53,10 +53,13 @@ provides learning in deep neural networks", NeurIPS, where every layer gets the 
 fixed random matrix). Layer ``l``'s synapses read their own presynaptic vector: ``u^l_t`` (``x_t`` for the
 first layer, the layer below's output of the same step ``h^{l-1}_t`` above it; with ``skip``, ``[h^{l-1}_t,
 x_t]``; the stack's ``layer_input``) for ``W^l_in`` and ``h^l_{t-1}`` for ``W^l_rec``, and the layer's own
-neuron derivatives at its whole current ``I^l_t`` (the stack's ``complete``)::
+neuron derivatives at its whole current ``I^l_t`` (Murray's ``u^t`` of the layer; the stack's ``complete``)::
 
-    P^l_ab(t) = (1 - 1/tau) P^l_ab(t-1) + (1/tau) phi'(u^l_{t,a}) a^l_b(t)
+    P^l_ab(t) = (1 - 1/tau) P^l_ab(t-1) + (1/tau) phi'(I^l_{t,a}) a^l_b(t)
     dl_t/dW^l_ab  ~  [B^l eps^t]_a P^l_ab(t)          B^l [n_l, n_out]
+
+with ``a^l_b(t)`` = ``u^l_{t,b}`` for ``W^l_in``, ``h^l_{t-1,b}`` for ``W^l_rec``, ``1`` for ``b^l``
+(tests/neuro/rules/test_stack_rules.py holds a sparse 2-layer stack to these equations written out per layer).
 
 ``feedback="random"``: ``B^l`` drawn as the single-layer ``B`` from seed ``seed + 1000003 l`` (the stack's
 seed rule for its layers), so layer 0 keeps the single-layer ``B``. ``feedback="readout"``: ``B^l = (W^out)^T``

@@ -79,6 +79,8 @@ scalar to every unit. The readout filter ``kappa`` is the stack's readout's. The
 weights through the layers above within the step is not followed. A single-layer network is the case
 ``L = 1`` of these equations; a stack's synapse groups are ``"0.W_in"``, ``"0.W_rec"``, ``"0.b"``,
 ``"1.W_in"``, ... (its parameters' keys), and it runs these equations, not the windowed path below.
+tests/neuro/rules/test_stack_rules.py holds sparse 2-layer lif and alif stacks to the single-layer equations
+written out per layer (float64).
 
 Generic: the rule reads the network only through the cell contract (``local_form``, ``presynaptic``,
 ``bias_in_current``, ``readout_decay``, ``neuron_derivatives``; :mod:`neuro.contract`), so it runs on every
