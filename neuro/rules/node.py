@@ -285,6 +285,9 @@ class AbstractNodeRule(AbstractRule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if _stack(self.net) and not node_form(self.net):
+            raise self._refuse(f"its layers ({self.net.layer!r}) are not of local form: current W_in u + W_rec p "
+                               "(+ b), readout y_t = kappa y_(t-1) + W_out z_t + b_out (local_form)")
         if not node_form(self.net):
             self._require_local_form()  # its one-line refusal
         if _stack(self.net):  # the fast paths are written for a single network: a stack runs the definition

@@ -5,7 +5,8 @@ float64, two sparse layers (connectivity 0.5):
   step equals an independent hand computation: clean and noisy forward passes written layer by layer here (the
   noise added to each layer's whole current ``W^l_in u^l_t + W^l_rec p^l_{t-1} (+ b^l)``, masked weights, the
   layer model's own neuron) and the papers' formula with each layer's presynaptic vector ``[u^l_t, p^l_{t-1}]``
-  (rate and LIF layers, with and without skip connections); the forward's ``h`` is every layer's whole current;
+  (rate, LIF and LSTM layers, with and without skip connections); the forward's ``h`` is every layer's whole
+  current; a stack of layers without local form is refused in one line;
 * the mean of NP's estimate over many noise draws is aligned with the 1-step truncated gradient (autograd
   here, the state detached between steps) and with BPTT's gradient, every layer's weights; noise in layer 0
   only (a broken forward) fails it for the upper layer; ANP's mean points along the gradient too;
@@ -97,20 +98,19 @@ def hand_estimates(name, net, params, xs, ys, sigma, K, seed, norm="layer"):
     """Every step's estimate by the papers' formulas on the hand forward passes, with the rule's noise."""
     B = xs.shape[1]
     M = B * K
-    n_cur = sum(SIZES)
+    widths = [m.param_shapes()["W_rec"][0] for m in net.layers]  # current entries per layer (LSTM: 4 n)
     gen = new_generator(seed)
     clean, y_c = hand_init(net, params, B)
     noisy, y_n = hand_init(net, params, M)
     N = N_IN + sum(SIZES) + N_OUT
-    out, hs = [], []
+    out = []
     for x, y in zip(xs, ys):
-        xi_h, xi_y = node_noise(gen, M, n_cur, N_OUT, sigma, xs)
-        xi = list(torch.split(xi_h, SIZES, 1))
+        xi_h, xi_y = node_noise(gen, M, sum(widths), N_OUT, sigma, xs)
+        xi = list(torch.split(xi_h, widths, 1))
         if name == "anp":  # the noisy copies restart from the clean state
             noisy, y_n = [type(s)(*(rep(v, K) for v in s)) for s in clean], rep(y_c, K)
         c_next, yc, ac, Ic, us, ps, zs, read = hand_step(net, params, clean, y_c, x)
         n_next, yn, an, In, *_ = hand_step(net, params, noisy, y_n, rep(x, K), xi, xi_y)
-        hs.append(torch.cat(In, 1))
         dl = mse(yn, rep(y, K)) - rep(mse(yc, y), K)
         if name == "np":
             e = [(dl / sigma ** 2)[:, None] * v for v in xi]
@@ -129,13 +129,13 @@ def hand_estimates(name, net, params, xs, ys, sigma, K, seed, norm="layer"):
         for l, m in enumerate(net.layers):
             g[f"{l}.W_in"] = e[l].T @ rep(us[l], K) / M
             g[f"{l}.W_rec"] = e[l].T @ rep(ps[l], K) / M
-            g[f"{l}.b"] = e[l].mean(0) if m.bias_in_current else torch.zeros(SIZES[l], dtype=torch.float64)
+            g[f"{l}.b"] = e[l].mean(0) if m.bias_in_current else torch.zeros(widths[l], dtype=torch.float64)
         g["W_out"], g["b_out"] = e_y.T @ rep(read, K) / M, e_y.mean(0)
         out.append({k: g[k] * net.masks[k] if k in net.masks else g[k] for k in params})
         clean, y_c = c_next, yc
         noisy, y_n = n_next, (yn if net.readout_decay else y_n)
         out[-1]["_z"] = torch.cat(zs, 1)
-    return out, hs
+    return out
 
 
 #: fast LIF neurons, and weights three times the default, so that both layers spike within the few steps
@@ -151,7 +151,7 @@ def active(layer, skip=False, seed=3):
     return net, params
 
 
-CASES = [("rate", False, 0.1), ("rate", True, 0.1), ("lif", False, 0.3), ("lif", True, 0.3)]
+CASES = [("rate", False, 0.1), ("rate", True, 0.1), ("lif", False, 0.3), ("lif", True, 0.3), ("lstm", False, 0.1)]
 
 
 @pytest.mark.parametrize("layer,skip,sigma", CASES)
@@ -163,7 +163,7 @@ def test_the_estimate_is_the_hand_computation_from_two_forward_passes(layer, ski
     kw = {} if name == "np" else {"norm": norm}
     rule = rules.make(name, net, sigma=sigma, samples=K, **kw)
     assert rule.fast_path is None
-    want, _ = hand_estimates(name, net, params, xs, ys, sigma, K, seed, norm)
+    want = hand_estimates(name, net, params, xs, ys, sigma, K, seed, norm)
     state = rule.init(params, xs.shape[1], seed)
     spikes = torch.zeros(sum(SIZES), dtype=torch.float64)
     size = {k: 0.0 for k in params}
@@ -294,6 +294,13 @@ def test_a_one_layer_stack_gives_its_layer_models_numbers(layer, name):
     b = neuro.grad_estimate(net, p, name, xs, ys, seed=1, samples=2, sigma=0.2, fast=False)
     for k in p:
         assert torch.equal(a[k if k in a else f"0.{k}"], b[k]), k
+
+
+@pytest.mark.parametrize("name", ["np", "anp", "anp-time"])
+def test_a_stack_of_layers_without_local_form_is_refused_in_one_line(name):
+    with pytest.raises(ValueError, match=r"^rule '[a-z-]+' does not support model 'stack': its layers \('lif-loihi'\) "
+                                         r"are not of local form: .*\(local_form\)$"):
+        rules.make(name, models.make("lif-loihi", n_in=N_IN, n_hidden=SIZES, n_out=N_OUT))
 
 
 @pytest.mark.parametrize("name", ["np", "anp", "anp-time"])
