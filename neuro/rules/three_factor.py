@@ -197,8 +197,6 @@ class ThreeFactor(AbstractRule):
                 raise ValueError("feedback='readout' is invalid on a stack without skip connections: the readout "
                                  "reads the last layer only, so the lower layers have no readout columns to take "
                                  "as feedback; use feedback='random' (or a stack with skip=True)")
-            # the windowed path (neuro.rules._fast.three_factor) is written for one layer: a stack runs the equations
-            self.__dict__["_fast_path"] = None
 
     # -- the pieces of one step, shared with the fast path ---------------------------------------------------
     def groups(self, params: Params) -> list[str]:
