@@ -318,6 +318,12 @@ def plot(path: str, report: dict[str, Any]) -> None:
     plt.close(fig)
 
 
+def _phase_wall(costs: list[float], jobs: int) -> float:
+    """The projected wall time of runs of ``costs`` seconds on ``jobs`` workers: the longer of their share of
+    the workers and the longest run (a phase ends when its last run does)."""
+    return max(sum(costs) / jobs, max(costs, default=0.0))
+
+
 def _hidden(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(x) for x in text.split(","))
@@ -341,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", nargs="+", default=[], metavar="KEY=VALUE", help="cue-accumulation options over "
                     f"the defaults {TASK_OPTIONS}")
     ap.add_argument("--batch", type=int, default=16, help="trials side by side (one Adam update per trial)")
-    ap.add_argument("--trials", type=int, default=100, help="training trials per run")
+    ap.add_argument("--trials", type=int, default=120, help="training trials per run")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--test-trials", type=int, default=512, help="held-out trials scored per run")
     ap.add_argument("--lr", nargs="+", default=[], metavar="RULE=LR", help="fixed learning rates (no pilot)")
@@ -421,16 +427,17 @@ def main(argv: list[str] | None = None) -> int:
             cost = {x["rule"]: x["ms_per_step"] for x in est if x["ms_per_step"] is not None}
             report["cost_ms_per_step"] = cost
             trial_s = {r: ms * T / 1e3 for r, ms in cost.items()}  # CPU s per training trial of each rule
-            main_s = sum(trial_s[r] * (args.trials + WARM_UP_TRIALS) * args.seeds for r in trial_s)
-            pilot_s = sum(trial_s[r] * (args.pilot_trials + WARM_UP_TRIALS) * len(GRID) for r in pilot_rules
-                          if r in trial_s)
-            longest = max(((args.trials + WARM_UP_TRIALS) * s for s in trial_s.values()), default=0.0)
-            wall = max((main_s + pilot_s) / args.jobs, longest)
+            pilot_jobs = [trial_s[r] * (args.pilot_trials + WARM_UP_TRIALS) for r in pilot_rules if r in trial_s
+                          for _ in GRID]
+            seed_jobs = [trial_s[r] * (args.trials + WARM_UP_TRIALS) for r in trial_s]
+            main_s, pilot_s = sum(seed_jobs) * args.seeds, sum(pilot_jobs)
+            wall = _phase_wall(pilot_jobs, args.jobs) + args.seeds * _phase_wall(seed_jobs, args.jobs)
             report["projection"] = {"main_core_s": main_s, "pilot_core_s": pilot_s, "wall_s": wall}
             print("estimated cost, ms/step: " + ", ".join(f"{k} {v:.2f}" for k, v in cost.items())
                   + f"\nprojected: sweep {main_s / 60:.1f} core-minutes ({len(trial_s)} rules x {args.seeds} seeds x "
                   f"{args.trials} trials of {args.batch} x {T} steps), pilots {pilot_s / 60:.1f} core-minutes; "
-                  f"wall about {wall / 60:.1f} min on {args.jobs} worker(s) (held-out scoring not included)",
+                  f"wall about {wall / 60:.1f} min on {args.jobs} worker(s) (the pilots, then seed by seed: each phase "
+                  f"lasts its longest run at least; held-out scoring not included)",
                   file=sys.stderr, flush=True)
             write()
         run_all([{**base, "phase": "pilot", "rule": r, "seed": PILOT_SEED, "lr": lr, "trials": args.pilot_trials}

@@ -17,8 +17,11 @@ ARGS = ["--quick", "--seeds", "1", "--jobs", "1"]
 
 def test_quick_runs_records_a_refusal_resumes_and_keeps_the_analysis(tmp_path):
     out = tmp_path / "b"
-    assert bench.main([*ARGS, "--rules", "bptt", "kf-rtrl", "--out", str(out)]) == 0
+    assert bench.main([*ARGS, "--rules", "bptt", "kf-rtrl", "--estimate-trials", "1", "--out", str(out)]) == 0
     report = json.loads((out / "stack.json").read_text())
+    # the cost is measured per rule that runs, and the projection made from it (2 trials a run: warm-up + 2)
+    assert list(report["cost_ms_per_step"]) == ["bptt"] and report["cost_ms_per_step"]["bptt"] > 0
+    assert report["projection"]["main_core_s"] == pytest.approx(report["cost_ms_per_step"]["bptt"] * 37 / 1e3 * 3)
     assert list(report["refused"]) == ["kf-rtrl"] and "stack" in report["refused"]["kf-rtrl"]
     assert report["summary"]["kf-rtrl"]["outcome"].startswith("ValueError: rule 'kf-rtrl'")
     [run] = report["results"]  # the refusing rule is not run; the other one is
@@ -42,6 +45,13 @@ def test_quick_runs_records_a_refusal_resumes_and_keeps_the_analysis(tmp_path):
     again = json.loads((out / "stack.json").read_text())["results"]
     assert [(r["wall_s"], r["test_acc"]) for r in again] == [(run["wall_s"], run["test_acc"])]
     assert "Layer 2 is quiet." in (out / "stack.md").read_text()
+
+
+def test_projected_wall_of_a_phase():
+    # 2 workers: 3 + 1 + 1 s of runs take their share (2.5 s) unless one run is longer (3 s)
+    assert bench._phase_wall([3.0, 1.0, 1.0], 2) == 3.0
+    assert bench._phase_wall([2.0, 2.0, 2.0], 2) == 3.0
+    assert bench._phase_wall([], 2) == 0.0
 
 
 def test_run_one_records_a_refusal():
