@@ -28,7 +28,7 @@ Learning rates: ``--lr RULE=LR``, else a pilot per rule on a seed that is not ev
 ``--pilot-trials`` trials per candidate of :data:`GRID`, choosing the lowest training loss. Before the sweep one
 short run per rule is timed and the projected cost printed. Writes ``OUT/stack.json`` after every run
 (atomically) and ``OUT/stack.md`` / ``.png`` after every seed; ``--resume`` keeps the finished runs of the same
-settings. The report is regenerable: the hand-written analysis between
+settings (a run its rule refused is tried again). The report is regenerable: the hand-written analysis between
 :data:`neuro.bench.neurobench.ANALYSIS_BEGIN` and ``ANALYSIS_END`` is kept by every rewrite.
 """
 
@@ -393,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and os.path.exists(json_path):
         with open(json_path) as f:
             old = json.load(f)
-        done = {_key(r): r for r in old.get("pilot", []) + old.get("results", []) if r["status"] == "ok"}
+        done = {_key(r): r for r in old.get("pilot", []) + old.get("results", [])  # a refusal is tried again
+                if not r["status"].startswith("refused")}
     report: dict[str, Any] = {"benchmark": "stack", "machine": _report.machine_info(1), "command": cmd,
                               "refused": refused, "cost_ms_per_step": {}, "projection": {}, "pilot": [],
                               "results": [], "summary": {}}

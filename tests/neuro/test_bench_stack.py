@@ -45,6 +45,14 @@ def test_quick_runs_records_a_refusal_resumes_and_keeps_the_analysis(tmp_path):
     again = json.loads((out / "stack.json").read_text())["results"]
     assert [(r["wall_s"], r["test_acc"]) for r in again] == [(run["wall_s"], run["test_acc"])]
     assert "Layer 2 is quiet." in (out / "stack.md").read_text()
+    # a run its rule refused (a rule not finished then) is tried again on resuming
+    path = out / "stack.json"
+    saved = json.loads(path.read_text())
+    refused_run = {**run, "status": "refused: NotImplementedError: not yet", "test_acc": None, "wall_s": -1.0}
+    path.write_text(json.dumps({**saved, "results": [refused_run]}))
+    assert bench.main([*ARGS, "--rules", "bptt", "--out", str(out), "--resume"]) == 0
+    [rerun] = json.loads(path.read_text())["results"]
+    assert rerun["status"] == "ok" and rerun["wall_s"] >= 0 and rerun["test_acc"] == run["test_acc"]
 
 
 def test_projected_wall_of_a_phase():
