@@ -66,7 +66,7 @@ def hidden_sizes(text: str) -> int | tuple[int, ...]:
     except ValueError:
         sizes = ()
     if not sizes or any(k <= 0 for k in sizes):
-        raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected a positive integer, or positive "
+        raise argparse.ArgumentTypeError(f"--hidden {text} is invalid: expected a positive integer, or positive "
                                          "integers separated by commas (units per layer of a stack, e.g. 64,64)")
     return sizes[0] if len(sizes) == 1 else sizes
 
@@ -83,7 +83,7 @@ def connectivity_rule(text: str) -> float | str:
     try:
         connectivity.normalise(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected a connection probability in "
+        raise argparse.ArgumentTypeError(f"--connectivity {text} is invalid: expected a connection probability in "
                                          "(0, 1], or 'random:P', 'fan-in:K' or 'one-to-one' (optionally '@seed')") from None
     return value
 

@@ -107,7 +107,7 @@ def test_a_tiny_run_writes_its_directory_and_resumes(tmp_path, capsys):
     assert "30 steps" in out and str(run_dir) in out and err == ""
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json", "metrics.csv"]
     cfg = io.read_json(run_dir / "config.json")
-    assert cfg["net"]["fields"] == {"n_in": 2, "n_hidden": 4, "n_out": 2, "alpha": 0.5, "g": 1.0, "bias": True,
+    assert cfg["net"]["fields"] == {"n_in": 2, "n_hidden": 4, "n_out": 2, "connectivity": [], "alpha": 0.5, "g": 1.0, "bias": True,
                                     "init": "normal", "decorrelation": 0.0}
     assert cfg["task"]["fields"]["deterministic"] is True and cfg["rule"]["fields"] == {"loss": "ce", "k": 5}
     assert cfg["train"]["optimizer"] == "sgd" and cfg["train"]["dtype"] == "float64"

@@ -99,8 +99,8 @@ def test_a_sparse_run_checkpoints_compactly_and_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("flags,match", [
-    (["--hidden", "64,x"], "'64,x' is invalid"), (["--hidden", "64,0"], "'64,0' is invalid"),
-    (["--connectivity", "1.5"], "'1.5' is invalid"), (["--connectivity", "fan-in"], "'fan-in' is invalid"),
+    (["--hidden", "64,x"], "--hidden 64,x is invalid"), (["--hidden", "64,0"], "--hidden 64,0 is invalid"),
+    (["--connectivity", "1.5"], "--connectivity 1.5 is invalid"), (["--connectivity", "fan-in"], "--connectivity fan-in is invalid"),
 ])
 def test_bad_flags_exit_2_with_one_line(flags, match, tmp_path, capsys):
     assert main(["train", "--steps", "5", "--run-dir", str(tmp_path / "r"), *flags]) == 2
