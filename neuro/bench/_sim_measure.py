@@ -290,3 +290,124 @@ def _run(sizes, steps, threads, repeats, bandwidth_bytes, log) -> dict[str, Any]
         "errors": errors,
         "wall_s": time.perf_counter() - t_start,
     }
+
+
+# -- sparse networks: ``neuro bench sim --sparse`` ------------------------------------------------------------
+def _compiled_calls(net, params, xs) -> Runner:
+    import neuro
+
+    def run(x):
+        return neuro.simulate(net, params, x, backend="compiled", record=("spikes", "y")).spikes
+
+    return run
+
+
+def _time_variants(runners: dict[str, Runner], xs: torch.Tensor, repeats: int, brian2=None) -> dict[str, Any]:
+    """Steps/s of every runner and of ``brian2`` (a :class:`neuro.bench.brian2.StandaloneLIF`, or None): one run
+    of each after the other per repeat (after a warm-up), so that the load of other processes hits them alike;
+    the firing rate; the fixed cost of one of our calls (a one-step call, median of 5: building the kernel's
+    arrays, dispatch); the ratios sparse / dense and sparse / brian2, each the median of the per-repeat ratios."""
+    steps = len(xs)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    if brian2 is not None:
+        times["brian2"] = []
+    rates: dict[str, float | None] = {}
+    setup: dict[str, float] = {}
+    for key, r in runners.items():
+        r(xs[: min(20, steps)])
+        setup[key] = statistics.median(_time_once(r, xs[:1])[0] for _ in range(5))
+    for rep in range(repeats):
+        for key, r in runners.items():
+            dt, out = _time_once(r, xs)
+            times[key].append(dt)
+            if rep == 0:
+                rates[key] = _spike_rate_hz(out)
+            del out
+        if brian2 is not None:
+            times["brian2"].append(brian2())
+    res: dict[str, Any] = {k: {"steps_per_s": _report.summarize([steps / t for t in times[k]]), "rate_hz": rates[k],
+                               "call_overhead_ms": 1e3 * setup[k]} for k in runners}
+    if brian2 is not None:
+        res["brian2"] = {"steps_per_s": _report.summarize([steps / t for t in times["brian2"]]),
+                         "rate_hz": brian2.rate_hz, "first_s": brian2.first_s, "synapses": brian2.synapses,
+                         "run_s": times["brian2"]}
+    res["ratios"] = {f"sparse_vs_{k}": statistics.median(b / a for a, b in zip(times["sparse"], times[k]))
+                     for k in times if k != "sparse"}
+    return res
+
+
+def run_sparse(n_sparse: int = 4096, connectivity=(0.01, 0.1, 1.0), sizes_one=(1024, 4096), steps: int = 1000,
+               repeats: int = 5, brian2: bool = True,
+               log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``neuro bench sim --sparse`` (:mod:`neuro.bench.sim`): (a) the network of :func:`build_lif_sparse` at
+    ``n_sparse`` neurons for each recurrent connection probability in ``connectivity``: backend='compiled' on the
+    sparse network (synapses by presynaptic unit) and on the same network written dense, and Brian2
+    cpp_standalone on the same synapses; (b) the one-to-one network of :func:`build_one_to_one` at each of
+    ``sizes_one``: backend='compiled' with the one-to-one input, with the same input written as a dense ``W_in``,
+    and Brian2 cpp_standalone. float32 for ours (batch 1, one thread: the kernels are single-threaded), float64 in
+    Brian2 (its only type). Returns a JSON-ready dict."""
+    from ._sim_network import P_ONE, build_lif_sparse, build_one_to_one
+
+    log = log or (lambda s: None)
+    t_start = time.perf_counter()
+    load_start = _report.loadavg()
+    errors: dict[str, str] = {}
+    rows: list[dict[str, Any]] = []
+
+    def measure(tag, net, dense, params, xs, rate_in) -> dict[str, Any]:
+        b2 = None
+        if brian2:
+            from .brian2 import StandaloneLIF
+
+            try:
+                b2 = StandaloneLIF(net, net.weight(params, "W_in").double().numpy(),
+                                   net.weight(params, "W_rec").double().numpy(), rate_in, steps)
+                log(f"{tag}: Brian2 cpp_standalone built (code generation, compile, first run: {b2.first_s:.0f} s)")
+            except Exception as e:  # a peer that cannot run here is recorded, not fatal
+                errors[f"brian2 {tag}"] = f"{type(e).__name__}: {e}"
+                log(f"{tag} brian2: {type(e).__name__}: {e}")
+        try:
+            t = _time_variants({"sparse": _compiled_calls(net, params, xs), "dense": _compiled_calls(dense, params, xs)},
+                               xs, repeats, b2)
+        finally:
+            if b2 is not None:
+                b2.close()
+        med = {k: t[k]["steps_per_s"]["median"] for k in ("sparse", "dense", "brian2") if k in t}
+        log(f"{tag}: " + ", ".join(f"{k} {_report.fmt_rate(v)}/s" for k, v in med.items())
+            + "; " + ", ".join(f"{k} {v:.2f}" for k, v in t["ratios"].items()))
+        return {"compiled_sparse": t["sparse"], "compiled_dense": t["dense"], "brian2": t.get("brian2"),
+                "sparse_vs_dense": t["ratios"]["sparse_vs_dense"],
+                "sparse_vs_brian2": t["ratios"].get("sparse_vs_brian2")}
+
+    for p in connectivity:
+        net, dense, params, xs = build_lif_sparse(n_sparse, steps, p)
+        syn = int(net.masks["W_rec"].sum())
+        rows.append({"part": "a", "n": n_sparse, "p": p, "recurrent_synapses": syn,
+                     **measure(f"N={n_sparse} p={p}", net, dense, params, xs, P_IN / (DT * 1e-3))})
+    for n in sizes_one:
+        net, dense, params, xs = build_one_to_one(n, steps)
+        rows.append({"part": "b", "n": n, "p": 1.0, "recurrent_synapses": n * n,
+                     **measure(f"N={n} one-to-one", net, dense, params, xs, P_ONE / (DT * 1e-3))})
+    return {
+        "benchmark": "sim_sparse",
+        "machine": {**_report.machine_info(1), "loadavg_start": load_start, "loadavg_end": _report.loadavg()},
+        "settings": {
+            "n_sparse": n_sparse, "connectivity": list(connectivity), "sizes_one_to_one": list(sizes_one),
+            "steps": steps, "repeats": repeats, "batch": 1,
+            "dtype": "float32 (ours), float64 (Brian2)", "dt_ms": DT, "tau_mem_ms": TAU_MEM, "tau_syn_ms": TAU_SYN,
+            "a": f"{N_IN} Poisson inputs at {P_IN / (DT * 1e-3):.0f} Hz, each neuron hears {K_IN} (fan-in), input "
+                 f"weight {W_IN} v_th/gain, recurrent random:p with std {REC_SCALE}/sqrt(pN) v_th/gain",
+            "b": f"each neuron its own Poisson source at {P_ONE / (DT * 1e-3):.0f} Hz through one synapse "
+                 f"(one-to-one) of weight {W_IN} v_th/gain, dense random recurrence std {REC_SCALE}/sqrt(N)",
+            "seed": SEED,
+            "timing": "ours: steps / wall time of a whole neuro.simulate call (arrays built, kernel, trace), gc off; "
+                      "call overhead: a one-step call. Brian2: its own timer around the network run of the compiled "
+                      "program (last_run_info.txt; build excluded). Per repeat one run of each variant after the "
+                      "other (sparse, dense, Brian2), after a warm-up; steps/s: median over repeats; ratios: median "
+                      "of the per-repeat ratios (each from runs seconds apart, so that the load of other processes "
+                      "hits both sides alike)",
+        },
+        "results": rows,
+        "errors": errors,
+        "wall_s": time.perf_counter() - t_start,
+    }

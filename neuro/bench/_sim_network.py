@@ -158,3 +158,51 @@ def _matvec_runner(params) -> Runner:
         return None
 
     return run
+
+
+# -- sparse networks (``neuro bench sim --sparse``) ---------------------------------------------------------
+#: recurrent connection probabilities of the sparse comparison
+SPARSE_P = (0.01, 0.1, 1.0)
+#: the one-to-one network: each neuron's own Poisson source at the total input rate of the network above
+#: (K_IN channels at P_IN), P_ONE spikes per step, through one synapse of weight W_IN
+P_ONE = K_IN * P_IN
+
+
+def build_lif_sparse(n: int, steps: int, p: float, seed: int = SEED):
+    """The network of :func:`build_lif` with recurrent connection probability ``p``, written with the synapses it
+    has: a sparse ``lif`` network (``connectivity={"W_in": "fan-in:K_IN", "W_rec": "random:p"}``: each neuron
+    hears ``K_IN`` input channels, each pair of neurons is connected with probability ``p``), the same network
+    written dense (no connectivity: the same ``W_in`` and ``W_rec`` with zeros off the masks), their parameters
+    (``W_rec`` std ``REC_SCALE / sqrt(p N)``: the summed recurrent input of a unit keeps the variance of the dense
+    network) and the input ``xs`` [T, 1, N_IN] of :func:`build_lif`."""
+    import models
+
+    dense, params, xs = build_lif(n, steps, seed)
+    net = models.make("lif", n_in=N_IN, n_hidden=n, n_out=1, dt=DT, tau_mem=TAU_MEM, tau_syn=TAU_SYN,
+                      bias_mean=0.0, bias_std=0.0, connectivity={"W_in": f"fan-in:{K_IN}", "W_rec": f"random:{p}"})
+    g = torch.Generator().manual_seed(seed + 3)
+    unit = net.v_th / net.gain()
+    w = unit * REC_SCALE / math.sqrt(p * n) * torch.randn(n, n, generator=g, dtype=torch.float64)
+    params["W_in"] = (unit * W_IN * net.masks["W_in"]).float()
+    params["W_rec"] = (w * net.masks["W_rec"]).float()
+    return net, dense, params, xs
+
+
+def build_one_to_one(n: int, steps: int, seed: int = SEED):
+    """The network a Brian2 user writes first: ``n`` LIF neurons, each driven by its own Poisson source
+    (``P_ONE`` spikes per step) through one synapse of weight ``W_IN`` (``connectivity={"W_in": "one-to-one"}``),
+    dense random recurrence (std ``REC_SCALE / sqrt(N)``), about 13 Hz. Returns the sparse-input network, the
+    same network with a dense ``W_in`` (zeros off the diagonal), the parameters and ``xs`` [T, 1, n]."""
+    import models
+
+    opts = dict(n_in=n, n_hidden=n, n_out=1, dt=DT, tau_mem=TAU_MEM, tau_syn=TAU_SYN, bias_mean=0.0, bias_std=0.0)
+    net = models.make("lif", connectivity={"W_in": "one-to-one"}, **opts)
+    dense = models.make("lif", **opts)
+    g = torch.Generator().manual_seed(seed)
+    unit = net.v_th / net.gain()
+    params = dense.init_params(seed=seed)
+    params["W_in"] = (unit * W_IN * torch.eye(n, dtype=torch.float64)).float()
+    params["W_rec"] = (unit * REC_SCALE / math.sqrt(n) * torch.randn(n, n, generator=g, dtype=torch.float64)).float()
+    g_in = torch.Generator().manual_seed(seed + 1)
+    xs = (torch.rand(steps, 1, n, generator=g_in) < P_ONE).float()
+    return net, dense, params, xs

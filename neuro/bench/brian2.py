@@ -18,6 +18,10 @@ coincide). Writes ``brian2_train.png`` (loss per epoch, output before and
 after) and the figures into the JSON.
 
 Results: ``OUT/bench_brian2.json`` and ``OUT/bench_brian2.md`` (written atomically; the table is printed).
+
+:class:`StandaloneLIF` is the network as a Brian2 user writes it, for ``neuro bench sim --sparse``: a
+``NeuronGroup`` of current-based LIF neurons, ``PoissonGroup`` inputs and ``Synapses`` created only where they
+exist (``connect(i=..., j=...)``), built for cpp_standalone and timed by Brian2's own clock.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 
 from . import _report
 
-__all__ = ["main", "run_speed", "run_train"]
+__all__ = ["StandaloneLIF", "main", "run_speed", "run_train"]
 
 TARGETS = ("numpy", "cython", "cpp_standalone")
 
@@ -91,6 +95,87 @@ def run_speed(sizes=(256, 1024, 4096), steps: int = 1000, repeats: int = 3, thre
     finally:
         torch.set_num_threads(prev)
     return rows
+
+
+class StandaloneLIF:
+    """The recurrent LIF ``net`` (``lif``, exact dynamics, subtractive reset, ``b = 0``) as a Brian2 user writes
+    it, built once for cpp_standalone in a temporary directory (removed by :meth:`close`)::
+
+        G = NeuronGroup(N, "dv/dt = (v_leak - v + isyn) / tau_mem : 1
+                            disyn/dt = -isyn / tau_syn : 1", threshold="v > v_th", reset="v -= v_th",
+                        method="exact")
+        P = PoissonGroup(n_in, input_hz * Hz)
+        S_in = Synapses(P, G, "w : 1", on_pre="isyn_post += w"); S_in.connect(i=pre, j=post)   # W_in's synapses
+        S_rec = Synapses(G, G, "w : 1", on_pre="isyn_post += w"); S_rec.connect(i=pre, j=post)  # W_rec's
+
+    ``w_in`` [N, n_in] and ``w_rec`` [N, N]: the synapses are their nonzero entries (``connect(i=..., j=...)``:
+    only those that exist; a one-to-one input is N synapses). The same equations, weights and input rate as the
+    network of ``neuro.simulate``; the Poisson spikes are Brian2's own (the same rate, not the same trains).
+    Attributes after the build: ``first_s`` (code generation, compilation and the first run), ``rate_hz`` (of
+    that run), ``synapses``. Calling it runs the compiled program once more and returns Brian2's own timer around
+    the network run (last_run_info.txt: no build, no file input or output), in seconds."""
+
+    def __init__(self, net, w_in, w_rec, input_hz: float, steps: int):
+        import tempfile
+
+        import brian2 as b2
+        import numpy as np
+        from brian2.devices.device import get_device, reset_device, set_device
+
+        w_in, w_rec = np.asarray(w_in, np.float64), np.asarray(w_rec, np.float64)
+        n, n_in = w_in.shape
+        self.dir = tempfile.mkdtemp(prefix="neuro_bench_b2_")
+        set_device("cpp_standalone", directory=self.dir, build_on_run=False)
+        dev = get_device()
+        try:
+            dt = net.dt * b2.ms
+            ns = {"v_leak": float(net.v_leak), "v_th": float(net.v_th), "tau_mem": net.tau_mem * b2.ms,
+                  "tau_syn": net.tau_syn * b2.ms}
+            G = b2.NeuronGroup(n, "dv/dt = (v_leak - v + isyn) / tau_mem : 1\ndisyn/dt = -isyn / tau_syn : 1",
+                               threshold="v > v_th", reset="v -= v_th", method="exact", namespace=ns, dt=dt)
+            G.v = float(net.v_leak)
+            P = b2.PoissonGroup(n_in, input_hz * b2.Hz, dt=dt)
+            objs = [G, P]
+            self.synapses = 0
+            for src, mat in ((P, w_in), (G, w_rec)):
+                post, pre = np.nonzero(mat)
+                S = b2.Synapses(src, G, "w : 1", on_pre="isyn_post += w", dt=dt, namespace={})
+                S.connect(i=pre.astype(np.int32), j=post.astype(np.int32))
+                S.w = mat[post, pre]
+                objs.append(S)
+                self.synapses += len(pre)
+            mon = b2.SpikeMonitor(G, record=False)
+            network = b2.Network(*objs, mon)
+            network.run(steps * dt)
+            t0 = time.perf_counter()
+            dev.build(directory=self.dir, compile=True, run=True, with_output=False)
+            self.first_s = time.perf_counter() - t0
+            self.rate_hz = float(mon.num_spikes) / (n * steps * net.dt * 1e-3)
+            run_cmd = b2.prefs.devices.cpp_standalone.run_cmd_unix
+            self.cmd = [run_cmd] if isinstance(run_cmd, str) else list(run_cmd)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            dev.reinit()
+            reset_device()
+
+    def __call__(self) -> float:
+        import os
+        import shutil
+        import subprocess
+
+        res = os.path.join(self.dir, "results_bench")
+        shutil.rmtree(res, ignore_errors=True)
+        os.makedirs(res)
+        subprocess.run(self.cmd + ["--results_dir", res + os.sep], cwd=self.dir, check=True, capture_output=True)
+        with open(os.path.join(res, "last_run_info.txt")) as fh:
+            return float(fh.read().split()[0])
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _teacher(net, seed: int) -> dict[str, torch.Tensor]:

@@ -25,6 +25,16 @@ Results go to ``OUT/bench_sim.json`` and ``OUT/bench_sim.md`` (written atomicall
 Timings are medians over ``--repeats`` runs, interleaved across variants so that load from other
 processes hits all of them alike. Nothing here asserts a speed.
 
+``--sparse`` measures sparse networks instead (:func:`neuro.bench._sim_measure.run_sparse`, results in
+``OUT/bench_sim_sparse.json`` and ``.md``): (a) the network above at N = 4096 with recurrent connection
+probability 1%, 10% and 100% (and each neuron hearing its 10 input channels only), ``backend="compiled"`` on the
+sparse network (synapses stored by presynaptic unit: a spike costs its fan-out) against the same network written
+dense (today's dense kernel: a spike costs N) and against Brian2 cpp_standalone on the same synapses; (b) the
+network a Brian2 user writes first, N LIF neurons each with its own Poisson source through a one-to-one synapse
+and dense random recurrence, ``backend="compiled"`` against Brian2 cpp_standalone (and against the same input
+written as a dense ``W_in``). Brian2 is built here (code generation and a C++ compile per network, about a
+minute each on a loaded machine) and timed by its own clock around the network run.
+
 The code: the network, its settings and one runner per variant in :mod:`neuro.bench._sim_network`, the
 measurements and :func:`run` in :mod:`neuro.bench._sim_measure`, the report and the command line here.
 """
@@ -138,6 +148,82 @@ def to_markdown(res: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def sparse_to_markdown(res: dict[str, Any]) -> str:
+    """The report of ``neuro bench sim --sparse``."""
+    m, s = res["machine"], res["settings"]
+    rate, ratio = _report.fmt_rate, _report.fmt_ratio
+
+    def cell(r):
+        if r is None:
+            return "–"
+        return f"{rate(r['steps_per_s']['median'])} ±{100 * r['steps_per_s']['spread']:.0f}% ({r['rate_hz']:.1f} Hz)"
+
+    out = ["# neuro bench sim --sparse", "",
+           f"{m['date']} · {m['cpu_model']} · {m['cores']} cores · numpy {m['numpy']} · load average (1 min) "
+           f"{m['loadavg_start']} at the start, {m['loadavg_end']} at the end (the cores are shared: see spreads)",
+           f"Recurrent LIF, batch 1, T = {s['steps']}, dt = {s['dt_ms']} ms; {s['dtype']}; steps/s median of "
+           f"{s['repeats']} ± relative spread (max-min)/median, firing rate in brackets; ratios: median of the "
+           "per-repeat ratios (one run of each variant after the other per repeat). Ours: whole "
+           "`neuro.simulate(..., backend=\"compiled\")` calls; Brian2 cpp_standalone: its own timer around the "
+           "network run (build and compile excluded).", ""]
+    a = [r for r in res["results"] if r["part"] == "a"]
+    if a:
+        out += [f"## (a) N = {a[0]['n']}: sparse against dense recurrence", "", s["a"], ""]
+        out.append(_report.md_table(
+            ["p", "recurrent synapses", "compiled, sparse", "compiled, same network dense", "Brian2 cpp_standalone",
+             "sparse / dense", "sparse / Brian2", "call overhead sparse / dense"],
+            [[f"{100 * r['p']:g}%", r["recurrent_synapses"], cell(r["compiled_sparse"]), cell(r["compiled_dense"]),
+              cell(r["brian2"]), ratio(r["sparse_vs_dense"]), ratio(r["sparse_vs_brian2"]),
+              f"{r['compiled_sparse']['call_overhead_ms']:.1f} / {r['compiled_dense']['call_overhead_ms']:.1f} ms"]
+             for r in a]))
+    b = [r for r in res["results"] if r["part"] == "b"]
+    if b:
+        out += ["", "## (b) one Poisson source per neuron (one-to-one), dense recurrence", "", s["b"], ""]
+        out.append(_report.md_table(
+            ["N", "compiled, one-to-one W_in", "compiled, the same W_in dense", "Brian2 cpp_standalone",
+             "compiled / Brian2", "one-to-one / dense W_in"],
+            [[r["n"], cell(r["compiled_sparse"]), cell(r["compiled_dense"]), cell(r["brian2"]),
+              ratio(r["sparse_vs_brian2"]), ratio(r["sparse_vs_dense"])] for r in b]))
+    out += ["", "Ratios: our steps/s divided by the other's (> 1: ours faster). Call overhead: a one-step call "
+            "(building the kernel's arrays from the parameters; the dense kernel copies W_rec transposed)."]
+    goals = []
+    for r in a:
+        if r["p"] == 0.01:
+            goals.append(f"- 1% connectivity at N = {r['n']}: sparse {ratio(r['sparse_vs_dense'])} the dense kernel "
+                         f"(goal >= 10x): {'met' if r['sparse_vs_dense'] >= 10 else 'not met'}.")
+    for r in b:
+        if r["sparse_vs_brian2"] is not None:
+            goals.append(f"- one-to-one input at N = {r['n']}: compiled {ratio(r['sparse_vs_brian2'])} Brian2 "
+                         f"cpp_standalone (goal >= 2x): {'met' if r['sparse_vs_brian2'] >= 2 else 'not met'}.")
+    if goals:
+        out += ["", "## Goals", "", *goals]
+    if res.get("command"):
+        out += ["", f"Reproduce: `{' '.join(res['command'])}`"]
+    if res["errors"]:
+        out += ["", "## Errors", ""] + [f"- {k}: {v}" for k, v in res["errors"].items()]
+    return "\n".join(out) + "\n"
+
+
+def main_sparse(a: argparse.Namespace, argv: list[str] | None) -> int:
+    from ._sim_measure import run_sparse
+
+    quick = a.quick
+    res = run_sparse(n_sparse=a.n_sparse or (256 if quick else 4096),
+                     connectivity=a.connectivity or ((0.1, 1.0) if quick else (0.01, 0.1, 1.0)),
+                     sizes_one=a.sizes or ([64] if quick else [1024, 4096]),
+                     steps=a.steps or (100 if quick else 1000), repeats=a.repeats or (1 if quick else 5),
+                     brian2=not (a.no_brian2 or quick),
+                     log=lambda s: print(s, file=sys.stderr, flush=True))
+    res["command"] = ["neuro", "bench", "sim", *(argv if argv is not None else sys.argv[1:])]
+    md = sparse_to_markdown(res)
+    out = Path(a.out)
+    _report.write_json(out / "bench_sim_sparse.json", res)
+    _report.write_atomic(out / "bench_sim_sparse.md", md)
+    print(md)
+    print(f"wrote {out / 'bench_sim_sparse.json'} and {out / 'bench_sim_sparse.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="neuro bench sim", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,8 +234,26 @@ def main(argv: list[str] | None = None) -> int:
                     help="timed runs per variant; the median is reported (default 5)")
     ap.add_argument("--out", default="runs/bench",
                     help="output folder for bench_sim.json / bench_sim.md (default runs/bench)")
-    ap.add_argument("--quick", action="store_true", help="tiny settings for tests: sizes 64 128, 200 steps, 1 repeat")
+    ap.add_argument("--quick", action="store_true", help="tiny settings for tests: sizes 64 128, 200 steps, 1 repeat "
+                    "(--sparse: N 256 at p 0.1 and 1, one-to-one N 64, 100 steps, no Brian2)")
+    ap.add_argument("--sparse", action="store_true",
+                    help="sparse networks instead: compiled sparse vs dense vs Brian2 cpp_standalone "
+                         "(bench_sim_sparse.json/.md; --sizes: the one-to-one network's N, default 1024 4096)")
+    ap.add_argument("--n-sparse", type=int, default=None, help="--sparse: N of part (a) (default 4096)")
+    ap.add_argument("--connectivity", type=float, nargs="+", default=None,
+                    help="--sparse: recurrent connection probabilities of part (a) (default 0.01 0.1 1)")
+    ap.add_argument("--no-brian2", action="store_true", help="--sparse: without the Brian2 cpp_standalone runs")
     a = ap.parse_args(argv)
+    for p in a.connectivity or ():
+        if not 0 < p <= 1:
+            ap.error(f"--connectivity must be in (0, 1], got {p}")
+    if a.n_sparse is not None and a.n_sparse <= 0:
+        ap.error(f"--n-sparse must be positive, got {a.n_sparse}")
+    if a.sparse:
+        for name, v in (("steps", a.steps), ("repeats", a.repeats), *(("sizes", n) for n in a.sizes or ())):
+            if v is not None and v <= 0:
+                ap.error(f"--{name} must be positive, got {v}")
+        return main_sparse(a, argv)
     sizes = a.sizes if a.sizes is not None else ([64, 128] if a.quick else [256, 1024, 4096])
     steps = a.steps if a.steps is not None else (200 if a.quick else 1000)
     repeats = a.repeats if a.repeats is not None else (1 if a.quick else 5)
