@@ -202,8 +202,6 @@ class EProp(AbstractRule):
                              "it selects the eligibility of a threshold adaptation (a trace field driven only by the "
                              f"neuron's spikes), and none of its trace fields {first.trace_fields} is one "
                              "(leave it None)")
-        if self.stacked:  # the windowed path is written for one dense layer: a stack runs the definition
-            self.__dict__["_fast_path"] = None
 
     # -- the network as layers -------------------------------------------------------------------------
     @property

@@ -290,8 +290,6 @@ class AbstractNodeRule(AbstractRule):
                                "(+ b), readout y_t = kappa y_(t-1) + W_out z_t + b_out (local_form)")
         if not node_form(self.net):
             self._require_local_form()  # its one-line refusal
-        if _stack(self.net):  # the fast paths are written for a single network: a stack runs the definition
-            self.__dict__["_fast_path"] = None  # (the cache of @accelerated's fast_path)
         check_sigma(self.sigma)
         check_samples(self.samples)
         check_forward(self.forward)

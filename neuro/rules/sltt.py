@@ -217,8 +217,6 @@ class SLTT(AbstractRule):
         require_layers(self)
         if not layers_of(self.net)[0].trace_fields:
             raise self._refuse("its neuron has no element-wise trace fields (neuro.contract)")
-        if isinstance(self.net, Stack):  # the windowed path is written for one layer: a stack runs the definition
-            self.__dict__["_fast_path"] = None
 
     def init(self, params: Params, batch: int = 1, seed: int = 0) -> SLTTState:
         check_positive("batch", batch, integer=True)
