@@ -32,7 +32,7 @@ SECTIONS = {"sim": "neuro.bench.sim", "influence": "neuro.bench.influence", "spa
             "perturbation": "neuro.bench.perturbation",
             "brian2": "neuro.bench.brian2", "rules": "neuro.bench.rules",
             "gpu": "neuro.bench.gpu", "train": "neuro.bench.train",
-            "neurobench": "neuro.bench.neurobench", "mnist1d": "neuro.bench.mnist1d",
+            "neurobench": "neuro.bench.neurobench", "mnist1d": "neuro.bench.mnist1d", "stack": "neuro.bench.stack",
             }
 ALIASES = {"batch": "seeds", "rtrl": "cost"}
 #: ``neuro bench all --quick``: section -> (tiny options, the JSON file it writes)
