@@ -118,3 +118,17 @@ def test_resume_of_a_stack_checks_the_flags_against_it(tmp_path, capsys):
     assert "--hidden (6, 6) contradicts the saved n_hidden=[6, 5]" in capsys.readouterr().err
     assert main(base + ["--connectivity", "0.4", "--steps", "40", "--resume"]) == 2
     assert "connectivity" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rule", ["eprop", "ottt", "sltt", "anp-time"])
+def test_a_two_layer_sparse_lif_stack_trains_from_the_command_line(rule, tmp_path):
+    run = tmp_path / rule
+    assert main(["train", "--model", "lif", "--hidden", "16,12", "--connectivity", "0.2", "--model-opt",
+                 "feedforward_scale=4", "--rule", rule, "--task", "add", "--steps", "60", "--no-progress",
+                 "--run-dir", str(run)]) == 0
+    net = models.make("lif", n_in=2, n_hidden=(16, 12), n_out=2, connectivity=0.2, feedforward_scale=4.0)
+    trained = io.load_checkpoint(run / "checkpoint.pt")["params"]
+    initial = net.init_params(0)
+    for k, m in net.masks.items():
+        assert (trained[k][~m] == 0).all()
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial)
