@@ -138,7 +138,7 @@ class StandaloneLIF:
             objs = [G, P]
             self.synapses = 0
             for src, mat in ((P, w_in), (G, w_rec)):
-                post, pre = np.nonzero(mat)
+                pre, post = np.nonzero(mat.T)  # ordered by presynaptic unit, as connect(p=...) creates them
                 S = b2.Synapses(src, G, "w : 1", on_pre="isyn_post += w", dt=dt, namespace={})
                 S.connect(i=pre.astype(np.int32), j=post.astype(np.int32))
                 S.w = mat[post, pre]
