@@ -188,3 +188,34 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     for r in rows:
         lines.append("| " + " | ".join(str(c) for c in r) + " |")
     return "\n".join(lines)
+
+
+def accuracy_plot(path: str | os.PathLike, summary: dict[str, dict[str, Any]], *, chance: float, ylabel: str,
+                  title: str, lines: Iterable[tuple[str, float]] = (), label=lambda k: k) -> None:
+    """One column per entry of ``summary`` that has runs (``test_acc``, fractions): every run's accuracy as a dot,
+    the mean with its standard error as a bar; a dashed line at ``chance`` (%) and a dotted, named one per
+    ``(name, accuracy %)`` of ``lines``; ``label`` names a column's tick. Nothing is written without runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k, v in summary.items() if v["test_acc"]]
+    if not keys:
+        return
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.8 * len(keys)), 3.5))
+    for i, k in enumerate(keys):
+        v = summary[k]
+        ax.scatter([i] * len(v["test_acc"]), [100 * a for a in v["test_acc"]], s=12, color="C0", alpha=0.6)
+        ax.errorbar(i, 100 * v["test_acc_mean"], yerr=100 * (v["test_acc_se"] or 0), fmt="_", color="k", ms=14)
+    for name, acc in lines:
+        ax.axhline(acc, ls=":", lw=0.8, color="gray")
+        ax.text(len(keys) - 0.5, acc, name, fontsize=7, va="bottom", ha="right", color="gray")
+    ax.axhline(chance, ls="--", lw=0.8, color="gray")
+    ax.set_xticks(range(len(keys)), [label(k) for k in keys], fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

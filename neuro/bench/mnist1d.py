@@ -219,32 +219,11 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plot(path: str, report: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summ = report["summary"]
-    keys = [k for k, v in summ.items() if v["test_acc"]]
-    if not keys:
-        return
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.8 * len(keys)), 3.5))
-    for i, k in enumerate(keys):
-        v = summ[k]
-        ax.scatter([i] * len(v["test_acc"]), [100 * a for a in v["test_acc"]], s=12, color="C0", alpha=0.6)
-        ax.errorbar(i, 100 * v["test_acc_mean"], yerr=100 * (v["test_acc_se"] or 0), fmt="_", color="k", ms=14)
-    for name, (acc, _) in BASELINES.items():
-        if name in ("logistic regression", "MLP", "GRU (bidirectional)"):
-            ax.axhline(acc, ls=":", lw=0.8, color="gray")
-            ax.text(len(keys) - 0.5, acc, name, fontsize=7, va="bottom", ha="right", color="gray")
-    ax.axhline(10, ls="--", lw=0.8, color="gray")
-    ax.set_xticks(range(len(keys)), [k.replace(":", "\n") for k in keys], fontsize=8)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"MNIST-1D, one sample per step, n={report['settings']['hidden']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    lines = [(name, acc) for name, (acc, _) in BASELINES.items()
+             if name in ("logistic regression", "MLP", "GRU (bidirectional)")]
+    _report.accuracy_plot(path, report["summary"], chance=10, ylabel="test accuracy (%)", lines=lines,
+                          title=f"MNIST-1D, one sample per step, n={report['settings']['hidden']}",
+                          label=lambda k: k.replace(":", "\n"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -293,29 +293,9 @@ def markdown(report: dict[str, Any], analysis: str = "") -> str:
 
 
 def plot(path: str, report: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summ = report["summary"]
-    keys = [k for k, v in summ.items() if v["test_acc"]]
-    if not keys:
-        return
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.8 * len(keys)), 3.5))
-    for i, k in enumerate(keys):
-        v = summ[k]
-        ax.scatter([i] * len(v["test_acc"]), [100 * a for a in v["test_acc"]], s=12, color="C0", alpha=0.6)
-        ax.errorbar(i, 100 * v["test_acc_mean"], yerr=100 * (v["test_acc_se"] or 0), fmt="_", color="k", ms=14)
-    ax.axhline(50, ls="--", lw=0.8, color="gray")
-    ax.set_xticks(range(len(keys)), keys, fontsize=8)
-    ax.set_ylabel("held-out accuracy (%)")
-    ax.set_ylim(0, 100)
     s = report["settings"]
-    ax.set_title(f"cue accumulation, LIF stack {'+'.join(map(str, s['hidden']))}, p={s['connectivity']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _report.accuracy_plot(path, report["summary"], chance=50, ylabel="held-out accuracy (%)",
+                          title=f"cue accumulation, LIF stack {'+'.join(map(str, s['hidden']))}, p={s['connectivity']}")
 
 
 def _phase_wall(costs: list[float], jobs: int) -> float:
