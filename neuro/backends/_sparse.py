@@ -31,6 +31,7 @@ __all__ = ["run"]
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _scatter(acc, scale, pre, G, seg_start, seg_cnt, seg_lo, idx, val):
+    """``acc[target] += scale w`` over the synapses of unit ``pre`` in every group (a spike: scale 1)."""
     for s in range(pre * G, pre * G + G):
         cnt = seg_cnt[s]
         if cnt == 0:
@@ -47,26 +48,6 @@ def _scatter(acc, scale, pre, G, seg_start, seg_cnt, seg_lo, idx, val):
             src = val[p0:p0 + cnt]
             for j in range(cnt):
                 acc[ix[j]] += scale * src[j]
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _spread(acc, pre, G, seg_start, seg_cnt, seg_lo, idx, val):
-    for s in range(pre * G, pre * G + G):
-        cnt = seg_cnt[s]
-        if cnt == 0:
-            continue
-        p0 = seg_start[s]
-        lo = seg_lo[s]
-        if lo >= 0:  # a contiguous run: slices, so that the loop vectorises
-            dst = acc[lo:lo + cnt]
-            src = val[p0:p0 + cnt]
-            for j in range(cnt):
-                dst[j] += src[j]
-        else:
-            ix = idx[p0:p0 + cnt]
-            src = val[p0:p0 + cnt]
-            for j in range(cnt):
-                acc[ix[j]] += src[j]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -161,7 +142,7 @@ def run(xs, edges, G_in, in_start, in_cnt, in_lo, in_idx, in_val, G_ff, ff_start
                 for f in range(f0, nf):
                     k = fired[f]
                     spikes[t, bi, k] = 1.0
-                    _spread(inp, k, G_ff, ff_start, ff_cnt, ff_lo, ff_idx, ff_val)
+                    _scatter(inp, 1.0, k, G_ff, ff_start, ff_cnt, ff_lo, ff_idx, ff_val)
             if rec_v:
                 for k in range(n):
                     v_out[t, bi, k] = v[k]
@@ -175,7 +156,7 @@ def run(xs, edges, G_in, in_start, in_cnt, in_lo, in_idx, in_val, G_ff, ff_start
                 zy[o] = 0.0
             for f in range(nf):
                 src = fired[f]
-                _spread(rec, src, G_rec, rec_start, rec_cnt, rec_lo, rec_idx, rec_val)
+                _scatter(rec, 1.0, src, G_rec, rec_start, rec_cnt, rec_lo, rec_idx, rec_val)
                 q = src - r0
                 if q >= 0 and q < n_read:
                     for o in range(n_out):
