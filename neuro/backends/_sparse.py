@@ -12,6 +12,12 @@ with skip connections, every other layer) is five arrays:
   row: no index is read and the loop vectorises); ``-1``: they are ``idx[seg_start[s] + j]``;
 * ``idx`` (int32, one per synapse; empty where every segment is contiguous) and ``val`` (the weights).
 
+Each table is read one of these ways (``in_mode``, ``ff_mode``, ``rec_mode``, chosen per network): 0, contiguous
+runs as vectorised slices (long rows); 1, plain indexed loops (segments of at most 16 synapses: building a slice
+costs more than a short segment's additions); 3, skipped (no synapse); and for the input, 2, where every channel
+has exactly one synapse (a one-to-one input: ``in_tgt``, ``in_w`` its target and weight, one branch-free
+multiply-add per channel and step).
+
 Units are numbered over the whole network (a stack's layers side by side, bottom first; ``edges`` [L + 1]: the
 layers' first units and ``n``). Per step, for each sequence of the batch: the input's nonzero entries scatter
 ``x_c w`` through the input table; then, layer by layer, a branch-free loop integrates every unit with ``I =
@@ -50,8 +56,24 @@ def _scatter(acc, scale, pre, G, seg_start, seg_cnt, seg_lo, idx, val):
                 acc[ix[j]] += scale * src[j]
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _scatter_short(acc, scale, pre, G, seg_start, seg_cnt, seg_lo, idx, val):
+    """:func:`_scatter` with plain indexed loops: no array views, whose reference counting costs more than a
+    short segment's additions (an input of a few synapses: 2.5x faster per input spike, measured)."""
+    for s in range(pre * G, pre * G + G):
+        cnt = seg_cnt[s]
+        p0 = seg_start[s]
+        lo = seg_lo[s]
+        if lo >= 0:
+            for j in range(cnt):
+                acc[lo + j] += scale * val[p0 + j]
+        else:
+            for j in range(cnt):
+                acc[idx[p0 + j]] += scale * val[p0 + j]
+
+
 @numba.njit(cache=True, nogil=True)
-def run(xs, edges, G_in, in_start, in_cnt, in_lo, in_idx, in_val, G_ff, ff_start, ff_cnt, ff_lo, ff_idx, ff_val,
+def run(xs, edges, in_mode, in_tgt, in_w, ff_mode, rec_mode, G_in, in_start, in_cnt, in_lo, in_idx, in_val, G_ff, ff_start, ff_cnt, ff_lo, ff_idx, ff_val,
         G_rec, rec_start, rec_cnt, rec_lo, rec_idx, rec_val, b, W_out, b_out, r0,
         dyn, reset, refractory, alpha, beta, kappa, dt_mem, dt_syn,
         v_leak, v_th, v_reset, adaptive, beta_a, rho, kappa_out, v0,
@@ -76,10 +98,19 @@ def run(xs, edges, G_in, in_start, in_cnt, in_lo, in_idx, in_val, G_ff, ff_start
         for t in range(T):
             for k in range(n):
                 inp[k] = 0.0
-            for c in range(n_in):
-                xc = xs[t, bi, c]
-                if xc != 0.0:
-                    _scatter(inp, xc, c, G_in, in_start, in_cnt, in_lo, in_idx, in_val)
+            if in_mode == 2:  # one synapse per input channel (one-to-one): its target and weight, no branch
+                for c in range(n_in):
+                    inp[in_tgt[c]] += xs[t, bi, c] * in_w[c]
+            elif in_mode == 1:  # a few synapses per channel
+                for c in range(n_in):
+                    xc = xs[t, bi, c]
+                    if xc != 0.0:
+                        _scatter_short(inp, xc, c, G_in, in_start, in_cnt, in_lo, in_idx, in_val)
+            else:
+                for c in range(n_in):
+                    xc = xs[t, bi, c]
+                    if xc != 0.0:
+                        _scatter(inp, xc, c, G_in, in_start, in_cnt, in_lo, in_idx, in_val)
             nf = 0
             for layer in range(edges.shape[0] - 1):
                 k0, k1 = edges[layer], edges[layer + 1]
@@ -140,9 +171,13 @@ def run(xs, edges, G_in, in_start, in_cnt, in_lo, in_idx, in_val, G_ff, ff_start
                 # this layer's spikes: recorded, and the same step's feed-forward input of the layer above
                 # (integrated after this one)
                 for f in range(f0, nf):
-                    k = fired[f]
-                    spikes[t, bi, k] = 1.0
-                    _scatter(inp, 1.0, k, G_ff, ff_start, ff_cnt, ff_lo, ff_idx, ff_val)
+                    spikes[t, bi, fired[f]] = 1.0
+                if ff_mode == 0:
+                    for f in range(f0, nf):
+                        _scatter(inp, 1.0, fired[f], G_ff, ff_start, ff_cnt, ff_lo, ff_idx, ff_val)
+                elif ff_mode == 1:
+                    for f in range(f0, nf):
+                        _scatter_short(inp, 1.0, fired[f], G_ff, ff_start, ff_cnt, ff_lo, ff_idx, ff_val)
             if rec_v:
                 for k in range(n):
                     v_out[t, bi, k] = v[k]
@@ -154,9 +189,14 @@ def run(xs, edges, G_in, in_start, in_cnt, in_lo, in_idx, in_val, G_ff, ff_start
                     a_out[t, bi, k] = a[k]
             for o in range(n_out):
                 zy[o] = 0.0
+            if rec_mode == 0:
+                for f in range(nf):
+                    _scatter(rec, 1.0, fired[f], G_rec, rec_start, rec_cnt, rec_lo, rec_idx, rec_val)
+            elif rec_mode == 1:
+                for f in range(nf):
+                    _scatter_short(rec, 1.0, fired[f], G_rec, rec_start, rec_cnt, rec_lo, rec_idx, rec_val)
             for f in range(nf):
                 src = fired[f]
-                _scatter(rec, 1.0, src, G_rec, rec_start, rec_cnt, rec_lo, rec_idx, rec_val)
                 q = src - r0
                 if q >= 0 and q < n_read:
                     for o in range(n_out):

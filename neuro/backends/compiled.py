@@ -242,6 +242,27 @@ def synapse_tables(net: AbstractNetwork) -> dict[str, _Table]:
     return {"in": t_in.finish(), "ff": t_ff.finish(), "rec": t_rec.finish()}
 
 
+def _mode(table: tuple) -> int:
+    """How the kernel reads a synapse table (:mod:`neuro.backends._sparse`): 3 without synapses, 1 where no segment
+    has more than 16, else 0."""
+    cnt = table[2]
+    if cnt.size == 0 or not cnt.any():
+        return 3
+    return 1 if cnt.max() <= 16 else 0
+
+
+def _input_mode(table: tuple) -> tuple[int, np.ndarray, np.ndarray]:
+    """:func:`_mode` for the input table, with mode 2 where every channel has exactly one synapse: ``(2, targets,
+    weights)`` (else empty arrays)."""
+    G, start, cnt, lo, idx, val = table
+    if cnt.size and G == 1 and (cnt == 1).all():
+        tgt = lo.copy()
+        far = lo < 0
+        tgt[far] = idx[start[far]]
+        return 2, np.ascontiguousarray(tgt), np.ascontiguousarray(val[start])
+    return _mode(table), np.zeros(0, np.int64), val[:0]
+
+
 def _simulate_sparse(net: AbstractNetwork, params: Params, xs: Tensor, record: tuple[str, ...]) -> Any:
     from neuro.backends import Trace
 
@@ -266,8 +287,9 @@ def _simulate_sparse(net: AbstractNetwork, params: Params, xs: Tensor, record: t
     out = {r: (np.zeros((T, B, n), np_dtype) if r in record else empty) for r in ("v", "i", "a")}
     adaptive = cell.name == "alif"
     d = cell.dt
-    _sparse_kernel()(x_np, edges, *tables["in"].arrays(p, np_dtype), *tables["ff"].arrays(p, np_dtype),
-                     *tables["rec"].arrays(p, np_dtype), b, W_out, b_out, r0,
+    t_in, t_ff, t_rec = (tables[k].arrays(p, np_dtype) for k in ("in", "ff", "rec"))
+    _sparse_kernel()(x_np, edges, *_input_mode(t_in), _mode(t_ff), _mode(t_rec), *t_in, *t_ff, *t_rec,
+                     b, W_out, b_out, r0,
                      _DYNAMICS[cell.dynamics], _RESETS[cell.reset], float(cell.refractory),
                      cell.alpha, cell.beta, cell.kappa, d / cell.tau_mem, d / cell.tau_syn, float(cell.v_leak),
                      float(cell.v_th), float(cell.v_reset), adaptive, float(cell.beta_a) if adaptive else 0.0,

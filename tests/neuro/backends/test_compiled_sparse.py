@@ -49,6 +49,8 @@ NETS = {
     "lif-random": lambda: models.make("lif", n_in=20, n_hidden=80, n_out=3, connectivity=0.2, **KW),
     "lif-fan-in-both": lambda: models.make("lif", n_in=20, n_hidden=80, n_out=3,
                                            connectivity={"W_in": "fan-in:3", "W_rec": "fan-in:8"}, **KW),
+    "lif-sparse-input": lambda: models.make("lif", n_in=20, n_hidden=80, n_out=3,
+                                            connectivity={"W_in": "random:0.1", "W_rec": 0.2}, **KW),
     "lif-one-to-one-input": lambda: models.make("lif", n_in=30, n_hidden=30, n_out=2,
                                                 connectivity={"W_in": "one-to-one"}, **KW),
     "alif-sparse-refractory": lambda: models.make("alif", n_in=20, n_hidden=80, n_out=3, connectivity=0.3,
@@ -176,3 +178,21 @@ def test_bench_sim_sparse_quick(tmp_path):
     assert "loadavg_start" in res["machine"] and "(a) N = 64" in md and "one-to-one" in md
     with pytest.raises(SystemExit):
         sim.main(["--sparse", "--connectivity", "1.5", "--out", str(tmp_path)])
+
+
+def test_the_networks_above_exercise_every_way_of_reading_a_table():
+    """The kernel reads a table as slices (0), short indexed loops (1), one synapse per input channel (2) or not
+    at all (3): the equality tests above cover each."""
+    seen = set()
+    for make in NETS.values():
+        net = make()
+        params = net.init_params(0, dtype=torch.float64)
+        p = {k: v.numpy() for k, v in params.items()}
+        t = compiled.synapse_tables(net)
+        arrays = {k: t[k].arrays(p, np.float64) for k in ("in", "ff", "rec")}
+        seen |= {("in", compiled._input_mode(arrays["in"])[0]), ("ff", compiled._mode(arrays["ff"])),
+                 ("rec", compiled._mode(arrays["rec"]))}
+    assert {("in", 0), ("in", 1), ("in", 2), ("ff", 0), ("ff", 3), ("rec", 0), ("rec", 1)} <= seen, sorted(seen)
+    one = compiled._input_mode(compiled.synapse_tables(NETS["lif-one-to-one-input"]()).get("in").arrays(
+        {k: v.numpy() for k, v in NETS["lif-one-to-one-input"]().init_params(0, dtype=torch.float64).items()}, np.float64))
+    assert one[0] == 2 and (one[1] == np.arange(30)).all()
