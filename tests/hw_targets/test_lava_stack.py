@@ -144,9 +144,6 @@ def test_a_sparse_single_layer_runs_its_masked_matrices():
 def test_stacks_lava_cannot_run_are_refused_by_name():
     import hw_targets.lava as hl
 
-    net, p, _ = float_stack()
-    with pytest.raises(ValueError, match="fixed_point=True for a stack of 'lif' layers: .*'lif-loihi'"):
-        hl.export(net, p, fixed_point=True)
     alif = models.make("alif", n_in=2, n_hidden=(3, 3), n_out=1)
     with pytest.raises(ValueError, match="a stack of 'alif' layers cannot be exported to Lava"):
         hl.export(alif, alif.init_params())
