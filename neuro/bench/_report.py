@@ -219,3 +219,19 @@ def accuracy_plot(path: str | os.PathLike, summary: dict[str, dict[str, Any]], *
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def parse_lrs(items: Iterable[str], prog: str, form: str = "RULE=LR") -> dict[str, float]:
+    """``--lr KEY=LR`` items as ``{KEY: LR}``; a bad item exits with one line naming it (``form`` says what is
+    valid)."""
+    out = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        try:
+            lr = float(val)
+        except ValueError:
+            sep = ""
+        if not sep or not lr > 0:
+            raise SystemExit(f"{prog}: --lr {item!r} is invalid: expected {form} with LR > 0")
+        out[key] = lr
+    return out

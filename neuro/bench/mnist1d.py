@@ -136,18 +136,7 @@ def _log(r: dict[str, Any]) -> None:
 
 
 def _parse_lr(items: list[str]) -> dict[str, float]:
-    out = {}
-    for item in items:
-        key, sep, val = item.partition("=")
-        try:
-            lr = float(val)
-        except ValueError:
-            sep = ""
-        if not sep or not lr > 0:
-            raise SystemExit(f"neuro bench mnist1d: --lr {item!r} is invalid: expected RULE=LR or MODEL:RULE=LR "
-                             f"with LR > 0")
-        out[key] = lr
-    return out
+    return _report.parse_lrs(items, "neuro bench mnist1d", "RULE=LR or MODEL:RULE=LR")
 
 
 def _pool(jobs: int, num_samples: int):

@@ -182,17 +182,7 @@ def _log(r: dict[str, Any]) -> None:
 
 
 def _parse_lr(items: list[str]) -> dict[str, float]:
-    out = {}
-    for item in items:
-        key, sep, val = item.partition("=")
-        try:
-            lr = float(val)
-        except ValueError:
-            sep = ""
-        if not sep or not lr > 0:
-            raise SystemExit(f"neuro bench stack: --lr {item!r} is invalid: expected RULE=LR with LR > 0")
-        out[key] = lr
-    return out
+    return _report.parse_lrs(items, "neuro bench stack", "RULE=LR")
 
 
 def _parse_task(items: list[str]) -> dict[str, Any]:
