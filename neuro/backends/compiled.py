@@ -103,8 +103,6 @@ def simulate(net: AbstractNetwork, params: Params, xs: Tensor,
              record: tuple[str, ...] = ("spikes", "v", "y")) -> Any:
     """Run ``net`` (``lif`` or ``alif``) on ``xs`` [T, B, n_in] from rest; a :class:`neuro.backends.Trace`
     with ``spikes`` and ``y`` always, ``v``/``i``/``a`` when in ``record``."""
-    from neuro.backends import Trace
-
     record = tuple(record)
     _check(net, params, record)
     if net.name == "stack" or net.masks:
@@ -119,17 +117,27 @@ def simulate(net: AbstractNetwork, params: Params, xs: Tensor,
     W_in_T = np.ascontiguousarray(p["W_in"].T.numpy())
     W_rec_T = np.ascontiguousarray(p["W_rec"].T.numpy())
     b, W_out, b_out = (np.ascontiguousarray(p[k].numpy()) for k in ("b", "W_out", "b_out"))
+    return _run(_kernel(), (x_np, W_in_T, W_rec_T, b, W_out, b_out), net, record, (T, B, n, n_out), np_dtype)
+
+
+def _run(kernel, head: tuple, cell: AbstractNetwork, record: tuple[str, ...], sizes: tuple[int, int, int, int],
+         np_dtype) -> Any:
+    """``kernel(*head, <the neuron's constants>, <the outputs>)`` (the dense and the sparse kernel end their
+    arguments alike), with the outputs allocated for ``sizes = (T, B, n, n_out)`` and returned as a Trace."""
+    from neuro.backends import Trace
+
+    T, B, n, n_out = sizes
     spikes = np.zeros((T, B, n), np_dtype)
     y = np.zeros((T, B, n_out), np_dtype)
     empty = np.zeros((0, 0, 0), np_dtype)
     out = {r: (np.zeros((T, B, n), np_dtype) if r in record else empty) for r in ("v", "i", "a")}
-    adaptive = net.name == "alif"
-    d = net.dt
-    _kernel()(x_np, W_in_T, W_rec_T, b, W_out, b_out, _DYNAMICS[net.dynamics], _RESETS[net.reset], float(net.refractory),
-              net.alpha, net.beta, net.kappa, d / net.tau_mem, d / net.tau_syn, float(net.v_leak), float(net.v_th),
-              float(net.v_reset), adaptive, float(net.beta_a) if adaptive else 0.0,
-              net.rho if adaptive else 0.0, net.kappa_out, 0.0 if net.dynamics == "lava" else float(net.v_leak),
-              "v" in record, "i" in record, "a" in record, spikes, out["v"], out["i"], out["a"], y)
+    adaptive = cell.name == "alif"
+    d = cell.dt
+    kernel(*head, _DYNAMICS[cell.dynamics], _RESETS[cell.reset], float(cell.refractory),
+           cell.alpha, cell.beta, cell.kappa, d / cell.tau_mem, d / cell.tau_syn, float(cell.v_leak), float(cell.v_th),
+           float(cell.v_reset), adaptive, float(cell.beta_a) if adaptive else 0.0,
+           cell.rho if adaptive else 0.0, cell.kappa_out, 0.0 if cell.dynamics == "lava" else float(cell.v_leak),
+           "v" in record, "i" in record, "a" in record, spikes, out["v"], out["i"], out["a"], y)
     as_t = torch.from_numpy
     extra = {k: as_t(out[k]) for k in ("i", "a") if k in record}
     return Trace(y=as_t(y), spikes=as_t(spikes), v=as_t(out["v"]) if "v" in record else None, extra=extra)
@@ -264,8 +272,6 @@ def _input_mode(table: tuple) -> tuple[int, np.ndarray, np.ndarray]:
 
 
 def _simulate_sparse(net: AbstractNetwork, params: Params, xs: Tensor, record: tuple[str, ...]) -> Any:
-    from neuro.backends import Trace
-
     p = {k: v.detach().numpy() for k, v in params.items()}
     np_dtype = p["W_out"].dtype
     x_np = np.ascontiguousarray(xs.to(dtype=params["W_out"].dtype).numpy())
@@ -281,20 +287,6 @@ def _simulate_sparse(net: AbstractNetwork, params: Params, xs: Tensor, record: t
         b, r0 = p["b"], 0
         edges = np.array([0, n], np.int64)
     b, W_out, b_out = (np.ascontiguousarray(a, dtype=np_dtype) for a in (b, p["W_out"], p["b_out"]))
-    spikes = np.zeros((T, B, n), np_dtype)
-    y = np.zeros((T, B, n_out), np_dtype)
-    empty = np.zeros((0, 0, 0), np_dtype)
-    out = {r: (np.zeros((T, B, n), np_dtype) if r in record else empty) for r in ("v", "i", "a")}
-    adaptive = cell.name == "alif"
-    d = cell.dt
     t_in, t_ff, t_rec = (tables[k].arrays(p, np_dtype) for k in ("in", "ff", "rec"))
-    _sparse_kernel()(x_np, edges, *_input_mode(t_in), _mode(t_ff), _mode(t_rec), *t_in, *t_ff, *t_rec,
-                     b, W_out, b_out, r0,
-                     _DYNAMICS[cell.dynamics], _RESETS[cell.reset], float(cell.refractory),
-                     cell.alpha, cell.beta, cell.kappa, d / cell.tau_mem, d / cell.tau_syn, float(cell.v_leak),
-                     float(cell.v_th), float(cell.v_reset), adaptive, float(cell.beta_a) if adaptive else 0.0,
-                     cell.rho if adaptive else 0.0, cell.kappa_out, 0.0 if cell.dynamics == "lava" else float(cell.v_leak),
-                     "v" in record, "i" in record, "a" in record, spikes, out["v"], out["i"], out["a"], y)
-    as_t = torch.from_numpy
-    extra = {k: as_t(out[k]) for k in ("i", "a") if k in record}
-    return Trace(y=as_t(y), spikes=as_t(spikes), v=as_t(out["v"]) if "v" in record else None, extra=extra)
+    head = (x_np, edges, *_input_mode(t_in), _mode(t_ff), _mode(t_rec), *t_in, *t_ff, *t_rec, b, W_out, b_out, r0)
+    return _run(_sparse_kernel(), head, cell, record, (T, B, n, n_out), np_dtype)
