@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import importlib.metadata
 import json
@@ -235,3 +236,19 @@ def parse_lrs(items: Iterable[str], prog: str, form: str = "RULE=LR") -> dict[st
             raise SystemExit(f"{prog}: --lr {item!r} is invalid: expected {form} with LR > 0")
         out[key] = lr
     return out
+
+
+def run_jobs(pool, run_one, jobs: list[dict[str, Any]], done: dict, key, log, into: list[dict[str, Any]],
+             after_each) -> None:
+    """A resumable sweep's phase: every job whose ``key(job)`` is in ``done`` is taken from it (and logged), the
+    others run on ``pool`` (``run_one(job)``); each result goes ``into`` the list, is logged, and ``after_each()``
+    (the atomic rewrite of the report) follows it."""
+    todo = [j for j in jobs if key(j) not in done]
+    for j in jobs:
+        if key(j) in done:
+            into.append(done[key(j)])
+            log(done[key(j)])
+    for r in (f.result() for f in concurrent.futures.as_completed([pool.submit(run_one, j) for j in todo])):
+        into.append(r)
+        log(r)
+        after_each()

@@ -281,15 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with _pool(args.jobs, args.num_samples) as pool:
         def run_all(jobs: list[dict[str, Any]], into: list[dict[str, Any]]) -> None:
-            todo = [j for j in jobs if _key(j) not in done]
-            for j in jobs:
-                if _key(j) in done:
-                    into.append(done[_key(j)])
-                    _log(done[_key(j)])
-            for r in (f.result() for f in concurrent.futures.as_completed([pool.submit(run_one, j) for j in todo])):
-                into.append(r)
-                _log(r)
-                write()
+            _report.run_jobs(pool, run_one, jobs, done, _key, _log, into, write)
 
         if args.estimate_trials:
             est: list[dict[str, Any]] = []

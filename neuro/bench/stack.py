@@ -380,15 +380,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
         def run_all(jobs: list[dict[str, Any]], into: list[dict[str, Any]]) -> None:
-            todo = [j for j in jobs if _key(j) not in done]
-            for j in jobs:
-                if _key(j) in done:
-                    into.append(done[_key(j)])
-                    _log(done[_key(j)])
-            for r in (f.result() for f in concurrent.futures.as_completed([pool.submit(run_one, j) for j in todo])):
-                into.append(r)
-                _log(r)
-                write()
+            _report.run_jobs(pool, run_one, jobs, done, _key, _log, into, write)
 
         pilot_rules = [r for r in rules if r not in fixed and args.pilot_trials]
         if args.estimate_trials and rules:
