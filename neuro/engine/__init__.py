@@ -7,7 +7,10 @@ schedule) in one numba call, with the per-step losses written into an array; Pyt
 torch path), ``"compiled"`` (refuse a combination without one), ``"torch"`` (the reference path). The
 combinations are :data:`REGISTRY`; each entry's builder returns an :class:`~neuro.engine.base.Engine` for a
 concrete ``(net, rule)``, or ``None`` where it does not apply. ``tests/neuro/test_engine.py`` holds every
-entry to the torch path. Importing this package does not import numba (the builders do).
+entry to the torch path. The entries marked ``sparse`` (the spiking rules on LIF and ALIF) also run networks with
+sparse ``W_in`` or ``W_rec`` (:mod:`neuro.connectivity`), each matrix read, traced and updated on its synapses
+only (:class:`neuro.engine.spiking.Wiring`), so that their work is proportional to the synapses;
+``tests/neuro/test_engine_sparse.py`` holds them to the torch path, which reads ``W * mask``. Importing this package does not import numba (the builders do).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ __all__ = ["ENGINES", "REGISTRY", "Combination", "select", "supported"]
 @dataclasses.dataclass(frozen=True)
 class Combination:
     """One supported ``(model, rule, optimizer, loss, device, dtype)`` family: the model and rule by name (their
-    registered classes, not subclasses), the optimizers, losses, device types and dtypes it runs, and its builder
-    ``"module:function"`` (``build(net, rule) -> Engine | None``)."""
+    registered classes, not subclasses), the optimizers, losses, device types and dtypes it runs, its builder
+    ``"module:function"`` (``build(net, rule) -> Engine | None``), and whether it runs sparse networks
+    (``sparse``: a masked matrix read and learnt on its synapses only, the work proportional to them)."""
 
     model: str
     rule: str
@@ -38,6 +42,7 @@ class Combination:
     devices: tuple[str, ...]
     dtypes: tuple[str, ...]
     builder: str
+    sparse: bool = False
 
     def describe(self) -> str:
         return (f"model {self.model!r} with rule {self.rule!r} (optimizer {' or '.join(self.optimizers)}, loss "
@@ -79,14 +84,14 @@ REGISTRY: tuple[Combination, ...] = (
     Combination(model="lstm", rule="td-lambda", optimizers=("adam", "sgd", "rmsprop", "td-rmsprop"), losses=("value",),
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.td_tbptt:build"),
     Combination(model="lif", rule="eprop", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
-                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_eprop:build"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_eprop:build", sparse=True),
     Combination(model="alif", rule="eprop", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
-                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_eprop:build"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_eprop:build", sparse=True),
     *(Combination(model=m, rule=r, optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"), devices=("cpu",),
-                  dtypes=("float32", "float64"), builder="neuro.engine.spiking_bptt:build")
+                  dtypes=("float32", "float64"), builder="neuro.engine.spiking_bptt:build", sparse=True)
       for m in ("lif", "alif") for r in ("bptt", "tbptt")),
     *(Combination(model=m, rule="anp-time", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
-                  devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_anp:build")
+                  devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_anp:build", sparse=True)
       for m in ("lif", "alif")),
     Combination(model="rate", rule="eprop", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.eprop_rate:build"),
@@ -95,17 +100,17 @@ REGISTRY: tuple[Combination, ...] = (
     Combination(model="rate", rule="uoro", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.uoro:build"),
     Combination(model="lif", rule="sltt", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
-                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_sltt:build"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_sltt:build", sparse=True),
     Combination(model="alif", rule="sltt", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
-                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_sltt:build"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_sltt:build", sparse=True),
     Combination(model="lif", rule="ottt", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
-                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_ottt:build"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_ottt:build", sparse=True),
     Combination(model="alif", rule="ottt", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
-                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_ottt:build"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_ottt:build", sparse=True),
     Combination(model="lif", rule="three-factor", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
-                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_three_factor:build"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_three_factor:build", sparse=True),
     Combination(model="alif", rule="three-factor", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
-                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_three_factor:build"),
+                devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_three_factor:build", sparse=True),
     *(Combination(model="rate", rule=r, optimizers=opts, losses=("mse", "ce"), devices=("cpu",),
                   dtypes=("float32", "float64"), builder="neuro.engine.rate_perturb:build")
       for r, opts in (("np", ("adam", "sgd", "rmsprop")), ("anp", ("adam", "sgd", "rmsprop")),
@@ -139,9 +144,10 @@ HOLDS_LOCAL = tuple(("rate", r, "sgd") for r in ("np", "anp", "anp-time", "wp"))
 def _unheld(net: AbstractNetwork, rule: AbstractRule, optimizer: str) -> str | None:
     """Why no engine runs ``net``'s parameters outside the loss's reach with ``rule`` and ``optimizer`` (the
     end of a refusal), or None where they are held as the training loop holds them (or there are none)."""
-    if net.masks:
-        return (f"with sparse connectivity ({', '.join(net.masks)}): the compiled engines learn dense matrices, "
-                "and the torch path keeps every estimate zero off the masks")
+    if net.masks and not any(c.sparse and (net.name, rule.name) == (c.model, c.rule) for c in REGISTRY):
+        runs = ", ".join(sorted({f"{c.model} {c.rule}" for c in REGISTRY if c.sparse}))
+        return (f"with sparse connectivity ({', '.join(net.masks)}): the compiled engines run sparse networks for "
+                f"{runs}; the torch path keeps every estimate zero off the masks")
     if net.local_params and (net.name, rule.name, optimizer) not in HOLDS_LOCAL:
         held = ", ".join(f"{m} {r} ({o})" for m, r, o in HOLDS_LOCAL)
         return (f"with parameters learnt by the network's own rule ({', '.join(net.local_params)}): the compiled "

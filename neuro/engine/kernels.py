@@ -333,17 +333,51 @@ def apply_update_rest(kind, ps, gs, ms, vs, steps, hyper, done):  # noqa: ANN001
     ``done = -1``: none), their sums zeroed. A parameter whose step count ``steps[i]`` is empty is held (a
     network's fixed parameter, which ``torch.optim`` never sees with a gradient): only its sum is zeroed."""
     for i in range(len(ps)):
-        if i == done:
-            continue
-        lr = lr_of(hyper, i)
-        if steps[i].size == 0:  # held: its sum zeroed alone
-            pass
-        elif kind == SGD:
-            sgd_span(ps[i], gs[i], cast(-lr, ps[i]))
-        elif kind == ADAM:
-            adam_span(ps[i], gs[i], ms[i], vs[i], adam_step(steps[i], lr, hyper[1], hyper[2], hyper[3], ps[i]))
-        else:
-            rmsprop_span(ps[i], gs[i], ms[i], rmsprop_step(steps[i], lr, hyper[1], hyper[3], ps[i]))
-        g = gs[i]
-        for j in range(g.size):
-            g[j] = 0.0
+        if i != done:
+            update_one(kind, ps[i], gs[i], ms[i], vs[i], steps[i], lr_of(hyper, i), hyper)
+
+
+@numba.njit(cache=True)
+def update_one(kind, p, g, m, v, st, lr, hyper):  # noqa: ANN001, ANN201
+    """One parameter's step of :func:`apply_update_rest`: ``p`` with its summed estimate ``g`` (then zeroed), its
+    optimizer state ``m``, ``v`` and step count ``st`` (empty: held), step size ``lr``."""
+    if st.size == 0:  # held: its sum zeroed alone
+        pass
+    elif kind == SGD:
+        sgd_span(p, g, cast(-lr, p))
+    elif kind == ADAM:
+        adam_span(p, g, m, v, adam_step(st, lr, hyper[1], hyper[2], hyper[3], p))
+    else:
+        rmsprop_span(p, g, m, rmsprop_step(st, lr, hyper[1], hyper[3], p))
+    for j in range(g.size):
+        g[j] = 0.0
+
+
+@numba.njit(cache=True)
+def update_synapses(kind, p, g, m, v, st, lr, hyper, ptr, idx):  # noqa: ANN001, ANN201
+    """:func:`update_one` of a sparse matrix ``p`` (flat, ``[rows, cols]``) on its synapses alone, row ``r``'s
+    columns ``idx[ptr[r]:ptr[r + 1]]``: their entries of ``p``, ``g``, ``m``, ``v`` gathered, stepped by the same
+    arithmetic, put back (``g``'s zeroed). The entries off the synapses are left as they are, which is what
+    :func:`update_one` does to an entry whose sum and optimizer state are 0, as a sparse network keeps them."""
+    rows = ptr.size - 1
+    cols = p.size // rows
+    nnz = ptr[rows]
+    f = np.empty(nnz, np.int64)
+    for r in range(rows):
+        for q in range(ptr[r], ptr[r + 1]):
+            f[q] = r * cols + idx[q]
+    pp, gg = np.empty(nnz, p.dtype), np.empty(nnz, p.dtype)
+    mm, vv = np.empty(nnz if m.size > 0 else 0, p.dtype), np.empty(nnz if v.size > 0 else 0, p.dtype)
+    for q in range(nnz):
+        pp[q], gg[q] = p[f[q]], g[f[q]]
+    for q in range(mm.size):
+        mm[q] = m[f[q]]
+    for q in range(vv.size):
+        vv[q] = v[f[q]]
+    update_one(kind, pp, gg, mm, vv, st, lr, hyper)
+    for q in range(nnz):
+        p[f[q]], g[f[q]] = pp[q], gg[q]
+    for q in range(mm.size):
+        m[f[q]] = mm[q]
+    for q in range(vv.size):
+        v[f[q]] = vv[q]

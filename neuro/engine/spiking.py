@@ -30,6 +30,11 @@ and the readout ``y_t = kappa_out y_{t-1} + W_out z_t + b_out``. The derivatives
           = (1 - z) A u_x + delta (v_reset - v~) dz/dx      (reset="zero")
     di/di = ii,  di/dI = iI                                  da/dx = dz/dx (+ rho on a)
 
+A sparse network (``net.masks``) is described by its :class:`Wiring`: for ``W_in`` and ``W_rec``, the columns of
+each row's synapses (a row's presynaptic sources), so that a kernel's work on a matrix is proportional to its
+synapses. The current reads a matrix on its synapses only, as the model's ``current`` reads ``W * mask``; a rule's
+per-synapse loops run over the same columns, and its estimate stays 0 off the mask.
+
 All kernels are numba functions (``cache=True``) over arrays; a unit's step returns scalars, so a rule's loop
 over the units keeps everything in registers.
 """
@@ -47,8 +52,9 @@ from neuro._numba import numba
 from neuro.engine import kernels as K
 from neuro.engine.base import view
 
-__all__ = ["Cell", "DYNAMICS", "NetArrays", "active", "cell", "filtered_readout_grad", "frozen", "jacobian", "layer", "leaky_readout", "net_arrays",
-           "net_state", "network_step", "readout_grad", "signal", "sparse_dot", "unit"]
+__all__ = ["DENSE", "Cell", "DYNAMICS", "NetArrays", "Wiring", "active", "cell", "columns", "filtered_readout_grad", "frozen", "jacobian", "layer", "leaky_readout", "net_arrays",
+           "net_state", "network_step", "readout_grad", "signal", "sparse_dot", "unit", "wired_axpy", "wired_dot", "wired_scheduled_update", "wired_update_rest",
+           "wiring"]
 
 EXACT, EULER, LAVA = 0, 1, 2
 DYNAMICS = {"exact": EXACT, "euler": EULER, "lava": LAVA}
@@ -94,6 +100,94 @@ def cell(net: LIF, dtype: np.dtype) -> Cell:
     ci = np.array([DYNAMICS[net.dynamics], SUBTRACT if net.reset == "subtract" else ZERO,
                    SURROGATES[net.surrogate], int(net.refractory > 0), int(adapt)], np.int64)
     return Cell(cf.astype(dtype), ci)
+
+
+class Wiring(NamedTuple):
+    """The synapses of ``W_in`` [n, n_in] and ``W_rec`` [n, n], each in compressed rows: row ``j``'s columns are
+    ``idx[ptr[j]:ptr[j + 1]]``, ascending. An empty ``ptr`` (size 0) is a dense matrix, which the kernels read
+    with their dense loops."""
+
+    in_ptr: np.ndarray
+    in_idx: np.ndarray
+    rec_ptr: np.ndarray
+    rec_idx: np.ndarray
+
+    @property
+    def dense(self) -> bool:
+        """Whether both matrices are dense."""
+        return self.in_ptr.size == 0 and self.rec_ptr.size == 0
+
+
+_NONE = np.zeros(0, np.int64)
+#: the wiring of a dense network
+DENSE = Wiring(_NONE, _NONE, _NONE, _NONE)
+
+
+def columns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A boolean ``mask`` [rows, cols] in compressed rows ``(ptr [rows + 1], idx [nnz])``, int64."""
+    rows, cols = np.nonzero(np.asarray(mask, bool))
+    ptr = np.zeros(mask.shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=mask.shape[0]), out=ptr[1:])
+    return ptr, cols.astype(np.int64)
+
+
+def wiring(net: LIF) -> Wiring:
+    """The :class:`Wiring` of a LIF or ALIF network: its masks of ``W_in`` and ``W_rec`` (``net.masks``), the
+    matrices without one dense."""
+    masks = net.masks
+    in_ptr, in_idx = columns(masks["W_in"].numpy()) if "W_in" in masks else (_NONE, _NONE)
+    rec_ptr, rec_idx = columns(masks["W_rec"].numpy()) if "W_rec" in masks else (_NONE, _NONE)
+    return Wiring(in_ptr, in_idx, rec_ptr, rec_idx)
+
+
+@numba.njit(cache=True, inline="always")
+def wired_dot(w, x, ptr, idx, j):  # noqa: ANN001, ANN201
+    """Row ``j`` of a matrix times ``x``: ``w . x`` (``w`` the row) where the matrix is dense (``ptr`` empty), else
+    the sum over the row's synapses ``idx[ptr[j]:ptr[j + 1]]``."""
+    if ptr.size == 0:
+        return K.dot(w, x)
+    acc = K.cast(0.0, w)
+    for q in range(ptr[j], ptr[j + 1]):
+        k = idx[q]
+        acc += w[k] * x[k]
+    return acc
+
+
+@numba.njit(cache=True, inline="always")
+def wired_axpy(g, e, x, ptr, idx, j):  # noqa: ANN001, ANN201
+    """``g += e x`` on row ``j`` of a matrix's estimate (``g`` the row): every column where the matrix is dense
+    (``ptr`` empty), else the row's synapses ``idx[ptr[j]:ptr[j + 1]]`` (the others stay as they are)."""
+    if ptr.size == 0:
+        for k in range(g.size):
+            g[k] += e * x[k]
+    else:
+        for q in range(ptr[j], ptr[j + 1]):
+            k = idx[q]
+            g[k] += e * x[k]
+
+
+@numba.njit(cache=True)
+def wired_update_rest(kind, ps, gs, ms, vs, steps, hyper, done, wr):  # noqa: ANN001, ANN201
+    """:func:`neuro.engine.kernels.apply_update_rest` of the parameters in the engines' order (``W_in``, ``W_rec``,
+    ...) with a sparse ``W_in`` or ``W_rec`` of the :class:`Wiring` ``wr`` updated on its synapses alone
+    (:func:`neuro.engine.kernels.update_synapses`): the work of an update proportional to the synapses."""
+    for q in range(len(ps)):
+        if q == done:
+            continue
+        ptr, idx = (wr[0], wr[1]) if q == 0 else (wr[2], wr[3])
+        if q < 2 and ptr.size > 0:
+            K.update_synapses(kind, ps[q], gs[q], ms[q], vs[q], steps[q], K.lr_of(hyper, q), hyper, ptr, idx)
+        else:
+            K.update_one(kind, ps[q], gs[q], ms[q], vs[q], steps[q], K.lr_of(hyper, q), hyper)
+
+
+@numba.njit(cache=True)
+def wired_scheduled_update(update, done, kind, ps, gs, ms, vs, steps, hyper, wr):  # noqa: ANN001, ANN201
+    """:func:`neuro.engine.kernels.scheduled_update` by :func:`wired_update_rest`."""
+    if update:
+        wired_update_rest(kind, ps, gs, ms, vs, steps, hyper, done, wr)
+        return 1, False
+    return 0, True
 
 
 @numba.njit(cache=True)
@@ -166,15 +260,16 @@ def jacobian(cf, ci, vt, z, psi, act):  # noqa: ANN001, ANN201
 
 
 @numba.njit(cache=True)
-def layer(W_in, W_rec, b, cf, ci, x, v, i, z, r, a, I, vt, psi, act):  # noqa: ANN001, ANN201
-    """One step of the network's units for a batch: ``I = W_in x + W_rec z_{t-1}`` [B, n] and :func:`unit` per
-    unit, the state ``v, i, z, r, a`` [B, n] changed in place (``a``: ALIF, else left alone), ``I``, ``v~``, ``psi``
-    and ``A`` [B, n] written."""
+def layer(W_in, W_rec, b, cf, ci, wr, x, v, i, z, r, a, I, vt, psi, act):  # noqa: ANN001, ANN201
+    """One step of the network's units for a batch: ``I = W_in x + W_rec z_{t-1}`` [B, n] (on the synapses of the
+    :class:`Wiring` ``wr``) and :func:`unit` per unit, the state ``v, i, z, r, a`` [B, n] changed in place (``a``:
+    ALIF, else left alone), ``I``, ``v~``, ``psi`` and ``A`` [B, n] written."""
     nb, n = v.shape
     kf, ki = frozen(cf, ci)
+    in_ptr, in_idx, rec_ptr, rec_idx = wr
     for s in range(nb):
         for j in range(n):
-            I[s, j] = K.dot(x[s], W_in[j]) + K.dot(z[s], W_rec[j])
+            I[s, j] = wired_dot(W_in[j], x[s], in_ptr, in_idx, j) + wired_dot(W_rec[j], z[s], rec_ptr, rec_idx, j)
     for s in range(nb):
         for j in range(n):
             v[s, j], i[s, j], z[s, j], r[s, j], a[s, j], vt[s, j], psi[s, j], act[s, j] = unit(
@@ -194,14 +289,15 @@ def leaky_readout(W_out, b_out, kappa, z, y, y_hat):  # noqa: ANN001, ANN201
 
 
 @numba.njit(cache=True)
-def network_step(W_in, W_rec, b, W_out, b_out, cf, ci, x, v, i, z, r, a, y, pre, I, vt, psi, act, y_hat):  # noqa: ANN001, ANN201
+def network_step(W_in, W_rec, b, W_out, b_out, cf, ci, wr, x, v, i, z, r, a, y, pre, I, vt, psi, act, y_hat):  # noqa: ANN001, ANN201
     """One step of the network and its readout for a batch: ``pre = [x_t, z_{t-1}]`` [B, n_in + n] (the
-    presynaptic sources, written), :func:`layer` and :func:`leaky_readout` (``y_hat`` [B, n_out] written)."""
+    presynaptic sources, written), :func:`layer` (on the :class:`Wiring` ``wr``) and :func:`leaky_readout`
+    (``y_hat`` [B, n_out] written)."""
     nb, n_in = x.shape
     for s in range(nb):
         pre[s, :n_in] = x[s]
         pre[s, n_in:] = z[s]
-    layer(W_in, W_rec, b, cf, ci, x, v, i, z, r, a, I, vt, psi, act)
+    layer(W_in, W_rec, b, cf, ci, wr, x, v, i, z, r, a, I, vt, psi, act)
     leaky_readout(W_out, b_out, cf[KAPPA_OUT], z, y, y_hat)
 
 

@@ -62,14 +62,15 @@ def _neurons(cf, ci, b, I, st):  # noqa: ANN001, ANN201
 
 
 @numba.njit(cache=True)
-def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, glob, root_n, tiny,  # noqa: ANN001, ANN201
+def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, glob, root_n, tiny,  # noqa: ANN001, ANN201
                    cs, ns, xi, xs, ys, mask, t0, t1, n_seq, every, last, rec_l, rec_yn, rec_p, rec_z, rec_i,
                    rec_in, rec_a, rec_an, losses):
     """Steps ``t0 .. t1 - 1`` of ANP in time (module docstring) on a sequence of ``n_seq`` steps.
 
     ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`~neuro.engine.spiking_engine.ORDER`;
     ``ms``, ``vs``, ``steps``, ``opt_kind``, ``hyper``: the optimizer (:func:`neuro.engine.kernels.apply_update`); ``cf``, ``ci``: the cell
-    (:func:`neuro.engine.spiking.cell`); ``glob``: the global norm; ``cs``, ``ns``: the clean [B] and noisy [M]
+    (:func:`neuro.engine.spiking.cell`); ``wr`` the :class:`~neuro.engine.spiking.Wiring` (a dense ``W_rec``
+    is read at the spikes, a sparse one on its synapses); ``glob``: the global norm; ``cs``, ``ns``: the clean [B] and noisy [M]
     states ``(v, i, z, r, a, y)``; ``xi`` [t1 - t0, M, n + n_out] the steps' noise; ``xs`` [T, B, n_in], ``ys``
     [T, B, n_out], ``mask`` [T, B]; ``last`` [W] (:func:`neuro.engine.perturb.positions`): the step whose window
     slot the ``rec_*`` arrays [W, ...] get (the clean losses, noisy outputs, ``z_{t-1}``, ``z_t``, the clean and
@@ -85,6 +86,8 @@ def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, g
     W_out, b_out = ps[3].reshape((n_out, n)), ps[4]
     g_in, g_rec = acc[0].reshape((n, n_in)), acc[1].reshape((n, n))
     g_out, g_bout = acc[3].reshape((n_out, n)), acc[4]
+    in_ptr, in_idx, rec_ptr, rec_idx = wr
+    wired = rec_ptr.size > 0
     dt = cz.dtype
     zp = np.empty((nb, n), dt)
     ic, inz = np.empty((nb, n), np.int64), np.empty((M, n), np.int64)  # the spikes of z_{t-1}, z~_{t-1}
@@ -107,10 +110,15 @@ def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, g
             cn[m] = S.active(nz[m], inz[m])
         for s in range(nb):  # the currents: x W_in^T once, the recurrent products over the spikes
             for a in range(n):
-                xin = K.dot(x[s], W_in[a])
-                Ic[s, a] = xin + S.sparse_dot(W_rec[a], cz[s], ic[s], cc[s])
-                for m in range(s * kk, s * kk + kk):
-                    In[m, a] = (xin + S.sparse_dot(W_rec[a], nz[m], inz[m], cn[m])) + noise[m, a]
+                xin = S.wired_dot(W_in[a], x[s], in_ptr, in_idx, a)
+                if wired:
+                    Ic[s, a] = xin + S.wired_dot(W_rec[a], cz[s], rec_ptr, rec_idx, a)
+                    for m in range(s * kk, s * kk + kk):
+                        In[m, a] = (xin + S.wired_dot(W_rec[a], nz[m], rec_ptr, rec_idx, a)) + noise[m, a]
+                else:
+                    Ic[s, a] = xin + S.sparse_dot(W_rec[a], cz[s], ic[s], cc[s])
+                    for m in range(s * kk, s * kk + kk):
+                        In[m, a] = (xin + S.sparse_dot(W_rec[a], nz[m], inz[m], cn[m])) + noise[m, a]
         _neurons(cf, ci, b, Ic, cs)
         _neurons(cf, ci, b, In, ns)
         total = K.cast(0.0, cz)
@@ -149,11 +157,13 @@ def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, g
             for a in range(n):
                 f = Eh[a] / fm
                 row, pre, idx = g_rec[a], zp[s], ic[s]
-                for q in range(cc[s]):  # e_h z_{t-1}^T: the columns of the spikes
-                    j = idx[q]
-                    row[j] += f * pre[j]
-                for j in range(n_in):
-                    g_in[a, j] += f * x[s, j]
+                if wired:  # e_h z_{t-1}^T: the row's synapses
+                    S.wired_axpy(row, f, pre, rec_ptr, rec_idx, a)
+                else:  # the columns of the spikes
+                    for q in range(cc[s]):
+                        j = idx[q]
+                        row[j] += f * pre[j]
+                S.wired_axpy(g_in[a], f, x[s], in_ptr, in_idx, a)
             for k in range(n_out):
                 f = Ey[k] / fm
                 g_bout[k] += f
@@ -169,7 +179,8 @@ def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, g
                 rec_in[p] = In
                 rec_a[p] = ac
                 rec_an[p] = an
-        applied, full = K.scheduled_update(K.update_due(t, n_seq, every), -1, opt_kind, ps, acc, ms, vs, steps, hyper)
+        applied, full = S.wired_scheduled_update(K.update_due(t, n_seq, every), -1, opt_kind, ps, acc, ms, vs, steps,
+                                                 hyper, wr)
         updates += applied
     return updates, full
 
@@ -205,7 +216,7 @@ class SpikingANPEngine(SpikingEngine):
         rec = [np.empty((len(last), *s), cs.v.dtype) for s in
                ((nb,), (M, n_out), (nb, n), (nb, n), (nb, n), (M, n), (nb, n_out), (M, n_out))]
         cell = self.cell(cs.v.dtype)
-        updates, full = anp_time_range(ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci,
+        updates, full = anp_time_range(ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci, self.wr,
                                        rule.norm == "global", float(net.n_in + n + n_out) ** 0.5,
                                        float(torch.finfo(dtype).tiny), tuple(cs), tuple(ns), xi.numpy(), seq.xs,
                                        seq.ys, seq.mask, t0, t1, n_seq, every, last, *rec, losses)

@@ -47,14 +47,16 @@ from neuro.rules.tbptt import TBPTT
 __all__ = ["SpikingBPTTEngine", "backward", "build", "spiking_bptt_range"]
 
 @numba.njit(cache=True)
-def backward(W_rec, W_out, cf, ci, xs, t_start, Z, PS, VT, AR, E, m, g_in, g_rec, g_b, g_out, g_bout):  # noqa: ANN001, ANN201
+def backward(W_rec, W_out, cf, ci, wr, xs, t_start, Z, PS, VT, AR, E, m, g_in, g_rec, g_b, g_out, g_bout):  # noqa: ANN001, ANN201
     """The gradient of a window's summed loss (module docstring) added to ``g_*``: its ``m`` steps are steps
     ``t_start ..`` of ``xs`` [T, B, n_in]; ``Z`` [>= m + 1, B, n] the spikes before the window and of each step,
     ``PS`` [>= m, B, n] the steps' ``A psi``, ``VT`` their ``v~`` (read with the zero reset), ``AR`` their ``A``
     (read with a refractory period), ``E`` [>= m, B, n_out] their errors ``dl/dy``; ``cf``, ``ci`` the cell
-    (:func:`neuro.engine.spiking.cell`)."""
+    (:func:`neuro.engine.spiking.cell`); ``wr`` the :class:`~neuro.engine.spiking.Wiring` (a sparse matrix's
+    gradient and transposed product run over its synapses)."""
     nb, n = Z.shape[1], Z.shape[2]
-    n_in, n_out = xs.shape[2], E.shape[2]
+    in_ptr, in_idx, rec_ptr, rec_idx = wr
+    n_out = E.shape[2]
     vv, vi, vI, vb, ii, iI = cf[S.VV], cf[S.VI], cf[S.VII], cf[S.VB], cf[S.II], cf[S.III]
     kout, dvth, delta, v_reset = cf[S.KAPPA_OUT], cf[S.DVTH], cf[S.DELTA], cf[S.V_RESET]
     beta_a, rho = cf[S.BETA_A], cf[S.RHO]
@@ -103,27 +105,35 @@ def backward(W_rec, W_out, cf, ci, xs, t_start, Z, PS, VT, AR, E, m, g_in, g_rec
                 gv[s, a] = vv * d
                 gi[s, a] = vi * d + ii * gi[s, a]
                 g_b[a] += vb * d
-        for s in range(nb):
-            cnt[s] = S.active(zp[s], idx[s])
+        if rec_ptr.size == 0:
+            for s in range(nb):
+                cnt[s] = S.active(zp[s], idx[s])
         for a in range(n):
             for s in range(nb):
                 d = gI[s, a]
-                for q in range(cnt[s]):  # gI z_{t-1}^T: the columns of the spikes
-                    i = idx[s, q]
-                    g_rec[a, i] += d * zp[s, i]
-                for i in range(n_in):
-                    g_in[a, i] += d * x[s, i]
+                if rec_ptr.size == 0:
+                    for q in range(cnt[s]):  # gI z_{t-1}^T: the columns of the spikes
+                        i = idx[s, q]
+                        g_rec[a, i] += d * zp[s, i]
+                else:  # the row's synapses
+                    S.wired_axpy(g_rec[a], d, zp[s], rec_ptr, rec_idx, a)
+                S.wired_axpy(g_in[a], d, x[s], in_ptr, in_idx, a)
         for s in range(nb):
             gr[s, :] = 0.0
             for a in range(n):
                 d = gI[s, a]
                 if d != 0.0:
-                    for i in range(n):
-                        gr[s, i] += d * W_rec[a, i]
+                    if rec_ptr.size == 0:
+                        for i in range(n):
+                            gr[s, i] += d * W_rec[a, i]
+                    else:
+                        for q in range(rec_ptr[a], rec_ptr[a + 1]):
+                            i = rec_idx[q]
+                            gr[s, i] += d * W_rec[a, i]
 
 
 @numba.njit(cache=True)
-def spiking_bptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, n_in, n, n_out, k,  # noqa: ANN001, ANN201
+def spiking_bptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, n_in, n, n_out, k,  # noqa: ANN001, ANN201
                        snap, Z, PS, VT, AR, E, v, i, z, r, a, y, xs, ys, mask, t0, t1, n_seq, every, tw, full,
                        losses):
     """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps (module docstring), as
@@ -131,7 +141,7 @@ def spiking_bptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
 
     ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`~neuro.engine.spiking_engine.ORDER`;
     ``ms``, ``vs``, ``steps``, ``opt_kind``, ``hyper``: the optimizer (:func:`neuro.engine.kernels.apply_update`);
-    ``cf``, ``ci``: the cell; ``k`` the window length (0: the whole sequence); ``snap`` the window's parameters (flat, in the same order);
+    ``cf``, ``ci``: the cell; ``wr`` the :class:`~neuro.engine.spiking.Wiring`; ``k`` the window length (0: the whole sequence); ``snap`` the window's parameters (flat, in the same order);
     ``Z``, ``PS``, ``VT``, ``AR``, ``E`` the stored steps (:func:`backward`; ``VT``, ``AR`` may have no rows where
     they are not read); ``v, i, z, r, a`` [B, n], ``y`` [B, n_out] the network state; ``xs`` [T, B, n_in], ``ys``
     [T, B, n_out], ``mask`` [T, B]; ``tw`` the steps already in the open window (0: none open); ``full`` whether
@@ -153,18 +163,18 @@ def spiking_bptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
             for q in range(len(ps)):
                 snap[q][:] = ps[q]
             Z[0] = z
-        S.layer(W_in, W_rec, b, cf, ci, xs[t], v, i, z, r, a, cur, VT[tw] if keep_vt else vt_scratch, PS[tw],
+        S.layer(W_in, W_rec, b, cf, ci, wr, xs[t], v, i, z, r, a, cur, VT[tw] if keep_vt else vt_scratch, PS[tw],
                 AR[tw] if keep_act else act_scratch)
         Z[tw + 1] = z
         S.leaky_readout(W_out, b_out, cf[S.KAPPA_OUT], z, y, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], E[tw])
         tw += 1
         if tw == k or t == n_seq - 1:  # the window closes: its gradient to the sum
-            backward(W_rec, W_out, cf, ci, xs, t + 1 - tw, Z, PS, VT, AR, E, tw, g_in, g_rec, g_b, g_out, g_bout)
+            backward(W_rec, W_out, cf, ci, wr, xs, t + 1 - tw, Z, PS, VT, AR, E, tw, g_in, g_rec, g_b, g_out, g_bout)
             tw = 0
             full = True
         if full and K.update_due(t, n_seq, every):
-            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+            S.wired_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, -1, wr)
             updates += 1
             full = False
     return updates, full, tw
@@ -216,7 +226,7 @@ class SpikingBPTTEngine(SpikingEngine):
         cf, ci = self.cell(dtype)
         a = o.net
         updates, full, tw = spiking_bptt_range(ps, gs, opt_arrays.ms, opt_arrays.vs, opt_arrays.steps,
-                                               opt_arrays.kind, opt_arrays.hyper, self.loss_kind, cf, ci, net.n_in,
+                                               opt_arrays.kind, opt_arrays.hyper, self.loss_kind, cf, ci, self.wr, net.n_in,
                                                net.n_hidden, net.n_out, self.k, o.snap, *o.stored, a.v, a.i, a.z,
                                                a.r, a.a, a.y, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, o.tw,
                                                o.full, losses)

@@ -33,6 +33,7 @@ class SpikingEngine(Engine):
         self._cells: dict[np.dtype, S.Cell] = {}
         self._kept: tuple | None = None
         self._params, self._acc = Views(), Views()
+        self.wr = S.wiring(net)  # the synapses the kernels read and learn (all, where the network is dense)
 
     @staticmethod
     def supports(rule: AbstractRule) -> bool:

@@ -48,38 +48,60 @@ __all__ = ["EPropEngine", "build", "eprop_range"]
 
 
 @numba.njit(cache=True, inline="always")
-def _traces_lif(ebar, ev, sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj):  # noqa: ANN001, ANN202
-    """A span of one unit's sources (LIF): ``e``, ``eps_v``, ``ebar`` and the estimate ``g += L ebar``."""
-    for k in range(ev.size):
-        eI, pk, evk = sh[k], p[k], ev[k]
-        e = zv * evk + zi * eI + zI * pk
-        ev[k] = dvv * evk + dvi * eI + dvI * pk
-        b = kc * ebar[k] + e
-        ebar[k] = b
-        g[k] += Lj * b
+def _synapse_lif(k, ebar, ev, sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj):  # noqa: ANN001, ANN202
+    """Source ``k`` of one unit (LIF): ``e``, ``eps_v``, ``ebar`` and the estimate ``g += L ebar``."""
+    eI, pk, evk = sh[k], p[k], ev[k]
+    e = zv * evk + zi * eI + zI * pk
+    ev[k] = dvv * evk + dvi * eI + dvI * pk
+    b = kc * ebar[k] + e
+    ebar[k] = b
+    g[k] += Lj * b
 
 
 @numba.njit(cache=True, inline="always")
-def _traces_alif(ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj):  # noqa: ANN001, ANN202
-    """A span of one unit's sources (ALIF): ``e``, ``eps_v``, ``eps_a``, ``ebar`` and ``g += L ebar``."""
-    for k in range(ev.size):
-        eI, pk, evk, eak = sh[k], p[k], ev[k], ea[k]
-        e = zv * evk + zi * eI + za * eak + zI * pk
-        ev[k] = dvv * evk + dvi * eI + dva * eak + dvI * pk
-        ea[k] = zv * evk + zi * eI + zar * eak + zI * pk
-        b = kc * ebar[k] + e
-        ebar[k] = b
-        g[k] += Lj * b
+def _synapse_alif(k, ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj):  # noqa: ANN001, ANN202
+    """Source ``k`` of one unit (ALIF): ``e``, ``eps_v``, ``eps_a``, ``ebar`` and ``g += L ebar``."""
+    eI, pk, evk, eak = sh[k], p[k], ev[k], ea[k]
+    e = zv * evk + zi * eI + za * eak + zI * pk
+    ev[k] = dvv * evk + dvi * eI + dva * eak + dvI * pk
+    ea[k] = zv * evk + zi * eI + zar * eak + zI * pk
+    b = kc * ebar[k] + e
+    ebar[k] = b
+    g[k] += Lj * b
+
+
+@numba.njit(cache=True, inline="always")
+def _traces_lif(ebar, ev, sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj, ptr, idx, j):  # noqa: ANN001, ANN202
+    """A span of unit ``j``'s sources (LIF), every one (``ptr`` empty) or its synapses ``idx[ptr[j]:ptr[j + 1]]``
+    (the traces of the others left as they are)."""
+    if ptr.size == 0:
+        for k in range(ev.size):
+            _synapse_lif(k, ebar, ev, sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj)
+    else:
+        for q in range(ptr[j], ptr[j + 1]):
+            _synapse_lif(idx[q], ebar, ev, sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj)
+
+
+@numba.njit(cache=True, inline="always")
+def _traces_alif(ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj, ptr, idx, j):  # noqa: ANN001, ANN202
+    """:func:`_traces_lif` for ALIF."""
+    if ptr.size == 0:
+        for k in range(ev.size):
+            _synapse_alif(k, ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj)
+    else:
+        for q in range(ptr[j], ptr[j + 1]):
+            _synapse_alif(idx[q], ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj)
 
 
 @numba.njit(cache=True)
-def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa, n_in,  # noqa: ANN001, ANN201
+def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, kappa, n_in,  # noqa: ANN001, ANN201
                 v, i, z, r, a, y, F, el, shared, eb, zbar, bbar, slot_pre, slot_L, slot_zbar, slot_dE, slot_loc,
                 n_reads, window, xs, ys, mask, t0, t1, n_seq, every, losses):
     """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps (module docstring).
 
     ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`~neuro.engine.spiking_engine.ORDER`;
     ``ms, vs, steps, opt_kind, hyper``: the optimizer; ``cf, ci``: the cell (:func:`neuro.engine.spiking.cell`);
+    ``wr`` the :class:`~neuro.engine.spiking.Wiring` (a sparse matrix's traces run on its synapses only);
     ``v, i, z, r, a`` [B, n], ``y`` [B, n_out] the network; ``F`` [n_out, n] the feedback ``B^T``; ``el`` [B, n,
     1 + R, n_pre] ``[ebar; eps_v; (eps_a)]``, ``shared`` [B, 1, n_pre] ``eps_i``, ``eb`` [B, n, 2 + R, 1] the bias's
     ``[ebar; v; (a); i]``, ``zbar`` [B, n], ``bbar`` [1]; the window's slots (``window`` of them, none for the
@@ -119,14 +141,15 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
                 slot_loc[pos, 2] = r if ci[S.REFRACT] else a
             if n_reads > 3:
                 slot_loc[pos, 3] = a
-        S.network_step(W_in, W_rec, b, W_out, b_out, cf, ci, x, v, i, z, r, a, y, pre, I, vt, psi, act, y_hat)
+        S.network_step(W_in, W_rec, b, W_out, b_out, cf, ci, wr, x, v, i, z, r, a, y, pre, I, vt, psi, act, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         S.signal(eps, F, L)
         S.filtered_readout_grad(eps, z, kc, zbar, bbar, g_out, g_bout)
         fused = K.update_due(t, n_seq, every)
-        if fused:  # W_rec's step begun; its rows are updated in the pass below, each once summed
+        fuse = fused and wr[2].size == 0  # a dense W_rec: its rows updated in the pass below, each once summed
+        if fuse:  # W_rec's step begun
             c_rec = K.row_update_begin(opt_kind, steps[1], hyper, W_rec)
-        direct = fused and clean  # a row's sum is the step's estimate alone: summed in a scratch row instead
+        direct = fuse and clean  # a row's sum is the step's estimate alone: summed in a scratch row instead
         for j in range(n):  # one pass over the units: the traces, the estimate summed over the batch
             gi = g_in[j]
             gr = scr_rec if direct else g_rec[j]  # the scratch row is kept zero by the update
@@ -139,14 +162,14 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
                 if adapt:
                     ea = el[s, j, 2]
                     _traces_alif(ebar[:n_in], ev[:n_in], ea[:n_in], sh[:n_in], p_s[:n_in], gi, zv, zi, za, zI,
-                                 dvv, dvi, dva, dvI, za + rho, kc, Lj)
+                                 dvv, dvi, dva, dvI, za + rho, kc, Lj, wr[0], wr[1], j)
                     _traces_alif(ebar[n_in:], ev[n_in:], ea[n_in:], sh[n_in:], p_s[n_in:], gr, zv, zi, za, zI,
-                                 dvv, dvi, dva, dvI, za + rho, kc, Lj)
+                                 dvv, dvi, dva, dvI, za + rho, kc, Lj, wr[2], wr[3], j)
                 else:
                     _traces_lif(ebar[:n_in], ev[:n_in], sh[:n_in], p_s[:n_in], gi, zv, zi, zI, dvv, dvi, dvI, kc,
-                                Lj)
+                                Lj, wr[0], wr[1], j)
                     _traces_lif(ebar[n_in:], ev[n_in:], sh[n_in:], p_s[n_in:], gr, zv, zi, zI, dvv, dvi, dvI, kc,
-                                Lj)
+                                Lj, wr[2], wr[3], j)
                 # the bias: [ebar; v; (a); i], pre = 1, c_b = (dv/db, (dz/db), 0)
                 q = eb[s, j]
                 bv, bi = q[1, 0], q[q.shape[0] - 1, 0]
@@ -158,7 +181,7 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
                 q[q.shape[0] - 1, 0] = ii * bi
                 q[0, 0] = kc * q[0, 0] + e
                 g_b[j] += Lj * q[0, 0]
-            if fused:  # W_rec's row updated with its sum, the sum zeroed
+            if fuse:  # W_rec's row updated with its sum, the sum zeroed
                 K.row_update(opt_kind, W_rec[j], gr, m_rec, v_rec, j, c_rec)
         for s in range(nb):  # the synaptic current's component, the same for every unit
             p_s, sh = pre[s], shared[s, 0]
@@ -171,8 +194,8 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kapp
             slot_dE[pos] = eps
             slot_loc[pos, n_reads] = I
             slot_loc[pos, n_reads + 1] = z
-        if fused:  # the other parameters' update (W_rec's is done)
-            K.apply_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1)
+        if fused:  # the other parameters' update (W_rec's too where it is sparse)
+            S.wired_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1 if fuse else -1, wr)
             updates += 1
             full, clean = False, True
         else:
@@ -240,7 +263,7 @@ class EPropEngine(SpikingEngine):
         o, ps, gs, losses = self.arrays(params, acc, opt, t1 - t0, dtype)
         cell = self.cell(dtype)
         updates, full = eprop_range(ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci,
-                                    float(net.readout_decay), n_in, *nets, np.ascontiguousarray(F), el,
+                                    self.wr, float(net.readout_decay), n_in, *nets, np.ascontiguousarray(F), el,
                                     shared, eb, zbar, bbar, *slots, len(self.reads), window, seq.xs, seq.ys, seq.mask,
                                     t0, t1, n_seq, every, losses)
         T = torch.from_numpy

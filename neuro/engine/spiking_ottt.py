@@ -45,14 +45,14 @@ __all__ = ["OTTTEngine", "build", "ottt_range"]
 
 
 @numba.njit(cache=True)
-def ottt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa, mode_a, racc,  # noqa: ANN001, ANN201
+def ottt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, kappa, mode_a, racc,  # noqa: ANN001, ANN201
                v, i, z, r, a, y, Pv, Pi, Q, zbar, obar, b_gI, b_a, b_q, b_gy, b_zbar, b_obar, window, xs, ys, mask,
                t0, t1, n_seq, every, losses):
     """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps (module docstring).
 
     ``ps``, ``acc``: the parameters and the loop's summed estimates, flat, in
     :data:`~neuro.engine.spiking_engine.ORDER`; ``ms, vs, steps, opt_kind, hyper``: the optimizer; ``cf, ci``:
-    the cell; ``mode_a``: mode "A" (each step's term summed into ``racc``, the rule's sum, which goes to ``acc``
+    the cell; ``wr`` the :class:`~neuro.engine.spiking.Wiring`; ``mode_a``: mode "A" (each step's term summed into ``racc``, the rule's sum, which goes to ``acc``
     at the sequence's end) or "O" (into ``acc``); ``v, i, z, r, a`` [B, n], ``y`` [B, n_out] the network; ``Pv``,
     ``Pi`` [B, n_in + n] the traces' rows, ``Q`` [2] the bias's, ``zbar`` [B, n], ``obar`` [1]; the windowed
     path's buffer (``window`` entries, none for the definition's state): ``b_gI``, ``b_zbar`` [W, B, n], ``b_a``
@@ -81,7 +81,7 @@ def ottt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa
     scr_rec = np.zeros(n, v.dtype)
     updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
-        S.network_step(W_in, W_rec, b, W_out, b_out, cf, ci, xs[t], v, i, z, r, a, y, pre, I, vt, psi, act, y_hat)
+        S.network_step(W_in, W_rec, b, W_out, b_out, cf, ci, wr, xs[t], v, i, z, r, a, y, pre, I, vt, psi, act, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         S.signal(eps, W_out, L)
         for s in range(nb):  # the traces of step t
@@ -95,21 +95,20 @@ def ottt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa
                 L[s, j] = L[s, j] * psi[s, j]  # L psi: d l_t / d v~
         last = t == n_seq - 1
         fused = not mode_a and (last or (t + 1) % every == 0)
-        if fused:  # W_rec's step begun; its rows are updated in the pass below, each once summed
+        fuse = fused and wr[2].size == 0  # a dense W_rec: its rows updated in the pass below, each once summed
+        if fuse:  # W_rec's step begun
             c_rec = K.row_update_begin(opt_kind, steps[1], hyper, W_rec)
-        direct = fused and clean  # a row's sum is the step's estimate alone: summed in a scratch row instead
+        direct = fuse and clean  # a row's sum is the step's estimate alone: summed in a scratch row instead
         for j in range(n):
             gi = g_in[j]
             gr = scr_rec if direct else g_rec[j]  # the scratch row is kept zero by the update
             for s in range(nb):
                 e = L[s, j]
                 pv = Pv[s]
-                for k in range(n_in):
-                    gi[k] += e * pv[k]
-                for k in range(n):
-                    gr[k] += e * pv[n_in + k]
+                S.wired_axpy(gi, e, pv[:n_in], wr[0], wr[1], j)
+                S.wired_axpy(gr, e, pv[n_in:], wr[2], wr[3], j)
                 g_b[j] += e * Q[0]
-            if fused:  # W_rec's row updated with its sum, the sum zeroed
+            if fuse:  # W_rec's row updated with its sum, the sum zeroed
                 K.row_update(opt_kind, W_rec[j], gr, m_rec, v_rec, j, c_rec)
         S.filtered_readout_grad(eps, z, kc, zbar, obar, g_out, g_bout)
         if window > 0:
@@ -127,12 +126,12 @@ def ottt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa
             for p in range(len(acc)):
                 acc[p][:] += racc[p]
                 racc[p][:] = 0.0
-        if fused:  # the other parameters' update (W_rec's is done)
-            K.apply_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1)
+        if fused:  # the other parameters' update (W_rec's too where it is sparse)
+            S.wired_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1 if fuse else -1, wr)
             updates += 1
             full, clean = False, True
         elif last:
-            K.apply_update(opt_kind, ps, acc, ms, vs, steps, hyper)
+            S.wired_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, -1, wr)
             updates += 1
             full, clean = False, True
         else:
@@ -181,7 +180,7 @@ class OTTTEngine(SpikingEngine):
             tuple(np.zeros(0, dtype) for _ in ORDER)
         o, ps, gs, losses = self.arrays(params, acc, opt, t1 - t0, dtype)
         cell = self.cell(dtype)
-        updates, full = ottt_range(ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci,
+        updates, full = ottt_range(ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci, self.wr,
                                    float(net.readout_decay), mode_a, racc, *nets, Pv, Pi, Q, zbar, obar, *buf, window,
                                    seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
         T = torch.from_numpy

@@ -43,13 +43,13 @@ __all__ = ["SLTTEngine", "build", "sltt_range"]
 
 
 @numba.njit(cache=True)
-def sltt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, v, i, z, r, a, y,  # noqa: ANN001, ANN201
+def sltt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, v, i, z, r, a, y,  # noqa: ANN001, ANN201
                b_gI, b_x, b_p, b_gb, b_gy, b_z, window, xs, ys, mask, t0, t1, n_seq, every, losses):
     """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps (module docstring).
 
     ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`~neuro.engine.spiking_engine.ORDER`;
     ``ms, vs, steps, opt_kind, hyper``: the optimizer; ``cf, ci``: the cell (:func:`neuro.engine.spiking.cell`);
-    ``v, i, z, r, a`` [B, n], ``y`` [B, n_out] the network; the windowed path's buffer (``window`` entries, none
+    ``wr`` the :class:`~neuro.engine.spiking.Wiring`; ``v, i, z, r, a`` [B, n], ``y`` [B, n_out] the network; the windowed path's buffer (``window`` entries, none
     for the definition's state): ``b_gI``, ``b_p``, ``b_z`` [W, B, n], ``b_x`` [W, B, n_in], ``b_gb`` [W, n],
     ``b_gy`` [W, B, n_out]; ``losses`` [t1 - t0] written. Returns the updates applied and whether the accumulator
     holds estimates not yet applied."""
@@ -76,7 +76,7 @@ def sltt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, v, i,
     scr_rec = np.zeros(n, v.dtype)
     updates, full, clean = 0, False, False  # clean: the previous step of this range updated (the sums are zero)
     for t in range(t0, t1):
-        S.network_step(W_in, W_rec, b, W_out, b_out, cf, ci, xs[t], v, i, z, r, a, y, pre, I, vt, psi, act, y_hat)
+        S.network_step(W_in, W_rec, b, W_out, b_out, cf, ci, wr, xs[t], v, i, z, r, a, y, pre, I, vt, psi, act, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         S.signal(eps, W_out, dl_dz)
         gb[:] = 0.0
@@ -85,21 +85,20 @@ def sltt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, v, i,
                 gI[s, j] = dl_dz[s, j] * (psi[s, j] * vI)
                 gb[j] += dl_dz[s, j] * (psi[s, j] * vb)
         fused = K.update_due(t, n_seq, every)
-        if fused:  # W_rec's step begun; its rows are updated in the pass below, each once summed
+        fuse = fused and wr[2].size == 0  # a dense W_rec: its rows updated in the pass below, each once summed
+        if fuse:  # W_rec's step begun
             c_rec = K.row_update_begin(opt_kind, steps[1], hyper, W_rec)
-        direct = fused and clean  # a row's sum is the step's estimate alone: summed in a scratch row instead
+        direct = fuse and clean  # a row's sum is the step's estimate alone: summed in a scratch row instead
         for j in range(n):
             gi = g_in[j]
             gr = scr_rec if direct else g_rec[j]  # the scratch row is kept zero by the update
             for s in range(nb):
                 e = gI[s, j]
                 p_s = pre[s]
-                for k in range(n_in):
-                    gi[k] += e * p_s[k]
-                for k in range(n):
-                    gr[k] += e * p_s[n_in + k]
+                S.wired_axpy(gi, e, p_s[:n_in], wr[0], wr[1], j)
+                S.wired_axpy(gr, e, p_s[n_in:], wr[2], wr[3], j)
             g_b[j] += gb[j]
-            if fused:  # W_rec's row updated with its sum, the sum zeroed
+            if fuse:  # W_rec's row updated with its sum, the sum zeroed
                 K.row_update(opt_kind, W_rec[j], gr, m_rec, v_rec, j, c_rec)
         S.readout_grad(eps, z, one, g_out, g_bout)
         if window > 0:
@@ -110,8 +109,8 @@ def sltt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, v, i,
             b_gb[pos] = gb
             b_gy[pos] = eps
             b_z[pos] = z
-        if fused:  # the other parameters' update (W_rec's is done)
-            K.apply_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1)
+        if fused:  # the other parameters' update (W_rec's too where it is sparse)
+            S.wired_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1 if fuse else -1, wr)
             updates += 1
             full, clean = False, True
         else:
@@ -142,7 +141,7 @@ class SLTTEngine(SpikingEngine):
             buf, window = [np.zeros((0, *s), dtype) for s in shapes], 0
         o, ps, gs, losses = self.arrays(params, acc, opt, t1 - t0, dtype)
         cell = self.cell(dtype)
-        updates, full = sltt_range(ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci,
+        updates, full = sltt_range(ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci, self.wr,
                                    *nets, *buf, window, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
         if hit is None:  # the tensors returned are views of the arrays (the same state again where it was reused)
             state = state._replace(net=S.net_state(state.net, nets))

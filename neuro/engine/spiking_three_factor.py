@@ -44,9 +44,23 @@ from neuro.rules.three_factor import ThreeFactor
 __all__ = ["ThreeFactorEngine", "build", "three_factor_range"]
 
 
+@numba.njit(cache=True, inline="always")
+def _synapse(j, lam, ei, bi, gi, yi, pre, kappa, Mi):  # noqa: ANN001, ANN202
+    """Synapse ``j`` of a row: ``e`` (read with ``lam > 0``), ``ebar`` and the estimate ``g += M ebar``."""
+    ev = yi * pre[j]
+    if lam > 0:
+        ev = lam * ei[j] + ev
+        ei[j] = ev
+    bv = kappa * bi[j] + ev
+    bi[j] = bv
+    gi[j] += Mi * bv
+
+
 @numba.njit(cache=True)
-def group_step(dec, imp, xk, a, post, c_y, d_y, y, lam, e, kappa, ebar, M, g):  # noqa: ANN001, ANN201
-    """One synapse group's traces and estimate (module docstring): ``xk`` [K, B, n_pre] the presynaptic traces,
+def group_step(dec, imp, xk, a, post, c_y, d_y, y, lam, e, kappa, ebar, M, g, ptr, idx):  # noqa: ANN001, ANN201
+    """One synapse group's traces and estimate (module docstring), on every synapse where ``ptr`` is empty, else on
+    row ``i``'s synapses ``idx[ptr[i]:ptr[i + 1]]`` (a sparse matrix, compressed rows; the traces ``e``, ``ebar``
+    of the absent synapses are left as they are): ``xk`` [K, B, n_pre] the presynaptic traces,
     ``a`` [B, n_pre] the activity, ``post`` [B, n] the postsynaptic factor, ``y`` [B, n] its trace (``d_y > 0``),
     ``e``, ``ebar`` [B, n, n_pre] (``e`` read with ``lam > 0``), ``M`` [B, n], ``g`` [n, n_pre] (added to);
     ``dec``, ``imp`` [K] and the other coefficients in the arrays' dtype."""
@@ -69,13 +83,12 @@ def group_step(dec, imp, xk, a, post, c_y, d_y, y, lam, e, kappa, ebar, M, g):  
                 y[s, i] = yi
             Mi = M[s, i]
             ei, bi, gi = e[s, i], ebar[s, i], g[i]
-            if lam > 0:
+            if ptr.size > 0:
+                for q in range(ptr[i], ptr[i + 1]):
+                    _synapse(idx[q], lam, ei, bi, gi, yi, pre, kappa, Mi)
+            elif lam > 0:
                 for j in range(n_pre):
-                    ev = lam * ei[j] + yi * pre[j]
-                    ei[j] = ev
-                    bv = kappa * bi[j] + ev
-                    bi[j] = bv
-                    gi[j] += Mi * bv
+                    _synapse(j, lam, ei, bi, gi, yi, pre, kappa, Mi)
             else:
                 for j in range(n_pre):
                     bv = kappa * bi[j] + yi * pre[j]
@@ -84,13 +97,14 @@ def group_step(dec, imp, xk, a, post, c_y, d_y, y, lam, e, kappa, ebar, M, g):  
 
 
 @numba.njit(cache=True)
-def three_factor_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, kappa, co, activity,  # noqa: ANN001, ANN201
+def three_factor_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, kappa, co, activity,  # noqa: ANN001, ANN201
                        v, i, z, r, a, y, F, x_in, x_rec, x_b, y_in, y_rec, y_b, e_in, e_rec, e_b, q_in, q_rec, q_b,
                        zbar, cbar, xs, ys, mask, t0, t1, n_seq, every, losses):
     """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps (module docstring).
 
     ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`~neuro.engine.spiking_engine.ORDER`;
-    ``ms, vs, steps, opt_kind, hyper``: the optimizer; ``cf, ci``: the cell; ``co`` the rule's coefficients
+    ``ms, vs, steps, opt_kind, hyper``: the optimizer; ``cf, ci``: the cell; ``wr`` the
+    :class:`~neuro.engine.spiking.Wiring`; ``co`` the rule's coefficients
     (:meth:`ThreeFactorEngine.coefficients`); ``activity``: ``post = z_t``; ``v, i, z, r, a`` [B, n], ``y`` [B,
     n_out] the network; ``F`` [n_out, n] the feedback ``B^T``; per group (``in``, ``rec``, ``b``) the presynaptic
     traces ``x_*`` [K, B, n_pre], the postsynaptic ``y_*`` [B, n], ``e_*``, ``q_*`` (``ebar``) [B, n, n_pre];
@@ -123,7 +137,7 @@ def three_factor_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
     eps = np.empty((nb, n_out), v.dtype)
     updates, full = 0, False
     for t in range(t0, t1):
-        S.network_step(W_in, W_rec, b, W_out, b_out, cf, ci, xs[t], v, i, z, r, a, y, pre, I, vt, psi, act, y_hat)
+        S.network_step(W_in, W_rec, b, W_out, b_out, cf, ci, wr, xs[t], v, i, z, r, a, y, pre, I, vt, psi, act, y_hat)
         losses[t - t0] = K.loss_and_error(loss_kind, y_hat, ys[t], mask[t], eps)
         S.signal(eps, F, M)
         for s in range(nb):
@@ -133,11 +147,12 @@ def three_factor_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
                     p_syn[s, j], p_b[s, j] = z[s, j], z[s, j]
                 else:
                     p_syn[s, j], p_b[s, j] = psi[s, j] * vI, psi[s, j] * vb
-        group_step(dec, imp, x_in, xs[t], p_syn, c_y, d_y, y_in, lam, e_in, kc, q_in, M, g_in)
-        group_step(dec, imp, x_rec, zp, p_syn, c_y, d_y, y_rec, lam, e_rec, kc, q_rec, M, g_rec)
-        group_step(dec_b, imp_b, x_b, ones, p_b, c_y, d_y, y_b, lam, e_b, kc, q_b, M, g_b)
+        group_step(dec, imp, x_in, xs[t], p_syn, c_y, d_y, y_in, lam, e_in, kc, q_in, M, g_in, wr[0], wr[1])
+        group_step(dec, imp, x_rec, zp, p_syn, c_y, d_y, y_rec, lam, e_rec, kc, q_rec, M, g_rec, wr[2], wr[3])
+        group_step(dec_b, imp_b, x_b, ones, p_b, c_y, d_y, y_b, lam, e_b, kc, q_b, M, g_b, wr[0][:0], wr[1])
         S.filtered_readout_grad(eps, z, kc, zbar, cbar.reshape(-1), g_out, g_bout)
-        applied, full = K.scheduled_update(K.update_due(t, n_seq, every), -1, opt_kind, ps, acc, ms, vs, steps, hyper)
+        applied, full = S.wired_scheduled_update(K.update_due(t, n_seq, every), -1, opt_kind, ps, acc, ms, vs, steps,
+                                                 hyper, wr)
         updates += applied
     return updates, full
 
@@ -172,8 +187,8 @@ class ThreeFactorEngine(SpikingEngine):
         o, ps, gs, losses = self.arrays(params, acc, opt, t1 - t0, dtype)
         cell = self.cell(dtype)
         updates, full = three_factor_range(
-            ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci, float(net.readout_decay),
-            self.coefficients(dtype), rule.post == "activity", *nets, np.ascontiguousarray(F), *xk, *ys_, *es, *qs,
+            ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci, self.wr,
+            float(net.readout_decay), self.coefficients(dtype), rule.post == "activity", *nets, np.ascontiguousarray(F), *xk, *ys_, *es, *qs,
             zbar, cbar, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
         T = torch.from_numpy
         keep = lambda on, new, old: tuple(T(a) for a in new) if on else old  # noqa: E731

@@ -43,7 +43,8 @@ def test_the_compiled_cell_equals_the_models_step_and_derivatives(name, options)
     d = net.neuron_derivatives(p, st, I)
     cell, A = S.cell(net, np.float64), S.net_arrays(st)
     Iw, vt, psi, act = (np.zeros((4, 7)) for _ in range(4))
-    S.layer(p["W_in"].numpy(), p["W_rec"].numpy(), p["b"].numpy(), cell.cf, cell.ci, x.numpy(), *A[:5], Iw, vt, psi, act)
+    S.layer(p["W_in"].numpy(), p["W_rec"].numpy(), p["b"].numpy(), cell.cf, cell.ci, S.DENSE, x.numpy(), *A[:5], Iw, vt,
+            psi, act)
     new, z = net.neuron(p, st, I)
     assert 0 < z.sum() < z.numel()
     np.testing.assert_allclose(Iw, I.numpy(), rtol=1e-13)
@@ -58,6 +59,23 @@ def test_the_compiled_cell_equals_the_models_step_and_derivatives(name, options)
     assert np.abs(J[..., 3]).max() > 0  # some unit is within the surrogate's reach
     for k, w in enumerate(want):
         np.testing.assert_allclose(J[..., k], w.numpy(), rtol=1e-13, atol=1e-15, err_msg=f"derivative {k}")
+
+
+def test_the_compiled_current_of_a_sparse_network_reads_its_synapses_only():
+    """``I = (W_in * mask) x + (W_rec * mask) z`` with nonzero weights off the masks, which must not be read."""
+    g = torch.Generator().manual_seed(4)
+    net = models.make("lif", n_in=5, n_hidden=8, n_out=1, connectivity={"W_rec": "random:0.3", "W_in": "fan-in:2"})
+    p = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in net.init_params(seed=1).items()}
+    st = net.init_state(p, 3)._replace(z=(torch.rand(3, 8, generator=g) > 0.4).double())
+    x = torch.rand(3, 5, generator=g, dtype=torch.float64)
+    cell, A = S.cell(net, np.float64), S.net_arrays(st)
+    Iw, vt, psi, act = (np.zeros((3, 8)) for _ in range(4))
+    args = (p["W_in"].numpy(), p["W_rec"].numpy(), p["b"].numpy(), cell.cf, cell.ci)
+    S.layer(*args, S.wiring(net), x.numpy(), *A[:5], Iw, vt, psi, act)
+    np.testing.assert_allclose(Iw, net.current(p, st, x).numpy(), rtol=1e-13)
+    A = S.net_arrays(st)
+    S.layer(*args, S.DENSE, x.numpy(), *A[:5], Iw, vt, psi, act)  # the broken version: every entry read
+    assert not np.allclose(Iw, net.current(p, st, x).numpy())
 
 
 def _close(a: Any, b: Any, what: str) -> None:
