@@ -33,6 +33,7 @@ SECTIONS = {"sim": "neuro.bench.sim", "influence": "neuro.bench.influence", "spa
             "brian2": "neuro.bench.brian2", "rules": "neuro.bench.rules",
             "gpu": "neuro.bench.gpu", "train": "neuro.bench.train",
             "neurobench": "neuro.bench.neurobench", "mnist1d": "neuro.bench.mnist1d", "stack": "neuro.bench.stack",
+            "train_sparse": "neuro.bench.train_sparse",
             }
 ALIASES = {"batch": "seeds", "rtrl": "cost"}
 #: ``neuro bench all --quick``: section -> (tiny options, the JSON file it writes)

@@ -116,8 +116,10 @@ class _Case:
         return time.perf_counter() - t0, history
 
 
-def _build(model: str, rule: str, n: int, engine: str, steps: int, capped: bool, update_every: int = 1) -> _Case | str:
-    """The case, or why it does not run (the rule refuses the network, the run's checks refuse its size)."""
+def _build(model: str, rule: str, n: int, engine: str, steps: int, capped: bool, update_every: int = 1,
+           connectivity: Any = None) -> _Case | str:
+    """The case, or why it does not run (the rule refuses the network, the run's checks refuse its size); the
+    network wired by ``connectivity`` (a network's setting; ``None``: dense)."""
     import models
     from neuro import rules, tasks
     from neuro.training import prepare
@@ -125,7 +127,7 @@ def _build(model: str, rule: str, n: int, engine: str, steps: int, capped: bool,
     if capped and rule in MAX_N and n > MAX_N[rule]:
         return f"the default set runs {rule} at n <= {MAX_N[rule]} only (name it with --rules to run it here)"
     task = tasks.make(TASKS.get(model, DEFAULT_TASK))
-    net = models.make(model, n_in=task.n_in, n_hidden=n, n_out=task.n_out)
+    net = models.make(model, n_in=task.n_in, n_hidden=n, n_out=task.n_out, connectivity=connectivity)
     opts = OPTIONS.get(rule, {})
     why = rules.refusal(rule, net, **opts)
     if why:
@@ -140,8 +142,9 @@ def _build(model: str, rule: str, n: int, engine: str, steps: int, capped: bool,
 
 
 def measure_group(model: str, n: int, rule_names: list[str], engines: list[str], steps: int, blocks: int,
-                  capped: bool, update_every: int = 1) -> list[dict[str, Any]]:
-    """Rows for every (rule, engine) of ``model`` at size ``n``: warm-up runs, then alternating timed blocks."""
+                  capped: bool, update_every: int = 1, connectivity: Any = None) -> list[dict[str, Any]]:
+    """Rows for every (rule, engine) of ``model`` at size ``n`` (wired by ``connectivity``, :func:`_build`): warm-up
+    runs, then alternating timed blocks."""
     task_name = TASKS.get(model, DEFAULT_TASK)
     rows: list[dict[str, Any]] = []
     cases: list[_Case] = []
@@ -153,7 +156,7 @@ def measure_group(model: str, n: int, rule_names: list[str], engines: list[str],
         for engine in mine:
             head = {**base, "rule": rule, "options": OPTIONS.get(rule, {}), "engine": engine}
             try:
-                case = _build(model, rule, n, engine, steps, capped, update_every)
+                case = _build(model, rule, n, engine, steps, capped, update_every, connectivity)
             except Exception as e:  # building one rule failing is reported, the others run
                 case = f"{type(e).__name__}: {e}"
             if isinstance(case, str):
