@@ -21,7 +21,8 @@ draws): a trial is correct when the readout summed over its recall steps (the st
 picks the majority side, the score of ``hw_targets.lava.accuracy`` (:func:`recall_accuracy`). Measured per run,
 in a worker process of its own (one torch thread), after a warm-up trial: the time per training step (CPU time
 of the process over the training run; the wall time is in the JSON), the peak memory the warm-up and training
-runs added to the process (:mod:`neuro._rss`; from before the warm-up, whose allocations later trials reuse), the training loss (cross-entropy per recall step over the last
+run added to the process (:mod:`neuro._rss`; each run in a fresh worker process, whose warm-up trial of batch 1
+loads and compiles what the run needs before the measurement starts), the training loss (cross-entropy per recall step over the last
 20% of trials) and each layer's firing rate (Hz, on the held-out trials) before and after training.
 
 Learning rates: ``--lr RULE=LR``, else a pilot per rule on a seed that is not evaluated (:data:`PILOT_SEED`),
@@ -139,8 +140,11 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     steps = T * job["trials"]
     kw = {"lr": job["lr"], "batch": job["batch"], "progress": False, "optimizer": "adam", "update_every": T}
     try:
-        base = _rss.start()  # before the warm-up: it allocates what every later trial reuses
-        neuro.train(net, rule, task, steps=T * WARM_UP_TRIALS, seed=job["seed"] + 10 ** 5, log_every=T, **kw)
+        # the warm-up at batch 1 loads and compiles what the run needs; the peak is measured from after it, so
+        # that it holds what the run at its batch allocates, not the compilers' own memory
+        neuro.train(net, rule, task, steps=T * WARM_UP_TRIALS, seed=job["seed"] + 10 ** 5, log_every=T,
+                    **{**kw, "batch": 1})
+        base = _rss.start()
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             h = neuro.train(net, rule, task, steps=steps, seed=job["seed"], log_every=T, **kw)
@@ -275,8 +279,8 @@ def markdown(report: dict[str, Any], analysis: str = "") -> str:
             f"loss: cross-entropy per recall step over the last 20% of training trials (chance ln 2 = 0.693); "
             f"rates: each layer's mean firing rate on the held-out trials at initialisation and after training, "
             f"median over seeds; ms/step: CPU time of the worker process per training step (one torch thread, "
-            f"batch {s['batch']}), median over seeds; peak MiB: the peak resident memory the warm-up and training runs added, "
-            f"median over seeds.\n\nMachine: {m['cpu_model']}, {m['cores']} cores shared with other work, "
+            f"batch {s['batch']}), median over seeds; peak MiB: the peak resident memory the training run added to "
+            f"its fresh worker process after a warm-up trial of batch 1, median over seeds.\n\nMachine: {m['cpu_model']}, {m['cores']} cores shared with other work, "
             f"{s['jobs']} worker(s) of one torch thread; torch {m['torch']}, {m['date']}; sweep "
             f"{report['seconds']:.0f} s.\n\nCommand: `{report['command']}`\n\n")
     return text + f"{ANALYSIS_BEGIN}\n{analysis or '## Analysis' + chr(10) + chr(10) + '(to be written)'}\n{ANALYSIS_END}\n"
@@ -378,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         report["seconds"] = round(time.perf_counter() - t_start, 1)
         _report.write_json(json_path, report)
 
-    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+    # each run in a fresh process: one that ran a job before holds memory a later job reuses unseen by its peak
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                max_tasks_per_child=1) as pool:
         def run_all(jobs: list[dict[str, Any]], into: list[dict[str, Any]]) -> None:
             _report.run_jobs(pool, run_one, jobs, done, _key, _log, into, write)
 
