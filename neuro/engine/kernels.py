@@ -148,7 +148,13 @@ def sgd_span(p, g, step):  # noqa: ANN001, ANN201
     """SGD's update (:func:`sgd`) of the elements of ``p`` (any span of a parameter) with the gradient ``g`` and
     ``step = -lr`` in the arrays' dtype: ``p <- p + step g``."""
     for j in range(p.size):
-        p[j] = p[j] + step * g[j]
+        _sgd_at(p, g, j, step)
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _sgd_at(p, g, j, step):  # noqa: ANN001, ANN202
+    """Element ``j`` of :func:`sgd_span`."""
+    p[j] = p[j] + step * g[j]
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -183,21 +189,23 @@ def adam_step(st, lr, beta1, beta2, eps, like):  # noqa: ANN001, ANN201
 def adam_span(p, g, m, v, c):  # noqa: ANN001, ANN201
     """Adam's update (:func:`adam`) of the elements of ``p``, ``m``, ``v`` (any span of a parameter: the whole,
     a row) with the gradient ``g``, the step's scalars ``c`` from :func:`adam_step`."""
-    w, wd, wc, b2, c2, root, e, step_size = c
-    if w < 0.5:  # the branch outside the loops, each of which vectorizes
+    if c[0] < 0.5:  # the branch outside the loops, each of which vectorizes
         for j in range(p.size):
-            gj = g[j]
-            mj = m[j] + wd * (gj - m[j])
-            vj = v[j] * b2 + c2 * gj * gj
-            m[j], v[j] = mj, vj
-            p[j] = p[j] + step_size * (mj / (np.sqrt(vj) / root + e))
+            _adam_at(p, g, m, v, j, c, True)
     else:
         for j in range(p.size):
-            gj = g[j]
-            mj = gj - (gj - m[j]) * wc
-            vj = v[j] * b2 + c2 * gj * gj
-            m[j], v[j] = mj, vj
-            p[j] = p[j] + step_size * (mj / (np.sqrt(vj) / root + e))
+            _adam_at(p, g, m, v, j, c, False)
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _adam_at(p, g, m, v, j, c, small):  # noqa: ANN001, ANN202
+    """Element ``j`` of :func:`adam_span` (``small``: lerp's weight ``w < 0.5``)."""
+    w, wd, wc, b2, c2, root, e, step_size = c
+    gj = g[j]
+    mj = m[j] + wd * (gj - m[j]) if small else gj - (gj - m[j]) * wc
+    vj = v[j] * b2 + c2 * gj * gj
+    m[j], v[j] = mj, vj
+    p[j] = p[j] + step_size * (mj / (np.sqrt(vj) / root + e))
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -225,12 +233,18 @@ def rmsprop_step(st, lr, alpha, eps, like):  # noqa: ANN001, ANN201
 def rmsprop_span(p, g, sq, c):  # noqa: ANN001, ANN201
     """RMSprop's update (:func:`rmsprop`) of the elements of ``p``, ``sq`` (any span of a parameter) with the
     gradient ``g``, the step's scalars ``c`` from :func:`rmsprop_step`."""
-    a, ca, e, step = c
     for j in range(p.size):
-        gj = g[j]
-        sj = sq[j] * a + ca * gj * gj
-        sq[j] = sj
-        p[j] = p[j] + step * gj / (np.sqrt(sj) + e)
+        _rmsprop_at(p, g, sq, j, c)
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _rmsprop_at(p, g, sq, j, c):  # noqa: ANN001, ANN202
+    """Element ``j`` of :func:`rmsprop_span`."""
+    a, ca, e, step = c
+    gj = g[j]
+    sj = sq[j] * a + ca * gj * gj
+    sq[j] = sj
+    p[j] = p[j] + step * gj / (np.sqrt(sj) + e)
 
 
 @numba.njit(cache=True)
@@ -353,31 +367,34 @@ def update_one(kind, p, g, m, v, st, lr, hyper):  # noqa: ANN001, ANN201
         g[j] = 0.0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def update_synapses(kind, p, g, m, v, st, lr, hyper, ptr, idx):  # noqa: ANN001, ANN201
     """:func:`update_one` of a sparse matrix ``p`` (flat, ``[rows, cols]``) on its synapses alone, row ``r``'s
-    columns ``idx[ptr[r]:ptr[r + 1]]``: their entries of ``p``, ``g``, ``m``, ``v`` gathered, stepped by the same
-    arithmetic, put back (``g``'s zeroed). The entries off the synapses are left as they are, which is what
-    :func:`update_one` does to an entry whose sum and optimizer state are 0, as a sparse network keeps them."""
+    columns ``idx[ptr[r]:ptr[r + 1]]``, by the same element arithmetic, their sums ``g`` zeroed. The entries off
+    the synapses are left as they are, which is what :func:`update_one` does to an entry whose sum and optimizer
+    state are 0, as a sparse network keeps them."""
     rows = ptr.size - 1
     cols = p.size // rows
-    nnz = ptr[rows]
-    f = np.empty(nnz, np.int64)
+    held = st.size == 0
+    if held:
+        c = (0.0, cast(0.0, p), cast(0.0, p), cast(0.0, p), cast(0.0, p), cast(0.0, p), cast(0.0, p), cast(0.0, p))
+    elif kind == ADAM:
+        c = adam_step(st, lr, hyper[1], hyper[2], hyper[3], p)
+    elif kind == RMSPROP:
+        a, ca, e, step = rmsprop_step(st, lr, hyper[1], hyper[3], p)
+        c = (0.0, a, ca, e, step, cast(0.0, p), cast(0.0, p), cast(0.0, p))
+    else:
+        c = (0.0, cast(-lr, p), cast(0.0, p), cast(0.0, p), cast(0.0, p), cast(0.0, p), cast(0.0, p), cast(0.0, p))
+    small = c[0] < 0.5
     for r in range(rows):
         for q in range(ptr[r], ptr[r + 1]):
-            f[q] = r * cols + idx[q]
-    pp, gg = np.empty(nnz, p.dtype), np.empty(nnz, p.dtype)
-    mm, vv = np.empty(nnz if m.size > 0 else 0, p.dtype), np.empty(nnz if v.size > 0 else 0, p.dtype)
-    for q in range(nnz):
-        pp[q], gg[q] = p[f[q]], g[f[q]]
-    for q in range(mm.size):
-        mm[q] = m[f[q]]
-    for q in range(vv.size):
-        vv[q] = v[f[q]]
-    update_one(kind, pp, gg, mm, vv, st, lr, hyper)
-    for q in range(nnz):
-        p[f[q]], g[f[q]] = pp[q], gg[q]
-    for q in range(mm.size):
-        m[f[q]] = mm[q]
-    for q in range(vv.size):
-        v[f[q]] = vv[q]
+            j = r * cols + idx[q]
+            if held:
+                pass
+            elif kind == ADAM:
+                _adam_at(p, g, m, v, j, c, small)
+            elif kind == RMSPROP:
+                _rmsprop_at(p, g, m, j, (c[1], c[2], c[3], c[4]))
+            else:
+                _sgd_at(p, g, j, c[1])
+            g[j] = 0.0
