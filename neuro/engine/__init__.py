@@ -111,6 +111,9 @@ REGISTRY: tuple[Combination, ...] = (
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_three_factor:build", sparse=True),
     Combination(model="alif", rule="three-factor", optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"),
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_three_factor:build", sparse=True),
+    *(Combination(model="stack", rule=r, optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"), devices=("cpu",),
+                  dtypes=("float32", "float64"), builder="neuro.engine.spiking_stack:build", sparse=True)
+      for r in ("eprop", "sltt")),
     *(Combination(model="rate", rule=r, optimizers=opts, losses=("mse", "ce"), devices=("cpu",),
                   dtypes=("float32", "float64"), builder="neuro.engine.rate_perturb:build")
       for r, opts in (("np", ("adam", "sgd", "rmsprop")), ("anp", ("adam", "sgd", "rmsprop")),

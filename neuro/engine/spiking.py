@@ -54,7 +54,7 @@ from neuro.engine.base import view
 
 __all__ = ["DENSE", "Cell", "DYNAMICS", "NetArrays", "Wiring", "active", "cell", "columns", "filtered_readout_grad", "frozen", "jacobian", "layer", "leaky_readout", "net_arrays",
            "net_state", "network_step", "readout_grad", "signal", "sparse_dot", "unit", "wired_axpy", "wired_dot", "wired_scheduled_update", "wired_update_rest",
-           "wiring"]
+           "wiring", "wiring_of"]
 
 EXACT, EULER, LAVA = 0, 1, 2
 DYNAMICS = {"exact": EXACT, "euler": EULER, "lava": LAVA}
@@ -134,9 +134,13 @@ def columns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def wiring(net: LIF) -> Wiring:
     """The :class:`Wiring` of a LIF or ALIF network: its masks of ``W_in`` and ``W_rec`` (``net.masks``), the
     matrices without one dense."""
-    masks = net.masks
-    in_ptr, in_idx = columns(masks["W_in"].numpy()) if "W_in" in masks else (_NONE, _NONE)
-    rec_ptr, rec_idx = columns(masks["W_rec"].numpy()) if "W_rec" in masks else (_NONE, _NONE)
+    return wiring_of(net.masks.get("W_in"), net.masks.get("W_rec"))
+
+
+def wiring_of(mask_in: torch.Tensor | None, mask_rec: torch.Tensor | None) -> Wiring:
+    """The :class:`Wiring` of a layer whose ``W_in`` and ``W_rec`` have these masks (``None``: dense)."""
+    in_ptr, in_idx = columns(mask_in.numpy()) if mask_in is not None else (_NONE, _NONE)
+    rec_ptr, rec_idx = columns(mask_rec.numpy()) if mask_rec is not None else (_NONE, _NONE)
     return Wiring(in_ptr, in_idx, rec_ptr, rec_idx)
 
 
