@@ -1,8 +1,9 @@
 """``neuro bench train_sparse``: online training of a sparse recurrent LIF network, compiled against dense.
 
 For each rule (``--rules``, default the spiking rules the compiled engine runs on sparse networks) and each
-recurrent connection probability (``--connectivity``, default 1, 0.1 and 0.01; 1 is the dense network): the
-real training loop, ``neuro.train`` on a LIF network of ``--n`` units (default 1024) on the adding task, batch 1,
+connection probability (``--connectivity``, default 1, 0.1 and 0.01; 1 is the dense network; the recurrent
+matrix, and in a stack the matrices between layers too): the real training loop, ``neuro.train`` on a LIF network
+of ``--hidden`` units (default 1024; ``256,256`` a stack of two layers) on the adding task, batch 1,
 float32, one torch thread, ``update_every`` K (``--update-every``, default 1: the online rules update at every
 step, BPTT at each sequence's end), every other setting at its default, on the compiled engine and on the torch
 path (which reads ``W * mask``: what a sparse network ran on before the compiled engines took it). Each case runs
@@ -34,8 +35,16 @@ MODEL, TASK = "lif", "add"
 
 
 def _wiring(p: float) -> Any:
-    """The network's connectivity setting for a recurrent connection probability ``p`` (1: dense)."""
-    return None if p == 1 else {"W_rec": f"random:{p:g}"}
+    """The network's connectivity setting for a connection probability ``p`` (1: dense)."""
+    return None if p == 1 else p
+
+
+def _hidden(text: str) -> int | tuple[int, ...]:
+    """``--hidden``: a size, or sizes joined by commas (a stack)."""
+    sizes = tuple(int(v) for v in text.split(","))
+    if min(sizes) < 1:
+        raise ValueError
+    return sizes[0] if len(sizes) == 1 else sizes
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -45,7 +54,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--rules", nargs="+", default=list(DEFAULT_RULES))
     ap.add_argument("--connectivity", nargs="+", type=float, default=[1.0, 0.1, 0.01], metavar="P",
                     help="recurrent connection probabilities (1: dense)")
-    ap.add_argument("--n", type=int, default=1024, help="hidden units")
+    ap.add_argument("--hidden", default="1024", help="hidden units, or layer sizes joined by commas (a stack)")
     ap.add_argument("--steps", type=int, default=200, help="steps per timed block")
     ap.add_argument("--blocks", type=int, default=3, help="timed blocks per case (alternating)")
     ap.add_argument("--update-every", type=int, default=1, metavar="K")
@@ -53,11 +62,15 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--quick", action="store_true", help="n = 64, 30 steps, 1 block (a smoke test)")
     args = ap.parse_args(argv)
+    try:
+        args.n = _hidden(args.hidden)
+    except ValueError:
+        ap.error(f"--hidden {args.hidden!r} is invalid: expected a size or sizes joined by commas, each >= 1")
     if args.quick:
-        args.n, args.steps, args.blocks = 64, 30, 1
-    if min(args.n, args.steps, args.blocks, args.update_every) < 1:
-        ap.error(f"--n {args.n}, --steps {args.steps}, --blocks {args.blocks}, --update-every {args.update_every}: "
-                 "each must be an integer >= 1")
+        args.n, args.steps, args.blocks = (64 if isinstance(args.n, int) else (32, 32)), 30, 1
+    if min(args.steps, args.blocks, args.update_every) < 1:
+        ap.error(f"--steps {args.steps}, --blocks {args.blocks}, --update-every {args.update_every}: each must be "
+                 "an integer >= 1")
     bad = [p for p in args.connectivity if not 0 < p <= 1]
     if bad:
         ap.error(f"--connectivity {' '.join(map(str, bad))}: each must be a probability in (0, 1]")
@@ -67,19 +80,28 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     bad = sorted(set(args.engines) - set(ENGINES))
     if bad:
         ap.error(f"--engines {' '.join(bad)}: unknown; valid choices are {', '.join(ENGINES)}")
-    sparse = {c.rule for c in engine.REGISTRY if c.sparse and c.model == MODEL}
+    kind = MODEL if isinstance(args.n, int) else "stack"
+    sparse = {c.rule for c in engine.REGISTRY if c.sparse and c.model == kind}
     if "compiled" in args.engines and set(args.rules) - sparse:
-        ap.error(f"--rules {' '.join(sorted(set(args.rules) - sparse))}: no compiled engine runs a sparse {MODEL} "
+        ap.error(f"--rules {' '.join(sorted(set(args.rules) - sparse))}: no compiled engine runs a sparse {kind} "
                  f"network with it; valid choices are {', '.join(sorted(sparse))}")
     args.connectivity = list(dict.fromkeys(args.connectivity))
     return args
+
+
+def _synapses(net: Any) -> int:
+    """The synapses of the network's recurrent and between-layer matrices (a stack's ``l.W_rec``, ``l.W_in`` for
+    l > 0; a layer's ``W_rec``)."""
+    shapes, masks = net.param_shapes(), net.masks
+    names = [k for k in shapes if k.endswith("W_rec") or (k.endswith("W_in") and not k.startswith("0.") and "." in k)]
+    return sum(int(masks[k].sum()) if k in masks else shapes[k][0] * shapes[k][1] for k in names)
 
 
 def _markdown(report: dict[str, Any], command: str) -> str:
     rows, st = report["rows"], report["settings"]
     speed = {(r["rule"], r["connectivity"], r["engine"]): r["steps_per_s"]["median"] for r in rows
              if "steps_per_s" in r}
-    header = ["rule", "connectivity", "W_rec synapses", *(f"{e} steps/s (min-max)" for e in st["engines"]),
+    header = ["rule", "connectivity", "synapses", *(f"{e} steps/s (min-max)" for e in st["engines"]),
               *(f"{e} x dense" for e in st["engines"]), *(["compiled / torch"] if len(st["engines"]) == 2 else [])]
     body = []
     for rule in st["rules"]:
@@ -103,7 +125,7 @@ def _markdown(report: dict[str, Any], command: str) -> str:
     m = report["machine"]
     return (f"# neuro bench train_sparse\n\n{__doc__.split(chr(10) + chr(10))[1]}\n\nCommand: `{command}`\n\n"
             f"{_report.md_table(header, body)}\n\nMeasured: steps/s of whole `neuro.train` calls of {st['steps']} "
-            f"steps ({MODEL}, n = {st['n']}, task `{TASK}`, batch 1, float32, update_every={st['update_every']}), "
+            f"steps ({MODEL}, hidden {st['hidden']}, task `{TASK}`, batch 1, float32, update_every={st['update_every']}), "
             f"median (min-max) of {st['blocks']} blocks alternating over every case, after one warm-up run each; "
             f"engines used as the runs report them: {', '.join(sorted({str(r.get('engine_used')) for r in rows if 'steps_per_s' in r}))}.\n\n"
             f"Machine: {m['cpu_model']}, {m['cores']} cores shared with other work, {m['threads']} torch thread(s); "
@@ -130,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                     if isinstance(case, str):
                         rows.append({**head, "skipped": " ".join(case.split())})
                         continue
-                    masks = case.net.masks
-                    head["synapses"] = int(masks["W_rec"].sum()) if "W_rec" in masks else args.n * args.n
+                    head["synapses"] = _synapses(case.net)
                     cases.append(case)
                     heads.append(head)
         failed = time_cases(cases, args.steps, args.blocks, min(args.steps, WARM_UP))

@@ -27,7 +27,8 @@ def test_a_tiny_run_measures_every_case_on_its_engine(tmp_path, capsys):
 @pytest.mark.parametrize("argv,words", [(["--connectivity", "0"], "--connectivity 0.0"),
                                         (["--rules", "rflo"], "no compiled engine runs a sparse lif"),
                                         (["--engines", "gpu"], "--engines gpu"),
-                                        (["--n", "0"], "--n 0")])
+                                        (["--hidden", "64,0"], "--hidden '64,0'"),
+                                        (["--hidden", "32,32", "--rules", "ottt"], "sparse stack network")])
 def test_bad_options_exit_2_with_one_line(argv, words, capsys):
     with pytest.raises(SystemExit) as e:
         train_sparse.main(argv)
