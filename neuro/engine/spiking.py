@@ -53,7 +53,7 @@ from neuro.engine import kernels as K
 from neuro.engine.base import view
 
 __all__ = ["DENSE", "Cell", "DYNAMICS", "NetArrays", "Wiring", "active", "cell", "columns", "filtered_readout_grad", "frozen", "jacobian", "layer", "leaky_readout", "net_arrays",
-           "net_state", "network_step", "readout_grad", "signal", "sparse_dot", "unit", "wired_axpy", "wired_dot", "wired_scheduled_update", "wired_update_rest",
+           "net_state", "network_step", "readout_grad", "signal", "sparse_dot", "spike_outer", "spikes_into", "unit", "wired_axpy", "wired_dot", "wired_scheduled_update", "wired_update_rest",
            "wiring", "wiring_of"]
 
 EXACT, EULER, LAVA = 0, 1, 2
@@ -104,13 +104,16 @@ def cell(net: LIF, dtype: np.dtype) -> Cell:
 
 class Wiring(NamedTuple):
     """The synapses of ``W_in`` [n, n_in] and ``W_rec`` [n, n], each in compressed rows: row ``j``'s columns are
-    ``idx[ptr[j]:ptr[j + 1]]``, ascending. An empty ``ptr`` (size 0) is a dense matrix, which the kernels read
-    with their dense loops."""
+    ``idx[ptr[j]:ptr[j + 1]]``, ascending; ``W_rec``'s also in compressed columns (by presynaptic unit: column
+    ``k``'s rows ``rec_cidx[rec_cptr[k]:rec_cptr[k + 1]]``), so that a spike costs its fan-out. An empty ``ptr``
+    (size 0) is a dense matrix, which the kernels read with their dense loops."""
 
     in_ptr: np.ndarray
     in_idx: np.ndarray
     rec_ptr: np.ndarray
     rec_idx: np.ndarray
+    rec_cptr: np.ndarray
+    rec_cidx: np.ndarray
 
     @property
     def dense(self) -> bool:
@@ -120,7 +123,7 @@ class Wiring(NamedTuple):
 
 _NONE = np.zeros(0, np.int64)
 #: the wiring of a dense network
-DENSE = Wiring(_NONE, _NONE, _NONE, _NONE)
+DENSE = Wiring(_NONE, _NONE, _NONE, _NONE, _NONE, _NONE)
 
 
 def columns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +144,8 @@ def wiring_of(mask_in: torch.Tensor | None, mask_rec: torch.Tensor | None) -> Wi
     """The :class:`Wiring` of a layer whose ``W_in`` and ``W_rec`` have these masks (``None``: dense)."""
     in_ptr, in_idx = columns(mask_in.numpy()) if mask_in is not None else (_NONE, _NONE)
     rec_ptr, rec_idx = columns(mask_rec.numpy()) if mask_rec is not None else (_NONE, _NONE)
-    return Wiring(in_ptr, in_idx, rec_ptr, rec_idx)
+    rec_cptr, rec_cidx = columns(mask_rec.numpy().T) if mask_rec is not None else (_NONE, _NONE)
+    return Wiring(in_ptr, in_idx, rec_ptr, rec_idx, rec_cptr, rec_cidx)
 
 
 @numba.njit(cache=True, inline="always")
@@ -168,6 +172,30 @@ def wired_axpy(g, e, x, ptr, idx, j):  # noqa: ANN001, ANN201
         for q in range(ptr[j], ptr[j + 1]):
             k = idx[q]
             g[k] += e * x[k]
+
+
+@numba.njit(cache=True, inline="always")
+def spikes_into(out, W, z, cptr, cidx):  # noqa: ANN001, ANN201
+    """``out += W z`` for a sparse ``W`` [n, n_pre] in compressed columns (``cptr``, ``cidx``), by the nonzero
+    entries of ``z`` [n_pre]: each costs its column's synapses."""
+    for k in range(z.size):
+        zk = z[k]
+        if zk != 0.0:
+            for q in range(cptr[k], cptr[k + 1]):
+                j = cidx[q]
+                out[j] += W[j, k] * zk
+
+
+@numba.njit(cache=True, inline="always")
+def spike_outer(G, e, z, cptr, cidx):  # noqa: ANN001, ANN201
+    """``G += e z^T`` on the synapses of a sparse matrix in compressed columns (``cptr``, ``cidx``): ``e`` [n],
+    ``z`` [n_pre], by the nonzero entries of ``z`` (each costs its column's synapses)."""
+    for k in range(z.size):
+        zk = z[k]
+        if zk != 0.0:
+            for q in range(cptr[k], cptr[k + 1]):
+                j = cidx[q]
+                G[j, k] += e[j] * zk
 
 
 @numba.njit(cache=True)
@@ -270,10 +298,15 @@ def layer(W_in, W_rec, b, cf, ci, wr, x, v, i, z, r, a, I, vt, psi, act):  # noq
     ALIF, else left alone), ``I``, ``v~``, ``psi`` and ``A`` [B, n] written."""
     nb, n = v.shape
     kf, ki = frozen(cf, ci)
-    in_ptr, in_idx, rec_ptr, rec_idx = wr
+    in_ptr, in_idx, rec_ptr, rec_idx, cptr, cidx = wr
     for s in range(nb):
-        for j in range(n):
-            I[s, j] = wired_dot(W_in[j], x[s], in_ptr, in_idx, j) + wired_dot(W_rec[j], z[s], rec_ptr, rec_idx, j)
+        if rec_ptr.size == 0:
+            for j in range(n):
+                I[s, j] = wired_dot(W_in[j], x[s], in_ptr, in_idx, j) + K.dot(z[s], W_rec[j])
+        else:  # the recurrent part by presynaptic events: each nonzero z_k adds W[:, k] z_k on its synapses
+            for j in range(n):
+                I[s, j] = wired_dot(W_in[j], x[s], in_ptr, in_idx, j)
+            spikes_into(I[s], W_rec, z[s], cptr, cidx)
     for s in range(nb):
         for j in range(n):
             v[s, j], i[s, j], z[s, j], r[s, j], a[s, j], vt[s, j], psi[s, j], act[s, j] = unit(

@@ -86,7 +86,7 @@ def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, w
     W_out, b_out = ps[3].reshape((n_out, n)), ps[4]
     g_in, g_rec = acc[0].reshape((n, n_in)), acc[1].reshape((n, n))
     g_out, g_bout = acc[3].reshape((n_out, n)), acc[4]
-    in_ptr, in_idx, rec_ptr, rec_idx = wr
+    in_ptr, in_idx, rec_ptr, rec_idx, cptr, cidx = wr
     wired = rec_ptr.size > 0
     dt = cz.dtype
     zp = np.empty((nb, n), dt)
@@ -109,16 +109,23 @@ def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, w
         for m in range(M):
             cn[m] = S.active(nz[m], inz[m])
         for s in range(nb):  # the currents: x W_in^T once, the recurrent products over the spikes
+            if wired:  # the recurrent products by the spikes, each over its synapses
+                for a in range(n):
+                    xin = S.wired_dot(W_in[a], x[s], in_ptr, in_idx, a)
+                    Ic[s, a] = xin
+                    for m in range(s * kk, s * kk + kk):
+                        In[m, a] = xin
+                S.spikes_into(Ic[s], W_rec, cz[s], cptr, cidx)
+                for m in range(s * kk, s * kk + kk):
+                    S.spikes_into(In[m], W_rec, nz[m], cptr, cidx)
+                    for a in range(n):
+                        In[m, a] += noise[m, a]
+                continue
             for a in range(n):
                 xin = S.wired_dot(W_in[a], x[s], in_ptr, in_idx, a)
-                if wired:
-                    Ic[s, a] = xin + S.wired_dot(W_rec[a], cz[s], rec_ptr, rec_idx, a)
-                    for m in range(s * kk, s * kk + kk):
-                        In[m, a] = (xin + S.wired_dot(W_rec[a], nz[m], rec_ptr, rec_idx, a)) + noise[m, a]
-                else:
-                    Ic[s, a] = xin + S.sparse_dot(W_rec[a], cz[s], ic[s], cc[s])
-                    for m in range(s * kk, s * kk + kk):
-                        In[m, a] = (xin + S.sparse_dot(W_rec[a], nz[m], inz[m], cn[m])) + noise[m, a]
+                Ic[s, a] = xin + S.sparse_dot(W_rec[a], cz[s], ic[s], cc[s])
+                for m in range(s * kk, s * kk + kk):
+                    In[m, a] = (xin + S.sparse_dot(W_rec[a], nz[m], inz[m], cn[m])) + noise[m, a]
         _neurons(cf, ci, b, Ic, cs)
         _neurons(cf, ci, b, In, ns)
         total = K.cast(0.0, cz)
@@ -155,11 +162,13 @@ def anp_time_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, w
                 for k in range(n_out):
                     Ey[k] += cy_ * da[k]
             for a in range(n):
-                f = Eh[a] / fm
+                Eh[a] = Eh[a] / fm
+            if wired:  # e_h z_{t-1}^T: the synapses of the spikes
+                S.spike_outer(g_rec, Eh, zp[s], cptr, cidx)
+            for a in range(n):
+                f = Eh[a]
                 row, pre, idx = g_rec[a], zp[s], ic[s]
-                if wired:  # e_h z_{t-1}^T: the row's synapses
-                    S.wired_axpy(row, f, pre, rec_ptr, rec_idx, a)
-                else:  # the columns of the spikes
+                if not wired:  # the columns of the spikes
                     for q in range(cc[s]):
                         j = idx[q]
                         row[j] += f * pre[j]

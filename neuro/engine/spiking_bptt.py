@@ -55,7 +55,7 @@ def backward(W_rec, W_out, cf, ci, wr, xs, t_start, Z, PS, VT, AR, E, m, g_in, g
     (:func:`neuro.engine.spiking.cell`); ``wr`` the :class:`~neuro.engine.spiking.Wiring` (a sparse matrix's
     gradient and transposed product run over its synapses)."""
     nb, n = Z.shape[1], Z.shape[2]
-    in_ptr, in_idx, rec_ptr, rec_idx = wr
+    in_ptr, in_idx, rec_ptr, rec_idx, cptr, cidx = wr
     n_out = E.shape[2]
     vv, vi, vI, vb, ii, iI = cf[S.VV], cf[S.VI], cf[S.VII], cf[S.VB], cf[S.II], cf[S.III]
     kout, dvth, delta, v_reset = cf[S.KAPPA_OUT], cf[S.DVTH], cf[S.DELTA], cf[S.V_RESET]
@@ -108,6 +108,9 @@ def backward(W_rec, W_out, cf, ci, wr, xs, t_start, Z, PS, VT, AR, E, m, g_in, g
         if rec_ptr.size == 0:
             for s in range(nb):
                 cnt[s] = S.active(zp[s], idx[s])
+        else:  # gI z_{t-1}^T: the synapses of the spikes
+            for s in range(nb):
+                S.spike_outer(g_rec, gI[s], zp[s], cptr, cidx)
         for a in range(n):
             for s in range(nb):
                 d = gI[s, a]
@@ -115,8 +118,6 @@ def backward(W_rec, W_out, cf, ci, wr, xs, t_start, Z, PS, VT, AR, E, m, g_in, g
                     for q in range(cnt[s]):  # gI z_{t-1}^T: the columns of the spikes
                         i = idx[s, q]
                         g_rec[a, i] += d * zp[s, i]
-                else:  # the row's synapses
-                    S.wired_axpy(g_rec[a], d, zp[s], rec_ptr, rec_idx, a)
                 S.wired_axpy(g_in[a], d, x[s], in_ptr, in_idx, a)
         for s in range(nb):
             gr[s, :] = 0.0

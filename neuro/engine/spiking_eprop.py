@@ -44,42 +44,45 @@ from neuro.rules._fast.eprop import EPropWindowState, Step
 from neuro.rules.base import add_into
 from neuro.rules.eprop import EProp
 
-__all__ = ["EPropEngine", "build", "eprop_range"]
+__all__ = ["EPropEngine", "build", "compact", "eprop_range", "expand_into"]
 
 
 @numba.njit(cache=True, inline="always")
-def _synapse_lif(k, ebar, ev, sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj):  # noqa: ANN001, ANN202
-    """Source ``k`` of one unit (LIF): ``e``, ``eps_v``, ``ebar`` and the estimate ``g += L ebar``."""
-    eI, pk, evk = sh[k], p[k], ev[k]
+def _synapse_lif(q, k, ebar, ev, sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj):  # noqa: ANN001, ANN202
+    """Source ``k`` of one unit (LIF), its traces at ``q``: ``e``, ``eps_v``, ``ebar`` and the estimate
+    ``g += L ebar``."""
+    eI, pk, evk = sh[k], p[k], ev[q]
     e = zv * evk + zi * eI + zI * pk
-    ev[k] = dvv * evk + dvi * eI + dvI * pk
-    b = kc * ebar[k] + e
-    ebar[k] = b
+    ev[q] = dvv * evk + dvi * eI + dvI * pk
+    b = kc * ebar[q] + e
+    ebar[q] = b
     g[k] += Lj * b
 
 
 @numba.njit(cache=True, inline="always")
-def _synapse_alif(k, ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj):  # noqa: ANN001, ANN202
-    """Source ``k`` of one unit (ALIF): ``e``, ``eps_v``, ``eps_a``, ``ebar`` and ``g += L ebar``."""
-    eI, pk, evk, eak = sh[k], p[k], ev[k], ea[k]
+def _synapse_alif(q, k, ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj):  # noqa: ANN001, ANN202
+    """Source ``k`` of one unit (ALIF), its traces at ``q``: ``e``, ``eps_v``, ``eps_a``, ``ebar`` and ``g += L
+    ebar``."""
+    eI, pk, evk, eak = sh[k], p[k], ev[q], ea[q]
     e = zv * evk + zi * eI + za * eak + zI * pk
-    ev[k] = dvv * evk + dvi * eI + dva * eak + dvI * pk
-    ea[k] = zv * evk + zi * eI + zar * eak + zI * pk
-    b = kc * ebar[k] + e
-    ebar[k] = b
+    ev[q] = dvv * evk + dvi * eI + dva * eak + dvI * pk
+    ea[q] = zv * evk + zi * eI + zar * eak + zI * pk
+    b = kc * ebar[q] + e
+    ebar[q] = b
     g[k] += Lj * b
 
 
 @numba.njit(cache=True, inline="always")
 def _traces_lif(ebar, ev, sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj, ptr, idx, j):  # noqa: ANN001, ANN202
-    """A span of unit ``j``'s sources (LIF), every one (``ptr`` empty) or its synapses ``idx[ptr[j]:ptr[j + 1]]``
-    (the traces of the others left as they are)."""
+    """A span of unit ``j``'s sources (LIF): every one, the traces ``ebar``, ``ev`` the unit's span (``ptr``
+    empty: a dense matrix), else its synapses ``idx[ptr[j]:ptr[j + 1]]`` with the traces compact (every
+    synapse's of the matrix side by side, synapse ``q`` at ``q``: :func:`compact`)."""
     if ptr.size == 0:
         for k in range(ev.size):
-            _synapse_lif(k, ebar, ev, sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj)
+            _synapse_lif(k, k, ebar, ev, sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj)
     else:
         for q in range(ptr[j], ptr[j + 1]):
-            _synapse_lif(idx[q], ebar, ev, sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj)
+            _synapse_lif(q, idx[q], ebar, ev, sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj)
 
 
 @numba.njit(cache=True, inline="always")
@@ -87,15 +90,43 @@ def _traces_alif(ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar
     """:func:`_traces_lif` for ALIF."""
     if ptr.size == 0:
         for k in range(ev.size):
-            _synapse_alif(k, ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj)
+            _synapse_alif(k, k, ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj)
     else:
         for q in range(ptr[j], ptr[j + 1]):
-            _synapse_alif(idx[q], ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj)
+            _synapse_alif(q, idx[q], ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj)
+
+
+@numba.njit(cache=True, inline="always")
+def _unit_traces(adapt, ebar, ev, ea, c, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj, ptr, idx, j):  # noqa: ANN001, ANN202
+    """One matrix's span of a unit's traces: ``ebar``, ``ev``, ``ea`` the unit's spans (a dense matrix) or, for
+    a sparse one, the rows of ``c`` [1 + R, nnz] (the matrix's compact traces, :func:`compact`)."""
+    if ptr.size == 0:
+        if adapt:
+            _traces_alif(ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj, ptr, idx, j)
+        else:
+            _traces_lif(ebar, ev, sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj, ptr, idx, j)
+    elif adapt:
+        _traces_alif(c[0], c[1], c[2], sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj, ptr, idx, j)
+    else:
+        _traces_lif(c[0], c[1], sh, p, g, zv, zi, zI, dvv, dvi, dvI, kc, Lj, ptr, idx, j)
+
+
+def compact(el: np.ndarray, ptr: np.ndarray, idx: np.ndarray, off: int) -> np.ndarray:
+    """The per-synapse traces ``el`` [B, n, F, n_pre] of one sparse matrix (rows ``ptr``, columns ``idx`` from
+    ``off`` in ``n_pre``), compact: [B, F, nnz], synapse ``q`` (row-major) at ``q``."""
+    rows = np.repeat(np.arange(ptr.size - 1), np.diff(ptr))
+    return np.ascontiguousarray(np.moveaxis(el[:, rows, :, idx + off], 0, 2))
+
+
+def expand_into(el: np.ndarray, c: np.ndarray, ptr: np.ndarray, idx: np.ndarray, off: int) -> None:
+    """:func:`compact`'s inverse: ``c`` written back into ``el`` (the entries off the synapses left as they are)."""
+    rows = np.repeat(np.arange(ptr.size - 1), np.diff(ptr))
+    el[:, rows, :, idx + off] = np.moveaxis(c, 2, 0)
 
 
 @numba.njit(cache=True)
 def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, kappa, n_in,  # noqa: ANN001, ANN201
-                v, i, z, r, a, y, F, el, shared, eb, zbar, bbar, slot_pre, slot_L, slot_zbar, slot_dE, slot_loc,
+                v, i, z, r, a, y, F, el, cp_in, cp_rec, shared, eb, zbar, bbar, slot_pre, slot_L, slot_zbar, slot_dE, slot_loc,
                 n_reads, window, xs, ys, mask, t0, t1, n_seq, every, losses):
     """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps (module docstring).
 
@@ -103,7 +134,8 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, 
     ``ms, vs, steps, opt_kind, hyper``: the optimizer; ``cf, ci``: the cell (:func:`neuro.engine.spiking.cell`);
     ``wr`` the :class:`~neuro.engine.spiking.Wiring` (a sparse matrix's traces run on its synapses only);
     ``v, i, z, r, a`` [B, n], ``y`` [B, n_out] the network; ``F`` [n_out, n] the feedback ``B^T``; ``el`` [B, n,
-    1 + R, n_pre] ``[ebar; eps_v; (eps_a)]``, ``shared`` [B, 1, n_pre] ``eps_i``, ``eb`` [B, n, 2 + R, 1] the bias's
+    1 + R, n_pre] ``[ebar; eps_v; (eps_a)]`` (a sparse matrix's in ``cp_in``, ``cp_rec`` [B, 1 + R, nnz] instead,
+    :func:`compact`), ``shared`` [B, 1, n_pre] ``eps_i``, ``eb`` [B, n, 2 + R, 1] the bias's
     ``[ebar; v; (a); i]``, ``zbar`` [B, n], ``bbar`` [1]; the window's slots (``window`` of them, none for the
     definition's state): ``slot_pre`` [W, B, n_pre], ``slot_L``, ``slot_zbar`` [W, B, n], ``slot_dE`` [W, B,
     n_out], ``slot_loc`` [W, n_reads + 2, B, n] (the fields read, then ``I``, ``z``); ``losses`` [t1 - t0]
@@ -159,17 +191,11 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, 
                                                                          act[s, j])
                 Lj = L[s, j]
                 ebar, ev = el[s, j, 0], el[s, j, 1]
-                if adapt:
-                    ea = el[s, j, 2]
-                    _traces_alif(ebar[:n_in], ev[:n_in], ea[:n_in], sh[:n_in], p_s[:n_in], gi, zv, zi, za, zI,
-                                 dvv, dvi, dva, dvI, za + rho, kc, Lj, wr[0], wr[1], j)
-                    _traces_alif(ebar[n_in:], ev[n_in:], ea[n_in:], sh[n_in:], p_s[n_in:], gr, zv, zi, za, zI,
-                                 dvv, dvi, dva, dvI, za + rho, kc, Lj, wr[2], wr[3], j)
-                else:
-                    _traces_lif(ebar[:n_in], ev[:n_in], sh[:n_in], p_s[:n_in], gi, zv, zi, zI, dvv, dvi, dvI, kc,
-                                Lj, wr[0], wr[1], j)
-                    _traces_lif(ebar[n_in:], ev[n_in:], sh[n_in:], p_s[n_in:], gr, zv, zi, zI, dvv, dvi, dvI, kc,
-                                Lj, wr[2], wr[3], j)
+                ea = el[s, j, 2] if adapt else ev
+                _unit_traces(adapt, ebar[:n_in], ev[:n_in], ea[:n_in], cp_in[s], sh[:n_in], p_s[:n_in], gi, zv, zi,
+                             za, zI, dvv, dvi, dva, dvI, za + rho, kc, Lj, wr[0], wr[1], j)
+                _unit_traces(adapt, ebar[n_in:], ev[n_in:], ea[n_in:], cp_rec[s], sh[n_in:], p_s[n_in:], gr, zv, zi,
+                             za, zI, dvv, dvi, dva, dvI, za + rho, kc, Lj, wr[2], wr[3], j)
                 # the bias: [ebar; v; (a); i], pre = 1, c_b = (dv/db, (dz/db), 0)
                 q = eb[s, j]
                 bv, bi = q[1, 0], q[q.shape[0] - 1, 0]
@@ -262,10 +288,19 @@ class EPropEngine(SpikingEngine):
         F = view(params["W_out"]) if state.B is None else view(state.B)
         o, ps, gs, losses = self.arrays(params, acc, opt, t1 - t0, dtype)
         cell = self.cell(dtype)
+        wr, none = self.wr, np.zeros((nb, el.shape[2], 0), dtype)
+        if windowed and not wr.dense:
+            raise RuntimeError("the compiled e-prop engine was handed the windowed rule state of a sparse network")
+        cp_in = compact(el, wr.in_ptr, wr.in_idx, 0) if wr.in_ptr.size else none  # a sparse matrix's traces
+        cp_rec = compact(el, wr.rec_ptr, wr.rec_idx, n_in) if wr.rec_ptr.size else none
         updates, full = eprop_range(ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci,
-                                    self.wr, float(net.readout_decay), n_in, *nets, np.ascontiguousarray(F), el,
-                                    shared, eb, zbar, bbar, *slots, len(self.reads), window, seq.xs, seq.ys, seq.mask,
+                                    wr, float(net.readout_decay), n_in, *nets, np.ascontiguousarray(F), el, cp_in,
+                                    cp_rec, shared, eb, zbar, bbar, *slots, len(self.reads), window, seq.xs, seq.ys, seq.mask,
                                     t0, t1, n_seq, every, losses)
+        if wr.in_ptr.size:
+            expand_into(el, cp_in, wr.in_ptr, wr.in_idx, 0)
+        if wr.rec_ptr.size:
+            expand_into(el, cp_rec, wr.rec_ptr, wr.rec_idx, n_in)
         T = torch.from_numpy
         if windowed:  # the tensors returned are views of the arrays (the same state again where it was reused)
             if hit is None:

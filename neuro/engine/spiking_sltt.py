@@ -84,6 +84,9 @@ def sltt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, v
             for j in range(n):
                 gI[s, j] = dl_dz[s, j] * (psi[s, j] * vI)
                 gb[j] += dl_dz[s, j] * (psi[s, j] * vb)
+        if wr[2].size > 0:  # a sparse W_rec: gI z_{t-1}^T on the synapses of the spikes
+            for s in range(nb):
+                S.spike_outer(g_rec, gI[s], pre[s, n_in:], wr[4], wr[5])
         fused = K.update_due(t, n_seq, every)
         fuse = fused and wr[2].size == 0  # a dense W_rec: its rows updated in the pass below, each once summed
         if fuse:  # W_rec's step begun
@@ -96,7 +99,8 @@ def sltt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, v
                 e = gI[s, j]
                 p_s = pre[s]
                 S.wired_axpy(gi, e, p_s[:n_in], wr[0], wr[1], j)
-                S.wired_axpy(gr, e, p_s[n_in:], wr[2], wr[3], j)
+                if wr[2].size == 0:
+                    S.wired_axpy(gr, e, p_s[n_in:], wr[2], wr[3], j)
             g_b[j] += gb[j]
             if fuse:  # W_rec's row updated with its sum, the sum zeroed
                 K.row_update(opt_kind, W_rec[j], gr, m_rec, v_rec, j, c_rec)

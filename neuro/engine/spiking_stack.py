@@ -40,7 +40,7 @@ from neuro.engine import spiking as S
 from neuro.engine.base import Engine, RangeResult, SequenceArrays, Views, view
 from neuro.engine.optim import OptimizerArrays
 from neuro.engine.spiking_engine import LOSSES
-from neuro.engine.spiking_eprop import _traces_alif, _traces_lif
+from neuro.engine.spiking_eprop import _unit_traces, compact, expand_into
 from neuro.rules.eprop import EProp
 from neuro.rules.sltt import SLTT, SLTTState
 
@@ -81,7 +81,7 @@ def _down(Lu, zI, W_in, wr, Ld):  # noqa: ANN001, ANN201
 
 @numba.njit(cache=True)
 def stack_range(rule, ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, sizes, n_in, cfs, cis, wrs, kappa,  # noqa: ANN001, ANN201, C901
-                vs_, is_, zs, rs, as_, y, Fs, random, ev, ea, sh, ebar, eb, zbar, bbar, xs, ys, mask, t0, t1,
+                vs_, is_, zs, rs, as_, y, Fs, random, ev, ea, sh, ebar, eb, cin, crec, zbar, bbar, xs, ys, mask, t0, t1,
                 n_seq, every, losses):
     """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps (module docstring) of SLTT (``rule`` 0) or e-prop
     (1).
@@ -91,7 +91,8 @@ def stack_range(rule, ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, sizes,
     units, ``n_in`` the input's; ``cfs`` [L, N_CF], ``cis`` [L, 5] the layers' cells, ``wrs`` their wirings;
     ``vs_, is_, zs, rs, as_`` the layers' state ([B, n_l] each), ``y`` [B, n_out]; e-prop's ``Fs`` (random: the
     layers' ``B^l`` [n_out, n_l]), ``ev``, ``ea``, ``ebar`` [B, n_l, n_pre_l], ``sh`` [B, n_pre_l], ``eb`` [B,
-    n_l, 4] (the bias's ``ebar``, ``v``, ``a``, ``i``), ``zbar`` [B, n_L], ``bbar`` [1]; ``losses`` [t1 - t0]
+    n_l, 4] (the bias's ``ebar``, ``v``, ``a``, ``i``), ``cin``, ``crec`` [B, 3, nnz] a sparse ``W_in``'s,
+    ``W_rec``'s traces ``[ebar; eps_v; eps_a]`` compact instead (:func:`neuro.engine.spiking_eprop.compact`), ``zbar`` [B, n_L], ``bbar`` [1]; ``losses`` [t1 - t0]
     written. Returns the updates applied and whether the accumulator holds estimates not yet applied."""
     n_layers = sizes.size
     top = n_layers - 1
@@ -151,8 +152,13 @@ def stack_range(rule, ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, sizes,
                     for s in range(nb):
                         e = L[s, j] * zIs[l][s, j]
                         S.wired_axpy(g_in[j], e, pre[s, :n_u], wr[0], wr[1], j)
-                        S.wired_axpy(g_rec[j], e, pre[s, n_u:], wr[2], wr[3], j)
+                        if wr[2].size == 0:
+                            S.wired_axpy(g_rec[j], e, pre[s, n_u:], wr[2], wr[3], j)
                         g_b[j] += L[s, j] * (psis[l][s, j] * cfs[l][S.VB])
+                if wr[2].size > 0:  # a sparse W_rec: g_I z_{t-1}^T on the synapses of the spikes
+                    for s in range(nb):
+                        e_s = Ls[l][s] * zIs[l][s]
+                        S.spike_outer(g_rec, e_s, pre[s, n_u:], wr[4], wr[5])
                 continue
             adapt = cis[l][S.ADAPT] == 1
             ii, iI, rho = cfs[l][S.II], cfs[l][S.III], cfs[l][S.RHO]
@@ -162,18 +168,11 @@ def stack_range(rule, ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, sizes,
                     zv, zi, za, zI, zb, dvv, dvi, dva, dvI, dvb = S.jacobian(kf, ki, vts[l][s, j], zs[l][s, j],
                                                                              psis[l][s, j], acts[l][s, j])
                     Lj = L[s, j]
-                    eb_, ev_ = ebar[l][s, j], ev[l][s, j]
-                    if adapt:
-                        ea_ = ea[l][s, j]
-                        _traces_alif(eb_[:n_u], ev_[:n_u], ea_[:n_u], shs[:n_u], p_s[:n_u], g_in[j], zv, zi, za, zI,
-                                     dvv, dvi, dva, dvI, za + rho, kc, Lj, wr[0], wr[1], j)
-                        _traces_alif(eb_[n_u:], ev_[n_u:], ea_[n_u:], shs[n_u:], p_s[n_u:], g_rec[j], zv, zi, za, zI,
-                                     dvv, dvi, dva, dvI, za + rho, kc, Lj, wr[2], wr[3], j)
-                    else:
-                        _traces_lif(eb_[:n_u], ev_[:n_u], shs[:n_u], p_s[:n_u], g_in[j], zv, zi, zI, dvv, dvi, dvI,
-                                    kc, Lj, wr[0], wr[1], j)
-                        _traces_lif(eb_[n_u:], ev_[n_u:], shs[n_u:], p_s[n_u:], g_rec[j], zv, zi, zI, dvv, dvi, dvI,
-                                    kc, Lj, wr[2], wr[3], j)
+                    eb_, ev_, ea_ = ebar[l][s, j], ev[l][s, j], ea[l][s, j]
+                    _unit_traces(adapt, eb_[:n_u], ev_[:n_u], ea_[:n_u], cin[l][s], shs[:n_u], p_s[:n_u], g_in[j],
+                                 zv, zi, za, zI, dvv, dvi, dva, dvI, za + rho, kc, Lj, wr[0], wr[1], j)
+                    _unit_traces(adapt, eb_[n_u:], ev_[n_u:], ea_[n_u:], crec[l][s], shs[n_u:], p_s[n_u:], g_rec[j],
+                                 zv, zi, za, zI, dvv, dvi, dva, dvI, za + rho, kc, Lj, wr[2], wr[3], j)
                     q = eb[l][s, j]  # the bias: [ebar; v; a; i], pre = 1
                     bv, ba, bi = q[1], q[2], q[3]
                     e = zv * bv + zi * bi + za * ba + zb
@@ -264,14 +263,26 @@ class StackEngine(Engine):
             eb = [np.zeros((nb, n, 4), dtype) for n in net.sizes]
             zbar, bbar, random = np.zeros((nb, net.sizes[-1]), dtype), np.zeros(1, dtype), False
             Fs = tuple(np.zeros((net.n_out, n), dtype) for n in net.sizes)
+        cin, crec = [], []  # each sparse matrix's traces, compact
+        for l, wr in enumerate(self.wrs):
+            el = np.stack([ebar[l], ev[l], ea[l]], 2) if not wr.dense and self.kind == EPROP_RULE else None
+            n_u = pre_sizes[l] - net.sizes[l]
+            for out, ptr, idx, off in ((cin, wr.in_ptr, wr.in_idx, 0), (crec, wr.rec_ptr, wr.rec_idx, n_u)):
+                out.append(compact(el, ptr, idx, off) if el is not None and ptr.size else np.zeros((nb, 3, 0), dtype))
         o = OptimizerArrays.of(opt, [params[k] for k in self.keys])
         ps, gs = self._params([params[k] for k in self.keys]), self._acc([acc[k] for k in self.keys])
         losses = np.empty(t1 - t0, dtype)
         cf, ci = self.cells(dtype)
         updates, full = stack_range(self.kind, ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind,
                                     self.sizes, net.n_in, cf, ci, self.wrs, float(net.readout_decay), *lay, whole.y,
-                                    Fs, random, tuple(ev), tuple(ea), tuple(sh), tuple(ebar), tuple(eb), zbar, bbar,
-                                    seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
+                                    Fs, random, tuple(ev), tuple(ea), tuple(sh), tuple(ebar), tuple(eb), tuple(cin),
+                                    tuple(crec), zbar, bbar, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
+        for l, wr in enumerate(self.wrs):  # the compact traces back into the layers'
+            n_u = pre_sizes[l] - net.sizes[l]
+            for c, ptr, idx, off in ((cin[l], wr.in_ptr, wr.in_idx, 0), (crec[l], wr.rec_ptr, wr.rec_idx, n_u)):
+                if c.shape[2]:
+                    for f, arr in enumerate((ebar[l], ev[l], ea[l])):
+                        expand_into(arr[:, :, None], c[:, f:f + 1], ptr, idx, off)
         for f in ("v", "i", "z", "r", "a"):
             for sl, arr in zip(slices, getattr(lay, f)):
                 getattr(whole, f)[:, sl] = arr

@@ -36,6 +36,7 @@ from neuro.engine import kernels as K
 from neuro.engine import spiking as S
 from neuro.engine.base import RangeResult, SequenceArrays, view
 from neuro.engine.spiking_engine import SpikingEngine
+from neuro.engine.spiking_eprop import compact, expand_into
 from neuro.rules._fast import _window
 from neuro.rules._fast.three_factor import ThreeFactorWindowState
 from neuro.rules.base import add_into
@@ -45,22 +46,24 @@ __all__ = ["ThreeFactorEngine", "build", "three_factor_range"]
 
 
 @numba.njit(cache=True, inline="always")
-def _synapse(j, lam, ei, bi, gi, yi, pre, kappa, Mi):  # noqa: ANN001, ANN202
-    """Synapse ``j`` of a row: ``e`` (read with ``lam > 0``), ``ebar`` and the estimate ``g += M ebar``."""
+def _synapse(q, j, lam, ei, bi, gi, yi, pre, kappa, Mi):  # noqa: ANN001, ANN202
+    """Source ``j`` of a row, its traces at ``q``: ``e`` (read with ``lam > 0``), ``ebar`` and the estimate ``g +=
+    M ebar``."""
     ev = yi * pre[j]
     if lam > 0:
-        ev = lam * ei[j] + ev
-        ei[j] = ev
-    bv = kappa * bi[j] + ev
-    bi[j] = bv
+        ev = lam * ei[q] + ev
+        ei[q] = ev
+    bv = kappa * bi[q] + ev
+    bi[q] = bv
     gi[j] += Mi * bv
 
 
 @numba.njit(cache=True)
-def group_step(dec, imp, xk, a, post, c_y, d_y, y, lam, e, kappa, ebar, M, g, ptr, idx):  # noqa: ANN001, ANN201
+def group_step(dec, imp, xk, a, post, c_y, d_y, y, lam, e, kappa, ebar, M, g, ptr, idx, ce, cbar):  # noqa: ANN001, ANN201
     """One synapse group's traces and estimate (module docstring), on every synapse where ``ptr`` is empty, else on
-    row ``i``'s synapses ``idx[ptr[i]:ptr[i + 1]]`` (a sparse matrix, compressed rows; the traces ``e``, ``ebar``
-    of the absent synapses are left as they are): ``xk`` [K, B, n_pre] the presynaptic traces,
+    row ``i``'s synapses ``idx[ptr[i]:ptr[i + 1]]`` (a sparse matrix, compressed rows) with their traces compact,
+    ``ce``, ``cbar`` [B, nnz] in place of ``e``, ``ebar`` (:func:`neuro.engine.spiking_eprop.compact`): ``xk`` [K,
+    B, n_pre] the presynaptic traces,
     ``a`` [B, n_pre] the activity, ``post`` [B, n] the postsynaptic factor, ``y`` [B, n] its trace (``d_y > 0``),
     ``e``, ``ebar`` [B, n, n_pre] (``e`` read with ``lam > 0``), ``M`` [B, n], ``g`` [n, n_pre] (added to);
     ``dec``, ``imp`` [K] and the other coefficients in the arrays' dtype."""
@@ -83,12 +86,20 @@ def group_step(dec, imp, xk, a, post, c_y, d_y, y, lam, e, kappa, ebar, M, g, pt
                 y[s, i] = yi
             Mi = M[s, i]
             ei, bi, gi = e[s, i], ebar[s, i], g[i]
-            if ptr.size > 0:
+            if ptr.size > 0 and lam > 0:
+                ce_s, cb_s = ce[s], cbar[s]
                 for q in range(ptr[i], ptr[i + 1]):
-                    _synapse(idx[q], lam, ei, bi, gi, yi, pre, kappa, Mi)
+                    _synapse(q, idx[q], lam, ce_s, cb_s, gi, yi, pre, kappa, Mi)
+            elif ptr.size > 0:
+                cb_s = cbar[s]
+                for q in range(ptr[i], ptr[i + 1]):
+                    j = idx[q]
+                    bv = kappa * cb_s[q] + yi * pre[j]
+                    cb_s[q] = bv
+                    gi[j] += Mi * bv
             elif lam > 0:
                 for j in range(n_pre):
-                    _synapse(j, lam, ei, bi, gi, yi, pre, kappa, Mi)
+                    _synapse(j, j, lam, ei, bi, gi, yi, pre, kappa, Mi)
             else:
                 for j in range(n_pre):
                     bv = kappa * bi[j] + yi * pre[j]
@@ -99,7 +110,7 @@ def group_step(dec, imp, xk, a, post, c_y, d_y, y, lam, e, kappa, ebar, M, g, pt
 @numba.njit(cache=True)
 def three_factor_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, kappa, co, activity,  # noqa: ANN001, ANN201
                        v, i, z, r, a, y, F, x_in, x_rec, x_b, y_in, y_rec, y_b, e_in, e_rec, e_b, q_in, q_rec, q_b,
-                       zbar, cbar, xs, ys, mask, t0, t1, n_seq, every, losses):
+                       ce_in, cq_in, ce_rec, cq_rec, zbar, cbar, xs, ys, mask, t0, t1, n_seq, every, losses):
     """Steps ``t0 .. t1 - 1`` of a sequence of ``n_seq`` steps (module docstring).
 
     ``ps``, ``acc``: the parameters and the summed estimates, flat, in :data:`~neuro.engine.spiking_engine.ORDER`;
@@ -107,7 +118,8 @@ def three_factor_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
     :class:`~neuro.engine.spiking.Wiring`; ``co`` the rule's coefficients
     (:meth:`ThreeFactorEngine.coefficients`); ``activity``: ``post = z_t``; ``v, i, z, r, a`` [B, n], ``y`` [B,
     n_out] the network; ``F`` [n_out, n] the feedback ``B^T``; per group (``in``, ``rec``, ``b``) the presynaptic
-    traces ``x_*`` [K, B, n_pre], the postsynaptic ``y_*`` [B, n], ``e_*``, ``q_*`` (``ebar``) [B, n, n_pre];
+    traces ``x_*`` [K, B, n_pre], the postsynaptic ``y_*`` [B, n], ``e_*``, ``q_*`` (``ebar``) [B, n, n_pre] (a
+    sparse matrix's compact in ``ce_*``, ``cq_*`` [B, nnz]);
     ``zbar`` [B, n], ``cbar`` [B, 1]; ``losses`` [t1 - t0] written. Returns the updates applied and whether the
     accumulator holds estimates not yet applied."""
     nb, n = v.shape
@@ -147,14 +159,26 @@ def three_factor_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
                     p_syn[s, j], p_b[s, j] = z[s, j], z[s, j]
                 else:
                     p_syn[s, j], p_b[s, j] = psi[s, j] * vI, psi[s, j] * vb
-        group_step(dec, imp, x_in, xs[t], p_syn, c_y, d_y, y_in, lam, e_in, kc, q_in, M, g_in, wr[0], wr[1])
-        group_step(dec, imp, x_rec, zp, p_syn, c_y, d_y, y_rec, lam, e_rec, kc, q_rec, M, g_rec, wr[2], wr[3])
-        group_step(dec_b, imp_b, x_b, ones, p_b, c_y, d_y, y_b, lam, e_b, kc, q_b, M, g_b, wr[0][:0], wr[1])
+        group_step(dec, imp, x_in, xs[t], p_syn, c_y, d_y, y_in, lam, e_in, kc, q_in, M, g_in, wr[0], wr[1], ce_in,
+                   cq_in)
+        group_step(dec, imp, x_rec, zp, p_syn, c_y, d_y, y_rec, lam, e_rec, kc, q_rec, M, g_rec, wr[2], wr[3], ce_rec,
+                   cq_rec)
+        group_step(dec_b, imp_b, x_b, ones, p_b, c_y, d_y, y_b, lam, e_b, kc, q_b, M, g_b, wr[0][:0], wr[1], ce_in,
+                   cq_in)
         S.filtered_readout_grad(eps, z, kc, zbar, cbar.reshape(-1), g_out, g_bout)
         applied, full = S.wired_scheduled_update(K.update_due(t, n_seq, every), -1, opt_kind, ps, acc, ms, vs, steps,
                                                  hyper, wr)
         updates += applied
     return updates, full
+
+
+def _compact(t: np.ndarray, ptr: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per-synapse traces ``t`` [B, n, n_pre] of a sparse matrix compact, [B, nnz] (:func:`compact`)."""
+    return compact(t[:, :, None], ptr, idx, 0)[:, 0]
+
+
+def _expand_into(t: np.ndarray, c: np.ndarray, ptr: np.ndarray, idx: np.ndarray) -> None:
+    expand_into(t[:, :, None], c[:, None], ptr, idx, 0)
 
 
 class ThreeFactorEngine(SpikingEngine):
@@ -186,10 +210,18 @@ class ThreeFactorEngine(SpikingEngine):
         F = view(params["W_out"]) if rule.feedback == "readout" else np.ascontiguousarray(view(state.B).T)
         o, ps, gs, losses = self.arrays(params, acc, opt, t1 - t0, dtype)
         cell = self.cell(dtype)
+        wr = self.wr
+        sparse = ((0, wr.in_ptr, wr.in_idx), (1, wr.rec_ptr, wr.rec_idx))
+        cs = [[_compact(t, ptr, idx) if ptr.size else np.zeros((nb, 0), dtype) for t in (es[g], qs[g])]
+              for g, ptr, idx in sparse]  # a sparse matrix's traces, compact
         updates, full = three_factor_range(
-            ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci, self.wr,
+            ps, gs, o.ms, o.vs, o.steps, o.kind, o.hyper, self.loss_kind, cell.cf, cell.ci, wr,
             float(net.readout_decay), self.coefficients(dtype), rule.post == "activity", *nets, np.ascontiguousarray(F), *xk, *ys_, *es, *qs,
-            zbar, cbar, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
+            *cs[0], *cs[1], zbar, cbar, seq.xs, seq.ys, seq.mask, t0, t1, n_seq, every, losses)
+        for (g, ptr, idx), (ce, cq) in zip(sparse, cs):
+            if ptr.size:
+                _expand_into(es[g], ce, ptr, idx)
+                _expand_into(qs[g], cq, ptr, idx)
         T = torch.from_numpy
         keep = lambda on, new, old: tuple(T(a) for a in new) if on else old  # noqa: E731
         state = state._replace(net=S.net_state(state.net, nets), x=tuple(T(a) for a in xk),

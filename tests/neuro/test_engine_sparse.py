@@ -29,17 +29,19 @@ N, N_IN, N_OUT = 9, 2, 2
 #: the wirings each rule runs on: W_rec at random; W_in too (each unit a fixed fan-in of the inputs)
 WIRINGS = {"rec": {"W_rec": "random:0.3"}, "rec+in": {"W_rec": "fan-in:3@1", "W_in": "fan-in:1"}}
 MODELS = {"lif": {"bias_mean": 1.0}, "alif": {"bias_mean": 0.5, "dynamics": "euler", "refractory": 1}}
-RULE_OPTIONS = {"anp-time": {"norm": "global", "samples": 2}, "tbptt": {"k": 4}}
+RULE_OPTIONS = {"anp-time": {"norm": "global", "samples": 2}, "tbptt": {"k": 4},
+                # the three-factor rule with an eligibility trace of its own (its other per-synapse trace, e)
+                "three-factor-e": {"eligibility_decay": 0.7, "pre_decay": (0.8, 0.5), "pre_impulse": (1.0, -0.5)}}
 SPARSE = sorted({(c.model, c.rule) for c in E.REGISTRY if c.sparse and c.model != "stack"})  # stacks: test_engine_stack.py
 
 
 def _cases() -> list[Any]:
     out = []
-    for model, rule in SPARSE:
+    for model, rule in [*SPARSE, ("lif", "three-factor-e")]:
         for w in WIRINGS:
             for batch in (1, 2):
-                if w == "rec+in" and (batch == 2 or model == "alif"):
-                    continue  # a sparse W_in once per rule
+                if w == "rec+in" and batch == 2:
+                    continue  # a sparse W_in once per rule and model
                 out.append(pytest.param(model, rule, w, batch, id=f"{model}-{rule}-{w}-b{batch}"))
     return out
 
@@ -89,7 +91,7 @@ def _on_synapses(state: Any, net: Any) -> Any:
 def _run(model: str, rule: str, wiring: str, batch: int, engine: str) -> tuple[Any, Any, Any]:
     task = tasks.make("add")
     net = models.make(model, n_in=N_IN, n_hidden=N, n_out=N_OUT, connectivity=WIRINGS[wiring], **MODELS[model])
-    r = rules.make(rule, net, **RULE_OPTIONS.get(rule, {}))
+    r = rules.make(rule.removesuffix("-e"), net, **RULE_OPTIONS.get(rule, {}))
     run = prepare(net, r, task, 60, chunk=20, update_every=7, batch=batch, dtype="float64", lr=0.05, log_every=9,
                   progress=False, engine=engine)
     g = torch.Generator().manual_seed(5)
