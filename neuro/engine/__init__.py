@@ -7,10 +7,11 @@ schedule) in one numba call, with the per-step losses written into an array; Pyt
 torch path), ``"compiled"`` (refuse a combination without one), ``"torch"`` (the reference path). The
 combinations are :data:`REGISTRY`; each entry's builder returns an :class:`~neuro.engine.base.Engine` for a
 concrete ``(net, rule)``, or ``None`` where it does not apply. ``tests/neuro/test_engine.py`` holds every
-entry to the torch path. The entries marked ``sparse`` (the spiking rules on LIF and ALIF) also run networks with
-sparse ``W_in`` or ``W_rec`` (:mod:`neuro.connectivity`), each matrix read, traced and updated on its synapses
-only (:class:`neuro.engine.spiking.Wiring`), so that their work is proportional to the synapses;
-``tests/neuro/test_engine_sparse.py`` holds them to the torch path, which reads ``W * mask``. Importing this package does not import numba (the builders do).
+entry to the torch path. The entries marked ``sparse`` (the spiking rules on LIF and ALIF, e-prop and SLTT on
+stacks of them) also run networks with sparse matrices (:mod:`neuro.connectivity`), each read, traced and updated
+on its synapses only (:class:`neuro.engine.spiking.Wiring`), so that their work is proportional to the synapses;
+``tests/neuro/test_engine_sparse.py`` and ``test_engine_stack.py`` hold them to the torch path, which reads
+``W * mask``. Importing this package does not import numba (the builders do).
 """
 
 from __future__ import annotations
