@@ -157,6 +157,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
                peak_mib=_rss.growth(base) / float(1 << 20))
     if h is None:
         return out
+    out["engine"] = h.engine  # compiled or torch: what the time per step was measured on
     loss = h.mean_loss(max(T, int(steps * LAST_FRACTION))) * T / round(task.recall_ms / task.dt_ms)  # per recall step
     if not math.isfinite(loss):
         return {**out, "status": "diverged"}
@@ -236,6 +237,7 @@ def summarise(results: list[dict[str, Any]], rules: list[str], refused: dict[str
                   "test_acc_se": se,
                   "final_loss_mean": statistics.fmean(x["final_loss"] for x in ok) if ok else None,
                   "ms_per_step_median": med("ms_per_step", xs=timed), "peak_mib_median": med("peak_mib", xs=timed),
+                  "engine": "/".join(sorted({x["engine"] for x in timed if x.get("engine")})) or None,
                   "rate_hz_median": [med("rate_hz", i) for i in range(2)] if ok else None,
                   "rate_init_hz_median": [med("rate_init_hz", i) for i in range(2)] if ok else None}
     return out
@@ -259,10 +261,11 @@ def markdown(report: dict[str, Any], analysis: str = "") -> str:
     s, summ = report["settings"], report["summary"]
     rows = [[r, s["chosen_lr"].get(r, "–"), _pct(v["test_acc_mean"], v["test_acc_se"]),
              _f(v["final_loss_mean"], ".3f"), _rates(v["rate_init_hz_median"]), _rates(v["rate_hz_median"]),
-             _f(v["ms_per_step_median"], ".2f"), _f(v["peak_mib_median"], ".1f"), f"{v['ok']}/{v['runs']}"]
+             _f(v["ms_per_step_median"], ".2f"), v.get("engine") or "–", _f(v["peak_mib_median"], ".1f"),
+             f"{v['ok']}/{v['runs']}"]
             for r, v in summ.items()]
     table = _report.md_table(["rule", "lr (Adam)", "test acc % (mean ± s.e.)", "train loss",
-                              "rate Hz L1 / L2 (init)", "rate Hz L1 / L2 (trained)", "ms/step", "peak MiB",
+                              "rate Hz L1 / L2 (init)", "rate Hz L1 / L2 (trained)", "ms/step", "engine", "peak MiB",
                               "runs ok"], rows)
     notes = [f"- **{r}**: {v['outcome']}" for r, v in summ.items() if v["outcome"] != "ok"]
     m, t = report["machine"], s["task"]
@@ -279,7 +282,8 @@ def markdown(report: dict[str, Any], analysis: str = "") -> str:
             f"loss: cross-entropy per recall step over the last 20% of training trials (chance ln 2 = 0.693); "
             f"rates: each layer's mean firing rate on the held-out trials at initialisation and after training, "
             f"median over seeds; ms/step: CPU time of the worker process per training step (one torch thread, "
-            f"batch {s['batch']}), median over seeds; peak MiB: the peak resident memory the training run added to "
+            f"batch {s['batch']}), median over seeds; engine: what the training ran on (the compiled engine or the torch "
+            f"path, `TrainConfig.engine` \"auto\"); peak MiB: the peak resident memory the training run added to "
             f"its fresh worker process after a warm-up trial of batch 1, median over seeds.\n\nMachine: {m['cpu_model']}, {m['cores']} cores shared with other work, "
             f"{s['jobs']} worker(s) of one torch thread; torch {m['torch']}, {m['date']}; sweep "
             f"{report['seconds']:.0f} s.\n\nCommand: `{report['command']}`\n\n")
