@@ -7,7 +7,7 @@ schedule) in one numba call, with the per-step losses written into an array; Pyt
 torch path), ``"compiled"`` (refuse a combination without one), ``"torch"`` (the reference path). The
 combinations are :data:`REGISTRY`; each entry's builder returns an :class:`~neuro.engine.base.Engine` for a
 concrete ``(net, rule)``, or ``None`` where it does not apply. ``tests/neuro/test_engine.py`` holds every
-entry to the torch path. The entries marked ``sparse`` (the spiking rules on LIF and ALIF, e-prop and SLTT on
+entry to the torch path. The entries marked ``sparse`` (the spiking rules on LIF and ALIF, e-prop, SLTT and OTTT on
 stacks of them) also run networks with sparse matrices (:mod:`neuro.connectivity`), each read, traced and updated
 on its synapses only (:class:`neuro.engine.spiking.Wiring`), so that their work is proportional to the synapses;
 ``tests/neuro/test_engine_sparse.py`` and ``test_engine_stack.py`` hold them to the torch path, which reads
@@ -114,7 +114,7 @@ REGISTRY: tuple[Combination, ...] = (
                 devices=("cpu",), dtypes=("float32", "float64"), builder="neuro.engine.spiking_three_factor:build", sparse=True),
     *(Combination(model="stack", rule=r, optimizers=("adam", "sgd", "rmsprop"), losses=("mse", "ce"), devices=("cpu",),
                   dtypes=("float32", "float64"), builder="neuro.engine.spiking_stack:build", sparse=True)
-      for r in ("eprop", "sltt")),
+      for r in ("eprop", "sltt", "ottt")),
     *(Combination(model="rate", rule=r, optimizers=opts, losses=("mse", "ce"), devices=("cpu",),
                   dtypes=("float32", "float64"), builder="neuro.engine.rate_perturb:build")
       for r, opts in (("np", ("adam", "sgd", "rmsprop")), ("anp", ("adam", "sgd", "rmsprop")),

@@ -1,4 +1,4 @@
-"""The compiled engine of stacks (``neuro.engine.spiking_stack``: e-prop and SLTT on stacks of LIF or ALIF layers)
+"""The compiled engine of stacks (``neuro.engine.spiking_stack``: e-prop, SLTT and OTTT on stacks of LIF or ALIF layers)
 against the torch path, which runs the rules' multi-layer definitions.
 
 Oracle: training a 2-layer stack (dense, or sparse in its recurrent and feed-forward matrices) with
@@ -28,7 +28,7 @@ RTOL, ATOL = 1e-10, 1e-13
 SIZES = (7, 5)
 MODELS = {"lif": {"bias_mean": 1.0}, "alif": {"bias_mean": 1.5, "dynamics": "euler", "refractory": 1}}
 WIRINGS = {"dense": None, "sparse": 0.5, "fan-in": {"0.W_rec": "fan-in:3", "1.W_in": "fan-in:4@2", "1.W_rec": 0.4}}
-RULES = {"sltt": {}, "eprop": {}, "eprop-random": {"feedback": "random"}}
+RULES = {"sltt": {}, "eprop": {}, "eprop-random": {"feedback": "random"}, "ottt": {}, "ottt-O": {"mode": "O"}}
 
 
 def _net(model: str, wiring: str) -> Any:
