@@ -144,6 +144,28 @@ def assert_params_close(got: dict, ref: dict, rtol: float = 1e-9, atol: float = 
         torch.testing.assert_close(got[k], ref[k], rtol=rtol, atol=atol, msg=lambda m, k=k: f"{k}: {m}", **kw)
 
 
+def assert_nested_close(a: Any, b: Any, what: str, rtol: float = 1e-10, atol: float = 1e-13) -> None:
+    """``b`` equal to ``a`` through nested dicts, tuples and lists: tensors and floats to ``rtol``/``atol``, a
+    generator's state exactly, everything else by ``==`` (the engines' oracles: parameters, rule and optimizer
+    states, metrics)."""
+    if isinstance(a, torch.Tensor):
+        torch.testing.assert_close(b, a, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), what
+        for k in a:
+            assert_nested_close(a[k], b[k], f"{what}.{k}", rtol, atol)
+    elif isinstance(a, (tuple, list)):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_nested_close(x, y, f"{what}[{i}]", rtol, atol)
+    elif isinstance(a, float):
+        assert b == a or abs(b - a) <= atol + rtol * abs(a), f"{what}: {b} != {a}"
+    elif isinstance(a, torch.Generator):  # a rule's noise: the same draws made
+        assert torch.equal(a.get_state(), b.get_state()), what
+    else:
+        assert a == b, what
+
+
 def rel_err(got: dict, ref: dict) -> float:
     """Largest relative error over the parameters (max-abs difference / max-abs of the reference); a reference
     entry that is zero fails (the comparison would be vacuous)."""

@@ -27,6 +27,8 @@ from neuro.tasks.base import AbstractTask, Sequence
 from neuro.train_loop import Loop
 from neuro.training import TIMING_COLUMNS, TrainingDiverged, prepare, train
 
+from _helpers import assert_nested_close
+
 RTOL, ATOL = 1e-10, 1e-13
 #: the runs each combination is held to: (task, its settings, train settings)
 RUNS = {"continuing": ("sine", {}, {"steps": 60, "chunk": 20, "update_every": 7}),
@@ -104,23 +106,7 @@ def _train(net: Any, rule: Any, task: Any, run_dir: Any, **settings: Any) -> tup
 
 
 def _close(a: Any, b: Any, what: str) -> None:
-    """Nested checkpoint content equal: tensors to RTOL, numbers to RTOL, the rest exactly."""
-    if isinstance(a, torch.Tensor):
-        torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL, msg=lambda m: f"{what}: {m}")
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), what
-        for k in a:
-            _close(a[k], b[k], f"{what}.{k}")
-    elif isinstance(a, (tuple, list)):
-        assert len(a) == len(b), what
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{what}[{i}]")
-    elif isinstance(a, float):
-        assert b == pytest.approx(a, rel=RTOL, abs=ATOL), what
-    elif isinstance(a, torch.Generator):  # a rule's noise: the same draws made
-        assert torch.equal(a.get_state(), b.get_state()), what
-    else:
-        assert a == b, what
+    assert_nested_close(a, b, what, RTOL, ATOL)
 
 
 def _metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -24,6 +24,8 @@ from neuro.engine import spiking as S
 from neuro.train_loop import Loop
 from neuro.training import TIMING_COLUMNS, prepare
 
+from _helpers import assert_nested_close
+
 RTOL, ATOL = 1e-10, 1e-13
 N, N_IN, N_OUT = 9, 2, 2
 #: the wirings each rule runs on: W_rec at random; W_in too (each unit a fixed fan-in of the inputs)
@@ -47,22 +49,7 @@ def _cases() -> list[Any]:
 
 
 def _close(a: Any, b: Any, what: str) -> None:
-    if isinstance(a, torch.Tensor):
-        torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL, msg=lambda m: f"{what}: {m}")
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), what
-        for k in a:
-            _close(a[k], b[k], f"{what}.{k}")
-    elif isinstance(a, (tuple, list)):
-        assert len(a) == len(b), what
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{what}[{i}]")
-    elif isinstance(a, float):
-        assert b == pytest.approx(a, rel=RTOL, abs=ATOL), what
-    elif isinstance(a, torch.Generator):
-        assert torch.equal(a.get_state(), b.get_state()), what
-    else:
-        assert a == b, what
+    assert_nested_close(a, b, what, RTOL, ATOL)
 
 
 def _on_synapses(state: Any, net: Any) -> Any:

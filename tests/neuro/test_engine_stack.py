@@ -24,6 +24,8 @@ from neuro.engine import spiking as S
 from neuro.train_loop import Loop
 from neuro.training import TIMING_COLUMNS, prepare, train
 
+from _helpers import assert_nested_close
+
 RTOL, ATOL = 1e-10, 1e-13
 SIZES = (7, 5)
 MODELS = {"lif": {"bias_mean": 1.0}, "alif": {"bias_mean": 1.5, "dynamics": "euler", "refractory": 1}}
@@ -50,20 +52,7 @@ def _run(model: str, rule: str, wiring: str, batch: int, engine: str, steps: int
 
 
 def _close(a: Any, b: Any, what: str) -> None:
-    if isinstance(a, torch.Tensor):
-        torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL, msg=lambda m: f"{what}: {m}")
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), what
-        for k in a:
-            _close(a[k], b[k], f"{what}.{k}")
-    elif isinstance(a, (tuple, list)):
-        assert len(a) == len(b), what
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{what}[{i}]")
-    elif isinstance(a, float):
-        assert b == pytest.approx(a, rel=RTOL, abs=ATOL), what
-    else:
-        assert a == b, what
+    assert_nested_close(a, b, what, RTOL, ATOL)
 
 
 def _on_synapses(state: Any, net: Any) -> Any:
