@@ -28,7 +28,7 @@ def test_a_tiny_run_measures_every_case_on_its_engine(tmp_path, capsys):
                                         (["--rules", "rflo"], "no compiled engine runs a sparse lif"),
                                         (["--engines", "gpu"], "--engines gpu"),
                                         (["--hidden", "64,0"], "--hidden '64,0'"),
-                                        (["--hidden", "32,32", "--rules", "ottt"], "sparse stack network")])
+                                        (["--hidden", "32,32", "--rules", "anp-time"], "sparse stack network")])
 def test_bad_options_exit_2_with_one_line(argv, words, capsys):
     with pytest.raises(SystemExit) as e:
         train_sparse.main(argv)
