@@ -9,8 +9,9 @@ step, BPTT at each sequence's end), every other setting at its default, on the c
 path (which reads ``W * mask``: what a sparse network ran on before the compiled engines took it). Each case runs
 one warm-up run, then ``--blocks`` timed blocks of ``--steps`` steps alternate over all the cases, so that a
 change of load hits them all alike. A row gives the median (min-max) steps/s, the ratio to the same rule's dense
-network on the same engine, and compiled over torch at the same connectivity. Writes ``OUT/train_sparse.json``
-and ``OUT/train_sparse.md``.
+network on the same engine, compiled over torch at the same connectivity, and the compiled runs' training loops
+alone (without the call's set-up, which draws dense initial weights whatever the connectivity) with their ratio
+to the dense network's. Writes ``OUT/train_sparse.json`` and ``OUT/train_sparse.md``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--connectivity", nargs="+", type=float, default=[1.0, 0.1, 0.01], metavar="P",
                     help="recurrent connection probabilities (1: dense)")
     ap.add_argument("--hidden", default="1024", help="hidden units, or layer sizes joined by commas (a stack)")
-    ap.add_argument("--steps", type=int, default=200, help="steps per timed block")
+    ap.add_argument("--steps", type=int, default=1000, help="steps per timed block")
     ap.add_argument("--blocks", type=int, default=3, help="timed blocks per case (alternating)")
     ap.add_argument("--update-every", type=int, default=1, metavar="K")
     ap.add_argument("--engines", nargs="+", default=list(ENGINES), help=f"any of {', '.join(ENGINES)}")
@@ -101,8 +102,10 @@ def _markdown(report: dict[str, Any], command: str) -> str:
     rows, st = report["rows"], report["settings"]
     speed = {(r["rule"], r["connectivity"], r["engine"]): r["steps_per_s"]["median"] for r in rows
              if "steps_per_s" in r}
+    loop = {(r["rule"], r["connectivity"], r["engine"]): r["loop_steps_per_s"] for r in rows if "steps_per_s" in r}
     header = ["rule", "connectivity", "synapses", *(f"{e} steps/s (min-max)" for e in st["engines"]),
-              *(f"{e} x dense" for e in st["engines"]), *(["compiled / torch"] if len(st["engines"]) == 2 else [])]
+              *(f"{e} x dense" for e in st["engines"]), *(["compiled / torch"] if len(st["engines"]) == 2 else []),
+              *(["compiled loop steps/s", "loop x dense"] if "compiled" in st["engines"] else [])]
     body = []
     for rule in st["rules"]:
         for p in st["connectivity"]:
@@ -121,12 +124,18 @@ def _markdown(report: dict[str, Any], command: str) -> str:
             if len(st["engines"]) == 2:
                 c, t = speed.get((rule, p, "compiled")), speed.get((rule, p, "torch"))
                 line.append(_report.fmt_ratio(c / t) if c and t else "–")
+            if "compiled" in st["engines"]:
+                here, dense = loop.get((rule, p, "compiled")), loop.get((rule, 1.0, "compiled"))
+                line += [_report.fmt_rate(here) if here else "–",
+                         _report.fmt_ratio(here / dense) if here and dense and p != 1 else "–"]
             body.append(line)
     m = report["machine"]
     return (f"# neuro bench train_sparse\n\n{__doc__.split(chr(10) + chr(10))[1]}\n\nCommand: `{command}`\n\n"
             f"{_report.md_table(header, body)}\n\nMeasured: steps/s of whole `neuro.train` calls of {st['steps']} "
             f"steps ({MODEL}, hidden {st['hidden']}, task `{TASK}`, batch 1, float32, update_every={st['update_every']}), "
-            f"median (min-max) of {st['blocks']} blocks alternating over every case, after one warm-up run each; "
+            f"median (min-max) of {st['blocks']} blocks alternating over every case, after one warm-up run each (a "
+            f"call includes its set-up: drawing the dense initial weights, masking them, building the engine); "
+            f"compiled loop steps/s: the median of the same runs' training loops alone (`History.elapsed_s`); "
             f"engines used as the runs report them: {', '.join(sorted({str(r.get('engine_used')) for r in rows if 'steps_per_s' in r}))}.\n\n"
             f"Machine: {m['cpu_model']}, {m['cores']} cores shared with other work, {m['threads']} torch thread(s); "
             f"load average (1 min) before/after {report['loadavg_before']}/{report['loadavg_after']}; torch "
