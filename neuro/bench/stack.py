@@ -19,11 +19,10 @@ stacks and sparse networks run the rules' definitions; Adam, the estimates summe
 once per trial, e-prop's protocol), then is scored on ``--test-trials`` held-out trials (a seed no training run
 draws): a trial is correct when the readout summed over its recall steps (the steps the task's mask counts)
 picks the majority side, the score of ``hw_targets.lava.accuracy`` (:func:`recall_accuracy`). Measured per run,
-in a worker process of its own (one torch thread), after a warm-up trial: the time per training step (CPU time
-of the process over the training run; the wall time is in the JSON), the peak memory the warm-up and training
-run added to the process (:mod:`neuro._rss`; each run in a fresh worker process, whose warm-up trial of batch 1
-loads and compiles what the run needs before the measurement starts), the training loss (cross-entropy per recall step over the last
-20% of trials) and each layer's firing rate (Hz, on the held-out trials) before and after training.
+in a fresh worker process of its own (one torch thread), after a warm-up (one trial of the same rule on a stack
+of 8 units per layer, batch 1) that loads and compiles what the run needs: the time per training step (CPU time of the process over the training run; the
+wall time is in the JSON), the peak memory the training run added to the process (:mod:`neuro._rss`), the
+training loss (cross-entropy per recall step over the last 20% of trials) and each layer's firing rate (Hz, on the held-out trials) before and after training.
 
 Learning rates: ``--lr RULE=LR``, else a pilot per rule on a seed that is not evaluated (:data:`PILOT_SEED`),
 ``--pilot-trials`` trials per candidate of :data:`GRID`, choosing the lowest training loss. Before the sweep one
@@ -63,7 +62,7 @@ FEEDFORWARD_SCALE = 15.0
 PILOT_SEED = 1000
 TEST_SEED = 10 ** 6  # held-out trials: seed TEST_SEED (no training run draws it)
 TEST_CHUNK = 64  # held-out trials simulated at once
-WARM_UP_TRIALS = 1
+WARM_UP_UNITS = 8
 LAST_FRACTION = 0.2
 REFUSALS = (ValueError, TypeError, NotImplementedError)
 
@@ -140,10 +139,12 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     steps = T * job["trials"]
     kw = {"lr": job["lr"], "batch": job["batch"], "progress": False, "optimizer": "adam", "update_every": T}
     try:
-        # the warm-up at batch 1 loads and compiles what the run needs; the peak is measured from after it, so
-        # that it holds what the run at its batch allocates, not the compilers' own memory
-        neuro.train(net, rule, task, steps=T * WARM_UP_TRIALS, seed=job["seed"] + 10 ** 5, log_every=T,
-                    **{**kw, "batch": 1})
+        # the warm-up (one trial of a stack of WARM_UP_UNITS units per layer, batch 1) loads and compiles what the
+        # run needs; the peak is measured from after it, so that it holds what the run allocates (a trial's
+        # graph, a rule's traces), not the compilers' own memory, and none of that was allocated before
+        small = _net({**job, "hidden": [min(WARM_UP_UNITS, n) for n in job["hidden"]]})
+        neuro.train(small, neuro.rules.make(job["rule"], small), task, steps=T, seed=job["seed"] + 10 ** 5,
+                    log_every=T, **{**kw, "batch": 1})
         base = _rss.start()
         t0, c0 = time.perf_counter(), time.process_time()
         try:
@@ -284,7 +285,7 @@ def markdown(report: dict[str, Any], analysis: str = "") -> str:
             f"median over seeds; ms/step: CPU time of the worker process per training step (one torch thread, "
             f"batch {s['batch']}), median over seeds; engine: what the training ran on (the compiled engine or the torch "
             f"path, `TrainConfig.engine` \"auto\"); peak MiB: the peak resident memory the training run added to "
-            f"its fresh worker process after a warm-up trial of batch 1, median over seeds.\n\nMachine: {m['cpu_model']}, {m['cores']} cores shared with other work, "
+            f"its fresh worker process after a warm-up on a small stack, median over seeds.\n\nMachine: {m['cpu_model']}, {m['cores']} cores shared with other work, "
             f"{s['jobs']} worker(s) of one torch thread; torch {m['torch']}, {m['date']}; sweep "
             f"{report['seconds']:.0f} s.\n\nCommand: `{report['command']}`\n\n")
     return text + f"{ANALYSIS_BEGIN}\n{analysis or '## Analysis' + chr(10) + chr(10) + '(to be written)'}\n{ANALYSIS_END}\n"
@@ -400,9 +401,9 @@ def main(argv: list[str] | None = None) -> int:
             cost = {x["rule"]: x["ms_per_step"] for x in est if x["ms_per_step"] is not None}
             report["cost_ms_per_step"] = cost
             trial_s = {r: ms * T / 1e3 for r, ms in cost.items()}  # CPU s per training trial of each rule
-            pilot_jobs = [trial_s[r] * (args.pilot_trials + WARM_UP_TRIALS) for r in pilot_rules if r in trial_s
+            pilot_jobs = [trial_s[r] * args.pilot_trials for r in pilot_rules if r in trial_s
                           for _ in GRID]
-            seed_jobs = [trial_s[r] * (args.trials + WARM_UP_TRIALS) for r in trial_s]
+            seed_jobs = [trial_s[r] * args.trials for r in trial_s]
             main_s, pilot_s = sum(seed_jobs) * args.seeds, sum(pilot_jobs)
             wall = _phase_wall(pilot_jobs, args.jobs) + args.seeds * _phase_wall(seed_jobs, args.jobs)
             report["projection"] = {"main_core_s": main_s, "pilot_core_s": pilot_s, "wall_s": wall}
