@@ -199,25 +199,28 @@ def spike_outer(G, e, z, cptr, cidx):  # noqa: ANN001, ANN201
 
 
 @numba.njit(cache=True)
-def wired_update_rest(kind, ps, gs, ms, vs, steps, hyper, done, wr):  # noqa: ANN001, ANN201
-    """:func:`neuro.engine.kernels.apply_update_rest` of the parameters in the engines' order (``W_in``, ``W_rec``,
-    ...) with a sparse ``W_in`` or ``W_rec`` of the :class:`Wiring` ``wr`` updated on its synapses alone
+def wired_update_rest(kind, ps, gs, ms, vs, steps, hyper, done, wrs):  # noqa: ANN001, ANN201
+    """:func:`neuro.engine.kernels.apply_update_rest` of the parameters in the engines' order, layer ``l``'s
+    ``W_in``, ``W_rec``, ``b`` at ``3 l .. 3 l + 2`` (one layer: ``W_in``, ``W_rec``, ``b``), then the readout's,
+    with a sparse ``W_in`` or ``W_rec`` of layer ``l``'s :class:`Wiring` ``wrs[l]`` updated on its synapses alone
     (:func:`neuro.engine.kernels.update_synapses`): the work of an update proportional to the synapses."""
     for q in range(len(ps)):
         if q == done:
             continue
-        ptr, idx = (wr[0], wr[1]) if q == 0 else (wr[2], wr[3])
-        if q < 2 and ptr.size > 0:
-            K.update_synapses(kind, ps[q], gs[q], ms[q], vs[q], steps[q], K.lr_of(hyper, q), hyper, ptr, idx)
-        else:
-            K.update_one(kind, ps[q], gs[q], ms[q], vs[q], steps[q], K.lr_of(hyper, q), hyper)
+        l, part = q // 3, q % 3
+        if l < len(wrs) and part < 2:
+            ptr, idx = (wrs[l][0], wrs[l][1]) if part == 0 else (wrs[l][2], wrs[l][3])
+            if ptr.size > 0:
+                K.update_synapses(kind, ps[q], gs[q], ms[q], vs[q], steps[q], K.lr_of(hyper, q), hyper, ptr, idx)
+                continue
+        K.update_one(kind, ps[q], gs[q], ms[q], vs[q], steps[q], K.lr_of(hyper, q), hyper)
 
 
 @numba.njit(cache=True)
 def wired_scheduled_update(update, done, kind, ps, gs, ms, vs, steps, hyper, wr):  # noqa: ANN001, ANN201
-    """:func:`neuro.engine.kernels.scheduled_update` by :func:`wired_update_rest`."""
+    """:func:`neuro.engine.kernels.scheduled_update` by :func:`wired_update_rest`, one layer of wiring ``wr``."""
     if update:
-        wired_update_rest(kind, ps, gs, ms, vs, steps, hyper, done, wr)
+        wired_update_rest(kind, ps, gs, ms, vs, steps, hyper, done, (wr,))
         return 1, False
     return 0, True
 

@@ -175,7 +175,7 @@ def spiking_bptt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, c
             tw = 0
             full = True
         if full and K.update_due(t, n_seq, every):
-            S.wired_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, -1, wr)
+            S.wired_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, -1, (wr,))
             updates += 1
             full = False
     return updates, full, tw

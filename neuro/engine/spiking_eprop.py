@@ -44,7 +44,7 @@ from neuro.rules._fast.eprop import EPropWindowState, Step
 from neuro.rules.base import add_into
 from neuro.rules.eprop import EProp
 
-__all__ = ["EPropEngine", "build", "compact", "eprop_range", "expand_into"]
+__all__ = ["EPropEngine", "bias_traces", "build", "compact", "eprop_range", "expand_into"]
 
 
 @numba.njit(cache=True, inline="always")
@@ -94,6 +94,21 @@ def _traces_alif(ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar
     else:
         for q in range(ptr[j], ptr[j + 1]):
             _synapse_alif(q, idx[q], ebar, ev, ea, sh, p, g, zv, zi, za, zI, dvv, dvi, dva, dvI, zar, kc, Lj)
+
+
+@numba.njit(cache=True, inline="always")
+def bias_traces(q, ia, ib, adapt, zv, zi, za, zb, dvv, dvi, dva, dvb, zar, ii, kc):  # noqa: ANN001, ANN201
+    """One unit's bias traces ``q = [ebar; eps_v; ...; eps_i]`` (``eps_a`` at ``ia`` where ``adapt``, ``eps_i`` at
+    ``ib``) one step on, with ``pre = 1`` and ``c_b = (dv/db, (dz/db), 0)``; returns the new ``ebar``."""
+    bv, bi = q[1], q[ib]
+    ba = q[ia] if adapt else zv * 0
+    e = zv * bv + zi * bi + za * ba + zb
+    q[1] = dvv * bv + dvi * bi + dva * ba + dvb
+    if adapt:
+        q[ia] = zv * bv + zi * bi + zar * ba + zb
+    q[ib] = ii * bi
+    q[0] = kc * q[0] + e
+    return q[0]
 
 
 @numba.njit(cache=True, inline="always")
@@ -151,7 +166,6 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, 
     kf, ki = S.frozen(cf, ci)  # the cell's coefficients as scalars, read once
     kc = K.cast(kappa, v)
     ii, iI, rho = cf[S.II], cf[S.III], cf[S.RHO]
-    zero = K.cast(0.0, v)
     pre = np.empty((nb, n_pre), v.dtype)
     I = np.empty_like(v)
     vt = np.empty_like(v)
@@ -196,17 +210,9 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, 
                              za, zI, dvv, dvi, dva, dvI, za + rho, kc, Lj, wr[0], wr[1], j)
                 _unit_traces(adapt, ebar[n_in:], ev[n_in:], ea[n_in:], cp_rec[s], sh[n_in:], p_s[n_in:], gr, zv, zi,
                              za, zI, dvv, dvi, dva, dvI, za + rho, kc, Lj, wr[2], wr[3], j)
-                # the bias: [ebar; v; (a); i], pre = 1, c_b = (dv/db, (dz/db), 0)
-                q = eb[s, j]
-                bv, bi = q[1, 0], q[q.shape[0] - 1, 0]
-                ba = q[2, 0] if adapt else zero
-                e = zv * bv + zi * bi + za * ba + zb
-                q[1, 0] = dvv * bv + dvi * bi + dva * ba + dvb
-                if adapt:
-                    q[2, 0] = zv * bv + zi * bi + (za + rho) * ba + zb
-                q[q.shape[0] - 1, 0] = ii * bi
-                q[0, 0] = kc * q[0, 0] + e
-                g_b[j] += Lj * q[0, 0]
+                q = eb[s, j, :, 0]  # the bias: [ebar; v; (a); i]
+                g_b[j] += Lj * bias_traces(q, 2, q.size - 1, adapt, zv, zi, za, zb, dvv, dvi, dva, dvb, za + rho, ii,
+                                           kc)
             if fuse:  # W_rec's row updated with its sum, the sum zeroed
                 K.row_update(opt_kind, W_rec[j], gr, m_rec, v_rec, j, c_rec)
         for s in range(nb):  # the synaptic current's component, the same for every unit
@@ -221,7 +227,7 @@ def eprop_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, 
             slot_loc[pos, n_reads] = I
             slot_loc[pos, n_reads + 1] = z
         if fused:  # the other parameters' update (W_rec's too where it is sparse)
-            S.wired_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1 if fuse else -1, wr)
+            S.wired_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1 if fuse else -1, (wr,))
             updates += 1
             full, clean = False, True
         else:

@@ -114,7 +114,7 @@ def sltt_range(ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, cf, ci, wr, v
             b_gy[pos] = eps
             b_z[pos] = z
         if fused:  # the other parameters' update (W_rec's too where it is sparse)
-            S.wired_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1 if fuse else -1, wr)
+            S.wired_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, 1 if fuse else -1, (wr,))
             updates += 1
             full, clean = False, True
         else:

@@ -45,7 +45,7 @@ from neuro.engine import spiking as S
 from neuro.engine.base import Engine, RangeResult, SequenceArrays, Views, view
 from neuro.engine.optim import OptimizerArrays
 from neuro.engine.spiking_engine import LOSSES
-from neuro.engine.spiking_eprop import _unit_traces, compact, expand_into
+from neuro.engine.spiking_eprop import _unit_traces, bias_traces, compact, expand_into
 from neuro.rules.eprop import EProp
 from neuro.rules.ottt import OTTT
 from neuro.rules.sltt import SLTT, SLTTState
@@ -53,23 +53,6 @@ from neuro.rules.sltt import SLTT, SLTTState
 __all__ = ["StackEngine", "build", "stack_range"]
 
 SLTT_RULE, EPROP_RULE, OTTT_RULE = 0, 1, 2
-
-
-@numba.njit(cache=True)
-def _update(kind, ps, gs, ms, vs, steps, hyper, wrs):  # noqa: ANN001, ANN201
-    """The optimizer's update of every parameter (layer ``l``'s ``W_in``, ``W_rec``, ``b`` at ``3 l .. 3 l + 2``,
-    then ``W_out``, ``b_out``), a sparse matrix's on its synapses (:func:`neuro.engine.kernels.update_synapses`)."""
-    n_layers = len(wrs)
-    for q in range(len(ps)):
-        lr = K.lr_of(hyper, q)
-        l, part = q // 3, q % 3
-        if l < n_layers and part < 2:
-            wr = wrs[l]
-            ptr, idx = (wr[0], wr[1]) if part == 0 else (wr[2], wr[3])
-            if ptr.size > 0:
-                K.update_synapses(kind, ps[q], gs[q], ms[q], vs[q], steps[q], lr, hyper, ptr, idx)
-                continue
-        K.update_one(kind, ps[q], gs[q], ms[q], vs[q], steps[q], lr, hyper)
 
 
 @numba.njit(cache=True)
@@ -202,15 +185,8 @@ def stack_range(rule, ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, sizes,
                                  zv, zi, za, zI, dvv, dvi, dva, dvI, za + rho, kc, Lj, wr[0], wr[1], j)
                     _unit_traces(adapt, eb_[n_u:], ev_[n_u:], ea_[n_u:], crec[l][s], shs[n_u:], p_s[n_u:], g_rec[j],
                                  zv, zi, za, zI, dvv, dvi, dva, dvI, za + rho, kc, Lj, wr[2], wr[3], j)
-                    q = eb[l][s, j]  # the bias: [ebar; v; a; i], pre = 1
-                    bv, ba, bi = q[1], q[2], q[3]
-                    e = zv * bv + zi * bi + za * ba + zb
-                    q[1] = dvv * bv + dvi * bi + dva * ba + dvb
-                    if adapt:
-                        q[2] = zv * bv + zi * bi + (za + rho) * ba + zb
-                    q[3] = ii * bi
-                    q[0] = kc * q[0] + e
-                    g_b[j] += Lj * q[0]
+                    g_b[j] += Lj * bias_traces(eb[l][s, j], 2, 3, adapt, zv, zi, za, zb, dvv, dvi, dva, dvb, za + rho,
+                                               ii, kc)  # the bias: [ebar; v; a; i]
             for s in range(nb):  # the synaptic current's component, the same for every unit
                 p_s, shs = pre[s], sh[l][s]
                 for k in range(p_s.size):
@@ -228,11 +204,11 @@ def stack_range(rule, ps, acc, ms, vs, steps, opt_kind, hyper, loss_kind, sizes,
                 for q in range(len(acc)):
                     acc[q][:] += racc[q]
                     racc[q][:] = 0.0
-                _update(opt_kind, ps, acc, ms, vs, steps, hyper, wrs)
+                S.wired_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, -1, wrs)
                 updates += 1
                 full = False
         elif K.update_due(t, n_seq, every):
-            _update(opt_kind, ps, acc, ms, vs, steps, hyper, wrs)
+            S.wired_update_rest(opt_kind, ps, acc, ms, vs, steps, hyper, -1, wrs)
             updates += 1
             full = False
         else:
