@@ -273,8 +273,8 @@ class StackEngine(Engine):
             random = state.B is not None
             Fs = tuple(np.ascontiguousarray(view(state.B)[:, sl]) for sl in slices) if random else tuple(
                 np.zeros((net.n_out, n), dtype) for n in net.sizes)
-        else:  # SLTT, OTTT: no per-synapse traces (arrays of the right types, unread)
-            ev = [np.zeros((nb, net.sizes[l], pre_sizes[l]), dtype) for l in range(n_layers)]
+        else:  # SLTT, OTTT: no per-synapse traces (empty arrays of the right types, unread)
+            ev = [np.zeros((nb, n, 0), dtype) for n in net.sizes]
             ea, ebar = list(ev), list(ev)
             sh = [np.zeros((nb, n), dtype) for n in pre_sizes]
             eb = [np.zeros((nb, n, 4), dtype) for n in net.sizes]
